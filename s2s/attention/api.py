@@ -1,0 +1,79 @@
+"""chunk_attention: the single entry point. It checks the call, picks a backend, runs it."""
+
+from __future__ import annotations
+
+import torch
+
+from s2s.attention.backends import BACKENDS, AttentionBackend
+from s2s.attention.problem import AttentionProblem, make_problem
+from s2s.attention.spec import ChunkSpec
+
+# Below this many query rows a dense masked SDPA call beats building a block mask.
+FLEX_MIN_QUERY_ROWS = 128
+
+
+def _auto_order(problem: AttentionProblem) -> list[str]:
+    """Fastest first: flex for long sequences on GPU, SDPA otherwise, the reference last."""
+    if problem.device.type == "cuda" and problem.max_seqlen_q >= FLEX_MIN_QUERY_ROWS:
+        return ["flex", "sdpa", "reference"]
+    return ["sdpa", "flex", "reference"]
+
+
+def select_backend(problem: AttentionProblem, backend: str, return_lse: bool) -> AttentionBackend:
+    """The named backend if it can run the call, else an error naming those that can."""
+    if backend == "auto":
+        for name in _auto_order(problem):
+            if BACKENDS[name].unsupported_reason(problem, return_lse) is None:
+                return BACKENDS[name]
+    if backend not in BACKENDS:
+        choices = ", ".join(["auto", *BACKENDS])
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {choices}")
+    reason = BACKENDS[backend].unsupported_reason(problem, return_lse)
+    if reason is None:
+        return BACKENDS[backend]
+    able = [name for name, b in BACKENDS.items() if b.unsupported_reason(problem, return_lse) is None]
+    raise NotImplementedError(
+        f"backend {backend!r} cannot run this call: {reason}. "
+        f"Backends that can: {', '.join(able)} (or backend='auto')."
+    )
+
+
+def _empty_result(problem: AttentionProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    """No keys or no queries: zeros and LSE -inf, still connected to the inputs' graph."""
+    out = problem.q * 0 + (problem.v.sum() * 0)
+    lse_shape = (
+        (problem.heads_q, problem.q.shape[0])
+        if problem.is_varlen
+        else (problem.q.shape[0], problem.heads_q, problem.q.shape[1])
+    )
+    lse_dtype = torch.float64 if problem.dtype == torch.float64 else torch.float32
+    lse = torch.full(lse_shape, float("-inf"), dtype=lse_dtype, device=problem.device)
+    return out, lse
+
+
+def chunk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: ChunkSpec,
+    *,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    backend: str = "auto",
+    softmax_scale: float | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Chunk-causal attention in flash-attention's layout; differentiable.
+
+    q (B, Sq, Hq, D) and k, v (B, Sk, Hk, D), or packed q (total_q, Hq, D) and k, v
+    (total_k, Hk, D) with int32 ``cu_seqlens_q`` / ``cu_seqlens_k``. Hk must divide Hq.
+    Returns the output in q's layout and, with ``return_lse``, the natural-log LSE of the scaled
+    scores: (B, Hq, Sq), or (Hq, total_q) when packed. Queries that see no key get zeros and -inf.
+    """
+    problem = make_problem(q, k, v, spec, cu_seqlens_q, cu_seqlens_k, softmax_scale)
+    chosen = select_backend(problem, backend, return_lse)
+    if q.numel() == 0 or k.numel() == 0:
+        out, lse = _empty_result(problem)
+    else:
+        out, lse = chosen.forward(problem, return_lse)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,161 @@
+"""torch FlexAttention with a BlockMask built from our own tile schedule.
+
+Fully visible blocks are marked full, so flex skips ``mask_mod`` on them; hidden blocks are
+never visited. ``mask_mod`` compares precomputed per-position chunk ids: no division in the
+kernel. On CUDA flex runs compiled (forward and backward); on CPU it runs eagerly, forward only.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention
+
+from s2s.attention.backends.base import AttentionBackend
+from s2s.attention.mask import (
+    FULL,
+    PARTIAL,
+    classify_tiles_from_bounds,
+    packed_visible_key_bounds,
+    sequence_ids,
+    visible_key_bounds,
+)
+from s2s.attention.problem import AttentionProblem
+from s2s.attention.spec import SequenceChunks
+
+DEFAULT_BLOCK_SIZE = 128
+
+
+def _pad_to(t: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    pad = length - t.shape[-1]
+    return torch.nn.functional.pad(t, (0, pad), value=value) if pad > 0 else t
+
+
+def _kv_block_lists(classes: torch.Tensor, tile_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flex's (count, indices) form: per query block, the key blocks of one class first."""
+    selected = classes == tile_class
+    counts = selected.sum(-1, dtype=torch.int32)
+    order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts.unsqueeze(1).contiguous(), order.unsqueeze(1).contiguous()
+
+
+def build_block_mask(
+    chunks: SequenceChunks,
+    seqlen_q: int,
+    seqlen_k: int,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> BlockMask:
+    """BlockMask for (B, H, seqlen_q, seqlen_k), or for the packed (1, H, total) timeline."""
+    device = chunks.chunk_q.device
+    n_q_blocks = -(-seqlen_q // block_size)
+    n_k_blocks = -(-seqlen_k // block_size)
+    rows = n_q_blocks * block_size
+    cols = n_k_blocks * block_size
+    positions_q = torch.arange(rows, device=device)
+    positions_k = torch.arange(cols, device=device)
+
+    if cu_seqlens_q is None:
+        batch = chunks.batch
+        lo, hi = visible_key_bounds(
+            chunks, positions_q.view(1, -1), torch.full((batch,), seqlen_k, device=device)
+        )
+        lengths_q = torch.full((batch,), seqlen_q, device=device)
+        lengths_k = torch.full((batch,), seqlen_k, device=device)
+        q_chunk_ids = torch.div(
+            chunks.q_offset.view(-1, 1) + positions_q, chunks.chunk_q.view(-1, 1), rounding_mode="floor"
+        )
+        k_chunk_ids = torch.div(
+            chunks.k_offset.view(-1, 1) + positions_k, chunks.chunk_k.view(-1, 1), rounding_mode="floor"
+        )
+        q_seq = torch.zeros_like(q_chunk_ids)
+        k_seq = torch.zeros_like(k_chunk_ids)
+    else:
+        total_q, total_k = int(cu_seqlens_q[-1]), int(cu_seqlens_k[-1])
+        lo, hi = packed_visible_key_bounds(chunks, cu_seqlens_q, cu_seqlens_k)
+        lo, hi = _pad_to(lo, rows, 0).view(1, -1), _pad_to(hi, rows, 0).view(1, -1)
+        lengths_q = torch.tensor([total_q], device=device)
+        lengths_k = torch.tensor([seqlen_k], device=device)
+        seq_q = sequence_ids(cu_seqlens_q, total_q)
+        seq_k = sequence_ids(cu_seqlens_k, total_k)
+        local_q = torch.arange(total_q, device=device) - cu_seqlens_q.long()[seq_q]
+        local_k = torch.arange(total_k, device=device) - cu_seqlens_k.long()[seq_k]
+        q_ids = torch.div(chunks.q_offset[seq_q] + local_q, chunks.chunk_q[seq_q], rounding_mode="floor")
+        k_ids = torch.div(chunks.k_offset[seq_k] + local_k, chunks.chunk_k[seq_k], rounding_mode="floor")
+        # Padding rows and keys get distinct sequence ids, so they never see each other.
+        q_chunk_ids = _pad_to(q_ids, rows, 0).view(1, -1)
+        k_chunk_ids = _pad_to(k_ids, cols, 0).view(1, -1)
+        q_seq = _pad_to(seq_q, rows, -1).view(1, -1)
+        k_seq = _pad_to(seq_k, cols, -2).view(1, -1)
+
+    classes = classify_tiles_from_bounds(lo, hi, lengths_q, lengths_k, block_size, block_size, n_k_blocks)
+    kv_num_blocks, kv_indices = _kv_block_lists(classes, PARTIAL)
+    full_num_blocks, full_indices = _kv_block_lists(classes, FULL)
+    left_chunks = chunks.left_chunks
+
+    def chunk_mask(b, h, q_idx, kv_idx):
+        q_chunk = q_chunk_ids[b, q_idx]
+        k_chunk = k_chunk_ids[b, kv_idx]
+        visible = (k_chunk <= q_chunk) & (q_seq[b, q_idx] == k_seq[b, kv_idx])
+        if left_chunks is not None:
+            visible = visible & (k_chunk >= q_chunk - left_chunks)
+        return visible
+
+    return BlockMask.from_kv_blocks(
+        kv_num_blocks,
+        kv_indices,
+        full_num_blocks,
+        full_indices,
+        BLOCK_SIZE=block_size,
+        mask_mod=chunk_mask,
+        seq_lengths=(seqlen_q, seqlen_k),
+    )
+
+
+@functools.cache
+def _compiled_flex_attention():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+class FlexBackend(AttentionBackend):
+    name = "flex"
+
+    def unsupported_reason(self, problem: AttentionProblem, return_lse: bool) -> str | None:
+        if problem.device.type == "cpu" and problem.requires_grad:
+            return "FlexAttention has no backward pass on CPU"
+        if problem.device.type not in ("cpu", "cuda"):
+            return f"FlexAttention does not run on {problem.device.type}"
+        if problem.device.type == "cuda" and problem.dtype == torch.float64:
+            return "compiled FlexAttention does not take float64"
+        return None
+
+    def forward(
+        self, problem: AttentionProblem, return_lse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, k, v = problem.q, problem.k, problem.v
+        if problem.is_varlen:
+            q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+        block_mask = build_block_mask(
+            problem.chunks, q.shape[1], k.shape[1], problem.cu_seqlens_q, problem.cu_seqlens_k
+        )
+        attend = _compiled_flex_attention() if problem.device.type == "cuda" else flex_attention
+        with warnings.catch_warnings():
+            # On CPU the eager (unfused) path is the intent: compiling costs more than it saves
+            # at the sizes a CPU runs.
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            out, aux = attend(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                block_mask=block_mask,
+                scale=problem.softmax_scale,
+                enable_gqa=problem.heads_q != problem.heads_k,
+                return_aux=AuxRequest(lse=True),
+            )
+        out, lse = out.transpose(1, 2), aux.lse
+        if problem.is_varlen:
+            out, lse = out[0], lse[0]
+        return out, (lse if return_lse else None)

@@ -1,0 +1,230 @@
+"""Mask math as pure functions: the visibility rule, dense masks, key ranges and tile classes.
+
+Every query's visible keys form one contiguous range ``[lo, hi)``, and both ends never decrease
+from one query to the next. Kernels rely on that: for a query tile, the key tiles it sees are a
+contiguous run whose middle is fully visible and whose ends (at most a tile or two) need masking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from s2s.attention.spec import SequenceChunks
+
+HIDDEN, PARTIAL, FULL = 0, 1, 2
+
+
+def key_is_visible(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    chunk_q: torch.Tensor | int,
+    chunk_k: torch.Tensor | int,
+    q_offset: torch.Tensor | int,
+    k_offset: torch.Tensor | int,
+    left_chunks: int | None,
+) -> torch.Tensor:
+    """The rule itself, elementwise on broadcastable integer tensors of sequence-local indices."""
+    q_chunk = torch.div(q_offset + q_pos, chunk_q, rounding_mode="floor")
+    k_chunk = torch.div(k_offset + k_pos, chunk_k, rounding_mode="floor")
+    visible = k_chunk <= q_chunk
+    if left_chunks is not None:
+        visible = visible & (k_chunk >= q_chunk - left_chunks)
+    return visible
+
+
+def dense_mask(chunks: SequenceChunks, seqlens_q: torch.Tensor, seqlens_k: torch.Tensor) -> torch.Tensor:
+    """(B, max Sq, max Sk) boolean mask from the rule; positions beyond a length are False."""
+    device = chunks.chunk_q.device
+    max_q = int(seqlens_q.max()) if seqlens_q.numel() else 0
+    max_k = int(seqlens_k.max()) if seqlens_k.numel() else 0
+    q_pos = torch.arange(max_q, device=device).view(1, -1, 1)
+    k_pos = torch.arange(max_k, device=device).view(1, 1, -1)
+
+    def per_seq(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device).view(-1, 1, 1)
+
+    visible = key_is_visible(
+        q_pos,
+        k_pos,
+        per_seq(chunks.chunk_q),
+        per_seq(chunks.chunk_k),
+        per_seq(chunks.q_offset),
+        per_seq(chunks.k_offset),
+        chunks.left_chunks,
+    )
+    in_bounds = (q_pos < per_seq(seqlens_q)) & (k_pos < per_seq(seqlens_k))
+    return visible & in_bounds
+
+
+def sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """For each packed position, the index of the sequence it belongs to."""
+    positions = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), positions, right=True)
+
+
+def packed_dense_mask(
+    chunks: SequenceChunks, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor
+) -> torch.Tensor:
+    """(total_q, total_k) boolean mask of a packed batch: block diagonal, the rule inside."""
+    total_q, total_k = int(cu_seqlens_q[-1]), int(cu_seqlens_k[-1])
+    seq_q = sequence_ids(cu_seqlens_q, total_q)
+    seq_k = sequence_ids(cu_seqlens_k, total_k)
+    local_q = torch.arange(total_q, device=seq_q.device) - cu_seqlens_q.long()[seq_q]
+    local_k = torch.arange(total_k, device=seq_k.device) - cu_seqlens_k.long()[seq_k]
+
+    def row(t: torch.Tensor) -> torch.Tensor:
+        return t.to(seq_q.device)[seq_q].view(-1, 1)
+
+    visible = key_is_visible(
+        local_q.view(-1, 1),
+        local_k.view(1, -1),
+        row(chunks.chunk_q),
+        row(chunks.chunk_k),
+        row(chunks.q_offset),
+        row(chunks.k_offset),
+        chunks.left_chunks,
+    )
+    return visible & (seq_q.view(-1, 1) == seq_k.view(1, -1))
+
+
+def visible_key_bounds(
+    chunks: SequenceChunks, q_pos: torch.Tensor, seqlens_k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visible key range [lo, hi) of each query, clipped to [0, Sk]; lo == hi when empty.
+
+    ``q_pos`` is (B, R) sequence-local query indices; the result is two (B, R) int64 tensors.
+    """
+    chunk_q = chunks.chunk_q.view(-1, 1)
+    chunk_k = chunks.chunk_k.view(-1, 1)
+    k_offset = chunks.k_offset.view(-1, 1)
+    n_keys = seqlens_k.view(-1, 1).to(q_pos.device)
+    q_chunk = torch.div(chunks.q_offset.view(-1, 1) + q_pos, chunk_q, rounding_mode="floor")
+    hi = torch.minimum(torch.clamp((q_chunk + 1) * chunk_k - k_offset, min=0), n_keys)
+    if chunks.left_chunks is None:
+        lo = torch.zeros_like(hi)
+    else:
+        lo = (q_chunk - chunks.left_chunks) * chunk_k - k_offset
+        lo = torch.minimum(torch.clamp(lo, min=0), hi)
+    return lo, hi
+
+
+def packed_visible_key_bounds(
+    chunks: SequenceChunks, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visible key range of each packed query, in packed key coordinates: two (total_q,) tensors."""
+    total_q = int(cu_seqlens_q[-1])
+    seq_q = sequence_ids(cu_seqlens_q, total_q)
+    local_q = torch.arange(total_q, device=seq_q.device) - cu_seqlens_q.long()[seq_q]
+    seqlens_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
+    per_row = SequenceChunks(
+        chunk_q=chunks.chunk_q[seq_q],
+        chunk_k=chunks.chunk_k[seq_q],
+        q_offset=chunks.q_offset[seq_q],
+        k_offset=chunks.k_offset[seq_q],
+        left_chunks=chunks.left_chunks,
+    )
+    lo, hi = visible_key_bounds(per_row, local_q.view(-1, 1), seqlens_k[seq_q])
+    start = cu_seqlens_k.long()[seq_q]
+    return lo.view(-1) + start, hi.view(-1) + start
+
+
+def classify_tiles_from_bounds(
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    seqlens_q: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    tile_q: int,
+    tile_k: int,
+    n_key_tiles: int,
+) -> torch.Tensor:
+    """(B, R / tile_q, n_key_tiles) int8 classes from per-row key ranges (B, R), R a multiple of
+    tile_q. A pair is FULL when every valid (query, key) pair in it is visible, HIDDEN when none."""
+    batch, rows = lo.shape
+    device = lo.device
+    row_valid = torch.arange(rows, device=device).view(1, -1) < seqlens_q.view(-1, 1)
+    lo = torch.where(row_valid, lo, 0)
+    hi = torch.where(row_valid, hi, 0)
+    k_start = torch.arange(n_key_tiles, device=device).view(1, -1) * tile_k
+    k_end = torch.minimum(k_start + tile_k, seqlens_k.view(-1, 1))
+    overlap = torch.minimum(hi.unsqueeze(-1), k_end.unsqueeze(1)) - torch.maximum(
+        lo.unsqueeze(-1), k_start.unsqueeze(1)
+    )
+    n_query_tiles = rows // tile_q
+    visible_pairs = overlap.clamp(min=0).view(batch, n_query_tiles, tile_q, n_key_tiles).sum(2)
+    rows_per_tile = row_valid.view(batch, n_query_tiles, tile_q).sum(-1)
+    cols_per_tile = (k_end - k_start).clamp(min=0)
+    all_pairs = rows_per_tile.unsqueeze(-1) * cols_per_tile.unsqueeze(1)
+    classes = torch.full_like(visible_pairs, PARTIAL)
+    classes[visible_pairs == all_pairs] = FULL
+    classes[visible_pairs == 0] = HIDDEN
+    return classes.to(torch.int8)
+
+
+def _run_bounds(hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and one-past-last True along the last axis (0, 0 where none is True)."""
+    n = hits.shape[-1]
+    any_hit = hits.any(-1)
+    first = hits.int().argmax(-1)
+    last = n - hits.flip(-1).int().argmax(-1)
+    zero = torch.zeros_like(first)
+    return torch.where(any_hit, first, zero).int(), torch.where(any_hit, last, zero).int()
+
+
+@dataclass(frozen=True)
+class TileSchedule:
+    """What a block-sparse kernel iterates: per query tile, which key tiles to load and mask.
+
+    For query tile ``t`` of sequence ``b`` the key tiles ``[kv_begin, kv_end)`` are loaded, those
+    in ``[full_begin, full_end)`` run without mask arithmetic, the rest of the run is masked.
+    """
+
+    classes: torch.Tensor  # (B, n_query_tiles, n_key_tiles) int8: HIDDEN / PARTIAL / FULL
+    kv_begin: torch.Tensor  # (B, n_query_tiles) int32
+    kv_end: torch.Tensor
+    full_begin: torch.Tensor
+    full_end: torch.Tensor
+    tile_q: int
+    tile_k: int
+
+    @staticmethod
+    def from_classes(classes: torch.Tensor, tile_q: int, tile_k: int) -> TileSchedule:
+        kv_begin, kv_end = _run_bounds(classes != HIDDEN)
+        full_begin, full_end = _run_bounds(classes == FULL)
+        return TileSchedule(classes, kv_begin, kv_end, full_begin, full_end, tile_q, tile_k)
+
+    def count(self, tile_class: int) -> int:
+        return int((self.classes == tile_class).sum())
+
+
+def tile_schedule(
+    chunks: SequenceChunks,
+    seqlens_q: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    tile_q: int,
+    tile_k: int,
+) -> TileSchedule:
+    """Per-sequence tiling (tiles start at each sequence's first row and key), as kernels tile."""
+    if tile_q <= 0 or tile_k <= 0:
+        raise ValueError(f"tile sizes must be positive, got tile_q={tile_q}, tile_k={tile_k}")
+    device = chunks.chunk_q.device
+    seqlens_q = seqlens_q.to(device=device, dtype=torch.int64)
+    seqlens_k = seqlens_k.to(device=device, dtype=torch.int64)
+    max_q = int(seqlens_q.max()) if seqlens_q.numel() else 0
+    max_k = int(seqlens_k.max()) if seqlens_k.numel() else 0
+    n_query_tiles = -(-max_q // tile_q)
+    n_key_tiles = -(-max_k // tile_k)
+    q_pos = torch.arange(n_query_tiles * tile_q, device=device).view(1, -1)
+    lo, hi = visible_key_bounds(chunks, q_pos, seqlens_k)
+    classes = classify_tiles_from_bounds(lo, hi, seqlens_q, seqlens_k, tile_q, tile_k, n_key_tiles)
+    return TileSchedule.from_classes(classes, tile_q, tile_k)
+
+
+def visible_pair_count(chunks: SequenceChunks, seqlens_q: torch.Tensor, seqlens_k: torch.Tensor) -> int:
+    """Number of visible (query, key) pairs: the FLOP count of benchmarks is 4 * d * this."""
+    max_q = int(seqlens_q.max()) if seqlens_q.numel() else 0
+    q_pos = torch.arange(max_q, device=chunks.chunk_q.device).view(1, -1)
+    lo, hi = visible_key_bounds(chunks, q_pos, seqlens_k)
+    valid = q_pos < seqlens_q.view(-1, 1).to(q_pos.device)
+    return int(torch.where(valid, hi - lo, 0).sum())

@@ -1,0 +1,186 @@
+"""One attention call, checked and described: shapes, lengths, heads and the resolved mask.
+
+Every backend receives an ``AttentionProblem``, so input checking happens once, here, with
+errors that say what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from s2s.attention.spec import ChunkSpec, SequenceChunks
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class AttentionProblem:
+    """Inputs of one call in their original layout, plus what every backend needs to know.
+
+    Batched layout: q (B, Sq, Hq, D), k/v (B, Sk, Hk, D). Packed layout: q (total_q, Hq, D),
+    k/v (total_k, Hk, D), with ``cu_seqlens_q`` / ``cu_seqlens_k`` marking the sequences.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    spec: ChunkSpec
+    chunks: SequenceChunks
+    seqlens_q: torch.Tensor  # (B,) int64, on the data's device
+    seqlens_k: torch.Tensor
+    cu_seqlens_q: torch.Tensor | None
+    cu_seqlens_k: torch.Tensor | None
+    softmax_scale: float
+
+    @property
+    def is_varlen(self) -> bool:
+        return self.cu_seqlens_q is not None
+
+    @property
+    def batch(self) -> int:
+        return self.chunks.batch
+
+    @property
+    def heads_q(self) -> int:
+        return self.q.shape[-2]
+
+    @property
+    def heads_k(self) -> int:
+        return self.k.shape[-2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.q.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.q.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.q.dtype
+
+    @property
+    def max_seqlen_q(self) -> int:
+        return self.q.shape[1] if not self.is_varlen else _longest(self.seqlens_q)
+
+    @property
+    def max_seqlen_k(self) -> int:
+        return self.k.shape[1] if not self.is_varlen else _longest(self.seqlens_k)
+
+    @property
+    def requires_grad(self) -> bool:
+        grad_on = torch.is_grad_enabled()
+        return grad_on and any(t.requires_grad for t in (self.q, self.k, self.v))
+
+
+def _longest(lengths: torch.Tensor) -> int:
+    return int(lengths.max()) if lengths.numel() else 0
+
+
+def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device: torch.device) -> None:
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be an int32 tensor, got {type(cu).__name__}")
+    if cu.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32 (as flash-attention), got {cu.dtype}; use .int()")
+    if cu.dim() != 1 or cu.shape[0] < 2:
+        raise ValueError(
+            f"{name} must be 1-D with batch + 1 entries (0, len0, len0 + len1, ...), "
+            f"got shape {tuple(cu.shape)}"
+        )
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device} but the inputs are on {device}; move it there")
+    values = cu.tolist()
+    if values[0] != 0:
+        raise ValueError(f"{name} must start at 0, got {values[0]}")
+    if any(b < a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"{name} must be non-decreasing (cumulative lengths), got {values}")
+    if values[-1] > total:
+        raise ValueError(
+            f"{name} ends at {values[-1]} but the packed tensor holds only {total} rows; "
+            f"the lengths go beyond the tensor"
+        )
+
+
+def make_problem(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: ChunkSpec,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+) -> AttentionProblem:
+    """Check the inputs of ``chunk_attention`` and resolve the spec for their batch."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not isinstance(spec, ChunkSpec):
+        raise TypeError(f"spec must be a ChunkSpec, got {type(spec).__name__}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q has dtype {q.dtype}; use float16, bfloat16, float32 or float64")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(
+            f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them to one"
+        )
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}; move them")
+
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
+        raise ValueError("packed inputs need both cu_seqlens_q and cu_seqlens_k")
+    rank = 3 if varlen else 4
+    layout = "(total, H, D) with cu_seqlens" if varlen else "(B, S, H, D)"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != rank:
+            raise ValueError(
+                f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}"
+                + ("" if varlen else "; for packed sequences pass cu_seqlens_q and cu_seqlens_k")
+            )
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share the head dim, got {q.shape[-1]} and {k.shape[-1]}")
+    if q.shape[-1] == 0:
+        raise ValueError("head dim must be positive")
+    heads_q, heads_k = q.shape[-2], k.shape[-2]
+    if heads_k == 0 or heads_q % heads_k != 0:
+        raise ValueError(
+            f"query heads ({heads_q}) must be a multiple of key/value heads ({heads_k}) for GQA/MQA"
+        )
+
+    if varlen:
+        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+        _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+        if cu_seqlens_q.shape != cu_seqlens_k.shape:
+            raise ValueError(
+                f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, "
+                f"got {cu_seqlens_q.shape[0] - 1} and {cu_seqlens_k.shape[0] - 1}"
+            )
+        batch = cu_seqlens_q.shape[0] - 1
+        seqlens_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
+        seqlens_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
+    else:
+        if k.shape[0] != q.shape[0]:
+            raise ValueError(f"q and k must share the batch size, got {q.shape[0]} and {k.shape[0]}")
+        batch = q.shape[0]
+        seqlens_q = torch.full((batch,), q.shape[1], dtype=torch.int64, device=q.device)
+        seqlens_k = torch.full((batch,), k.shape[1], dtype=torch.int64, device=q.device)
+
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    return AttentionProblem(
+        q=q,
+        k=k,
+        v=v,
+        spec=spec,
+        chunks=spec.resolve(batch, q.device),
+        seqlens_q=seqlens_q,
+        seqlens_k=seqlens_k,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        softmax_scale=scale,
+    )
