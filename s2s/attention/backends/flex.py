@@ -124,8 +124,8 @@ class FlexBackend(AttentionBackend):
     name = "flex"
 
     def unsupported_reason(self, problem: AttentionProblem, return_lse: bool) -> str | None:
-        if problem.device.type == "cpu" and problem.requires_grad:
-            return "FlexAttention has no backward pass on CPU"
+        if problem.device.type == "cpu" and any(t.requires_grad for t in (problem.q, problem.k, problem.v)):
+            return "FlexAttention has no backward pass on CPU (inputs require grad)"
         if problem.device.type not in ("cpu", "cuda"):
             return f"FlexAttention does not run on {problem.device.type}"
         if problem.device.type == "cuda" and problem.dtype == torch.float64:
