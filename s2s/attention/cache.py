@@ -136,8 +136,62 @@ def _as_stream_tensor(value: ChunkSize, device: torch.device) -> ChunkSize:
     return value.to(device=device, dtype=torch.int64) if isinstance(value, torch.Tensor) else value
 
 
+def _stream_flags(flags: bool | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    if isinstance(flags, torch.Tensor):
+        if flags.shape != (batch,):
+            raise ValueError(
+                f"final must be a bool or one bool per stream ({batch},), got {tuple(flags.shape)}"
+            )
+        return flags.to(device=device, dtype=torch.bool)
+    return torch.full((batch,), bool(flags), dtype=torch.bool, device=device)
+
+
+def _stream_list(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+@dataclass
+class ChunkedTimeline:
+    """Frames consumed per stream on one chunked timeline. A step covers whole chunks: a query in
+    an unfinished chunk would miss the keys of its own chunk that arrive later, and streaming would
+    no longer equal the offline pass. Only a stream's ``final`` step may end mid-chunk."""
+
+    name: str
+    chunk: ChunkSize
+    positions: torch.Tensor  # (B,) int64: frames consumed
+    ended: torch.Tensor  # (B,) bool: the stream had its final step; reset before feeding more
+
+    def check_step(self, counts: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        """The positions after the step, or a clear error; changes nothing."""
+        active = counts > 0
+        if bool((active & self.ended).any()):
+            raise ValueError(
+                f"{self.name} stream(s) {_stream_list(active & self.ended)} already had their final "
+                f"step; reset() them before feeding new frames"
+            )
+        end = self.positions + counts
+        mid_chunk = active & ~final & (torch.remainder(end, self.chunk) != 0)
+        if bool(mid_chunk.any()):
+            streams = _stream_list(mid_chunk)
+            raise ValueError(
+                f"{self.name} step ends mid-chunk for stream(s) {streams} (at frame(s) "
+                f"{end[mid_chunk].tolist()}, chunk {self.chunk}): a chunk's queries would miss keys "
+                f"of their own chunk that arrive later. Feed whole chunks, or pass final=True for a "
+                f"stream's last, short chunk"
+            )
+        return end
+
+    def advance(self, end: torch.Tensor, counts: torch.Tensor, final: torch.Tensor) -> None:
+        self.ended = self.ended | (final & (counts > 0))
+        self.positions = end
+
+    def reset(self, streams: torch.Tensor) -> None:
+        self.positions = torch.where(streams, 0, self.positions)
+        self.ended = self.ended & ~streams
+
+
 class _StreamingAttention:
-    """What both caches share: the store, the query position of each stream, one attention call."""
+    """What both caches share: the key store, the query timeline, one attention call."""
 
     def __init__(
         self,
@@ -160,25 +214,47 @@ class _StreamingAttention:
         self.store = KVStore.empty(
             batch, heads_k, head_dim, dtype, device, grow_by_doubling=left_chunks is None
         )
-        self.query_positions = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.queries = self._timeline("query", self.chunk_q, batch, device)
+
+    @staticmethod
+    def _timeline(name: str, chunk: ChunkSize, batch: int, device: torch.device) -> ChunkedTimeline:
+        return ChunkedTimeline(
+            name,
+            chunk,
+            torch.zeros(batch, dtype=torch.int64, device=device),
+            torch.zeros(batch, dtype=torch.bool, device=device),
+        )
 
     @property
     def batch(self) -> int:
-        return self.query_positions.shape[0]
+        return self.queries.positions.shape[0]
+
+    def _check_queries(self, q: torch.Tensor) -> None:
+        if q.dim() != 4 or q.shape[0] != self.batch or q.shape[-1] != self.store.keys.shape[-1]:
+            raise ValueError(
+                f"q must be (B={self.batch}, n, Hq, D={self.store.keys.shape[-1]}), got {tuple(q.shape)}"
+            )
+        if q.dtype != self.store.keys.dtype or q.device != self.store.keys.device:
+            raise ValueError(
+                f"q is {q.dtype} on {q.device} but the cache holds {self.store.keys.dtype} on "
+                f"{self.store.keys.device}; create the cache with the model's dtype and device"
+            )
 
     def _attend(
-        self, q: torch.Tensor, lengths: torch.Tensor | None, softmax_scale: float | None
+        self,
+        q: torch.Tensor,
+        counts: torch.Tensor,
+        end: torch.Tensor,
+        final: torch.Tensor,
+        softmax_scale: float | None,
     ) -> torch.Tensor:
-        if q.dim() != 4 or q.shape[0] != self.batch:
-            raise ValueError(f"q must be (B={self.batch}, n, Hq, D), got {tuple(q.shape)}")
-        counts = _stream_lengths(lengths, self.batch, q.shape[1], q.device)
         valid = _valid_rows(counts, q.shape[1])
         keys, values, cu_seqlens_k = self.store.packed()
         spec = ChunkSpec(
             self.chunk_q,
             self.chunk_k,
             self.left_chunks,
-            q_offset=self.query_positions.int(),
+            q_offset=self.queries.positions.int(),
             k_offset=self.store.evicted.int(),
         )
         packed_out = chunk_attention(
@@ -193,20 +269,24 @@ class _StreamingAttention:
         )
         out = q.new_zeros(q.shape)
         out[valid] = packed_out
-        self.query_positions = self.query_positions + counts
+        self.queries.advance(end, counts, final)
         if self.left_chunks is not None:
             self.store.evict_before(
-                _first_needed_key(self.query_positions, self.chunk_q, self.chunk_k, self.left_chunks)
+                _first_needed_key(self.queries.positions, self.chunk_q, self.chunk_k, self.left_chunks)
             )
         return out
 
+    def _streams(self, streams: torch.Tensor | None) -> torch.Tensor:
+        device = self.queries.positions.device
+        if streams is None:
+            return torch.ones(self.batch, dtype=torch.bool, device=device)
+        return streams.to(device=device, dtype=torch.bool)
+
     def reset(self, streams: torch.Tensor | None = None) -> None:
         """Start over for the streams marked True (all streams when None)."""
-        if streams is None:
-            streams = torch.ones(self.batch, dtype=torch.bool, device=self.query_positions.device)
-        streams = streams.to(self.query_positions.device)
+        streams = self._streams(streams)
         self.store.reset(streams)
-        self.query_positions = torch.where(streams, 0, self.query_positions)
+        self.queries.reset(streams)
 
 
 class SelfAttentionCache(_StreamingAttention):
@@ -234,22 +314,27 @@ class SelfAttentionCache(_StreamingAttention):
         k: torch.Tensor,
         v: torch.Tensor,
         lengths: torch.Tensor | None = None,
+        final: bool | torch.Tensor = False,
         softmax_scale: float | None = None,
     ) -> torch.Tensor:
-        """q (B, n, Hq, D), k/v (B, n, Hk, D): the next n frames of every stream; ``lengths`` (B,)
-        says how many of them are real per stream. Padding rows come back as zeros."""
+        """q (B, n, Hq, D), k/v (B, n, Hk, D): the next frames of every stream, whole chunks;
+        ``lengths`` (B,) says how many are real per stream (padding rows come back as zeros);
+        ``final`` marks a stream's last step, which may end on a short chunk."""
+        self._check_queries(q)
         if k.shape[:2] != q.shape[:2]:
             raise ValueError(f"q and k must cover the same frames, got {tuple(q.shape)} and {tuple(k.shape)}")
         counts = _stream_lengths(lengths, self.batch, q.shape[1], q.device)
+        final = _stream_flags(final, self.batch, q.device)
+        end = self.queries.check_step(counts, final)
         self.store.append(k, v, counts)
-        return self._attend(q, counts, softmax_scale)
+        return self._attend(q, counts, end, final, softmax_scale)
 
 
 class CrossAttentionCache(_StreamingAttention):
     """Streaming chunk-causal cross-attention over encoder K/V. The encoder ``append``s each of its
     chunks once (chunk_k frames); the decoder's chunk n (chunk_q frames) then ``attend``s to
-    encoder chunks <= n. With ``left_chunks`` encoder chunks no future decoder chunk sees are
-    dropped."""
+    encoder chunks <= n, which must have arrived. With ``left_chunks``, encoder chunks that no
+    future decoder chunk sees are dropped."""
 
     def __init__(
         self,
@@ -265,13 +350,46 @@ class CrossAttentionCache(_StreamingAttention):
         backend: str = "auto",
     ) -> None:
         super().__init__(batch, heads_k, head_dim, chunk_q, chunk_k, left_chunks, dtype, device, backend)
+        self.keys = self._timeline("encoder", self.chunk_k, batch, torch.device(device))
 
-    def append(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
-        """Add the encoder's new frames (B, n, Hk, D); ``lengths`` (B,) real frames per stream."""
-        self.store.append(k, v, _stream_lengths(lengths, self.batch, k.shape[1], k.device))
+    def append(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        final: bool | torch.Tensor = False,
+    ) -> None:
+        """Add the encoder's next frames (B, n, Hk, D), whole chunks; ``lengths`` (B,) real frames
+        per stream; ``final`` marks the encoder stream's end (it may end on a short chunk)."""
+        counts = _stream_lengths(lengths, self.batch, k.shape[1], k.device)
+        final = _stream_flags(final, self.batch, k.device)
+        end = self.keys.check_step(counts, final)
+        self.store.append(k, v, counts)
+        self.keys.advance(end, counts, final)
 
     def attend(
-        self, q: torch.Tensor, lengths: torch.Tensor | None = None, softmax_scale: float | None = None
+        self,
+        q: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        final: bool | torch.Tensor = False,
+        softmax_scale: float | None = None,
     ) -> torch.Tensor:
-        """Decoder queries (B, n, Hq, D) for its next n frames against the encoder frames held."""
-        return self._attend(q, lengths, softmax_scale)
+        """Decoder queries (B, n, Hq, D) for its next frames against the encoder frames held."""
+        self._check_queries(q)
+        counts = _stream_lengths(lengths, self.batch, q.shape[1], q.device)
+        final = _stream_flags(final, self.batch, q.device)
+        end = self.queries.check_step(counts, final)
+        last_chunk = torch.div(end - 1, self.chunk_q, rounding_mode="floor")
+        needed = (last_chunk + 1) * self.chunk_k
+        missing = (counts > 0) & ~self.keys.ended & (self.keys.positions < needed)
+        if bool(missing.any()):
+            raise ValueError(
+                f"decoder frames up to {end[missing].tolist()} see encoder frames up to "
+                f"{needed[missing].tolist()}, but stream(s) {_stream_list(missing)} hold only "
+                f"{self.keys.positions[missing].tolist()}: append the encoder chunk first"
+            )
+        return self._attend(q, counts, end, final, softmax_scale)
+
+    def reset(self, streams: torch.Tensor | None = None) -> None:
+        super().reset(streams)
+        self.keys.reset(self._streams(streams))
