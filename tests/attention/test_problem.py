@@ -1,0 +1,157 @@
+"""Bad input to chunk_attention gets an error that names the problem and the fix."""
+
+import pytest
+import torch
+
+from s2s.attention import ChunkSpec, chunk_attention
+
+
+def qkv(b=2, sq=8, sk=8, hq=4, hk=2, d=16, dtype=torch.float32):
+    return (
+        torch.randn(b, sq, hq, d, dtype=dtype),
+        torch.randn(b, sk, hk, d, dtype=dtype),
+        torch.randn(b, sk, hk, d, dtype=dtype),
+    )
+
+
+SPEC = ChunkSpec(4)
+
+
+def test_rank_mismatch_names_the_layout():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match=r"q must be 4-D \(B, S, H, D\).*cu_seqlens"):
+        chunk_attention(q[0], k, v, SPEC)
+
+
+def test_k_v_shape_mismatch():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="k and v must have the same shape"):
+        chunk_attention(q, k, v[:, :5], SPEC)
+
+
+def test_head_dim_mismatch():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="share the head dim"):
+        chunk_attention(q[..., :8], k, v, SPEC)
+
+
+def test_query_heads_must_be_a_multiple_of_key_heads():
+    q, k, v = qkv(hq=3, hk=2)
+    with pytest.raises(ValueError, match=r"query heads \(3\) must be a multiple of key/value heads \(2\)"):
+        chunk_attention(q, k, v, SPEC)
+
+
+def test_batch_mismatch():
+    q, _, _ = qkv(b=2)
+    _, k, v = qkv(b=3)
+    with pytest.raises(ValueError, match="share the batch size"):
+        chunk_attention(q, k, v, SPEC)
+
+
+def test_mixed_dtypes():
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match="share one dtype"):
+        chunk_attention(q, k.half(), v, SPEC)
+
+
+def test_unsupported_dtype():
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match="use float16, bfloat16, float32 or float64"):
+        chunk_attention(q.int(), k.int(), v.int(), SPEC)
+
+
+def test_mixed_devices():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="must be on one device"):
+        chunk_attention(q, k.to("meta"), v, SPEC)
+
+
+def test_spec_must_be_a_chunk_spec():
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match="spec must be a ChunkSpec"):
+        chunk_attention(q, k, v, 4)
+
+
+def test_per_sequence_chunk_of_wrong_batch():
+    q, k, v = qkv(b=2)
+    spec = ChunkSpec(torch.tensor([1, 2, 3], dtype=torch.int32))
+    with pytest.raises(ValueError, match="has 3 values but the batch has 2"):
+        chunk_attention(q, k, v, spec)
+
+
+def packed(total_q=10, total_k=12):
+    return torch.randn(total_q, 4, 16), torch.randn(total_k, 2, 16), torch.randn(total_k, 2, 16)
+
+
+def test_cu_seqlens_must_be_int32():
+    q, k, v = packed()
+    cu = torch.tensor([0, 4, 10])
+    with pytest.raises(TypeError, match=r"cu_seqlens_q must be int32.*\.int\(\)"):
+        chunk_attention(q, k, v, SPEC, cu_seqlens_q=cu, cu_seqlens_k=cu.int())
+
+
+def test_cu_seqlens_must_be_monotone_and_start_at_zero():
+    q, k, v = packed()
+    with pytest.raises(ValueError, match="non-decreasing"):
+        chunk_attention(
+            q,
+            k,
+            v,
+            SPEC,
+            cu_seqlens_q=torch.tensor([0, 6, 4], dtype=torch.int32),
+            cu_seqlens_k=torch.tensor([0, 6, 12], dtype=torch.int32),
+        )
+    with pytest.raises(ValueError, match="must start at 0"):
+        chunk_attention(
+            q,
+            k,
+            v,
+            SPEC,
+            cu_seqlens_q=torch.tensor([1, 6, 10], dtype=torch.int32),
+            cu_seqlens_k=torch.tensor([0, 6, 12], dtype=torch.int32),
+        )
+
+
+def test_lengths_beyond_the_tensor():
+    q, k, v = packed(total_q=10, total_k=12)
+    with pytest.raises(ValueError, match="ends at 13 but the packed tensor holds only 12 rows"):
+        chunk_attention(
+            q,
+            k,
+            v,
+            SPEC,
+            cu_seqlens_q=torch.tensor([0, 4, 10], dtype=torch.int32),
+            cu_seqlens_k=torch.tensor([0, 6, 13], dtype=torch.int32),
+        )
+
+
+def test_cu_seqlens_need_each_other_and_the_same_batch():
+    q, k, v = packed()
+    with pytest.raises(ValueError, match="need both cu_seqlens_q and cu_seqlens_k"):
+        chunk_attention(q, k, v, SPEC, cu_seqlens_q=torch.tensor([0, 10], dtype=torch.int32))
+    with pytest.raises(ValueError, match="same number of sequences"):
+        chunk_attention(
+            q,
+            k,
+            v,
+            SPEC,
+            cu_seqlens_q=torch.tensor([0, 10], dtype=torch.int32),
+            cu_seqlens_k=torch.tensor([0, 6, 12], dtype=torch.int32),
+        )
+
+
+def test_unknown_backend_lists_the_choices():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="choose one of auto, flex, sdpa, reference"):
+        chunk_attention(q, k, v, SPEC, backend="triton")
+
+
+def test_backend_that_cannot_run_names_those_that_can():
+    q, k, v = qkv()
+    q.requires_grad_()
+    with pytest.raises(
+        NotImplementedError, match=r"no backward pass on CPU.*Backends that can: sdpa, reference"
+    ):
+        chunk_attention(q, k, v, SPEC, backend="flex")
+    with pytest.raises(NotImplementedError, match=r"log-sum-exp.*Backends that can: flex, reference"):
+        chunk_attention(q.detach(), k, v, SPEC, backend="sdpa", return_lse=True)
