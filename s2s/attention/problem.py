@@ -72,11 +72,6 @@ class AttentionProblem:
     def max_seqlen_k(self) -> int:
         return self.k.shape[1] if not self.is_varlen else _longest(self.seqlens_k)
 
-    @property
-    def requires_grad(self) -> bool:
-        grad_on = torch.is_grad_enabled()
-        return grad_on and any(t.requires_grad for t in (self.q, self.k, self.v))
-
 
 def _longest(lengths: torch.Tensor) -> int:
     return int(lengths.max()) if lengths.numel() else 0
