@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from s2s.attention.api import chunk_attention
+from s2s.attention.mask import chunk_index
 from s2s.attention.spec import ChunkSpec
 
 ChunkSize = int | torch.Tensor
@@ -129,7 +130,7 @@ def _first_needed_key(
     position: torch.Tensor, chunk_q: ChunkSize, chunk_k: ChunkSize, left_chunks: int
 ) -> torch.Tensor:
     """Absolute index of the first key that a query at ``position`` (or later) can still see."""
-    return (torch.div(position, chunk_q, rounding_mode="floor") - left_chunks) * chunk_k
+    return (chunk_index(position, chunk_q, 0) - left_chunks) * chunk_k
 
 
 def _as_stream_tensor(value: ChunkSize, device: torch.device) -> ChunkSize:
@@ -379,7 +380,7 @@ class CrossAttentionCache(_StreamingAttention):
         counts = _stream_lengths(lengths, self.batch, q.shape[1], q.device)
         final = _stream_flags(final, self.batch, q.device)
         end = self.queries.check_step(counts, final)
-        last_chunk = torch.div(end - 1, self.chunk_q, rounding_mode="floor")
+        last_chunk = chunk_index(end - 1, self.chunk_q, 0)
         needed = (last_chunk + 1) * self.chunk_k
         missing = (counts > 0) & ~self.keys.ended & (self.keys.positions < needed)
         if bool(missing.any()):

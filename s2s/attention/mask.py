@@ -16,6 +16,21 @@ from s2s.attention.spec import SequenceChunks
 HIDDEN, PARTIAL, FULL = 0, 1, 2
 
 
+def chunk_index(
+    position: torch.Tensor, chunk: torch.Tensor | int, offset: torch.Tensor | int
+) -> torch.Tensor:
+    """Chunk of a sequence-local position on the shared timeline."""
+    return torch.div(offset + position, chunk, rounding_mode="floor")
+
+
+def chunk_is_visible(q_chunk: torch.Tensor, k_chunk: torch.Tensor, left_chunks: int | None) -> torch.Tensor:
+    """The rule on chunk indices: not after the query's chunk, and within the history limit."""
+    visible = k_chunk <= q_chunk
+    if left_chunks is not None:
+        visible = visible & (k_chunk >= q_chunk - left_chunks)
+    return visible
+
+
 def key_is_visible(
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,
@@ -25,13 +40,10 @@ def key_is_visible(
     k_offset: torch.Tensor | int,
     left_chunks: int | None,
 ) -> torch.Tensor:
-    """The rule itself, elementwise on broadcastable integer tensors of sequence-local indices."""
-    q_chunk = torch.div(q_offset + q_pos, chunk_q, rounding_mode="floor")
-    k_chunk = torch.div(k_offset + k_pos, chunk_k, rounding_mode="floor")
-    visible = k_chunk <= q_chunk
-    if left_chunks is not None:
-        visible = visible & (k_chunk >= q_chunk - left_chunks)
-    return visible
+    """The rule, elementwise on broadcastable integer tensors of sequence-local indices."""
+    return chunk_is_visible(
+        chunk_index(q_pos, chunk_q, q_offset), chunk_index(k_pos, chunk_k, k_offset), left_chunks
+    )
 
 
 def dense_mask(chunks: SequenceChunks, seqlens_q: torch.Tensor, seqlens_k: torch.Tensor) -> torch.Tensor:
@@ -58,10 +70,11 @@ def dense_mask(chunks: SequenceChunks, seqlens_q: torch.Tensor, seqlens_k: torch
     return visible & in_bounds
 
 
-def sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """For each packed position, the index of the sequence it belongs to."""
-    positions = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
-    return torch.searchsorted(cu_seqlens[1:].contiguous(), positions, right=True)
+def packed_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each packed position: the sequence it belongs to and its index inside that sequence."""
+    positions = torch.arange(total, device=cu_seqlens.device, dtype=torch.int64)
+    sequence = torch.searchsorted(cu_seqlens[1:].contiguous(), positions.to(cu_seqlens.dtype), right=True)
+    return sequence, positions - cu_seqlens.long()[sequence]
 
 
 def packed_dense_mask(
@@ -69,10 +82,8 @@ def packed_dense_mask(
 ) -> torch.Tensor:
     """(total_q, total_k) boolean mask of a packed batch: block diagonal, the rule inside."""
     total_q, total_k = int(cu_seqlens_q[-1]), int(cu_seqlens_k[-1])
-    seq_q = sequence_ids(cu_seqlens_q, total_q)
-    seq_k = sequence_ids(cu_seqlens_k, total_k)
-    local_q = torch.arange(total_q, device=seq_q.device) - cu_seqlens_q.long()[seq_q]
-    local_k = torch.arange(total_k, device=seq_k.device) - cu_seqlens_k.long()[seq_k]
+    seq_q, local_q = packed_positions(cu_seqlens_q, total_q)
+    seq_k, local_k = packed_positions(cu_seqlens_k, total_k)
 
     def row(t: torch.Tensor) -> torch.Tensor:
         return t.to(seq_q.device)[seq_q].view(-1, 1)
@@ -100,7 +111,7 @@ def visible_key_bounds(
     chunk_k = chunks.chunk_k.view(-1, 1)
     k_offset = chunks.k_offset.view(-1, 1)
     n_keys = seqlens_k.view(-1, 1).to(q_pos.device)
-    q_chunk = torch.div(chunks.q_offset.view(-1, 1) + q_pos, chunk_q, rounding_mode="floor")
+    q_chunk = chunk_index(q_pos, chunk_q, chunks.q_offset.view(-1, 1))
     hi = torch.minimum(torch.clamp((q_chunk + 1) * chunk_k - k_offset, min=0), n_keys)
     if chunks.left_chunks is None:
         lo = torch.zeros_like(hi)
@@ -115,8 +126,7 @@ def packed_visible_key_bounds(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Visible key range of each packed query, in packed key coordinates: two (total_q,) tensors."""
     total_q = int(cu_seqlens_q[-1])
-    seq_q = sequence_ids(cu_seqlens_q, total_q)
-    local_q = torch.arange(total_q, device=seq_q.device) - cu_seqlens_q.long()[seq_q]
+    seq_q, local_q = packed_positions(cu_seqlens_q, total_q)
     seqlens_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
     per_row = SequenceChunks(
         chunk_q=chunks.chunk_q[seq_q],

@@ -17,9 +17,11 @@ from s2s.attention.backends.base import AttentionBackend
 from s2s.attention.mask import (
     FULL,
     PARTIAL,
+    chunk_index,
+    chunk_is_visible,
     classify_tiles_from_bounds,
+    packed_positions,
     packed_visible_key_bounds,
-    sequence_ids,
     visible_key_bounds,
 )
 from s2s.attention.problem import AttentionProblem
@@ -65,12 +67,8 @@ def build_block_mask(
         )
         lengths_q = torch.full((batch,), seqlen_q, device=device)
         lengths_k = torch.full((batch,), seqlen_k, device=device)
-        q_chunk_ids = torch.div(
-            chunks.q_offset.view(-1, 1) + positions_q, chunks.chunk_q.view(-1, 1), rounding_mode="floor"
-        )
-        k_chunk_ids = torch.div(
-            chunks.k_offset.view(-1, 1) + positions_k, chunks.chunk_k.view(-1, 1), rounding_mode="floor"
-        )
+        q_chunk_ids = chunk_index(positions_q, chunks.chunk_q.view(-1, 1), chunks.q_offset.view(-1, 1))
+        k_chunk_ids = chunk_index(positions_k, chunks.chunk_k.view(-1, 1), chunks.k_offset.view(-1, 1))
         q_seq = torch.zeros_like(q_chunk_ids)
         k_seq = torch.zeros_like(k_chunk_ids)
     else:
@@ -79,12 +77,10 @@ def build_block_mask(
         lo, hi = _pad_to(lo, rows, 0).view(1, -1), _pad_to(hi, rows, 0).view(1, -1)
         lengths_q = torch.tensor([total_q], device=device)
         lengths_k = torch.tensor([seqlen_k], device=device)
-        seq_q = sequence_ids(cu_seqlens_q, total_q)
-        seq_k = sequence_ids(cu_seqlens_k, total_k)
-        local_q = torch.arange(total_q, device=device) - cu_seqlens_q.long()[seq_q]
-        local_k = torch.arange(total_k, device=device) - cu_seqlens_k.long()[seq_k]
-        q_ids = torch.div(chunks.q_offset[seq_q] + local_q, chunks.chunk_q[seq_q], rounding_mode="floor")
-        k_ids = torch.div(chunks.k_offset[seq_k] + local_k, chunks.chunk_k[seq_k], rounding_mode="floor")
+        seq_q, local_q = packed_positions(cu_seqlens_q, total_q)
+        seq_k, local_k = packed_positions(cu_seqlens_k, total_k)
+        q_ids = chunk_index(local_q, chunks.chunk_q[seq_q], chunks.q_offset[seq_q])
+        k_ids = chunk_index(local_k, chunks.chunk_k[seq_k], chunks.k_offset[seq_k])
         # Padding rows and keys get distinct sequence ids, so they never see each other.
         q_chunk_ids = _pad_to(q_ids, rows, 0).view(1, -1)
         k_chunk_ids = _pad_to(k_ids, cols, 0).view(1, -1)
@@ -97,12 +93,8 @@ def build_block_mask(
     left_chunks = chunks.left_chunks
 
     def chunk_mask(b, h, q_idx, kv_idx):
-        q_chunk = q_chunk_ids[b, q_idx]
-        k_chunk = k_chunk_ids[b, kv_idx]
-        visible = (k_chunk <= q_chunk) & (q_seq[b, q_idx] == k_seq[b, kv_idx])
-        if left_chunks is not None:
-            visible = visible & (k_chunk >= q_chunk - left_chunks)
-        return visible
+        same_sequence = q_seq[b, q_idx] == k_seq[b, kv_idx]
+        return same_sequence & chunk_is_visible(q_chunk_ids[b, q_idx], k_chunk_ids[b, kv_idx], left_chunks)
 
     return BlockMask.from_kv_blocks(
         kv_num_blocks,
