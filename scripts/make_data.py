@@ -1,0 +1,23 @@
+"""Synthesize the offline dialogue corpus: `python scripts/make_data.py [overrides]` (configs/make_data.yaml)."""
+
+import time
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from s2s.data.corpus import generate_corpus
+from s2s.data.synth import CorpusConfig
+
+
+@hydra.main(config_path="../configs", config_name="make_data", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    started = time.perf_counter()
+    config = CorpusConfig.from_dict(OmegaConf.to_container(cfg.corpus, resolve=True))
+    task = hydra.utils.instantiate(cfg.task)
+    summary = generate_corpus(config, task, workers=cfg.workers, overwrite=cfg.overwrite, progress=cfg.progress)
+    print(summary.describe())
+    print(f"wall time {time.perf_counter() - started:.1f} s; recipe in {summary.out_dir / 'corpus.json'}")
+
+
+if __name__ == "__main__":
+    main()
