@@ -1,4 +1,7 @@
-"""Synthesize the offline dialogue corpus: `python scripts/make_data.py [overrides]` (configs/make_data.yaml)."""
+"""Synthesize the offline dialogue corpus: `python scripts/make_data.py [key=value ...]`.
+
+Every option is in configs/make_data.yaml; the task is the config group configs/task/.
+"""
 
 import time
 
@@ -14,7 +17,9 @@ def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
     config = CorpusConfig.from_dict(OmegaConf.to_container(cfg.corpus, resolve=True))
     task = hydra.utils.instantiate(cfg.task)
-    summary = generate_corpus(config, task, workers=cfg.workers, overwrite=cfg.overwrite, progress=cfg.progress)
+    summary = generate_corpus(
+        config, task, workers=cfg.workers, overwrite=cfg.overwrite, progress=cfg.progress
+    )
     print(summary.describe())
     print(f"wall time {time.perf_counter() - started:.1f} s; recipe in {summary.out_dir / 'corpus.json'}")
 
