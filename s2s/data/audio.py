@@ -1,0 +1,106 @@
+"""Audio file I/O with soundfile and resampling with torchaudio, with errors that say what to fix.
+
+torchaudio's own file I/O now needs torchcodec and ffmpeg; soundfile (libsndfile) reads and writes
+wav/flac everywhere pip runs. Audio is float32 in [-1, 1], shaped (channels, samples).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+
+class AudioError(ValueError):
+    """An audio file or signal that s2s cannot use, with the reason and the fix in the message."""
+
+
+def audio_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
+    """Header of an audio file (sample rate, channels, frames) without reading the samples."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} does not exist")
+    try:
+        return soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"cannot read {path} as audio ({error}); expected a wav or flac file") from error
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    start: int = 0,
+    frames: int = -1,
+) -> tuple[torch.Tensor, int]:
+    """Read `path` as float32 (channels, samples), resampled to `sample_rate` when given.
+
+    `start`/`frames` select a span in the file's own sample rate. `channels` checks the channel
+    count. NaN or infinite samples (a float file gone bad) are refused, not passed on.
+    """
+    path = Path(path)
+    info = audio_info(path)
+    if channels is not None and info.channels != channels:
+        raise AudioError(
+            f"{path} has {info.channels} channel(s) but {channels} are expected"
+            + (" (a duplex dialogue is stereo: channel 0 user, channel 1 system)" if channels == 2 else "")
+        )
+    try:
+        data, file_rate = soundfile.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise AudioError(f"cannot decode {path}: {error}") from error
+    audio = torch.from_numpy(np.ascontiguousarray(data.T))
+    check_finite(audio, str(path))
+    if sample_rate is not None and file_rate != sample_rate:
+        audio = resample(audio, file_rate, sample_rate)
+        file_rate = sample_rate
+    return audio, file_rate
+
+
+def save_audio(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> Path:
+    """Write (channels, samples) float audio in [-1, 1] as 16-bit PCM wav, atomically.
+
+    The file appears complete or not at all: it is written beside the target and renamed, so an
+    interrupted run never leaves a truncated wav where a good one was.
+    """
+    path = Path(path)
+    samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if samples.ndim == 1:
+        samples = samples[None]
+    if samples.ndim != 2:
+        raise AudioError(f"audio to save must be (channels, samples), got shape {tuple(samples.shape)}")
+    if samples.dtype != np.int16:
+        if not np.isfinite(samples).all():
+            raise AudioError(f"refusing to write {path}: the audio holds NaN or infinite samples")
+        samples = float_to_pcm16(samples)
+    if sample_rate <= 0:
+        raise AudioError(f"sample rate must be positive, got {sample_rate}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    soundfile.write(str(partial), samples.T, sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(partial, path)
+    return path
+
+
+def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Round float audio in [-1, 1] to int16 (clipping outside), with no dither: deterministic."""
+    return np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def resample(audio: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
+    """Band-limited resampling along the last axis (torchaudio's windowed sinc)."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise AudioError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    if from_rate == to_rate:
+        return audio
+    return torchaudio.functional.resample(audio, from_rate, to_rate)
+
+
+def check_finite(audio: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(audio).all():
+        bad = int((~torch.isfinite(audio)).sum())
+        raise AudioError(f"{what} holds {bad} NaN or infinite sample(s); re-export or re-generate it")

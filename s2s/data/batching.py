@@ -1,0 +1,189 @@
+"""Batches by total duration, random crops, and the padded batch the model consumes.
+
+The sampler holds all the randomness (crop positions and batch order), seeded by (seed, epoch):
+the same seed gives the same batches for any number of loader workers. Batches are packed so that
+(items x longest item) stays within a budget of seconds, like the duration-bucketed batching of
+NeMo and WeNet, so short and long dialogues both fill the accelerator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from s2s.data.dataset import Crop
+from s2s.data.features import LogMel, LogMelConfig
+
+
+class DurationBatchSampler(torch.utils.data.Sampler):
+    """Yields lists of `Crop`s whose padded duration (items x longest) is at most `batch_seconds`.
+
+    Each dialogue is cut to at most `max_seconds` (a random window when `shuffle`, its start
+    otherwise; starts and lengths are multiples of `hop` samples). Under DDP each rank takes every
+    `world_size`-th batch of the same list (equal counts, the remainder dropped); rank and world size
+    come from torch.distributed when not given.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        sample_rate: int,
+        batch_seconds: float,
+        max_seconds: float | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        hop: int = 160,
+        sort_pool: int = 64,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        if not lengths:
+            raise ValueError("the batch sampler needs at least one dialogue")
+        if batch_seconds <= 0 or (max_seconds is not None and max_seconds <= 0):
+            raise ValueError(f"batch_seconds and max_seconds must be positive, got {batch_seconds}, {max_seconds}")
+        self.lengths = [int(n) for n in lengths]
+        self.sample_rate = sample_rate
+        self.budget = int(batch_seconds * sample_rate)
+        self.max_samples = None if max_seconds is None else max(hop, int(max_seconds * sample_rate) // hop * hop)
+        if self.max_samples is not None and self.max_samples > self.budget:
+            raise ValueError(
+                f"max_seconds={max_seconds} is longer than batch_seconds={batch_seconds}: one crop would not fit "
+                "a batch; raise batch_seconds or lower max_seconds"
+            )
+        short = [i for i, n in enumerate(self.lengths) if n < hop]
+        if short:
+            raise ValueError(f"dialogue(s) {short[:5]} are shorter than one {hop}-sample frame")
+        self.shuffle = shuffle
+        self.seed = seed
+        self.hop = hop
+        self.sort_pool = sort_pool
+        self._rank, self._world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this each epoch: new crops and a new order, still a function of the seed."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[Crop]]:
+        yield from self._shard(self.batches())
+
+    def __len__(self) -> int:
+        return len(self._shard(self.batches()))
+
+    def batches(self) -> list[list[Crop]]:
+        """Every batch of this epoch, before sharding across ranks."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        crops = [self._crop(index, length, rng) for index, length in enumerate(self.lengths)]
+        order = rng.permutation(len(crops)) if self.shuffle else np.arange(len(crops))
+        pool_size = max(1, self.sort_pool * max(1, self.budget // max(c.length for c in crops)))
+        batches: list[list[Crop]] = []
+        for begin in range(0, len(order), pool_size):
+            pool = sorted((crops[i] for i in order[begin : begin + pool_size]), key=lambda c: -c.length)
+            batch: list[Crop] = []
+            for crop in pool:  # longest first: the first item of a batch sets its padded length
+                if batch and (len(batch) + 1) * batch[0].length > self.budget:
+                    batches.append(batch)
+                    batch = []
+                batch.append(crop)
+            if batch:
+                batches.append(batch)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _crop(self, index: int, length: int, rng: np.random.Generator) -> Crop:
+        if self.max_samples is None or length <= self.max_samples:
+            return Crop(index, 0, length)
+        start = 0
+        if self.shuffle:
+            start = int(rng.integers(0, (length - self.max_samples) // self.hop + 1)) * self.hop
+        return Crop(index, start, self.max_samples)
+
+    def _shard(self, batches: list[list[Crop]]) -> list[list[Crop]]:
+        rank, world = self._rank, self._world_size
+        if rank is None or world is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+            world = torch.distributed.get_world_size() if distributed else 1
+        if world == 1:
+            return batches
+        per_rank = len(batches) // world
+        if per_rank == 0:
+            raise ValueError(f"{len(batches)} batch(es) cannot be shared by {world} ranks; lower batch_seconds")
+        return batches[rank : per_rank * world : world]
+
+
+@dataclass
+class DialogueBatch:
+    """A padded batch. Audio is (B, T) at 16 kHz; frames are 10 ms, (B, F) or (B, F, n_mels), F = T // hop."""
+
+    names: list[str]
+    user_audio: torch.Tensor
+    system_audio: torch.Tensor
+    audio_lengths: torch.Tensor  # (B,) int64, samples
+    frame_lengths: torch.Tensor  # (B,) int64, 10 ms frames
+    frame_mask: torch.Tensor  # (B, F) bool, True on real frames
+    user_speaking: torch.Tensor  # (B, F) float 0/1
+    system_speaking: torch.Tensor  # (B, F) float 0/1
+    user_mel: torch.Tensor | None = None  # (B, F, n_mels) log-mel
+    system_mel: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def pin_memory(self) -> DialogueBatch:
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device, non_blocking: bool = False) -> DialogueBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, function) -> DialogueBatch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return DialogueBatch(**{k: function(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+
+class DialogueCollate:
+    """Pads items to a common length (a multiple of `pad_multiple` samples) and computes log-mel.
+
+    Features are computed here, in the loader workers, with the same causal front end the
+    streaming session uses, so training and streaming see identical frames.
+    """
+
+    def __init__(self, log_mel: LogMelConfig | None = None, with_features: bool = True, pad_multiple: int = 640):
+        self.log_mel_config = log_mel or LogMelConfig()
+        if pad_multiple % self.log_mel_config.hop:
+            raise ValueError(f"pad_multiple {pad_multiple} must be a multiple of the {self.log_mel_config.hop}-sample hop")
+        self.with_features = with_features
+        self.pad_multiple = pad_multiple
+        self._log_mel: LogMel | None = None
+
+    def __call__(self, items: list[dict]) -> DialogueBatch:
+        hop = self.log_mel_config.hop
+        lengths = torch.tensor([item["user"].shape[0] for item in items], dtype=torch.int64)
+        padded = -(-int(lengths.max()) // self.pad_multiple) * self.pad_multiple
+        frames = padded // hop
+
+        def stack(key: str, size: int) -> torch.Tensor:
+            return torch.stack([torch.nn.functional.pad(item[key], (0, size - item[key].shape[0])) for item in items])
+
+        frame_lengths = lengths // hop
+        batch = DialogueBatch(
+            names=[item["name"] for item in items],
+            user_audio=stack("user", padded),
+            system_audio=stack("system", padded),
+            audio_lengths=lengths,
+            frame_lengths=frame_lengths,
+            frame_mask=torch.arange(frames)[None, :] < frame_lengths[:, None],
+            user_speaking=stack("user_speaking", frames),
+            system_speaking=stack("system_speaking", frames),
+        )
+        if self.with_features:
+            if self._log_mel is None:
+                self._log_mel = LogMel(self.log_mel_config)
+            with torch.no_grad():
+                batch.user_mel = self._log_mel(batch.user_audio)
+                batch.system_mel = self._log_mel(batch.system_audio)
+        return batch

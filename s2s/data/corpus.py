@@ -1,0 +1,207 @@
+"""The synthetic corpus on disk: plan the splits, synthesize what is missing on all cores, record it.
+
+`<out_dir>/corpus.json` records the recipe (everything that determines the audio) and whether the
+corpus is complete. Re-running with the same recipe resumes an interrupted run (finished dialogues
+are kept: each is written wav first, manifest last, both atomically) or changes only the amount
+of data (a split's dialogues are a prefix-stable sequence). A different recipe in the same folder,
+or a folder that holds other audio, is refused rather than overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from s2s.data.audio import save_audio
+from s2s.data.synth import SPLITS, CorpusConfig, DialogueJob, DialogueSynthesizer, plan_split
+from s2s.data.tasks import DialogueTask
+
+RECORD_NAME = "corpus.json"
+RECORD_FORMAT = "s2s-corpus/1"
+GENERATOR_VERSION = 1  # bump when a code change alters the audio for the same recipe
+_DIALOGUE_FILE = re.compile(r"^(train|val|test)_\d{5}\.(wav|json)(\.partial)?$")
+
+
+class CorpusError(RuntimeError):
+    """The output folder cannot take this corpus; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CorpusSummary:
+    out_dir: Path
+    dialogues: dict[str, int]
+    seconds: dict[str, float]
+    synthesized: int  # dialogues made by this call (0 when the corpus was already complete)
+    elapsed: float
+
+    def describe(self) -> str:
+        splits = ", ".join(f"{s} {self.dialogues[s]} dialogues / {self.seconds[s] / 3600:.2f} h" for s in self.dialogues)
+        return f"corpus in {self.out_dir}: {splits}; synthesized {self.synthesized} in {self.elapsed:.1f} s"
+
+
+def generate_corpus(
+    config: CorpusConfig,
+    task: DialogueTask,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> CorpusSummary:
+    """Make sure `config.out_dir` holds the corpus `config` + `task` describe; synthesize what is missing."""
+    started = time.perf_counter()
+    out_dir = Path(config.out_dir)
+    recipe = {"generator": GENERATOR_VERSION, "config": _without_hours(config.record()), "task": task.describe()}
+    _claim_folder(out_dir, recipe, overwrite)
+
+    plans = {split: plan_split(config, split) for split in SPLITS}
+    _write_record(out_dir, recipe, config, plans, complete=False)
+    for split, jobs in plans.items():
+        _remove_beyond_plan(out_dir / split, split, len(jobs))
+    missing = [job for jobs in plans.values() for job in jobs if not _is_done(out_dir, job)]
+    synthesize_jobs(config, task, missing, workers=workers, progress=progress)
+    _write_record(out_dir, recipe, config, plans, complete=True)
+    return CorpusSummary(
+        out_dir=out_dir,
+        dialogues={split: len(jobs) for split, jobs in plans.items()},
+        seconds={split: sum(job.seconds for job in jobs) for split, jobs in plans.items()},
+        synthesized=len(missing),
+        elapsed=time.perf_counter() - started,
+    )
+
+
+def read_record(out_dir: str | os.PathLike) -> dict | None:
+    path = Path(out_dir) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{path} is not valid JSON ({error}); delete it to re-generate the corpus") from error
+    if record.get("format") != RECORD_FORMAT:
+        raise CorpusError(f"{path} is not an s2s corpus record (format {record.get('format')!r})")
+    return record
+
+
+def _claim_folder(out_dir: Path, recipe: dict, overwrite: bool) -> None:
+    record = read_record(out_dir)
+    if record is None:
+        foreign = [p for p in out_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".json")] if out_dir.exists() else []
+        if foreign:
+            raise CorpusError(
+                f"{out_dir} already holds {len(foreign)} audio/json file(s) (e.g. {foreign[0]}) that are not an s2s "
+                "synthetic corpus; choose an empty out_dir so nothing there is overwritten"
+            )
+        return
+    if record["recipe"] == recipe:
+        return
+    changed = sorted(
+        key for key in set(record["recipe"]) | set(recipe) if record["recipe"].get(key) != recipe.get(key)
+    )
+    if not overwrite:
+        raise CorpusError(
+            f"{out_dir} holds a corpus made with other settings (differences in: {', '.join(changed)}); "
+            "use another out_dir, or overwrite=true to replace that corpus"
+        )
+    for split in SPLITS:
+        _remove_beyond_plan(out_dir / split, split, 0)
+
+
+def _remove_beyond_plan(folder: Path, split: str, count: int) -> None:
+    """Delete this corpus's own dialogue files numbered >= count (never anything else)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        match = _DIALOGUE_FILE.match(path.name)
+        if match and match.group(1) == split and (int(path.name[len(split) + 1 : len(split) + 6]) >= count or match.group(3)):
+            path.unlink()
+
+
+def _is_done(out_dir: Path, job: DialogueJob) -> bool:
+    folder = out_dir / job.split
+    return (folder / f"{job.dialogue_id}.json").is_file() and (folder / f"{job.dialogue_id}.wav").is_file()
+
+
+def _write_record(out_dir: Path, recipe: dict, config: CorpusConfig, plans: dict, complete: bool) -> None:
+    record = {
+        "format": RECORD_FORMAT,
+        "complete": complete,
+        "recipe": recipe,
+        "hours": config.hours,
+        "splits": {
+            split: {"dialogues": len(jobs), "hours": round(sum(j.seconds for j in jobs) / 3600, 4)}
+            for split, jobs in plans.items()
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / (RECORD_NAME + ".partial")
+    partial.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(partial, out_dir / RECORD_NAME)
+
+
+def _without_hours(record: dict) -> dict:
+    return {key: value for key, value in record.items() if key != "hours"}
+
+
+# --- many dialogues on all cores -------------------------------------------------------------
+
+_worker: DialogueSynthesizer | None = None
+
+
+def _start_worker(config: CorpusConfig, task: DialogueTask) -> None:
+    global _worker
+    torch.set_num_threads(1)  # one dialogue per core
+    _worker = DialogueSynthesizer(config, task)
+
+
+def _run_job(job: DialogueJob) -> float:
+    assert _worker is not None, "worker process was not initialized"
+    return write_dialogue(_worker, job)
+
+
+def write_dialogue(synthesizer: DialogueSynthesizer, job: DialogueJob) -> float:
+    """Make one dialogue; write `<split>/<id>.wav`, then `<split>/<id>.json` (which marks it done)."""
+    tracks, manifest = synthesizer.make(job)
+    folder = Path(synthesizer.config.out_dir) / job.split
+    save_audio(folder / f"{job.dialogue_id}.wav", tracks, synthesizer.rate)
+    manifest.save(folder / f"{job.dialogue_id}.json")
+    return manifest.duration
+
+
+def synthesize_jobs(
+    config: CorpusConfig,
+    task: DialogueTask,
+    jobs: list[DialogueJob],
+    workers: int | None = None,
+    progress: bool = True,
+) -> float:
+    """Write `jobs` on `workers` processes (default: all cores); returns the seconds of audio written."""
+    if not jobs:
+        return 0.0
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    jobs = sorted(jobs, key=lambda job: -job.seconds)  # longest first balances the cores
+    from tqdm.auto import tqdm
+
+    hours = sum(job.seconds for job in jobs) / 3600
+    bar = tqdm(total=len(jobs), unit="dialogue", desc=f"synthesizing {hours:.2f} h", disable=not progress)
+    written = 0.0
+    try:
+        if workers == 1:
+            synthesizer = DialogueSynthesizer(config, task)
+            for job in jobs:
+                written += write_dialogue(synthesizer, job)
+                bar.update(1)
+        else:
+            context = multiprocessing.get_context("fork")  # each phrase forks again; fork is the cheap start
+            with context.Pool(workers, initializer=_start_worker, initargs=(config, task)) as pool:
+                for seconds in pool.imap_unordered(_run_job, jobs):
+                    written += seconds
+                    bar.update(1)
+    finally:
+        bar.close()
+    return written

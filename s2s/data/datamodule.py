@@ -1,0 +1,136 @@
+"""LightningDataModule over a dialogue folder: `<root>/{train,val,test}/*.wav` (+ manifests).
+
+With the default settings a new user needs no data step: if the train folder has no audio, the
+default synthetic corpus is generated there first (with a progress bar). Real recordings work the
+same way: stereo wav files (channel 0 user, channel 1 system) in the three split folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning
+import torch
+
+from s2s.data.batching import DialogueCollate, DurationBatchSampler
+from s2s.data.corpus import generate_corpus, read_record
+from s2s.data.dataset import AUDIO_SUFFIXES, DialogueDataset
+from s2s.data.features import LogMelConfig
+from s2s.data.synth import CorpusConfig
+from s2s.data.tasks import DialogueTask, say_in_german
+
+
+class DuplexDataModule(lightning.LightningDataModule):
+    """Train on random crops batched by duration; validate and test on deterministic crops.
+
+    Under DDP set the trainer's `use_distributed_sampler=False`: the batch sampler shards batches
+    across ranks itself.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike = "data/synth",
+        splits: Mapping[str, str] | None = None,
+        sample_rate: int = 16000,
+        max_seconds: float = 16.0,
+        eval_max_seconds: float | None = 60.0,
+        batch_seconds: float = 128.0,
+        num_workers: int = 2,
+        seed: int = 0,
+        log_mel: LogMelConfig | Mapping | None = None,
+        with_features: bool = True,
+        pad_multiple: int = 640,
+        vad_threshold_db: float = -45.0,
+        generate_if_missing: bool = True,
+        corpus: CorpusConfig | Mapping | None = None,
+        task: DialogueTask | None = None,
+    ):
+        super().__init__()
+        self.root = Path(root)
+        self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
+        self.sample_rate = sample_rate
+        self.max_seconds = max_seconds
+        self.eval_max_seconds = eval_max_seconds
+        self.batch_seconds = batch_seconds
+        self.num_workers = num_workers
+        self.seed = seed
+        self.log_mel = LogMelConfig(**log_mel) if isinstance(log_mel, Mapping) else (log_mel or LogMelConfig())
+        if self.log_mel.sample_rate != sample_rate:
+            raise ValueError(f"log_mel.sample_rate {self.log_mel.sample_rate} differs from sample_rate {sample_rate}")
+        self.with_features = with_features
+        self.pad_multiple = pad_multiple
+        self.vad_threshold_db = vad_threshold_db
+        self.generate_if_missing = generate_if_missing
+        self.corpus = corpus
+        self.task = task
+        self.datasets: dict[str, DialogueDataset] = {}
+
+    def corpus_config(self) -> CorpusConfig:
+        if isinstance(self.corpus, CorpusConfig):
+            return dataclasses.replace(self.corpus, out_dir=str(self.root))
+        return CorpusConfig.from_dict({**dict(self.corpus or {}), "out_dir": str(self.root)})
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic corpus when the train folder is empty (or a generation was cut short)."""
+        if not self.generate_if_missing:
+            return
+        record = read_record(self.root)
+        unfinished = record is not None and not record.get("complete", False)
+        if unfinished or not _has_audio(self.root / self.splits["train"]):
+            print(f"no dialogues in {self.root / self.splits['train']}: synthesizing the default corpus there")
+            summary = generate_corpus(self.corpus_config(), self.task or say_in_german(), progress=True)
+            print(summary.describe())
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")):
+            if split not in self.datasets:
+                self.datasets[split] = DialogueDataset(
+                    self.root / self.splits[split],
+                    sample_rate=self.sample_rate,
+                    hop=self.log_mel.hop,
+                    vad_threshold_db=self.vad_threshold_db,
+                )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("train", shuffle=True, max_seconds=self.max_seconds)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("val", shuffle=False, max_seconds=self.eval_max_seconds)
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("test", shuffle=False, max_seconds=self.eval_max_seconds)
+
+    def _loader(self, split: str, shuffle: bool, max_seconds: float | None) -> torch.utils.data.DataLoader:
+        if split not in self.datasets:
+            self.setup(None)
+        dataset = self.datasets[split]
+        sampler = DurationBatchSampler(
+            dataset.lengths,
+            sample_rate=self.sample_rate,
+            batch_seconds=max(self.batch_seconds, max_seconds or 0.0),
+            max_seconds=max_seconds,
+            shuffle=shuffle,
+            seed=self.seed,
+            hop=self.log_mel.hop,
+        )
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=DialogueCollate(self.log_mel, self.with_features, self.pad_multiple),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_single_thread_worker,
+        )
+
+
+def _has_audio(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() in AUDIO_SUFFIXES for p in folder.iterdir())
+
+
+def _single_thread_worker(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers run in parallel already; more threads would oversubscribe the cores

@@ -1,0 +1,153 @@
+"""A folder of stereo dialogues (channel 0 user, channel 1 system), synthesized or recorded.
+
+Each item is a crop of one dialogue: both channels at the dataset's sample rate and, per 10 ms
+frame, whether the user and the system are speaking. Speaking flags come from the manifest beside
+the wav when there is one (exact), otherwise from the channel's energy (recordings without labels).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from s2s.data.audio import AudioError, audio_info, load_audio
+from s2s.data.manifest import SYSTEM, USER, Manifest, ManifestError, load_manifest
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+@dataclass(frozen=True)
+class DialogueFile:
+    audio_path: Path
+    manifest: Manifest | None
+    file_rate: int
+    file_frames: int
+    num_samples: int  # at the dataset's sample rate
+
+    @property
+    def name(self) -> str:
+        return self.audio_path.stem
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Which part of which dialogue to read: samples [start, start + length) at the dataset's rate."""
+
+    index: int
+    start: int
+    length: int
+
+
+class DialogueDataset(torch.utils.data.Dataset):
+    """Stereo dialogues in `folder` (*.wav / *.flac), each with an optional `<stem>.json` manifest.
+
+    Indexing with an int gives the whole dialogue; with a `Crop`, that span (the batch sampler
+    draws crops, so all randomness lives in one seeded place).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        sample_rate: int = 16000,
+        hop: int = 160,
+        vad_threshold_db: float = -45.0,
+    ):
+        self.folder = Path(folder)
+        self.sample_rate = sample_rate
+        self.hop = hop
+        self.vad_threshold_db = vad_threshold_db
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"dialogue folder {self.folder} does not exist")
+        paths = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+        if not paths:
+            raise FileNotFoundError(
+                f"no .wav or .flac dialogues in {self.folder}; put stereo recordings there "
+                "(channel 0 user, channel 1 system) or run `python scripts/make_data.py`"
+            )
+        self.files = [self._index(path) for path in paths]
+
+    def _index(self, path: Path) -> DialogueFile:
+        info = audio_info(path)
+        if info.channels != 2:
+            raise AudioError(
+                f"{path} has {info.channels} channel(s); a dialogue must be stereo (channel 0 user, "
+                "channel 1 system)"
+            )
+        manifest = None
+        manifest_path = path.with_suffix(".json")
+        if manifest_path.is_file():
+            manifest = load_manifest(manifest_path)
+            if manifest.sample_rate != info.samplerate or manifest.num_samples != info.frames:
+                raise ManifestError(
+                    f"{manifest_path} describes {manifest.num_samples} samples at {manifest.sample_rate} Hz but "
+                    f"{path} has {info.frames} at {info.samplerate} Hz; the manifest belongs to another file"
+                )
+        num_samples = info.frames if info.samplerate == self.sample_rate else math.floor(
+            info.frames * self.sample_rate / info.samplerate
+        )
+        return DialogueFile(path, manifest, info.samplerate, info.frames, num_samples)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [f.num_samples for f in self.files]
+
+    def __getitem__(self, item: int | Crop) -> dict:
+        crop = item if isinstance(item, Crop) else Crop(int(item), 0, self.files[int(item)].num_samples)
+        file = self.files[crop.index]
+        if not (0 <= crop.start and crop.length > 0 and crop.start + crop.length <= file.num_samples):
+            raise IndexError(f"crop {crop} is outside {file.name} ({file.num_samples} samples)")
+        audio = self._read(file, crop)
+        frames = crop.length // self.hop
+        if file.manifest is not None:
+            user = self._flags_from_manifest(file, crop, USER, frames)
+            system = self._flags_from_manifest(file, crop, SYSTEM, frames)
+        else:
+            user, system = (self._flags_from_energy(audio[channel], frames) for channel in (0, 1))
+        return {
+            "name": file.name,
+            "user": audio[0],
+            "system": audio[1],
+            "user_speaking": user,
+            "system_speaking": system,
+        }
+
+    def _read(self, file: DialogueFile, crop: Crop) -> torch.Tensor:
+        if file.file_rate == self.sample_rate:
+            audio, _ = load_audio(file.audio_path, start=crop.start, frames=crop.length)
+        else:
+            # Read a margin around the span for the resampling filter, starting on a sample where
+            # the two rates' grids coincide so that the crop lands on the whole file's output grid.
+            step_in = file.file_rate // math.gcd(file.file_rate, self.sample_rate)
+            step_out = self.sample_rate // math.gcd(file.file_rate, self.sample_rate)
+            first_out = max(0, crop.start - 64) // step_out * step_out
+            first = first_out // step_out * step_in
+            last = min(file.file_frames, math.ceil((crop.start + crop.length + 64) * step_in / step_out))
+            audio, _ = load_audio(file.audio_path, self.sample_rate, start=first, frames=last - first)
+            audio = audio[:, crop.start - first_out : crop.start - first_out + crop.length]
+        if audio.shape[1] < crop.length:
+            audio = torch.nn.functional.pad(audio, (0, crop.length - audio.shape[1]))
+        return audio
+
+    def _flags_from_manifest(self, file: DialogueFile, crop: Crop, speaker: str, frames: int) -> torch.Tensor:
+        """A frame speaks when at least half of its 10 ms hop lies inside a speech segment."""
+        scale = self.sample_rate / file.manifest.sample_rate
+        active = np.zeros(frames * self.hop, dtype=np.float32)
+        for segment in file.manifest.speech(speaker):
+            start = round(segment.start_sample * scale) - crop.start
+            end = round(segment.end_sample * scale) - crop.start
+            active[max(start, 0) : max(min(end, active.size), 0)] = 1.0
+        return torch.from_numpy((active.reshape(frames, self.hop).mean(axis=1) >= 0.5).astype(np.float32))
+
+    def _flags_from_energy(self, channel: torch.Tensor, frames: int) -> torch.Tensor:
+        """Unlabelled recordings: a frame speaks when its RMS is above the threshold (dBFS)."""
+        hops = channel[: frames * self.hop].reshape(frames, self.hop)
+        rms_db = 10 * torch.log10(hops.pow(2).mean(dim=1) + 1e-12)
+        return (rms_db > self.vad_threshold_db).float()

@@ -1,0 +1,171 @@
+"""Dataset, duration batching and the data module: shapes, masks, determinism and bad-input errors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from s2s.data.audio import AudioError
+from s2s.data.batching import DialogueCollate, DurationBatchSampler
+from s2s.data.dataset import Crop, DialogueDataset
+from s2s.data.datamodule import DuplexDataModule
+from s2s.data.features import LogMel
+from s2s.data.manifest import ManifestError
+
+
+def _all_batches(loader):
+    return [batch for batch in loader]
+
+
+def test_sampler_packs_by_duration_and_covers_every_dialogue_once():
+    rng = np.random.default_rng()
+    lengths = [int(n) * 160 for n in rng.integers(50, 4000, size=57)]
+    sampler = DurationBatchSampler(lengths, 16000, batch_seconds=12.0, max_seconds=6.0, seed=int(rng.integers(1000)))
+    batches = sampler.batches()
+    assert sorted(c.index for b in batches for c in b) == list(range(57))
+    for batch in batches:
+        assert len(batch) * max(c.length for c in batch) <= 12 * 16000
+        for crop in batch:
+            assert crop.length == min(lengths[crop.index], 6 * 16000) and crop.length % 160 == 0
+            assert crop.start % 160 == 0 and 0 <= crop.start <= lengths[crop.index] - crop.length
+    again = DurationBatchSampler(lengths, 16000, batch_seconds=12.0, max_seconds=6.0, seed=sampler.seed)
+    assert again.batches() == batches
+    again.set_epoch(1)
+    assert again.batches() != batches
+    ranks = [
+        DurationBatchSampler(lengths, 16000, 12.0, 6.0, seed=sampler.seed, rank=r, world_size=3).batches()
+        for r in range(3)
+    ]
+    shards = [list(DurationBatchSampler(lengths, 16000, 12.0, 6.0, seed=sampler.seed, rank=r, world_size=3)) for r in range(3)]
+    assert ranks[0] == batches and len({len(s) for s in shards}) == 1
+    assert len({c.index for s in shards for b in s for c in b}) == sum(len(b) for s in shards for b in s)
+
+
+def test_sampler_rejects_crops_larger_than_a_batch():
+    with pytest.raises(ValueError, match="longer than batch_seconds"):
+        DurationBatchSampler([16000 * 30], 16000, batch_seconds=10.0, max_seconds=20.0)
+
+
+def test_batches_have_the_promised_shapes_masks_and_labels(tiny_corpus):
+    dataset = DialogueDataset(tiny_corpus.out_dir / "train")
+    sampler = DurationBatchSampler(dataset.lengths, 16000, batch_seconds=20.0, max_seconds=7.3, seed=3)
+    collate = DialogueCollate()
+    front_end = LogMel()
+    seen = 0
+    for crops in sampler:
+        batch = collate([dataset[c] for c in crops])
+        B = len(crops)
+        T = batch.user_audio.shape[1]
+        F = T // 160
+        assert T % 640 == 0 and T >= max(c.length for c in crops)
+        assert batch.system_audio.shape == (B, T) and batch.user_mel.shape == (B, F, 80)
+        assert batch.system_mel.shape == (B, F, 80) and batch.system_speaking.shape == (B, F)
+        assert torch.equal(batch.audio_lengths, torch.tensor([c.length for c in crops]))
+        assert torch.equal(batch.frame_lengths, batch.audio_lengths // 160)
+        for row, crop in enumerate(crops):
+            frames = crop.length // 160
+            assert batch.frame_mask[row, :frames].all() and not batch.frame_mask[row, frames:].any()
+            assert not batch.user_audio[row, crop.length :].any() and not batch.system_speaking[row, frames:].any()
+            # the audio is the crop of the file, and the features are those of that audio alone
+            whole, _ = soundfile.read(dataset.files[crop.index].audio_path, dtype="float32", always_2d=True)
+            np.testing.assert_array_equal(batch.user_audio[row, : crop.length].numpy(), whole[crop.start : crop.start + crop.length, 0])
+            alone = front_end(batch.system_audio[row : row + 1, : crop.length])
+            torch.testing.assert_close(batch.system_mel[row : row + 1, :frames], alone, atol=1e-5, rtol=0)
+            # labels follow the manifest: a speaking frame has system sound in it, a silent one none
+            audio = batch.system_audio[row, : frames * 160].reshape(frames, 160)
+            speaking = batch.system_speaking[row, :frames].bool()
+            assert (audio[~speaking].abs().amax(dim=1) < 0.05).float().mean() > 0.97
+            assert (audio[speaking].abs().amax(dim=1) > 0.0).all()
+            seen += 1
+    assert seen == len(dataset)
+
+
+def test_loader_workers_do_not_change_batches(tiny_corpus):
+    def loader(workers):
+        module = DuplexDataModule(
+            root=tiny_corpus.out_dir, max_seconds=5.0, batch_seconds=12.0, num_workers=workers, seed=11,
+            generate_if_missing=False,
+        )
+        module.setup("fit")
+        return module.train_dataloader()
+
+    single, parallel = _all_batches(loader(0)), _all_batches(loader(2))
+    assert [b.names for b in single] == [b.names for b in parallel]
+    for a, b in zip(single, parallel, strict=True):
+        assert torch.equal(a.user_audio, b.user_audio) and torch.equal(a.system_mel, b.system_mel)
+
+
+def test_validation_batches_are_whole_dialogues_from_the_start(tiny_corpus):
+    module = DuplexDataModule(root=tiny_corpus.out_dir, eval_max_seconds=None, num_workers=0, generate_if_missing=False)
+    module.setup("validate")
+    batches = _all_batches(module.val_dataloader())
+    lengths = module.datasets["val"].lengths
+    assert sorted(int(n) for b in batches for n in b.audio_lengths) == sorted(lengths)
+
+
+def test_data_module_generates_the_corpus_on_first_use(tmp_path):
+    root = tmp_path / "fresh"
+    corpus = {"hours": {"train": 0.005, "val": 0.005, "test": 0.0}, "timing": {"seconds": [20.0, 21.0]}}
+    module = DuplexDataModule(root=root, corpus=corpus, num_workers=0, max_seconds=4.0, batch_seconds=8.0)
+    module.prepare_data()
+    assert len(list((root / "train").glob("*.wav"))) == 1 and len(list((root / "val").glob("*.wav"))) == 1
+    stamp = (root / "train" / "train_00000.wav").stat().st_mtime_ns
+    module.prepare_data()  # already there: nothing is made again
+    assert (root / "train" / "train_00000.wav").stat().st_mtime_ns == stamp
+    module.setup("fit")
+    batch = next(iter(module.train_dataloader()))
+    assert batch.user_audio.shape == (1, 4 * 16000)
+
+
+def test_real_recordings_without_manifests_at_another_rate(tmp_path, generator):
+    """A folder of stereo 22.05 kHz wav with no manifests: resampled, speaking flags from energy."""
+    folder = tmp_path / "train"
+    folder.mkdir()
+    rate = 22050
+    audio = np.zeros((rate * 2, 2), dtype=np.float32)
+    audio[rate // 2 : rate, 0] = 0.3 * torch.randn(rate // 2, generator=generator).numpy()  # user 0.5-1.0 s
+    audio[rate + rate // 4 :, 1] = 0.3 * torch.randn(rate - rate // 4, generator=generator).numpy()  # system 1.25-2 s
+    soundfile.write(folder / "call.wav", audio, rate)
+    dataset = DialogueDataset(folder)
+    assert dataset.lengths == [32000]
+    item = dataset[0]
+    assert item["user"].shape == (32000,)
+    user, system = item["user_speaking"], item["system_speaking"]
+    assert user[52:98].all() and not user[:48].any() and not user[102:].any()
+    assert system[127:].all() and not system[:123].any()
+    part = dataset[Crop(0, 8000, 1600)]
+    torch.testing.assert_close(part["user"], item["user"][8000:9600], atol=1e-4, rtol=0)
+
+
+def test_bad_folders_and_files_get_clear_errors(tmp_path, tiny_corpus):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DialogueDataset(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no .wav or .flac dialogues.*make_data"):
+        DialogueDataset(tmp_path / "empty")
+    mono = tmp_path / "mono"
+    mono.mkdir()
+    soundfile.write(mono / "a.wav", np.zeros(1600), 16000)
+    with pytest.raises(AudioError, match="must be stereo"):
+        DialogueDataset(mono)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_corpus.out_dir / "val", mixed)
+    wav = sorted(mixed.glob("*.wav"))[0]
+    soundfile.write(wav, np.zeros((1600, 2)), 16000)  # the manifest now describes another file
+    with pytest.raises(ManifestError, match="belongs to another file"):
+        DialogueDataset(mixed)
+    wav.with_suffix(".json").write_text("{ truncated")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        DialogueDataset(mixed)
+    record = json.loads((tiny_corpus.out_dir / "val" / wav.with_suffix(".json").name).read_text())
+    del record["segments"]
+    wav.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(ManifestError, match="malformed"):
+        DialogueDataset(mixed)
+    dataset = DialogueDataset(tiny_corpus.out_dir / "val")
+    with pytest.raises(IndexError, match="outside"):
+        dataset[Crop(0, dataset.lengths[0] - 100, 200)]
+

@@ -1,0 +1,178 @@
+"""The synthetic corpus: byte determinism, manifests that agree with the audio, turn-taking timing."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import soundfile
+
+from s2s.data.corpus import CorpusError, generate_corpus, read_record
+from s2s.data.espeak import Espeak, EspeakError, Voice
+from s2s.data.manifest import SYSTEM, USER, load_manifest
+from s2s.data.synth import DialogueTiming, UserVoices
+from s2s.data.tasks import say_in_german
+
+from tiny_corpus import TINY_TIMING, tiny_config
+
+
+def _digests(folder):
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _dialogues(summary):
+    for split in ("train", "val", "test"):
+        for manifest_path in sorted((summary.out_dir / split).glob("*.json")):
+            audio, rate = soundfile.read(manifest_path.with_suffix(".wav"), dtype="int16", always_2d=True)
+            yield load_manifest(manifest_path), audio.T, rate
+
+
+def test_corpus_has_every_split_and_event(tiny_corpus):
+    kinds = set()
+    for manifest, audio, rate in _dialogues(tiny_corpus):
+        assert rate == 16000 and audio.shape == (2, manifest.num_samples)
+        assert TINY_TIMING.seconds[0] <= manifest.duration <= TINY_TIMING.seconds[1] + 1e-3
+        kinds |= {segment.kind for segment in manifest.segments}
+        assert len([s for s in manifest.segments if s.kind == "turn"]) >= 3, "a dialogue has several turns"
+    assert kinds == {"turn", "pause", "barge-in", "reply", "cut-off reply"}
+    assert all(tiny_corpus.dialogues[split] >= 1 for split in ("train", "val", "test"))
+    assert read_record(tiny_corpus.out_dir)["complete"] is True
+
+
+def test_same_seed_gives_byte_identical_files_on_any_worker_count(tiny_corpus, tmp_path):
+    again = generate_corpus(tiny_config(tmp_path), say_in_german(), workers=1, progress=False)
+    assert again.synthesized == sum(tiny_corpus.dialogues.values())
+    assert _digests(tmp_path) == _digests(tiny_corpus.out_dir)
+
+
+def test_manifest_agrees_with_audio(tiny_corpus):
+    hop = 160  # 10 ms
+    for manifest, audio, rate in _dialogues(tiny_corpus):
+        for channel, speaker in enumerate((USER, SYSTEM)):
+            speech = np.zeros(manifest.num_samples, dtype=bool)
+            for segment in manifest.speech(speaker):
+                speech[segment.start_sample : segment.end_sample] = True
+                piece = audio[channel, segment.start_sample : segment.end_sample].astype(np.float64) / 32768
+                rms_db = 10 * np.log10(np.mean(piece**2))
+                assert rms_db > -40, f"{manifest.dialogue_id}: {segment} is nearly silent ({rms_db:.1f} dBFS)"
+                # The segment edges sit on speech: audible (>= 1% of the phrase peak, the trim
+                # threshold, less 1 dB of level jitter between phrases) in its first and last 10 ms.
+                edge = 0.008 * np.abs(piece).max()
+                assert np.abs(piece[:hop]).max() > edge and np.abs(piece[-hop:]).max() > edge, segment
+            assert not audio[channel, ~speech].any(), f"{manifest.dialogue_id}: {speaker} sounds outside its segments"
+        for pause in (s for s in manifest.segments if s.kind == "pause"):
+            assert not audio[0, pause.start_sample : pause.end_sample].any()
+
+
+def test_turn_taking_timing(tiny_corpus):
+    timing = TINY_TIMING
+    tolerance = 1.5 / 16000
+    for manifest, _, _ in _dialogues(tiny_corpus):
+        by_exchange = {}
+        for segment in manifest.segments:
+            by_exchange.setdefault(segment.exchange, []).append(segment)
+        for segments in by_exchange.values():
+            kinds = {s.kind: s for s in segments}
+            turn = kinds["turn"]
+            reply = kinds.get("reply") or kinds["cut-off reply"]
+            assert timing.reply_delay[0] - tolerance <= reply.start - turn.end <= timing.reply_delay[1] + tolerance
+            if "pause" in kinds:
+                pause = kinds["pause"]
+                assert turn.start < pause.start < pause.end < turn.end
+                assert timing.pause[0] - tolerance <= pause.end - pause.start <= timing.pause[1] + tolerance
+            if "cut-off reply" in kinds:
+                barge_in = kinds["barge-in"]
+                assert barge_in.speaker == USER and barge_in.text in ("stop", "wait")
+                assert reply.start < barge_in.start < reply.end
+                assert reply.end - barge_in.start <= 0.25, "the system must fall silent within 0.25 s"
+            else:
+                assert "barge-in" not in kinds
+
+
+def test_reply_is_the_task_answer(tiny_corpus):
+    task = say_in_german()
+    translate = dict(zip(task.user_digit_words, task.system_digit_words, strict=True))
+    for manifest, _, _ in _dialogues(tiny_corpus):
+        turns = {s.exchange: s for s in manifest.segments if s.kind == "turn"}
+        for reply in (s for s in manifest.segments if s.speaker == SYSTEM):
+            assert reply.text.split() == [translate[w] for w in turns[reply.exchange].text.split()]
+
+
+def test_splits_use_disjoint_seeds_and_test_holds_out_voices(tiny_corpus):
+    held_out = set(UserVoices().held_out_variants)
+    seeds = set()
+    for manifest, _, _ in _dialogues(tiny_corpus):
+        seeds.add(tuple(manifest.info["seed"]))
+        variant = manifest.info["user_voice"]["name"].split("+")[1]
+        assert manifest.info["user_voice"]["held_out"] == (variant in held_out)
+        # train and val never hear a held-out voice; the tiny corpus gives test only held-out ones
+        assert (variant in held_out) == (manifest.info["split"] == "test")
+    assert len(seeds) == sum(tiny_corpus.dialogues.values())
+
+
+def test_interrupted_generation_resumes_and_more_hours_extend(tiny_corpus, tmp_path):
+    config = tiny_config(tmp_path)
+    generate_corpus(config, say_in_german(), workers=2, progress=False)
+    (tmp_path / "train" / "train_00001.json").unlink()  # as if killed before the manifest was written
+    resumed = generate_corpus(config, say_in_german(), workers=2, progress=False)
+    assert resumed.synthesized == 1
+    assert _digests(tmp_path) == _digests(tiny_corpus.out_dir)
+
+    more = generate_corpus(
+        tiny_config(tmp_path, hours={**config.hours, "val": 0.012}), say_in_german(), workers=2, progress=False
+    )
+    assert more.dialogues["val"] > tiny_corpus.dialogues["val"]
+    assert more.synthesized == more.dialogues["val"] - tiny_corpus.dialogues["val"]
+    before, after = _digests(tiny_corpus.out_dir), _digests(tmp_path)
+    assert all(after[name] == digest for name, digest in before.items() if name.endswith(".wav"))
+
+
+def test_other_recipe_or_foreign_audio_is_refused_not_overwritten(tiny_corpus, tmp_path):
+    corpus_dir = tmp_path / "corpus"
+    generate_corpus(tiny_config(corpus_dir, hours={"train": 0.006}), say_in_german(), progress=False)
+    before = _digests(corpus_dir)
+    with pytest.raises(CorpusError, match=r"other settings \(differences in: config\).*overwrite=true"):
+        generate_corpus(tiny_config(corpus_dir, hours={"train": 0.006}, seed=7), say_in_german(), progress=False)
+    assert _digests(corpus_dir) == before
+
+    recordings = tmp_path / "recordings"
+    (recordings / "train").mkdir(parents=True)
+    soundfile.write(recordings / "train" / "mine.wav", np.zeros((1600, 2)), 16000)
+    with pytest.raises(CorpusError, match="not an s2s synthetic corpus"):
+        generate_corpus(tiny_config(recordings), say_in_german(), progress=False)
+    assert (recordings / "train" / "mine.wav").is_file()
+
+    replaced = generate_corpus(
+        tiny_config(corpus_dir, hours={"train": 0.006}, seed=7), say_in_german(), overwrite=True, progress=False
+    )
+    assert replaced.synthesized == replaced.dialogues["train"]
+    assert json.loads((corpus_dir / "corpus.json").read_text())["recipe"]["config"]["seed"] == 7
+
+
+def test_espeak_phrases_are_deterministic_and_bad_voices_are_named():
+    espeak = Espeak()
+    noisy = Voice("en-us+klatt4", rate=180, pitch=60)  # Klatt voices draw random noise
+    first, rate = espeak.synthesize("three seven, one.", noisy)
+    espeak.synthesize("eight.", Voice("en+f2"))
+    second, _ = espeak.synthesize("three seven, one.", noisy)
+    assert rate == 22050 and first.size > rate // 2
+    assert np.array_equal(first, second)
+    with pytest.raises(EspeakError, match="no voice variant 'nobody'"):
+        espeak.synthesize("one.", Voice("en+nobody"))
+    with pytest.raises(EspeakError, match="rejected voice 'xx-nowhere'"):
+        espeak.synthesize("one.", Voice("xx-nowhere"))
+    with pytest.raises(ValueError, match="outside espeak's range"):
+        Voice("en", rate=1000)
+
+
+def test_timing_config_is_checked():
+    with pytest.raises(ValueError, match="within 0.25 s"):
+        DialogueTiming(stop_reaction=(0.1, 0.3))
+    with pytest.raises(ValueError, match="timing.pause"):
+        DialogueTiming(pause=(0.8, 0.3))
+    with pytest.raises(ValueError, match="held out of training"):
+        UserVoices(variants=("m1", "m2"), held_out_variants=("m2",))
