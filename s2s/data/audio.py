@@ -50,7 +50,9 @@ def load_audio(
             + (" (a duplex dialogue is stereo: channel 0 user, channel 1 system)" if channels == 2 else "")
         )
     try:
-        data, file_rate = soundfile.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        data, file_rate = soundfile.read(
+            str(path), start=start, frames=frames, dtype="float32", always_2d=True
+        )
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"cannot decode {path}: {error}") from error
     audio = torch.from_numpy(np.ascontiguousarray(data.T))

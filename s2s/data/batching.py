@@ -43,15 +43,19 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         if not lengths:
             raise ValueError("the batch sampler needs at least one dialogue")
         if batch_seconds <= 0 or (max_seconds is not None and max_seconds <= 0):
-            raise ValueError(f"batch_seconds and max_seconds must be positive, got {batch_seconds}, {max_seconds}")
+            raise ValueError(
+                f"batch_seconds and max_seconds must be positive, got {batch_seconds}, {max_seconds}"
+            )
         self.lengths = [int(n) for n in lengths]
         self.sample_rate = sample_rate
         self.budget = int(batch_seconds * sample_rate)
-        self.max_samples = None if max_seconds is None else max(hop, int(max_seconds * sample_rate) // hop * hop)
+        self.max_samples = (
+            None if max_seconds is None else max(hop, int(max_seconds * sample_rate) // hop * hop)
+        )
         if self.max_samples is not None and self.max_samples > self.budget:
             raise ValueError(
-                f"max_seconds={max_seconds} is longer than batch_seconds={batch_seconds}: one crop would not fit "
-                "a batch; raise batch_seconds or lower max_seconds"
+                f"max_seconds={max_seconds} is longer than batch_seconds={batch_seconds}: "
+                "one crop would not fit a batch; raise batch_seconds or lower max_seconds"
             )
         short = [i for i, n in enumerate(self.lengths) if n < hop]
         if short:
@@ -112,7 +116,9 @@ class DurationBatchSampler(torch.utils.data.Sampler):
             return batches
         per_rank = len(batches) // world
         if per_rank == 0:
-            raise ValueError(f"{len(batches)} batch(es) cannot be shared by {world} ranks; lower batch_seconds")
+            raise ValueError(
+                f"{len(batches)} batch(es) cannot be shared by {world} ranks; lower batch_seconds"
+            )
         return batches[rank : per_rank * world : world]
 
 
@@ -142,7 +148,9 @@ class DialogueBatch:
 
     def _map(self, function) -> DialogueBatch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return DialogueBatch(**{k: function(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+        return DialogueBatch(
+            **{k: function(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        )
 
 
 class DialogueCollate:
@@ -152,10 +160,14 @@ class DialogueCollate:
     streaming session uses, so training and streaming see identical frames.
     """
 
-    def __init__(self, log_mel: LogMelConfig | None = None, with_features: bool = True, pad_multiple: int = 640):
+    def __init__(
+        self, log_mel: LogMelConfig | None = None, with_features: bool = True, pad_multiple: int = 640
+    ):
         self.log_mel_config = log_mel or LogMelConfig()
         if pad_multiple % self.log_mel_config.hop:
-            raise ValueError(f"pad_multiple {pad_multiple} must be a multiple of the {self.log_mel_config.hop}-sample hop")
+            raise ValueError(
+                f"pad_multiple {pad_multiple} must be a multiple of the {self.log_mel_config.hop}-sample hop"
+            )
         self.with_features = with_features
         self.pad_multiple = pad_multiple
         self._log_mel: LogMel | None = None
@@ -167,7 +179,9 @@ class DialogueCollate:
         frames = padded // hop
 
         def stack(key: str, size: int) -> torch.Tensor:
-            return torch.stack([torch.nn.functional.pad(item[key], (0, size - item[key].shape[0])) for item in items])
+            return torch.stack(
+                [torch.nn.functional.pad(item[key], (0, size - item[key].shape[0])) for item in items]
+            )
 
         frame_lengths = lengths // hop
         batch = DialogueBatch(

@@ -42,7 +42,9 @@ class CorpusSummary:
     elapsed: float
 
     def describe(self) -> str:
-        splits = ", ".join(f"{s} {self.dialogues[s]} dialogues / {self.seconds[s] / 3600:.2f} h" for s in self.dialogues)
+        splits = ", ".join(
+            f"{s} {self.dialogues[s]} dialogues / {self.seconds[s] / 3600:.2f} h" for s in self.dialogues
+        )
         return f"corpus in {self.out_dir}: {splits}; synthesized {self.synthesized} in {self.elapsed:.1f} s"
 
 
@@ -56,7 +58,11 @@ def generate_corpus(
     """Make sure `config.out_dir` holds the corpus `config` + `task` describe; synthesize what is missing."""
     started = time.perf_counter()
     out_dir = Path(config.out_dir)
-    recipe = {"generator": GENERATOR_VERSION, "config": _without_hours(config.record()), "task": task.describe()}
+    recipe = {
+        "generator": GENERATOR_VERSION,
+        "config": _without_hours(config.record()),
+        "task": task.describe(),
+    }
     _claim_folder(out_dir, recipe, overwrite)
 
     plans = {split: plan_split(config, split) for split in SPLITS}
@@ -82,7 +88,9 @@ def read_record(out_dir: str | os.PathLike) -> dict | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise CorpusError(f"{path} is not valid JSON ({error}); delete it to re-generate the corpus") from error
+        raise CorpusError(
+            f"{path} is not valid JSON ({error}); delete it to re-generate the corpus"
+        ) from error
     if record.get("format") != RECORD_FORMAT:
         raise CorpusError(f"{path} is not an s2s corpus record (format {record.get('format')!r})")
     return record
@@ -91,11 +99,16 @@ def read_record(out_dir: str | os.PathLike) -> dict | None:
 def _claim_folder(out_dir: Path, recipe: dict, overwrite: bool) -> None:
     record = read_record(out_dir)
     if record is None:
-        foreign = [p for p in out_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".json")] if out_dir.exists() else []
+        foreign = (
+            [p for p in out_dir.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".json")]
+            if out_dir.exists()
+            else []
+        )
         if foreign:
             raise CorpusError(
-                f"{out_dir} already holds {len(foreign)} audio/json file(s) (e.g. {foreign[0]}) that are not an s2s "
-                "synthetic corpus; choose an empty out_dir so nothing there is overwritten"
+                f"{out_dir} already holds {len(foreign)} audio/json file(s) (e.g. {foreign[0]}) "
+                "that are not an s2s synthetic corpus; choose an empty out_dir so nothing there "
+                "is overwritten"
             )
         return
     if record["recipe"] == recipe:
@@ -118,7 +131,11 @@ def _remove_beyond_plan(folder: Path, split: str, count: int) -> None:
         return
     for path in folder.iterdir():
         match = _DIALOGUE_FILE.match(path.name)
-        if match and match.group(1) == split and (int(path.name[len(split) + 1 : len(split) + 6]) >= count or match.group(3)):
+        if (
+            match
+            and match.group(1) == split
+            and (int(path.name[len(split) + 1 : len(split) + 6]) >= count or match.group(3))
+        ):
             path.unlink()
 
 

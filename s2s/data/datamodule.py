@@ -57,9 +57,13 @@ class DuplexDataModule(lightning.LightningDataModule):
         self.batch_seconds = batch_seconds
         self.num_workers = num_workers
         self.seed = seed
-        self.log_mel = LogMelConfig(**log_mel) if isinstance(log_mel, Mapping) else (log_mel or LogMelConfig())
+        self.log_mel = (
+            LogMelConfig(**log_mel) if isinstance(log_mel, Mapping) else (log_mel or LogMelConfig())
+        )
         if self.log_mel.sample_rate != sample_rate:
-            raise ValueError(f"log_mel.sample_rate {self.log_mel.sample_rate} differs from sample_rate {sample_rate}")
+            raise ValueError(
+                f"log_mel.sample_rate {self.log_mel.sample_rate} differs from sample_rate {sample_rate}"
+            )
         self.with_features = with_features
         self.pad_multiple = pad_multiple
         self.vad_threshold_db = vad_threshold_db
@@ -80,7 +84,9 @@ class DuplexDataModule(lightning.LightningDataModule):
         record = read_record(self.root)
         unfinished = record is not None and not record.get("complete", False)
         if unfinished or not _has_audio(self.root / self.splits["train"]):
-            print(f"no dialogues in {self.root / self.splits['train']}: synthesizing the default corpus there")
+            print(
+                f"no dialogues in {self.root / self.splits['train']}: synthesizing the default corpus there"
+            )
             summary = generate_corpus(self.corpus_config(), self.task or say_in_german(), progress=True)
             print(summary.describe())
 

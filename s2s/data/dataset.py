@@ -84,11 +84,14 @@ class DialogueDataset(torch.utils.data.Dataset):
             manifest = load_manifest(manifest_path)
             if manifest.sample_rate != info.samplerate or manifest.num_samples != info.frames:
                 raise ManifestError(
-                    f"{manifest_path} describes {manifest.num_samples} samples at {manifest.sample_rate} Hz but "
-                    f"{path} has {info.frames} at {info.samplerate} Hz; the manifest belongs to another file"
+                    f"{manifest_path} describes {manifest.num_samples} samples at "
+                    f"{manifest.sample_rate} Hz but {path} has {info.frames} at {info.samplerate} Hz; "
+                    "the manifest belongs to another file"
                 )
-        num_samples = info.frames if info.samplerate == self.sample_rate else math.floor(
-            info.frames * self.sample_rate / info.samplerate
+        num_samples = (
+            info.frames
+            if info.samplerate == self.sample_rate
+            else math.floor(info.frames * self.sample_rate / info.samplerate)
         )
         return DialogueFile(path, manifest, info.samplerate, info.frames, num_samples)
 
@@ -102,7 +105,7 @@ class DialogueDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: int | Crop) -> dict:
         crop = item if isinstance(item, Crop) else Crop(int(item), 0, self.files[int(item)].num_samples)
         file = self.files[crop.index]
-        if not (0 <= crop.start and crop.length > 0 and crop.start + crop.length <= file.num_samples):
+        if not (crop.start >= 0 and crop.length > 0 and crop.start + crop.length <= file.num_samples):
             raise IndexError(f"crop {crop} is outside {file.name} ({file.num_samples} samples)")
         audio = self._read(file, crop)
         frames = crop.length // self.hop

@@ -15,6 +15,7 @@ The library and its voices come from the `espeakng-loader` wheel; a system insta
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -64,7 +65,9 @@ class EspeakError(RuntimeError):
 class Espeak:
     """Synthesizes phrases to int16 audio at the library's own rate (22050 Hz for espeak-ng)."""
 
-    def __init__(self, library_path: str | os.PathLike | None = None, data_path: str | os.PathLike | None = None):
+    def __init__(
+        self, library_path: str | os.PathLike | None = None, data_path: str | os.PathLike | None = None
+    ):
         if library_path is None or data_path is None:
             try:
                 import espeakng_loader
@@ -107,7 +110,9 @@ class Espeak:
         _, _, variant = voice.name.partition("+")
         if variant and not Path(self.data_path, "voices", "!v", variant).is_file():
             known = sorted(p.name for p in Path(self.data_path, "voices", "!v").iterdir())
-            raise EspeakError(f"espeak has no voice variant {variant!r} (in {voice.name!r}); known: {', '.join(known)}")
+            raise EspeakError(
+                f"espeak has no voice variant {variant!r} (in {voice.name!r}); known: {', '.join(known)}"
+            )
 
     def close(self) -> None:
         if self._server is not None:
@@ -116,10 +121,8 @@ class Espeak:
             self._server = None
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def _running_server(self) -> subprocess.Popen:
         if self._server is None or self._server.poll() is not None:

@@ -37,9 +37,13 @@ class Segment:
 
     def __post_init__(self):
         if self.speaker not in KINDS or self.kind not in KINDS[self.speaker]:
-            raise ManifestError(f"segment kind {self.kind!r} for speaker {self.speaker!r} is not one of {KINDS}")
+            raise ManifestError(
+                f"segment kind {self.kind!r} for speaker {self.speaker!r} is not one of {KINDS}"
+            )
         if not 0 <= self.start_sample < self.end_sample:
-            raise ManifestError(f"segment {self.kind!r} has start {self.start_sample} >= end {self.end_sample}")
+            raise ManifestError(
+                f"segment {self.kind!r} has start {self.start_sample} >= end {self.end_sample}"
+            )
 
     @property
     def start(self) -> float:

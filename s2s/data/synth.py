@@ -45,12 +45,16 @@ class DialogueTiming:
     def __post_init__(self):
         for name, value in asdict(self).items():
             if isinstance(value, tuple | list) and not 0 <= value[0] <= value[1]:
-                raise ValueError(f"timing.{name} must be a range (low, high) with 0 <= low <= high, got {value}")
+                raise ValueError(
+                    f"timing.{name} must be a range (low, high) with 0 <= low <= high, got {value}"
+                )
         for name in ("pause_probability", "barge_in_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"timing.{name} must be a probability, got {getattr(self, name)}")
         if self.stop_reaction[1] + self.fade > 0.25:
-            raise ValueError("timing.stop_reaction high + fade must stay <= 0.25 s (the system stops within 0.25 s)")
+            raise ValueError(
+                "timing.stop_reaction high + fade must stay <= 0.25 s (the system stops within 0.25 s)"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,9 @@ class UserVoices:
     def __post_init__(self):
         overlap = set(self.variants) & set(self.held_out_variants)
         if overlap:
-            raise ValueError(f"voices held out of training may not also be training voices: {sorted(overlap)}")
+            raise ValueError(
+                f"voices held out of training may not also be training voices: {sorted(overlap)}"
+            )
         if not self.languages or not self.variants:
             raise ValueError("the user voice pool needs at least one language and one variant")
 
@@ -170,7 +176,7 @@ class DialogueSynthesizer:
         cfg, timing = self.config, self.config.timing
         rng = dialogue_rng(cfg.seed, job.split, job.index)
         seconds = _draw_length(rng, timing)
-        total = int(round(seconds * self.rate))
+        total = round(seconds * self.rate)
         user_voice, held_out = self._user_voice(rng, job.split)
         user_level = float(rng.uniform(*cfg.voices.level_db))
         tracks = np.zeros((2, total), dtype=np.float32)
@@ -186,7 +192,8 @@ class DialogueSynthesizer:
             for piece in planned.pieces:
                 tracks[piece.channel, piece.start : piece.end] += piece.audio
             segments += [
-                Segment(s.speaker, s.kind, s.start, s.end, s.text, exchange, self.rate) for s in planned.segments
+                Segment(s.speaker, s.kind, s.start, s.end, s.text, exchange, self.rate)
+                for s in planned.segments
             ]
             cursor = end + self._samples(rng.uniform(*timing.next_turn_gap))
             exchange += 1
@@ -211,9 +218,15 @@ class DialogueSynthesizer:
 
     def _user_voice(self, rng: np.random.Generator, split: str) -> tuple[Voice, bool]:
         voices = self.config.voices
-        held_out = split == "test" and bool(voices.held_out_variants) and rng.random() < voices.test_held_out_fraction
+        held_out = (
+            split == "test"
+            and bool(voices.held_out_variants)
+            and rng.random() < voices.test_held_out_fraction
+        )
         variants = voices.held_out_variants if held_out else voices.variants
-        name = f"{voices.languages[rng.integers(len(voices.languages))]}+{variants[rng.integers(len(variants))]}"
+        name = (
+            f"{voices.languages[rng.integers(len(voices.languages))]}+{variants[rng.integers(len(variants))]}"
+        )
         voice = Voice(
             name=name,
             rate=int(rng.integers(voices.rate[0], voices.rate[1] + 1)),
@@ -242,7 +255,9 @@ class DialogueSynthesizer:
             plan.add(0, cursor, audio)
             if not last:
                 pause = self._samples(rng.uniform(*timing.pause))
-                plan.segments.append(_Span(USER, "pause", cursor + len(audio), cursor + len(audio) + pause, ""))
+                plan.segments.append(
+                    _Span(USER, "pause", cursor + len(audio), cursor + len(audio) + pause, "")
+                )
                 cursor += pause
             cursor += len(audio)
         turn_end = cursor
@@ -250,7 +265,9 @@ class DialogueSynthesizer:
 
         # The system's reply, possibly cut off by a barge-in.
         reply_start = turn_end + self._samples(rng.uniform(*timing.reply_delay))
-        reply = self._phrase(" ".join(words.reply_words) + ".", self.task.system_voice, self.config.system_level_db)
+        reply = self._phrase(
+            " ".join(words.reply_words) + ".", self.task.system_voice, self.config.system_level_db
+        )
         reply_text = " ".join(words.reply_words)
         if rng.random() < timing.barge_in_probability:
             onset = reply_start + self._samples(len(reply) / self.rate * rng.uniform(*timing.barge_in_point))
@@ -266,7 +283,9 @@ class DialogueSynthesizer:
             cut = _trim(cut, leading=False)
             plan.add(1, reply_start, cut)
             plan.add(0, onset, interruption)
-            plan.segments.append(_Span(SYSTEM, "cut-off reply", reply_start, reply_start + len(cut), reply_text))
+            plan.segments.append(
+                _Span(SYSTEM, "cut-off reply", reply_start, reply_start + len(cut), reply_text)
+            )
             plan.segments.append(_Span(USER, "barge-in", onset, onset + len(interruption), word))
         else:
             plan.add(1, reply_start, reply)
@@ -287,7 +306,7 @@ class DialogueSynthesizer:
         return (audio * (10 ** (level_db / 20) / peak)).astype(np.float32)
 
     def _samples(self, seconds: float) -> int:
-        return int(round(seconds * self.rate))
+        return round(seconds * self.rate)
 
 
 @dataclass

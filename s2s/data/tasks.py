@@ -68,7 +68,10 @@ class DigitsTask(DialogueTask):
             if len(getattr(self, attribute)) != 10:
                 raise ValueError(f"task {self.name!r}: {attribute} must name the ten digits 0-9")
         if not 1 <= self.min_digits <= self.max_digits:
-            raise ValueError(f"task {self.name!r}: need 1 <= min_digits <= max_digits, got {self.min_digits}..{self.max_digits}")
+            raise ValueError(
+                f"task {self.name!r}: need 1 <= min_digits <= max_digits, "
+                f"got {self.min_digits}..{self.max_digits}"
+            )
         if self.order not in ("same", "reversed"):
             raise ValueError(f"task {self.name!r}: order must be 'same' or 'reversed', got {self.order!r}")
         if not self.barge_in_words:

@@ -39,7 +39,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     with pytest.raises(AudioError, match="does not exist"):
         load_audio(tmp_path / "missing.wav")
     (tmp_path / "noise.wav").write_bytes(b"not a wav at all" * 100)
-    with pytest.raises(AudioError, match="cannot read .*noise.wav as audio"):
+    with pytest.raises(AudioError, match=r"cannot read .*noise\.wav as audio"):
         load_audio(tmp_path / "noise.wav")
     soundfile.write(tmp_path / "mono.wav", np.zeros(1600), 16000)
     with pytest.raises(AudioError, match=r"has 1 channel\(s\) but 2 are expected.*stereo"):

@@ -13,8 +13,12 @@ def _reference_log_mel(audio: np.ndarray, config: LogMelConfig) -> np.ndarray:
     frames = len(audio) // config.hop
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.window) / config.window)
     spectra = np.stack(
-        [np.abs(np.fft.rfft(padded[t * config.hop : t * config.hop + config.window] * window)) ** 2 for t in range(frames)]
+        [
+            np.abs(np.fft.rfft(padded[t * config.hop : t * config.hop + config.window] * window)) ** 2
+            for t in range(frames)
+        ]
     )
+
     def hz_to_mel(f):
         return 2595.0 * np.log10(1.0 + f / 700.0)
 
@@ -22,7 +26,9 @@ def _reference_log_mel(audio: np.ndarray, config: LogMelConfig) -> np.ndarray:
         return 700.0 * (10 ** (m / 2595.0) - 1.0)
 
     nyquist = config.sample_rate / 2
-    edges = mel_to_hz(np.linspace(hz_to_mel(config.f_min), hz_to_mel(config.f_max or nyquist), config.n_mels + 2))
+    edges = mel_to_hz(
+        np.linspace(hz_to_mel(config.f_min), hz_to_mel(config.f_max or nyquist), config.n_mels + 2)
+    )
     bins = np.linspace(0, nyquist, config.window // 2 + 1)
     rising = (bins[:, None] - edges[None, :-2]) / (edges[1:-1] - edges[:-2])[None, :]
     falling = (edges[None, 2:] - bins[:, None]) / (edges[2:] - edges[1:-1])[None, :]

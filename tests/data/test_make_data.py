@@ -58,7 +58,7 @@ def test_make_data_script_end_to_end(tmp_path):
     turns = {s["exchange"]: s["text"] for s in manifest["segments"] if s["kind"] == "turn"}
     assert replies and all(s["text"] == turns[s["exchange"]] for s in replies)
 
-    again = subprocess.run(command[:-1] + [f"hydra.run.dir={tmp_path / 'run2'}", "corpus.seed=5"],
+    again = subprocess.run([*command[:-1], f"hydra.run.dir={tmp_path / 'run2'}", "corpus.seed=5"],
                            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert again.returncode != 0 and "other settings" in again.stderr
 

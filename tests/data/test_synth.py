@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 import soundfile
+from tiny_corpus import TINY_TIMING, tiny_config
 
 from s2s.data.corpus import CorpusError, generate_corpus, read_record
 from s2s.data.espeak import Espeak, EspeakError, Voice
 from s2s.data.manifest import SYSTEM, USER, load_manifest
 from s2s.data.synth import DialogueTiming, UserVoices
 from s2s.data.tasks import say_in_german
-
-from tiny_corpus import TINY_TIMING, tiny_config
 
 
 def _digests(folder):
@@ -51,7 +50,7 @@ def test_same_seed_gives_byte_identical_files_on_any_worker_count(tiny_corpus, t
 
 def test_manifest_agrees_with_audio(tiny_corpus):
     hop = 160  # 10 ms
-    for manifest, audio, rate in _dialogues(tiny_corpus):
+    for manifest, audio, _rate in _dialogues(tiny_corpus):
         for channel, speaker in enumerate((USER, SYSTEM)):
             speech = np.zeros(manifest.num_samples, dtype=bool)
             for segment in manifest.speech(speaker):
@@ -63,7 +62,9 @@ def test_manifest_agrees_with_audio(tiny_corpus):
                 # threshold, less 1 dB of level jitter between phrases) in its first and last 10 ms.
                 edge = 0.008 * np.abs(piece).max()
                 assert np.abs(piece[:hop]).max() > edge and np.abs(piece[-hop:]).max() > edge, segment
-            assert not audio[channel, ~speech].any(), f"{manifest.dialogue_id}: {speaker} sounds outside its segments"
+            assert not audio[channel, ~speech].any(), (
+                f"{manifest.dialogue_id}: {speaker} sounds outside its segments"
+            )
         for pause in (s for s in manifest.segments if s.kind == "pause"):
             assert not audio[0, pause.start_sample : pause.end_sample].any()
 
@@ -79,7 +80,11 @@ def test_turn_taking_timing(tiny_corpus):
             kinds = {s.kind: s for s in segments}
             turn = kinds["turn"]
             reply = kinds.get("reply") or kinds["cut-off reply"]
-            assert timing.reply_delay[0] - tolerance <= reply.start - turn.end <= timing.reply_delay[1] + tolerance
+            assert (
+                timing.reply_delay[0] - tolerance
+                <= reply.start - turn.end
+                <= timing.reply_delay[1] + tolerance
+            )
             if "pause" in kinds:
                 pause = kinds["pause"]
                 assert turn.start < pause.start < pause.end < turn.end
@@ -123,7 +128,10 @@ def test_interrupted_generation_resumes_and_more_hours_extend(tiny_corpus, tmp_p
     assert _digests(tmp_path) == _digests(tiny_corpus.out_dir)
 
     more = generate_corpus(
-        tiny_config(tmp_path, hours={**config.hours, "val": 0.012}), say_in_german(), workers=2, progress=False
+        tiny_config(tmp_path, hours={**config.hours, "val": 0.012}),
+        say_in_german(),
+        workers=2,
+        progress=False,
     )
     assert more.dialogues["val"] > tiny_corpus.dialogues["val"]
     assert more.synthesized == more.dialogues["val"] - tiny_corpus.dialogues["val"]
@@ -136,7 +144,9 @@ def test_other_recipe_or_foreign_audio_is_refused_not_overwritten(tiny_corpus, t
     generate_corpus(tiny_config(corpus_dir, hours={"train": 0.006}), say_in_german(), progress=False)
     before = _digests(corpus_dir)
     with pytest.raises(CorpusError, match=r"other settings \(differences in: config\).*overwrite=true"):
-        generate_corpus(tiny_config(corpus_dir, hours={"train": 0.006}, seed=7), say_in_german(), progress=False)
+        generate_corpus(
+            tiny_config(corpus_dir, hours={"train": 0.006}, seed=7), say_in_german(), progress=False
+        )
     assert _digests(corpus_dir) == before
 
     recordings = tmp_path / "recordings"
@@ -147,7 +157,10 @@ def test_other_recipe_or_foreign_audio_is_refused_not_overwritten(tiny_corpus, t
     assert (recordings / "train" / "mine.wav").is_file()
 
     replaced = generate_corpus(
-        tiny_config(corpus_dir, hours={"train": 0.006}, seed=7), say_in_german(), overwrite=True, progress=False
+        tiny_config(corpus_dir, hours={"train": 0.006}, seed=7),
+        say_in_german(),
+        overwrite=True,
+        progress=False,
     )
     assert replaced.synthesized == replaced.dialogues["train"]
     assert json.loads((corpus_dir / "corpus.json").read_text())["recipe"]["config"]["seed"] == 7
@@ -170,9 +183,9 @@ def test_espeak_phrases_are_deterministic_and_bad_voices_are_named():
 
 
 def test_timing_config_is_checked():
-    with pytest.raises(ValueError, match="within 0.25 s"):
+    with pytest.raises(ValueError, match=r"within 0\.25 s"):
         DialogueTiming(stop_reaction=(0.1, 0.3))
-    with pytest.raises(ValueError, match="timing.pause"):
+    with pytest.raises(ValueError, match=r"timing\.pause"):
         DialogueTiming(pause=(0.8, 0.3))
     with pytest.raises(ValueError, match="held out of training"):
         UserVoices(variants=("m1", "m2"), held_out_variants=("m2",))

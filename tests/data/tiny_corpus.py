@@ -12,4 +12,7 @@ TINY_VOICES = UserVoices(test_held_out_fraction=1.0)  # every test dialogue has 
 
 
 def tiny_config(out_dir, **changes) -> CorpusConfig:
-    return dataclasses.replace(CorpusConfig(out_dir=str(out_dir), hours=TINY_HOURS, timing=TINY_TIMING, voices=TINY_VOICES), **changes)
+    return dataclasses.replace(
+        CorpusConfig(out_dir=str(out_dir), hours=TINY_HOURS, timing=TINY_TIMING, voices=TINY_VOICES),
+        **changes,
+    )
