@@ -25,7 +25,7 @@ from s2s.data.tasks import DialogueTask
 
 RECORD_NAME = "corpus.json"
 RECORD_FORMAT = "s2s-corpus/1"
-GENERATOR_VERSION = 1  # bump when a code change alters the audio for the same recipe
+GENERATOR_VERSION = 2  # bump when a code change alters the audio for the same recipe
 _DIALOGUE_FILE = re.compile(r"^(train|val|test)_\d{5}\.(wav|json)(\.partial)?$")
 
 

@@ -1,10 +1,11 @@
 """espeak-ng text-to-speech through its C library, one forked process per phrase.
 
 The library keeps state between phrases (and its Klatt voices draw noise from libc's `rand`), so a
-phrase synthesized after another can differ from the same phrase synthesized first. Every phrase is
-therefore spoken by a freshly forked child that initializes the library from scratch and seeds
-`rand`: each phrase is a pure function of (text, voice), and a corpus is byte-identical from run to
-run whatever order or process its phrases are made in.
+phrase synthesized after another can differ from the same phrase synthesized first; initialization
+also seeds its random generator from the clock. Every phrase is therefore spoken by a freshly forked
+child that initializes the library from scratch and then fixes the seeds: each phrase is a pure
+function of (text, voice), and a corpus is byte-identical from run to run whatever order, process
+or time its phrases are made in.
 
 The forking happens in a small helper process (this file run as a script, which imports neither
 torch nor s2s), because forking a process that holds torch costs ten times more.
@@ -136,7 +137,6 @@ class Espeak:
 
 def _speak(lib: ctypes.CDLL, libc: ctypes.CDLL, data_path: str, request: dict) -> tuple[int, int, bytes]:
     """In a fresh child: initialize espeak, speak one phrase, return (sample rate, error, pcm bytes)."""
-    libc.srand(0)
     sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), 0)
     if sample_rate <= 0:
         return 0, -1, b""
@@ -158,6 +158,10 @@ def _speak(lib: ctypes.CDLL, libc: ctypes.CDLL, data_path: str, request: dict) -
     ):
         error = error or lib.espeak_SetParameter(parameter, value, 0)
     if error == 0:
+        # Initialization seeds espeak's own generator (and rand) from the clock; fix both.
+        libc.srand(0)
+        if hasattr(lib, "espeak_ng_SetRandSeed"):  # espeak-ng >= 1.52
+            lib.espeak_ng_SetRandSeed(ctypes.c_long(0))
         encoded = request["text"].encode("utf-8")
         error = lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         error = error or lib.espeak_Synchronize()

@@ -61,8 +61,9 @@ class DialogueTiming:
 class UserVoices:
     """The pool of user voices: every language x variant, with randomized delivery per dialogue.
 
-    `held_out_variants` never speak in train or val; test dialogues draw half their user voices
-    from them, so test measures generalization to unseen speakers.
+    `held_out_variants` never speak in train or val; a `test_held_out_fraction` of the test
+    dialogues (every other one by default) take their user voice from them, so test measures
+    generalization to unseen speakers next to seen ones.
     """
 
     languages: tuple[str, ...] = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
@@ -177,7 +178,7 @@ class DialogueSynthesizer:
         rng = dialogue_rng(cfg.seed, job.split, job.index)
         seconds = _draw_length(rng, timing)
         total = round(seconds * self.rate)
-        user_voice, held_out = self._user_voice(rng, job.split)
+        user_voice, held_out = self._user_voice(rng, job)
         user_level = float(rng.uniform(*cfg.voices.level_db))
         tracks = np.zeros((2, total), dtype=np.float32)
         segments: list[Segment] = []
@@ -216,12 +217,14 @@ class DialogueSynthesizer:
         )
         return tracks, manifest
 
-    def _user_voice(self, rng: np.random.Generator, split: str) -> tuple[Voice, bool]:
+    def _user_voice(self, rng: np.random.Generator, job: DialogueJob) -> tuple[Voice, bool]:
         voices = self.config.voices
+        # Exactly `test_held_out_fraction` of test dialogues (spread evenly by index) get an unseen voice.
+        fraction = voices.test_held_out_fraction
         held_out = (
-            split == "test"
+            job.split == "test"
             and bool(voices.held_out_variants)
-            and rng.random() < voices.test_held_out_fraction
+            and int((job.index + 1) * fraction) > int(job.index * fraction)
         )
         variants = voices.held_out_variants if held_out else voices.variants
         name = (

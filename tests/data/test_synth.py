@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tiny_corpus import TINY_TIMING, tiny_config
 from s2s.data.corpus import CorpusError, generate_corpus, read_record
 from s2s.data.espeak import Espeak, EspeakError, Voice
 from s2s.data.manifest import SYSTEM, USER, load_manifest
-from s2s.data.synth import DialogueTiming, UserVoices
+from s2s.data.synth import CorpusConfig, DialogueJob, DialogueSynthesizer, DialogueTiming, UserVoices
 from s2s.data.tasks import say_in_german
 
 
@@ -168,12 +169,15 @@ def test_other_recipe_or_foreign_audio_is_refused_not_overwritten(tiny_corpus, t
 
 def test_espeak_phrases_are_deterministic_and_bad_voices_are_named():
     espeak = Espeak()
-    noisy = Voice("en-us+klatt4", rate=180, pitch=60)  # Klatt voices draw random noise
-    first, rate = espeak.synthesize("three seven, one.", noisy)
-    espeak.synthesize("eight.", Voice("en+f2"))
-    second, _ = espeak.synthesize("three seven, one.", noisy)
-    assert rate == 22050 and first.size > rate // 2
-    assert np.array_equal(first, second)
+    # Klatt voices draw noise from rand(); the f* variants from espeak's own clock-seeded generator.
+    voices = [Voice("en-us+klatt4", rate=180, pitch=60), Voice("en+f2", rate=207, pitch=63, pitch_range=62)]
+    first = [espeak.synthesize("two six seven eight.", voice) for voice in voices]
+    espeak.synthesize("eight.", Voice("en+m3"))
+    time.sleep(1.1)  # a new second: a clock-seeded generator would now give other samples
+    second = [espeak.synthesize("two six seven eight.", voice) for voice in voices]
+    for (a, rate), (b, _) in zip(first, second, strict=True):
+        assert rate == 22050 and a.size > rate // 2
+        assert np.array_equal(a, b)
     with pytest.raises(EspeakError, match="no voice variant 'nobody'"):
         espeak.synthesize("one.", Voice("en+nobody"))
     with pytest.raises(EspeakError, match="rejected voice 'xx-nowhere'"):
@@ -189,3 +193,13 @@ def test_timing_config_is_checked():
         DialogueTiming(pause=(0.8, 0.3))
     with pytest.raises(ValueError, match="held out of training"):
         UserVoices(variants=("m1", "m2"), held_out_variants=("m2",))
+
+
+def test_default_test_split_alternates_seen_and_held_out_voices():
+    synthesizer = DialogueSynthesizer(CorpusConfig(), say_in_german())
+    rng = np.random.default_rng()
+    flags = [synthesizer._user_voice(rng, DialogueJob("test", i, 30.0)) for i in range(10)]
+    assert [held_out for _, held_out in flags] == [False, True] * 5
+    held_out = set(UserVoices().held_out_variants)
+    assert all((voice.name.split("+")[1] in held_out) == flag for voice, flag in flags)
+    assert not any(synthesizer._user_voice(rng, DialogueJob("val", i, 30.0))[1] for i in range(10))
