@@ -1,0 +1,106 @@
+"""The model's attention layers. Offline they call chunk_attention on whole sequences; streaming
+they run one chunk against the KV caches of s2s.attention. Both paths see the same keys."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache, chunk_attention
+from s2s.models.config import DuplexConfig
+from s2s.models.layers import apply_rotary, rotary_angles
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: ChunkSpec,
+    lengths: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    """Chunk-causal attention over a padded batch (B, T, H, D) whose sequences are `lengths` long.
+
+    Padded frames must never be keys (a query in a sequence's last, short chunk would see them),
+    so a batch with padding is packed into variable-length form; padded rows come back as zeros.
+    """
+    if lengths is None or bool((lengths == q.shape[1]).all()):
+        return chunk_attention(q, k, v, spec, backend=backend)
+    valid = torch.arange(q.shape[1], device=q.device)[None, :] < lengths[:, None]
+    cu_seqlens = nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    packed = chunk_attention(q[valid], k[valid], v[valid], spec, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, backend=backend)
+    out = q.new_zeros(q.shape)
+    out[valid] = packed
+    return out
+
+
+class SelfAttention(nn.Module):
+    """Chunk-causal multi-head self-attention with rotary positions and grouped K/V heads."""
+
+    def __init__(self, config: DuplexConfig):
+        super().__init__()
+        self.config = config
+        self.query = nn.Linear(config.dim, config.heads * config.head_dim, bias=False)
+        self.key_value = nn.Linear(config.dim, 2 * config.kv_heads * config.head_dim, bias=False)
+        self.out = nn.Linear(config.heads * config.head_dim, config.dim, bias=False)
+
+    def _project(self, x: torch.Tensor, positions: torch.Tensor):
+        c = self.config
+        batch, frames, _ = x.shape
+        q = self.query(x).view(batch, frames, c.heads, c.head_dim)
+        k, v = self.key_value(x).view(batch, frames, 2, c.kv_heads, c.head_dim).unbind(dim=2)
+        cos, sin = rotary_angles(positions, c.head_dim, c.rope_base)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v.contiguous()
+
+    def forward(self, x, positions, spec: ChunkSpec, lengths: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self._project(x, positions)
+        out = attend(q, k, v, spec, lengths, self.config.attention_backend)
+        return self.out(out.flatten(2))
+
+    def step(self, x, positions, cache: SelfAttentionCache, counts: torch.Tensor, final) -> torch.Tensor:
+        q, k, v = self._project(x, positions)
+        out = cache.step(q, k, v, lengths=counts, final=final)
+        return self.out(out.flatten(2))
+
+    def new_cache(self, batch: int, chunk, left_chunks, device, dtype) -> SelfAttentionCache:
+        c = self.config
+        return SelfAttentionCache(
+            batch, c.kv_heads, c.head_dim, chunk, left_chunks, dtype=dtype, device=device, backend=c.attention_backend
+        )
+
+
+class CrossAttention(nn.Module):
+    """Decoder frames attend to encoder frames of their own chunk and earlier ones (no positions:
+    the chunk rule already aligns the two streams on one timeline)."""
+
+    def __init__(self, config: DuplexConfig):
+        super().__init__()
+        self.config = config
+        self.query = nn.Linear(config.dim, config.heads * config.head_dim, bias=False)
+        self.key_value = nn.Linear(config.dim, 2 * config.kv_heads * config.head_dim, bias=False)
+        self.out = nn.Linear(config.heads * config.head_dim, config.dim, bias=False)
+
+    def memory(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder K/V (B, n, Hk, D): projected once per encoder chunk, then cached."""
+        c = self.config
+        k, v = self.key_value(encoded).view(*encoded.shape[:2], 2, c.kv_heads, c.head_dim).unbind(dim=2)
+        return k.contiguous(), v.contiguous()
+
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        return self.query(x).view(*x.shape[:2], self.config.heads, self.config.head_dim)
+
+    def forward(self, x, encoded, spec: ChunkSpec, lengths: torch.Tensor | None) -> torch.Tensor:
+        k, v = self.memory(encoded)
+        out = attend(self._queries(x), k, v, spec, lengths, self.config.attention_backend)
+        return self.out(out.flatten(2))
+
+    def step(self, x, cache: CrossAttentionCache, counts: torch.Tensor, final) -> torch.Tensor:
+        out = cache.attend(self._queries(x), lengths=counts, final=final)
+        return self.out(out.flatten(2))
+
+    def new_cache(self, batch: int, chunk, left_chunks, device, dtype) -> CrossAttentionCache:
+        c = self.config
+        return CrossAttentionCache(
+            batch, c.kv_heads, c.head_dim, chunk, chunk, left_chunks, dtype=dtype, device=device,
+            backend=c.attention_backend,
+        )  # fmt: skip

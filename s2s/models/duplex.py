@@ -1,0 +1,130 @@
+"""The full-duplex model: user log-mel in, system log-mel and a speaking flag out, on one timeline.
+
+Offline (training) it runs whole dialogues in one pass under the chunk-causal mask; the
+StreamingSession (s2s.streaming) runs the same weights one chunk at a time and gets the same frames.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from s2s.attention import ChunkSpec
+from s2s.models.config import DuplexConfig
+from s2s.models.decoder import Decoder
+from s2s.models.encoder import Encoder
+from s2s.models.frontend import ConvFrontEnd
+
+ChunkSize = int | torch.Tensor
+
+
+@dataclass
+class DuplexOutput:
+    mel: torch.Tensor  # (B, T * r, n_mels) predicted system log-mel
+    speaking_logit: torch.Tensor  # (B, T) logit of "the system speaks in this frame"
+    feedback: torch.Tensor  # (B, T, feedback_dim): what the decoder reads back one chunk later
+
+    @property
+    def speaking(self) -> torch.Tensor:
+        return torch.sigmoid(self.speaking_logit)
+
+
+def shift_by_chunk(frames: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
+    """(B, T, F) -> frame t holds frames[t - C] (zeros for t < C); C per sequence or shared."""
+    batch, length, width = frames.shape
+    chunk = torch.as_tensor(chunk, device=frames.device).to(torch.int64).expand(batch)
+    source = torch.arange(length, device=frames.device)[None, :] - chunk[:, None]
+    gathered = frames.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, width))
+    return gathered * (source >= 0)[..., None].to(frames.dtype)
+
+
+class DuplexModel(nn.Module):
+    def __init__(self, config: DuplexConfig | None = None):
+        super().__init__()
+        self.config = config = config or DuplexConfig()
+        self.front_end = ConvFrontEnd(config)
+        self.encoder = Encoder(config)
+        self.feedback_in = nn.Linear(config.feedback_dim, config.dim)
+        self.decoder = Decoder(config)
+        self.mel_head = nn.Linear(config.dim, config.mel_per_frame * config.n_mels)
+        self.speaking_head = nn.Linear(config.dim, 1)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def spec(self, chunk: ChunkSize, left_chunks) -> ChunkSpec:
+        if isinstance(chunk, torch.Tensor):
+            chunk = chunk.to(torch.int32)
+        return ChunkSpec(chunk_q=chunk, left_chunks=left_chunks)
+
+    def check_chunk(self, chunk: ChunkSize) -> None:
+        """Warn when asked for a chunk size the model was not trained with (it may still work)."""
+        sizes = set(torch.as_tensor(chunk).flatten().tolist())
+        untrained = sorted(sizes - set(self.config.train_chunks))
+        if untrained:
+            warnings.warn(
+                f"chunk size(s) {untrained} were not among the training chunk sizes {self.config.train_chunks}; "
+                "expect different (usually worse) outputs",
+                stacklevel=3,
+            )
+
+    def normalize_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.config.mel_mean) / self.config.mel_std
+
+    def feedback_from(self, mel: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
+        """Decoder feedback frames (B, T, feedback_dim) from log-mel (B, >= T*r, n_mels) and a
+        speaking flag or probability (B, T): the reference in training, the model's own output when
+        streaming."""
+        c = self.config
+        frames = speaking.shape[1]
+        stacked = self.normalize_mel(mel[:, : frames * c.mel_per_frame]).reshape(
+            mel.shape[0], frames, c.mel_per_frame * c.n_mels
+        )
+        return torch.cat([stacked, speaking[..., None].to(stacked.dtype)], dim=-1)
+
+    def heads(self, hidden: torch.Tensor) -> DuplexOutput:
+        c = self.config
+        normalized = self.mel_head(hidden)
+        logit = self.speaking_head(hidden).squeeze(-1)
+        mel = normalized.reshape(hidden.shape[0], -1, c.n_mels) * c.mel_std + c.mel_mean
+        feedback = torch.cat([normalized, torch.sigmoid(logit)[..., None]], dim=-1)
+        return DuplexOutput(mel=mel, speaking_logit=logit, feedback=feedback)
+
+    def forward(
+        self,
+        user_mel: torch.Tensor,
+        feedback: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        chunk: ChunkSize | None = None,
+        left_chunks=...,
+    ) -> DuplexOutput:
+        """One offline pass over whole dialogues.
+
+        user_mel (B, F, n_mels) log-mel of the user channel; feedback (B, T, feedback_dim) the
+        system frames the decoder reads back (`feedback_from(reference mel, reference speaking)` in
+        training), T = F // r; lengths (B,) real model frames per dialogue; chunk an int or one
+        value per dialogue (dynamic-chunk training); left_chunks defaults to the config's.
+        """
+        c = self.config
+        chunk = c.chunk if chunk is None else chunk
+        left_chunks = c.left_chunks if left_chunks is ... else left_chunks
+        if user_mel.dim() != 3 or user_mel.shape[-1] != c.n_mels:
+            raise ValueError(f"user_mel must be (B, frames, {c.n_mels}) log-mel, got {tuple(user_mel.shape)}")
+        x = self.front_end(user_mel)
+        batch, frames, _ = x.shape
+        if feedback.shape[:1] != (batch,) or feedback.shape[1] < frames or feedback.shape[2] != c.feedback_dim:
+            raise ValueError(
+                f"feedback must be (B={batch}, >= {frames}, {c.feedback_dim}) for {user_mel.shape[1]} mel frames, "
+                f"got {tuple(feedback.shape)}; build it with feedback_from(mel, speaking)"
+            )
+        if lengths is not None:
+            lengths = lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames)
+        spec = self.spec(chunk, left_chunks)
+        positions = torch.arange(frames, device=x.device).expand(batch, frames)
+        encoded = self.encoder(x, positions, spec, lengths)
+        decoder_in = self.feedback_in(shift_by_chunk(feedback[:, :frames], chunk))
+        hidden = self.decoder(decoder_in, positions, encoded, spec, spec, lengths)
+        return self.heads(hidden)

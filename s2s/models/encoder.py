@@ -1,0 +1,46 @@
+"""Encoder over the user's stream: pre-norm transformer blocks with chunk-causal self-attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from s2s.attention import ChunkSpec, SelfAttentionCache
+from s2s.models.attention import SelfAttention
+from s2s.models.config import DuplexConfig
+from s2s.models.layers import FeedForward
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, config: DuplexConfig):
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(config.dim, eps=1e-6)
+        self.attention = SelfAttention(config)
+        self.feed_forward_norm = nn.RMSNorm(config.dim, eps=1e-6)
+        self.feed_forward = FeedForward(config.dim, int(config.mlp_ratio * config.dim), config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, positions, spec: ChunkSpec, lengths) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), positions, spec, lengths))
+        return x + self.feed_forward(self.feed_forward_norm(x))
+
+    def step(self, x, positions, cache: SelfAttentionCache, counts, final) -> torch.Tensor:
+        x = x + self.attention.step(self.attention_norm(x), positions, cache, counts, final)
+        return x + self.feed_forward(self.feed_forward_norm(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: DuplexConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
+        self.norm = nn.RMSNorm(config.dim, eps=1e-6)
+
+    def forward(self, x, positions, spec: ChunkSpec, lengths=None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, positions, spec, lengths)
+        return self.norm(x)
+
+    def step(self, x, positions, caches: list[SelfAttentionCache], counts, final) -> torch.Tensor:
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x = block.step(x, positions, cache, counts, final)
+        return self.norm(x)

@@ -1,0 +1,60 @@
+"""Log-mel frames -> model frames: fixed normalization, then causal convolutional subsampling.
+
+The first convolution reads two groups of `r` mel frames (the current and the previous one) and
+strides by `r` (x4: 100 Hz -> 25 Hz); the second mixes neighbouring model frames. Both only look
+back, and streaming carries their input tails, so a chunk of audio yields exactly its own frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from s2s.models.config import DuplexConfig
+from s2s.models.layers import CausalConv1d
+
+
+@dataclass
+class FrontEndState:
+    subsample: torch.Tensor  # (B, r, n_mels): the previous group of mel frames
+    mix: torch.Tensor  # (B, conv_kernel - 1, dim): the previous model frames
+
+    def where(self, keep: torch.Tensor, other: FrontEndState) -> FrontEndState:
+        """Per stream: this state where keep[b], else `other`'s."""
+        k = keep.view(-1, 1, 1)
+        return FrontEndState(torch.where(k, self.subsample, other.subsample), torch.where(k, self.mix, other.mix))
+
+
+class ConvFrontEnd(nn.Module):
+    def __init__(self, config: DuplexConfig):
+        super().__init__()
+        self.config = config
+        r = config.mel_per_frame
+        self.subsample = CausalConv1d(config.n_mels, config.dim, kernel=2 * r, stride=r)
+        self.mix = CausalConv1d(config.dim, config.dim, kernel=config.conv_kernel)
+        self.project = nn.Linear(config.dim, config.dim)
+
+    def _normalize(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.config.mel_mean) / self.config.mel_std
+
+    def frames_for(self, mel_frames: int) -> int:
+        return mel_frames // self.config.mel_per_frame
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, F, n_mels) log-mel -> (B, F // r, dim); a trailing partial group is dropped."""
+        usable = self.frames_for(mel.shape[1]) * self.config.mel_per_frame
+        x = nn.functional.gelu(self.subsample(self._normalize(mel[:, :usable])))
+        return self.project(nn.functional.gelu(self.mix(x)))
+
+    def initial_state(self, batch: int, device=None, dtype=None) -> FrontEndState:
+        return FrontEndState(
+            self.subsample.initial_state(batch, device, dtype), self.mix.initial_state(batch, device, dtype)
+        )
+
+    def step(self, mel: torch.Tensor, state: FrontEndState) -> tuple[torch.Tensor, FrontEndState]:
+        """A chunk of whole groups of mel frames -> its model frames and the carried state."""
+        x, subsample = self.subsample.step(self._normalize(mel), state.subsample)
+        x, mix = self.mix.step(nn.functional.gelu(x), state.mix)
+        return self.project(nn.functional.gelu(x)), FrontEndState(subsample, mix)

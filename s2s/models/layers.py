@@ -1,0 +1,66 @@
+"""Building blocks: rotary positions, the feed-forward block and a causal convolution that streams."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rotary_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin (B, n, 1, head_dim/2) for absolute positions (B, n): caches keep working because a
+    frame's rotation depends on its position on the stream, not on where a call started."""
+    half = head_dim // 2
+    frequencies = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32)[..., None] * frequencies
+    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[i], x[i + D/2]) of x (B, n, H, D) by the position's angles."""
+    first, second = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+    return rotated.to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(nn.functional.gelu(self.up(x))))
+
+
+class CausalConv1d(nn.Module):
+    """Conv over time (B, T, C) whose output frame j sees input frames up to (j + 1) * stride - 1.
+
+    Offline, the input is preceded by `kernel - stride` zero frames; streaming carries the last
+    `kernel - stride` input frames as state, so chunks of any multiple of `stride` give the same
+    frames as one offline pass.
+    """
+
+    def __init__(self, channels_in: int, channels_out: int, kernel: int, stride: int = 1):
+        super().__init__()
+        if kernel < stride:
+            raise ValueError(f"a causal conv needs kernel >= stride, got kernel {kernel}, stride {stride}")
+        self.conv = nn.Conv1d(channels_in, channels_out, kernel, stride=stride)
+        self.stride = stride
+        self.context = kernel - stride
+
+    def initial_state(self, batch: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch, self.context, self.conv.in_channels, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.initial_state(x.shape[0], x.device, x.dtype)
+        return self.step(x, state)[0]
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[1] % self.stride:
+            raise ValueError(f"causal conv input of {x.shape[1]} frames is not a multiple of its stride {self.stride}")
+        if x.shape[1] == 0:
+            return x.new_zeros(x.shape[0], 0, self.conv.out_channels), state
+        frames = torch.cat([state, x], dim=1)
+        out = self.conv(frames.transpose(1, 2)).transpose(1, 2)
+        return out, frames[:, frames.shape[1] - self.context :]

@@ -1,0 +1,60 @@
+"""Baseline vocoder: log-mel -> linear spectrum (torchaudio InverseMelScale) -> Griffin-Lim.
+
+It needs no training, so a model's mel output can be listened to from the first step. Streaming
+runs Griffin-Lim on each new chunk with a few frames of the previous ones as context and keeps the
+audio of the new frames only: one chunk of mel in, `frames * hop` samples out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+
+from s2s.data.features import LogMelConfig
+
+
+@dataclass
+class VocoderState:
+    context: torch.Tensor  # (B, context_frames, n_mels): the last log-mel frames (silence at first)
+
+
+class GriffinLimVocoder(torch.nn.Module):
+    def __init__(self, log_mel: LogMelConfig | None = None, iterations: int = 32, context_frames: int = 8):
+        super().__init__()
+        self.log_mel = cfg = log_mel or LogMelConfig()
+        self.iterations = iterations
+        self.context_frames = context_frames
+        self.inverse_mel = torchaudio.transforms.InverseMelScale(
+            n_stft=cfg.window // 2 + 1, n_mels=cfg.n_mels, sample_rate=cfg.sample_rate, f_min=cfg.f_min, f_max=cfg.f_max,
+            driver="gelsd",  # some low mel filters are empty at n_fft 400: rank-deficient
+        )
+        self.register_buffer("window", torch.hann_window(cfg.window), persistent=False)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B, F, n_mels) log-mel -> (B, F * hop) audio."""
+        if mel.shape[1] == 0:
+            return mel.new_zeros(mel.shape[0], 0)
+        power_mel = (mel.float().exp() - self.log_mel.floor).clamp(min=0.0).transpose(1, 2)
+        power = self.inverse_mel(power_mel).clamp(min=0.0)
+        cfg = self.log_mel
+        audio = torchaudio.functional.griffinlim(
+            power, self.window, n_fft=cfg.window, hop_length=cfg.hop, win_length=cfg.window, power=2.0,
+            n_iter=self.iterations, momentum=0.99, length=(mel.shape[1] - 1) * cfg.hop, rand_init=False,
+        )  # fmt: skip
+        # Griffin-Lim centres frame t on sample t * hop; our causal frame t is centred on
+        # t * hop - (window / 2 - hop). Shift by that much and pad to F * hop samples.
+        shift = cfg.window // 2 - cfg.hop
+        audio = torch.nn.functional.pad(audio[:, shift:], (0, cfg.hop + shift))[:, : mel.shape[1] * cfg.hop]
+        return audio.clamp(-1.0, 1.0)
+
+    def initial_state(self, batch: int, device=None) -> VocoderState:
+        silence = float(torch.tensor(self.log_mel.floor).log())
+        return VocoderState(torch.full((batch, self.context_frames, self.log_mel.n_mels), silence, device=device))
+
+    def stream(self, mel: torch.Tensor, state: VocoderState) -> tuple[torch.Tensor, VocoderState]:
+        """A chunk of log-mel frames -> its audio, with the previous frames as phase context."""
+        frames = torch.cat([state.context.to(mel.dtype), mel], dim=1)
+        audio = self(frames)[:, state.context.shape[1] * self.log_mel.hop :]
+        return audio, VocoderState(frames[:, frames.shape[1] - self.context_frames :])

@@ -1,0 +1,1 @@
+"""Streaming inference: the session that runs a duplex model chunk by chunk, and (later) its metrics."""

@@ -1,0 +1,233 @@
+"""StreamingSession: the duplex model run as it is deployed, one chunk of audio in, one chunk out.
+
+Every cache lives in one typed state: the log-mel tail, the front end's convolution tails, each
+encoder layer's self-attention K/V, each decoder layer's self-attention K/V and cross-attention
+encoder K/V, and the decoder's own last chunk, which it reads back as its next input. A step
+produces exactly the frames one offline pass gives for the same audio and the same feedback.
+
+Many streams share a session (one row each). Each has its own length: a stream's last step may
+be short (`final`), a stream with no samples in a step is left untouched, and `reset` starts a
+new dialogue on chosen rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from s2s.attention import CrossAttentionCache, SelfAttentionCache
+from s2s.data.features import LogMel, LogMelConfig
+from s2s.models.duplex import DuplexModel, DuplexOutput
+from s2s.models.frontend import FrontEndState
+from s2s.models.vocoder import GriffinLimVocoder, VocoderState
+
+
+@dataclass
+class LayerCaches:
+    encoder: list[SelfAttentionCache]
+    decoder: list[SelfAttentionCache]
+    cross: list[CrossAttentionCache]
+
+    def all(self) -> list:
+        return [*self.encoder, *self.decoder, *self.cross]
+
+
+@dataclass
+class SessionState:
+    mel_tail: torch.Tensor  # (B, >= 240) audio samples the log-mel front end still needs
+    front_end: FrontEndState
+    caches: LayerCaches
+    feedback: torch.Tensor  # (B, C, feedback_dim): the decoder's output of the previous chunk
+    positions: torch.Tensor  # (B,) int64: model frames consumed per stream
+    vocoder: VocoderState | None
+
+
+@dataclass
+class StepOutput:
+    mel: torch.Tensor  # (B, C * r, n_mels) system log-mel of this chunk
+    speaking: torch.Tensor  # (B, C) probability that the system speaks in each frame
+    audio: torch.Tensor | None  # (B, C * frame_samples) system audio (None without a vocoder)
+    frames: torch.Tensor  # (B,) model frames that are real per stream (C, fewer on a final step, 0 idle)
+    raw: DuplexOutput  # the heads' full output, feedback included
+
+
+class StreamingSession:
+    """Streams `batch` dialogues through `model` in chunks of `chunk` model frames.
+
+    `left_chunks` bounds every cache (default: the model's). A chunk size the model was not trained
+    with works but warns (the NeMo multi-look-ahead situation).
+    """
+
+    def __init__(
+        self,
+        model: DuplexModel,
+        batch: int = 1,
+        chunk: int | None = None,
+        left_chunks=...,
+        vocoder: GriffinLimVocoder | None | bool = True,
+        device: torch.device | str | None = None,
+    ):
+        config = model.config
+        self.model = model
+        self.batch = batch
+        self.chunk = config.chunk if chunk is None else int(chunk)
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1 model frame, got {self.chunk}")
+        model.check_chunk(self.chunk)
+        self.left_chunks = config.left_chunks if left_chunks is ... else left_chunks
+        parameter = next(model.parameters())
+        self.device = torch.device(device) if device is not None else parameter.device
+        self.dtype = parameter.dtype
+        self.log_mel = LogMel(LogMelConfig(sample_rate=config.sample_rate, n_mels=config.n_mels, hop=config.hop)).to(
+            self.device
+        )
+        if vocoder is True:
+            vocoder = GriffinLimVocoder(self.log_mel.config).to(self.device)
+        self.vocoder = vocoder or None
+        self.state = self._initial_state()
+
+    @property
+    def chunk_samples(self) -> int:
+        """Audio samples per step: chunk * 640 at 16 kHz and x4 subsampling (chunk * 40 ms)."""
+        return self.chunk * self.model.config.frame_samples
+
+    def _initial_state(self) -> SessionState:
+        model, c, batch, device, dtype = self.model, self.model.config, self.batch, self.device, self.dtype
+
+        def layer_cache(attention):
+            return attention.new_cache(batch, self.chunk, self.left_chunks, device, dtype)
+
+        caches = LayerCaches(
+            encoder=[layer_cache(block.attention) for block in model.encoder.blocks],
+            decoder=[layer_cache(block.self_attention) for block in model.decoder.blocks],
+            cross=[layer_cache(block.cross_attention) for block in model.decoder.blocks],
+        )
+        return SessionState(
+            mel_tail=self.log_mel.initial_state(batch, device).to(dtype),
+            front_end=model.front_end.initial_state(batch, device, dtype),
+            caches=caches,
+            feedback=torch.zeros(batch, self.chunk, c.feedback_dim, device=device, dtype=dtype),
+            positions=torch.zeros(batch, dtype=torch.int64, device=device),
+            vocoder=self.vocoder.initial_state(batch, device) if self.vocoder else None,
+        )
+
+    def reset(self, streams: torch.Tensor | None = None) -> None:
+        """Start new dialogues on the rows marked True (all rows when None)."""
+        fresh = self._initial_state()
+        if streams is None:
+            self.state = fresh
+            return
+        streams = streams.to(device=self.device, dtype=torch.bool)
+        if streams.shape != (self.batch,):
+            raise ValueError(f"reset takes one flag per stream ({self.batch},), got {tuple(streams.shape)}")
+        self.state = _select_state(streams, fresh, self.state)
+        for cache in self.state.caches.all():
+            cache.reset(streams)
+
+    @torch.no_grad()
+    def step(
+        self,
+        audio: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        final: bool | torch.Tensor = False,
+        sample_rate: int | None = None,
+    ) -> StepOutput:
+        """Feed (B, chunk_samples) user audio (a 1-D chunk when B is 1); returns this chunk's output.
+
+        `lengths` (B,) real samples per stream (default all): a stream with 0 is idle this step;
+        fewer than chunk_samples is allowed only on a stream's `final` step.
+        """
+        audio, counts, final = self._check(audio, lengths, final, sample_rate)
+        model, c, state = self.model, self.model.config, self.state
+        active = counts > 0
+
+        mel, mel_tail = self.log_mel.stream(audio.to(self.dtype), state.mel_tail)
+        x, front_end = model.front_end.step(mel, state.front_end)
+        positions = state.positions[:, None] + torch.arange(self.chunk, device=self.device)
+        caches = state.caches
+        encoded = model.encoder.step(x, positions, caches.encoder, counts, final)
+        for block, cache in zip(model.decoder.blocks, caches.cross, strict=True):
+            k, v = block.cross_attention.memory(encoded)
+            cache.append(k, v, lengths=counts, final=final)
+        decoder_in = model.feedback_in(state.feedback)
+        hidden = model.decoder.step(decoder_in, positions, caches.decoder, caches.cross, counts, final)
+        out = model.heads(hidden)
+
+        output_audio, vocoder_state = None, state.vocoder
+        if self.vocoder is not None:
+            output_audio, vocoder_state = self.vocoder.stream(out.mel, state.vocoder)
+            vocoder_state = VocoderState(_where(active, vocoder_state.context, state.vocoder.context))
+        self.state = SessionState(
+            mel_tail=_where(active, mel_tail, state.mel_tail),
+            front_end=front_end.where(active, state.front_end),
+            caches=caches,
+            feedback=_where(active, out.feedback, state.feedback),
+            positions=state.positions + counts,
+            vocoder=vocoder_state,
+        )
+        return StepOutput(mel=out.mel, speaking=out.speaking, audio=output_audio, frames=counts, raw=out)
+
+    def _check(self, audio, lengths, final, sample_rate):
+        c = self.model.config
+        if sample_rate is not None and sample_rate != c.sample_rate:
+            raise ValueError(
+                f"the model streams {c.sample_rate} Hz audio but got {sample_rate} Hz; resample first "
+                "(s2s.data.audio.resample)"
+            )
+        if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+            raise TypeError("audio must be a float tensor of samples in [-1, 1]")
+        if audio.dim() == 1 and self.batch == 1:
+            audio = audio[None]
+        if audio.dim() != 2 or audio.shape[0] != self.batch:
+            hint = " (mono: one channel per stream; a dialogue's user is channel 0)" if audio.dim() == 3 else ""
+            raise ValueError(
+                f"audio must be (streams={self.batch}, samples={self.chunk_samples}){hint}, got {tuple(audio.shape)}"
+            )
+        if audio.shape[1] != self.chunk_samples:
+            raise ValueError(
+                f"a step takes exactly {self.chunk_samples} samples per stream ({self.chunk} frames x "
+                f"{c.frame_samples / c.sample_rate * 1000:.0f} ms), got {audio.shape[1]}; pad a stream's "
+                "last chunk and give its real length in `lengths` with final=True"
+            )
+        audio = audio.to(self.device)
+        if lengths is None:
+            samples = torch.full((self.batch,), self.chunk_samples, dtype=torch.int64, device=self.device)
+        else:
+            samples = torch.as_tensor(lengths, device=self.device).to(torch.int64)
+            if samples.shape != (self.batch,) or bool((samples < 0).any() | (samples > self.chunk_samples).any()):
+                raise ValueError(
+                    f"lengths must be ({self.batch},) sample counts in [0, {self.chunk_samples}], got {samples.tolist()}"
+                )
+        counts = samples // c.frame_samples  # samples that do not fill a model frame are dropped
+        if isinstance(final, torch.Tensor):
+            final = final.to(device=self.device, dtype=torch.bool)
+        else:
+            final = torch.full((self.batch,), bool(final), dtype=torch.bool, device=self.device)
+        short = (counts < self.chunk) & (samples > 0) & ~final
+        if bool(short.any()):
+            raise ValueError(
+                f"stream(s) {short.nonzero().flatten().tolist()} got less than a whole chunk without final=True; "
+                "only a stream's last step may be short"
+            )
+        # A final step too short for even one model frame has nothing to add.
+        return audio, counts, final & (counts > 0)
+
+
+def _where(keep: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(keep.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+def _select_state(streams: torch.Tensor, fresh: SessionState, current: SessionState) -> SessionState:
+    """Fresh per-stream tensors on the rows marked True; the caches are reset in place by the caller."""
+    vocoder = None
+    if current.vocoder is not None:
+        vocoder = VocoderState(_where(streams, fresh.vocoder.context, current.vocoder.context))
+    return SessionState(
+        mel_tail=_where(streams, fresh.mel_tail, current.mel_tail),
+        front_end=fresh.front_end.where(streams, current.front_end),
+        caches=current.caches,
+        feedback=_where(streams, fresh.feedback, current.feedback),
+        positions=torch.where(streams, fresh.positions, current.positions),
+        vocoder=vocoder,
+    )
