@@ -28,7 +28,9 @@ def attend(
         return chunk_attention(q, k, v, spec, backend=backend)
     valid = torch.arange(q.shape[1], device=q.device)[None, :] < lengths[:, None]
     cu_seqlens = nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-    packed = chunk_attention(q[valid], k[valid], v[valid], spec, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, backend=backend)
+    packed = chunk_attention(
+        q[valid], k[valid], v[valid], spec, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, backend=backend
+    )
     out = q.new_zeros(q.shape)
     out[valid] = packed
     return out
@@ -65,7 +67,14 @@ class SelfAttention(nn.Module):
     def new_cache(self, batch: int, chunk, left_chunks, device, dtype) -> SelfAttentionCache:
         c = self.config
         return SelfAttentionCache(
-            batch, c.kv_heads, c.head_dim, chunk, left_chunks, dtype=dtype, device=device, backend=c.attention_backend
+            batch,
+            c.kv_heads,
+            c.head_dim,
+            chunk,
+            left_chunks,
+            dtype=dtype,
+            device=device,
+            backend=c.attention_backend,
         )
 
 

@@ -39,7 +39,9 @@ class DuplexConfig:
         if self.heads % self.kv_heads:
             raise ValueError(f"kv_heads {self.kv_heads} must divide heads {self.heads}")
         if self.chunk < 1 or any(c < 1 for c in self.train_chunks):
-            raise ValueError(f"chunk sizes must be >= 1 model frame, got {self.chunk} and {self.train_chunks}")
+            raise ValueError(
+                f"chunk sizes must be >= 1 model frame, got {self.chunk} and {self.train_chunks}"
+            )
         if self.left_chunks is not None and self.left_chunks < 0:
             raise ValueError(f"left_chunks must be >= 0 or None, got {self.left_chunks}")
         object.__setattr__(self, "train_chunks", tuple(int(c) for c in self.train_chunks))

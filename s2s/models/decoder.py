@@ -43,7 +43,9 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
-    def forward(self, x, positions, encoded, spec: ChunkSpec, cross_spec: ChunkSpec, lengths=None) -> torch.Tensor:
+    def forward(
+        self, x, positions, encoded, spec: ChunkSpec, cross_spec: ChunkSpec, lengths=None
+    ) -> torch.Tensor:
         for block in self.blocks:
             x = block(x, positions, encoded, spec, cross_spec, lengths)
         return self.norm(x)

@@ -66,8 +66,8 @@ class DuplexModel(nn.Module):
         untrained = sorted(sizes - set(self.config.train_chunks))
         if untrained:
             warnings.warn(
-                f"chunk size(s) {untrained} were not among the training chunk sizes {self.config.train_chunks}; "
-                "expect different (usually worse) outputs",
+                f"chunk size(s) {untrained} were not among the training chunk sizes "
+                f"{self.config.train_chunks}; expect different (usually worse) outputs",
                 stacklevel=3,
             )
 
@@ -115,10 +115,14 @@ class DuplexModel(nn.Module):
             raise ValueError(f"user_mel must be (B, frames, {c.n_mels}) log-mel, got {tuple(user_mel.shape)}")
         x = self.front_end(user_mel)
         batch, frames, _ = x.shape
-        if feedback.shape[:1] != (batch,) or feedback.shape[1] < frames or feedback.shape[2] != c.feedback_dim:
+        if (
+            feedback.shape[:1] != (batch,)
+            or feedback.shape[1] < frames
+            or feedback.shape[2] != c.feedback_dim
+        ):
             raise ValueError(
-                f"feedback must be (B={batch}, >= {frames}, {c.feedback_dim}) for {user_mel.shape[1]} mel frames, "
-                f"got {tuple(feedback.shape)}; build it with feedback_from(mel, speaking)"
+                f"feedback must be (B={batch}, >= {frames}, {c.feedback_dim}) for {user_mel.shape[1]} "
+                f"mel frames, got {tuple(feedback.shape)}; build it with feedback_from(mel, speaking)"
             )
         if lengths is not None:
             lengths = lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames)

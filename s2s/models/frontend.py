@@ -24,7 +24,9 @@ class FrontEndState:
     def where(self, keep: torch.Tensor, other: FrontEndState) -> FrontEndState:
         """Per stream: this state where keep[b], else `other`'s."""
         k = keep.view(-1, 1, 1)
-        return FrontEndState(torch.where(k, self.subsample, other.subsample), torch.where(k, self.mix, other.mix))
+        return FrontEndState(
+            torch.where(k, self.subsample, other.subsample), torch.where(k, self.mix, other.mix)
+        )
 
 
 class ConvFrontEnd(nn.Module):

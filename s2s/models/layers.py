@@ -58,7 +58,9 @@ class CausalConv1d(nn.Module):
 
     def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[1] % self.stride:
-            raise ValueError(f"causal conv input of {x.shape[1]} frames is not a multiple of its stride {self.stride}")
+            raise ValueError(
+                f"causal conv input of {x.shape[1]} frames is not a multiple of its stride {self.stride}"
+            )
         if x.shape[1] == 0:
             return x.new_zeros(x.shape[0], 0, self.conv.out_channels), state
         frames = torch.cat([state, x], dim=1)

@@ -27,7 +27,11 @@ class GriffinLimVocoder(torch.nn.Module):
         self.iterations = iterations
         self.context_frames = context_frames
         self.inverse_mel = torchaudio.transforms.InverseMelScale(
-            n_stft=cfg.window // 2 + 1, n_mels=cfg.n_mels, sample_rate=cfg.sample_rate, f_min=cfg.f_min, f_max=cfg.f_max,
+            n_stft=cfg.window // 2 + 1,
+            n_mels=cfg.n_mels,
+            sample_rate=cfg.sample_rate,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
             driver="gelsd",  # some low mel filters are empty at n_fft 400: rank-deficient
         )
         self.register_buffer("window", torch.hann_window(cfg.window), persistent=False)
@@ -51,7 +55,9 @@ class GriffinLimVocoder(torch.nn.Module):
 
     def initial_state(self, batch: int, device=None) -> VocoderState:
         silence = float(torch.tensor(self.log_mel.floor).log())
-        return VocoderState(torch.full((batch, self.context_frames, self.log_mel.n_mels), silence, device=device))
+        return VocoderState(
+            torch.full((batch, self.context_frames, self.log_mel.n_mels), silence, device=device)
+        )
 
     def stream(self, mel: torch.Tensor, state: VocoderState) -> tuple[torch.Tensor, VocoderState]:
         """A chunk of log-mel frames -> its audio, with the previous frames as phase context."""

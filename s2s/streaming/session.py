@@ -65,7 +65,7 @@ class StreamingSession:
         batch: int = 1,
         chunk: int | None = None,
         left_chunks=...,
-        vocoder: GriffinLimVocoder | None | bool = True,
+        vocoder: GriffinLimVocoder | bool | None = True,
         device: torch.device | str | None = None,
     ):
         config = model.config
@@ -79,9 +79,9 @@ class StreamingSession:
         parameter = next(model.parameters())
         self.device = torch.device(device) if device is not None else parameter.device
         self.dtype = parameter.dtype
-        self.log_mel = LogMel(LogMelConfig(sample_rate=config.sample_rate, n_mels=config.n_mels, hop=config.hop)).to(
-            self.device
-        )
+        self.log_mel = LogMel(
+            LogMelConfig(sample_rate=config.sample_rate, n_mels=config.n_mels, hop=config.hop)
+        ).to(self.device)
         if vocoder is True:
             vocoder = GriffinLimVocoder(self.log_mel.config).to(self.device)
         self.vocoder = vocoder or None
@@ -139,7 +139,7 @@ class StreamingSession:
         fewer than chunk_samples is allowed only on a stream's `final` step.
         """
         audio, counts, final = self._check(audio, lengths, final, sample_rate)
-        model, c, state = self.model, self.model.config, self.state
+        model, state = self.model, self.state
         active = counts > 0
 
         mel, mel_tail = self.log_mel.stream(audio.to(self.dtype), state.mel_tail)
@@ -180,9 +180,12 @@ class StreamingSession:
         if audio.dim() == 1 and self.batch == 1:
             audio = audio[None]
         if audio.dim() != 2 or audio.shape[0] != self.batch:
-            hint = " (mono: one channel per stream; a dialogue's user is channel 0)" if audio.dim() == 3 else ""
+            hint = (
+                " (mono: one channel per stream; a dialogue's user is channel 0)" if audio.dim() == 3 else ""
+            )
             raise ValueError(
-                f"audio must be (streams={self.batch}, samples={self.chunk_samples}){hint}, got {tuple(audio.shape)}"
+                f"audio must be (streams={self.batch}, samples={self.chunk_samples}){hint}, "
+                f"got {tuple(audio.shape)}"
             )
         if audio.shape[1] != self.chunk_samples:
             raise ValueError(
@@ -195,9 +198,12 @@ class StreamingSession:
             samples = torch.full((self.batch,), self.chunk_samples, dtype=torch.int64, device=self.device)
         else:
             samples = torch.as_tensor(lengths, device=self.device).to(torch.int64)
-            if samples.shape != (self.batch,) or bool((samples < 0).any() | (samples > self.chunk_samples).any()):
+            if samples.shape != (self.batch,) or bool(
+                (samples < 0).any() | (samples > self.chunk_samples).any()
+            ):
                 raise ValueError(
-                    f"lengths must be ({self.batch},) sample counts in [0, {self.chunk_samples}], got {samples.tolist()}"
+                    f"lengths must be ({self.batch},) sample counts in [0, {self.chunk_samples}], "
+                    f"got {samples.tolist()}"
                 )
         counts = samples // c.frame_samples  # samples that do not fill a model frame are dropped
         if isinstance(final, torch.Tensor):
@@ -207,8 +213,8 @@ class StreamingSession:
         short = (counts < self.chunk) & (samples > 0) & ~final
         if bool(short.any()):
             raise ValueError(
-                f"stream(s) {short.nonzero().flatten().tolist()} got less than a whole chunk without final=True; "
-                "only a stream's last step may be short"
+                f"stream(s) {short.nonzero().flatten().tolist()} got less than a whole chunk without "
+                "final=True; only a stream's last step may be short"
             )
         # A final step too short for even one model frame has nothing to add.
         return audio, counts, final & (counts > 0)

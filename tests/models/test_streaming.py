@@ -1,0 +1,150 @@
+"""StreamingSession: chunk-by-chunk output equals the offline pass; batched streams equal separate
+sessions; bounded caches; bad input named."""
+
+import pytest
+import torch
+
+from s2s.data.features import LogMel
+from s2s.models.config import DuplexConfig
+from s2s.models.duplex import DuplexModel
+from s2s.streaming.session import StreamingSession
+
+CONFIG = DuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2)
+
+
+def _model(seed: int) -> DuplexModel:
+    torch.manual_seed(seed)
+    return DuplexModel(CONFIG).eval()
+
+
+def _dialogue(samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise bursts with silences, loud enough for every frame to matter."""
+    envelope = (torch.rand(samples // 1600 + 1, generator=generator) > 0.4).float().repeat_interleave(1600)
+    return 0.2 * torch.randn(samples, generator=generator) * envelope[:samples]
+
+
+def _stream(session: StreamingSession, audio: torch.Tensor):
+    """Feed one dialogue (1-D) to a batch-1 session; returns concatenated mel, speaking, feedback."""
+    size = session.chunk_samples
+    outputs = []
+    for start in range(0, audio.shape[0], size):
+        piece = audio[start : start + size]
+        last = start + size >= audio.shape[0]
+        padded = torch.nn.functional.pad(piece, (0, size - piece.shape[0]))
+        outputs.append(session.step(padded, lengths=torch.tensor([piece.shape[0]]), final=last))
+    return (
+        torch.cat([o.mel for o in outputs], dim=1),
+        torch.cat([o.speaking for o in outputs], dim=1),
+        torch.cat([o.raw.feedback for o in outputs], dim=1),
+        outputs,
+    )
+
+
+@pytest.mark.parametrize("left_chunks", [None, 2])
+@pytest.mark.parametrize("chunk", [1, 2, 4, 8])
+def test_streaming_equals_offline(chunk, left_chunks, generator):
+    model = _model(int(torch.randint(1000, (1,), generator=generator)))
+    audio = _dialogue(16000 * 3 + 1234, generator)  # 76 model frames: the last chunk is short
+    frames = (audio.shape[0] // 160) // 4
+    session = StreamingSession(model, chunk=chunk, left_chunks=left_chunks, vocoder=False)
+    mel, speaking, feedback, outputs = _stream(session, audio)
+    assert sum(int(o.frames) for o in outputs) == frames
+    with torch.no_grad():
+        offline = model(LogMel()(audio[None]), feedback[:, :frames], chunk=chunk, left_chunks=left_chunks)
+    assert offline.mel.shape == (1, frames * 4, 80) and torch.isfinite(mel).all()
+    mel_error = (offline.mel - mel[:, : frames * 4]).abs().max().item()
+    speaking_error = (offline.speaking - speaking[:, :frames]).abs().max().item()
+    assert mel_error <= 1e-4 and speaking_error <= 1e-4, (mel_error, speaking_error)
+    # The comparison can fail: the offline pass with another chunk size is far off.
+    with torch.no_grad():
+        other = model(LogMel()(audio[None]), feedback[:, :frames], chunk=chunk + 1, left_chunks=left_chunks)
+    assert (other.mel - mel[:, : frames * 4]).abs().max() > 1e-2
+
+
+def test_batched_streams_equal_separate_sessions(generator):
+    model = _model(3)
+    lengths = [16000 * 2 + 700, 16000 * 1 + 320, 16000 * 3]
+    dialogues = [_dialogue(n, generator) for n in lengths]
+    alone = [_stream(StreamingSession(model, chunk=4, left_chunks=3, vocoder=False), d) for d in dialogues]
+
+    session = StreamingSession(model, batch=3, chunk=4, left_chunks=3, vocoder=False)
+    size = session.chunk_samples
+    mels = [[] for _ in dialogues]
+    for start in range(0, max(lengths), size):
+        pieces = [d[start : start + size] for d in dialogues]
+        counts = torch.tensor([p.shape[0] for p in pieces])
+        batch = torch.stack([torch.nn.functional.pad(p, (0, size - p.shape[0])) for p in pieces])
+        final = torch.tensor([start + size >= n for n in lengths])
+        out = session.step(batch, lengths=counts, final=final)
+        for row in range(3):
+            if counts[row] > 0:
+                mels[row].append(out.mel[row, : int(out.frames[row]) * 4])
+    for row, (mel_alone, *_rest) in enumerate(alone):
+        frames = (lengths[row] // 160) // 4
+        batched = torch.cat(mels[row])
+        assert batched.shape[0] == frames * 4
+        torch.testing.assert_close(batched, mel_alone[0, : frames * 4], atol=1e-5, rtol=0)
+
+
+def test_reset_starts_a_new_dialogue_on_one_row(generator):
+    model = _model(4)
+    length = 1280 * 12
+    first, second, other = (_dialogue(length, generator) for _ in range(3))
+    session = StreamingSession(model, batch=2, chunk=2, vocoder=False)
+    size = session.chunk_samples
+    for start in range(0, length, size):
+        session.step(torch.stack([first[start : start + size], other[start : start + size]]))
+    session.reset(torch.tensor([True, False]))
+    fresh = StreamingSession(model, chunk=2, vocoder=False)
+    for start in range(0, length, size):
+        out = session.step(torch.stack([second[start : start + size], other[start : start + size]]))
+        expected = fresh.step(second[start : start + size])
+        torch.testing.assert_close(out.mel[0], expected.mel[0], atol=1e-5, rtol=0)
+
+
+def test_left_chunks_bound_every_cache_over_a_long_stream(generator):
+    model = _model(5)
+    chunk, left = 2, 3
+    session = StreamingSession(model, chunk=chunk, left_chunks=left, vocoder=False)
+    audio = _dialogue(session.chunk_samples * 150, generator)  # 12 s, 150 steps
+    held, capacity = [], []
+    for start in range(0, audio.shape[0], session.chunk_samples):
+        session.step(audio[start : start + session.chunk_samples])
+        held.append(max(int(c.store.lengths.max()) for c in session.state.caches.all()))
+        capacity.append(max(c.store.capacity for c in session.state.caches.all()))
+    assert max(held) <= (left + 1) * chunk and max(capacity) <= (left + 2) * chunk
+    assert held[-1] == held[50]  # flat after warm-up, not growing with the stream
+    unbounded = StreamingSession(model, chunk=chunk, left_chunks=None, vocoder=False)
+    for start in range(0, audio.shape[0], session.chunk_samples):
+        unbounded.step(audio[start : start + session.chunk_samples])
+    assert max(int(c.store.lengths.max()) for c in unbounded.state.caches.all()) == 300
+
+
+def test_bad_input_is_named(generator):
+    model = _model(6)
+    session = StreamingSession(model, batch=2, chunk=4, vocoder=False)
+    good = torch.zeros(2, session.chunk_samples)
+    with pytest.raises(ValueError, match="streams 16000 Hz audio but got 44100 Hz"):
+        session.step(good, sample_rate=44100)
+    with pytest.raises(ValueError, match="mono: one channel per stream"):
+        session.step(torch.zeros(2, 2, session.chunk_samples))
+    with pytest.raises(ValueError, match="exactly 2560 samples per stream"):
+        session.step(torch.zeros(2, 2000))
+    with pytest.raises(TypeError, match="float tensor"):
+        session.step(torch.zeros(2, session.chunk_samples, dtype=torch.int16))
+    with pytest.raises(ValueError, match=r"stream\(s\) \[1\] got less than a whole chunk without final=True"):
+        session.step(good, lengths=torch.tensor([2560, 1280]))
+    session.step(good, lengths=torch.tensor([2560, 1280]), final=torch.tensor([False, True]))
+    with pytest.raises(ValueError, match="reset"):
+        session.step(good)
+    with pytest.warns(UserWarning, match=r"chunk size\(s\) \[3\] were not among the training chunk sizes"):
+        StreamingSession(model, chunk=3, vocoder=False)
+
+
+def test_session_returns_audio_for_each_chunk(generator):
+    model = _model(7)
+    session = StreamingSession(model, chunk=4)
+    out = session.step(_dialogue(session.chunk_samples, generator))
+    assert out.audio.shape == (1, session.chunk_samples) and torch.isfinite(out.audio).all()
+    assert out.mel.shape == (1, 16, 80) and out.speaking.shape == (1, 4)
+    assert ((out.speaking >= 0) & (out.speaking <= 1)).all()
