@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its schedule, loggers, sample logging and the Hydra entry point."""

@@ -1,0 +1,92 @@
+"""Experiment tracking that never stops a training run.
+
+wandb runs offline by default (the run directory syncs later with `wandb sync`) and online when a
+project is configured and an API key is available. The run id is kept in the run directory so a
+resumed run continues the same wandb run. Anything that goes wrong with wandb becomes a warning
+and training goes on with the CSV logger, which is always there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+RUN_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's wandb id: made on the first launch, read back on every resume."""
+    path = run_dir / RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def _wandb_online_possible(project: str | None) -> bool:
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (Path.home() / ".netrc").is_file()
+    return bool(project) and has_key
+
+
+def make_loggers(
+    run_dir: str | os.PathLike,
+    kind: str = "wandb",
+    project: str | None = None,
+    entity: str | None = None,
+    mode: str = "offline",
+    name: str | None = None,
+    run_config: dict | None = None,
+) -> list[Logger]:
+    """Loggers for `kind` in {wandb, csv, none}. wandb `mode`: offline, online, or auto (online when
+    a project and a key are configured)."""
+    run_dir = Path(run_dir)
+    if kind == "none":
+        return []
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if kind == "csv":
+        return loggers
+    if kind != "wandb":
+        raise ValueError(f"logger kind must be wandb, csv or none, got {kind!r}")
+    if mode not in ("offline", "online", "auto"):
+        raise ValueError(f"wandb mode must be offline, online or auto, got {mode!r}")
+    online = mode == "online" or (mode == "auto" and _wandb_online_possible(project))
+    if mode == "online" and not _wandb_online_possible(project):
+        warnings.warn(
+            "wandb online mode needs logger.project and an API key (WANDB_API_KEY or `wandb login`); "
+            "logging offline instead",
+            stacklevel=2,
+        )
+        online = False
+    try:
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(
+            save_dir=str(run_dir),
+            project=project or "s2s",
+            entity=entity,
+            name=name,
+            id=wandb_run_id(run_dir),
+            offline=not online,
+            resume="allow",
+            settings=_quiet_settings(),
+        )
+        if run_config is not None:
+            logger.experiment.config.update(run_config, allow_val_change=True)
+        loggers.append(logger)
+    except Exception as error:  # tracking must never stop training
+        warnings.warn(
+            f"wandb is unavailable ({error!r}); logging to CSV in {run_dir / 'csv'} only", stacklevel=2
+        )
+    return loggers
+
+
+def _quiet_settings():
+    import wandb
+
+    return wandb.Settings(console="off", silent=True, x_disable_stats=True)

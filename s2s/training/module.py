@@ -1,0 +1,129 @@
+"""LightningModule for the duplex model: teacher-forced offline passes under the chunk-causal mask.
+
+Losses, reported separately: masked L1 between predicted and reference system log-mel (in nats of
+log power, the unit people compare), and binary cross-entropy of the speaking flag. Dynamic-chunk
+training (as in WeNet) draws one chunk size per dialogue from `train_chunks` and hands
+chunk_attention a per-sequence tensor; validation uses the fixed streaming `chunk`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import lightning
+import torch
+
+from s2s.data.batching import DialogueBatch
+from s2s.models.duplex import DuplexModel, DuplexOutput
+from s2s.training.schedule import warmup_cosine
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class Losses:
+    mel_l1: torch.Tensor  # nats, mean over real frames and mel bins
+    speaking_bce: torch.Tensor
+    total: torch.Tensor
+
+
+class DuplexLightningModule(lightning.LightningModule):
+    def __init__(
+        self,
+        model: DuplexModel,
+        optimizer: OptimizerConfig | Mapping | None = None,
+        speaking_weight: float = 0.5,
+    ):
+        super().__init__()
+        self.model = model
+        if optimizer is None:
+            optimizer = OptimizerConfig()
+        elif not isinstance(optimizer, OptimizerConfig):  # a dict or a Hydra DictConfig
+            values = dict(optimizer)
+            optimizer = OptimizerConfig(**{**values, "betas": tuple(values.get("betas", (0.9, 0.98)))})
+        self.optimizer_config = optimizer
+        self.speaking_weight = speaking_weight
+        self.save_hyperparameters(
+            {
+                "model": asdict(model.config),
+                "optimizer": asdict(optimizer),
+                "speaking_weight": speaking_weight,
+            }
+        )
+        self.last_validation: tuple[DialogueBatch, DuplexOutput] | None = None
+
+    # -- one pass --------------------------------------------------------------------------------
+
+    def targets(self, batch: DialogueBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per model frame: real-frame mask (B, T), speaking target (B, T), and lengths (B,)."""
+        r = self.model.config.mel_per_frame
+        frames = batch.system_mel.shape[1] // r
+        lengths = batch.frame_lengths // r
+        mask = torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+        speaking = batch.system_speaking[:, : frames * r].reshape(-1, frames, r).mean(dim=2)
+        return mask, (speaking >= 0.5).to(batch.system_mel.dtype), lengths
+
+    def run(self, batch: DialogueBatch, chunk) -> tuple[DuplexOutput, Losses]:
+        mask, speaking, lengths = self.targets(batch)
+        feedback = self.model.feedback_from(batch.system_mel, speaking)
+        out = self.model(batch.user_mel, feedback, lengths=lengths, chunk=chunk)
+        r, n_mels = self.model.config.mel_per_frame, self.model.config.n_mels
+        frames = out.speaking_logit.shape[1]
+        target_mel = batch.system_mel[:, : frames * r].float()
+        mel_mask = mask.repeat_interleave(r, dim=1)[..., None]
+        denominator = mel_mask.sum().clamp(min=1) * n_mels
+        mel_l1 = ((out.mel.float() - target_mel).abs() * mel_mask).sum() / denominator
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            out.speaking_logit.float(), speaking[:, :frames].float(), reduction="none"
+        )
+        speaking_bce = (bce * mask).sum() / mask.sum().clamp(min=1)
+        total = mel_l1 / self.model.config.mel_std + self.speaking_weight * speaking_bce
+        return out, Losses(mel_l1, speaking_bce, total)
+
+    def draw_chunks(self, batch_size: int) -> torch.Tensor:
+        """One training chunk size per dialogue, drawn from the model's `train_chunks`."""
+        sizes = torch.tensor(self.model.config.train_chunks, dtype=torch.int32)
+        pick = torch.randint(len(sizes), (batch_size,))
+        return sizes[pick].to(self.device)
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def training_step(self, batch: DialogueBatch, batch_index: int) -> torch.Tensor:
+        _, losses = self.run(batch, self.draw_chunks(len(batch)))
+        size = len(batch)
+        self.log("train/loss", losses.total, prog_bar=True, batch_size=size)
+        self.log("train/mel_l1", losses.mel_l1, prog_bar=True, batch_size=size)
+        self.log("train/speaking_bce", losses.speaking_bce, batch_size=size)
+        return losses.total
+
+    def validation_step(self, batch: DialogueBatch, batch_index: int) -> None:
+        out, losses = self.run(batch, self.model.config.chunk)
+        size = len(batch)
+        self.log("val/loss", losses.total, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("val/mel_l1", losses.mel_l1, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("val/speaking_bce", losses.speaking_bce, batch_size=size, sync_dist=True)
+        if batch_index == 0:
+            self.last_validation = (batch, out)
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+        )
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 10_000
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,117 @@
+"""Every few validations: listen to and look at what the model makes of a few validation dialogues.
+
+For each dialogue: user, reference system and model audio (the model's teacher-forced mel through
+the Griffin-Lim vocoder) and one spectrogram image of the three on one timeline with the speaking
+probability. Files go to `<run_dir>/samples/step_<N>/`, and to wandb when it is logging.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning
+import torch
+
+from s2s.data.audio import save_audio
+from s2s.models.vocoder import GriffinLimVocoder
+
+
+class ValidationSamples(lightning.Callback):
+    def __init__(
+        self, run_dir: str | Path, every_n_validations: int = 2, dialogues: int = 2, seconds: float = 12.0
+    ):
+        self.run_dir = Path(run_dir)
+        self.every = max(1, every_n_validations)
+        self.dialogues = dialogues
+        self.seconds = seconds
+        self.validations = 0
+        self.vocoder: GriffinLimVocoder | None = None
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or module.last_validation is None:
+            return
+        self.validations += 1
+        if (self.validations - 1) % self.every:
+            return
+        try:
+            self._write(trainer, module)
+        except Exception as error:  # samples are a convenience: never stop training for them
+            warnings.warn(f"could not write validation samples: {error!r}", stacklevel=2)
+
+    @torch.no_grad()
+    def _write(self, trainer, module) -> None:
+        batch, out = module.last_validation
+        self.vocoder = self.vocoder or GriffinLimVocoder()
+        rate, hop = 16000, 160
+        folder = self.run_dir / "samples" / f"step_{trainer.global_step:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for row in range(min(self.dialogues, len(batch))):
+            frames = min(int(batch.frame_lengths[row]), int(self.seconds * rate / hop), out.mel.shape[1])
+            samples = frames * hop
+            model_mel = out.mel[row : row + 1, :frames].float().cpu()
+            model_audio = self.vocoder(model_mel)[0]
+            tracks = {
+                "user": batch.user_audio[row, :samples].cpu(),
+                "reference": batch.system_audio[row, :samples].cpu(),
+                "model": model_audio,
+            }
+            name = batch.names[row]
+            for label, audio in tracks.items():
+                save_audio(folder / f"{name}_{label}.wav", audio, rate)
+            image = folder / f"{name}.png"
+            _plot(
+                image,
+                [batch.user_mel[row, :frames].cpu(), batch.system_mel[row, :frames].cpu(), model_mel[0]],
+                out.speaking[row, : frames // 4].float().cpu(),
+                batch.system_speaking[row, :frames].cpu(),
+            )
+            for logger in trainer.loggers:
+                if type(logger).__name__ == "WandbLogger":
+                    logger.log_audio(
+                        key=f"samples/{name}",
+                        audios=[a.numpy() for a in tracks.values()],
+                        sample_rate=[rate] * 3,
+                        caption=list(tracks),
+                        step=trainer.global_step,
+                    )
+                    logger.log_image(
+                        key=f"spectrograms/{name}", images=[str(image)], step=trainer.global_step
+                    )
+
+
+def _plot(
+    path: Path, mels: list[torch.Tensor], speaking: torch.Tensor, reference_speaking: torch.Tensor
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seconds = mels[0].shape[0] / 100
+    figure, axes = plt.subplots(4, 1, figsize=(12, 8), sharex=True, height_ratios=[3, 3, 3, 1])
+    for axis, mel, title in zip(
+        axes[:3], mels, ("user", "reference system", "model (teacher-forced)"), strict=True
+    ):
+        axis.imshow(
+            mel.T.numpy(),
+            origin="lower",
+            aspect="auto",
+            extent=(0, seconds, 0, mel.shape[1]),
+            vmin=-14,
+            vmax=4,
+        )
+        axis.set_ylabel(title)
+    axes[3].plot([i * 0.04 for i in range(len(speaking))], speaking.numpy(), label="model P(speaking)")
+    axes[3].plot(
+        [i * 0.01 for i in range(len(reference_speaking))],
+        reference_speaking.numpy(),
+        label="reference",
+        alpha=0.6,
+    )
+    axes[3].set_ylim(-0.05, 1.05)
+    axes[3].set_xlabel("seconds")
+    axes[3].legend(loc="upper right", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
