@@ -177,6 +177,6 @@ def test_config_errors():
 def test_model_configs_build_the_presets(name):
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose(config_name=f"model/{name}")
+        cfg = compose(config_name="train", overrides=[f"model={name}"])  # chunking from attention=auto
     built = instantiate(cfg.model.config)
     assert built == getattr(presets, name)()
