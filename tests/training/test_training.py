@@ -164,11 +164,9 @@ def test_killed_run_resumes_at_its_step_with_the_same_wandb_run(tiny_corpus, tmp
     assert (run_dir / "wandb_run_id.txt").read_text().strip() == run_id
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
-    # the offline run (what `wandb sync` uploads) holds the resolved config and the metrics
-    # (wandb may append the resumed launch to the first launch's file or start a new one)
+    # the resumed launch writes to the same wandb run: its records carry the same run id and config
     records = b"".join(p.read_bytes() for p in (run_dir / "wandb").rglob(f"run-{run_id}.wandb"))
-    assert b"encoder_layers" in records and b"train_chunks" in records
-    assert b"val/mel_l1" in records and b"train/mel_l1" in records
+    assert run_id.encode() in records and b"encoder_layers" in records
     steps = [line.split(",") for line in (run_dir / "csv" / "metrics.csv").read_text().splitlines()]
     assert max(int(row[steps[0].index("step")]) for row in steps[1:] if row[steps[0].index("step")]) >= 29
     assert sorted((run_dir / "samples").glob("step_*/*.png")) and sorted(
@@ -188,15 +186,24 @@ def test_sweep_gives_one_run_directory_and_wandb_run_each(tiny_corpus, tmp_path)
         sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "attention.chunk=2,4",
         *_small_data(tiny_corpus.out_dir),
         "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
         "validate_first=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]  # fmt: skip
+    fixed = [o.split("=")[0] for o in command[4:] if "=" in o and not o.startswith("attention.")]
+    command.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(fixed)}]")  # short names
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name.startswith("attention"))
-    assert [p.name.split(",")[0] for p in runs] == ["attention.chunk=2", "attention.chunk=4"]
+    assert [p.name for p in runs] == ["attention.chunk=2", "attention.chunk=4"]
     ids = {(p / "wandb_run_id.txt").read_text() for p in runs}
     assert len(ids) == 2 and all((p / "checkpoints" / "last.ckpt").is_file() for p in runs)
     assert "chunk: 2" in (runs[0] / "config.yaml").read_text()
+    # each offline wandb run (what `wandb sync` uploads) holds the resolved config and the metrics
+    for run in runs:
+        run_id = (run / "wandb_run_id.txt").read_text().strip()
+        records = b"".join(p.read_bytes() for p in (run / "wandb").rglob(f"run-{run_id}.wandb"))
+        assert b"encoder_layers" in records and b"train_chunks" in records
+        assert b"val/mel_l1" in records and b"train/mel_l1" in records
 
 
 def test_wandb_failure_falls_back_to_csv_with_a_warning(tmp_path, monkeypatch):
