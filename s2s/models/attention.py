@@ -36,8 +36,8 @@ def attend(
     return out
 
 
-class SelfAttention(nn.Module):
-    """Chunk-causal multi-head self-attention with rotary positions and grouped K/V heads."""
+class _Projections(nn.Module):
+    """Query, grouped key/value and output projections shared by both attention layers."""
 
     def __init__(self, config: DuplexConfig):
         super().__init__()
@@ -46,13 +46,22 @@ class SelfAttention(nn.Module):
         self.key_value = nn.Linear(config.dim, 2 * config.kv_heads * config.head_dim, bias=False)
         self.out = nn.Linear(config.heads * config.head_dim, config.dim, bias=False)
 
-    def _project(self, x: torch.Tensor, positions: torch.Tensor):
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        return self.query(x).view(*x.shape[:2], self.config.heads, self.config.head_dim)
+
+    def _keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
-        batch, frames, _ = x.shape
-        q = self.query(x).view(batch, frames, c.heads, c.head_dim)
-        k, v = self.key_value(x).view(batch, frames, 2, c.kv_heads, c.head_dim).unbind(dim=2)
-        cos, sin = rotary_angles(positions, c.head_dim, c.rope_base)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v.contiguous()
+        k, v = self.key_value(x).view(*x.shape[:2], 2, c.kv_heads, c.head_dim).unbind(dim=2)
+        return k, v
+
+
+class SelfAttention(_Projections):
+    """Chunk-causal multi-head self-attention with rotary positions and grouped K/V heads."""
+
+    def _project(self, x: torch.Tensor, positions: torch.Tensor):
+        k, v = self._keys_values(x)
+        cos, sin = rotary_angles(positions, self.config.head_dim, self.config.rope_base)
+        return apply_rotary(self._queries(x), cos, sin), apply_rotary(k, cos, sin), v.contiguous()
 
     def forward(self, x, positions, spec: ChunkSpec, lengths: torch.Tensor | None) -> torch.Tensor:
         q, k, v = self._project(x, positions)
@@ -78,25 +87,14 @@ class SelfAttention(nn.Module):
         )
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Decoder frames attend to encoder frames of their own chunk and earlier ones (no positions:
     the chunk rule already aligns the two streams on one timeline)."""
 
-    def __init__(self, config: DuplexConfig):
-        super().__init__()
-        self.config = config
-        self.query = nn.Linear(config.dim, config.heads * config.head_dim, bias=False)
-        self.key_value = nn.Linear(config.dim, 2 * config.kv_heads * config.head_dim, bias=False)
-        self.out = nn.Linear(config.heads * config.head_dim, config.dim, bias=False)
-
     def memory(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder K/V (B, n, Hk, D): projected once per encoder chunk, then cached."""
-        c = self.config
-        k, v = self.key_value(encoded).view(*encoded.shape[:2], 2, c.kv_heads, c.head_dim).unbind(dim=2)
+        k, v = self._keys_values(encoded)
         return k.contiguous(), v.contiguous()
-
-    def _queries(self, x: torch.Tensor) -> torch.Tensor:
-        return self.query(x).view(*x.shape[:2], self.config.heads, self.config.head_dim)
 
     def forward(self, x, encoded, spec: ChunkSpec, lengths: torch.Tensor | None) -> torch.Tensor:
         k, v = self.memory(encoded)
