@@ -19,7 +19,7 @@ from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.streaming import metrics
 from s2s.streaming.session import StreamingSession
-from s2s.training.checkpoints import check_checkpoint
+from s2s.training.checkpoints import load_checkpoint
 
 
 @dataclass
@@ -36,8 +36,7 @@ class StreamedDialogue:
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> DuplexModel:
     """A DuplexModel from a training checkpoint (its config is in the checkpoint's hyperparameters)."""
-    check_checkpoint(checkpoint)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)  # loaded once, with the corrupt-file checks
     config = DuplexConfig.from_dict(state["hyper_parameters"]["model"])
     model = DuplexModel(config)
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}

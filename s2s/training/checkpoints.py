@@ -20,6 +20,11 @@ def resume_checkpoint(run_dir: str | Path) -> Path | None:
 
 def check_checkpoint(path: str | Path) -> int:
     """Load `path` on the CPU and return its global step, or raise CheckpointError naming the fix."""
+    return int(load_checkpoint(path)["global_step"])
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's contents (on the CPU), checked to be a readable Lightning training checkpoint."""
     path = Path(path)
     fix = f"delete {path} to restart the run from scratch, or pass resume=false"
     try:
@@ -31,4 +36,4 @@ def check_checkpoint(path: str | Path) -> int:
         raise CheckpointError(
             f"checkpoint {path} lacks {missing}: it is not a Lightning training checkpoint; {fix}"
         )
-    return int(state["global_step"])
+    return state
