@@ -13,9 +13,12 @@ FLEX_MIN_QUERY_ROWS = 128
 
 
 def _auto_order(problem: AttentionProblem) -> list[str]:
-    """Fastest first: flex for long sequences on GPU, SDPA otherwise, the reference last."""
+    """Fastest first: our CuTe kernel on Hopper, flex for long sequences on GPU, SDPA otherwise,
+    the reference last. Backends that cannot run the call are skipped."""
     if problem.device.type == "cuda" and problem.max_seqlen_q >= FLEX_MIN_QUERY_ROWS:
-        return ["flex", "sdpa", "reference"]
+        return ["cute", "flex", "sdpa", "reference"]
+    if problem.device.type == "cuda":
+        return ["cute", "sdpa", "flex", "reference"]
     return ["sdpa", "flex", "reference"]
 
 

@@ -142,7 +142,7 @@ def test_cu_seqlens_need_each_other_and_the_same_batch():
 
 def test_unknown_backend_lists_the_choices():
     q, k, v = qkv()
-    with pytest.raises(ValueError, match="choose one of auto, flex, sdpa, reference"):
+    with pytest.raises(ValueError, match="choose one of auto, cute, flex, sdpa, reference"):
         chunk_attention(q, k, v, SPEC, backend="triton")
 
 

@@ -1,0 +1,200 @@
+"""From torch tensors to a launch of the CuTe forward kernel: layout views, the per-sequence
+table, and the cache of compiled kernels (one per dtype and head dim, in memory and on disk)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+from s2s.attention.problem import AttentionProblem
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+TILE_M = 128  # query rows per CTA (ForwardTiles.tile_m)
+
+
+def unsupported_reason(problem: AttentionProblem) -> str | None:
+    """Why this call cannot run on the CuTe kernel (None when it can)."""
+    if problem.dtype not in SUPPORTED_DTYPES:
+        return f"the CuTe kernel takes float16 or bfloat16, got {problem.dtype}"
+    if problem.head_dim not in SUPPORTED_HEAD_DIMS:
+        return f"the CuTe kernel supports head dims {SUPPORTED_HEAD_DIMS}, got {problem.head_dim}"
+    if problem.device.type != "cuda":
+        return "the CuTe kernel runs on CUDA tensors only"
+    major, minor = torch.cuda.get_device_capability(problem.device)
+    if (major, minor) != (9, 0):
+        return f"the CuTe kernel is built for Hopper (sm_90), this GPU is sm_{major}{minor}"
+    for name, t in (("q", problem.q), ("k", problem.k), ("v", problem.v)):
+        if t.stride(-1) != 1:
+            return f"{name} must have a contiguous head dim (stride 1 in the last axis)"
+    return None
+
+
+def sequence_table(problem: AttentionProblem) -> torch.Tensor:
+    """(B, 8) int32: q start, k start, Sq, Sk, chunk_q, chunk_k, q_offset, k_offset per sequence."""
+    chunks = problem.chunks
+    device = problem.device
+    if problem.is_varlen:
+        q_start = problem.cu_seqlens_q[:-1].long()
+        k_start = problem.cu_seqlens_k[:-1].long()
+    else:
+        batch = problem.batch
+        q_start = torch.arange(batch, device=device, dtype=torch.int64) * problem.q.shape[1]
+        k_start = torch.arange(batch, device=device, dtype=torch.int64) * problem.k.shape[1]
+    columns = (
+        q_start,
+        k_start,
+        problem.seqlens_q,
+        problem.seqlens_k,
+        chunks.chunk_q,
+        chunks.chunk_k,
+        chunks.q_offset,
+        chunks.k_offset,
+    )
+    table = torch.stack([c.to(device=device, dtype=torch.int64) for c in columns], dim=1)
+    if int(table.abs().max()) >= 2**31:
+        raise ValueError("sequence positions, chunk sizes and offsets must fit in int32 for the CuTe kernel")
+    return table.to(torch.int32).contiguous()
+
+
+def _packed(t: torch.Tensor, varlen: bool) -> torch.Tensor:
+    """(B, S, H, D) -> (B*S, H, D) without a copy when possible; packed input as it is."""
+    if varlen:
+        return t
+    return t.reshape(t.shape[0] * t.shape[1], t.shape[2], t.shape[3])
+
+
+def _cute_dtype(dtype: torch.dtype):
+    import cutlass
+
+    return {torch.float16: cutlass.Float16, torch.bfloat16: cutlass.BFloat16}[dtype]
+
+
+def _as_cute(t: torch.Tensor, leading_dim: int):
+    from cutlass.cute.runtime import from_dlpack
+
+    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=leading_dim)
+
+
+def kernel_views(q, k, v, out, lse):
+    """The kernel's views: Q/O (total, D, H), K (total_k, D, Hk), V (D, total_k, Hk), LSE (total, H)."""
+    return (
+        _as_cute(q.permute(0, 2, 1), 1),
+        _as_cute(k.permute(0, 2, 1), 1),
+        _as_cute(v.permute(2, 0, 1), 0),
+        _as_cute(out.permute(0, 2, 1), 1),
+        _as_cute(lse.t(), 0),
+    )
+
+
+@functools.cache
+def compiled_forward(dtype: torch.dtype, head_dim: int):
+    """The kernel for one (dtype, head dim): compiled once per process, loaded from the disk
+    cache when another process already built it."""
+    from s2s.attention.cute.kernel_cache import load_or_build
+
+    name = f"fwd_sm90_{str(dtype).removeprefix('torch.')}_d{head_dim}"
+    return load_or_build(name, lambda: _compile(dtype, head_dim))
+
+
+def _compile(dtype: torch.dtype, head_dim: int):
+    import cuda.bindings.driver as cuda
+    import cutlass
+    import cutlass.cute as cute
+
+    from s2s.attention.cute.forward_sm90 import ChunkAttentionForwardSm90, ForwardTiles
+
+    tiles = ForwardTiles(head_dim=head_dim, kv_stages=4 if head_dim == 128 else 6)
+    kernel = ChunkAttentionForwardSm90(tiles)
+    rows, heads = 256, 2
+    fake = torch.empty(rows, heads, head_dim, dtype=dtype)
+    lse = torch.empty(heads, rows, dtype=torch.float32)
+    table = torch.zeros(1, 8, dtype=torch.int32)
+    views = kernel_views(fake, fake, fake, fake, lse)
+    from cutlass.cute.runtime import from_dlpack
+
+    return cute.compile(
+        kernel,
+        *views,
+        from_dlpack(table).mark_layout_dynamic(),
+        cutlass.Int32(1),
+        cutlass.Int32(-1),
+        cutlass.Float32(1.0),
+        cuda.CUstream(0),
+    )
+
+
+@dataclass
+class PreparedForward:
+    """One call, ready to launch: the compiled kernel, its arguments and the output buffers.
+
+    Benchmarks launch it repeatedly; ``forward`` launches it once.
+    """
+
+    compiled: object
+    arguments: tuple
+    out: torch.Tensor  # (total_q, Hq, D)
+    lse: torch.Tensor  # (Hq, total_q) float32
+    keep_alive: tuple = field(default=(), repr=False)
+
+    def launch(self) -> None:
+        self.compiled(*self.arguments)
+
+
+def prepare(
+    problem: AttentionProblem, out: torch.Tensor | None = None, lse: torch.Tensor | None = None
+) -> PreparedForward:
+    """Views, per-sequence table and compiled kernel for ``problem``.
+
+    ``out`` ((total_q, Hq, D), q's dtype) and ``lse`` ((Hq, total_q) float32) may be given as
+    buffers to write into; tests pass NaN-filled ones to prove every element is written.
+    """
+    import cuda.bindings.driver as cuda
+    import cutlass
+    from cutlass.cute.runtime import from_dlpack
+
+    varlen = problem.is_varlen
+    q = _packed(problem.q, varlen).contiguous()
+    k = _packed(problem.k, varlen).contiguous()
+    v = _packed(problem.v, varlen).contiguous()
+    if out is None:
+        out = torch.empty_like(q)
+    if lse is None:
+        lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+    if out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {q.dtype} buffer of shape {tuple(q.shape)}")
+    if lse.shape != (q.shape[1], q.shape[0]) or lse.dtype != torch.float32 or not lse.is_contiguous():
+        raise ValueError(f"lse must be a contiguous float32 buffer of shape {(q.shape[1], q.shape[0])}")
+    table = sequence_table(problem)
+    q_tiles = max(1, -(-problem.max_seqlen_q // TILE_M))
+    left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
+    stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
+    arguments = (
+        *kernel_views(q, k, v, out, lse),
+        from_dlpack(table).mark_layout_dynamic(),
+        cutlass.Int32(q_tiles),
+        cutlass.Int32(left),
+        cutlass.Float32(problem.softmax_scale),
+        stream,
+    )
+    # Keep the packed inputs and the table alive as long as the views that point into them.
+    prepared = PreparedForward(compiled_forward(problem.dtype, problem.head_dim), arguments, out, lse)
+    prepared.keep_alive = (q, k, v, table)
+    return prepared
+
+
+def forward(
+    problem: AttentionProblem, out: torch.Tensor | None = None, lse: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the kernel: output in q's layout and LSE (B, Hq, Sq) or (Hq, total_q) in float32."""
+    prepared = prepare(problem, out, lse)
+    prepared.launch()
+    out, lse = prepared.out, prepared.lse
+    if problem.is_varlen:
+        return out, lse
+    batch, seqlen_q = problem.q.shape[:2]
+    out = out.view(batch, seqlen_q, out.shape[1], out.shape[2])
+    lse = lse.view(lse.shape[0], batch, seqlen_q).permute(1, 0, 2)
+    return out, lse

@@ -1,0 +1,177 @@
+"""Forward TFLOP/s of chunk-causal attention backends on one GPU.
+
+FLOPs are counted from the exact mask: 4 * head_dim * visible (query, key) pairs per head. The
+causal anchors (SDPA flash and cuDNN with is_causal) count their own causal pairs: they show what
+a FLOP-matched dense-causal kernel reaches on this GPU. Every backend is checked against the
+float32 math of a few rows before it is timed; a wrong backend is reported, not timed.
+
+    python scripts/bench_attention.py                      # the full table (about 2 minutes on an H100)
+    python scripts/bench_attention.py --dims 128 --seqlens 16384 --chunks 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from s2s.attention import ChunkSpec
+from s2s.attention.backends.flex import _compiled_flex_attention, build_block_mask
+from s2s.attention.mask import dense_mask, visible_pair_count
+from s2s.attention.problem import make_problem
+
+BACKENDS = ("cute", "flex", "sdpa-mask", "sdpa-flash-causal", "cudnn-causal")
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[[], torch.Tensor]:
+    """A zero-argument launch of one backend, everything it needs built beforehand; it returns
+    the output as (B, S, H, D)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if name == "cute":
+        from s2s.attention.cute.launch import prepare
+
+        prepared = prepare(make_problem(q, k, v, spec, softmax_scale=scale))
+        out = prepared.out.view(q.shape)
+
+        def cute():
+            prepared.launch()
+            return out
+
+        return cute
+    if name == "flex":
+        chunks = spec.resolve(q.shape[0], q.device)
+        block_mask = build_block_mask(chunks, q.shape[1], k.shape[1])
+        attend = _compiled_flex_attention()
+        return lambda: attend(qt, kt, vt, block_mask=block_mask, scale=scale).transpose(1, 2)
+    if name == "sdpa-mask":
+        problem = make_problem(q, k, v, spec)
+        mask = dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k).unsqueeze(1)
+        return lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale).transpose(1, 2)
+    kernel = {"sdpa-flash-causal": SDPBackend.FLASH_ATTENTION, "cudnn-causal": SDPBackend.CUDNN_ATTENTION}[
+        name
+    ]
+
+    def causal():
+        with sdpa_kernel([kernel]):
+            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale).transpose(1, 2)
+
+    return causal
+
+
+def check_rows(
+    name: str, launch: Callable[[], torch.Tensor], q, k, v, spec: ChunkSpec, scale: float
+) -> float:
+    """Relative error of the first batch item's last 64 rows against float32 math (masked backends)."""
+    if name.endswith("causal"):
+        return float("nan")
+    out = launch()
+    torch.cuda.synchronize()
+    rows = slice(q.shape[1] - 64, q.shape[1])
+    problem = make_problem(q[:1], k[:1], v[:1], spec)
+    mask = dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k)[0, rows]
+    scores = torch.einsum("qhd,khd->hqk", q[0, rows].float(), k[0].float()) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    want = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[0].float())
+    got = out[0, rows].float()
+    return ((got - want).norm() / want.norm()).item()
+
+
+def bench_shape(head_dim: int, seqlen: int, chunk: int, tokens: int, width: int, backends) -> list[dict]:
+    batch, heads = tokens // seqlen, width // head_dim
+    generator = torch.Generator(device="cuda").manual_seed(seqlen * 1000 + chunk + head_dim)
+    q, k, v = (
+        torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=generator)
+        for _ in range(3)
+    )
+    spec = ChunkSpec(chunk)
+    scale = 1.0 / math.sqrt(head_dim)
+    chunks = spec.resolve(batch, "cuda")
+    lengths = torch.full((batch,), seqlen, device="cuda")
+    flops = 4 * head_dim * visible_pair_count(chunks, lengths, lengths) * heads
+    causal_flops = 4 * head_dim * batch * heads * seqlen * (seqlen + 1) // 2
+    rows = []
+    for name in backends:
+        row = {"backend": name, "head_dim": head_dim, "seqlen": seqlen, "chunk": chunk, "batch": batch}
+        try:
+            launch = runner(name, q, k, v, spec, scale)
+            row["rel_error"] = check_rows(name, launch, q, k, v, spec, scale)
+            if not math.isnan(row["rel_error"]) and not row["rel_error"] < 2e-2:
+                row["error"] = f"wrong result (relative error {row['rel_error']:.2e})"
+            else:
+                ms = median_ms(launch)
+                counted = causal_flops if name.endswith("causal") else flops
+                row.update(ms=ms, tflops=counted / ms / 1e9)
+        except Exception as error:  # one backend failing must not hide the others' numbers
+            row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+        rows.append(row)
+    del q, k, v
+    torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows: list[dict], backends) -> str:
+    shapes = sorted({(r["head_dim"], r["seqlen"], r["chunk"]) for r in rows})
+    header = "| d | S | C | " + " | ".join(backends) + " | cute / flex |"
+    lines = [header, "|" + " --- |" * (len(backends) + 4)]
+    for shape in shapes:
+        by_name = {r["backend"]: r for r in rows if (r["head_dim"], r["seqlen"], r["chunk"]) == shape}
+        cells = []
+        for name in backends:
+            r = by_name.get(name, {})
+            cells.append(f"{r['tflops']:.0f}" if "tflops" in r else ("error" if "error" in r else "-"))
+        ratio = "-"
+        if "tflops" in by_name.get("cute", {}) and "tflops" in by_name.get("flex", {}):
+            ratio = f"{by_name['cute']['tflops'] / by_name['flex']['tflops']:.2f}x"
+        lines.append(f"| {shape[0]} | {shape[1]} | {shape[2]} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[16, 128, 512])
+    parser.add_argument("--tokens", type=int, default=16384, help="tokens per batch (batch = tokens / S)")
+    parser.add_argument("--width", type=int, default=2048, help="heads * head_dim")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--json", type=Path, help="also write every row (times, errors) here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_attention.py needs a CUDA GPU")
+
+    rows = []
+    for head_dim in args.dims:
+        for seqlen in args.seqlens:
+            for chunk in args.chunks:
+                rows += bench_shape(head_dim, seqlen, chunk, args.tokens, args.width, args.backends)
+                for r in rows[-len(args.backends) :]:
+                    print(json.dumps(r), flush=True)
+    gpu = torch.cuda.get_device_name()
+    print(
+        f"\nforward TFLOP/s, bf16, {args.tokens} tokens per batch, H*d = {args.width}, {gpu}, "
+        f"{datetime.date.today()}, torch {torch.__version__}"
+    )
+    print(print_table(rows, args.backends))
+    if args.json:
+        args.json.write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
