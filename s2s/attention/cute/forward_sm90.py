@@ -24,9 +24,12 @@ import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
-import cutlass.utils as utils
 import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.cutlass_dsl import T, dsl_user_op
+from cutlass.memory import SmemAllocator
+from cutlass.tensor_utils import LayoutEnum
 
 LOG2_E = math.log2(math.e)
 
@@ -62,6 +65,34 @@ def _rows_cols(t: cute.Tensor) -> cute.Tensor:
         stride=((d[0][1], d[1]), (d[0][0], d[0][2], d[2])),
     )
     return cute.make_tensor(t.iterator, layout)
+
+
+@dsl_user_op
+def _computed_here(x: cutlass.Float32, *, loc=None, ip=None) -> cutlass.Float32:
+    """An empty volatile asm on a value: the compiler must finish computing it at this point.
+
+    Without it the softmax math sinks below the following ``wait_group(0)`` and no longer
+    overlaps the PV GEMM in flight.
+    """
+    value = cutlass.Float32(x).ir_value(loc=loc, ip=ip)
+    return cutlass.Float32(
+        llvm.inline_asm(
+            T.f32(),
+            [value],
+            "",
+            "=f,0",
+            has_side_effects=True,
+            is_align_stack=False,
+            asm_dialect=llvm.AsmDialect.AD_ATT,
+            loc=loc,
+            ip=ip,
+        )
+    )
+
+
+def _as_acc(operand: cute.Tensor, acc: cute.Tensor) -> cute.Tensor:
+    """The registers of a P operand seen in the accumulator's layout, to store converted S into."""
+    return cute.make_tensor(operand.iterator, acc.layout)
 
 
 def _accumulator_as_operand_a(acc_layout: cute.Layout) -> cute.Layout:
@@ -108,8 +139,8 @@ class ChunkAttentionForwardSm90:
         self.dtype = mQ.element_type
         qk_shape = (self.rows_wg, self.tile_n, self.head_dim)
         pv_shape = (self.rows_wg, self.head_dim, self.tile_n)
-        k_major = warpgroup.OperandMajorMode.K
-        v_major = utils.LayoutEnum.from_tensor(mV).sm90_mma_major_mode()
+        k_major = cute.nvgpu.OperandMajorMode.K
+        v_major = LayoutEnum.from_tensor(mV).sm90_mma_major_mode()
         qk_mma = sm90_utils.make_trivial_tiled_mma(
             self.dtype, self.dtype, k_major, k_major, cutlass.Float32, (1, 1, 1), qk_shape[:2]
         )
@@ -124,13 +155,13 @@ class ChunkAttentionForwardSm90:
             warpgroup.OperandSource.RMEM,
         )
         sQ_layout = sm90_utils.make_smem_layout_a(
-            utils.LayoutEnum.from_tensor(mQ), qk_shape, self.dtype, self.num_wg
+            LayoutEnum.from_tensor(mQ), qk_shape, self.dtype, self.num_wg
         )
         sK_layout = sm90_utils.make_smem_layout_b(
-            utils.LayoutEnum.from_tensor(mK), qk_shape, self.dtype, self.kv_stages
+            LayoutEnum.from_tensor(mK), qk_shape, self.dtype, self.kv_stages
         )
         sV_layout = sm90_utils.make_smem_layout_b(
-            utils.LayoutEnum.from_tensor(mV), pv_shape, self.dtype, self.kv_stages
+            LayoutEnum.from_tensor(mV), pv_shape, self.dtype, self.kv_stages
         )
         load = cpasync.CopyBulkTensorTileG2SOp()
         tma_q, tma_mQ = cpasync.make_tiled_tma_atom(
@@ -211,7 +242,7 @@ class ChunkAttentionForwardSm90:
         heads_k = mK.shape[2]
         head_k = head // (heads_q // heads_k)
 
-        smem = utils.SmemAllocator()
+        smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
         q_pipe = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.q_barriers.data_ptr(),
@@ -429,50 +460,67 @@ class ChunkAttentionForwardSm90:
         # Q tile ``wg`` sits in stage ``wg`` of the Q ring, loaded once.
         q_pipe.consumer_wait(pipeline.PipelineState(self.num_wg, wg, wg, cutlass.Int32(0)))
         tSrQ_wg = tSrQ[None, None, None, wg]
+        # P of the previous key tile, in registers as the A operand of its PV GEMM.
+        p_operand = cute.make_rmem_tensor(
+            _accumulator_as_operand_a(qk_thr.make_fragment_C(acc_s_shape).layout), self.dtype
+        )
+        correction = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
+        softmax = (tScS, key_lo, key_hi, row_max, row_sum, correction, scale_log2)
 
-        # Three runs of key tiles: masked leading, fully visible, masked trailing.
-        for n in cutlass.range(n_begin, full_begin, unroll=1):
-            qk_mma, kv_consumer, order = self.attend_tile(
-                True, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, acc_s_shape, kv_consumer, order,
-                tScS, key_lo, key_hi, row_max, row_sum, scale_log2,
-            )
-        for n in cutlass.range(full_begin, full_end, unroll=1):
-            qk_mma, kv_consumer, order = self.attend_tile(
-                False, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, acc_s_shape, kv_consumer, order,
-                tScS, key_lo, key_hi, row_max, row_sum, scale_log2,
-            )
-        for n in cutlass.range(full_end, n_end, unroll=1):
-            qk_mma, kv_consumer, order = self.attend_tile(
-                True, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, acc_s_shape, kv_consumer, order,
-                tScS, key_lo, key_hi, row_max, row_sum, scale_log2,
-            )
+        if n_begin < n_end:
+            if n_begin < full_begin or n_begin >= full_end:
+                qk_mma, kv_consumer, order = self.first_tile(
+                    True, n_begin, qk_mma, tSrQ_wg, tSrK, p_operand, acc_s_shape, kv_consumer, order, softmax
+                )
+            else:
+                qk_mma, kv_consumer, order = self.first_tile(
+                    False, n_begin, qk_mma, tSrQ_wg, tSrK, p_operand, acc_s_shape, kv_consumer, order, softmax
+                )
+            # Then three runs of key tiles: masked leading, fully visible, masked trailing. Each
+            # step overlaps this tile's softmax with the previous tile's PV GEMM.
+            for n in cutlass.range(n_begin + 1, full_begin, unroll=1):
+                qk_mma, kv_consumer, order = self.overlapped_tile(
+                    True, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape,
+                    kv_consumer, order, softmax,
+                )
+            for n in cutlass.range(cutlass.max(full_begin, n_begin + 1), full_end, unroll=1):
+                qk_mma, kv_consumer, order = self.overlapped_tile(
+                    False, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape,
+                    kv_consumer, order, softmax,
+                )
+            for n in cutlass.range(cutlass.max(full_end, n_begin + 1), n_end, unroll=1):
+                qk_mma, kv_consumer, order = self.overlapped_tile(
+                    True, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape,
+                    kv_consumer, order, softmax,
+                )
+            # The last tile's PV.
+            v_handle = kv_consumer.wait_and_advance()
+            warpgroup.fence()
+            for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
+                cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
+            warpgroup.commit_group()
+            warpgroup.wait_group(0)
+            v_handle.release()
 
         self.epilogue(
             pv_thr, acc_o, row_max, row_sum, mO, mLSE, q_start, row_base, head, seqlen_q, softmax_scale
         )
 
     @cute.jit
-    def attend_tile(
+    def first_tile(
         self,
         masked: cutlass.Constexpr,
         n: cutlass.Int32,
         qk_mma: cute.TiledMma,
-        pv_mma: cute.TiledMma,
         tSrQ: cute.Tensor,
         tSrK: cute.Tensor,
-        tOrV: cute.Tensor,
-        acc_o: cute.Tensor,
+        p_operand: cute.Tensor,
         acc_s_shape: cute.Shape,
         kv_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
-        tScS: cute.Tensor,
-        key_lo: cute.Tensor,
-        key_hi: cute.Tensor,
-        row_max: cute.Tensor,
-        row_sum: cute.Tensor,
-        scale_log2: cutlass.Float32,
+        softmax: tuple,
     ):
-        """S = Q K^T for one key tile, online softmax (masked only when the tile needs it), O += P V."""
+        """S = Q K^T of the first key tile and its softmax; its PV runs in the next step."""
         acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
         k_handle = kv_consumer.wait_and_advance()
         order.wait()
@@ -482,11 +530,79 @@ class ChunkAttentionForwardSm90:
             cute.gemm(qk_mma, acc_s, tSrQ[None, None, k], tSrK[None, None, k, k_handle.index], acc_s)
         warpgroup.commit_group()
         order.arrive()
-        v_token = kv_consumer.try_wait()
         warpgroup.wait_group(0)
+        k_handle.release()
+        self.online_softmax(masked, n, acc_s, *softmax)
+        _as_acc(p_operand, acc_s).store(acc_s.load().to(self.dtype))
+        return qk_mma, kv_consumer, order
 
-        s = _rows_cols(acc_s)
+    @cute.jit
+    def overlapped_tile(
+        self,
+        masked: cutlass.Constexpr,
+        n: cutlass.Int32,
+        qk_mma: cute.TiledMma,
+        pv_mma: cute.TiledMma,
+        tSrQ: cute.Tensor,
+        tSrK: cute.Tensor,
+        tOrV: cute.Tensor,
+        acc_o: cute.Tensor,
+        p_operand: cute.Tensor,
+        acc_s_shape: cute.Shape,
+        kv_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        softmax: tuple,
+    ):
+        """Issue S = Q K^T for tile n and O += P V for tile n - 1 together; while PV runs, do the
+        softmax of tile n; then rescale O and keep P of tile n for the next step."""
+        acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
+        v_handle = kv_consumer.wait_and_advance()  # V of tile n - 1 (the ring holds K, V, K, V, ...)
+        k_handle = kv_consumer.wait_and_advance()  # K of tile n
+        order.wait()
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(tSrQ, mode=[2])):
+            qk_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(qk_mma, acc_s, tSrQ[None, None, k], tSrK[None, None, k, k_handle.index], acc_s)
+        warpgroup.commit_group()
+        for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
+            cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
+        warpgroup.commit_group()
+        order.arrive()
+        warpgroup.wait_group(1)
+        k_handle.release()
+        self.online_softmax(masked, n, acc_s, *softmax)
+        for i in cutlass.range_constexpr(cute.size(acc_s)):
+            acc_s[i] = _computed_here(acc_s[i])
+        row_sum = softmax[4]
+        for r in cutlass.range_constexpr(cute.size(row_sum)):
+            row_sum[r] = _computed_here(row_sum[r])
+        warpgroup.wait_group(0)
+        v_handle.release()
         o = _rows_cols(acc_o)
+        correction = softmax[5]
+        for r in cutlass.range_constexpr(cute.size(o, mode=[0])):
+            for c in cutlass.range_constexpr(cute.size(o, mode=[1])):
+                o[r, c] = o[r, c] * correction[r]
+        _as_acc(p_operand, acc_s).store(acc_s.load().to(self.dtype))
+        return qk_mma, kv_consumer, order
+
+    @cute.jit
+    def online_softmax(
+        self,
+        masked: cutlass.Constexpr,
+        n: cutlass.Int32,
+        acc_s: cute.Tensor,
+        tScS: cute.Tensor,
+        key_lo: cute.Tensor,
+        key_hi: cute.Tensor,
+        row_max: cute.Tensor,
+        row_sum: cute.Tensor,
+        correction: cute.Tensor,
+        scale_log2: cutlass.Float32,
+    ):
+        """Scores of one key tile -> unnormalized probabilities in place; the running max and sum
+        per row, and the factor by which O must shrink for the new max (``correction``)."""
+        s = _rows_cols(acc_s)
         key_first = n * self.tile_n
         for r in cutlass.range_constexpr(cute.size(s, mode=[0])):
             if cutlass.const_expr(masked):
@@ -506,30 +622,14 @@ class ChunkAttentionForwardSm90:
             if new_max == -cutlass.Float32.inf:
                 safe_max = 0.0
             shift = safe_max * scale_log2
-            correction = cute.math.exp2(row_max[r] * scale_log2 - shift, fastmath=True)
+            correction[r] = cute.math.exp2(row_max[r] * scale_log2 - shift, fastmath=True)
             row_max[r] = new_max
             tile_sum = cutlass.Float32(0.0)
             for c in cutlass.range_constexpr(cute.size(s, mode=[1])):
                 p = cute.math.exp2(s[r, c] * scale_log2 - shift, fastmath=True)
                 s[r, c] = p
                 tile_sum += p
-            row_sum[r] = row_sum[r] * correction + tile_sum
-            for c in cutlass.range_constexpr(cute.size(o, mode=[1])):
-                o[r, c] = o[r, c] * correction
-
-        p_operand = cute.make_rmem_tensor(_accumulator_as_operand_a(acc_s.layout), self.dtype)
-        p_as_acc = cute.make_tensor(p_operand.iterator, acc_s.layout)
-        p_as_acc.store(acc_s.load().to(self.dtype))
-
-        v_handle = kv_consumer.wait_and_advance(v_token)
-        warpgroup.fence()
-        for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
-            cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
-        warpgroup.commit_group()
-        warpgroup.wait_group(0)
-        k_handle.release()
-        v_handle.release()
-        return qk_mma, kv_consumer, order
+            row_sum[r] = row_sum[r] * correction[r] + tile_sum
 
     @cute.jit
     def epilogue(
