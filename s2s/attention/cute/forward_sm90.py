@@ -503,7 +503,8 @@ class ChunkAttentionForwardSm90:
             v_handle.release()
 
         self.epilogue(
-            pv_thr, acc_o, row_max, row_sum, mO, mLSE, q_start, row_base, head, seqlen_q, softmax_scale
+            pv_thr, acc_o, row_max, row_sum, sQ[None, None, wg], mO, mLSE, wg, thread, q_start, row_base,
+            head, seqlen_q, softmax_scale,
         )
 
     @cute.jit
@@ -638,22 +639,21 @@ class ChunkAttentionForwardSm90:
         acc_o: cute.Tensor,
         row_max: cute.Tensor,
         row_sum: cute.Tensor,
+        sO: cute.Tensor,
         mO: cute.Tensor,
         mLSE: cute.Tensor,
+        wg: cutlass.Int32,
+        thread: cutlass.Int32,
         q_start: cutlass.Int32,
         row_base: cutlass.Int32,
         head: cutlass.Int32,
         seqlen_q: cutlass.Int32,
         softmax_scale: cutlass.Float32,
     ):
-        """Normalize, store O rows inside the sequence, and the natural-log LSE (-inf: no key seen)."""
+        """Normalize O, stage it in this warpgroup's Q buffer (free once the last QK^T is done) and
+        store the rows inside the sequence with 16-byte copies; write the natural-log LSE
+        (-inf where a row saw no key)."""
         o = _rows_cols(acc_o)
-        gO = cute.local_tile(
-            cute.domain_offset((q_start + row_base, 0), mO[None, None, head]),
-            (self.rows_wg, self.head_dim),
-            (0, 0),
-        )
-        tOgO = _rows_cols(pv_thr.partition_C(gO))
         tOcO = _rows_cols(pv_thr.partition_C(cute.make_identity_tensor((self.rows_wg, self.head_dim))))
         out = cute.make_rmem_tensor(acc_o.layout, self.dtype)
         out_rc = _rows_cols(out)
@@ -667,8 +667,27 @@ class ChunkAttentionForwardSm90:
             for c in cutlass.range_constexpr(cute.size(o, mode=[1])):
                 out_rc[r, c] = (o[r, c] * inverse).to(self.dtype)
             row = tOcO[r, 0][0]
-            if row_base + row < seqlen_q:
-                for c in cutlass.range_constexpr(cute.size(o, mode=[1])):
-                    tOgO[r, c] = out_rc[r, c]
-                if tOcO[0, 0][1] == 0:
-                    mLSE[q_start + row_base + row, head] = lse
+            if row_base + row < seqlen_q and tOcO[0, 0][1] == 0:
+                mLSE[q_start + row_base + row, head] = lse
+        cute.autovec_copy(out, pv_thr.partition_C(sO))
+        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
+
+        gO = cute.local_tile(
+            cute.domain_offset((q_start + row_base, 0), mO[None, None, head]),
+            (self.rows_wg, self.head_dim),
+            (0, 0),
+        )
+        vector = 128 // self.dtype.width
+        threads_per_row = self.head_dim // vector
+        store = cute.make_tiled_copy_tv(
+            cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.dtype, num_bits_per_copy=128),
+            cute.make_ordered_layout((128 // threads_per_row, threads_per_row), order=(1, 0)),
+            cute.make_layout((1, vector)),
+        )
+        thr_store = store.get_slice(thread)
+        tSsO = thr_store.partition_S(sO)
+        tSgO = thr_store.partition_D(gO)
+        tScO = thr_store.partition_S(cute.make_identity_tensor((self.rows_wg, self.head_dim)))
+        for m in cutlass.range_constexpr(cute.size(tSsO, mode=[1])):
+            if row_base + tScO[0, m, 0][0] < seqlen_q:
+                cute.copy(store, tSsO[None, m, None], tSgO[None, m, None])

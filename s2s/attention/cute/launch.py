@@ -72,20 +72,28 @@ def _cute_dtype(dtype: torch.dtype):
     return {torch.float16: cutlass.Float16, torch.bfloat16: cutlass.BFloat16}[dtype]
 
 
-def _as_cute(t: torch.Tensor, leading_dim: int):
+def _as_cute(t: torch.Tensor, dynamic_modes: tuple[int, ...], stride_order: tuple[int, ...]):
+    """A CuTe view of a permuted contiguous tensor: the head dim static, the other extents
+    dynamic. Strides stay derived from the extents, so the kernel knows every row starts on a
+    16-byte boundary and can store whole vectors."""
     from cutlass.cute.runtime import from_dlpack
 
-    return from_dlpack(t, assumed_align=16).mark_layout_dynamic(leading_dim=leading_dim)
+    view = from_dlpack(t, assumed_align=16)
+    for mode in dynamic_modes:
+        view = view.mark_compact_shape_dynamic(mode=mode, stride_order=stride_order)
+    return view
 
 
 def kernel_views(q, k, v, out, lse):
-    """The kernel's views: Q/O (total, D, H), K (total_k, D, Hk), V (D, total_k, Hk), LSE (total, H)."""
+    """The kernel's views of contiguous (total, H, D) tensors: Q/O (total, D, H), K (total_k, D, Hk),
+    V (D, total_k, Hk), and of the (H, total) LSE as (total, H)."""
+    rows_then_heads = (0, 2, 1)  # outermost to innermost: rows, heads, head dim
     return (
-        _as_cute(q.permute(0, 2, 1), 1),
-        _as_cute(k.permute(0, 2, 1), 1),
-        _as_cute(v.permute(2, 0, 1), 0),
-        _as_cute(out.permute(0, 2, 1), 1),
-        _as_cute(lse.t(), 0),
+        _as_cute(q.permute(0, 2, 1), (0, 2), rows_then_heads),
+        _as_cute(k.permute(0, 2, 1), (0, 2), rows_then_heads),
+        _as_cute(v.permute(2, 0, 1), (1, 2), (1, 2, 0)),
+        _as_cute(out.permute(0, 2, 1), (0, 2), rows_then_heads),
+        _as_cute(lse.t(), (0, 1), (1, 0)),
     )
 
 
@@ -96,18 +104,25 @@ def compiled_forward(dtype: torch.dtype, head_dim: int):
     from s2s.attention.cute.kernel_cache import load_or_build
 
     name = f"fwd_sm90_{str(dtype).removeprefix('torch.')}_d{head_dim}"
-    return load_or_build(name, lambda: _compile(dtype, head_dim))
+    return load_or_build(name, lambda: compile_forward(dtype, head_dim))
 
 
-def _compile(dtype: torch.dtype, head_dim: int):
+def default_tiles(head_dim: int):
+    """The tile shape we ship for a head dim (chosen with scripts/tune_cute_forward.py)."""
+    from s2s.attention.cute.forward_sm90 import ForwardTiles
+
+    return ForwardTiles(head_dim=head_dim, kv_stages=4 if head_dim == 128 else 6)
+
+
+def compile_forward(dtype: torch.dtype, head_dim: int, tiles=None):
+    """Build the kernel for one specialization (no caching: ``compiled_forward`` caches)."""
     import cuda.bindings.driver as cuda
     import cutlass
     import cutlass.cute as cute
 
-    from s2s.attention.cute.forward_sm90 import ChunkAttentionForwardSm90, ForwardTiles
+    from s2s.attention.cute.forward_sm90 import ChunkAttentionForwardSm90
 
-    tiles = ForwardTiles(head_dim=head_dim, kv_stages=4 if head_dim == 128 else 6)
-    kernel = ChunkAttentionForwardSm90(tiles)
+    kernel = ChunkAttentionForwardSm90(tiles or default_tiles(head_dim))
     rows, heads = 256, 2
     fake = torch.empty(rows, heads, head_dim, dtype=dtype)
     lse = torch.empty(heads, rows, dtype=torch.float32)
@@ -144,12 +159,16 @@ class PreparedForward:
 
 
 def prepare(
-    problem: AttentionProblem, out: torch.Tensor | None = None, lse: torch.Tensor | None = None
+    problem: AttentionProblem,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    compiled: object | None = None,
 ) -> PreparedForward:
     """Views, per-sequence table and compiled kernel for ``problem``.
 
     ``out`` ((total_q, Hq, D), q's dtype) and ``lse`` ((Hq, total_q) float32) may be given as
     buffers to write into; tests pass NaN-filled ones to prove every element is written.
+    ``compiled`` replaces the shipped kernel (tuning runs compile other tile shapes).
     """
     import cuda.bindings.driver as cuda
     import cutlass
@@ -180,7 +199,8 @@ def prepare(
         stream,
     )
     # Keep the packed inputs and the table alive as long as the views that point into them.
-    prepared = PreparedForward(compiled_forward(problem.dtype, problem.head_dim), arguments, out, lse)
+    compiled = compiled or compiled_forward(problem.dtype, problem.head_dim)
+    prepared = PreparedForward(compiled, arguments, out, lse)
     prepared.keep_alive = (q, k, v, table)
     return prepared
 
