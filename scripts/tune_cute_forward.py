@@ -27,42 +27,44 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 16384])
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--kv-stages", type=int, nargs="+", default=[2, 3, 4, 5, 6])
+    parser.add_argument("--warpgroups", type=int, nargs="+", default=[2, 3], help="consumer warpgroups")
     args = parser.parse_args()
     from triton.testing import do_bench
 
-    print("| d | S | kv stages | TFLOP/s | rel. error |\n| --- | --- | --- | --- | --- |")
-    for head_dim in args.dims:
-        for stages in args.kv_stages:
-            tiles = dataclasses.replace(default_tiles(head_dim), kv_stages=stages)
-            try:
-                compiled = compile_forward(torch.bfloat16, head_dim, tiles)
-            except Exception as error:  # e.g. too much shared memory for this shape
-                print(f"| {head_dim} | - | {stages} | {type(error).__name__} | - |")
-                continue
-            for seqlen in args.seqlens:
-                batch, heads = 16384 // seqlen, 2048 // head_dim
-                q, k, v = (
-                    torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16)
-                    for _ in range(3)
-                )
-                spec = ChunkSpec(args.chunk)
-                problem = make_problem(q, k, v, spec)
-                prepared = prepare(problem, compiled=compiled)
-                prepared.launch()
-                rows = slice(seqlen - 32, seqlen)
-                mask = spec.dense_mask(seqlen, seqlen, batch=1)[0, rows].cuda()
-                scores = torch.einsum("qhd,khd->hqk", q[0, rows].float(), k[0].float()) / math.sqrt(head_dim)
-                want = torch.einsum(
-                    "hqk,khd->qhd", scores.masked_fill(~mask, -math.inf).softmax(-1), v[0].float()
-                )
-                got = prepared.out.view(q.shape)[0, rows].float()
-                error = ((got - want).norm() / want.norm()).item()
-                ms = do_bench(prepared.launch, warmup=50, rep=300, return_mode="median")
-                lengths = torch.full((batch,), seqlen, device="cuda")
-                flops = 4 * head_dim * heads * visible_pair_count(problem.chunks, lengths, lengths)
-                print(
-                    f"| {head_dim} | {seqlen} | {stages} | {flops / ms / 1e9:.0f} | {error:.1e} |", flush=True
-                )
+    print("| d | S | warpgroups | kv stages | TFLOP/s | rel. error |\n| --- | --- | --- | --- | --- | --- |")
+    variants = [(d, g, s) for d in args.dims for g in args.warpgroups for s in args.kv_stages]
+    for head_dim, groups, stages in variants:
+        tiles = dataclasses.replace(default_tiles(head_dim), kv_stages=stages, consumer_warpgroups=groups)
+        try:
+            compiled = compile_forward(torch.bfloat16, tiles)
+        except Exception as error:  # e.g. too much shared memory for this shape
+            print(f"| {head_dim} | - | {groups} | {stages} | {type(error).__name__} | - |")
+            continue
+        for seqlen in args.seqlens:
+            batch, heads = 16384 // seqlen, 2048 // head_dim
+            q, k, v = (
+                torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+                for _ in range(3)
+            )
+            spec = ChunkSpec(args.chunk)
+            problem = make_problem(q, k, v, spec)
+            prepared = prepare(problem, compiled=compiled, tiles=tiles)
+            prepared.launch()
+            rows = slice(seqlen - 32, seqlen)
+            mask = spec.dense_mask(seqlen, seqlen, batch=1)[0, rows].cuda()
+            scores = torch.einsum("qhd,khd->hqk", q[0, rows].float(), k[0].float()) / math.sqrt(head_dim)
+            want = torch.einsum(
+                "hqk,khd->qhd", scores.masked_fill(~mask, -math.inf).softmax(-1), v[0].float()
+            )
+            got = prepared.out.view(q.shape)[0, rows].float()
+            error = ((got - want).norm() / want.norm()).item()
+            ms = do_bench(prepared.launch, warmup=50, rep=300, return_mode="median")
+            lengths = torch.full((batch,), seqlen, device="cuda")
+            flops = 4 * head_dim * heads * visible_pair_count(problem.chunks, lengths, lengths)
+            print(
+                f"| {head_dim} | {seqlen} | {groups} | {stages} | {flops / ms / 1e9:.0f} | {error:.1e} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ CASES = [
         128,
         ChunkSpec(per_seq(16, 128, 7, 300), left_chunks=None),
     ),
+    # Long sequences at head dim 64 run 192-row tiles (three consumer warpgroups).
+    ("d64-long-left-chunks", 2300, 2300, 4, 2, 64, ChunkSpec(40, left_chunks=5)),
+    ("d64-long-varlen", [2049, 3000], [2049, 3000], 2, 1, 64, ChunkSpec(per_seq(1, 96))),
     (
         "varlen-cross-left",
         [200, 33, 640],
@@ -152,17 +155,19 @@ def test_unsupported_head_dim_names_the_reason(generator):
 
 COMPILE_SCRIPT = """
 import sys, time, torch
-from s2s.attention.cute.launch import compiled_forward
+from s2s.attention.cute.launch import compiled_forward, default_tiles
 dtype = getattr(torch, sys.argv[1])
 start = time.perf_counter()
-compiled_forward(dtype, int(sys.argv[2]))
+compiled_forward(dtype, default_tiles(int(sys.argv[2]), int(sys.argv[3])))
 print(f"{time.perf_counter() - start:.2f}")
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("dtype", "head_dim"), [("bfloat16", 128), ("float16", 64)])
-def test_kernel_builds_for_sm90a_and_is_cached_on_disk(dtype, head_dim, tmp_path):
+@pytest.mark.parametrize(
+    ("dtype", "head_dim", "seqlen"), [("bfloat16", 128, 4096), ("float16", 64, 512), ("bfloat16", 64, 4096)]
+)
+def test_kernel_builds_for_sm90a_and_is_cached_on_disk(dtype, head_dim, seqlen, tmp_path):
     """Runs in a child process so CUTE_DSL_ARCH applies; the second process reads the disk cache."""
     env = dict(os.environ, S2S_KERNEL_CACHE=str(tmp_path / "cache"))
     if not HOPPER:
@@ -170,7 +175,7 @@ def test_kernel_builds_for_sm90a_and_is_cached_on_disk(dtype, head_dim, tmp_path
     seconds = []
     for _ in range(2):
         run = subprocess.run(
-            [sys.executable, "-c", COMPILE_SCRIPT, dtype, str(head_dim)],
+            [sys.executable, "-c", COMPILE_SCRIPT, dtype, str(head_dim), str(seqlen)],
             env=env,
             capture_output=True,
             text=True,

@@ -56,6 +56,11 @@ class ForwardTiles:
     def threads(self) -> int:
         return 128 * (self.consumer_warpgroups + 1)
 
+    @property
+    def consumer_registers(self) -> int:
+        """Per-thread registers of a consumer: the 64K-register file shared with the producer."""
+        return {2: 240, 3: 160}[self.consumer_warpgroups]
+
 
 def _rows_cols(t: cute.Tensor) -> cute.Tensor:
     """View a WGMMA accumulator ((2, 2, V), M, N) per thread as (rows, cols) = ((2, M), (2, V, N))."""
@@ -120,7 +125,7 @@ class ChunkAttentionForwardSm90:
         self.head_dim = tiles.head_dim
         self.kv_stages = tiles.kv_stages
         self.producer_registers = 24
-        self.consumer_registers = 240
+        self.consumer_registers = tiles.consumer_registers
 
     @cute.jit
     def __call__(

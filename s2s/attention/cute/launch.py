@@ -12,7 +12,6 @@ from s2s.attention.problem import AttentionProblem
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-TILE_M = 128  # query rows per CTA (ForwardTiles.tile_m)
 
 
 def unsupported_reason(problem: AttentionProblem) -> str | None:
@@ -97,24 +96,33 @@ def kernel_views(q, k, v, out, lse):
     )
 
 
+# Sequences at least this long use 192-row tiles at head dim 64 (3 consumer warpgroups): more
+# softmax in flight per tensor-core op; shorter ones keep 128 rows (less padding, more CTAs).
+LONG_SEQUENCE_ROWS = 2048
+
+
+def default_tiles(head_dim: int, max_seqlen_q: int = 0):
+    """The tile shape we ship for a call (chosen with scripts/tune_cute_forward.py on an H100)."""
+    from s2s.attention.cute.forward_sm90 import ForwardTiles
+
+    groups = 3 if head_dim == 64 and max_seqlen_q >= LONG_SEQUENCE_ROWS else 2
+    return ForwardTiles(head_dim=head_dim, consumer_warpgroups=groups, kv_stages=4)
+
+
 @functools.cache
-def compiled_forward(dtype: torch.dtype, head_dim: int):
-    """The kernel for one (dtype, head dim): compiled once per process, loaded from the disk
+def compiled_forward(dtype: torch.dtype, tiles):
+    """The kernel for one (dtype, tile shape): compiled once per process, loaded from the disk
     cache when another process already built it."""
     from s2s.attention.cute.kernel_cache import load_or_build
 
-    name = f"fwd_sm90_{str(dtype).removeprefix('torch.')}_d{head_dim}"
-    return load_or_build(name, lambda: compile_forward(dtype, head_dim))
+    name = (
+        f"fwd_sm90_{str(dtype).removeprefix('torch.')}_d{tiles.head_dim}"
+        f"_wg{tiles.consumer_warpgroups}_n{tiles.tile_n}_s{tiles.kv_stages}"
+    )
+    return load_or_build(name, lambda: compile_forward(dtype, tiles))
 
 
-def default_tiles(head_dim: int):
-    """The tile shape we ship for a head dim (chosen with scripts/tune_cute_forward.py)."""
-    from s2s.attention.cute.forward_sm90 import ForwardTiles
-
-    return ForwardTiles(head_dim=head_dim, kv_stages=4 if head_dim == 128 else 6)
-
-
-def compile_forward(dtype: torch.dtype, head_dim: int, tiles=None):
+def compile_forward(dtype: torch.dtype, tiles):
     """Build the kernel for one specialization (no caching: ``compiled_forward`` caches)."""
     import cuda.bindings.driver as cuda
     import cutlass
@@ -122,7 +130,8 @@ def compile_forward(dtype: torch.dtype, head_dim: int, tiles=None):
 
     from s2s.attention.cute.forward_sm90 import ChunkAttentionForwardSm90
 
-    kernel = ChunkAttentionForwardSm90(tiles or default_tiles(head_dim))
+    head_dim = tiles.head_dim
+    kernel = ChunkAttentionForwardSm90(tiles)
     rows, heads = 256, 2
     fake = torch.empty(rows, heads, head_dim, dtype=dtype)
     lse = torch.empty(heads, rows, dtype=torch.float32)
@@ -163,12 +172,14 @@ def prepare(
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
     compiled: object | None = None,
+    tiles=None,
 ) -> PreparedForward:
     """Views, per-sequence table and compiled kernel for ``problem``.
 
     ``out`` ((total_q, Hq, D), q's dtype) and ``lse`` ((Hq, total_q) float32) may be given as
     buffers to write into; tests pass NaN-filled ones to prove every element is written.
-    ``compiled`` replaces the shipped kernel (tuning runs compile other tile shapes).
+    ``compiled`` (built for ``tiles``) replaces the shipped kernel: tuning runs compile other
+    tile shapes.
     """
     import cuda.bindings.driver as cuda
     import cutlass
@@ -187,7 +198,9 @@ def prepare(
     if lse.shape != (q.shape[1], q.shape[0]) or lse.dtype != torch.float32 or not lse.is_contiguous():
         raise ValueError(f"lse must be a contiguous float32 buffer of shape {(q.shape[1], q.shape[0])}")
     table = sequence_table(problem)
-    q_tiles = max(1, -(-problem.max_seqlen_q // TILE_M))
+    tiles = tiles or default_tiles(problem.head_dim, problem.max_seqlen_q)
+    tile_m = tiles.tile_m
+    q_tiles = max(1, -(-problem.max_seqlen_q // tile_m))
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     arguments = (
@@ -199,7 +212,7 @@ def prepare(
         stream,
     )
     # Keep the packed inputs and the table alive as long as the views that point into them.
-    compiled = compiled or compiled_forward(problem.dtype, problem.head_dim)
+    compiled = compiled or compiled_forward(problem.dtype, tiles)
     prepared = PreparedForward(compiled, arguments, out, lse)
     prepared.keep_alive = (q, k, v, table)
     return prepared
