@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import sys
@@ -124,6 +125,28 @@ def bench_shape(head_dim: int, seqlen: int, chunk: int, tokens: int, width: int,
     return rows
 
 
+def bench_call_latency(backends=("cute", "sdpa", "flex")) -> str:
+    """Microseconds per whole ``chunk_attention`` call (checks, mask or table, launch) for the
+    small calls of streaming: a chunk of 4 query rows against a cache, base model heads."""
+    from s2s.attention import chunk_attention
+
+    lines = ["| batch | Sq | Sk | " + " | ".join(backends) + " |", "|" + " --- |" * (len(backends) + 3)]
+    for batch, seqlen_q, seqlen_k in ((1, 4, 400), (8, 4, 1500), (8, 64, 1500)):
+        q = torch.randn(batch, seqlen_q, 12, 64, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(batch, seqlen_k, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        spec = ChunkSpec(4, q_offset=seqlen_k - seqlen_q)
+        cells = []
+        for name in backends:
+            try:
+                call = functools.partial(chunk_attention, q, k, v, spec, backend=name)
+                microseconds = 1000 * median_ms(call)
+                cells.append(f"{microseconds:.0f}")
+            except Exception as error:
+                cells.append(type(error).__name__)
+        lines.append(f"| {batch} | {seqlen_q} | {seqlen_k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def print_table(rows: list[dict], backends) -> str:
     shapes = sorted({(r["head_dim"], r["seqlen"], r["chunk"]) for r in rows})
     header = "| d | S | C | " + " | ".join(backends) + " | cute / flex |"
@@ -152,6 +175,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=2048, help="heads * head_dim")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--json", type=Path, help="also write every row (times, errors) here")
+    parser.add_argument("--latency", action="store_true", help="also time small streaming-step calls")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU")
@@ -169,6 +193,9 @@ def main() -> None:
         f"{datetime.date.today()}, torch {torch.__version__}"
     )
     print(print_table(rows, args.backends))
+    if args.latency:
+        print("\nmicroseconds per chunk_attention call (streaming-step shapes, 12 query / 4 KV heads, d64)")
+        print(bench_call_latency())
     if args.json:
         args.json.write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
 
