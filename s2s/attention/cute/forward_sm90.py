@@ -25,9 +25,7 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
-from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync, warpgroup
-from cutlass.cutlass_dsl import T, dsl_user_op
 from cutlass.memory import SmemAllocator
 from cutlass.tensor_utils import LayoutEnum
 
@@ -70,29 +68,6 @@ def _rows_cols(t: cute.Tensor) -> cute.Tensor:
         stride=((d[0][1], d[1]), (d[0][0], d[0][2], d[2])),
     )
     return cute.make_tensor(t.iterator, layout)
-
-
-@dsl_user_op
-def _computed_here(x: cutlass.Float32, *, loc=None, ip=None) -> cutlass.Float32:
-    """An empty volatile asm on a value: the compiler must finish computing it at this point.
-
-    Without it the softmax math sinks below the following ``wait_group(0)`` and no longer
-    overlaps the PV GEMM in flight.
-    """
-    value = cutlass.Float32(x).ir_value(loc=loc, ip=ip)
-    return cutlass.Float32(
-        llvm.inline_asm(
-            T.f32(),
-            [value],
-            "",
-            "=f,0",
-            has_side_effects=True,
-            is_align_stack=False,
-            asm_dialect=llvm.AsmDialect.AD_ATT,
-            loc=loc,
-            ip=ip,
-        )
-    )
 
 
 def _as_acc(operand: cute.Tensor, acc: cute.Tensor) -> cute.Tensor:
@@ -577,11 +552,6 @@ class ChunkAttentionForwardSm90:
         warpgroup.wait_group(1)
         k_handle.release()
         self.online_softmax(masked, n, acc_s, *softmax)
-        for i in cutlass.range_constexpr(cute.size(acc_s)):
-            acc_s[i] = _computed_here(acc_s[i])
-        row_sum = softmax[4]
-        for r in cutlass.range_constexpr(cute.size(row_sum)):
-            row_sum[r] = _computed_here(row_sum[r])
         warpgroup.wait_group(0)
         v_handle.release()
         o = _rows_cols(acc_o)
