@@ -32,16 +32,28 @@ def unsupported_reason(problem: AttentionProblem) -> str | None:
 
 
 def sequence_table(problem: AttentionProblem) -> torch.Tensor:
-    """(B, 8) int32: q start, k start, Sq, Sk, chunk_q, chunk_k, q_offset, k_offset per sequence."""
+    """(B, 8) int32: q start, k start, Sq, Sk, chunk_q, chunk_k, q_offset, k_offset per sequence.
+
+    Built on the device without a host sync; extents are checked on the host from the shapes.
+    Per-sequence ChunkSpec tensors are int32 by contract, so they fit as they are.
+    """
     chunks = problem.chunks
     device = problem.device
+    rows = max(problem.q.shape[0] * (1 if problem.is_varlen else problem.q.shape[1]), 1)
+    keys = max(problem.k.shape[0] * (1 if problem.is_varlen else problem.k.shape[1]), 1)
+    if max(rows, keys) * max(problem.heads_q, 1) >= 2**31:
+        raise ValueError("the CuTe kernel indexes rows * heads in int32; split the batch into smaller calls")
+    for name in ("chunk_q", "chunk_k", "q_offset", "k_offset"):
+        value = getattr(problem.spec, name if name != "chunk_k" else "effective_chunk_k")
+        if isinstance(value, int) and value >= 2**31:
+            raise ValueError(f"ChunkSpec.{name} = {value} does not fit in int32 for the CuTe kernel")
     if problem.is_varlen:
-        q_start = problem.cu_seqlens_q[:-1].long()
-        k_start = problem.cu_seqlens_k[:-1].long()
+        q_start = problem.cu_seqlens_q[:-1]
+        k_start = problem.cu_seqlens_k[:-1]
     else:
         batch = problem.batch
-        q_start = torch.arange(batch, device=device, dtype=torch.int64) * problem.q.shape[1]
-        k_start = torch.arange(batch, device=device, dtype=torch.int64) * problem.k.shape[1]
+        q_start = torch.arange(batch, device=device) * problem.q.shape[1]
+        k_start = torch.arange(batch, device=device) * problem.k.shape[1]
     columns = (
         q_start,
         k_start,
@@ -52,10 +64,7 @@ def sequence_table(problem: AttentionProblem) -> torch.Tensor:
         chunks.q_offset,
         chunks.k_offset,
     )
-    table = torch.stack([c.to(device=device, dtype=torch.int64) for c in columns], dim=1)
-    if int(table.abs().max()) >= 2**31:
-        raise ValueError("sequence positions, chunk sizes and offsets must fit in int32 for the CuTe kernel")
-    return table.to(torch.int32).contiguous()
+    return torch.stack([c.to(device=device, dtype=torch.int32) for c in columns], dim=1)
 
 
 def _packed(t: torch.Tensor, varlen: bool) -> torch.Tensor:
