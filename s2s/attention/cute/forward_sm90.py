@@ -105,17 +105,34 @@ class ChunkAttentionForwardSm90:
     @cute.jit
     def __call__(
         self,
-        mQ: cute.Tensor,  # (total_q, D, Hq)
-        mK: cute.Tensor,  # (total_k, D, Hk)
-        mV: cute.Tensor,  # (D, total_k, Hk)
-        mO: cute.Tensor,  # (total_q, D, Hq)
-        mLSE: cute.Tensor,  # (total_q, Hq) fp32
-        seq_info: cute.Tensor,  # (B, 8) int32
+        q: cute.Pointer,  # (total_q, Hq, D) contiguous
+        k: cute.Pointer,  # (total_k, Hk, D) contiguous
+        v: cute.Pointer,  # (total_k, Hk, D) contiguous
+        o: cute.Pointer,  # (total_q, Hq, D) contiguous
+        lse: cute.Pointer,  # (Hq, total_q) fp32 contiguous
+        seq: cute.Pointer,  # (B, 8) int32 contiguous: see the column names above
+        total_q: cutlass.Int32,
+        total_k: cutlass.Int32,
+        heads_q: cutlass.Int32,
+        heads_k: cutlass.Int32,
+        batch: cutlass.Int32,
         q_tiles: cutlass.Int32,  # query tiles of the longest sequence
         left_chunks: cutlass.Int32,  # -1: unlimited history
         softmax_scale: cutlass.Float32,
         stream: cuda.CUstream,
     ):
+        """Launch on raw pointers and sizes: building the views here, not from DLPack on the host,
+        keeps a call's host cost to a few microseconds (it matters for streaming steps)."""
+        d = self.head_dim
+        q_row = cute.assume(heads_q * d, divby=d)
+        k_row = cute.assume(heads_k * d, divby=d)
+        mQ = cute.make_tensor(q, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
+        mO = cute.make_tensor(o, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
+        mK = cute.make_tensor(k, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
+        mV = cute.make_tensor(v, cute.make_layout((d, total_k, heads_k), stride=(1, k_row, d)))
+        mLSE = cute.make_tensor(lse, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
+        columns = SEQ_INFO_COLUMNS
+        seq_info = cute.make_tensor(seq, cute.make_layout((batch, columns), stride=(columns, 1)))
         self.dtype = mQ.element_type
         qk_shape = (self.rows_wg, self.tile_n, self.head_dim)
         pv_shape = (self.rows_wg, self.head_dim, self.tile_n)
@@ -166,8 +183,6 @@ class ChunkAttentionForwardSm90:
             sKV: cute.struct.Align[cute.struct.MemRange[self.dtype, kv_elements], 1024]
 
         self.shared_storage = SharedStorage
-        heads_q = mQ.shape[2]
-        batch = seq_info.shape[0]
         self.kernel(
             qk_mma,
             pv_mma,

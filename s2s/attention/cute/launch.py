@@ -80,28 +80,34 @@ def _cute_dtype(dtype: torch.dtype):
     return {torch.float16: cutlass.Float16, torch.bfloat16: cutlass.BFloat16}[dtype]
 
 
-def _as_cute(t: torch.Tensor, dynamic_modes: tuple[int, ...], stride_order: tuple[int, ...]):
-    """A CuTe view of a permuted contiguous tensor: the head dim static, the other extents
-    dynamic. Strides stay derived from the extents, so the kernel knows every row starts on a
-    16-byte boundary and can store whole vectors."""
-    from cutlass.cute.runtime import from_dlpack
+def kernel_arguments(q, k, v, out, lse, table, q_tiles: int, left_chunks: int, scale: float, stream):
+    """The kernel's arguments: device pointers of the contiguous tensors and their sizes."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_ptr
 
-    view = from_dlpack(t, assumed_align=16)
-    for mode in dynamic_modes:
-        view = view.mark_compact_shape_dynamic(mode=mode, stride_order=stride_order)
-    return view
+    def pointer(t: torch.Tensor, dtype):
+        if t.data_ptr() % 16:
+            raise ValueError("the CuTe kernel needs 16-byte aligned tensors; pass a fresh .contiguous() copy")
+        return make_ptr(dtype, t.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
 
-
-def kernel_views(q, k, v, out, lse):
-    """The kernel's views of contiguous (total, H, D) tensors: Q/O (total, D, H), K (total_k, D, Hk),
-    V (D, total_k, Hk), and of the (H, total) LSE as (total, H)."""
-    rows_then_heads = (0, 2, 1)  # outermost to innermost: rows, heads, head dim
+    element = _cute_dtype(q.dtype)
     return (
-        _as_cute(q.permute(0, 2, 1), (0, 2), rows_then_heads),
-        _as_cute(k.permute(0, 2, 1), (0, 2), rows_then_heads),
-        _as_cute(v.permute(2, 0, 1), (1, 2), (1, 2, 0)),
-        _as_cute(out.permute(0, 2, 1), (0, 2), rows_then_heads),
-        _as_cute(lse.t(), (0, 1), (1, 0)),
+        pointer(q, element),
+        pointer(k, element),
+        pointer(v, element),
+        pointer(out, element),
+        pointer(lse, cutlass.Float32),
+        pointer(table, cutlass.Int32),
+        cutlass.Int32(q.shape[0]),
+        cutlass.Int32(k.shape[0]),
+        cutlass.Int32(q.shape[1]),
+        cutlass.Int32(k.shape[1]),
+        cutlass.Int32(table.shape[0]),
+        cutlass.Int32(q_tiles),
+        cutlass.Int32(left_chunks),
+        cutlass.Float32(scale),
+        stream,
     )
 
 
@@ -134,29 +140,17 @@ def compiled_forward(dtype: torch.dtype, tiles):
 def compile_forward(dtype: torch.dtype, tiles):
     """Build the kernel for one specialization (no caching: ``compiled_forward`` caches)."""
     import cuda.bindings.driver as cuda
-    import cutlass
     import cutlass.cute as cute
 
     from s2s.attention.cute.forward_sm90 import ChunkAttentionForwardSm90
 
-    head_dim = tiles.head_dim
     kernel = ChunkAttentionForwardSm90(tiles)
     rows, heads = 256, 2
-    fake = torch.empty(rows, heads, head_dim, dtype=dtype)
+    fake = torch.empty(rows, heads, tiles.head_dim, dtype=dtype)
     lse = torch.empty(heads, rows, dtype=torch.float32)
     table = torch.zeros(1, 8, dtype=torch.int32)
-    views = kernel_views(fake, fake, fake, fake, lse)
-    from cutlass.cute.runtime import from_dlpack
-
-    return cute.compile(
-        kernel,
-        *views,
-        from_dlpack(table).mark_layout_dynamic(),
-        cutlass.Int32(1),
-        cutlass.Int32(-1),
-        cutlass.Float32(1.0),
-        cuda.CUstream(0),
-    )
+    arguments = kernel_arguments(fake, fake, fake, fake, lse, table, 1, -1, 1.0, cuda.CUstream(0))
+    return cute.compile(kernel, *arguments)
 
 
 @dataclass
@@ -191,8 +185,6 @@ def prepare(
     tile shapes.
     """
     import cuda.bindings.driver as cuda
-    import cutlass
-    from cutlass.cute.runtime import from_dlpack
 
     varlen = problem.is_varlen
     q = _packed(problem.q, varlen).contiguous()
@@ -212,19 +204,10 @@ def prepare(
     q_tiles = max(1, -(-problem.max_seqlen_q // tile_m))
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
-    arguments = (
-        *kernel_views(q, k, v, out, lse),
-        from_dlpack(table).mark_layout_dynamic(),
-        cutlass.Int32(q_tiles),
-        cutlass.Int32(left),
-        cutlass.Float32(problem.softmax_scale),
-        stream,
-    )
-    # Keep the packed inputs and the table alive as long as the views that point into them.
+    arguments = kernel_arguments(q, k, v, out, lse, table, q_tiles, left, problem.softmax_scale, stream)
     compiled = compiled or compiled_forward(problem.dtype, tiles)
-    prepared = PreparedForward(compiled, arguments, out, lse)
-    prepared.keep_alive = (q, k, v, table)
-    return prepared
+    # The arguments are raw pointers: keep the packed inputs and the table alive with them.
+    return PreparedForward(compiled, arguments, out, lse, keep_alive=(q, k, v, table))
 
 
 def forward(
