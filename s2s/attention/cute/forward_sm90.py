@@ -1,8 +1,10 @@
 """Chunk-causal attention forward for Hopper (sm_90a), written in the CuTe DSL.
 
 One CTA computes ``tile_m`` query rows of one (sequence, query head): a producer warp streams Q once
-and K/V tiles through a multi-stage shared-memory ring with TMA; two consumer warpgroups (64 rows
-each) run QK^T and PV on the tensor cores (WGMMA) with an fp32 online softmax in registers.
+and K/V tiles through a multi-stage shared-memory ring with TMA; two or three consumer warpgroups
+(64 rows each) run QK^T and PV on the tensor cores (WGMMA) with an fp32 online softmax in
+registers. The warpgroups take turns issuing their GEMMs (ping-pong), and within a warpgroup the
+QK^T of one key tile is issued with the PV of the previous one, so softmax overlaps tensor work.
 
 The chunk rule makes every query's visible keys one contiguous range whose ends never decrease
 with the query (``s2s.attention.mask``). So a CTA loads only the key tiles its rows can see, and
@@ -89,7 +91,7 @@ def _accumulator_as_operand_a(acc_layout: cute.Layout) -> cute.Layout:
 
 
 class ChunkAttentionForwardSm90:
-    """The kernel object: ``cute.compile`` it once per (dtype, head dim) and call it many times."""
+    """The kernel object: ``cute.compile`` it once per (dtype, tile shape) and call it many times."""
 
     def __init__(self, tiles: ForwardTiles):
         self.tiles = tiles

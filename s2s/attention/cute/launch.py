@@ -1,5 +1,6 @@
-"""From torch tensors to a launch of the CuTe forward kernel: layout views, the per-sequence
-table, and the cache of compiled kernels (one per dtype and head dim, in memory and on disk)."""
+"""From torch tensors to a launch of the CuTe forward kernel: packed contiguous inputs, the
+per-sequence table, the tile shape for the call, and the compiled kernels (one per dtype and tile
+shape, kept in memory and on disk)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,6 @@ def unsupported_reason(problem: AttentionProblem) -> str | None:
     major, minor = torch.cuda.get_device_capability(problem.device)
     if (major, minor) != (9, 0):
         return f"the CuTe kernel is built for Hopper (sm_90), this GPU is sm_{major}{minor}"
-    for name, t in (("q", problem.q), ("k", problem.k), ("v", problem.v)):
-        if t.stride(-1) != 1:
-            return f"{name} must have a contiguous head dim (stride 1 in the last axis)"
     return None
 
 
