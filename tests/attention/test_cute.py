@@ -133,15 +133,38 @@ def test_forward_matches_reference(case, dtype, generator):
 
 @pytest.mark.gpu
 @needs_hopper
-def test_auto_picks_cute_for_inference_and_flex_for_training(generator):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_gradients_match_reference_and_repeat_bit_for_bit(case, dtype, generator):
+    q, k, v, spec, cu_q, cu_k = make_case(case, dtype, generator)
+    grad_out = torch.randn(q.shape, generator=generator).to(q.device, dtype)
+
+    def gradients(backend, *inputs):
+        inputs = [t.detach().requires_grad_(True) for t in inputs]
+        out = chunk_attention(*inputs, spec, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, backend=backend)
+        return torch.autograd.grad(out, inputs, grad_out.to(out.dtype))
+
+    got = gradients("cute", q, k, v)
+    want = gradients("reference", q.double(), k.double(), v.double())
+    for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == dtype
+        assert torch.isfinite(g).all(), f"{name}: non-finite values"
+        error = relative_error(g, w)
+        assert error <= 2e-2, f"{name} relative error {error:.2e}"
+    again = gradients("cute", q, k, v)
+    for name, g, h in zip(("dq", "dk", "dv"), got, again, strict=True):
+        assert torch.equal(g, h), f"{name} differs between two identical backward passes"
+
+
+@pytest.mark.gpu
+@needs_hopper
+def test_auto_picks_cute_for_inference_and_training(generator):
     from s2s.attention.api import select_backend
 
     q, k, v, spec, _, _ = make_case(CASES[0], torch.bfloat16, generator)
     assert select_backend(make_problem(q, k, v, spec), "auto", True).name == "cute"
     q.requires_grad_(True)
-    assert select_backend(make_problem(q, k, v, spec), "auto", True).name == "flex"
-    with pytest.raises(NotImplementedError, match="no backward pass yet"):
-        chunk_attention(q, k, v, spec, backend="cute")
+    assert select_backend(make_problem(q, k, v, spec), "auto", True).name == "cute"
 
 
 @pytest.mark.gpu
@@ -198,3 +221,29 @@ def test_kernel_builds_for_sm90a_and_is_cached_on_disk(dtype, head_dim, seqlen, 
         )
         assert run.returncode == 0, run.stderr[-3000:]
         assert built[0].stat().st_size == size
+
+
+BACKWARD_COMPILE_SCRIPT = """
+import sys, torch
+from s2s.attention.cute.backward import backward_tiles, compiled_backward
+for kind in ("dq", "dkdv"):
+    compiled_backward(kind, getattr(torch, sys.argv[1]), backward_tiles(int(sys.argv[2])))
+print("built")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "head_dim"), [("bfloat16", 128), ("float16", 64)])
+def test_backward_kernels_build_for_sm90a(dtype, head_dim, tmp_path):
+    env = dict(os.environ, S2S_KERNEL_CACHE=str(tmp_path / "cache"))
+    if not HOPPER:
+        env["CUTE_DSL_ARCH"] = "sm_90a"
+    run = subprocess.run(
+        [sys.executable, "-c", BACKWARD_COMPILE_SCRIPT, dtype, str(head_dim)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert len(list((tmp_path / "cache").glob("bwd_*.o"))) == 2

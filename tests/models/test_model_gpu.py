@@ -36,8 +36,8 @@ def test_base_model_attends_through_the_cute_kernel(generator, monkeypatch):
     chunks = torch.tensor([4, 2], dtype=torch.int32, device="cuda")
 
     launches = []
-    real_forward = cute_launch.forward
-    monkeypatch.setattr(cute_launch, "forward", lambda *a, **k: launches.append(1) or real_forward(*a, **k))
+    real_prepare = cute_launch.prepare
+    monkeypatch.setattr(cute_launch, "prepare", lambda *a, **k: launches.append(1) or real_prepare(*a, **k))
     with torch.no_grad():
         got = model(mel.bfloat16(), feedback.bfloat16(), lengths=lengths, chunk=chunks, left_chunks=8)
         want = twin(mel, feedback, lengths=lengths, chunk=chunks, left_chunks=8)

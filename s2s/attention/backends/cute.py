@@ -1,7 +1,7 @@
-"""Our CuTe DSL kernel for Hopper: the fast path for inference and evaluation on sm_90.
+"""Our CuTe DSL kernels for Hopper: the fast path on sm_90, forward and backward.
 
-Forward only for now: a call that needs gradients is left to the other backends (the CuTe
-backward is issue #8), so ``auto`` picks flex for training and this kernel for inference.
+The forward kernel saves its LSE; the backward runs the dQ and dK/dV kernels from it
+(``s2s.attention.cute.backward``). Gradients are deterministic: every output row has one owner.
 """
 
 from __future__ import annotations
@@ -14,8 +14,30 @@ from s2s.attention.backends.base import AttentionBackend
 from s2s.attention.problem import AttentionProblem
 
 
-def _needs_grad(problem: AttentionProblem) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in (problem.q, problem.k, problem.v))
+class _CuteAttention(torch.autograd.Function):
+    """Autograd around the kernels; the LSE output carries no gradient."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, problem: AttentionProblem):
+        from s2s.attention.cute.launch import prepare, problem_layout
+
+        prepared = prepare(problem)
+        prepared.launch()
+        packed_q, packed_k, packed_v, _ = prepared.keep_alive
+        ctx.problem = problem
+        ctx.save_for_backward(packed_q, packed_k, packed_v, prepared.out, prepared.lse)
+        out, lse = problem_layout(problem, prepared.out, prepared.lse)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_lse):
+        from s2s.attention.cute.backward import backward
+
+        q, k, v, out, lse = ctx.saved_tensors
+        problem = ctx.problem
+        dq, dk, dv = backward(problem, q, k, v, out, lse, grad_out.reshape(out.shape))
+        return dq.view(problem.q.shape), dk.view(problem.k.shape), dv.view(problem.v.shape), None
 
 
 class CuteBackend(AttentionBackend):
@@ -24,8 +46,6 @@ class CuteBackend(AttentionBackend):
     def unsupported_reason(self, problem: AttentionProblem, return_lse: bool) -> str | None:
         if importlib.util.find_spec("cutlass") is None:
             return "nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')"
-        if _needs_grad(problem):
-            return "the CuTe kernel has no backward pass yet; train with backend='flex' or 'auto'"
         from s2s.attention.cute.launch import unsupported_reason
 
         return unsupported_reason(problem)
@@ -33,7 +53,5 @@ class CuteBackend(AttentionBackend):
     def forward(
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from s2s.attention.cute.launch import forward
-
-        out, lse = forward(problem)
+        out, lse = _CuteAttention.apply(problem.q, problem.k, problem.v, problem)
         return out, (lse if return_lse else None)

@@ -196,6 +196,9 @@ def prepare(
         raise ValueError(f"out must be a contiguous {q.dtype} buffer of shape {tuple(q.shape)}")
     if lse.shape != (q.shape[1], q.shape[0]) or lse.dtype != torch.float32 or not lse.is_contiguous():
         raise ValueError(f"lse must be a contiguous float32 buffer of shape {(q.shape[1], q.shape[0])}")
+    if varlen and int(problem.cu_seqlens_q[-1]) < q.shape[0]:  # rows outside every sequence
+        out[int(problem.cu_seqlens_q[-1]) :] = 0
+        lse[:, int(problem.cu_seqlens_q[-1]) :] = float("-inf")
     table = sequence_table(problem)
     tiles = tiles or default_tiles(problem.head_dim, problem.max_seqlen_q)
     tile_m = tiles.tile_m
@@ -208,16 +211,21 @@ def prepare(
     return PreparedForward(compiled, arguments, out, lse, keep_alive=(q, k, v, table))
 
 
-def forward(
-    problem: AttentionProblem, out: torch.Tensor | None = None, lse: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the kernel: output in q's layout and LSE (B, Hq, Sq) or (Hq, total_q) in float32."""
-    prepared = prepare(problem, out, lse)
-    prepared.launch()
-    out, lse = prepared.out, prepared.lse
+def problem_layout(problem: AttentionProblem, out: torch.Tensor, lse: torch.Tensor):
+    """Packed (total, H, D) output and (H, total) LSE in the call's layout: (B, S, H, D) and
+    (B, H, S) for a padded batch, unchanged for packed input."""
     if problem.is_varlen:
         return out, lse
     batch, seqlen_q = problem.q.shape[:2]
     out = out.view(batch, seqlen_q, out.shape[1], out.shape[2])
     lse = lse.view(lse.shape[0], batch, seqlen_q).permute(1, 0, 2)
     return out, lse
+
+
+def forward(
+    problem: AttentionProblem, out: torch.Tensor | None = None, lse: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the kernel: output in q's layout and LSE (B, Hq, Sq) or (Hq, total_q) in float32."""
+    prepared = prepare(problem, out, lse)
+    prepared.launch()
+    return problem_layout(problem, prepared.out, prepared.lse)

@@ -1,0 +1,591 @@
+"""dK and dV of chunk-causal attention for Hopper (sm_90a), in the CuTe DSL.
+
+One CTA owns 128 keys of one (sequence, KV head): two consumer warpgroups hold 64 key rows each,
+with dK and dV accumulating in fp32 registers. The producer streams the Q and dO tiles (64 query
+rows) of every query head of the group that can see these keys: by the chunk rule that is one
+contiguous run of query tiles, so hidden pairs are never loaded. Per query tile it computes
+S^T = K Q^T and dP^T = V dO^T, P^T = exp(S^T - LSE), dS^T = P^T (dP^T - delta), then
+dV += P^T dO and dK += dS^T Q, reading Q and dO through transposed views of their shared memory.
+Tiles whose every (query, key) pair is visible skip the mask. Each CTA owns its dK/dV rows and
+sums GQA heads in a fixed order: the result is deterministic without atomics.
+"""
+
+from __future__ import annotations
+
+import cuda.bindings.driver as cuda
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.memory import SmemAllocator
+from cutlass.tensor_utils import LayoutEnum
+
+from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
+from s2s.attention.cute.forward_sm90 import (
+    CHUNK_K,
+    CHUNK_Q,
+    K_OFFSET,
+    K_START,
+    LOG2_E,
+    Q_OFFSET,
+    Q_START,
+    SEQ_INFO_COLUMNS,
+    SEQLEN_K,
+    SEQLEN_Q,
+    _accumulator_as_operand_a,
+    _as_acc,
+    _rows_cols,
+)
+
+QUERY_TILE = 64  # query rows per step: keeps S^T, dP^T, dK and dV in registers together
+
+
+class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
+    """dK/dV kernel: keys stay, query tiles stream; four GEMMs per query tile."""
+
+    @cute.jit
+    def __call__(
+        self,
+        q: cute.Pointer,  # (total_q, Hq, D)
+        k: cute.Pointer,  # (total_k, Hk, D)
+        v: cute.Pointer,  # (total_k, Hk, D)
+        do: cute.Pointer,  # (total_q, Hq, D)
+        lse: cute.Pointer,  # (Hq, total_q) fp32
+        delta: cute.Pointer,  # (Hq, total_q) fp32
+        dk: cute.Pointer,  # (total_k, Hk, D) out
+        dv: cute.Pointer,  # (total_k, Hk, D) out
+        seq: cute.Pointer,  # (B, 8) int32
+        total_q: cutlass.Int32,
+        total_k: cutlass.Int32,
+        heads_q: cutlass.Int32,
+        heads_k: cutlass.Int32,
+        batch: cutlass.Int32,
+        k_tiles: cutlass.Int32,  # key tiles of the longest sequence
+        left_chunks: cutlass.Int32,
+        softmax_scale: cutlass.Float32,
+        stream: cuda.CUstream,
+    ):
+        d = self.head_dim
+        q_row = cute.assume(heads_q * d, divby=d)
+        k_row = cute.assume(heads_k * d, divby=d)
+        mQ = cute.make_tensor(q, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
+        mdO = cute.make_tensor(do, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
+        mK = cute.make_tensor(k, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
+        mV = cute.make_tensor(v, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
+        mdK = cute.make_tensor(dk, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
+        mdV = cute.make_tensor(dv, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
+        mLSE = cute.make_tensor(lse, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
+        mDelta = cute.make_tensor(delta, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
+        columns = SEQ_INFO_COLUMNS
+        seq_info = cute.make_tensor(seq, cute.make_layout((batch, columns), stride=(columns, 1)))
+        self.dtype = mQ.element_type
+
+        st_shape = (self.rows_wg, QUERY_TILE, d)  # S^T and dP^T: (keys, queries), K = head dim
+        grad_shape = (self.rows_wg, d, QUERY_TILE)  # dK and dV: (keys, head dim), K = queries
+        k_major = cute.nvgpu.OperandMajorMode.K
+        mn_major = cute.nvgpu.OperandMajorMode.MN
+        st_mma = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, k_major, k_major, cutlass.Float32, (1, 1, 1), st_shape[:2]
+        )
+        grad_mma = sm90_utils.make_trivial_tiled_mma(
+            self.dtype,
+            self.dtype,
+            k_major,
+            mn_major,
+            cutlass.Float32,
+            (1, 1, 1),
+            grad_shape[:2],
+            warpgroup.OperandSource.RMEM,
+        )
+        # K and V: one stage per warpgroup (its 64 keys), loaded once. Q and dO: a ring.
+        sK_layout = sm90_utils.make_smem_layout_a(
+            LayoutEnum.from_tensor(mK), st_shape, self.dtype, self.num_wg
+        )
+        sQ_layout = sm90_utils.make_smem_layout_b(
+            LayoutEnum.from_tensor(mQ), st_shape, self.dtype, self.kv_stages
+        )
+        load = cpasync.CopyBulkTensorTileG2SOp()
+        k_smem = cute.slice_(sK_layout, (None, None, 0))
+        q_smem = cute.slice_(sQ_layout, (None, None, 0))
+        tma_k, tma_mK = cpasync.make_tiled_tma_atom(load, mK, k_smem, (self.rows_wg, d))
+        tma_v, tma_mV = cpasync.make_tiled_tma_atom(load, mV, k_smem, (self.rows_wg, d))
+        tma_q, tma_mQ = cpasync.make_tiled_tma_atom(load, mQ, q_smem, (QUERY_TILE, d))
+        tma_do, tma_mdO = cpasync.make_tiled_tma_atom(load, mdO, q_smem, (QUERY_TILE, d))
+        self.kv_bytes = 2 * cute.size_in_bytes(self.dtype, k_smem)  # K and V share a stage
+        self.q_bytes = 2 * cute.size_in_bytes(self.dtype, q_smem)  # Q and dO share a stage
+
+        @cute.struct
+        class SharedStorage:
+            kv_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg * 2]
+            q_barriers: cute.struct.MemRange[cutlass.Int64, self.kv_stages * 2]
+            order_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg]
+            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
+            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
+            sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
+
+        self.shared_storage = SharedStorage
+        self.dkdv_kernel(
+            st_mma,
+            grad_mma,
+            tma_k,
+            tma_mK,
+            tma_v,
+            tma_mV,
+            tma_q,
+            tma_mQ,
+            tma_do,
+            tma_mdO,
+            mdK,
+            mdV,
+            mLSE,
+            mDelta,
+            seq_info,
+            left_chunks,
+            softmax_scale,
+            sK_layout,
+            sQ_layout,
+        ).launch(
+            grid=[k_tiles, heads_k, batch],
+            block=[self.tiles.threads, 1, 1],
+            stream=stream,
+            min_blocks_per_mp=1,
+        )
+
+    @cute.kernel
+    def dkdv_kernel(
+        self,
+        st_mma: cute.TiledMma,
+        grad_mma: cute.TiledMma,
+        tma_k: cute.CopyAtom,
+        mK: cute.Tensor,
+        tma_v: cute.CopyAtom,
+        mV: cute.Tensor,
+        tma_q: cute.CopyAtom,
+        mQ: cute.Tensor,
+        tma_do: cute.CopyAtom,
+        mdO: cute.Tensor,
+        mdK: cute.Tensor,
+        mdV: cute.Tensor,
+        mLSE: cute.Tensor,
+        mDelta: cute.Tensor,
+        seq_info: cute.Tensor,
+        left_chunks: cutlass.Int32,
+        softmax_scale: cutlass.Float32,
+        sK_layout: cute.ComposedLayout,
+        sQ_layout: cute.ComposedLayout,
+    ):
+        tidx, _, _ = cute.arch.thread_idx()
+        n_tile, head_k, seq = cute.arch.block_idx()
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        group = mQ.shape[2] // mK.shape[2]
+
+        smem = SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        kv_pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.kv_barriers.data_ptr(),
+            num_stages=self.num_wg,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4),
+            tx_count=self.kv_bytes,
+            defer_sync=True,
+        )
+        q_pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.q_barriers.data_ptr(),
+            num_stages=self.kv_stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_wg),
+            tx_count=self.q_bytes,
+            defer_sync=True,
+        )
+        kv_producer, _ = kv_pipe.make_participants()
+        q_producer, q_consumer = q_pipe.make_participants()
+        order = pipeline.PipelineOrder.create(
+            barrier_storage=storage.order_barriers.data_ptr(),
+            depth=1,
+            length=self.num_wg,
+            group_id=wg - 1,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 128),
+            defer_sync=True,
+        )
+        sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
+        sV = storage.sV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
+        sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+
+        q_start = seq_info[seq, Q_START]
+        k_start = seq_info[seq, K_START]
+        seqlen_q = seq_info[seq, SEQLEN_Q]
+        seqlen_k = seq_info[seq, SEQLEN_K]
+        chunk_q = seq_info[seq, CHUNK_Q]
+        chunk_k = seq_info[seq, CHUNK_K]
+        q_offset = seq_info[seq, Q_OFFSET]
+        k_offset = seq_info[seq, K_OFFSET]
+        key_first = n_tile * self.tile_m
+
+        if key_first < seqlen_k:
+            key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
+            # Queries that see some key of [key_first, key_last]: from the first query whose
+            # chunk reaches the first key's chunk, to the last whose history reaches the last key.
+            first_key_chunk = (key_first + k_offset) // chunk_k
+            last_key_chunk = (key_last + k_offset) // chunk_k
+            q_begin = cutlass.max(first_key_chunk * chunk_q - q_offset, 0)
+            q_end = seqlen_q
+            if left_chunks >= 0:
+                q_end = cutlass.min((last_key_chunk + left_chunks + 1) * chunk_q - q_offset, seqlen_q)
+            m_begin = q_begin // QUERY_TILE
+            m_end = (q_end + QUERY_TILE - 1) // QUERY_TILE
+            if q_end <= q_begin:
+                m_end = m_begin
+
+            if wg == 0:
+                cute.arch.setmaxregister_decrease(self.producer_registers)
+                if warp == 0:
+                    self.produce_dkdv(
+                        tma_k,
+                        mK,
+                        tma_v,
+                        mV,
+                        tma_q,
+                        mQ,
+                        tma_do,
+                        mdO,
+                        sK,
+                        sV,
+                        sQ,
+                        sdO,
+                        kv_producer,
+                        q_producer,
+                        q_start,
+                        k_start,
+                        n_tile,
+                        head_k,
+                        group,
+                        m_begin,
+                        m_end,
+                    )
+            else:
+                cute.arch.setmaxregister_increase(self.consumer_registers)
+                self.consume_dkdv(
+                    st_mma,
+                    grad_mma,
+                    sK,
+                    sV,
+                    sQ,
+                    sdO,
+                    mdK,
+                    mdV,
+                    mLSE,
+                    mDelta,
+                    kv_pipe,
+                    q_consumer,
+                    order,
+                    wg - 1,
+                    tidx % 128,
+                    q_start,
+                    k_start,
+                    n_tile,
+                    head_k,
+                    group,
+                    seqlen_q,
+                    seqlen_k,
+                    chunk_q,
+                    chunk_k,
+                    q_offset,
+                    k_offset,
+                    left_chunks,
+                    softmax_scale,
+                    m_begin,
+                    m_end,
+                )
+
+    @cute.jit
+    def produce_dkdv(
+        self,
+        tma_k: cute.CopyAtom,
+        mK: cute.Tensor,
+        tma_v: cute.CopyAtom,
+        mV: cute.Tensor,
+        tma_q: cute.CopyAtom,
+        mQ: cute.Tensor,
+        tma_do: cute.CopyAtom,
+        mdO: cute.Tensor,
+        sK: cute.Tensor,
+        sV: cute.Tensor,
+        sQ: cute.Tensor,
+        sdO: cute.Tensor,
+        kv_producer: pipeline.PipelineProducer,
+        q_producer: pipeline.PipelineProducer,
+        q_start: cutlass.Int32,
+        k_start: cutlass.Int32,
+        n_tile: cutlass.Int32,
+        head_k: cutlass.Int32,
+        group: cutlass.Int32,
+        m_begin: cutlass.Int32,
+        m_end: cutlass.Int32,
+    ):
+        """One warp: K and V of both warpgroups once, then Q and dO per (query head, query tile)."""
+        keys = (self.rows_wg, self.head_dim)
+        rows = (QUERY_TILE, self.head_dim)
+        one = cute.make_layout(1)
+        gK = cute.local_tile(cute.domain_offset((k_start, 0), mK[None, None, head_k]), keys, (None, 0))
+        gV = cute.local_tile(cute.domain_offset((k_start, 0), mV[None, None, head_k]), keys, (None, 0))
+        tKsK, tKgK = cpasync.tma_partition(
+            tma_k, 0, one, cute.group_modes(sK, 0, 2), cute.group_modes(gK, 0, 2)
+        )
+        tVsV, tVgV = cpasync.tma_partition(
+            tma_v, 0, one, cute.group_modes(sV, 0, 2), cute.group_modes(gV, 0, 2)
+        )
+        for i in cutlass.range_constexpr(self.num_wg):
+            handle = kv_producer.acquire_and_advance()
+            tile = n_tile * self.num_wg + i
+            cute.copy(tma_k, tKgK[None, tile], tKsK[None, handle.index], tma_bar_ptr=handle.barrier)
+            cute.copy(tma_v, tVgV[None, tile], tVsV[None, handle.index], tma_bar_ptr=handle.barrier)
+        for h in cutlass.range(group, unroll=1):
+            head = head_k * group + h
+            gQ = cute.local_tile(cute.domain_offset((q_start, 0), mQ[None, None, head]), rows, (None, 0))
+            gdO = cute.local_tile(cute.domain_offset((q_start, 0), mdO[None, None, head]), rows, (None, 0))
+            tQsQ, tQgQ = cpasync.tma_partition(
+                tma_q, 0, one, cute.group_modes(sQ, 0, 2), cute.group_modes(gQ, 0, 2)
+            )
+            tOsO, tOgO = cpasync.tma_partition(
+                tma_do, 0, one, cute.group_modes(sdO, 0, 2), cute.group_modes(gdO, 0, 2)
+            )
+            for m in cutlass.range(m_begin, m_end, unroll=1):
+                handle = q_producer.acquire_and_advance()
+                cute.copy(tma_q, tQgQ[None, m], tQsQ[None, handle.index], tma_bar_ptr=handle.barrier)
+                cute.copy(tma_do, tOgO[None, m], tOsO[None, handle.index], tma_bar_ptr=handle.barrier)
+
+    @cute.jit
+    def consume_dkdv(
+        self,
+        st_mma: cute.TiledMma,
+        grad_mma: cute.TiledMma,
+        sK: cute.Tensor,
+        sV: cute.Tensor,
+        sQ: cute.Tensor,
+        sdO: cute.Tensor,
+        mdK: cute.Tensor,
+        mdV: cute.Tensor,
+        mLSE: cute.Tensor,
+        mDelta: cute.Tensor,
+        kv_pipe: pipeline.PipelineTmaAsync,
+        q_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        wg: cutlass.Int32,
+        thread: cutlass.Int32,
+        q_start: cutlass.Int32,
+        k_start: cutlass.Int32,
+        n_tile: cutlass.Int32,
+        head_k: cutlass.Int32,
+        group: cutlass.Int32,
+        seqlen_q: cutlass.Int32,
+        seqlen_k: cutlass.Int32,
+        chunk_q: cutlass.Int32,
+        chunk_k: cutlass.Int32,
+        q_offset: cutlass.Int32,
+        k_offset: cutlass.Int32,
+        left_chunks: cutlass.Int32,
+        softmax_scale: cutlass.Float32,
+        m_begin: cutlass.Int32,
+        m_end: cutlass.Int32,
+    ):
+        """One warpgroup: 64 keys against every query tile that sees them; dK, dV in registers."""
+        st_thr = st_mma.get_slice(thread)
+        grad_thr = grad_mma.get_slice(thread)
+        tSrK = st_thr.make_fragment_A(st_thr.partition_A(sK))
+        tSrV = st_thr.make_fragment_A(st_thr.partition_A(sV))
+        tSrQ = st_thr.make_fragment_B(st_thr.partition_B(sQ))
+        tSrdO = st_thr.make_fragment_B(st_thr.partition_B(sdO))
+        # Q and dO tiles as the (head dim, queries) B operands of dK += dS^T Q and dV += P^T dO.
+        sQt = cute.make_tensor(sQ.iterator, cute.select(sQ.layout, mode=[1, 0, 2]))
+        sdOt = cute.make_tensor(sdO.iterator, cute.select(sdO.layout, mode=[1, 0, 2]))
+        tGrQt = grad_thr.make_fragment_B(grad_thr.partition_B(sQt))
+        tGrdOt = grad_thr.make_fragment_B(grad_thr.partition_B(sdOt))
+        grad_shape = grad_thr.partition_shape_C((self.rows_wg, self.head_dim))
+        acc_dk = grad_thr.make_fragment_C(grad_shape)
+        acc_dv = grad_thr.make_fragment_C(grad_shape)
+        acc_dk.fill(0.0)
+        acc_dv.fill(0.0)
+        grad_mma.set(warpgroup.Field.ACCUMULATE, True)
+        acc_st_shape = st_thr.partition_shape_C((self.rows_wg, QUERY_TILE))
+        p_operand = cute.make_rmem_tensor(
+            _accumulator_as_operand_a(st_thr.make_fragment_C(acc_st_shape).layout), self.dtype
+        )
+        ds_operand = cute.make_rmem_tensor(
+            _accumulator_as_operand_a(st_thr.make_fragment_C(acc_st_shape).layout), self.dtype
+        )
+        tScS = _rows_cols(st_thr.partition_C(cute.make_identity_tensor((self.rows_wg, QUERY_TILE))))
+        key_base = n_tile * self.tile_m + wg * self.rows_wg
+        scale_log2 = softmax_scale * LOG2_E
+        kv_pipe.consumer_wait(pipeline.PipelineState(self.num_wg, wg, wg, cutlass.Int32(0)))
+        tSrK_wg = tSrK[None, None, None, wg]
+        tSrV_wg = tSrV[None, None, None, wg]
+        key_first = n_tile * self.tile_m
+        key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
+
+        for h in cutlass.range(group, unroll=1):
+            head = head_k * group + h
+            for m in cutlass.range(m_begin, m_end, unroll=1):
+                # A query tile needs no mask when each of its rows sees all of the CTA's keys.
+                row_first = m * QUERY_TILE
+                row_last = cutlass.min(row_first + QUERY_TILE, seqlen_q) - 1
+                lo_last, _ = self.key_bounds(
+                    row_last, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
+                )
+                _, hi_first = self.key_bounds(
+                    row_first, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
+                )
+                full = lo_last <= key_first and hi_first > key_last
+                query = (m, head, q_start, seqlen_q, chunk_q, chunk_k, q_offset, k_offset, left_chunks)
+                if full:
+                    st_mma, q_consumer, order = self.dkdv_tile(
+                        False,
+                        st_mma,
+                        grad_mma,
+                        tSrK_wg,
+                        tSrV_wg,
+                        tSrQ,
+                        tSrdO,
+                        tGrQt,
+                        tGrdOt,
+                        acc_dk,
+                        acc_dv,
+                        p_operand,
+                        ds_operand,
+                        acc_st_shape,
+                        q_consumer,
+                        order,
+                        tScS,
+                        key_base,
+                        seqlen_k,
+                        mLSE,
+                        mDelta,
+                        scale_log2,
+                        query,
+                    )
+                else:
+                    st_mma, q_consumer, order = self.dkdv_tile(
+                        True,
+                        st_mma,
+                        grad_mma,
+                        tSrK_wg,
+                        tSrV_wg,
+                        tSrQ,
+                        tSrdO,
+                        tGrQt,
+                        tGrdOt,
+                        acc_dk,
+                        acc_dv,
+                        p_operand,
+                        ds_operand,
+                        acc_st_shape,
+                        q_consumer,
+                        order,
+                        tScS,
+                        key_base,
+                        seqlen_k,
+                        mLSE,
+                        mDelta,
+                        scale_log2,
+                        query,
+                    )
+
+        for i in cutlass.range_constexpr(cute.size(acc_dk)):
+            acc_dk[i] = acc_dk[i] * softmax_scale
+        out_dk = cute.make_rmem_tensor(acc_dk.layout, self.dtype)
+        out_dk.store(acc_dk.load().to(self.dtype))
+        out_dv = cute.make_rmem_tensor(acc_dv.layout, self.dtype)
+        out_dv.store(acc_dv.load().to(self.dtype))
+        # K and V of this warpgroup are no longer read: stage the results there.
+        self.store_rows(
+            grad_thr, out_dk, sK[None, None, wg], mdK, wg, thread, k_start, key_base, head_k, seqlen_k
+        )
+        self.store_rows(
+            grad_thr, out_dv, sV[None, None, wg], mdV, wg, thread, k_start, key_base, head_k, seqlen_k
+        )
+
+    @cute.jit
+    def dkdv_tile(
+        self,
+        masked: cutlass.Constexpr,
+        st_mma: cute.TiledMma,
+        grad_mma: cute.TiledMma,
+        tSrK: cute.Tensor,
+        tSrV: cute.Tensor,
+        tSrQ: cute.Tensor,
+        tSrdO: cute.Tensor,
+        tGrQt: cute.Tensor,
+        tGrdOt: cute.Tensor,
+        acc_dk: cute.Tensor,
+        acc_dv: cute.Tensor,
+        p_operand: cute.Tensor,
+        ds_operand: cute.Tensor,
+        acc_st_shape: cute.Shape,
+        q_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        tScS: cute.Tensor,
+        key_base: cutlass.Int32,
+        seqlen_k: cutlass.Int32,
+        mLSE: cute.Tensor,
+        mDelta: cute.Tensor,
+        scale_log2: cutlass.Float32,
+        query: tuple,
+    ):
+        """S^T, dP^T for one query tile, then P^T and dS^T, then dV += P^T dO and dK += dS^T Q."""
+        m, head, q_start, seqlen_q, chunk_q, chunk_k, q_offset, k_offset, left_chunks = query
+        acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
+        acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
+        handle = q_consumer.wait_and_advance()
+        order.wait()
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(tSrK, mode=[2])):
+            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(st_mma, acc_st, tSrK[None, None, k], tSrQ[None, None, k, handle.index], acc_st)
+        for k in cutlass.range_constexpr(cute.size(tSrV, mode=[2])):
+            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
+        warpgroup.commit_group()
+        order.arrive()
+        warpgroup.wait_group(0)
+
+        st = _rows_cols(acc_st)
+        dpt = _rows_cols(acc_dpt)
+        row_first = m * QUERY_TILE
+        for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
+            row = row_first + tScS[0, c][1]
+            # Queries past the sequence get P = 0 (LSE +inf) and so add nothing.
+            lse_log2 = cutlass.Float32.inf
+            delta = cutlass.Float32(0.0)
+            lo = cutlass.Int32(0)
+            hi = cutlass.Int32(0)
+            if row < seqlen_q:
+                lse_log2 = mLSE[q_start + row, head] * LOG2_E
+                delta = mDelta[q_start + row, head]
+                if cutlass.const_expr(masked):
+                    lo, hi = self.key_bounds(row, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks)
+            for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
+                p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
+                if cutlass.const_expr(masked):
+                    key = key_base + tScS[r, 0][0]
+                    if key < lo or key >= hi:
+                        p = cutlass.Float32(0.0)
+                st[r, c] = p
+                dpt[r, c] = p * (dpt[r, c] - delta)
+        _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
+        _as_acc(ds_operand, acc_dpt).store(acc_dpt.load().to(self.dtype))
+
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
+            cute.gemm(grad_mma, acc_dv, p_operand[None, None, k], tGrdOt[None, None, k, handle.index], acc_dv)
+        for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):
+            cute.gemm(grad_mma, acc_dk, ds_operand[None, None, k], tGrQt[None, None, k, handle.index], acc_dk)
+        warpgroup.commit_group()
+        warpgroup.wait_group(0)
+        handle.release()
+        return st_mma, q_consumer, order

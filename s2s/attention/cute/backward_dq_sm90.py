@@ -1,0 +1,582 @@
+"""dQ of chunk-causal attention for Hopper (sm_90a), in the CuTe DSL.
+
+The query side of the backward pass walks exactly the key tiles the forward walked (same CTA
+shape, same masked / full / masked runs), so no query tile ever touches a hidden key tile. Per
+key tile it recomputes S = Q K^T, forms P = exp(S - LSE) from the forward's LSE, computes
+dP = dO V^T, dS = P * (dP - delta) with delta = rowsum(dO * O), and accumulates dQ += dS K in
+fp32 registers. Each CTA owns its dQ rows, so the result needs no atomics and is deterministic.
+
+K and V tiles are both loaded K-major (head dim contiguous, as they sit in memory); the dQ GEMM
+reads the K tile through a transposed view of the same shared memory.
+"""
+
+from __future__ import annotations
+
+import cuda.bindings.driver as cuda
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.memory import SmemAllocator
+from cutlass.tensor_utils import LayoutEnum
+
+from s2s.attention.cute.forward_sm90 import (
+    CHUNK_K,
+    CHUNK_Q,
+    K_OFFSET,
+    K_START,
+    LOG2_E,
+    Q_OFFSET,
+    Q_START,
+    SEQ_INFO_COLUMNS,
+    SEQLEN_K,
+    SEQLEN_Q,
+    ChunkAttentionForwardSm90,
+    _accumulator_as_operand_a,
+    _as_acc,
+    _rows_cols,
+)
+
+
+class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
+    """dQ kernel: the forward's tiling and key-tile runs, four GEMMs per key tile."""
+
+    @cute.jit
+    def __call__(
+        self,
+        q: cute.Pointer,  # (total_q, Hq, D)
+        k: cute.Pointer,  # (total_k, Hk, D)
+        v: cute.Pointer,  # (total_k, Hk, D)
+        do: cute.Pointer,  # (total_q, Hq, D)
+        lse: cute.Pointer,  # (Hq, total_q) fp32, natural log, from the forward
+        delta: cute.Pointer,  # (Hq, total_q) fp32: rowsum(dO * O)
+        dq: cute.Pointer,  # (total_q, Hq, D) out
+        seq: cute.Pointer,  # (B, 8) int32
+        total_q: cutlass.Int32,
+        total_k: cutlass.Int32,
+        heads_q: cutlass.Int32,
+        heads_k: cutlass.Int32,
+        batch: cutlass.Int32,
+        q_tiles: cutlass.Int32,
+        left_chunks: cutlass.Int32,
+        softmax_scale: cutlass.Float32,
+        stream: cuda.CUstream,
+    ):
+        d = self.head_dim
+        q_row = cute.assume(heads_q * d, divby=d)
+        k_row = cute.assume(heads_k * d, divby=d)
+        mQ = cute.make_tensor(q, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
+        mdO = cute.make_tensor(do, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
+        mdQ = cute.make_tensor(dq, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
+        mK = cute.make_tensor(k, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
+        mV = cute.make_tensor(v, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
+        mLSE = cute.make_tensor(lse, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
+        mDelta = cute.make_tensor(delta, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
+        columns = SEQ_INFO_COLUMNS
+        seq_info = cute.make_tensor(seq, cute.make_layout((batch, columns), stride=(columns, 1)))
+        self.dtype = mQ.element_type
+
+        s_shape = (self.rows_wg, self.tile_n, d)  # S and dP: (rows, keys), K = head dim
+        dq_shape = (self.rows_wg, d, self.tile_n)  # dQ: (rows, head dim), K = keys
+        k_major = cute.nvgpu.OperandMajorMode.K
+        mn_major = cute.nvgpu.OperandMajorMode.MN
+        s_mma = sm90_utils.make_trivial_tiled_mma(
+            self.dtype, self.dtype, k_major, k_major, cutlass.Float32, (1, 1, 1), s_shape[:2]
+        )
+        dq_mma = sm90_utils.make_trivial_tiled_mma(
+            self.dtype,
+            self.dtype,
+            k_major,
+            mn_major,
+            cutlass.Float32,
+            (1, 1, 1),
+            dq_shape[:2],
+            warpgroup.OperandSource.RMEM,
+        )
+        sQ_layout = sm90_utils.make_smem_layout_a(
+            LayoutEnum.from_tensor(mQ), s_shape, self.dtype, self.num_wg
+        )
+        sK_layout = sm90_utils.make_smem_layout_b(
+            LayoutEnum.from_tensor(mK), s_shape, self.dtype, self.kv_stages
+        )
+        load = cpasync.CopyBulkTensorTileG2SOp()
+        q_smem = cute.slice_(sQ_layout, (None, None, 0))
+        k_smem = cute.slice_(sK_layout, (None, None, 0))
+        tma_q, tma_mQ = cpasync.make_tiled_tma_atom(load, mQ, q_smem, (self.rows_wg, d))
+        tma_do, tma_mdO = cpasync.make_tiled_tma_atom(load, mdO, q_smem, (self.rows_wg, d))
+        tma_k, tma_mK = cpasync.make_tiled_tma_atom(load, mK, k_smem, (self.tile_n, d))
+        tma_v, tma_mV = cpasync.make_tiled_tma_atom(load, mV, k_smem, (self.tile_n, d))
+        self.q_bytes = 2 * cute.size_in_bytes(self.dtype, q_smem)  # Q and dO share a stage
+        self.kv_bytes = cute.size_in_bytes(self.dtype, k_smem)
+
+        @cute.struct
+        class SharedStorage:
+            q_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg * 2]
+            kv_barriers: cute.struct.MemRange[cutlass.Int64, self.kv_stages * 2]
+            order_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg]
+            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
+            sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
+            sKV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
+
+        self.shared_storage = SharedStorage
+        self.dq_kernel(
+            s_mma,
+            dq_mma,
+            tma_q,
+            tma_mQ,
+            tma_do,
+            tma_mdO,
+            tma_k,
+            tma_mK,
+            tma_v,
+            tma_mV,
+            mdQ,
+            mLSE,
+            mDelta,
+            seq_info,
+            left_chunks,
+            softmax_scale,
+            sQ_layout,
+            sK_layout,
+        ).launch(
+            grid=[q_tiles, heads_q, batch],
+            block=[self.tiles.threads, 1, 1],
+            stream=stream,
+            min_blocks_per_mp=1,
+        )
+
+    @cute.kernel
+    def dq_kernel(
+        self,
+        s_mma: cute.TiledMma,
+        dq_mma: cute.TiledMma,
+        tma_q: cute.CopyAtom,
+        mQ: cute.Tensor,
+        tma_do: cute.CopyAtom,
+        mdO: cute.Tensor,
+        tma_k: cute.CopyAtom,
+        mK: cute.Tensor,
+        tma_v: cute.CopyAtom,
+        mV: cute.Tensor,
+        mdQ: cute.Tensor,
+        mLSE: cute.Tensor,
+        mDelta: cute.Tensor,
+        seq_info: cute.Tensor,
+        left_chunks: cutlass.Int32,
+        softmax_scale: cutlass.Float32,
+        sQ_layout: cute.ComposedLayout,
+        sK_layout: cute.ComposedLayout,
+    ):
+        tidx, _, _ = cute.arch.thread_idx()
+        block_m, head, seq = cute.arch.block_idx()
+        grid_m, heads_q, _ = cute.arch.grid_dim()
+        m_tile = grid_m - 1 - block_m
+        warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg = cute.arch.make_warp_uniform(tidx // 128)
+        heads_k = mK.shape[2]
+        head_k = head // (heads_q // heads_k)
+
+        smem = SmemAllocator()
+        storage = smem.allocate(self.shared_storage)
+        q_pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.q_barriers.data_ptr(),
+            num_stages=self.num_wg,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4),
+            tx_count=self.q_bytes,
+            defer_sync=True,
+        )
+        kv_pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.kv_barriers.data_ptr(),
+            num_stages=self.kv_stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_wg),
+            tx_count=self.kv_bytes,
+            defer_sync=True,
+        )
+        q_producer, _ = q_pipe.make_participants()
+        kv_producer, kv_consumer = kv_pipe.make_participants()
+        order = pipeline.PipelineOrder.create(
+            barrier_storage=storage.order_barriers.data_ptr(),
+            depth=1,
+            length=self.num_wg,
+            group_id=wg - 1,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 128),
+            defer_sync=True,
+        )
+        sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        sKV = storage.sKV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
+
+        cute.arch.mbarrier_init_fence()
+        cute.arch.sync_threads()
+
+        q_start = seq_info[seq, Q_START]
+        k_start = seq_info[seq, K_START]
+        seqlen_q = seq_info[seq, SEQLEN_Q]
+        seqlen_k = seq_info[seq, SEQLEN_K]
+        chunk_q = seq_info[seq, CHUNK_Q]
+        chunk_k = seq_info[seq, CHUNK_K]
+        q_offset = seq_info[seq, Q_OFFSET]
+        k_offset = seq_info[seq, K_OFFSET]
+        row_first = m_tile * self.tile_m
+
+        if row_first < seqlen_q:
+            row_last = cutlass.min(row_first + self.tile_m, seqlen_q) - 1
+            lo_first, hi_first = self.key_bounds(
+                row_first, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
+            )
+            lo_last, hi_last = self.key_bounds(
+                row_last, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
+            )
+            n_begin = lo_first // self.tile_n
+            n_end = (hi_last + self.tile_n - 1) // self.tile_n
+            if hi_last <= lo_first:
+                n_end = n_begin
+            full_begin = cutlass.min(cutlass.max((lo_last + self.tile_n - 1) // self.tile_n, n_begin), n_end)
+            full_end = cutlass.min(cutlass.max(hi_first // self.tile_n, full_begin), n_end)
+
+            if wg == 0:
+                cute.arch.setmaxregister_decrease(self.producer_registers)
+                if warp == 0:
+                    self.produce_dq(
+                        tma_q,
+                        mQ,
+                        tma_do,
+                        mdO,
+                        tma_k,
+                        mK,
+                        tma_v,
+                        mV,
+                        sQ,
+                        sdO,
+                        sKV,
+                        q_producer,
+                        kv_producer,
+                        q_start,
+                        k_start,
+                        m_tile,
+                        head,
+                        head_k,
+                        n_begin,
+                        n_end,
+                    )
+            else:
+                cute.arch.setmaxregister_increase(self.consumer_registers)
+                self.consume_dq(
+                    s_mma,
+                    dq_mma,
+                    sQ,
+                    sdO,
+                    sKV,
+                    mdQ,
+                    mLSE,
+                    mDelta,
+                    q_pipe,
+                    kv_consumer,
+                    order,
+                    wg - 1,
+                    tidx % 128,
+                    q_start,
+                    m_tile,
+                    head,
+                    seqlen_q,
+                    seqlen_k,
+                    chunk_q,
+                    chunk_k,
+                    q_offset,
+                    k_offset,
+                    left_chunks,
+                    softmax_scale,
+                    n_begin,
+                    full_begin,
+                    full_end,
+                    n_end,
+                )
+
+    @cute.jit
+    def produce_dq(
+        self,
+        tma_q: cute.CopyAtom,
+        mQ: cute.Tensor,
+        tma_do: cute.CopyAtom,
+        mdO: cute.Tensor,
+        tma_k: cute.CopyAtom,
+        mK: cute.Tensor,
+        tma_v: cute.CopyAtom,
+        mV: cute.Tensor,
+        sQ: cute.Tensor,
+        sdO: cute.Tensor,
+        sKV: cute.Tensor,
+        q_producer: pipeline.PipelineProducer,
+        kv_producer: pipeline.PipelineProducer,
+        q_start: cutlass.Int32,
+        k_start: cutlass.Int32,
+        m_tile: cutlass.Int32,
+        head: cutlass.Int32,
+        head_k: cutlass.Int32,
+        n_begin: cutlass.Int32,
+        n_end: cutlass.Int32,
+    ):
+        """One warp: Q and dO of every warpgroup (one stage each), then K and V tile by tile."""
+        rows = (self.rows_wg, self.head_dim)
+        keys = (self.tile_n, self.head_dim)
+        gQ = cute.local_tile(cute.domain_offset((q_start, 0), mQ[None, None, head]), rows, (None, 0))
+        gdO = cute.local_tile(cute.domain_offset((q_start, 0), mdO[None, None, head]), rows, (None, 0))
+        gK = cute.local_tile(cute.domain_offset((k_start, 0), mK[None, None, head_k]), keys, (None, 0))
+        gV = cute.local_tile(cute.domain_offset((k_start, 0), mV[None, None, head_k]), keys, (None, 0))
+        one = cute.make_layout(1)
+        tQsQ, tQgQ = cpasync.tma_partition(
+            tma_q, 0, one, cute.group_modes(sQ, 0, 2), cute.group_modes(gQ, 0, 2)
+        )
+        tOsO, tOgO = cpasync.tma_partition(
+            tma_do, 0, one, cute.group_modes(sdO, 0, 2), cute.group_modes(gdO, 0, 2)
+        )
+        tKsK, tKgK = cpasync.tma_partition(
+            tma_k, 0, one, cute.group_modes(sKV, 0, 2), cute.group_modes(gK, 0, 2)
+        )
+        tVsV, tVgV = cpasync.tma_partition(
+            tma_v, 0, one, cute.group_modes(sKV, 0, 2), cute.group_modes(gV, 0, 2)
+        )
+        for i in cutlass.range_constexpr(self.num_wg):
+            handle = q_producer.acquire_and_advance()
+            tile = m_tile * self.num_wg + i
+            cute.copy(tma_q, tQgQ[None, tile], tQsQ[None, handle.index], tma_bar_ptr=handle.barrier)
+            cute.copy(tma_do, tOgO[None, tile], tOsO[None, handle.index], tma_bar_ptr=handle.barrier)
+        for n in cutlass.range(n_begin, n_end, unroll=1):
+            handle = kv_producer.acquire_and_advance()
+            cute.copy(tma_k, tKgK[None, n], tKsK[None, handle.index], tma_bar_ptr=handle.barrier)
+            handle = kv_producer.acquire_and_advance()
+            cute.copy(tma_v, tVgV[None, n], tVsV[None, handle.index], tma_bar_ptr=handle.barrier)
+
+    @cute.jit
+    def consume_dq(
+        self,
+        s_mma: cute.TiledMma,
+        dq_mma: cute.TiledMma,
+        sQ: cute.Tensor,
+        sdO: cute.Tensor,
+        sKV: cute.Tensor,
+        mdQ: cute.Tensor,
+        mLSE: cute.Tensor,
+        mDelta: cute.Tensor,
+        q_pipe: pipeline.PipelineTmaAsync,
+        kv_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        wg: cutlass.Int32,
+        thread: cutlass.Int32,
+        q_start: cutlass.Int32,
+        m_tile: cutlass.Int32,
+        head: cutlass.Int32,
+        seqlen_q: cutlass.Int32,
+        seqlen_k: cutlass.Int32,
+        chunk_q: cutlass.Int32,
+        chunk_k: cutlass.Int32,
+        q_offset: cutlass.Int32,
+        k_offset: cutlass.Int32,
+        left_chunks: cutlass.Int32,
+        softmax_scale: cutlass.Float32,
+        n_begin: cutlass.Int32,
+        full_begin: cutlass.Int32,
+        full_end: cutlass.Int32,
+        n_end: cutlass.Int32,
+    ):
+        """One warpgroup: 64 query rows against every key tile they see; dQ in registers."""
+        s_thr = s_mma.get_slice(thread)
+        dq_thr = dq_mma.get_slice(thread)
+        tSrQ = s_thr.make_fragment_A(s_thr.partition_A(sQ))
+        tSrdO = s_thr.make_fragment_A(s_thr.partition_A(sdO))
+        tSrK = s_thr.make_fragment_B(s_thr.partition_B(sKV))
+        # The same K tile as the (head dim, keys) B operand of dQ += dS K.
+        sKt = cute.make_tensor(sKV.iterator, cute.select(sKV.layout, mode=[1, 0, 2]))
+        tQrKt = dq_thr.make_fragment_B(dq_thr.partition_B(sKt))
+        acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((self.rows_wg, self.head_dim)))
+        acc_dq.fill(0.0)
+        dq_mma.set(warpgroup.Field.ACCUMULATE, True)
+        acc_s_shape = s_thr.partition_shape_C((self.rows_wg, self.tile_n))
+
+        row_base = m_tile * self.tile_m + wg * self.rows_wg
+        tScS = _rows_cols(s_thr.partition_C(cute.make_identity_tensor((self.rows_wg, self.tile_n))))
+        rows = cute.size(tScS, mode=[0])
+        key_lo = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Int32)
+        key_hi = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Int32)
+        lse_log2 = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
+        delta = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
+        for r in cutlass.range_constexpr(rows):
+            row = row_base + tScS[r, 0][0]
+            lo, hi = self.key_bounds(row, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks)
+            key_lo[r] = lo
+            key_hi[r] = hi
+            # Rows past the sequence (or seeing no key) contribute nothing: P = 0 for them.
+            lse_log2[r] = cutlass.Float32.inf
+            delta[r] = 0.0
+            if row < seqlen_q and hi > lo:
+                lse_log2[r] = mLSE[q_start + row, head] * LOG2_E
+                delta[r] = mDelta[q_start + row, head]
+        scale_log2 = softmax_scale * LOG2_E
+
+        q_pipe.consumer_wait(pipeline.PipelineState(self.num_wg, wg, wg, cutlass.Int32(0)))
+        tSrQ_wg = tSrQ[None, None, None, wg]
+        tSrdO_wg = tSrdO[None, None, None, wg]
+        ds_operand = cute.make_rmem_tensor(
+            _accumulator_as_operand_a(s_thr.make_fragment_C(acc_s_shape).layout), self.dtype
+        )
+        rows_state = (tScS, key_lo, key_hi, lse_log2, delta, scale_log2)
+        for n in cutlass.range(n_begin, full_begin, unroll=1):
+            s_mma, kv_consumer, order = self.dq_tile(
+                True,
+                n,
+                s_mma,
+                dq_mma,
+                tSrQ_wg,
+                tSrdO_wg,
+                tSrK,
+                tQrKt,
+                acc_dq,
+                ds_operand,
+                acc_s_shape,
+                kv_consumer,
+                order,
+                rows_state,
+            )
+        for n in cutlass.range(full_begin, full_end, unroll=1):
+            s_mma, kv_consumer, order = self.dq_tile(
+                False,
+                n,
+                s_mma,
+                dq_mma,
+                tSrQ_wg,
+                tSrdO_wg,
+                tSrK,
+                tQrKt,
+                acc_dq,
+                ds_operand,
+                acc_s_shape,
+                kv_consumer,
+                order,
+                rows_state,
+            )
+        for n in cutlass.range(full_end, n_end, unroll=1):
+            s_mma, kv_consumer, order = self.dq_tile(
+                True,
+                n,
+                s_mma,
+                dq_mma,
+                tSrQ_wg,
+                tSrdO_wg,
+                tSrK,
+                tQrKt,
+                acc_dq,
+                ds_operand,
+                acc_s_shape,
+                kv_consumer,
+                order,
+                rows_state,
+            )
+
+        # dQ = scale * sum_n dS K; staged in this warpgroup's Q buffer and stored row by row.
+        for i in cutlass.range_constexpr(cute.size(acc_dq)):
+            acc_dq[i] = acc_dq[i] * softmax_scale
+        out = cute.make_rmem_tensor(acc_dq.layout, self.dtype)
+        out.store(acc_dq.load().to(self.dtype))
+        self.store_rows(dq_thr, out, sQ[None, None, wg], mdQ, wg, thread, q_start, row_base, head, seqlen_q)
+
+    @cute.jit
+    def dq_tile(
+        self,
+        masked: cutlass.Constexpr,
+        n: cutlass.Int32,
+        s_mma: cute.TiledMma,
+        dq_mma: cute.TiledMma,
+        tSrQ: cute.Tensor,
+        tSrdO: cute.Tensor,
+        tSrK: cute.Tensor,
+        tQrKt: cute.Tensor,
+        acc_dq: cute.Tensor,
+        ds_operand: cute.Tensor,
+        acc_s_shape: cute.Shape,
+        kv_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        rows_state: tuple,
+    ):
+        """S = Q K^T and dP = dO V^T, then dS = P (dP - delta), then dQ += dS K."""
+        tScS, key_lo, key_hi, lse_log2, delta, scale_log2 = rows_state
+        acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
+        acc_dp = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
+        k_handle = kv_consumer.wait_and_advance()
+        v_handle = kv_consumer.wait_and_advance()
+        order.wait()
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(tSrQ, mode=[2])):
+            s_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(s_mma, acc_s, tSrQ[None, None, k], tSrK[None, None, k, k_handle.index], acc_s)
+        for k in cutlass.range_constexpr(cute.size(tSrdO, mode=[2])):
+            s_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(s_mma, acc_dp, tSrdO[None, None, k], tSrK[None, None, k, v_handle.index], acc_dp)
+        warpgroup.commit_group()
+        order.arrive()
+        warpgroup.wait_group(0)
+        v_handle.release()
+
+        s = _rows_cols(acc_s)
+        dp = _rows_cols(acc_dp)
+        key_first = n * self.tile_n
+        for r in cutlass.range_constexpr(cute.size(s, mode=[0])):
+            shift = lse_log2[r]
+            lo = key_lo[r] - key_first
+            hi = key_hi[r] - key_first
+            for c in cutlass.range_constexpr(cute.size(s, mode=[1])):
+                p = cute.math.exp2(s[r, c] * scale_log2 - shift, fastmath=True)
+                if cutlass.const_expr(masked):
+                    col = tScS[0, c][1]
+                    if col < lo or col >= hi:
+                        p = cutlass.Float32(0.0)
+                s[r, c] = p * (dp[r, c] - delta[r])
+        _as_acc(ds_operand, acc_s).store(acc_s.load().to(self.dtype))
+
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):
+            cute.gemm(dq_mma, acc_dq, ds_operand[None, None, k], tQrKt[None, None, k, k_handle.index], acc_dq)
+        warpgroup.commit_group()
+        warpgroup.wait_group(0)
+        k_handle.release()
+        return s_mma, kv_consumer, order
+
+    @cute.jit
+    def store_rows(
+        self,
+        thr_mma: cute.ThrMma,
+        out: cute.Tensor,
+        staging: cute.Tensor,
+        mOut: cute.Tensor,
+        wg: cutlass.Int32,
+        thread: cutlass.Int32,
+        q_start: cutlass.Int32,
+        row_base: cutlass.Int32,
+        head: cutlass.Int32,
+        seqlen: cutlass.Int32,
+    ):
+        """A warpgroup's 64 x D result from registers to the rows of ``mOut`` inside the sequence:
+        through shared memory, then 16-byte vector stores."""
+        cute.autovec_copy(out, thr_mma.partition_C(staging))
+        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
+        gOut = cute.local_tile(
+            cute.domain_offset((q_start + row_base, 0), mOut[None, None, head]),
+            (self.rows_wg, self.head_dim),
+            (0, 0),
+        )
+        vector = 128 // self.dtype.width
+        threads_per_row = self.head_dim // vector
+        store = cute.make_tiled_copy_tv(
+            cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.dtype, num_bits_per_copy=128),
+            cute.make_ordered_layout((128 // threads_per_row, threads_per_row), order=(1, 0)),
+            cute.make_layout((1, vector)),
+        )
+        thr_store = store.get_slice(thread)
+        src = thr_store.partition_S(staging)
+        dst = thr_store.partition_D(gOut)
+        coords = thr_store.partition_S(cute.make_identity_tensor((self.rows_wg, self.head_dim)))
+        for m in cutlass.range_constexpr(cute.size(src, mode=[1])):
+            if row_base + coords[0, m, 0][0] < seqlen:
+                cute.copy(store, src[None, m, None], dst[None, m, None])
