@@ -92,7 +92,40 @@ def check_rows(
     return ((got - want).norm() / want.norm()).item()
 
 
-def bench_shape(head_dim: int, seqlen: int, chunk: int, tokens: int, width: int, backends) -> list[dict]:
+def forward_with_grad(name: str, q, k, v, spec: ChunkSpec, scale: float) -> torch.Tensor:
+    """One differentiable forward of a backend, output (B, S, H, D)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from s2s.attention import chunk_attention
+
+    if name == "cute":
+        return chunk_attention(q, k, v, spec, backend="cute", softmax_scale=scale)
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if name == "flex":
+        block_mask = build_block_mask(spec.resolve(q.shape[0], q.device), q.shape[1], k.shape[1])
+        return _compiled_flex_attention()(qt, kt, vt, block_mask=block_mask, scale=scale).transpose(1, 2)
+    if name == "sdpa-mask":
+        problem = make_problem(q, k, v, spec)
+        mask = dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k).unsqueeze(1)
+        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale).transpose(1, 2)
+    kernel = {"sdpa-flash-causal": SDPBackend.FLASH_ATTENTION, "cudnn-causal": SDPBackend.CUDNN_ATTENTION}[
+        name
+    ]
+    with sdpa_kernel([kernel]):
+        return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale).transpose(1, 2)
+
+
+def backward_runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[[], object]:
+    """A zero-argument backward pass (dQ, dK, dV) through a graph built once."""
+    inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    out = forward_with_grad(name, *inputs, spec, scale)
+    grad_out = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, inputs, grad_out, retain_graph=True)
+
+
+def bench_shape(
+    head_dim: int, seqlen: int, chunk: int, tokens: int, width: int, backends, backward: bool = False
+) -> list[dict]:
     batch, heads = tokens // seqlen, width // head_dim
     generator = torch.Generator(device="cuda").manual_seed(seqlen * 1000 + chunk + head_dim)
     q, k, v = (
@@ -117,6 +150,9 @@ def bench_shape(head_dim: int, seqlen: int, chunk: int, tokens: int, width: int,
                 ms = median_ms(launch)
                 counted = causal_flops if name.endswith("causal") else flops
                 row.update(ms=ms, tflops=counted / ms / 1e9)
+                if backward:  # backward FLOPs are 2.5x the forward's (five GEMMs to two)
+                    bwd_ms = median_ms(backward_runner(name, q, k, v, spec, scale))
+                    row.update(bwd_ms=bwd_ms, bwd_tflops=2.5 * counted / bwd_ms / 1e9)
         except Exception as error:  # one backend failing must not hide the others' numbers
             row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
         rows.append(row)
@@ -147,7 +183,7 @@ def bench_call_latency(backends=("cute", "sdpa", "flex")) -> str:
     return "\n".join(lines)
 
 
-def print_table(rows: list[dict], backends) -> str:
+def print_table(rows: list[dict], backends, key: str = "tflops") -> str:
     shapes = sorted({(r["head_dim"], r["seqlen"], r["chunk"]) for r in rows})
     header = "| d | S | C | " + " | ".join(backends) + " | cute / flex |"
     lines = [header, "|" + " --- |" * (len(backends) + 4)]
@@ -156,10 +192,10 @@ def print_table(rows: list[dict], backends) -> str:
         cells = []
         for name in backends:
             r = by_name.get(name, {})
-            cells.append(f"{r['tflops']:.0f}" if "tflops" in r else ("error" if "error" in r else "-"))
+            cells.append(f"{r[key]:.0f}" if key in r else ("error" if "error" in r else "-"))
         ratio = "-"
-        if "tflops" in by_name.get("cute", {}) and "tflops" in by_name.get("flex", {}):
-            ratio = f"{by_name['cute']['tflops'] / by_name['flex']['tflops']:.2f}x"
+        if key in by_name.get("cute", {}) and key in by_name.get("flex", {}):
+            ratio = f"{by_name['cute'][key] / by_name['flex'][key]:.2f}x"
         lines.append(f"| {shape[0]} | {shape[1]} | {shape[2]} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
@@ -176,6 +212,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--json", type=Path, help="also write every row (times, errors) here")
     parser.add_argument("--latency", action="store_true", help="also time small streaming-step calls")
+    parser.add_argument("--backward", action="store_true", help="also time the backward pass (dQ, dK, dV)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU")
@@ -184,7 +221,9 @@ def main() -> None:
     for head_dim in args.dims:
         for seqlen in args.seqlens:
             for chunk in args.chunks:
-                rows += bench_shape(head_dim, seqlen, chunk, args.tokens, args.width, args.backends)
+                rows += bench_shape(
+                    head_dim, seqlen, chunk, args.tokens, args.width, args.backends, args.backward
+                )
                 for r in rows[-len(args.backends) :]:
                     print(json.dumps(r), flush=True)
     gpu = torch.cuda.get_device_name()
@@ -193,6 +232,9 @@ def main() -> None:
         f"{datetime.date.today()}, torch {torch.__version__}"
     )
     print(print_table(rows, args.backends))
+    if args.backward:
+        print(f"\nbackward TFLOP/s (2.5x the forward FLOPs), same shapes, {gpu}, {datetime.date.today()}")
+        print(print_table(rows, args.backends, key="bwd_tflops"))
     if args.latency:
         print("\nmicroseconds per chunk_attention call (streaming-step shapes, 12 query / 4 KV heads, d64)")
         print(bench_call_latency())
