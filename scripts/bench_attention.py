@@ -218,7 +218,7 @@ def main() -> None:
         sys.exit("bench_attention.py needs a CUDA GPU")
     # Every shape compiles flex anew (forward, and backward with --backward); past dynamo's default
     # limit of 8 it would silently fall back to eager flex, which materializes the scores.
-    torch._dynamo.config.cache_size_limit = 256
+    torch._dynamo.config.recompile_limit = 256
     torch._dynamo.config.accumulated_cache_size_limit = 4096
 
     rows = []
