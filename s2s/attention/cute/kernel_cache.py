@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-KERNEL_SOURCES = ("forward_sm90.py",)
+KERNEL_SOURCES = ("forward_sm90.py", "backward_dq_sm90.py", "backward_dkdv_sm90.py")
 
 
 def cache_dir() -> Path:
