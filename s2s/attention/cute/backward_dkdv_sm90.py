@@ -23,16 +23,8 @@ from cutlass.tensor_utils import LayoutEnum
 
 from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
 from s2s.attention.cute.forward_sm90 import (
-    CHUNK_K,
-    CHUNK_Q,
-    K_OFFSET,
-    K_START,
     LOG2_E,
-    Q_OFFSET,
-    Q_START,
     SEQ_INFO_COLUMNS,
-    SEQLEN_K,
-    SEQLEN_Q,
     _accumulator_as_operand_a,
     _as_acc,
     _rows_cols,
@@ -184,32 +176,13 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
 
         smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        kv_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.kv_barriers.data_ptr(),
-            num_stages=self.num_wg,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4),
-            tx_count=self.kv_bytes,
-            defer_sync=True,
-        )
-        q_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.q_barriers.data_ptr(),
-            num_stages=self.kv_stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_wg),
-            tx_count=self.q_bytes,
-            defer_sync=True,
+        kv_pipe = self.tma_pipeline(storage.kv_barriers.data_ptr(), self.num_wg, 4, self.kv_bytes)
+        q_pipe = self.tma_pipeline(
+            storage.q_barriers.data_ptr(), self.kv_stages, 4 * self.num_wg, self.q_bytes
         )
         kv_producer, _ = kv_pipe.make_participants()
         q_producer, q_consumer = q_pipe.make_participants()
-        order = pipeline.PipelineOrder.create(
-            barrier_storage=storage.order_barriers.data_ptr(),
-            depth=1,
-            length=self.num_wg,
-            group_id=wg - 1,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 128),
-            defer_sync=True,
-        )
+        order = self.warpgroup_order(storage.order_barriers.data_ptr(), wg)
         sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sV = storage.sV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
@@ -218,14 +191,8 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
-        q_start = seq_info[seq, Q_START]
-        k_start = seq_info[seq, K_START]
-        seqlen_q = seq_info[seq, SEQLEN_Q]
-        seqlen_k = seq_info[seq, SEQLEN_K]
-        chunk_q = seq_info[seq, CHUNK_Q]
-        chunk_k = seq_info[seq, CHUNK_K]
-        q_offset = seq_info[seq, Q_OFFSET]
-        k_offset = seq_info[seq, K_OFFSET]
+        sequence = self.read_sequence(seq_info, seq)
+        q_start, k_start, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
         key_first = n_tile * self.tile_m
 
         if key_first < seqlen_k:

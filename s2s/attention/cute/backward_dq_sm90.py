@@ -22,16 +22,8 @@ from cutlass.memory import SmemAllocator
 from cutlass.tensor_utils import LayoutEnum
 
 from s2s.attention.cute.forward_sm90 import (
-    CHUNK_K,
-    CHUNK_Q,
-    K_OFFSET,
-    K_START,
     LOG2_E,
-    Q_OFFSET,
-    Q_START,
     SEQ_INFO_COLUMNS,
-    SEQLEN_K,
-    SEQLEN_Q,
     ChunkAttentionForwardSm90,
     _accumulator_as_operand_a,
     _as_acc,
@@ -179,32 +171,13 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
 
         smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        q_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.q_barriers.data_ptr(),
-            num_stages=self.num_wg,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4),
-            tx_count=self.q_bytes,
-            defer_sync=True,
-        )
-        kv_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.kv_barriers.data_ptr(),
-            num_stages=self.kv_stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_wg),
-            tx_count=self.kv_bytes,
-            defer_sync=True,
+        q_pipe = self.tma_pipeline(storage.q_barriers.data_ptr(), self.num_wg, 4, self.q_bytes)
+        kv_pipe = self.tma_pipeline(
+            storage.kv_barriers.data_ptr(), self.kv_stages, 4 * self.num_wg, self.kv_bytes
         )
         q_producer, _ = q_pipe.make_participants()
         kv_producer, kv_consumer = kv_pipe.make_participants()
-        order = pipeline.PipelineOrder.create(
-            barrier_storage=storage.order_barriers.data_ptr(),
-            depth=1,
-            length=self.num_wg,
-            group_id=wg - 1,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 128),
-            defer_sync=True,
-        )
+        order = self.warpgroup_order(storage.order_barriers.data_ptr(), wg)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sKV = storage.sKV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
@@ -212,30 +185,12 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
-        q_start = seq_info[seq, Q_START]
-        k_start = seq_info[seq, K_START]
-        seqlen_q = seq_info[seq, SEQLEN_Q]
-        seqlen_k = seq_info[seq, SEQLEN_K]
-        chunk_q = seq_info[seq, CHUNK_Q]
-        chunk_k = seq_info[seq, CHUNK_K]
-        q_offset = seq_info[seq, Q_OFFSET]
-        k_offset = seq_info[seq, K_OFFSET]
+        sequence = self.read_sequence(seq_info, seq)
+        q_start, k_start, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
         row_first = m_tile * self.tile_m
 
         if row_first < seqlen_q:
-            row_last = cutlass.min(row_first + self.tile_m, seqlen_q) - 1
-            lo_first, hi_first = self.key_bounds(
-                row_first, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-            )
-            lo_last, hi_last = self.key_bounds(
-                row_last, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-            )
-            n_begin = lo_first // self.tile_n
-            n_end = (hi_last + self.tile_n - 1) // self.tile_n
-            if hi_last <= lo_first:
-                n_end = n_begin
-            full_begin = cutlass.min(cutlass.max((lo_last + self.tile_n - 1) // self.tile_n, n_begin), n_end)
-            full_end = cutlass.min(cutlass.max(hi_first // self.tile_n, full_begin), n_end)
+            n_begin, full_begin, full_end, n_end = self.key_tile_runs(row_first, sequence, left_chunks)
 
             if wg == 0:
                 cute.arch.setmaxregister_decrease(self.producer_registers)

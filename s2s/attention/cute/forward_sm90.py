@@ -241,34 +241,13 @@ class ChunkAttentionForwardSm90:
 
         smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        q_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.q_barriers.data_ptr(),
-            num_stages=self.num_wg,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4),
-            tx_count=self.q_bytes,
-            defer_sync=True,
-        )
-        kv_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.kv_barriers.data_ptr(),
-            num_stages=self.kv_stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_wg),
-            tx_count=self.kv_bytes,
-            defer_sync=True,
+        q_pipe = self.tma_pipeline(storage.q_barriers.data_ptr(), self.num_wg, 4, self.q_bytes)
+        kv_pipe = self.tma_pipeline(
+            storage.kv_barriers.data_ptr(), self.kv_stages, 4 * self.num_wg, self.kv_bytes
         )
         q_producer, _ = q_pipe.make_participants()
         kv_producer, kv_consumer = kv_pipe.make_participants()
-        # Ping-pong: the two consumer warpgroups take turns issuing QK^T, so one's softmax
-        # overlaps the other's tensor-core work.
-        order = pipeline.PipelineOrder.create(
-            barrier_storage=storage.order_barriers.data_ptr(),
-            depth=1,
-            length=self.num_wg,
-            group_id=wg - 1,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 128),
-            defer_sync=True,
-        )
+        order = self.warpgroup_order(storage.order_barriers.data_ptr(), wg)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sK = storage.sKV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sV = cute.make_tensor(cute.recast_ptr(sK.iterator, sV_layout.inner), sV_layout.outer)
@@ -276,49 +255,127 @@ class ChunkAttentionForwardSm90:
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
-        # The sequence and the rows of this CTA.
-        q_start = seq_info[seq, Q_START]
-        k_start = seq_info[seq, K_START]
-        seqlen_q = seq_info[seq, SEQLEN_Q]
-        seqlen_k = seq_info[seq, SEQLEN_K]
-        chunk_q = seq_info[seq, CHUNK_Q]
-        chunk_k = seq_info[seq, CHUNK_K]
-        q_offset = seq_info[seq, Q_OFFSET]
-        k_offset = seq_info[seq, K_OFFSET]
+        sequence = self.read_sequence(seq_info, seq)
+        q_start, k_start, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
         row_first = m_tile * self.tile_m
 
         if row_first < seqlen_q:
-            row_last = cutlass.min(row_first + self.tile_m, seqlen_q) - 1
-            # Visible keys of the first and last row; every row in between lies inside.
-            lo_first, hi_first = self.key_bounds(
-                row_first, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-            )
-            lo_last, hi_last = self.key_bounds(
-                row_last, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-            )
-            n_begin = lo_first // self.tile_n
-            n_end = (hi_last + self.tile_n - 1) // self.tile_n
-            if hi_last <= lo_first:
-                n_end = n_begin
-            full_begin = cutlass.min(cutlass.max((lo_last + self.tile_n - 1) // self.tile_n, n_begin), n_end)
-            full_end = cutlass.min(cutlass.max(hi_first // self.tile_n, full_begin), n_end)
+            n_begin, full_begin, full_end, n_end = self.key_tile_runs(row_first, sequence, left_chunks)
 
             if wg == 0:
                 cute.arch.setmaxregister_decrease(self.producer_registers)
                 if warp == 0:
                     self.produce(
-                        tma_q, mQ, tma_k, mK, tma_v, mV, sQ, sK, sV,
-                        q_producer, kv_producer,
-                        q_start, k_start, m_tile, head, head_k, n_begin, n_end,
+                        tma_q,
+                        mQ,
+                        tma_k,
+                        mK,
+                        tma_v,
+                        mV,
+                        sQ,
+                        sK,
+                        sV,
+                        q_producer,
+                        kv_producer,
+                        q_start,
+                        k_start,
+                        m_tile,
+                        head,
+                        head_k,
+                        n_begin,
+                        n_end,
                     )
             else:
                 cute.arch.setmaxregister_increase(self.consumer_registers)
                 self.consume(
-                    qk_mma, pv_mma, sQ, sK, sV, mO, mLSE, q_pipe, kv_consumer, order,
-                    wg - 1, tidx % 128, q_start, m_tile, head, seqlen_q, seqlen_k,
-                    chunk_q, chunk_k, q_offset, k_offset, left_chunks, softmax_scale,
-                    n_begin, full_begin, full_end, n_end,
+                    qk_mma,
+                    pv_mma,
+                    sQ,
+                    sK,
+                    sV,
+                    mO,
+                    mLSE,
+                    q_pipe,
+                    kv_consumer,
+                    order,
+                    wg - 1,
+                    tidx % 128,
+                    q_start,
+                    m_tile,
+                    head,
+                    seqlen_q,
+                    seqlen_k,
+                    chunk_q,
+                    chunk_k,
+                    q_offset,
+                    k_offset,
+                    left_chunks,
+                    softmax_scale,
+                    n_begin,
+                    full_begin,
+                    full_end,
+                    n_end,
                 )
+
+    @cute.jit
+    def tma_pipeline(self, barriers: cute.Pointer, stages: int, consumer_warps: int, tx_bytes: int):
+        """A ring of ``stages`` shared-memory buffers filled by TMA from one producer thread."""
+        return pipeline.PipelineTmaAsync.create(
+            barrier_storage=barriers,
+            num_stages=stages,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, consumer_warps),
+            tx_count=tx_bytes,
+            defer_sync=True,
+        )
+
+    @cute.jit
+    def warpgroup_order(self, barriers: cute.Pointer, wg: cutlass.Int32):
+        """Ping-pong: the consumer warpgroups take turns issuing their GEMMs, so one's softmax
+        overlaps the other's tensor-core work."""
+        return pipeline.PipelineOrder.create(
+            barrier_storage=barriers,
+            depth=1,
+            length=self.num_wg,
+            group_id=wg - 1,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 128),
+            defer_sync=True,
+        )
+
+    @cute.jit
+    def read_sequence(self, seq_info: cute.Tensor, seq: cutlass.Int32):
+        """One row of the per-sequence table: q start, k start, Sq, Sk, chunk_q, chunk_k, offsets."""
+        return (
+            seq_info[seq, Q_START],
+            seq_info[seq, K_START],
+            seq_info[seq, SEQLEN_Q],
+            seq_info[seq, SEQLEN_K],
+            seq_info[seq, CHUNK_Q],
+            seq_info[seq, CHUNK_K],
+            seq_info[seq, Q_OFFSET],
+            seq_info[seq, K_OFFSET],
+        )
+
+    @cute.jit
+    def key_tile_runs(self, row_first: cutlass.Int32, sequence: tuple, left_chunks: cutlass.Int32):
+        """Key tiles of the query rows [row_first, row_first + tile_m): [n_begin, n_end), of which
+        [full_begin, full_end) are fully visible to every row. Visible keys of the first and the
+        last row bound those of every row in between."""
+        _, _, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
+        row_last = cutlass.min(row_first + self.tile_m, seqlen_q) - 1
+        lo_first, hi_first = self.key_bounds(
+            row_first, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
+        )
+        lo_last, hi_last = self.key_bounds(
+            row_last, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
+        )
+        n_begin = lo_first // self.tile_n
+        n_end = (hi_last + self.tile_n - 1) // self.tile_n
+        if hi_last <= lo_first:
+            n_end = n_begin
+        full_begin = cutlass.min(cutlass.max((lo_last + self.tile_n - 1) // self.tile_n, n_begin), n_end)
+        full_end = cutlass.min(cutlass.max(hi_first // self.tile_n, full_begin), n_end)
+        return n_begin, full_begin, full_end, n_end
 
     @cute.jit
     def key_bounds(
@@ -477,18 +534,51 @@ class ChunkAttentionForwardSm90:
             # step overlaps this tile's softmax with the previous tile's PV GEMM.
             for n in cutlass.range(n_begin + 1, full_begin, unroll=1):
                 qk_mma, kv_consumer, order = self.overlapped_tile(
-                    True, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape,
-                    kv_consumer, order, softmax,
+                    True,
+                    n,
+                    qk_mma,
+                    pv_mma,
+                    tSrQ_wg,
+                    tSrK,
+                    tOrV,
+                    acc_o,
+                    p_operand,
+                    acc_s_shape,
+                    kv_consumer,
+                    order,
+                    softmax,
                 )
             for n in cutlass.range(cutlass.max(full_begin, n_begin + 1), full_end, unroll=1):
                 qk_mma, kv_consumer, order = self.overlapped_tile(
-                    False, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape,
-                    kv_consumer, order, softmax,
+                    False,
+                    n,
+                    qk_mma,
+                    pv_mma,
+                    tSrQ_wg,
+                    tSrK,
+                    tOrV,
+                    acc_o,
+                    p_operand,
+                    acc_s_shape,
+                    kv_consumer,
+                    order,
+                    softmax,
                 )
             for n in cutlass.range(cutlass.max(full_end, n_begin + 1), n_end, unroll=1):
                 qk_mma, kv_consumer, order = self.overlapped_tile(
-                    True, n, qk_mma, pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape,
-                    kv_consumer, order, softmax,
+                    True,
+                    n,
+                    qk_mma,
+                    pv_mma,
+                    tSrQ_wg,
+                    tSrK,
+                    tOrV,
+                    acc_o,
+                    p_operand,
+                    acc_s_shape,
+                    kv_consumer,
+                    order,
+                    softmax,
                 )
             # The last tile's PV.
             v_handle = kv_consumer.wait_and_advance()
@@ -500,8 +590,20 @@ class ChunkAttentionForwardSm90:
             v_handle.release()
 
         self.epilogue(
-            pv_thr, acc_o, row_max, row_sum, sQ[None, None, wg], mO, mLSE, wg, thread, q_start, row_base,
-            head, seqlen_q, softmax_scale,
+            pv_thr,
+            acc_o,
+            row_max,
+            row_sum,
+            sQ[None, None, wg],
+            mO,
+            mLSE,
+            wg,
+            thread,
+            q_start,
+            row_base,
+            head,
+            seqlen_q,
+            softmax_scale,
         )
 
     @cute.jit
