@@ -24,10 +24,12 @@ from cutlass.tensor_utils import LayoutEnum
 from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
 from s2s.attention.cute.forward_sm90 import (
     LOG2_E,
-    SEQ_INFO_COLUMNS,
     _accumulator_as_operand_a,
     _as_acc,
     _rows_cols,
+    rows_view,
+    stats_view,
+    table_view,
 )
 
 QUERY_TILE = 64  # query rows per step: keeps S^T, dP^T, dK and dV in registers together
@@ -59,18 +61,10 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         stream: cuda.CUstream,
     ):
         d = self.head_dim
-        q_row = cute.assume(heads_q * d, divby=d)
-        k_row = cute.assume(heads_k * d, divby=d)
-        mQ = cute.make_tensor(q, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
-        mdO = cute.make_tensor(do, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
-        mK = cute.make_tensor(k, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
-        mV = cute.make_tensor(v, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
-        mdK = cute.make_tensor(dk, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
-        mdV = cute.make_tensor(dv, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
-        mLSE = cute.make_tensor(lse, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
-        mDelta = cute.make_tensor(delta, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
-        columns = SEQ_INFO_COLUMNS
-        seq_info = cute.make_tensor(seq, cute.make_layout((batch, columns), stride=(columns, 1)))
+        mQ, mdO = (rows_view(p, total_q, heads_q, d) for p in (q, do))
+        mK, mV, mdK, mdV = (rows_view(p, total_k, heads_k, d) for p in (k, v, dk, dv))
+        mLSE, mDelta = stats_view(lse, total_q, heads_q), stats_view(delta, total_q, heads_q)
+        seq_info = table_view(seq, batch)
         self.dtype = mQ.element_type
 
         st_shape = (self.rows_wg, QUERY_TILE, d)  # S^T and dP^T: (keys, queries), K = head dim

@@ -23,11 +23,13 @@ from cutlass.tensor_utils import LayoutEnum
 
 from s2s.attention.cute.forward_sm90 import (
     LOG2_E,
-    SEQ_INFO_COLUMNS,
     ChunkAttentionForwardSm90,
     _accumulator_as_operand_a,
     _as_acc,
     _rows_cols,
+    rows_view,
+    stats_view,
+    table_view,
 )
 
 
@@ -56,17 +58,10 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         stream: cuda.CUstream,
     ):
         d = self.head_dim
-        q_row = cute.assume(heads_q * d, divby=d)
-        k_row = cute.assume(heads_k * d, divby=d)
-        mQ = cute.make_tensor(q, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
-        mdO = cute.make_tensor(do, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
-        mdQ = cute.make_tensor(dq, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
-        mK = cute.make_tensor(k, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
-        mV = cute.make_tensor(v, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
-        mLSE = cute.make_tensor(lse, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
-        mDelta = cute.make_tensor(delta, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
-        columns = SEQ_INFO_COLUMNS
-        seq_info = cute.make_tensor(seq, cute.make_layout((batch, columns), stride=(columns, 1)))
+        mQ, mdO, mdQ = (rows_view(p, total_q, heads_q, d) for p in (q, do, dq))
+        mK, mV = (rows_view(p, total_k, heads_k, d) for p in (k, v))
+        mLSE, mDelta = stats_view(lse, total_q, heads_q), stats_view(delta, total_q, heads_q)
+        seq_info = table_view(seq, batch)
         self.dtype = mQ.element_type
 
         s_shape = (self.rows_wg, self.tile_n, d)  # S and dP: (rows, keys), K = head dim

@@ -62,6 +62,24 @@ class ForwardTiles:
         return {2: 240, 3: 160}[self.consumer_warpgroups]
 
 
+def rows_view(pointer: cute.Pointer, rows, heads, head_dim: int) -> cute.Tensor:
+    """A contiguous (rows, heads, head_dim) tensor seen as (rows, head_dim, heads). The row stride
+    is declared a multiple of the head dim, so every row starts on a 16-byte boundary."""
+    row = cute.assume(heads * head_dim, divby=head_dim)
+    return cute.make_tensor(pointer, cute.make_layout((rows, head_dim, heads), stride=(row, 1, head_dim)))
+
+
+def stats_view(pointer: cute.Pointer, rows, heads) -> cute.Tensor:
+    """A contiguous (heads, rows) fp32 tensor (LSE, delta) seen as (rows, heads)."""
+    return cute.make_tensor(pointer, cute.make_layout((rows, heads), stride=(1, rows)))
+
+
+def table_view(pointer: cute.Pointer, batch) -> cute.Tensor:
+    """The (batch, 8) int32 per-sequence table."""
+    columns = SEQ_INFO_COLUMNS
+    return cute.make_tensor(pointer, cute.make_layout((batch, columns), stride=(columns, 1)))
+
+
 def _rows_cols(t: cute.Tensor) -> cute.Tensor:
     """View a WGMMA accumulator ((2, 2, V), M, N) per thread as (rows, cols) = ((2, M), (2, V, N))."""
     s, d = t.layout.shape, t.layout.stride
@@ -126,15 +144,15 @@ class ChunkAttentionForwardSm90:
         """Launch on raw pointers and sizes: building the views here, not from DLPack on the host,
         keeps a call's host cost to a few microseconds (it matters for streaming steps)."""
         d = self.head_dim
-        q_row = cute.assume(heads_q * d, divby=d)
-        k_row = cute.assume(heads_k * d, divby=d)
-        mQ = cute.make_tensor(q, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
-        mO = cute.make_tensor(o, cute.make_layout((total_q, d, heads_q), stride=(q_row, 1, d)))
-        mK = cute.make_tensor(k, cute.make_layout((total_k, d, heads_k), stride=(k_row, 1, d)))
-        mV = cute.make_tensor(v, cute.make_layout((d, total_k, heads_k), stride=(1, k_row, d)))
-        mLSE = cute.make_tensor(lse, cute.make_layout((total_q, heads_q), stride=(1, total_q)))
-        columns = SEQ_INFO_COLUMNS
-        seq_info = cute.make_tensor(seq, cute.make_layout((batch, columns), stride=(columns, 1)))
+        mQ = rows_view(q, total_q, heads_q, d)
+        mO = rows_view(o, total_q, heads_q, d)
+        mK = rows_view(k, total_k, heads_k, d)
+        keys_first = rows_view(v, total_k, heads_k, d)
+        mV = cute.make_tensor(
+            keys_first.iterator, cute.select(keys_first.layout, mode=[1, 0, 2])
+        )  # (D, keys, H)
+        mLSE = stats_view(lse, total_q, heads_q)
+        seq_info = table_view(seq, batch)
         self.dtype = mQ.element_type
         qk_shape = (self.rows_wg, self.tile_n, self.head_dim)
         pv_shape = (self.rows_wg, self.head_dim, self.tile_n)
