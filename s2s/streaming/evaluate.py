@@ -17,6 +17,7 @@ from s2s.data.features import LogMel
 from s2s.data.manifest import Manifest
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
+from s2s.plots import Curve, Marks, save_dialogue_figure
 from s2s.streaming import metrics
 from s2s.streaming.session import StreamingSession
 from s2s.training.checkpoints import load_checkpoint
@@ -235,11 +236,6 @@ def write_examples(
     out_dir: Path, dialogues: list[StreamedDialogue], count: int, config: DuplexConfig
 ) -> list[Path]:
     """Stereo wav (user | model) and a PNG (user, reference, model spectrograms with events)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     written = []
     front_end = LogMel()
     for dialogue in dialogues[:count]:
@@ -252,32 +248,26 @@ def write_examples(
         mels = [
             front_end(torch.from_numpy(x)[None])[0].numpy() for x in (dialogue.user, dialogue.reference)
         ] + [dialogue.mel]
-        seconds = len(dialogue.user) / config.sample_rate
-        figure, axes = plt.subplots(4, 1, figsize=(14, 8), sharex=True, height_ratios=[3, 3, 3, 1])
-        for axis, mel, title in zip(
-            axes[:3], mels, ("user", "reference system", "model (streamed)"), strict=True
-        ):
-            axis.imshow(
-                mel.T, origin="lower", aspect="auto", extent=(0, len(mel) / 100, 0, 80), vmin=-14, vmax=4
-            )
-            axis.set_ylabel(title)
         frame_seconds = config.frame_samples / config.sample_rate
-        axes[3].plot(
-            np.arange(len(dialogue.speaking)) * frame_seconds, dialogue.speaking, label="P(speaking)"
-        )
+        speaking = Curve(np.arange(len(dialogue.speaking)) * frame_seconds, dialogue.speaking, "P(speaking)")
+        marks = []
         if dialogue.manifest is not None:
             events = events_from_manifest(dialogue.manifest)
-            for axis in axes:
-                for t in events.turn_ends:
-                    axis.axvline(t, color="white" if axis is not axes[3] else "k", lw=0.8, ls="--")
-                for t in events.barge_ins:
-                    axis.axvline(t, color="red", lw=1.0)
-        axes[3].set_xlim(0, seconds)
-        axes[3].set_xlabel("seconds (dashed: user end of turn, red: barge-in)")
-        figure.tight_layout()
-        png = out_dir / f"{dialogue.name}.png"
-        figure.savefig(png, dpi=70)
-        plt.close(figure)
+            marks = [
+                Marks(list(events.turn_ends), "white", "k", style="--", width=0.8),
+                Marks(list(events.barge_ins), "red", "red"),
+            ]
+        png = save_dialogue_figure(
+            out_dir / f"{dialogue.name}.png",
+            mels,
+            ("user", "reference system", "model (streamed)"),
+            [speaking],
+            seconds=len(dialogue.user) / config.sample_rate,
+            marks=marks,
+            strip_label="seconds (dashed: user end of turn, red: barge-in)",
+            width=14,
+            dpi=70,
+        )
         written += [wav, png]
     return written
 

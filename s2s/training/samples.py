@@ -11,10 +11,12 @@ import warnings
 from pathlib import Path
 
 import lightning
+import numpy as np
 import torch
 
 from s2s.data.audio import save_audio
 from s2s.models.vocoder import GriffinLimVocoder
+from s2s.plots import Curve, save_dialogue_figure
 
 
 class ValidationSamples(lightning.Callback):
@@ -83,35 +85,14 @@ class ValidationSamples(lightning.Callback):
 def _plot(
     path: Path, mels: list[torch.Tensor], speaking: torch.Tensor, reference_speaking: torch.Tensor
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    seconds = mels[0].shape[0] / 100
-    figure, axes = plt.subplots(4, 1, figsize=(12, 8), sharex=True, height_ratios=[3, 3, 3, 1])
-    for axis, mel, title in zip(
-        axes[:3], mels, ("user", "reference system", "model (teacher-forced)"), strict=True
-    ):
-        axis.imshow(
-            mel.T.numpy(),
-            origin="lower",
-            aspect="auto",
-            extent=(0, seconds, 0, mel.shape[1]),
-            vmin=-14,
-            vmax=4,
-        )
-        axis.set_ylabel(title)
-    axes[3].plot([i * 0.04 for i in range(len(speaking))], speaking.numpy(), label="model P(speaking)")
-    axes[3].plot(
-        [i * 0.01 for i in range(len(reference_speaking))],
-        reference_speaking.numpy(),
-        label="reference",
-        alpha=0.6,
+    curves = [
+        Curve(np.arange(len(speaking)) * 0.04, speaking.numpy(), "model P(speaking)"),
+        Curve(np.arange(len(reference_speaking)) * 0.01, reference_speaking.numpy(), "reference", alpha=0.6),
+    ]
+    save_dialogue_figure(
+        path,
+        [mel.numpy() for mel in mels],
+        ("user", "reference system", "model (teacher-forced)"),
+        curves,
+        seconds=mels[0].shape[0] / 100,
     )
-    axes[3].set_ylim(-0.05, 1.05)
-    axes[3].set_xlabel("seconds")
-    axes[3].legend(loc="upper right", fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
