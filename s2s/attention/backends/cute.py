@@ -23,9 +23,8 @@ class _CuteAttention(torch.autograd.Function):
 
         prepared = prepare(problem)
         prepared.launch()
-        packed_q, packed_k, packed_v, _ = prepared.keep_alive
         ctx.problem = problem
-        ctx.save_for_backward(packed_q, packed_k, packed_v, prepared.out, prepared.lse)
+        ctx.save_for_backward(*prepared.inputs, prepared.out, prepared.lse, prepared.table)
         out, lse = problem_layout(problem, prepared.out, prepared.lse)
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -34,9 +33,9 @@ class _CuteAttention(torch.autograd.Function):
     def backward(ctx, grad_out, _grad_lse):
         from s2s.attention.cute.backward import backward
 
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, table = ctx.saved_tensors
         problem = ctx.problem
-        dq, dk, dv = backward(problem, q, k, v, out, lse, grad_out.reshape(out.shape))
+        dq, dk, dv = backward(problem, q, k, v, out, lse, table, grad_out.reshape(out.shape))
         return dq.view(problem.q.shape), dk.view(problem.k.shape), dv.view(problem.v.shape), None
 
 

@@ -72,41 +72,75 @@ def _packed(t: torch.Tensor, varlen: bool) -> torch.Tensor:
     return t.reshape(t.shape[0] * t.shape[1], t.shape[2], t.shape[3])
 
 
-def _cute_dtype(dtype: torch.dtype):
-    import cutlass
-
-    return {torch.float16: cutlass.Float16, torch.bfloat16: cutlass.BFloat16}[dtype]
-
-
-def kernel_arguments(q, k, v, out, lse, table, q_tiles: int, left_chunks: int, scale: float, stream):
-    """The kernel's arguments: device pointers of the contiguous tensors and their sizes."""
+def kernel_arguments(
+    tensors: list[torch.Tensor],
+    sizes: tuple[int, int, int, int],
+    table: torch.Tensor,
+    tiles: int,
+    left_chunks: int,
+    scale: float,
+    stream,
+) -> tuple:
+    """Arguments of every CuTe kernel's ``__call__``: device pointers of its contiguous tensors,
+    then the table, (total_q, total_k, heads_q, heads_k), batch, grid tiles, left_chunks, scale."""
     import cutlass
     import cutlass.cute as cute
     from cutlass.cute.runtime import make_ptr
 
-    def pointer(t: torch.Tensor, dtype):
-        if t.data_ptr() % 16:
-            raise ValueError("the CuTe kernel needs 16-byte aligned tensors; pass a fresh .contiguous() copy")
-        return make_ptr(dtype, t.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
+    element = {
+        torch.float16: cutlass.Float16,
+        torch.bfloat16: cutlass.BFloat16,
+        torch.float32: cutlass.Float32,
+        torch.int32: cutlass.Int32,
+    }
 
-    element = _cute_dtype(q.dtype)
+    def pointer(t: torch.Tensor):
+        if t.data_ptr() % 16:
+            raise ValueError("the CuTe kernels need 16-byte aligned tensors; pass a fresh .contiguous() copy")
+        return make_ptr(element[t.dtype], t.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
+
     return (
-        pointer(q, element),
-        pointer(k, element),
-        pointer(v, element),
-        pointer(out, element),
-        pointer(lse, cutlass.Float32),
-        pointer(table, cutlass.Int32),
-        cutlass.Int32(q.shape[0]),
-        cutlass.Int32(k.shape[0]),
-        cutlass.Int32(q.shape[1]),
-        cutlass.Int32(k.shape[1]),
+        *(pointer(t) for t in (*tensors, table)),
+        *(cutlass.Int32(n) for n in sizes),
         cutlass.Int32(table.shape[0]),
-        cutlass.Int32(q_tiles),
+        cutlass.Int32(tiles),
         cutlass.Int32(left_chunks),
         cutlass.Float32(scale),
         stream,
     )
+
+
+def sizes_of(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
+    """(total_q, total_k, heads_q, heads_k) of packed (total, H, D) tensors."""
+    return q.shape[0], k.shape[0], q.shape[1], k.shape[1]
+
+
+def compile_kernel(kernel, dtype: torch.dtype, head_dim: int, float32_tensors: tuple[bool, ...]):
+    """``cute.compile`` a kernel on placeholder tensors: one per pointer argument, each of the
+    input dtype (rows, heads, head_dim) or float32 (heads, rows) where ``float32_tensors`` says."""
+    import cuda.bindings.driver as cuda
+    import cutlass.cute as cute
+
+    rows, heads = 256, 2
+    rows_tensor = torch.empty(rows, heads, head_dim, dtype=dtype)
+    stats = torch.empty(heads, rows, dtype=torch.float32)
+    tensors = [stats if is_stats else rows_tensor for is_stats in float32_tensors]
+    table = torch.zeros(1, 8, dtype=torch.int32)
+    sizes = sizes_of(rows_tensor, rows_tensor)
+    return cute.compile(kernel, *kernel_arguments(tensors, sizes, table, 1, -1, 1.0, cuda.CUstream(0)))
+
+
+def specialization_name(kind: str, dtype: torch.dtype, tiles) -> str:
+    """The name of one compiled kernel in the disk cache."""
+    return (
+        f"{kind}_sm90_{str(dtype).removeprefix('torch.')}_d{tiles.head_dim}"
+        f"_wg{tiles.consumer_warpgroups}_n{tiles.tile_n}_s{tiles.kv_stages}"
+    )
+
+
+def rows_in_sequences(cu_seqlens: torch.Tensor) -> int:
+    """Packed rows that belong to some sequence (a packed tensor may hold more)."""
+    return int(cu_seqlens[-1])
 
 
 # Sequences at least this long use 192-row tiles at head dim 64 (3 consumer warpgroups): more
@@ -128,27 +162,15 @@ def compiled_forward(dtype: torch.dtype, tiles):
     cache when another process already built it."""
     from s2s.attention.cute.kernel_cache import load_or_build
 
-    name = (
-        f"fwd_sm90_{str(dtype).removeprefix('torch.')}_d{tiles.head_dim}"
-        f"_wg{tiles.consumer_warpgroups}_n{tiles.tile_n}_s{tiles.kv_stages}"
-    )
-    return load_or_build(name, lambda: compile_forward(dtype, tiles))
+    return load_or_build(specialization_name("fwd", dtype, tiles), lambda: compile_forward(dtype, tiles))
 
 
 def compile_forward(dtype: torch.dtype, tiles):
     """Build the kernel for one specialization (no caching: ``compiled_forward`` caches)."""
-    import cuda.bindings.driver as cuda
-    import cutlass.cute as cute
-
     from s2s.attention.cute.forward_sm90 import ChunkAttentionForwardSm90
 
-    kernel = ChunkAttentionForwardSm90(tiles)
-    rows, heads = 256, 2
-    fake = torch.empty(rows, heads, tiles.head_dim, dtype=dtype)
-    lse = torch.empty(heads, rows, dtype=torch.float32)
-    table = torch.zeros(1, 8, dtype=torch.int32)
-    arguments = kernel_arguments(fake, fake, fake, fake, lse, table, 1, -1, 1.0, cuda.CUstream(0))
-    return cute.compile(kernel, *arguments)
+    # Pointers: q, k, v, out, lse.
+    return compile_kernel(ChunkAttentionForwardSm90(tiles), dtype, tiles.head_dim, (False,) * 4 + (True,))
 
 
 @dataclass
@@ -162,7 +184,10 @@ class PreparedForward:
     arguments: tuple
     out: torch.Tensor  # (total_q, Hq, D)
     lse: torch.Tensor  # (Hq, total_q) float32
-    keep_alive: tuple = field(default=(), repr=False)
+    # The arguments are raw pointers: these keep the packed inputs and the table alive; the
+    # backward pass reuses them.
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = field(repr=False)
+    table: torch.Tensor = field(repr=False)
 
     def launch(self) -> None:
         self.compiled(*self.arguments)
@@ -196,19 +221,20 @@ def prepare(
         raise ValueError(f"out must be a contiguous {q.dtype} buffer of shape {tuple(q.shape)}")
     if lse.shape != (q.shape[1], q.shape[0]) or lse.dtype != torch.float32 or not lse.is_contiguous():
         raise ValueError(f"lse must be a contiguous float32 buffer of shape {(q.shape[1], q.shape[0])}")
-    if varlen and int(problem.cu_seqlens_q[-1]) < q.shape[0]:  # rows outside every sequence
-        out[int(problem.cu_seqlens_q[-1]) :] = 0
-        lse[:, int(problem.cu_seqlens_q[-1]) :] = float("-inf")
+    if varlen and (used := rows_in_sequences(problem.cu_seqlens_q)) < q.shape[0]:
+        out[used:] = 0  # rows outside every sequence: no kernel writes them
+        lse[:, used:] = float("-inf")
     table = sequence_table(problem)
     tiles = tiles or default_tiles(problem.head_dim, problem.max_seqlen_q)
     tile_m = tiles.tile_m
     q_tiles = max(1, -(-problem.max_seqlen_q // tile_m))
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
-    arguments = kernel_arguments(q, k, v, out, lse, table, q_tiles, left, problem.softmax_scale, stream)
+    arguments = kernel_arguments(
+        [q, k, v, out, lse], sizes_of(q, k), table, q_tiles, left, problem.softmax_scale, stream
+    )
     compiled = compiled or compiled_forward(problem.dtype, tiles)
-    # The arguments are raw pointers: keep the packed inputs and the table alive with them.
-    return PreparedForward(compiled, arguments, out, lse, keep_alive=(q, k, v, table))
+    return PreparedForward(compiled, arguments, out, lse, inputs=(q, k, v), table=table)
 
 
 def problem_layout(problem: AttentionProblem, out: torch.Tensor, lse: torch.Tensor):
