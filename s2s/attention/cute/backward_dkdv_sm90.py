@@ -253,12 +253,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                     n_tile,
                     head_k,
                     group,
-                    seqlen_q,
-                    seqlen_k,
-                    chunk_q,
-                    chunk_k,
-                    q_offset,
-                    k_offset,
+                    sequence,
                     left_chunks,
                     softmax_scale,
                     m_begin,
@@ -345,18 +340,14 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         n_tile: cutlass.Int32,
         head_k: cutlass.Int32,
         group: cutlass.Int32,
-        seqlen_q: cutlass.Int32,
-        seqlen_k: cutlass.Int32,
-        chunk_q: cutlass.Int32,
-        chunk_k: cutlass.Int32,
-        q_offset: cutlass.Int32,
-        k_offset: cutlass.Int32,
+        sequence: tuple,
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
         m_begin: cutlass.Int32,
         m_end: cutlass.Int32,
     ):
         """One warpgroup: 64 keys against every query tile that sees them; dK, dV in registers."""
+        seqlen_q, seqlen_k = sequence[2], sequence[3]
         st_thr = st_mma.get_slice(thread)
         grad_thr = grad_mma.get_slice(thread)
         tSrK = st_thr.make_fragment_A(st_thr.partition_A(sK))
@@ -396,14 +387,10 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 # A query tile needs no mask when each of its rows sees all of the CTA's keys.
                 row_first = m * QUERY_TILE
                 row_last = cutlass.min(row_first + QUERY_TILE, seqlen_q) - 1
-                lo_last, _ = self.key_bounds(
-                    row_last, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-                )
-                _, hi_first = self.key_bounds(
-                    row_first, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-                )
+                lo_last, _ = self.key_bounds(row_last, sequence, left_chunks)
+                _, hi_first = self.key_bounds(row_first, sequence, left_chunks)
                 full = lo_last <= key_first and hi_first > key_last
-                query = (m, head, q_start, seqlen_q, chunk_q, chunk_k, q_offset, k_offset, left_chunks)
+                query = (m, head, sequence, left_chunks)
                 if full:
                     st_mma, q_consumer, order = self.dkdv_tile(
                         False,
@@ -499,7 +486,8 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         query: tuple,
     ):
         """S^T, dP^T for one query tile, then P^T and dS^T, then dV += P^T dO and dK += dS^T Q."""
-        m, head, q_start, seqlen_q, chunk_q, chunk_k, q_offset, k_offset, left_chunks = query
+        m, head, sequence, left_chunks = query
+        q_start, seqlen_q = sequence[0], sequence[2]
         acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         handle = q_consumer.wait_and_advance()
@@ -529,7 +517,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 lse_log2 = mLSE[q_start + row, head] * LOG2_E
                 delta = mDelta[q_start + row, head]
                 if cutlass.const_expr(masked):
-                    lo, hi = self.key_bounds(row, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks)
+                    lo, hi = self.key_bounds(row, sequence, left_chunks)
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
                 p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
                 if cutlass.const_expr(masked):

@@ -181,7 +181,7 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         cute.arch.sync_threads()
 
         sequence = self.read_sequence(seq_info, seq)
-        q_start, k_start, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
+        q_start, k_start, seqlen_q = sequence[:3]
         row_first = m_tile * self.tile_m
 
         if row_first < seqlen_q:
@@ -231,12 +231,7 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
                     q_start,
                     m_tile,
                     head,
-                    seqlen_q,
-                    seqlen_k,
-                    chunk_q,
-                    chunk_k,
-                    q_offset,
-                    k_offset,
+                    sequence,
                     left_chunks,
                     softmax_scale,
                     n_begin,
@@ -319,12 +314,7 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         q_start: cutlass.Int32,
         m_tile: cutlass.Int32,
         head: cutlass.Int32,
-        seqlen_q: cutlass.Int32,
-        seqlen_k: cutlass.Int32,
-        chunk_q: cutlass.Int32,
-        chunk_k: cutlass.Int32,
-        q_offset: cutlass.Int32,
-        k_offset: cutlass.Int32,
+        sequence: tuple,
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
         n_begin: cutlass.Int32,
@@ -333,6 +323,7 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         n_end: cutlass.Int32,
     ):
         """One warpgroup: 64 query rows against every key tile they see; dQ in registers."""
+        seqlen_q = sequence[2]
         s_thr = s_mma.get_slice(thread)
         dq_thr = dq_mma.get_slice(thread)
         tSrQ = s_thr.make_fragment_A(s_thr.partition_A(sQ))
@@ -355,7 +346,7 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         delta = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
         for r in cutlass.range_constexpr(rows):
             row = row_base + tScS[r, 0][0]
-            lo, hi = self.key_bounds(row, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks)
+            lo, hi = self.key_bounds(row, sequence, left_chunks)
             key_lo[r] = lo
             key_hi[r] = hi
             # Rows past the sequence (or seeing no key) contribute nothing: P = 0 for them.
@@ -492,41 +483,3 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         warpgroup.wait_group(0)
         k_handle.release()
         return s_mma, kv_consumer, order
-
-    @cute.jit
-    def store_rows(
-        self,
-        thr_mma: cute.ThrMma,
-        out: cute.Tensor,
-        staging: cute.Tensor,
-        mOut: cute.Tensor,
-        wg: cutlass.Int32,
-        thread: cutlass.Int32,
-        q_start: cutlass.Int32,
-        row_base: cutlass.Int32,
-        head: cutlass.Int32,
-        seqlen: cutlass.Int32,
-    ):
-        """A warpgroup's 64 x D result from registers to the rows of ``mOut`` inside the sequence:
-        through shared memory, then 16-byte vector stores."""
-        cute.autovec_copy(out, thr_mma.partition_C(staging))
-        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
-        gOut = cute.local_tile(
-            cute.domain_offset((q_start + row_base, 0), mOut[None, None, head]),
-            (self.rows_wg, self.head_dim),
-            (0, 0),
-        )
-        vector = 128 // self.dtype.width
-        threads_per_row = self.head_dim // vector
-        store = cute.make_tiled_copy_tv(
-            cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.dtype, num_bits_per_copy=128),
-            cute.make_ordered_layout((128 // threads_per_row, threads_per_row), order=(1, 0)),
-            cute.make_layout((1, vector)),
-        )
-        thr_store = store.get_slice(thread)
-        src = thr_store.partition_S(staging)
-        dst = thr_store.partition_D(gOut)
-        coords = thr_store.partition_S(cute.make_identity_tensor((self.rows_wg, self.head_dim)))
-        for m in cutlass.range_constexpr(cute.size(src, mode=[1])):
-            if row_base + coords[0, m, 0][0] < seqlen:
-                cute.copy(store, src[None, m, None], dst[None, m, None])

@@ -274,7 +274,7 @@ class ChunkAttentionForwardSm90:
         cute.arch.sync_threads()
 
         sequence = self.read_sequence(seq_info, seq)
-        q_start, k_start, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
+        q_start, k_start, seqlen_q = sequence[:3]
         row_first = m_tile * self.tile_m
 
         if row_first < seqlen_q:
@@ -321,12 +321,7 @@ class ChunkAttentionForwardSm90:
                     q_start,
                     m_tile,
                     head,
-                    seqlen_q,
-                    seqlen_k,
-                    chunk_q,
-                    chunk_k,
-                    q_offset,
-                    k_offset,
+                    sequence,
                     left_chunks,
                     softmax_scale,
                     n_begin,
@@ -379,14 +374,10 @@ class ChunkAttentionForwardSm90:
         """Key tiles of the query rows [row_first, row_first + tile_m): [n_begin, n_end), of which
         [full_begin, full_end) are fully visible to every row. Visible keys of the first and the
         last row bound those of every row in between."""
-        _, _, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
+        seqlen_q = sequence[2]
         row_last = cutlass.min(row_first + self.tile_m, seqlen_q) - 1
-        lo_first, hi_first = self.key_bounds(
-            row_first, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-        )
-        lo_last, hi_last = self.key_bounds(
-            row_last, chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-        )
+        lo_first, hi_first = self.key_bounds(row_first, sequence, left_chunks)
+        lo_last, hi_last = self.key_bounds(row_last, sequence, left_chunks)
         n_begin = lo_first // self.tile_n
         n_end = (hi_last + self.tile_n - 1) // self.tile_n
         if hi_last <= lo_first:
@@ -396,17 +387,9 @@ class ChunkAttentionForwardSm90:
         return n_begin, full_begin, full_end, n_end
 
     @cute.jit
-    def key_bounds(
-        self,
-        row: cutlass.Int32,
-        chunk_q: cutlass.Int32,
-        chunk_k: cutlass.Int32,
-        q_offset: cutlass.Int32,
-        k_offset: cutlass.Int32,
-        seqlen_k: cutlass.Int32,
-        left_chunks: cutlass.Int32,
-    ):
+    def key_bounds(self, row: cutlass.Int32, sequence: tuple, left_chunks: cutlass.Int32):
         """Visible keys [lo, hi) of one sequence-local query row: the chunk rule, clipped to [0, Sk]."""
+        _, _, _, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
         q_chunk = (row + q_offset) // chunk_q
         hi = cutlass.min(cutlass.max((q_chunk + 1) * chunk_k - k_offset, 0), seqlen_k)
         lo = cutlass.Int32(0)
@@ -487,12 +470,7 @@ class ChunkAttentionForwardSm90:
         q_start: cutlass.Int32,
         m_tile: cutlass.Int32,
         head: cutlass.Int32,
-        seqlen_q: cutlass.Int32,
-        seqlen_k: cutlass.Int32,
-        chunk_q: cutlass.Int32,
-        chunk_k: cutlass.Int32,
-        q_offset: cutlass.Int32,
-        k_offset: cutlass.Int32,
+        sequence: tuple,
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
         n_begin: cutlass.Int32,
@@ -501,6 +479,7 @@ class ChunkAttentionForwardSm90:
         n_end: cutlass.Int32,
     ):
         """One warpgroup: 64 query rows against every loaded key tile, then the epilogue."""
+        seqlen_q = sequence[2]
         qk_thr = qk_mma.get_slice(thread)
         pv_thr = pv_mma.get_slice(thread)
         tSrQ = qk_thr.make_fragment_A(qk_thr.partition_A(sQ))
@@ -518,9 +497,7 @@ class ChunkAttentionForwardSm90:
         key_lo = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Int32)
         key_hi = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Int32)
         for r in cutlass.range_constexpr(rows):
-            lo, hi = self.key_bounds(
-                row_base + tScS[r, 0][0], chunk_q, chunk_k, q_offset, k_offset, seqlen_k, left_chunks
-            )
+            lo, hi = self.key_bounds(row_base + tScS[r, 0][0], sequence, left_chunks)
             key_lo[r] = lo
             key_hi[r] = hi
         row_max = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
@@ -539,64 +516,30 @@ class ChunkAttentionForwardSm90:
         correction = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
         softmax = (tScS, key_lo, key_hi, row_max, row_sum, correction, scale_log2)
 
+        operands = (pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape)
         if n_begin < n_end:
+            # The first key tile (masked if it is not fully visible), then three runs of key
+            # tiles: masked leading, fully visible, masked trailing. Each step after the first
+            # overlaps this tile's softmax with the previous tile's PV GEMM.
             if n_begin < full_begin or n_begin >= full_end:
-                qk_mma, kv_consumer, order = self.first_tile(
-                    True, n_begin, qk_mma, tSrQ_wg, tSrK, p_operand, acc_s_shape, kv_consumer, order, softmax
+                qk_mma, kv_consumer, order = self.overlapped_tile(
+                    True, True, n_begin, qk_mma, operands, kv_consumer, order, softmax
                 )
             else:
-                qk_mma, kv_consumer, order = self.first_tile(
-                    False, n_begin, qk_mma, tSrQ_wg, tSrK, p_operand, acc_s_shape, kv_consumer, order, softmax
+                qk_mma, kv_consumer, order = self.overlapped_tile(
+                    False, True, n_begin, qk_mma, operands, kv_consumer, order, softmax
                 )
-            # Then three runs of key tiles: masked leading, fully visible, masked trailing. Each
-            # step overlaps this tile's softmax with the previous tile's PV GEMM.
             for n in cutlass.range(n_begin + 1, full_begin, unroll=1):
                 qk_mma, kv_consumer, order = self.overlapped_tile(
-                    True,
-                    n,
-                    qk_mma,
-                    pv_mma,
-                    tSrQ_wg,
-                    tSrK,
-                    tOrV,
-                    acc_o,
-                    p_operand,
-                    acc_s_shape,
-                    kv_consumer,
-                    order,
-                    softmax,
+                    True, False, n, qk_mma, operands, kv_consumer, order, softmax
                 )
             for n in cutlass.range(cutlass.max(full_begin, n_begin + 1), full_end, unroll=1):
                 qk_mma, kv_consumer, order = self.overlapped_tile(
-                    False,
-                    n,
-                    qk_mma,
-                    pv_mma,
-                    tSrQ_wg,
-                    tSrK,
-                    tOrV,
-                    acc_o,
-                    p_operand,
-                    acc_s_shape,
-                    kv_consumer,
-                    order,
-                    softmax,
+                    False, False, n, qk_mma, operands, kv_consumer, order, softmax
                 )
             for n in cutlass.range(cutlass.max(full_end, n_begin + 1), n_end, unroll=1):
                 qk_mma, kv_consumer, order = self.overlapped_tile(
-                    True,
-                    n,
-                    qk_mma,
-                    pv_mma,
-                    tSrQ_wg,
-                    tSrK,
-                    tOrV,
-                    acc_o,
-                    p_operand,
-                    acc_s_shape,
-                    kv_consumer,
-                    order,
-                    softmax,
+                    True, False, n, qk_mma, operands, kv_consumer, order, softmax
                 )
             # The last tile's PV.
             v_handle = kv_consumer.wait_and_advance()
@@ -625,56 +568,24 @@ class ChunkAttentionForwardSm90:
         )
 
     @cute.jit
-    def first_tile(
-        self,
-        masked: cutlass.Constexpr,
-        n: cutlass.Int32,
-        qk_mma: cute.TiledMma,
-        tSrQ: cute.Tensor,
-        tSrK: cute.Tensor,
-        p_operand: cute.Tensor,
-        acc_s_shape: cute.Shape,
-        kv_consumer: pipeline.PipelineConsumer,
-        order: pipeline.PipelineOrder,
-        softmax: tuple,
-    ):
-        """S = Q K^T of the first key tile and its softmax; its PV runs in the next step."""
-        acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
-        k_handle = kv_consumer.wait_and_advance()
-        order.wait()
-        warpgroup.fence()
-        for k in cutlass.range_constexpr(cute.size(tSrQ, mode=[2])):
-            qk_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
-            cute.gemm(qk_mma, acc_s, tSrQ[None, None, k], tSrK[None, None, k, k_handle.index], acc_s)
-        warpgroup.commit_group()
-        order.arrive()
-        warpgroup.wait_group(0)
-        k_handle.release()
-        self.online_softmax(masked, n, acc_s, *softmax)
-        _as_acc(p_operand, acc_s).store(acc_s.load().to(self.dtype))
-        return qk_mma, kv_consumer, order
-
-    @cute.jit
     def overlapped_tile(
         self,
         masked: cutlass.Constexpr,
+        first: cutlass.Constexpr,
         n: cutlass.Int32,
         qk_mma: cute.TiledMma,
-        pv_mma: cute.TiledMma,
-        tSrQ: cute.Tensor,
-        tSrK: cute.Tensor,
-        tOrV: cute.Tensor,
-        acc_o: cute.Tensor,
-        p_operand: cute.Tensor,
-        acc_s_shape: cute.Shape,
+        operands: tuple,
         kv_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
         softmax: tuple,
     ):
         """Issue S = Q K^T for tile n and O += P V for tile n - 1 together; while PV runs, do the
-        softmax of tile n; then rescale O and keep P of tile n for the next step."""
+        softmax of tile n; then rescale O and keep P of tile n for the next step. The ``first``
+        tile has no PV to overlap."""
+        pv_mma, tSrQ, tSrK, tOrV, acc_o, p_operand, acc_s_shape = operands
         acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
-        v_handle = kv_consumer.wait_and_advance()  # V of tile n - 1 (the ring holds K, V, K, V, ...)
+        if cutlass.const_expr(not first):
+            v_handle = kv_consumer.wait_and_advance()  # V of tile n - 1 (the ring holds K, V, K, V, ...)
         k_handle = kv_consumer.wait_and_advance()  # K of tile n
         order.wait()
         warpgroup.fence()
@@ -682,20 +593,25 @@ class ChunkAttentionForwardSm90:
             qk_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
             cute.gemm(qk_mma, acc_s, tSrQ[None, None, k], tSrK[None, None, k, k_handle.index], acc_s)
         warpgroup.commit_group()
-        for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
-            cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
-        warpgroup.commit_group()
+        if cutlass.const_expr(not first):
+            for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
+                cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
+            warpgroup.commit_group()
         order.arrive()
-        warpgroup.wait_group(1)
+        if cutlass.const_expr(first):
+            warpgroup.wait_group(0)
+        else:
+            warpgroup.wait_group(1)
         k_handle.release()
         self.online_softmax(masked, n, acc_s, *softmax)
-        warpgroup.wait_group(0)
-        v_handle.release()
-        o = _rows_cols(acc_o)
-        correction = softmax[5]
-        for r in cutlass.range_constexpr(cute.size(o, mode=[0])):
-            for c in cutlass.range_constexpr(cute.size(o, mode=[1])):
-                o[r, c] = o[r, c] * correction[r]
+        if cutlass.const_expr(not first):
+            warpgroup.wait_group(0)
+            v_handle.release()
+            o = _rows_cols(acc_o)
+            correction = softmax[5]
+            for r in cutlass.range_constexpr(cute.size(o, mode=[0])):
+                for c in cutlass.range_constexpr(cute.size(o, mode=[1])):
+                    o[r, c] = o[r, c] * correction[r]
         _as_acc(p_operand, acc_s).store(acc_s.load().to(self.dtype))
         return qk_mma, kv_consumer, order
 
@@ -781,11 +697,28 @@ class ChunkAttentionForwardSm90:
             row = tOcO[r, 0][0]
             if row_base + row < seqlen_q and tOcO[0, 0][1] == 0:
                 mLSE[q_start + row_base + row, head] = lse
-        cute.autovec_copy(out, pv_thr.partition_C(sO))
-        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
+        self.store_rows(pv_thr, out, sO, mO, wg, thread, q_start, row_base, head, seqlen_q)
 
-        gO = cute.local_tile(
-            cute.domain_offset((q_start + row_base, 0), mO[None, None, head]),
+    @cute.jit
+    def store_rows(
+        self,
+        thr_mma: cute.ThrMma,
+        out: cute.Tensor,
+        staging: cute.Tensor,
+        mOut: cute.Tensor,
+        wg: cutlass.Int32,
+        thread: cutlass.Int32,
+        q_start: cutlass.Int32,
+        row_base: cutlass.Int32,
+        head: cutlass.Int32,
+        seqlen: cutlass.Int32,
+    ):
+        """A warpgroup's 64 x D result from registers to the rows of ``mOut`` inside the sequence:
+        through shared memory, then 16-byte vector stores."""
+        cute.autovec_copy(out, thr_mma.partition_C(staging))
+        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
+        gOut = cute.local_tile(
+            cute.domain_offset((q_start + row_base, 0), mOut[None, None, head]),
             (self.rows_wg, self.head_dim),
             (0, 0),
         )
@@ -797,9 +730,9 @@ class ChunkAttentionForwardSm90:
             cute.make_layout((1, vector)),
         )
         thr_store = store.get_slice(thread)
-        tSsO = thr_store.partition_S(sO)
-        tSgO = thr_store.partition_D(gO)
-        tScO = thr_store.partition_S(cute.make_identity_tensor((self.rows_wg, self.head_dim)))
-        for m in cutlass.range_constexpr(cute.size(tSsO, mode=[1])):
-            if row_base + tScO[0, m, 0][0] < seqlen_q:
-                cute.copy(store, tSsO[None, m, None], tSgO[None, m, None])
+        src = thr_store.partition_S(staging)
+        dst = thr_store.partition_D(gOut)
+        coords = thr_store.partition_S(cute.make_identity_tensor((self.rows_wg, self.head_dim)))
+        for m in cutlass.range_constexpr(cute.size(src, mode=[1])):
+            if row_base + coords[0, m, 0][0] < seqlen:
+                cute.copy(store, src[None, m, None], dst[None, m, None])
