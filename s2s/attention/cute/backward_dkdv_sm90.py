@@ -381,6 +381,9 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         key_first = n_tile * self.tile_m
         key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
 
+        operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
+        operands = (*operands, p_operand, ds_operand, acc_st_shape)
+        keys = (tScS, key_base, mLSE, mDelta, scale_log2)
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
@@ -393,55 +396,11 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 query = (m, head, sequence, left_chunks)
                 if full:
                     st_mma, q_consumer, order = self.dkdv_tile(
-                        False,
-                        st_mma,
-                        grad_mma,
-                        tSrK_wg,
-                        tSrV_wg,
-                        tSrQ,
-                        tSrdO,
-                        tGrQt,
-                        tGrdOt,
-                        acc_dk,
-                        acc_dv,
-                        p_operand,
-                        ds_operand,
-                        acc_st_shape,
-                        q_consumer,
-                        order,
-                        tScS,
-                        key_base,
-                        seqlen_k,
-                        mLSE,
-                        mDelta,
-                        scale_log2,
-                        query,
+                        False, st_mma, operands, q_consumer, order, keys, query
                     )
                 else:
                     st_mma, q_consumer, order = self.dkdv_tile(
-                        True,
-                        st_mma,
-                        grad_mma,
-                        tSrK_wg,
-                        tSrV_wg,
-                        tSrQ,
-                        tSrdO,
-                        tGrQt,
-                        tGrdOt,
-                        acc_dk,
-                        acc_dv,
-                        p_operand,
-                        ds_operand,
-                        acc_st_shape,
-                        q_consumer,
-                        order,
-                        tScS,
-                        key_base,
-                        seqlen_k,
-                        mLSE,
-                        mDelta,
-                        scale_log2,
-                        query,
+                        True, st_mma, operands, q_consumer, order, keys, query
                     )
 
         for i in cutlass.range_constexpr(cute.size(acc_dk)):
@@ -463,29 +422,28 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         self,
         masked: cutlass.Constexpr,
         st_mma: cute.TiledMma,
-        grad_mma: cute.TiledMma,
-        tSrK: cute.Tensor,
-        tSrV: cute.Tensor,
-        tSrQ: cute.Tensor,
-        tSrdO: cute.Tensor,
-        tGrQt: cute.Tensor,
-        tGrdOt: cute.Tensor,
-        acc_dk: cute.Tensor,
-        acc_dv: cute.Tensor,
-        p_operand: cute.Tensor,
-        ds_operand: cute.Tensor,
-        acc_st_shape: cute.Shape,
+        operands: tuple,
         q_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
-        tScS: cute.Tensor,
-        key_base: cutlass.Int32,
-        seqlen_k: cutlass.Int32,
-        mLSE: cute.Tensor,
-        mDelta: cute.Tensor,
-        scale_log2: cutlass.Float32,
+        keys: tuple,
         query: tuple,
     ):
         """S^T, dP^T for one query tile, then P^T and dS^T, then dV += P^T dO and dK += dS^T Q."""
+        (
+            grad_mma,
+            tSrK,
+            tSrV,
+            tSrQ,
+            tSrdO,
+            tGrQt,
+            tGrdOt,
+            acc_dk,
+            acc_dv,
+            p_operand,
+            ds_operand,
+            acc_st_shape,
+        ) = operands
+        tScS, key_base, mLSE, mDelta, scale_log2 = keys
         m, head, sequence, left_chunks = query
         q_start, seqlen_q = sequence[0], sequence[2]
         acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)

@@ -364,57 +364,16 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
             _accumulator_as_operand_a(s_thr.make_fragment_C(acc_s_shape).layout), self.dtype
         )
         rows_state = (tScS, key_lo, key_hi, lse_log2, delta, scale_log2)
+        operands = (dq_mma, tSrQ_wg, tSrdO_wg, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape)
+        # Three runs of key tiles: masked leading, fully visible, masked trailing.
         for n in cutlass.range(n_begin, full_begin, unroll=1):
-            s_mma, kv_consumer, order = self.dq_tile(
-                True,
-                n,
-                s_mma,
-                dq_mma,
-                tSrQ_wg,
-                tSrdO_wg,
-                tSrK,
-                tQrKt,
-                acc_dq,
-                ds_operand,
-                acc_s_shape,
-                kv_consumer,
-                order,
-                rows_state,
-            )
+            s_mma, kv_consumer, order = self.dq_tile(True, n, s_mma, operands, kv_consumer, order, rows_state)
         for n in cutlass.range(full_begin, full_end, unroll=1):
             s_mma, kv_consumer, order = self.dq_tile(
-                False,
-                n,
-                s_mma,
-                dq_mma,
-                tSrQ_wg,
-                tSrdO_wg,
-                tSrK,
-                tQrKt,
-                acc_dq,
-                ds_operand,
-                acc_s_shape,
-                kv_consumer,
-                order,
-                rows_state,
+                False, n, s_mma, operands, kv_consumer, order, rows_state
             )
         for n in cutlass.range(full_end, n_end, unroll=1):
-            s_mma, kv_consumer, order = self.dq_tile(
-                True,
-                n,
-                s_mma,
-                dq_mma,
-                tSrQ_wg,
-                tSrdO_wg,
-                tSrK,
-                tQrKt,
-                acc_dq,
-                ds_operand,
-                acc_s_shape,
-                kv_consumer,
-                order,
-                rows_state,
-            )
+            s_mma, kv_consumer, order = self.dq_tile(True, n, s_mma, operands, kv_consumer, order, rows_state)
 
         # dQ = scale * sum_n dS K; staged in this warpgroup's Q buffer and stored row by row.
         for i in cutlass.range_constexpr(cute.size(acc_dq)):
@@ -429,19 +388,13 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         masked: cutlass.Constexpr,
         n: cutlass.Int32,
         s_mma: cute.TiledMma,
-        dq_mma: cute.TiledMma,
-        tSrQ: cute.Tensor,
-        tSrdO: cute.Tensor,
-        tSrK: cute.Tensor,
-        tQrKt: cute.Tensor,
-        acc_dq: cute.Tensor,
-        ds_operand: cute.Tensor,
-        acc_s_shape: cute.Shape,
+        operands: tuple,
         kv_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
         rows_state: tuple,
     ):
         """S = Q K^T and dP = dO V^T, then dS = P (dP - delta), then dQ += dS K."""
+        dq_mma, tSrQ, tSrdO, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape = operands
         tScS, key_lo, key_hi, lse_log2, delta, scale_log2 = rows_state
         acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
         acc_dp = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
