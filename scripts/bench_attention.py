@@ -37,12 +37,46 @@ def median_ms(fn: Callable[[], object]) -> float:
     return do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 
-def runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[[], torch.Tensor]:
-    """A zero-argument launch of one backend, everything it needs built beforehand; it returns
-    the output as (B, S, H, D)."""
+def attention_call(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[..., torch.Tensor]:
+    """One backend as a function of (q, k, v) in (B, S, H, D), its mask built beforehand from the
+    shapes; differentiable, so the backward timing goes through it too."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    from s2s.attention import chunk_attention
+
+    def heads_first(*tensors):
+        return (t.transpose(1, 2) for t in tensors)
+
+    if name == "cute":
+        return lambda q, k, v: chunk_attention(q, k, v, spec, backend="cute", softmax_scale=scale)
+    if name == "flex":
+        block_mask = build_block_mask(spec.resolve(q.shape[0], q.device), q.shape[1], k.shape[1])
+        attend = _compiled_flex_attention()
+        return lambda q, k, v: attend(*heads_first(q, k, v), block_mask=block_mask, scale=scale).transpose(
+            1, 2
+        )
+    if name == "sdpa-mask":
+        problem = make_problem(q, k, v, spec)
+        mask = dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k).unsqueeze(1)
+        return lambda q, k, v: F.scaled_dot_product_attention(
+            *heads_first(q, k, v), attn_mask=mask, scale=scale
+        ).transpose(1, 2)
+    kernel = {"sdpa-flash-causal": SDPBackend.FLASH_ATTENTION, "cudnn-causal": SDPBackend.CUDNN_ATTENTION}[
+        name
+    ]
+
+    def causal(q, k, v):
+        with sdpa_kernel([kernel]):
+            return F.scaled_dot_product_attention(
+                *heads_first(q, k, v), is_causal=True, scale=scale
+            ).transpose(1, 2)
+
+    return causal
+
+
+def runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[[], torch.Tensor]:
+    """A zero-argument forward of one backend returning (B, S, H, D). For cute it is the bare
+    kernel launch (arguments prepared once), as the other backends time their kernels."""
     if name == "cute":
         from s2s.attention.cute.launch import prepare
 
@@ -54,24 +88,8 @@ def runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[[], to
             return out
 
         return cute
-    if name == "flex":
-        chunks = spec.resolve(q.shape[0], q.device)
-        block_mask = build_block_mask(chunks, q.shape[1], k.shape[1])
-        attend = _compiled_flex_attention()
-        return lambda: attend(qt, kt, vt, block_mask=block_mask, scale=scale).transpose(1, 2)
-    if name == "sdpa-mask":
-        problem = make_problem(q, k, v, spec)
-        mask = dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k).unsqueeze(1)
-        return lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale).transpose(1, 2)
-    kernel = {"sdpa-flash-causal": SDPBackend.FLASH_ATTENTION, "cudnn-causal": SDPBackend.CUDNN_ATTENTION}[
-        name
-    ]
-
-    def causal():
-        with sdpa_kernel([kernel]):
-            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale).transpose(1, 2)
-
-    return causal
+    call = attention_call(name, q, k, v, spec, scale)
+    return lambda: call(q, k, v)
 
 
 def check_rows(
@@ -92,33 +110,10 @@ def check_rows(
     return ((got - want).norm() / want.norm()).item()
 
 
-def forward_with_grad(name: str, q, k, v, spec: ChunkSpec, scale: float) -> torch.Tensor:
-    """One differentiable forward of a backend, output (B, S, H, D)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from s2s.attention import chunk_attention
-
-    if name == "cute":
-        return chunk_attention(q, k, v, spec, backend="cute", softmax_scale=scale)
-    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-    if name == "flex":
-        block_mask = build_block_mask(spec.resolve(q.shape[0], q.device), q.shape[1], k.shape[1])
-        return _compiled_flex_attention()(qt, kt, vt, block_mask=block_mask, scale=scale).transpose(1, 2)
-    if name == "sdpa-mask":
-        problem = make_problem(q, k, v, spec)
-        mask = dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k).unsqueeze(1)
-        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale).transpose(1, 2)
-    kernel = {"sdpa-flash-causal": SDPBackend.FLASH_ATTENTION, "cudnn-causal": SDPBackend.CUDNN_ATTENTION}[
-        name
-    ]
-    with sdpa_kernel([kernel]):
-        return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale).transpose(1, 2)
-
-
 def backward_runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[[], object]:
     """A zero-argument backward pass (dQ, dK, dV) through a graph built once."""
     inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
-    out = forward_with_grad(name, *inputs, spec, scale)
+    out = attention_call(name, q, k, v, spec, scale)(*inputs)
     grad_out = torch.randn_like(out)
     return lambda: torch.autograd.grad(out, inputs, grad_out, retain_graph=True)
 
