@@ -28,7 +28,8 @@ from s2s.attention.backends.flex import _compiled_flex_attention, build_block_ma
 from s2s.attention.mask import dense_mask, visible_pair_count
 from s2s.attention.problem import make_problem
 
-BACKENDS = ("cute", "flex", "sdpa-mask", "sdpa-flash-causal", "cudnn-causal")
+BACKENDS = ("cute", "cute-deterministic", "flex", "sdpa-mask", "sdpa-flash-causal", "cudnn-causal")
+# cute-deterministic: the same forward; its backward is the two-kernel deterministic path.
 
 
 def median_ms(fn: Callable[[], object]) -> float:
@@ -47,7 +48,7 @@ def attention_call(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callabl
     def heads_first(*tensors):
         return (t.transpose(1, 2) for t in tensors)
 
-    if name == "cute":
+    if name.startswith("cute"):
         return lambda q, k, v: chunk_attention(q, k, v, spec, backend="cute", softmax_scale=scale)
     if name == "flex":
         block_mask = build_block_mask(spec.resolve(q.shape[0], q.device), q.shape[1], k.shape[1])
@@ -77,7 +78,7 @@ def attention_call(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callabl
 def runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callable[[], torch.Tensor]:
     """A zero-argument forward of one backend returning (B, S, H, D). For cute it is the bare
     kernel launch (arguments prepared once), as the other backends time their kernels."""
-    if name == "cute":
+    if name.startswith("cute"):
         from s2s.attention.cute.launch import prepare
 
         prepared = prepare(make_problem(q, k, v, spec, softmax_scale=scale))
@@ -115,6 +116,16 @@ def backward_runner(name: str, q, k, v, spec: ChunkSpec, scale: float) -> Callab
     inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
     out = attention_call(name, q, k, v, spec, scale)(*inputs)
     grad_out = torch.randn_like(out)
+    if name == "cute-deterministic":
+
+        def deterministic():
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            try:
+                return torch.autograd.grad(out, inputs, grad_out, retain_graph=True)
+            finally:
+                torch.use_deterministic_algorithms(False)
+
+        return deterministic
     return lambda: torch.autograd.grad(out, inputs, grad_out, retain_graph=True)
 
 

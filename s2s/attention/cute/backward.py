@@ -1,7 +1,12 @@
-"""The backward pass on the CuTe kernels: delta = rowsum(dO * O), then the dQ kernel (query tiles
-walk their key tiles) and the dK/dV kernel (key tiles walk the query tiles that see them).
+"""The backward pass on the CuTe kernels, from what the forward kept (packed inputs, output,
+LSE and per-sequence table): delta = rowsum(dO * O), then either
 
-Both kernels own their output rows, so gradients are deterministic: bit-identical on repeat.
+- the fused kernel (default): key tiles walk the query tiles that see them and produce dK, dV
+  and dQ, dQ added into a float32 buffer by TMA reduce-adds (five GEMMs per tile pair); the
+  order of those additions varies, so dQ can differ in its last bits from run to run; or
+- the deterministic pair (``deterministic=True``, or ``torch.use_deterministic_algorithms``):
+  a dQ kernel (query tiles walk their key tiles) and a dK/dV kernel; every output row has one
+  owner, so gradients are bit-identical on repeat, at seven GEMMs per tile pair.
 """
 
 from __future__ import annotations
@@ -19,24 +24,35 @@ from s2s.attention.cute.launch import (
 )
 from s2s.attention.problem import AttentionProblem
 
-# Float32 (heads, rows) pointers among each kernel's tensors: q, k, v, do, lse, delta, outputs.
-STATS = {"dq": (False,) * 4 + (True, True, False), "dkdv": (False,) * 4 + (True, True, False, False)}
+# Float32 pointers among each kernel's tensors (q, k, v, do, lse, delta, then its outputs).
+FLOAT32_POINTERS = {
+    "dq": (False,) * 4 + (True, True, False),
+    "dkdv": (False,) * 4 + (True, True, False, False),
+    "fused": (False,) * 4 + (True, True, True, False, False),
+}
 
 
-def backward_tiles(head_dim: int):
-    """Two consumer warpgroups of 64 rows: the four accumulators of a step fit in 240 registers."""
+def backward_tiles(head_dim: int, kind: str = "fused"):
+    """Two consumer warpgroups of 64 rows: the accumulators of a step fit in 240 registers.
+    The fused kernel keeps two Q/dO stages: with its dS and dQ staging buffers, four would
+    overflow the 227 KB of shared memory."""
     from s2s.attention.cute.forward_sm90 import ForwardTiles
 
-    return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=4)
+    return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=2 if kind == "fused" else 4)
 
 
 def compile_backward(kind: str, dtype: torch.dtype, tiles):
-    """Build the dQ (``kind="dq"``) or dK/dV (``"dkdv"``) kernel for one specialization."""
+    """Build the ``"fused"`` kernel, or the deterministic pair's ``"dq"`` or ``"dkdv"`` kernel."""
     from s2s.attention.cute.backward_dkdv_sm90 import ChunkAttentionBackwardDkDvSm90
     from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
+    from s2s.attention.cute.backward_fused_sm90 import ChunkAttentionBackwardSm90
 
-    kernel = (ChunkAttentionBackwardDqSm90 if kind == "dq" else ChunkAttentionBackwardDkDvSm90)(tiles)
-    return compile_kernel(kernel, dtype, tiles.head_dim, STATS[kind])
+    kernels = {
+        "dq": ChunkAttentionBackwardDqSm90,
+        "dkdv": ChunkAttentionBackwardDkDvSm90,
+        "fused": ChunkAttentionBackwardSm90,
+    }
+    return compile_kernel(kernels[kind](tiles), dtype, tiles.head_dim, FLOAT32_POINTERS[kind])
 
 
 @functools.cache
@@ -58,26 +74,44 @@ def backward(
     lse: torch.Tensor,
     table: torch.Tensor,
     grad_out: torch.Tensor,
+    deterministic: bool | None = None,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dQ, dK, dV in packed (total, H, D) form from what the forward kept: packed contiguous q,
-    k, v, out, its LSE (Hq, total_q) and per-sequence table. Rows outside every sequence get
-    zero gradients."""
+    """dQ, dK, dV in packed (total, H, D) form from packed contiguous q, k, v, out, the LSE
+    (Hq, total_q) and the per-sequence table. Rows outside every sequence get zero gradients.
+    ``deterministic=None`` follows ``torch.are_deterministic_algorithms_enabled()``. ``grads``
+    may give the dQ, dK, dV buffers to write (tests pass NaN-filled ones)."""
     import cuda.bindings.driver as cuda
 
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     grad_out = grad_out.contiguous()
     delta = (grad_out.float() * out.float()).sum(-1).t().contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    if problem.is_varlen:  # rows outside every sequence: no kernel writes them
-        dq[rows_in_sequences(problem.cu_seqlens_q) :] = 0
+    if grads is None:
+        grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+    for name, grad, like in zip(("dq", "dk", "dv"), grads, (q, k, v), strict=True):
+        if grad.shape != like.shape or grad.dtype != like.dtype or not grad.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {like.dtype} buffer of shape {tuple(like.shape)}")
+    dq, dk, dv = grads
+    if problem.is_varlen:  # keys outside every sequence: no kernel writes them
         used_keys = rows_in_sequences(problem.cu_seqlens_k)
         dk[used_keys:] = 0
         dv[used_keys:] = 0
-    tiles = backward_tiles(problem.head_dim)
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     inputs, sizes, scale = [q, k, v, grad_out, lse, delta], sizes_of(q, k), problem.softmax_scale
-    q_tiles = max(1, -(-problem.max_seqlen_q // tiles.tile_m))
+    tiles = backward_tiles(problem.head_dim, "dkdv")
     k_tiles = max(1, -(-problem.max_seqlen_k // tiles.tile_m))
+    if not deterministic:
+        dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        fused = compiled_backward("fused", problem.dtype, backward_tiles(problem.head_dim, "fused"))
+        fused(*kernel_arguments([*inputs, dq_accum, dk, dv], sizes, table, k_tiles, left, scale, stream))
+        dq.copy_(dq_accum)
+        return dq, dk, dv
+
+    if problem.is_varlen:
+        dq[rows_in_sequences(problem.cu_seqlens_q) :] = 0
+    q_tiles = max(1, -(-problem.max_seqlen_q // tiles.tile_m))
     dq_kernel = compiled_backward("dq", problem.dtype, tiles)
     dq_kernel(*kernel_arguments([*inputs, dq], sizes, table, q_tiles, left, scale, stream))
     dkdv_kernel = compiled_backward("dkdv", problem.dtype, tiles)

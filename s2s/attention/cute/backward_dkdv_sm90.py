@@ -186,23 +186,11 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         cute.arch.sync_threads()
 
         sequence = self.read_sequence(seq_info, seq)
-        q_start, k_start, seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
+        q_start, k_start, _, seqlen_k = sequence[:4]
         key_first = n_tile * self.tile_m
 
         if key_first < seqlen_k:
-            key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
-            # Queries that see some key of [key_first, key_last]: from the first query whose
-            # chunk reaches the first key's chunk, to the last whose history reaches the last key.
-            first_key_chunk = (key_first + k_offset) // chunk_k
-            last_key_chunk = (key_last + k_offset) // chunk_k
-            q_begin = cutlass.max(first_key_chunk * chunk_q - q_offset, 0)
-            q_end = seqlen_q
-            if left_chunks >= 0:
-                q_end = cutlass.min((last_key_chunk + left_chunks + 1) * chunk_q - q_offset, seqlen_q)
-            m_begin = q_begin // QUERY_TILE
-            m_end = (q_end + QUERY_TILE - 1) // QUERY_TILE
-            if q_end <= q_begin:
-                m_end = m_begin
+            m_begin, m_end = self.query_tile_run(key_first, sequence, left_chunks)
 
             if wg == 0:
                 cute.arch.setmaxregister_decrease(self.producer_registers)
@@ -259,6 +247,25 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                     m_begin,
                     m_end,
                 )
+
+    @cute.jit
+    def query_tile_run(self, key_first: cutlass.Int32, sequence: tuple, left_chunks: cutlass.Int32):
+        """Query tiles [m_begin, m_end) whose rows see some key of the CTA's tile starting at
+        ``key_first``: from the first query whose chunk reaches the first key's chunk to the last
+        whose history (``left_chunks``) still reaches the last key. The inverse chunk rule."""
+        seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence[2:]
+        key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
+        first_key_chunk = (key_first + k_offset) // chunk_k
+        last_key_chunk = (key_last + k_offset) // chunk_k
+        q_begin = cutlass.max(first_key_chunk * chunk_q - q_offset, 0)
+        q_end = seqlen_q
+        if left_chunks >= 0:
+            q_end = cutlass.min((last_key_chunk + left_chunks + 1) * chunk_q - q_offset, seqlen_q)
+        m_begin = q_begin // QUERY_TILE
+        m_end = (q_end + QUERY_TILE - 1) // QUERY_TILE
+        if q_end <= q_begin:
+            m_end = m_begin
+        return m_begin, m_end
 
     @cute.jit
     def produce_dkdv(
