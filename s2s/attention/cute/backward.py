@@ -18,6 +18,7 @@ import torch
 from s2s.attention.cute.launch import (
     compile_kernel,
     kernel_arguments,
+    pointer,
     rows_in_sequences,
     sizes_of,
     specialization_name,
@@ -34,11 +35,11 @@ FLOAT32_POINTERS = {
 
 def backward_tiles(head_dim: int, kind: str = "fused"):
     """Two consumer warpgroups of 64 rows: the accumulators of a step fit in 240 registers.
-    The fused kernel keeps two Q/dO stages: with its dS and dQ staging buffers, four would
-    overflow the 227 KB of shared memory."""
+    The fused kernel keeps three Q/dO stages: with its dS and dQ staging buffers, four would
+    overflow the 227 KB of shared memory (three leave 1 KB)."""
     from s2s.attention.cute.forward_sm90 import ForwardTiles
 
-    return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=2 if kind == "fused" else 4)
+    return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=3 if kind == "fused" else 4)
 
 
 def compile_backward(kind: str, dtype: torch.dtype, tiles):
@@ -65,6 +66,42 @@ def compiled_backward(kind: str, dtype: torch.dtype, tiles):
     )
 
 
+def compile_prologue(dtype: torch.dtype, head_dim: int, zero_dq: bool):
+    """Build the delta (and zeroed dQ buffer) pass for one (dtype, head dim)."""
+    import cuda.bindings.driver as cuda
+    import cutlass
+    import cutlass.cute as cute
+
+    from s2s.attention.cute.backward_prologue_sm90 import BackwardPrologueSm90
+
+    rows = torch.empty(256, 2, head_dim, dtype=dtype)
+    stats = torch.empty(2, 256, dtype=torch.float32)
+    pointers = [pointer(t) for t in (rows, rows, stats, stats)]
+    sizes = (cutlass.Int32(256), cutlass.Int32(2))
+    return cute.compile(BackwardPrologueSm90(head_dim, zero_dq), *pointers, *sizes, cuda.CUstream(0))
+
+
+@functools.cache
+def compiled_prologue(dtype: torch.dtype, head_dim: int, zero_dq: bool):
+    from s2s.attention.cute.kernel_cache import load_or_build
+
+    name = f"bwd_prologue_sm90_{str(dtype).removeprefix('torch.')}_d{head_dim}_zero{int(zero_dq)}"
+    return load_or_build(name, lambda: compile_prologue(dtype, head_dim, zero_dq))
+
+
+def prologue(out: torch.Tensor, grad_out: torch.Tensor, zero_dq: bool, stream):
+    """delta (Hq, total_q) = rowsum(dO * O) in float32, and a zeroed float32 dQ buffer (or None)."""
+    import cutlass
+
+    total_q, heads = out.shape[:2]
+    delta = torch.empty(heads, total_q, dtype=torch.float32, device=out.device)
+    dq_accum = torch.empty(out.shape, dtype=torch.float32, device=out.device) if zero_dq else delta
+    kernel = compiled_prologue(out.dtype, out.shape[2], zero_dq)
+    pointers = (pointer(t) for t in (out, grad_out, delta, dq_accum))
+    kernel(*pointers, cutlass.Int32(total_q), cutlass.Int32(heads), stream)
+    return delta, (dq_accum if zero_dq else None)
+
+
 def backward(
     problem: AttentionProblem,
     q: torch.Tensor,
@@ -86,7 +123,8 @@ def backward(
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     grad_out = grad_out.contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1).t().contiguous()
+    stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
+    delta, dq_accum = prologue(out, grad_out, not deterministic, stream)
     if grads is None:
         grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
     for name, grad, like in zip(("dq", "dk", "dv"), grads, (q, k, v), strict=True):
@@ -98,12 +136,10 @@ def backward(
         dk[used_keys:] = 0
         dv[used_keys:] = 0
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
-    stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     inputs, sizes, scale = [q, k, v, grad_out, lse, delta], sizes_of(q, k), problem.softmax_scale
     tiles = backward_tiles(problem.head_dim, "dkdv")
     k_tiles = max(1, -(-problem.max_seqlen_k // tiles.tile_m))
     if not deterministic:
-        dq_accum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         fused = compiled_backward("fused", problem.dtype, backward_tiles(problem.head_dim, "fused"))
         fused(*kernel_arguments([*inputs, dq_accum, dk, dv], sizes, table, k_tiles, left, scale, stream))
         dq.copy_(dq_accum)

@@ -131,6 +131,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
             sdS: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdS_layout)], 1024]
             sdQ: cute.struct.Align[cute.struct.MemRange[cutlass.Float32, cute.cosize(sdQ_layout)], 1024]
+            stats: cute.struct.MemRange[cutlass.Float32, 2 * QUERY_TILE * self.num_wg]
 
         self.shared_storage = SharedStorage
         self.fused_kernel(
@@ -192,6 +193,8 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
         sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
+        # Per warpgroup: LSE * log2(e) and delta of the current query tile's 64 rows.
+        stats = storage.stats.get_tensor(cute.make_layout((QUERY_TILE, 2, self.num_wg)))
 
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -232,7 +235,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
                 cute.arch.setmaxregister_increase(self.consumer_registers)
                 self.consume_fused(
                     mmas,
-                    (sK, sV, sQ, sdO, sdS, sdQ),
+                    (sK, sV, sQ, sdO, sdS, sdQ, stats),
                     tma_dq,
                     mdQ,
                     mdK,
@@ -282,7 +285,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         """One warpgroup: 64 keys against every query tile that sees them (dK, dV in registers),
         and its head-dim slice of each tile's dQ, reduced into global memory."""
         st_mma, grad_mma, dq_mma = mmas
-        sK, sV, sQ, sdO, sdS, sdQ = smem
+        sK, sV, sQ, sdO, sdS, sdQ, stats = smem
         k_start, seqlen_q, seqlen_k = sequence[1:4]
         d = self.head_dim
         dq_cols = d // self.num_wg
@@ -337,7 +340,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
         operands = (*operands, p_operand, ds_operand, acc_st_shape)
         dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ, sdQ, tma_dq, mdQ)
-        keys = (tScS, key_base, mLSE, mDelta, scale_log2, softmax_scale)
+        keys = (tScS, key_base, mLSE, mDelta, stats[None, None, wg], scale_log2, softmax_scale)
         tile = cutlass.Int32(0)
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
@@ -402,7 +405,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             acc_st_shape,
         ) = operands
         dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ, sdQ, tma_dq, mdQ = dq_operands
-        tScS, key_base, mLSE, mDelta, scale_log2, softmax_scale = keys
+        tScS, key_base, mLSE, mDelta, stats, scale_log2, softmax_scale = keys
         m, head, sequence, left_chunks, buffer, wg, thread = query
         q_start, seqlen_q = sequence[0], sequence[2]
         acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
@@ -418,23 +421,32 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
         warpgroup.commit_group()
         order.arrive()
+        # One statistic per thread, loaded while the GEMMs run: LSE * log2(e) for threads 0-63,
+        # delta for 64-127. Queries past the sequence get LSE +inf, so P = 0 and they add nothing.
+        row_first = m * QUERY_TILE
+        stat_row = row_first + thread % QUERY_TILE
+        stat = cutlass.Float32(0.0)
+        if thread < QUERY_TILE:
+            stat = cutlass.Float32.inf
+        if stat_row < seqlen_q:
+            if thread < QUERY_TILE:
+                stat = mLSE[q_start + stat_row, head] * LOG2_E
+            else:
+                stat = mDelta[q_start + stat_row, head]
         warpgroup.wait_group(0)
+        stats[thread % QUERY_TILE, thread // QUERY_TILE] = stat
+        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
 
         st = _rows_cols(acc_st)
         dpt = _rows_cols(acc_dpt)
-        row_first = m * QUERY_TILE
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
-            row = row_first + tScS[0, c][1]
-            # Queries past the sequence get P = 0 (LSE +inf) and so add nothing, to dQ either.
-            lse_log2 = cutlass.Float32.inf
-            delta = cutlass.Float32(0.0)
+            column = tScS[0, c][1]
+            lse_log2 = stats[column, 0]
+            delta = stats[column, 1]
             lo = cutlass.Int32(0)
             hi = cutlass.Int32(0)
-            if row < seqlen_q:
-                lse_log2 = mLSE[q_start + row, head] * LOG2_E
-                delta = mDelta[q_start + row, head]
-                if cutlass.const_expr(masked):
-                    lo, hi = self.key_bounds(row, sequence, left_chunks)
+            if cutlass.const_expr(masked):
+                lo, hi = self.key_bounds(row_first + column, sequence, left_chunks)
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
                 p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
                 if cutlass.const_expr(masked):

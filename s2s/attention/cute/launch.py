@@ -72,6 +72,23 @@ def _packed(t: torch.Tensor, varlen: bool) -> torch.Tensor:
     return t.reshape(t.shape[0] * t.shape[1], t.shape[2], t.shape[3])
 
 
+def pointer(t: torch.Tensor):
+    """A kernel argument for a contiguous tensor: its device address, typed and 16-byte aligned."""
+    import cutlass
+    import cutlass.cute as cute
+    from cutlass.cute.runtime import make_ptr
+
+    element = {
+        torch.float16: cutlass.Float16,
+        torch.bfloat16: cutlass.BFloat16,
+        torch.float32: cutlass.Float32,
+        torch.int32: cutlass.Int32,
+    }
+    if t.data_ptr() % 16:
+        raise ValueError("the CuTe kernels need 16-byte aligned tensors; pass a fresh .contiguous() copy")
+    return make_ptr(element[t.dtype], t.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
+
+
 def kernel_arguments(
     tensors: list[torch.Tensor],
     sizes: tuple[int, int, int, int],
@@ -84,20 +101,6 @@ def kernel_arguments(
     """Arguments of every CuTe kernel's ``__call__``: device pointers of its contiguous tensors,
     then the table, (total_q, total_k, heads_q, heads_k), batch, grid tiles, left_chunks, scale."""
     import cutlass
-    import cutlass.cute as cute
-    from cutlass.cute.runtime import make_ptr
-
-    element = {
-        torch.float16: cutlass.Float16,
-        torch.bfloat16: cutlass.BFloat16,
-        torch.float32: cutlass.Float32,
-        torch.int32: cutlass.Int32,
-    }
-
-    def pointer(t: torch.Tensor):
-        if t.data_ptr() % 16:
-            raise ValueError("the CuTe kernels need 16-byte aligned tensors; pass a fresh .contiguous() copy")
-        return make_ptr(element[t.dtype], t.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
 
     return (
         *(pointer(t) for t in (*tensors, table)),
