@@ -458,16 +458,20 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         ds_acc = _as_acc(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
-        cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
-        cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=BOTH_WARPGROUPS_BARRIER, number_of_threads=256)
-
         acc_dq.fill(0.0)
+
+        # dV and dK need only this warpgroup's registers: they run while dS goes to shared
+        # memory and the other warpgroup catches up at the barrier.
         warpgroup.fence()
         for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
             cute.gemm(grad_mma, acc_dv, p_operand[None, None, k], tGrdOt[None, None, k, handle.index], acc_dv)
         for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):
             cute.gemm(grad_mma, acc_dk, ds_operand[None, None, k], tGrQt[None, None, k, handle.index], acc_dk)
+        warpgroup.commit_group()
+        cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier(barrier_id=BOTH_WARPGROUPS_BARRIER, number_of_threads=256)
+
         key_blocks = cute.size(tDrKt, mode=[2])
         for k in cutlass.range_constexpr(cute.size(tDrdS, mode=[2])):
             cute.gemm(

@@ -72,10 +72,11 @@ def _packed(t: torch.Tensor, varlen: bool) -> torch.Tensor:
     return t.reshape(t.shape[0] * t.shape[1], t.shape[2], t.shape[3])
 
 
-def pointer(t: torch.Tensor):
-    """A kernel argument for a contiguous tensor: its device address, typed and 16-byte aligned."""
+@functools.cache
+def _pointer_types():
+    """The DSL's pointer constructor and element types, imported once (calls are hot)."""
     import cutlass
-    import cutlass.cute as cute
+    from cutlass.cute import AddressSpace
     from cutlass.cute.runtime import make_ptr
 
     element = {
@@ -84,9 +85,16 @@ def pointer(t: torch.Tensor):
         torch.float32: cutlass.Float32,
         torch.int32: cutlass.Int32,
     }
-    if t.data_ptr() % 16:
+    return make_ptr, element, AddressSpace.gmem
+
+
+def pointer(t: torch.Tensor):
+    """A kernel argument for a contiguous tensor: its device address, typed and 16-byte aligned."""
+    make_ptr, element, gmem = _pointer_types()
+    address = t.data_ptr()
+    if address % 16:
         raise ValueError("the CuTe kernels need 16-byte aligned tensors; pass a fresh .contiguous() copy")
-    return make_ptr(element[t.dtype], t.data_ptr(), cute.AddressSpace.gmem, assumed_align=16)
+    return make_ptr(element[t.dtype], address, gmem, assumed_align=16)
 
 
 def kernel_arguments(
