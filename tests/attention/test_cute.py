@@ -291,9 +291,12 @@ def test_kernel_builds_for_sm90a_and_is_cached_on_disk(dtype, head_dim, seqlen, 
 
 BACKWARD_COMPILE_SCRIPT = """
 import sys, torch
-from s2s.attention.cute.backward import backward_tiles, compiled_backward
+from s2s.attention.cute.backward import backward_tiles, compiled_backward, compiled_prologue
+dtype, head_dim = getattr(torch, sys.argv[1]), int(sys.argv[2])
 for kind in ("fused", "dq", "dkdv"):
-    compiled_backward(kind, getattr(torch, sys.argv[1]), backward_tiles(int(sys.argv[2]), kind))
+    compiled_backward(kind, dtype, backward_tiles(head_dim, kind))
+for zero_dq in (True, False):
+    compiled_prologue(dtype, head_dim, zero_dq)
 print("built")
 """
 
@@ -312,4 +315,4 @@ def test_backward_kernels_build_for_sm90a(dtype, head_dim, tmp_path):
         timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert len(list((tmp_path / "cache").glob("bwd_*.o"))) == 3
+    assert len(list((tmp_path / "cache").glob("bwd_*.o"))) == 5
