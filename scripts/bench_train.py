@@ -3,6 +3,7 @@ through each backend, bf16 autocast, AdamW. Prints model frames per second and t
 
     python scripts/bench_train.py                                   # base model, 32 x 20 s dialogues
     python scripts/bench_train.py --backends cute flex --seconds 60 --dialogues 8
+    # cute-deterministic: cute under torch.use_deterministic_algorithms (its deterministic backward)
 
 The batch imitates experiment=base_gpu: dialogues of ``--seconds`` (some shorter, so the padded
 batch is packed to varlen), per-dialogue chunks drawn from {1, 2, 4, 8} (dynamic-chunk training).
@@ -59,6 +60,12 @@ def train_step(model: DuplexModel, optimizer: torch.optim.Optimizer, batch: dict
 
 
 def frames_per_second(backend: str, args, batch: dict) -> float:
+    """Model frames per second of training steps. ``cute-deterministic`` is cute with
+    torch.use_deterministic_algorithms on (Lightning's deterministic=True): its backward runs the
+    two-kernel deterministic path."""
+    deterministic = backend == "cute-deterministic"
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    backend = "cute" if deterministic else backend
     config = dataclasses.replace(base() if args.model == "base" else tiny(), attention_backend=backend)
     torch.manual_seed(0)
     model = DuplexModel(config).cuda().train()
@@ -81,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backends", nargs="+", default=["cute", "flex"])
+    parser.add_argument("--backends", nargs="+", default=["cute", "cute-deterministic", "flex"])
     parser.add_argument("--model", choices=["base", "tiny"], default="base")
     parser.add_argument("--dialogues", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
