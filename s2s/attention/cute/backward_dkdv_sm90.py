@@ -133,7 +133,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
             sK_layout,
             sQ_layout,
         ).launch(
-            grid=[heads_k, batch, k_tiles],
+            grid=[k_tiles, heads_k, batch],
             block=[self.tiles.threads, 1, 1],
             stream=stream,
             min_blocks_per_mp=1,
@@ -163,9 +163,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         sQ_layout: cute.ComposedLayout,
     ):
         tidx, _, _ = cute.arch.thread_idx()
-        # Launch order is x fastest: every (head, sequence) of key tile 0 first. Early key tiles
-        # are seen by the most queries, so the longest CTAs start first and the tail is short.
-        head_k, seq, n_tile = cute.arch.block_idx()
+        n_tile, head_k, seq = cute.arch.block_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
         group = mQ.shape[2] // mK.shape[2]

@@ -127,7 +127,7 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
             sQ_layout,
             sK_layout,
         ).launch(
-            grid=[heads_q, batch, q_tiles],
+            grid=[q_tiles, heads_q, batch],
             block=[self.tiles.threads, 1, 1],
             stream=stream,
             min_blocks_per_mp=1,
@@ -156,10 +156,8 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         sK_layout: cute.ComposedLayout,
     ):
         tidx, _, _ = cute.arch.thread_idx()
-        # Launch order is x fastest: every (head, sequence) of the last query tile first. Late
-        # query tiles see the most keys, so the longest CTAs start first and the tail is short.
-        head, seq, block_m = cute.arch.block_idx()
-        heads_q, _, grid_m = cute.arch.grid_dim()
+        block_m, head, seq = cute.arch.block_idx()
+        grid_m, heads_q, _ = cute.arch.grid_dim()
         m_tile = grid_m - 1 - block_m
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)

@@ -148,7 +148,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             softmax_scale,
             (sK_layout, sQ_layout, sdS_layout, sdQ_layout),
         ).launch(
-            grid=[heads_k, batch, k_tiles],
+            grid=[k_tiles, heads_k, batch],
             block=[self.tiles.threads, 1, 1],
             stream=stream,
             min_blocks_per_mp=1,
@@ -171,7 +171,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         layouts: tuple,
     ):
         tidx, _, _ = cute.arch.thread_idx()
-        head_k, seq, n_tile = cute.arch.block_idx()  # longest CTAs first, as in the dK/dV kernel
+        n_tile, head_k, seq = cute.arch.block_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
         tma_k, mK, tma_v, mV, tma_q, mQ, tma_do, mdO = loads
