@@ -194,7 +194,9 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
         sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
         # Per warpgroup: LSE * log2(e) and delta of the current query tile's 64 rows.
-        stats = storage.stats.get_tensor(cute.make_layout((QUERY_TILE, 2, self.num_wg)))
+        # Interleaved (LSE, delta) pairs: a column's two values are one 8-byte load.
+        stats_layout = cute.make_layout((QUERY_TILE, 2, self.num_wg), stride=(2, 1, 2 * QUERY_TILE))
+        stats = storage.stats.get_tensor(stats_layout)
 
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -442,7 +444,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
             lse_log2 = stats[column, 0]
-            delta = stats[column, 1]
+            delta_scaled = stats[column, 1] * softmax_scale
             lo = cutlass.Int32(0)
             hi = cutlass.Int32(0)
             if cutlass.const_expr(masked):
@@ -454,7 +456,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
                     if key < lo or key >= hi:
                         p = cutlass.Float32(0.0)
                 st[r, c] = p
-                dpt[r, c] = p * (dpt[r, c] - delta) * softmax_scale
+                dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
         _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         ds_acc = _as_acc(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
