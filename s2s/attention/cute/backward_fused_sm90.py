@@ -35,7 +35,11 @@ from s2s.attention.cute.forward_sm90 import (
 )
 
 DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still read tile m's
-BOTH_WARPGROUPS_BARRIER = 4  # named barrier ids 1..3 are the per-warpgroup ones
+# Named barrier ids (0 is the CTA-wide one, 1..3 the per-warpgroup ones).
+BOTH_WARPGROUPS_BARRIER = 4
+DQ_FULL_BARRIER = 5  # + warpgroup: its dQ slice is staged (128 consumer threads + the dQ warp)
+DQ_EMPTY_BARRIER = 7  # + warpgroup: the staging buffer may be rewritten
+DQ_HANDSHAKE_THREADS = 128 + 32
 
 
 class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
@@ -233,13 +237,13 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
                         m_begin,
                         m_end,
                     )
+                if warp == 1:
+                    self.store_dq(tma_dq, mdQ, sdQ, q_start, head_k, group, m_begin, m_end)
             else:
                 cute.arch.setmaxregister_increase(self.consumer_registers)
                 self.consume_fused(
                     mmas,
                     (sK, sV, sQ, sdO, sdS, sdQ, stats),
-                    tma_dq,
-                    mdQ,
                     mdK,
                     mdV,
                     mLSE,
@@ -264,8 +268,6 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         self,
         mmas: tuple,
         smem: tuple,
-        tma_dq: cute.CopyAtom,
-        mdQ: cute.Tensor,
         mdK: cute.Tensor,
         mdV: cute.Tensor,
         mLSE: cute.Tensor,
@@ -341,7 +343,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
 
         operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
         operands = (*operands, p_operand, ds_operand, acc_st_shape)
-        dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ, sdQ, tma_dq, mdQ)
+        dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ)
         keys = (tScS, key_base, mLSE, mDelta, stats[None, None, wg], scale_log2, softmax_scale)
         tile = cutlass.Int32(0)
         for h in cutlass.range(group, unroll=1):
@@ -375,8 +377,6 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         self.store_rows(
             grad_thr, out_dv, sV[None, None, wg], mdV, wg, thread, k_start, key_base, head_k, seqlen_k
         )
-        if thread < 32:
-            cute.arch.cp_async_bulk_wait_group(0, read=True)
 
     @cute.jit
     def fused_tile(
@@ -406,7 +406,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             ds_operand,
             acc_st_shape,
         ) = operands
-        dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ, sdQ, tma_dq, mdQ = dq_operands
+        dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ = dq_operands
         tScS, key_base, mLSE, mDelta, stats, scale_log2, softmax_scale = keys
         m, head, sequence, left_chunks, buffer, wg, thread = query
         q_start, seqlen_q = sequence[0], sequence[2]
@@ -487,20 +487,51 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         warpgroup.wait_group(0)
         handle.release()
 
-        # The previous tile's reduce-add must have read the staging buffer before it is rewritten.
-        # Its first warp issues the reduce-adds (a TMA copy elects one lane of a whole warp).
-        if thread < 32:
-            cute.arch.cp_async_bulk_wait_group(0, read=True)
-        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
+        # Stage the dQ slice for the dQ warp, once it has sent the previous one off.
+        cute.arch.barrier(barrier_id=DQ_EMPTY_BARRIER + wg, number_of_threads=DQ_HANDSHAKE_THREADS)
         cute.autovec_copy(acc_dq, tDsdQ)
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
-        if thread < 32:
-            rows = cute.domain_offset((q_start + m * QUERY_TILE, 0), mdQ[None, None, head])
-            gdQ = cute.local_tile(rows, (QUERY_TILE, self.head_dim // self.num_wg), (0, None))
-            tRsR, tRgR = cpasync.tma_partition(
-                tma_dq, 0, cute.make_layout(1), cute.group_modes(sdQ, 0, 2), cute.group_modes(gdQ, 0, 2)
-            )
-            cute.copy(tma_dq, tRsR[None, wg], tRgR[None, wg])
-            cute.arch.cp_async_bulk_commit_group()
+        cute.arch.barrier_arrive(barrier_id=DQ_FULL_BARRIER + wg, number_of_threads=DQ_HANDSHAKE_THREADS)
         return st_mma, q_consumer, order
+
+    @cute.jit
+    def store_dq(
+        self,
+        tma_dq: cute.CopyAtom,
+        mdQ: cute.Tensor,
+        sdQ: cute.Tensor,
+        q_start: cutlass.Int32,
+        head_k: cutlass.Int32,
+        group: cutlass.Int32,
+        m_begin: cutlass.Int32,
+        m_end: cutlass.Int32,
+    ):
+        """The dQ warp (a producer-warpgroup warp): per query tile, each consumer warpgroup's
+        staged dQ slice goes to the float32 dQ buffer as a TMA reduce-add; once the copy has read
+        shared memory, the warpgroup may stage its next slice. Keeps this off the GEMM warps."""
+        tiles = group * (m_end - m_begin)
+        for w in cutlass.range_constexpr(self.num_wg):
+            if tiles > 0:
+                cute.arch.barrier_arrive(
+                    barrier_id=DQ_EMPTY_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS
+                )
+        tile = cutlass.Int32(0)
+        for h in cutlass.range(group, unroll=1):
+            head = head_k * group + h
+            for m in cutlass.range(m_begin, m_end, unroll=1):
+                rows = cute.domain_offset((q_start + m * QUERY_TILE, 0), mdQ[None, None, head])
+                gdQ = cute.local_tile(rows, (QUERY_TILE, self.head_dim // self.num_wg), (0, None))
+                tRsR, tRgR = cpasync.tma_partition(
+                    tma_dq, 0, cute.make_layout(1), cute.group_modes(sdQ, 0, 2), cute.group_modes(gdQ, 0, 2)
+                )
+                tile += 1
+                for w in cutlass.range_constexpr(self.num_wg):
+                    cute.arch.barrier(barrier_id=DQ_FULL_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS)
+                    cute.copy(tma_dq, tRsR[None, w], tRgR[None, w])
+                    cute.arch.cp_async_bulk_commit_group()
+                    cute.arch.cp_async_bulk_wait_group(0, read=True)
+                    if tile < tiles:  # the consumers stage exactly ``tiles`` slices
+                        cute.arch.barrier_arrive(
+                            barrier_id=DQ_EMPTY_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS
+                        )
+        cute.arch.cp_async_bulk_wait_group(0, read=True)
