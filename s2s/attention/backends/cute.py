@@ -1,7 +1,8 @@
 """Our CuTe DSL kernels for Hopper: the fast path on sm_90, forward and backward.
 
-The forward kernel saves its LSE; the backward runs the dQ and dK/dV kernels from it
-(``s2s.attention.cute.backward``). Gradients are deterministic: every output row has one owner.
+The forward kernel saves its LSE and per-sequence table; the backward runs from them
+(``s2s.attention.cute.backward``): the fused kernel, or under
+``torch.use_deterministic_algorithms(True)`` the deterministic two-kernel pair.
 """
 
 from __future__ import annotations

@@ -3,11 +3,12 @@
 The dK/dV kernel's tiling (``backward_dkdv_sm90``): a CTA owns 128 keys of one (sequence, KV
 head), two consumer warpgroups of 64 keys, and streams the 64-row Q/dO tiles that can see those
 keys. Per query tile it also writes its half of dS to shared memory and, once both halves are
-there, each warpgroup computes a (64 rows x D/2) slice of dQ = dS K over all 128 keys. That slice
-is staged in shared memory and added to a float32 dQ accumulator in global memory by a TMA
-reduce-add, which the L2 applies atomically: five GEMMs per tile pair instead of the two-kernel
-path's seven, at the price of a float32 dQ buffer and an order of additions that varies from run
-to run (``backward.py`` keeps the two-kernel path for the deterministic mode).
+there, each warpgroup computes a (64 rows x D/2) slice of dQ = dS K over all 128 keys. It stages
+that slice in shared memory, and a warp of the producer warpgroup adds it to a float32 dQ buffer
+in global memory with a TMA reduce-add, which the L2 applies atomically: five GEMMs per tile pair
+instead of the two-kernel path's seven, at the price of a float32 dQ buffer and an order of
+additions that varies from run to run (``backward.py`` keeps the two-kernel path for the
+deterministic mode).
 
 dS is scaled by the softmax scale before it is rounded, so dK and dQ need no scaling afterwards.
 """
