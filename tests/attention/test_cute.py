@@ -242,6 +242,18 @@ def test_unsupported_head_dim_names_the_reason(generator):
     assert chunk_attention(q, q, q, ChunkSpec(8)).shape == q.shape  # auto falls back
 
 
+def test_calls_past_int32_element_indexing_are_refused():
+    """2^31 elements of q (rows x heads x head dim) would overflow the kernels' int32 offsets:
+    a clear error instead. Meta tensors: nothing is allocated."""
+    from s2s.attention.cute.launch import sequence_table
+
+    too_big = torch.empty(1, 2**20, 16, 128, device="meta", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="int32"):
+        sequence_table(make_problem(too_big, too_big, too_big, ChunkSpec(128)))
+    fits = torch.empty(1, 2**19, 16, 128, device="meta", dtype=torch.bfloat16)
+    assert sequence_table(make_problem(fits, fits, fits, ChunkSpec(128))).shape == (1, 8)
+
+
 COMPILE_SCRIPT = """
 import sys, time, torch
 from s2s.attention.cute.launch import compiled_forward, default_tiles

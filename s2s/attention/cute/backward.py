@@ -95,6 +95,7 @@ def prologue(out: torch.Tensor, grad_out: torch.Tensor, zero_dq: bool, stream):
 
     total_q, heads = out.shape[:2]
     delta = torch.empty(heads, total_q, dtype=torch.float32, device=out.device)
+    # Without a dQ buffer the kernel never touches its pointer: delta stands in.
     dq_accum = torch.empty(out.shape, dtype=torch.float32, device=out.device) if zero_dq else delta
     kernel = compiled_prologue(out.dtype, out.shape[2], zero_dq)
     pointers = (pointer(t) for t in (out, grad_out, delta, dq_accum))
@@ -122,15 +123,15 @@ def backward(
 
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    grad_out = grad_out.contiguous()
-    stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
-    delta, dq_accum = prologue(out, grad_out, not deterministic, stream)
     if grads is None:
         grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
     for name, grad, like in zip(("dq", "dk", "dv"), grads, (q, k, v), strict=True):
         if grad.shape != like.shape or grad.dtype != like.dtype or not grad.is_contiguous():
             raise ValueError(f"{name} must be a contiguous {like.dtype} buffer of shape {tuple(like.shape)}")
     dq, dk, dv = grads
+    grad_out = grad_out.contiguous()
+    stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
+    delta, dq_accum = prologue(out, grad_out, not deterministic, stream)
     if problem.is_varlen:  # keys outside every sequence: no kernel writes them
         used_keys = rows_in_sequences(problem.cu_seqlens_k)
         dk[used_keys:] = 0

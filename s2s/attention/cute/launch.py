@@ -39,8 +39,11 @@ def sequence_table(problem: AttentionProblem) -> torch.Tensor:
     device = problem.device
     rows = max(problem.q.shape[0] * (1 if problem.is_varlen else problem.q.shape[1]), 1)
     keys = max(problem.k.shape[0] * (1 if problem.is_varlen else problem.k.shape[1]), 1)
-    if max(rows, keys) * max(problem.heads_q, 1) >= 2**31:
-        raise ValueError("the CuTe kernel indexes rows * heads in int32; split the batch into smaller calls")
+    if max(rows, keys) * max(problem.heads_q, 1) * problem.head_dim >= 2**31:
+        raise ValueError(
+            "the CuTe kernels index elements (rows x heads x head dim) in int32, and this call has "
+            "2^31 or more; split the batch into smaller calls"
+        )
     for name in ("chunk_q", "chunk_k", "q_offset", "k_offset"):
         value = getattr(problem.spec, name if name != "chunk_k" else "effective_chunk_k")
         if isinstance(value, int) and value >= 2**31:
