@@ -110,6 +110,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
             sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
             sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
+            stats: cute.struct.MemRange[cutlass.Float32, cute.cosize(self.statistics_layout())]
 
         self.shared_storage = SharedStorage
         self.dkdv_kernel(
@@ -181,6 +182,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         sV = storage.sV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        stats = storage.stats.get_tensor(self.statistics_layout())
 
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -227,6 +229,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                     sV,
                     sQ,
                     sdO,
+                    stats,
                     mdK,
                     mdV,
                     mLSE,
@@ -333,6 +336,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         sV: cute.Tensor,
         sQ: cute.Tensor,
         sdO: cute.Tensor,
+        stats: cute.Tensor,
         mdK: cute.Tensor,
         mdV: cute.Tensor,
         mLSE: cute.Tensor,
@@ -390,7 +394,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
 
         operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
         operands = (*operands, p_operand, ds_operand, acc_st_shape)
-        keys = (tScS, key_base, mLSE, mDelta, scale_log2)
+        keys = (tScS, key_base, mLSE, mDelta, stats[None, None, wg], scale_log2, softmax_scale)
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
@@ -400,7 +404,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 lo_last, _ = self.key_bounds(row_last, sequence, left_chunks)
                 _, hi_first = self.key_bounds(row_first, sequence, left_chunks)
                 full = lo_last <= key_first and hi_first > key_last
-                query = (m, head, sequence, left_chunks)
+                query = (m, head, sequence, left_chunks, wg, thread)
                 if full:
                     st_mma, q_consumer, order = self.dkdv_tile(
                         False, st_mma, operands, q_consumer, order, keys, query
@@ -410,8 +414,6 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                         True, st_mma, operands, q_consumer, order, keys, query
                     )
 
-        for i in cutlass.range_constexpr(cute.size(acc_dk)):
-            acc_dk[i] = acc_dk[i] * softmax_scale
         out_dk = cute.make_rmem_tensor(acc_dk.layout, self.dtype)
         out_dk.store(acc_dk.load().to(self.dtype))
         out_dv = cute.make_rmem_tensor(acc_dv.layout, self.dtype)
@@ -423,6 +425,66 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         self.store_rows(
             grad_thr, out_dv, sV[None, None, wg], mdV, wg, thread, k_start, key_base, head_k, seqlen_k
         )
+
+    def statistics_layout(self):
+        """Per warpgroup, the current query tile's (LSE * log2(e), delta) pairs, interleaved so a
+        column's two values are one 8-byte shared-memory load."""
+        return cute.make_layout((QUERY_TILE, 2, self.num_wg), stride=(2, 1, 2 * QUERY_TILE))
+
+    @cute.jit
+    def load_statistic(self, keys: tuple, row_first: cutlass.Int32, sequence: tuple, head, thread):
+        """One per-query statistic per thread, loaded while the tile's GEMMs run: LSE * log2(e)
+        of row ``thread`` for threads 0-63, delta of row ``thread - 64`` for 64-127. Queries past
+        the sequence get LSE +inf, so P = 0 and they add nothing (to dQ either)."""
+        _, _, mLSE, mDelta, _, _, _ = keys
+        q_start, seqlen_q = sequence[0], sequence[2]
+        row = row_first + thread % QUERY_TILE
+        stat = cutlass.Float32(0.0)
+        if thread < QUERY_TILE:
+            stat = cutlass.Float32.inf
+        if row < seqlen_q:
+            if thread < QUERY_TILE:  # noqa: SIM108 (the DSL traces if/else, not a dynamic ternary)
+                stat = mLSE[q_start + row, head] * LOG2_E
+            else:
+                stat = mDelta[q_start + row, head]
+        return stat
+
+    @cute.jit
+    def probabilities_and_ds(
+        self,
+        masked: cutlass.Constexpr,
+        acc_st: cute.Tensor,
+        acc_dpt: cute.Tensor,
+        keys: tuple,
+        stat: cutlass.Float32,
+        rows: tuple,
+    ):
+        """After the S^T/dP^T wait: share the statistics through shared memory, then turn S^T
+        into P^T = exp(S^T * scale - LSE) (0 outside the mask) and dP^T into
+        dS^T = P^T (dP^T - delta) * scale, in place. dS carries the softmax scale, so dK and dQ
+        need no scaling afterwards."""
+        tScS, key_base, _, _, stats, scale_log2, softmax_scale = keys
+        row_first, sequence, left_chunks, wg, thread = rows
+        stats[thread % QUERY_TILE, thread // QUERY_TILE] = stat
+        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
+        st = _rows_cols(acc_st)
+        dpt = _rows_cols(acc_dpt)
+        for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
+            column = tScS[0, c][1]
+            lse_log2 = stats[column, 0]
+            delta_scaled = stats[column, 1] * softmax_scale
+            lo = cutlass.Int32(0)
+            hi = cutlass.Int32(0)
+            if cutlass.const_expr(masked):
+                lo, hi = self.key_bounds(row_first + column, sequence, left_chunks)
+            for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
+                p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
+                if cutlass.const_expr(masked):
+                    key = key_base + tScS[r, 0][0]
+                    if key < lo or key >= hi:
+                        p = cutlass.Float32(0.0)
+                st[r, c] = p
+                dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
 
     @cute.jit
     def dkdv_tile(
@@ -450,9 +512,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
             ds_operand,
             acc_st_shape,
         ) = operands
-        tScS, key_base, mLSE, mDelta, scale_log2 = keys
-        m, head, sequence, left_chunks = query
-        q_start, seqlen_q = sequence[0], sequence[2]
+        m, head, sequence, left_chunks, wg, thread = query
         acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         handle = q_consumer.wait_and_advance()
@@ -466,31 +526,10 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
             cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
         warpgroup.commit_group()
         order.arrive()
+        stat = self.load_statistic(keys, m * QUERY_TILE, sequence, head, thread)
         warpgroup.wait_group(0)
-
-        st = _rows_cols(acc_st)
-        dpt = _rows_cols(acc_dpt)
-        row_first = m * QUERY_TILE
-        for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
-            row = row_first + tScS[0, c][1]
-            # Queries past the sequence get P = 0 (LSE +inf) and so add nothing.
-            lse_log2 = cutlass.Float32.inf
-            delta = cutlass.Float32(0.0)
-            lo = cutlass.Int32(0)
-            hi = cutlass.Int32(0)
-            if row < seqlen_q:
-                lse_log2 = mLSE[q_start + row, head] * LOG2_E
-                delta = mDelta[q_start + row, head]
-                if cutlass.const_expr(masked):
-                    lo, hi = self.key_bounds(row, sequence, left_chunks)
-            for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
-                p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
-                if cutlass.const_expr(masked):
-                    key = key_base + tScS[r, 0][0]
-                    if key < lo or key >= hi:
-                        p = cutlass.Float32(0.0)
-                st[r, c] = p
-                dpt[r, c] = p * (dpt[r, c] - delta)
+        rows = (m * QUERY_TILE, sequence, left_chunks, wg, thread)
+        self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
         _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         _as_acc(ds_operand, acc_dpt).store(acc_dpt.load().to(self.dtype))
 

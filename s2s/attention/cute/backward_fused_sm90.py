@@ -136,7 +136,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
             sdS: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdS_layout)], 1024]
             sdQ: cute.struct.Align[cute.struct.MemRange[cutlass.Float32, cute.cosize(sdQ_layout)], 1024]
-            stats: cute.struct.MemRange[cutlass.Float32, 2 * QUERY_TILE * self.num_wg]
+            stats: cute.struct.MemRange[cutlass.Float32, cute.cosize(self.statistics_layout())]
 
         self.shared_storage = SharedStorage
         self.fused_kernel(
@@ -198,10 +198,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
         sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
         sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
-        # Per warpgroup: LSE * log2(e) and delta of the current query tile's 64 rows.
-        # Interleaved (LSE, delta) pairs: a column's two values are one 8-byte load.
-        stats_layout = cute.make_layout((QUERY_TILE, 2, self.num_wg), stride=(2, 1, 2 * QUERY_TILE))
-        stats = storage.stats.get_tensor(stats_layout)
+        stats = storage.stats.get_tensor(self.statistics_layout())
 
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -408,9 +405,7 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             acc_st_shape,
         ) = operands
         dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ = dq_operands
-        tScS, key_base, mLSE, mDelta, stats, scale_log2, softmax_scale = keys
         m, head, sequence, left_chunks, buffer, wg, thread = query
-        q_start, seqlen_q = sequence[0], sequence[2]
         acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         handle = q_consumer.wait_and_advance()
@@ -424,40 +419,10 @@ class ChunkAttentionBackwardSm90(ChunkAttentionBackwardDkDvSm90):
             cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
         warpgroup.commit_group()
         order.arrive()
-        # One statistic per thread, loaded while the GEMMs run: LSE * log2(e) for threads 0-63,
-        # delta for 64-127. Queries past the sequence get LSE +inf, so P = 0 and they add nothing.
-        row_first = m * QUERY_TILE
-        stat_row = row_first + thread % QUERY_TILE
-        stat = cutlass.Float32(0.0)
-        if thread < QUERY_TILE:
-            stat = cutlass.Float32.inf
-        if stat_row < seqlen_q:
-            if thread < QUERY_TILE:
-                stat = mLSE[q_start + stat_row, head] * LOG2_E
-            else:
-                stat = mDelta[q_start + stat_row, head]
+        stat = self.load_statistic(keys, m * QUERY_TILE, sequence, head, thread)
         warpgroup.wait_group(0)
-        stats[thread % QUERY_TILE, thread // QUERY_TILE] = stat
-        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
-
-        st = _rows_cols(acc_st)
-        dpt = _rows_cols(acc_dpt)
-        for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
-            column = tScS[0, c][1]
-            lse_log2 = stats[column, 0]
-            delta_scaled = stats[column, 1] * softmax_scale
-            lo = cutlass.Int32(0)
-            hi = cutlass.Int32(0)
-            if cutlass.const_expr(masked):
-                lo, hi = self.key_bounds(row_first + column, sequence, left_chunks)
-            for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
-                p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
-                if cutlass.const_expr(masked):
-                    key = key_base + tScS[r, 0][0]
-                    if key < lo or key >= hi:
-                        p = cutlass.Float32(0.0)
-                st[r, c] = p
-                dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
+        rows = (m * QUERY_TILE, sequence, left_chunks, wg, thread)
+        self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
         _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         ds_acc = _as_acc(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
