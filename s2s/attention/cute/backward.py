@@ -28,7 +28,7 @@ from s2s.attention.problem import AttentionProblem
 # Float32 pointers among each kernel's tensors (q, k, v, do, lse, delta, then its outputs).
 FLOAT32_POINTERS = {
     "dq": (False,) * 4 + (True, True, False),
-    "dkdv": (False,) * 4 + (True, True, False, False),
+    "dkdv": (False,) * 4 + (True, True, True, False, False),
     "fused": (False,) * 4 + (True, True, True, False, False),
 }
 
@@ -46,14 +46,12 @@ def compile_backward(kind: str, dtype: torch.dtype, tiles):
     """Build the ``"fused"`` kernel, or the deterministic pair's ``"dq"`` or ``"dkdv"`` kernel."""
     from s2s.attention.cute.backward_dkdv_sm90 import ChunkAttentionBackwardDkDvSm90
     from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
-    from s2s.attention.cute.backward_fused_sm90 import ChunkAttentionBackwardSm90
 
-    kernels = {
-        "dq": ChunkAttentionBackwardDqSm90,
-        "dkdv": ChunkAttentionBackwardDkDvSm90,
-        "fused": ChunkAttentionBackwardSm90,
-    }
-    return compile_kernel(kernels[kind](tiles), dtype, tiles.head_dim, FLOAT32_POINTERS[kind])
+    if kind == "dq":
+        kernel = ChunkAttentionBackwardDqSm90(tiles)
+    else:  # the fused kernel is the dK/dV kernel with dQ
+        kernel = ChunkAttentionBackwardDkDvSm90(tiles, with_dq=kind == "fused")
+    return compile_kernel(kernel, dtype, tiles.head_dim, FLOAT32_POINTERS[kind])
 
 
 @functools.cache
@@ -152,5 +150,6 @@ def backward(
     dq_kernel = compiled_backward("dq", problem.dtype, tiles)
     dq_kernel(*kernel_arguments([*inputs, dq], sizes, table, q_tiles, left, scale, stream))
     dkdv_kernel = compiled_backward("dkdv", problem.dtype, tiles)
-    dkdv_kernel(*kernel_arguments([*inputs, dk, dv], sizes, table, k_tiles, left, scale, stream))
+    # Without dQ the kernel never touches its dQ pointer: delta stands in.
+    dkdv_kernel(*kernel_arguments([*inputs, delta, dk, dv], sizes, table, k_tiles, left, scale, stream))
     return dq, dk, dv

@@ -1,13 +1,22 @@
-"""dK and dV of chunk-causal attention for Hopper (sm_90a), in the CuTe DSL.
+"""dK and dV of chunk-causal attention for Hopper (sm_90a), in the CuTe DSL, and with ``with_dq``
+dQ too: the fused backward.
 
 One CTA owns 128 keys of one (sequence, KV head): two consumer warpgroups hold 64 key rows each,
 with dK and dV accumulating in fp32 registers. The producer streams the Q and dO tiles (64 query
 rows) of every query head of the group that can see these keys: by the chunk rule that is one
 contiguous run of query tiles, so hidden pairs are never loaded. Per query tile it computes
-S^T = K Q^T and dP^T = V dO^T, P^T = exp(S^T - LSE), dS^T = P^T (dP^T - delta), then
-dV += P^T dO and dK += dS^T Q, reading Q and dO through transposed views of their shared memory.
-Tiles whose every (query, key) pair is visible skip the mask. Each CTA owns its dK/dV rows and
-sums GQA heads in a fixed order: the result is deterministic without atomics.
+S^T = K Q^T and dP^T = V dO^T, P^T = exp(S^T - LSE), dS^T = P^T (dP^T - delta) (scaled by the
+softmax scale, so dK and dQ need no scaling afterwards), then dV += P^T dO and dK += dS^T Q,
+reading Q and dO through transposed views of their shared memory. Tiles whose every (query, key)
+pair is visible skip the mask.
+
+Without dQ (the deterministic mode's dK/dV kernel) each CTA owns its dK/dV rows and sums GQA
+heads in a fixed order: deterministic without atomics. With dQ, each warpgroup also writes its
+half of dS to shared memory and, once both halves are there, computes a (64 rows x D/2) slice of
+dQ = dS K over all 128 keys. It stages that slice in shared memory, and a warp of the producer
+warpgroup adds it to a float32 dQ buffer in global memory with a TMA reduce-add, which the L2
+applies atomically: five GEMMs per tile pair instead of the two-kernel path's seven, at the price
+of a float32 dQ buffer and an order of additions that varies from run to run.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from cutlass.tensor_utils import LayoutEnum
 from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
 from s2s.attention.cute.forward_sm90 import (
     LOG2_E,
+    ForwardTiles,
     _accumulator_as_operand_a,
     _as_acc,
     _rows_cols,
@@ -33,10 +43,20 @@ from s2s.attention.cute.forward_sm90 import (
 )
 
 QUERY_TILE = 64  # query rows per step: keeps S^T, dP^T, dK and dV in registers together
+DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still read tile m's
+# Named barrier ids (0 is the CTA-wide one, 1..3 the per-warpgroup ones).
+BOTH_WARPGROUPS_BARRIER = 4
+DQ_FULL_BARRIER = 5  # + warpgroup: its dQ slice is staged (128 consumer threads + the dQ warp)
+DQ_EMPTY_BARRIER = 7  # + warpgroup: the staging buffer may be rewritten
+DQ_HANDSHAKE_THREADS = 128 + 32
 
 
 class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
-    """dK/dV kernel: keys stay, query tiles stream; four GEMMs per query tile."""
+    """Keys stay, query tiles stream: four GEMMs per query tile, five ``with_dq``."""
+
+    def __init__(self, tiles: ForwardTiles, with_dq: bool):
+        super().__init__(tiles)
+        self.with_dq = with_dq
 
     @cute.jit
     def __call__(
@@ -47,6 +67,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         do: cute.Pointer,  # (total_q, Hq, D)
         lse: cute.Pointer,  # (Hq, total_q) fp32
         delta: cute.Pointer,  # (Hq, total_q) fp32
+        dq_accum: cute.Pointer,  # (total_q, Hq, D) fp32, zeroed, dQ is added into it (with_dq only)
         dk: cute.Pointer,  # (total_k, Hk, D) out
         dv: cute.Pointer,  # (total_k, Hk, D) out
         seq: cute.Pointer,  # (B, 8) int32
@@ -61,7 +82,8 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         stream: cuda.CUstream,
     ):
         d = self.head_dim
-        mQ, mdO = (rows_view(p, total_q, heads_q, d) for p in (q, do))
+        dq_cols = d // self.num_wg  # with_dq: each warpgroup owns a slice of dQ's head dim
+        mQ, mdO, mdQ = (rows_view(p, total_q, heads_q, d) for p in (q, do, dq_accum))
         mK, mV, mdK, mdV = (rows_view(p, total_k, heads_k, d) for p in (k, v, dk, dv))
         mLSE, mDelta = stats_view(lse, total_q, heads_q), stats_view(delta, total_q, heads_q)
         seq_info = table_view(seq, batch)
@@ -69,6 +91,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
 
         st_shape = (self.rows_wg, QUERY_TILE, d)  # S^T and dP^T: (keys, queries), K = head dim
         grad_shape = (self.rows_wg, d, QUERY_TILE)  # dK and dV: (keys, head dim), K = queries
+        dq_shape = (QUERY_TILE, dq_cols, self.tile_m)  # dQ slice: (queries, head dim), K = keys
         k_major = cute.nvgpu.OperandMajorMode.K
         mn_major = cute.nvgpu.OperandMajorMode.MN
         st_mma = sm90_utils.make_trivial_tiled_mma(
@@ -101,29 +124,47 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         self.kv_bytes = 2 * cute.size_in_bytes(self.dtype, k_smem)  # K and V share a stage
         self.q_bytes = 2 * cute.size_in_bytes(self.dtype, q_smem)  # Q and dO share a stage
 
-        @cute.struct
-        class SharedStorage:
-            kv_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg * 2]
-            q_barriers: cute.struct.MemRange[cutlass.Int64, self.kv_stages * 2]
-            order_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg]
-            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
-            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
-            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
-            sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
-            stats: cute.struct.MemRange[cutlass.Float32, cute.cosize(self.statistics_layout())]
+        fields = {
+            "kv_barriers": cute.struct.MemRange[cutlass.Int64, self.num_wg * 2],
+            "q_barriers": cute.struct.MemRange[cutlass.Int64, self.kv_stages * 2],
+            "order_barriers": cute.struct.MemRange[cutlass.Int64, self.num_wg],
+            "sK": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024],
+            "sV": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024],
+            "sQ": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024],
+            "sdO": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024],
+        }
+        mmas = (st_mma, grad_mma)
+        layouts = (sK_layout, sQ_layout)
+        dq_store = ()
+        if cutlass.const_expr(self.with_dq):
+            # dQ = dS K: dS from shared memory with queries contiguous, K through its transposed view.
+            dq_mma = sm90_utils.make_trivial_tiled_mma(
+                self.dtype, self.dtype, mn_major, mn_major, cutlass.Float32, (1, 1, 1), dq_shape[:2]
+            )
+            sdS_layout = sm90_utils.make_smem_layout_a(LayoutEnum.COL_MAJOR, dq_shape, self.dtype, DS_BUFFERS)
+            sdQ_layout = sm90_utils.make_smem_layout_epi(
+                cutlass.Float32, LayoutEnum.ROW_MAJOR, dq_shape[:2], self.num_wg
+            )
+            tma_dq, tma_mdQ = cpasync.make_tiled_tma_atom(
+                cpasync.CopyReduceBulkTensorTileS2GOp(),
+                mdQ,
+                cute.slice_(sdQ_layout, (None, None, 0)),
+                dq_shape[:2],
+            )
+            dq_store = (tma_dq, tma_mdQ)
+            fields["sdS"] = cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdS_layout)], 1024]
+            fields["sdQ"] = cute.struct.Align[
+                cute.struct.MemRange[cutlass.Float32, cute.cosize(sdQ_layout)], 1024
+            ]
+            mmas = (st_mma, grad_mma, dq_mma)
+            layouts = (sK_layout, sQ_layout, sdS_layout, sdQ_layout)
+        fields["stats"] = cute.struct.MemRange[cutlass.Float32, cute.cosize(self.statistics_layout())]
+        self.shared_storage = cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
 
-        self.shared_storage = SharedStorage
-        self.dkdv_kernel(
-            st_mma,
-            grad_mma,
-            tma_k,
-            tma_mK,
-            tma_v,
-            tma_mV,
-            tma_q,
-            tma_mQ,
-            tma_do,
-            tma_mdO,
+        self.keys_kernel(
+            mmas,
+            (tma_k, tma_mK, tma_v, tma_mV, tma_q, tma_mQ, tma_do, tma_mdO),
+            dq_store,
             mdK,
             mdV,
             mLSE,
@@ -131,8 +172,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
             seq_info,
             left_chunks,
             softmax_scale,
-            sK_layout,
-            sQ_layout,
+            layouts,
         ).launch(
             grid=[k_tiles, heads_k, batch],
             block=[self.tiles.threads, 1, 1],
@@ -141,18 +181,11 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         )
 
     @cute.kernel
-    def dkdv_kernel(
+    def keys_kernel(
         self,
-        st_mma: cute.TiledMma,
-        grad_mma: cute.TiledMma,
-        tma_k: cute.CopyAtom,
-        mK: cute.Tensor,
-        tma_v: cute.CopyAtom,
-        mV: cute.Tensor,
-        tma_q: cute.CopyAtom,
-        mQ: cute.Tensor,
-        tma_do: cute.CopyAtom,
-        mdO: cute.Tensor,
+        mmas: tuple,
+        loads: tuple,
+        dq_store: tuple,
         mdK: cute.Tensor,
         mdV: cute.Tensor,
         mLSE: cute.Tensor,
@@ -160,13 +193,14 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         seq_info: cute.Tensor,
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
-        sK_layout: cute.ComposedLayout,
-        sQ_layout: cute.ComposedLayout,
+        layouts: tuple,
     ):
         tidx, _, _ = cute.arch.thread_idx()
         n_tile, head_k, seq = cute.arch.block_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
+        tma_k, mK, tma_v, mV, tma_q, mQ, tma_do, mdO = loads
+        sK_layout, sQ_layout = layouts[:2]
         group = mQ.shape[2] // mK.shape[2]
 
         smem = SmemAllocator()
@@ -182,6 +216,12 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         sV = storage.sV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
+        smem_tensors = (sK, sV, sQ, sdO)
+        if cutlass.const_expr(self.with_dq):
+            sdS_layout, sdQ_layout = layouts[2:]
+            sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
+            sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
+            smem_tensors = (sK, sV, sQ, sdO, sdS, sdQ)
         stats = storage.stats.get_tensor(self.statistics_layout())
 
         cute.arch.mbarrier_init_fence()
@@ -193,7 +233,6 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
 
         if key_first < seqlen_k:
             m_begin, m_end = self.query_tile_run(key_first, sequence, left_chunks)
-
             if wg == 0:
                 cute.arch.setmaxregister_decrease(self.producer_registers)
                 if warp == 0:
@@ -220,15 +259,15 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                         m_begin,
                         m_end,
                     )
+                if cutlass.const_expr(self.with_dq):  # noqa: SIM102 (compile-time, then run-time)
+                    if warp == 1:
+                        tma_dq, mdQ = dq_store
+                        self.store_dq(tma_dq, mdQ, smem_tensors[5], q_start, head_k, group, m_begin, m_end)
             else:
                 cute.arch.setmaxregister_increase(self.consumer_registers)
-                self.consume_dkdv(
-                    st_mma,
-                    grad_mma,
-                    sK,
-                    sV,
-                    sQ,
-                    sdO,
+                self.consume(
+                    mmas,
+                    smem_tensors,
                     stats,
                     mdK,
                     mdV,
@@ -239,8 +278,6 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                     order,
                     wg - 1,
                     tidx % 128,
-                    q_start,
-                    k_start,
                     n_tile,
                     head_k,
                     group,
@@ -328,14 +365,10 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 cute.copy(tma_do, tOgO[None, m], tOsO[None, handle.index], tma_bar_ptr=handle.barrier)
 
     @cute.jit
-    def consume_dkdv(
+    def consume(
         self,
-        st_mma: cute.TiledMma,
-        grad_mma: cute.TiledMma,
-        sK: cute.Tensor,
-        sV: cute.Tensor,
-        sQ: cute.Tensor,
-        sdO: cute.Tensor,
+        mmas: tuple,
+        smem: tuple,
         stats: cute.Tensor,
         mdK: cute.Tensor,
         mdV: cute.Tensor,
@@ -346,8 +379,6 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         order: pipeline.PipelineOrder,
         wg: cutlass.Int32,
         thread: cutlass.Int32,
-        q_start: cutlass.Int32,
-        k_start: cutlass.Int32,
         n_tile: cutlass.Int32,
         head_k: cutlass.Int32,
         group: cutlass.Int32,
@@ -357,8 +388,12 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         m_begin: cutlass.Int32,
         m_end: cutlass.Int32,
     ):
-        """One warpgroup: 64 keys against every query tile that sees them; dK, dV in registers."""
-        seqlen_q, seqlen_k = sequence[2], sequence[3]
+        """One warpgroup: 64 keys against every query tile that sees them (dK, dV in registers)
+        and, with dQ, its head-dim slice of each tile's dQ, staged for the dQ warp."""
+        st_mma, grad_mma = mmas[:2]
+        sK, sV, sQ, sdO = smem[:4]
+        k_start, seqlen_q, seqlen_k = sequence[1:4]
+        d = self.head_dim
         st_thr = st_mma.get_slice(thread)
         grad_thr = grad_mma.get_slice(thread)
         tSrK = st_thr.make_fragment_A(st_thr.partition_A(sK))
@@ -370,7 +405,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         sdOt = cute.make_tensor(sdO.iterator, cute.select(sdO.layout, mode=[1, 0, 2]))
         tGrQt = grad_thr.make_fragment_B(grad_thr.partition_B(sQt))
         tGrdOt = grad_thr.make_fragment_B(grad_thr.partition_B(sdOt))
-        grad_shape = grad_thr.partition_shape_C((self.rows_wg, self.head_dim))
+        grad_shape = grad_thr.partition_shape_C((self.rows_wg, d))
         acc_dk = grad_thr.make_fragment_C(grad_shape)
         acc_dv = grad_thr.make_fragment_C(grad_shape)
         acc_dk.fill(0.0)
@@ -384,6 +419,29 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
             _accumulator_as_operand_a(st_thr.make_fragment_C(acc_st_shape).layout), self.dtype
         )
         tScS = _rows_cols(st_thr.partition_C(cute.make_identity_tensor((self.rows_wg, QUERY_TILE))))
+
+        dq_operands = ()
+        if cutlass.const_expr(self.with_dq):
+            dq_mma = mmas[2]
+            sdS, sdQ = smem[4:]
+            dq_thr = dq_mma.get_slice(thread)
+            dq_cols = d // self.num_wg
+            # dS^T of this warpgroup's keys into its half of each dS buffer, seen as (keys, queries).
+            sdSt = cute.make_tensor(sdS.iterator, cute.select(sdS.layout, mode=[1, 0, 2]))
+            tSsdS = st_thr.partition_C(
+                cute.local_tile(sdSt, (self.rows_wg, QUERY_TILE, DS_BUFFERS), (wg, 0, 0))
+            )
+            # dQ slice = dS (all 128 keys) x K^T slice; K's two 64-key stages are two K-halves.
+            tDrdS = dq_thr.make_fragment_A(dq_thr.partition_A(sdS))
+            sKt = cute.make_tensor(sK.iterator, cute.select(sK.layout, mode=[1, 0, 2]))
+            tDrKt = dq_thr.make_fragment_B(
+                dq_thr.partition_B(cute.local_tile(sKt, (dq_cols, self.rows_wg, self.num_wg), (wg, 0, 0)))
+            )
+            acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((QUERY_TILE, dq_cols)))
+            dq_mma.set(warpgroup.Field.ACCUMULATE, True)  # acc_dq is zeroed per tile instead
+            tDsdQ = dq_thr.partition_C(sdQ[None, None, wg])
+            dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ)
+
         key_base = n_tile * self.tile_m + wg * self.rows_wg
         scale_log2 = softmax_scale * LOG2_E
         kv_pipe.consumer_wait(pipeline.PipelineState(self.num_wg, wg, wg, cutlass.Int32(0)))
@@ -391,10 +449,14 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         tSrV_wg = tSrV[None, None, None, wg]
         key_first = n_tile * self.tile_m
         key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
+        if cutlass.const_expr(self.with_dq):
+            # Keys past the sequence end must get P = 0 here: their dS would reach dQ.
+            key_last = key_first + self.tile_m - 1
 
         operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
         operands = (*operands, p_operand, ds_operand, acc_st_shape)
         keys = (tScS, key_base, mLSE, mDelta, stats[None, None, wg], scale_log2, softmax_scale)
+        tile = cutlass.Int32(0)  # counts query tiles: with dQ it picks the dS buffer
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
@@ -404,20 +466,24 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 lo_last, _ = self.key_bounds(row_last, sequence, left_chunks)
                 _, hi_first = self.key_bounds(row_first, sequence, left_chunks)
                 full = lo_last <= key_first and hi_first > key_last
-                query = (m, head, sequence, left_chunks, wg, thread)
+                query = (m, head, sequence, left_chunks, tile % DS_BUFFERS, wg, thread)
                 if full:
-                    st_mma, q_consumer, order = self.dkdv_tile(
-                        False, st_mma, operands, q_consumer, order, keys, query
+                    st_mma, q_consumer, order = self.key_tile(
+                        False, st_mma, operands, dq_operands, q_consumer, order, keys, query
                     )
                 else:
-                    st_mma, q_consumer, order = self.dkdv_tile(
-                        True, st_mma, operands, q_consumer, order, keys, query
+                    st_mma, q_consumer, order = self.key_tile(
+                        True, st_mma, operands, dq_operands, q_consumer, order, keys, query
                     )
+                tile += 1
 
         out_dk = cute.make_rmem_tensor(acc_dk.layout, self.dtype)
         out_dk.store(acc_dk.load().to(self.dtype))
         out_dv = cute.make_rmem_tensor(acc_dv.layout, self.dtype)
         out_dv.store(acc_dv.load().to(self.dtype))
+        if cutlass.const_expr(self.with_dq):
+            # The other warpgroup's last dQ GEMM reads this warpgroup's K: wait before staging dK.
+            cute.arch.barrier(barrier_id=BOTH_WARPGROUPS_BARRIER, number_of_threads=256)
         # K and V of this warpgroup are no longer read: stage the results there.
         self.store_rows(
             grad_thr, out_dk, sK[None, None, wg], mdK, wg, thread, k_start, key_base, head_k, seqlen_k
@@ -425,6 +491,103 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
         self.store_rows(
             grad_thr, out_dv, sV[None, None, wg], mdV, wg, thread, k_start, key_base, head_k, seqlen_k
         )
+
+    @cute.jit
+    def key_tile(
+        self,
+        masked: cutlass.Constexpr,
+        st_mma: cute.TiledMma,
+        operands: tuple,
+        dq_operands: tuple,
+        q_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        keys: tuple,
+        query: tuple,
+    ):
+        """S^T, dP^T for one query tile; P^T and scaled dS^T; dV += P^T dO and dK += dS^T Q; with
+        dQ, also dS^T to shared memory, the dQ slice, and the slice staged for the dQ warp."""
+        (
+            grad_mma,
+            tSrK,
+            tSrV,
+            tSrQ,
+            tSrdO,
+            tGrQt,
+            tGrdOt,
+            acc_dk,
+            acc_dv,
+            p_operand,
+            ds_operand,
+            acc_st_shape,
+        ) = operands
+        m, head, sequence, left_chunks, buffer, wg, thread = query
+        acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
+        acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
+        handle = q_consumer.wait_and_advance()
+        order.wait()
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(tSrK, mode=[2])):
+            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(st_mma, acc_st, tSrK[None, None, k], tSrQ[None, None, k, handle.index], acc_st)
+        for k in cutlass.range_constexpr(cute.size(tSrV, mode=[2])):
+            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
+        warpgroup.commit_group()
+        order.arrive()
+        stat = self.load_statistic(keys, m * QUERY_TILE, sequence, head, thread)
+        warpgroup.wait_group(0)
+        rows = (m * QUERY_TILE, sequence, left_chunks, wg, thread)
+        self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
+        _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
+        ds_acc = _as_acc(ds_operand, acc_dpt)
+        ds_acc.store(acc_dpt.load().to(self.dtype))
+        if cutlass.const_expr(self.with_dq):
+            dq_operands[4].fill(0.0)
+
+        # dV and dK need only this warpgroup's registers: with dQ they run while dS goes to
+        # shared memory and the other warpgroup catches up at the barrier.
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
+            cute.gemm(grad_mma, acc_dv, p_operand[None, None, k], tGrdOt[None, None, k, handle.index], acc_dv)
+        for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):
+            cute.gemm(grad_mma, acc_dk, ds_operand[None, None, k], tGrQt[None, None, k, handle.index], acc_dk)
+        warpgroup.commit_group()
+        if cutlass.const_expr(self.with_dq):
+            self.dq_tile(dq_operands, ds_acc, buffer)
+        warpgroup.wait_group(0)
+        handle.release()
+        if cutlass.const_expr(self.with_dq):
+            self.stage_dq(dq_operands, wg)
+        return st_mma, q_consumer, order
+
+    @cute.jit
+    def dq_tile(self, dq_operands: tuple, ds_acc: cute.Tensor, buffer):
+        """dS^T to this warpgroup's half of a dS buffer; once both halves are there, the dQ slice
+        = dS K over all 128 keys (issued, not waited for)."""
+        dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, _ = dq_operands
+        cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier(barrier_id=BOTH_WARPGROUPS_BARRIER, number_of_threads=256)
+        key_blocks = cute.size(tDrKt, mode=[2])
+        for k in cutlass.range_constexpr(cute.size(tDrdS, mode=[2])):
+            cute.gemm(
+                dq_mma,
+                acc_dq,
+                tDrdS[None, None, k, buffer],
+                tDrKt[None, None, k % key_blocks, k // key_blocks],
+                acc_dq,
+            )
+        warpgroup.commit_group()
+
+    @cute.jit
+    def stage_dq(self, dq_operands: tuple, wg: cutlass.Int32):
+        """The finished dQ slice to shared memory for the dQ warp, once it has sent the previous
+        one off."""
+        _, _, _, _, acc_dq, tDsdQ = dq_operands
+        cute.arch.barrier(barrier_id=DQ_EMPTY_BARRIER + wg, number_of_threads=DQ_HANDSHAKE_THREADS)
+        cute.autovec_copy(acc_dq, tDsdQ)
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier_arrive(barrier_id=DQ_FULL_BARRIER + wg, number_of_threads=DQ_HANDSHAKE_THREADS)
 
     def statistics_layout(self):
         """Per warpgroup, the current query tile's (LSE * log2(e), delta) pairs, interleaved so a
@@ -487,58 +650,43 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
 
     @cute.jit
-    def dkdv_tile(
+    def store_dq(
         self,
-        masked: cutlass.Constexpr,
-        st_mma: cute.TiledMma,
-        operands: tuple,
-        q_consumer: pipeline.PipelineConsumer,
-        order: pipeline.PipelineOrder,
-        keys: tuple,
-        query: tuple,
+        tma_dq: cute.CopyAtom,
+        mdQ: cute.Tensor,
+        sdQ: cute.Tensor,
+        q_start: cutlass.Int32,
+        head_k: cutlass.Int32,
+        group: cutlass.Int32,
+        m_begin: cutlass.Int32,
+        m_end: cutlass.Int32,
     ):
-        """S^T, dP^T for one query tile, then P^T and dS^T, then dV += P^T dO and dK += dS^T Q."""
-        (
-            grad_mma,
-            tSrK,
-            tSrV,
-            tSrQ,
-            tSrdO,
-            tGrQt,
-            tGrdOt,
-            acc_dk,
-            acc_dv,
-            p_operand,
-            ds_operand,
-            acc_st_shape,
-        ) = operands
-        m, head, sequence, left_chunks, wg, thread = query
-        acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
-        acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
-        handle = q_consumer.wait_and_advance()
-        order.wait()
-        warpgroup.fence()
-        for k in cutlass.range_constexpr(cute.size(tSrK, mode=[2])):
-            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
-            cute.gemm(st_mma, acc_st, tSrK[None, None, k], tSrQ[None, None, k, handle.index], acc_st)
-        for k in cutlass.range_constexpr(cute.size(tSrV, mode=[2])):
-            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
-            cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
-        warpgroup.commit_group()
-        order.arrive()
-        stat = self.load_statistic(keys, m * QUERY_TILE, sequence, head, thread)
-        warpgroup.wait_group(0)
-        rows = (m * QUERY_TILE, sequence, left_chunks, wg, thread)
-        self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
-        _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
-        _as_acc(ds_operand, acc_dpt).store(acc_dpt.load().to(self.dtype))
-
-        warpgroup.fence()
-        for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
-            cute.gemm(grad_mma, acc_dv, p_operand[None, None, k], tGrdOt[None, None, k, handle.index], acc_dv)
-        for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):
-            cute.gemm(grad_mma, acc_dk, ds_operand[None, None, k], tGrQt[None, None, k, handle.index], acc_dk)
-        warpgroup.commit_group()
-        warpgroup.wait_group(0)
-        handle.release()
-        return st_mma, q_consumer, order
+        """The dQ warp (a producer-warpgroup warp): per query tile, each consumer warpgroup's
+        staged dQ slice goes to the float32 dQ buffer as a TMA reduce-add; once the copy has read
+        shared memory, the warpgroup may stage its next slice. Keeps this off the GEMM warps."""
+        tiles = group * (m_end - m_begin)
+        for w in cutlass.range_constexpr(self.num_wg):
+            if tiles > 0:
+                cute.arch.barrier_arrive(
+                    barrier_id=DQ_EMPTY_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS
+                )
+        tile = cutlass.Int32(0)
+        for h in cutlass.range(group, unroll=1):
+            head = head_k * group + h
+            for m in cutlass.range(m_begin, m_end, unroll=1):
+                rows = cute.domain_offset((q_start + m * QUERY_TILE, 0), mdQ[None, None, head])
+                gdQ = cute.local_tile(rows, (QUERY_TILE, self.head_dim // self.num_wg), (0, None))
+                tRsR, tRgR = cpasync.tma_partition(
+                    tma_dq, 0, cute.make_layout(1), cute.group_modes(sdQ, 0, 2), cute.group_modes(gdQ, 0, 2)
+                )
+                tile += 1
+                for w in cutlass.range_constexpr(self.num_wg):
+                    cute.arch.barrier(barrier_id=DQ_FULL_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS)
+                    cute.copy(tma_dq, tRsR[None, w], tRgR[None, w])
+                    cute.arch.cp_async_bulk_commit_group()
+                    cute.arch.cp_async_bulk_wait_group(0, read=True)
+                    if tile < tiles:  # the consumers stage exactly ``tiles`` slices
+                        cute.arch.barrier_arrive(
+                            barrier_id=DQ_EMPTY_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS
+                        )
+        cute.arch.cp_async_bulk_wait_group(0, read=True)
