@@ -156,23 +156,15 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         sK_layout: cute.ComposedLayout,
     ):
         tidx, _, _ = cute.arch.thread_idx()
-        block_m, head, seq = cute.arch.block_idx()
-        grid_m, heads_q, _ = cute.arch.grid_dim()
-        m_tile = grid_m - 1 - block_m
+        m_tile, head, head_k, seq = self.query_tile_of_block(mK.shape[2])
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
-        heads_k = mK.shape[2]
-        head_k = head // (heads_q // heads_k)
 
         smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        q_pipe = self.tma_pipeline(storage.q_barriers.data_ptr(), self.num_wg, 4, self.q_bytes)
-        kv_pipe = self.tma_pipeline(
-            storage.kv_barriers.data_ptr(), self.kv_stages, 4 * self.num_wg, self.kv_bytes
-        )
+        q_pipe, kv_pipe, order = self.query_side_pipelines(storage, wg)
         q_producer, _ = q_pipe.make_participants()
         kv_producer, kv_consumer = kv_pipe.make_participants()
-        order = self.warpgroup_order(storage.order_barriers.data_ptr(), wg)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sKV = storage.sKV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)

@@ -248,24 +248,15 @@ class ChunkAttentionForwardSm90:
         sV_layout: cute.ComposedLayout,
     ):
         tidx, _, _ = cute.arch.thread_idx()
-        block_m, head, seq = cute.arch.block_idx()
-        grid_m, heads_q, _ = cute.arch.grid_dim()
-        # Heaviest query tiles (most keys) first: better tail balance across the grid.
-        m_tile = grid_m - 1 - block_m
+        m_tile, head, head_k, seq = self.query_tile_of_block(mK.shape[2])
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
-        heads_k = mK.shape[2]
-        head_k = head // (heads_q // heads_k)
 
         smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        q_pipe = self.tma_pipeline(storage.q_barriers.data_ptr(), self.num_wg, 4, self.q_bytes)
-        kv_pipe = self.tma_pipeline(
-            storage.kv_barriers.data_ptr(), self.kv_stages, 4 * self.num_wg, self.kv_bytes
-        )
+        q_pipe, kv_pipe, order = self.query_side_pipelines(storage, wg)
         q_producer, _ = q_pipe.make_participants()
         kv_producer, kv_consumer = kv_pipe.make_participants()
-        order = self.warpgroup_order(storage.order_barriers.data_ptr(), wg)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sK = storage.sKV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sV = cute.make_tensor(cute.recast_ptr(sK.iterator, sV_layout.inner), sV_layout.outer)
@@ -329,6 +320,26 @@ class ChunkAttentionForwardSm90:
                     full_end,
                     n_end,
                 )
+
+    @cute.jit
+    def query_tile_of_block(self, heads_k):
+        """This CTA's (query tile, query head, KV head, sequence). The heaviest query tiles (most
+        keys) run first: better tail balance across the grid."""
+        block_m, head, seq = cute.arch.block_idx()
+        grid_m, heads_q, _ = cute.arch.grid_dim()
+        m_tile = grid_m - 1 - block_m
+        head_k = head // (heads_q // heads_k)
+        return m_tile, head, head_k, seq
+
+    @cute.jit
+    def query_side_pipelines(self, storage, wg: cutlass.Int32):
+        """The Q buffers (one per warpgroup, loaded once), the K/V ring and the warpgroups'
+        ping-pong order of a kernel whose CTA owns query rows."""
+        q_pipe = self.tma_pipeline(storage.q_barriers.data_ptr(), self.num_wg, 4, self.q_bytes)
+        kv_pipe = self.tma_pipeline(
+            storage.kv_barriers.data_ptr(), self.kv_stages, 4 * self.num_wg, self.kv_bytes
+        )
+        return q_pipe, kv_pipe, self.warpgroup_order(storage.order_barriers.data_ptr(), wg)
 
     @cute.jit
     def tma_pipeline(self, barriers: cute.Pointer, stages: int, consumer_warps: int, tx_bytes: int):
