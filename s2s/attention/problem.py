@@ -35,6 +35,12 @@ class AttentionProblem:
     cu_seqlens_q: torch.Tensor | None
     cu_seqlens_k: torch.Tensor | None
     softmax_scale: float
+    # Host-side facts of the lengths, read once while checking them (reading them later from
+    # the device would stall the host on every call):
+    max_seqlen_q: int  # the longest sequence
+    max_seqlen_k: int
+    rows_q: int  # rows inside some sequence (a packed tensor may hold more after them)
+    rows_k: int
 
     @property
     def is_varlen(self) -> bool:
@@ -64,20 +70,9 @@ class AttentionProblem:
     def dtype(self) -> torch.dtype:
         return self.q.dtype
 
-    @property
-    def max_seqlen_q(self) -> int:
-        return self.q.shape[1] if not self.is_varlen else _longest(self.seqlens_q)
 
-    @property
-    def max_seqlen_k(self) -> int:
-        return self.k.shape[1] if not self.is_varlen else _longest(self.seqlens_k)
-
-
-def _longest(lengths: torch.Tensor) -> int:
-    return int(lengths.max()) if lengths.numel() else 0
-
-
-def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device: torch.device) -> None:
+def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device: torch.device) -> list[int]:
+    """The checked offsets, on the host."""
     if not isinstance(cu, torch.Tensor):
         raise TypeError(f"{name} must be an int32 tensor, got {type(cu).__name__}")
     if cu.dtype != torch.int32:
@@ -99,6 +94,7 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device: torch.dev
             f"{name} ends at {values[-1]} but the packed tensor holds only {total} rows; "
             f"the lengths go beyond the tensor"
         )
+    return values
 
 
 def make_problem(
@@ -149,8 +145,8 @@ def make_problem(
         )
 
     if varlen:
-        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
-        _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+        offsets_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+        offsets_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
         if cu_seqlens_q.shape != cu_seqlens_k.shape:
             raise ValueError(
                 f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, "
@@ -159,12 +155,17 @@ def make_problem(
         batch = cu_seqlens_q.shape[0] - 1
         seqlens_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
         seqlens_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
+        max_seqlen_q = max(b - a for a, b in itertools.pairwise(offsets_q))
+        max_seqlen_k = max(b - a for a, b in itertools.pairwise(offsets_k))
+        rows_q, rows_k = offsets_q[-1], offsets_k[-1]
     else:
         if k.shape[0] != q.shape[0]:
             raise ValueError(f"q and k must share the batch size, got {q.shape[0]} and {k.shape[0]}")
         batch = q.shape[0]
         seqlens_q = torch.full((batch,), q.shape[1], dtype=torch.int64, device=q.device)
         seqlens_k = torch.full((batch,), k.shape[1], dtype=torch.int64, device=q.device)
+        max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
+        rows_q, rows_k = batch * q.shape[1], batch * k.shape[1]
 
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     return AttentionProblem(
@@ -178,4 +179,8 @@ def make_problem(
         cu_seqlens_q=cu_seqlens_q,
         cu_seqlens_k=cu_seqlens_k,
         softmax_scale=scale,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        rows_q=rows_q,
+        rows_k=rows_k,
     )

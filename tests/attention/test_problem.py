@@ -155,3 +155,21 @@ def test_backend_that_cannot_run_names_those_that_can():
         chunk_attention(q, k, v, SPEC, backend="flex")
     with pytest.raises(NotImplementedError, match=r"log-sum-exp.*Backends that can: flex, reference"):
         chunk_attention(q.detach(), k, v, SPEC, backend="sdpa", return_lse=True)
+
+
+def test_problem_records_the_lengths_on_the_host_once():
+    """Backends read the longest sequence and the rows inside sequences from the problem, not
+    from the device (a host sync per read): they match what the tensors say."""
+    from s2s.attention.problem import make_problem
+
+    q, k, v = packed(total_q=10, total_k=12)
+    lengths_q, lengths_k = torch.randint(0, 4, (3,)), torch.randint(0, 5, (3,))  # sums <= 9, 12
+    cu_q = torch.cat([torch.zeros(1), lengths_q.cumsum(0)]).int()
+    cu_k = torch.cat([torch.zeros(1), lengths_k.cumsum(0)]).int()
+    problem = make_problem(q, k, v, SPEC, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    assert (problem.max_seqlen_q, problem.max_seqlen_k) == (int(lengths_q.max()), int(lengths_k.max()))
+    assert (problem.rows_q, problem.rows_k) == (int(lengths_q.sum()), int(lengths_k.sum()))
+
+    q, k, v = qkv(b=3, sq=5, sk=7)
+    problem = make_problem(q, k, v, SPEC)
+    assert (problem.max_seqlen_q, problem.max_seqlen_k, problem.rows_q, problem.rows_k) == (5, 7, 15, 21)

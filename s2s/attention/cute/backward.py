@@ -19,7 +19,6 @@ from s2s.attention.cute.launch import (
     compile_kernel,
     kernel_arguments,
     pointer,
-    rows_in_sequences,
     sizes_of,
     specialization_name,
 )
@@ -130,10 +129,9 @@ def backward(
     grad_out = grad_out.contiguous()
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     delta, dq_accum = prologue(out, grad_out, not deterministic, stream)
-    if problem.is_varlen:  # keys outside every sequence: no kernel writes them
-        used_keys = rows_in_sequences(problem.cu_seqlens_k)
-        dk[used_keys:] = 0
-        dv[used_keys:] = 0
+    if problem.rows_k < k.shape[0]:  # keys outside every sequence: no kernel writes them
+        dk[problem.rows_k :] = 0
+        dv[problem.rows_k :] = 0
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
     inputs, sizes, scale = [q, k, v, grad_out, lse, delta], sizes_of(q, k), problem.softmax_scale
     tiles = backward_tiles(problem.head_dim, "dkdv")
@@ -144,8 +142,8 @@ def backward(
         dq.copy_(dq_accum)
         return dq, dk, dv
 
-    if problem.is_varlen:
-        dq[rows_in_sequences(problem.cu_seqlens_q) :] = 0
+    if problem.rows_q < q.shape[0]:
+        dq[problem.rows_q :] = 0
     q_tiles = max(1, -(-problem.max_seqlen_q // tiles.tile_m))
     dq_kernel = compiled_backward("dq", problem.dtype, tiles)
     dq_kernel(*kernel_arguments([*inputs, dq], sizes, table, q_tiles, left, scale, stream))

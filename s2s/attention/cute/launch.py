@@ -152,11 +152,6 @@ def specialization_name(kind: str, dtype: torch.dtype, tiles) -> str:
     )
 
 
-def rows_in_sequences(cu_seqlens: torch.Tensor) -> int:
-    """Packed rows that belong to some sequence (a packed tensor may hold more)."""
-    return int(cu_seqlens[-1])
-
-
 # Sequences at least this long use 192-row tiles at head dim 64 (3 consumer warpgroups): more
 # softmax in flight per tensor-core op; shorter ones keep 128 rows (less padding, more CTAs).
 LONG_SEQUENCE_ROWS = 2048
@@ -235,9 +230,9 @@ def prepare(
         raise ValueError(f"out must be a contiguous {q.dtype} buffer of shape {tuple(q.shape)}")
     if lse.shape != (q.shape[1], q.shape[0]) or lse.dtype != torch.float32 or not lse.is_contiguous():
         raise ValueError(f"lse must be a contiguous float32 buffer of shape {(q.shape[1], q.shape[0])}")
-    if varlen and (used := rows_in_sequences(problem.cu_seqlens_q)) < q.shape[0]:
-        out[used:] = 0  # rows outside every sequence: no kernel writes them
-        lse[:, used:] = float("-inf")
+    if problem.rows_q < q.shape[0]:  # rows outside every sequence: no kernel writes them
+        out[problem.rows_q :] = 0
+        lse[:, problem.rows_q :] = float("-inf")
     table = sequence_table(problem)
     tiles = tiles or default_tiles(problem.head_dim, problem.max_seqlen_q)
     tile_m = tiles.tile_m
