@@ -30,9 +30,9 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.memory import SmemAllocator
 from cutlass.tensor_utils import LayoutEnum
 
-from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
 from s2s.attention.cute.forward_sm90 import (
     LOG2_E,
+    ChunkAttentionForwardSm90,
     ForwardTiles,
     _accumulator_as_operand_a,
     _as_acc,
@@ -51,8 +51,10 @@ DQ_EMPTY_BARRIER = 7  # + warpgroup: the staging buffer may be rewritten
 DQ_HANDSHAKE_THREADS = 128 + 32
 
 
-class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
-    """Keys stay, query tiles stream: four GEMMs per query tile, five ``with_dq``."""
+class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
+    """Keys stay, query tiles stream: four GEMMs per query tile, five ``with_dq``. From the
+    forward class it takes the shared steps only (pipelines, warpgroup order, the sequence
+    table, the chunk rule's key bounds, the row store)."""
 
     def __init__(self, tiles: ForwardTiles, with_dq: bool):
         super().__init__(tiles)
@@ -265,7 +267,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                         self.store_dq(tma_dq, mdQ, smem_tensors[5], q_start, head_k, group, m_begin, m_end)
             else:
                 cute.arch.setmaxregister_increase(self.consumer_registers)
-                self.consume(
+                self.consume_keys(
                     mmas,
                     smem_tensors,
                     stats,
@@ -365,7 +367,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionBackwardDqSm90):
                 cute.copy(tma_do, tOgO[None, m], tOsO[None, handle.index], tma_bar_ptr=handle.barrier)
 
     @cute.jit
-    def consume(
+    def consume_keys(
         self,
         mmas: tuple,
         smem: tuple,
