@@ -1,8 +1,14 @@
-"""Baseline vocoder: log-mel -> linear spectrum (torchaudio InverseMelScale) -> Griffin-Lim.
+"""Baseline vocoder: log-mel -> linear spectrum (pseudo-inverse of the mel filterbank) -> Griffin-Lim.
 
 It needs no training, so a model's mel output can be listened to from the first step. Streaming
 runs Griffin-Lim on each new chunk with a few frames of the previous ones as context and keeps the
 audio of the new frames only: one chunk of mel in, `frames * hop` samples out.
+
+The inverse mel step is the minimum-norm least-squares solution that torchaudio's InverseMelScale
+computes with `lstsq(driver="gelsd")`, precomputed once as a matrix (the filterbank's
+pseudo-inverse, in float64): CUDA's lstsq has only the `gels` driver, which fails on the
+rank-deficient filterbank (some low mel filters are empty at n_fft 400), and one matmul per chunk
+is cheaper than a solve anyway. It runs in float32 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ class GriffinLimVocoder(torch.nn.Module):
         self.log_mel = cfg = log_mel or LogMelConfig()
         self.iterations = iterations
         self.context_frames = context_frames
-        self.inverse_mel = torchaudio.transforms.InverseMelScale(
-            n_stft=cfg.window // 2 + 1,
-            n_mels=cfg.n_mels,
-            sample_rate=cfg.sample_rate,
-            f_min=cfg.f_min,
-            f_max=cfg.f_max,
-            driver="gelsd",  # some low mel filters are empty at n_fft 400: rank-deficient
-        )
+        filterbank = torchaudio.functional.melscale_fbanks(
+            cfg.window // 2 + 1, cfg.f_min, cfg.f_max or cfg.sample_rate / 2, cfg.n_mels, cfg.sample_rate
+        )  # (n_stft, n_mels): the same filters as the front end's MelScale
+        # Minimum-norm solution; singular values below float32 resolution count as zero, as in a
+        # float32 gelsd solve (five mel filters are empty at n_fft 400; float64 would blow them up).
+        rtol = torch.finfo(torch.float32).eps * max(filterbank.shape)
+        inverse = torch.linalg.pinv(filterbank.double().T, rtol=rtol)  # (n_stft, n_mels)
+        self.register_buffer("inverse_mel", inverse.float(), persistent=False)
         self.register_buffer("window", torch.hann_window(cfg.window), persistent=False)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
@@ -41,7 +47,7 @@ class GriffinLimVocoder(torch.nn.Module):
         if mel.shape[1] == 0:
             return mel.new_zeros(mel.shape[0], 0)
         power_mel = (mel.float().exp() - self.log_mel.floor).clamp(min=0.0).transpose(1, 2)
-        power = self.inverse_mel(power_mel).clamp(min=0.0)
+        power = torch.relu(self.inverse_mel @ power_mel)  # (B, n_stft, F)
         cfg = self.log_mel
         audio = torchaudio.functional.griffinlim(
             power, self.window, n_fft=cfg.window, hop_length=cfg.hop, win_length=cfg.window, power=2.0,
@@ -61,6 +67,6 @@ class GriffinLimVocoder(torch.nn.Module):
 
     def stream(self, mel: torch.Tensor, state: VocoderState) -> tuple[torch.Tensor, VocoderState]:
         """A chunk of log-mel frames -> its audio, with the previous frames as phase context."""
-        frames = torch.cat([state.context.to(mel.dtype), mel], dim=1)
+        frames = torch.cat([state.context.float(), mel.float()], dim=1)
         audio = self(frames)[:, state.context.shape[1] * self.log_mel.hop :]
         return audio, VocoderState(frames[:, frames.shape[1] - self.context_frames :])

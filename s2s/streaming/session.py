@@ -104,7 +104,7 @@ class StreamingSession:
             cross=[layer_cache(block.cross_attention) for block in model.decoder.blocks],
         )
         return SessionState(
-            mel_tail=self.log_mel.initial_state(batch, device).to(dtype),
+            mel_tail=self.log_mel.initial_state(batch, device),
             front_end=model.front_end.initial_state(batch, device, dtype),
             caches=caches,
             feedback=torch.zeros(batch, self.chunk, c.feedback_dim, device=device, dtype=dtype),
@@ -142,8 +142,11 @@ class StreamingSession:
         model, state = self.model, self.state
         active = counts > 0
 
-        mel, mel_tail = self.log_mel.stream(audio.to(self.dtype), state.mel_tail)
-        x, front_end = model.front_end.step(mel, state.front_end)
+        # The log-mel front end and the vocoder run in float32 whatever the model's dtype (an FFT in
+        # bf16 loses the quiet bands); the model's layers run in its own dtype (bf16 / fp16 on a GPU,
+        # where attention then goes through the CuTe kernel).
+        mel, mel_tail = self.log_mel.stream(audio.float(), state.mel_tail)
+        x, front_end = model.front_end.step(mel.to(self.dtype), state.front_end)
         positions = state.positions[:, None] + torch.arange(self.chunk, device=self.device)
         caches = state.caches
         encoded = model.encoder.step(x, positions, caches.encoder, counts, final)

@@ -1,0 +1,155 @@
+"""Run dialogues through a batched StreamingSession as deployed: the model hears the user chunk by
+chunk and reads back its own output. Shared by `stream_eval` and the free-running validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from s2s.data.dataset import Crop, DialogueDataset
+from s2s.data.manifest import Manifest
+from s2s.models.duplex import DuplexModel
+from s2s.streaming.session import StreamingSession
+
+
+@dataclass
+class StreamedDialogue:
+    name: str
+    user: np.ndarray  # (samples,) the user channel that was streamed
+    reference: np.ndarray  # (samples,) the reference system channel
+    mel: np.ndarray  # (frames * r, n_mels) float32: the model's log-mel
+    speaking: np.ndarray  # (frames,) float32: the model's speaking probability
+    audio: np.ndarray | None  # (frames * frame_samples,) float32 model audio (None without a vocoder)
+    feedback: torch.Tensor  # (frames, feedback_dim) for the offline comparison
+    manifest: Manifest | None  # cropped to the streamed span
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.user) / self.sample_rate
+
+
+@dataclass
+class StreamRun:
+    dialogues: list[StreamedDialogue]
+    step_seconds: list[float]  # wall time of each session step (device synchronized)
+
+
+def crop_manifest(manifest: Manifest, samples: int) -> Manifest:
+    """The manifest of the first `samples` of a dialogue: whole exchanges that end inside the crop
+    (a turn whose reply falls beyond the crop cannot be scored, so it is left out, not missed)."""
+    if samples >= manifest.num_samples:
+        return manifest
+    ends: dict[int, int] = {}
+    for segment in manifest.segments:
+        ends[segment.exchange] = max(ends.get(segment.exchange, 0), segment.end_sample)
+    kept = tuple(s for s in manifest.segments if ends[s.exchange] <= samples)
+    return dataclasses.replace(manifest, num_samples=samples, segments=kept)
+
+
+def stream_dialogues(
+    model: DuplexModel,
+    dataset: DialogueDataset,
+    indices: Sequence[int] | None = None,
+    chunk: int | None = None,
+    left_chunks=...,
+    streams: int = 4,
+    max_seconds: float | None = None,
+    vocoder: bool = True,
+    progress: bool = False,
+) -> StreamRun:
+    """Stream the dialogues `indices` of `dataset` (all by default), `streams` at a time in one
+    session each group, optionally only their first `max_seconds`."""
+    if streams < 1:
+        raise ValueError(f"streams must be >= 1 (dialogues streamed at once), got {streams}")
+    device = next(model.parameters()).device
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    results, step_seconds = [], []
+    bar = tqdm(total=len(indices), desc="streaming dialogues", unit="dialogue", disable=not progress)
+    for first in range(0, len(indices), streams):
+        group = indices[first : first + streams]
+        items = [_item(dataset, index, max_seconds) for index in group]
+        session = StreamingSession(
+            model, batch=len(items), chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device
+        )
+        outputs, seconds = _stream_group(session, [item["user"] for item in items])
+        step_seconds += seconds
+        for index, item, output in zip(group, items, outputs, strict=True):
+            manifest = dataset.files[index].manifest
+            results.append(
+                StreamedDialogue(
+                    name=item["name"],
+                    user=item["user"].numpy(),
+                    reference=item["system"].numpy(),
+                    manifest=None if manifest is None else _cropped(manifest, item, dataset.sample_rate),
+                    sample_rate=dataset.sample_rate,
+                    **output,
+                )
+            )
+        bar.update(len(items))
+    bar.close()
+    return StreamRun(results, step_seconds)
+
+
+def _cropped(manifest: Manifest, item: dict, sample_rate: int) -> Manifest:
+    """The manifest cut to the streamed samples (counted at the manifest's own rate)."""
+    return crop_manifest(manifest, round(len(item["user"]) * manifest.sample_rate / sample_rate))
+
+
+def _item(dataset: DialogueDataset, index: int, max_seconds: float | None) -> dict:
+    length = dataset.files[index].num_samples
+    if max_seconds is not None:
+        length = min(length, int(max_seconds * dataset.sample_rate))
+    return dataset[Crop(index, 0, length)]
+
+
+def _stream_group(session: StreamingSession, users: list[torch.Tensor]) -> tuple[list[dict], list[float]]:
+    """Step the session over every stream's audio (short streams go idle); per stream its outputs."""
+    config = session.model.config
+    size, device = session.chunk_samples, session.device
+    lengths = [user.shape[0] for user in users]
+    pieces: list[list[tuple]] = [[] for _ in users]
+    step_seconds = []
+    for start in range(0, max(lengths), size):
+        audio = torch.zeros(len(users), size)
+        counts = torch.zeros(len(users), dtype=torch.int64)
+        for row, user in enumerate(users):
+            piece = user[start : start + size]
+            audio[row, : piece.shape[0]] = piece
+            counts[row] = piece.shape[0]
+        final = torch.tensor([start + size >= n for n in lengths])
+        began = time.perf_counter()
+        out = session.step(audio.to(device), lengths=counts, final=final)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_seconds.append(time.perf_counter() - began)
+        frames = out.frames.cpu()
+        for row in range(len(users)):
+            n = int(frames[row])
+            if n:
+                pieces[row].append(
+                    (
+                        out.mel[row, : n * config.mel_per_frame].float().cpu(),
+                        out.speaking[row, :n].float().cpu(),
+                        None if out.audio is None else out.audio[row, : n * config.frame_samples].cpu(),
+                        out.raw.feedback[row, :n].cpu(),
+                    )
+                )
+    outputs = []
+    for row in range(len(users)):
+        mel, speaking, audio, feedback = zip(*pieces[row], strict=True)
+        outputs.append(
+            {
+                "mel": torch.cat(mel).numpy(),
+                "speaking": torch.cat(speaking).numpy(),
+                "audio": None if audio[0] is None else torch.cat(audio).float().numpy(),
+                "feedback": torch.cat(feedback),
+            }
+        )
+    return outputs, step_seconds
