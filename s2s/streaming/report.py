@@ -18,6 +18,9 @@ from s2s.streaming.mcd import mel_cepstral_distortion
 from s2s.streaming.runner import StreamedDialogue, StreamRun
 
 SOURCES = ("probability", "energy")
+# A reply the user cut off is heard until this long after the barge-in's onset (the reference falls
+# silent 0.07-0.22 s after it; the user's next turn comes later than this): its last word is whole.
+CUT_OFF_SECONDS = 1.0
 
 
 def activity(dialogue: StreamedDialogue, config: DuplexConfig, source: str, energy_db: float) -> np.ndarray:
@@ -76,8 +79,10 @@ def turn_taking(
 def reply_content(dialogues: list[StreamedDialogue], config: DuplexConfig, recognizer) -> dict:
     """Words recognized in the model's output and in the reference over every reply window.
 
-    Rows carry the model's onset in the window (seconds after the user's end of turn, from its
-    speaking probability) and how long it spoke there.
+    The window runs from the user's end of turn until the user speaks again, or, for a reply the
+    user cut off, until CUT_OFF_SECONDS after the barge-in. Rows carry the model's onset in the
+    window (seconds after the user's end of turn, from its speaking probability) and how long it
+    spoke there.
     """
     from s2s.recognizer import reply_windows
 
@@ -89,8 +94,11 @@ def reply_content(dialogues: list[StreamedDialogue], config: DuplexConfig, recog
         if dialogue.audio is None:
             raise ValueError("content scoring needs the model's audio: stream with the vocoder on")
         for reply in reply_windows(dialogue.manifest):
-            first, last = (round(t * config.sample_rate) for t in (reply.start, reply.end))
-            windows.append((dialogue, reply))
+            end = reply.end
+            if reply.barge_in is not None:  # the words said before the stop, not cut mid-word
+                end = min(reply.barge_in + CUT_OFF_SECONDS, dialogue.seconds)
+            first, last = (round(t * config.sample_rate) for t in (reply.start, end))
+            windows.append((dialogue, reply, end))
             model_audio.append(dialogue.audio[first:last])
             reference_audio.append(dialogue.reference[first:last])
     if not windows:
@@ -98,10 +106,10 @@ def reply_content(dialogues: list[StreamedDialogue], config: DuplexConfig, recog
     heard = recognizer.transcribe(model_audio, sample_rate=config.sample_rate)
     ceiling = recognizer.transcribe(reference_audio, sample_rate=config.sample_rate)
     model_rows, reference_rows = [], []
-    for (dialogue, reply), words, reference_words in zip(windows, heard, ceiling, strict=True):
+    for (dialogue, reply, end), words, reference_words in zip(windows, heard, ceiling, strict=True):
         spoken = metrics.activity_from_probability(dialogue.speaking)
         first = int(np.ceil(reply.start / frame_seconds - 1e-9))
-        last = min(len(spoken), int(np.ceil(reply.end / frame_seconds - 1e-9)))
+        last = min(len(spoken), int(np.ceil(end / frame_seconds - 1e-9)))
         active = np.flatnonzero(spoken[first:last])
         onset = float((first + active[0]) * frame_seconds - reply.start) if active.size else None
         common = {"cut_off": reply.kind != "reply", "dialogue": dialogue.name, "exchange": reply.exchange}
@@ -149,8 +157,10 @@ def quality(dialogues: list[StreamedDialogue], mcd_seconds: float) -> dict:
 def free_running_summary(run: StreamRun, config: DuplexConfig, window: float, recognizer=None) -> dict:
     """Flat figures for training logs, read from the speaking probability, and one score.
 
-    `score` (higher is better, in [0, 1]) is the mean of: response rate, 1 - false take-overs per
-    pause, 1 - talk-overs per turn, barge-in stop rate and, with a recognizer, reply exact match.
+    `score` (higher is better, in [0, 1]) is the product of: response rate, 1 - false take-overs
+    per pause, 1 - talk-overs per turn, barge-in stop rate and, with a recognizer, reply exact match
+    (each clipped to [0, 1]; undefined ones left out). A product, so that a model that never speaks
+    (no take-overs, no talk-overs) or one that never stops cannot score well.
     """
     scores = turn_taking(run.dialogues, config, window, sources=("probability",))["probability"]
     summary = {
@@ -174,7 +184,7 @@ def free_running_summary(run: StreamRun, config: DuplexConfig, window: float, re
         summary["word_error_rate"] = None if words is None else words["word_error_rate"]
         parts.append(summary["exact_match"])
     known = [min(1.0, max(0.0, p)) for p in parts if p is not None]
-    summary["score"] = float(np.mean(known)) if known else None
+    summary["score"] = float(np.prod(known)) if known else None
     return summary
 
 

@@ -1,0 +1,100 @@
+"""Free-running validation: the callback streams validation dialogues through a StreamingSession
+during training, logs free/* metrics beside the losses, and the checkpoint callback can keep the
+checkpoint that behaves best."""
+
+import csv
+import math
+
+import lightning
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from s2s.data.datamodule import DuplexDataModule
+from s2s.models.config import DuplexConfig
+from s2s.models.duplex import DuplexModel
+from s2s.streaming import metrics
+from s2s.streaming.report import free_running_summary
+from s2s.streaming.runner import stream_dialogues
+from s2s.training.free_running import FreeRunningValidation
+from s2s.training.module import DuplexLightningModule
+
+CONFIG = DuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, train_chunks=(2, 4))
+
+
+def _fit(tiny_corpus, tmp_path, callback, checkpoint=None, seed=0):
+    lightning.seed_everything(seed)
+    data = DuplexDataModule(
+        root=tiny_corpus.out_dir, num_workers=0, max_seconds=3.0, eval_max_seconds=3.0, batch_seconds=9.0,
+        generate_if_missing=False,
+    )
+    module = DuplexLightningModule(DuplexModel(CONFIG))
+    trainer = lightning.Trainer(
+        max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="csv", version=""), enable_progress_bar=False,
+        callbacks=[callback] + ([checkpoint] if checkpoint else []), enable_checkpointing=checkpoint is not None,
+        limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return trainer, module, data
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_callback_logs_free_running_metrics_beside_the_losses(tiny_corpus, tmp_path):
+    callback = FreeRunningValidation(every_n_validations=1, dialogues=2, streams=2, seconds=8.0)
+    trainer, module, data = _fit(tiny_corpus, tmp_path, callback)
+    rows = [r for r in _rows(tmp_path / "csv" / "metrics.csv") if r.get("free/score")]
+    assert [int(r["step"]) for r in rows] == [1, 3], "one free-running row per validation (steps 2 and 4)"
+    for row in rows:
+        assert row["val/loss"], "free-running metrics sit beside the teacher-forced losses"
+        for key in ("free/response_rate", "free/false_takeovers_per_pause", "free/talk_overs_per_turn"):
+            value = float(row[key])
+            assert math.isnan(value) or 0.0 <= value <= 10.0, (key, value)
+        assert 0.0 <= float(row["free/score"]) <= 1.0
+
+    # The last row is the trained model run on its own output: stream the same dialogues again,
+    # with an independent count of turns and responses from the manifests.
+    model = module.model.eval()
+    run = stream_dialogues(model, data.datasets["val"], indices=[0, 1], streams=1, max_seconds=8.0, vocoder=False)
+    want = free_running_summary(run, model.config, window=3.0)
+    last = rows[-1]
+    for key in ("response_rate", "false_takeovers_per_pause", "talk_overs_per_turn", "score"):
+        got, expected = float(last[f"free/{key}"]), want[key]
+        assert (math.isnan(got) and expected is None) or got == pytest.approx(expected, abs=1e-6), key
+    turns = responded = 0
+    for dialogue in run.dialogues:
+        events = metrics.events_from_manifest(dialogue.manifest)
+        active = dialogue.speaking >= 0.5
+        for end, following in zip(events.turn_ends, events.next_user_starts, strict=True):
+            turns += 1
+            first, last_frame = int(math.ceil(end / 0.04 - 1e-9)), min(end + 3.0, following)
+            responded += any(
+                active[t] and (t == 0 or not active[t - 1])
+                for t in range(first, min(len(active), int(math.ceil(last_frame / 0.04 - 1e-9))))
+            )
+    assert turns > 0
+    assert float(last["free/response_rate"]) == pytest.approx(responded / turns)
+
+
+def test_checkpoint_can_monitor_the_free_running_score(tiny_corpus, tmp_path):
+    callback = FreeRunningValidation(every_n_validations=1, dialogues=2, streams=2, seconds=6.0)
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "checkpoints", monitor="free/score", mode="max", save_top_k=1,
+        filename="best-step{step}-score{free/score:.3f}", auto_insert_metric_name=False,
+    )  # fmt: skip
+    _fit(tiny_corpus, tmp_path, callback, checkpoint)
+    saved = list((tmp_path / "checkpoints").glob("best-step*-score*.ckpt"))
+    assert len(saved) == 1 and checkpoint.best_model_score is not None
+    assert 0.0 <= float(checkpoint.best_model_score) <= 1.0
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="every_n_validations"):
+        FreeRunningValidation(every_n_validations=0)
+    with pytest.raises(ValueError, match="seconds"):
+        FreeRunningValidation(seconds=-1.0)
