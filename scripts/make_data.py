@@ -3,12 +3,13 @@
 Every option is in configs/make_data.yaml; the task is the config group configs/task/.
 """
 
+import sys
 import time
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from s2s.data.corpus import generate_corpus
+from s2s.data.corpus import CorpusError, generate_corpus
 from s2s.data.synth import CorpusConfig
 
 
@@ -17,9 +18,13 @@ def main(cfg: DictConfig) -> None:
     started = time.perf_counter()
     config = CorpusConfig.from_dict(OmegaConf.to_container(cfg.corpus, resolve=True))
     task = hydra.utils.instantiate(cfg.task)
-    summary = generate_corpus(
-        config, task, workers=cfg.workers, overwrite=cfg.overwrite, progress=cfg.progress
-    )
+    try:
+        summary = generate_corpus(
+            config, task, workers=cfg.workers, overwrite=cfg.overwrite, progress=cfg.progress
+        )
+    except CorpusError as error:  # its message says what to do: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     print(summary.describe())
     print(f"wall time {time.perf_counter() - started:.1f} s; recipe in {summary.out_dir / 'corpus.json'}")
 

@@ -1,20 +1,34 @@
 """Train the duplex model: `python scripts/train.py [group=option ...] [key=value ...]`.
 
-Groups (configs/): model (tiny, base), data (synth, folder), trainer (cpu, gpu, ddp), logger
-(wandb, csv, none), attention (auto, sdpa, flex, cute), experiment (named presets). Re-running the
-same command resumes the run; `-m key=a,b` sweeps, one run directory and one wandb run each.
+Groups (configs/): model (tiny, base), data (synth, folder), task (say_in_german, echo, reverse),
+trainer (cpu, gpu, ddp), logger (wandb, csv, none), attention (auto, sdpa, flex, cute), experiment
+(named presets). Re-running the same command resumes the run (one launch at a time per run
+directory); `-m key=a,b` sweeps, one run directory and one wandb run each.
 """
+
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from s2s.training.run import train
+from s2s.data.corpus import CorpusError
+from s2s.training.checkpoints import CheckpointError
+from s2s.training.resume import ResumeMismatchError
+from s2s.training.run import LaunchConfigError, train
+from s2s.training.run_lock import RunLockedError
+
+# Refusals whose message says what to do: printed as one line, without a traceback.
+REFUSALS = (CheckpointError, CorpusError, LaunchConfigError, ResumeMismatchError, RunLockedError)
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    train(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        train(cfg, HydraConfig.get().runtime.output_dir)
+    except REFUSALS as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 from s2s.attention.backends import BACKENDS, AttentionBackend
@@ -73,6 +76,7 @@ def chunk_attention(
     Returns the output in q's layout and, with ``return_lse``, the natural-log LSE of the scaled
     scores: (B, Hq, Sq), or (Hq, total_q) when packed. Queries that see no key get zeros and -inf.
     """
+    _check_softmax_scale(softmax_scale)
     problem = make_problem(q, k, v, spec, cu_seqlens_q, cu_seqlens_k, softmax_scale)
     chosen = select_backend(problem, backend, return_lse)
     if q.numel() == 0 or k.numel() == 0:
@@ -80,3 +84,20 @@ def chunk_attention(
     else:
         out, lse = chosen.forward(problem, return_lse)
     return (out, lse) if return_lse else out
+
+
+def _check_softmax_scale(scale) -> None:
+    """A NaN or infinite scale turns every output row into NaN: refuse it by name."""
+    if scale is None:
+        return
+    number = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+    if not (number or (isinstance(scale, torch.Tensor) and scale.numel() == 1)):
+        raise TypeError(
+            f"softmax_scale must be a number (or None for 1/sqrt(head_dim)), got {type(scale).__name__}"
+        )
+    value = float(scale)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"softmax_scale must be finite, got {value}; pass None for the usual 1/sqrt(head_dim) "
+            "or a finite multiplier of the scores"
+        )

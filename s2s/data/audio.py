@@ -7,6 +7,7 @@ wav/flac everywhere pip runs. Audio is float32 in [-1, 1], shaped (channels, sam
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,44 @@ def audio_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
     if not path.is_file():
         raise AudioError(f"audio file {path} does not exist")
     try:
-        return soundfile.info(str(path))
+        info = soundfile.info(str(path))
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"cannot read {path} as audio ({error}); expected a wav or flac file") from error
+    declared = declared_wav_frames(path)
+    if declared is not None and declared > info.frames:
+        raise AudioError(
+            f"{path} is truncated: its header promises {declared} samples per channel "
+            f"({declared / info.samplerate:.2f} s) but the file holds {info.frames} "
+            f"({info.frames / info.samplerate:.2f} s). Re-make it: for a synthetic corpus delete it and its "
+            ".json manifest and re-run scripts/make_data.py (it makes what is missing); re-export a recording"
+        )
+    return info
+
+
+def declared_wav_frames(path: str | os.PathLike) -> int | None:
+    """Frames a WAV header's data chunk declares (None: not a RIFF/WAVE file, or a streamed header).
+
+    libsndfile counts the frames the file actually holds, so a truncated wav reads short without a word.
+    """
+    with open(path, "rb") as file:
+        head = file.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while chunk := file.read(8):
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = file.read(size + size % 2)
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif name == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):  # streamed wavs leave the size open
+                    return None
+                return size // block_align
+            else:
+                file.seek(size + size % 2, os.SEEK_CUR)
+    return None
 
 
 def load_audio(
@@ -55,6 +91,11 @@ def load_audio(
         )
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"cannot decode {path}: {error}") from error
+    if frames >= 0 and data.shape[0] < min(frames, info.frames - start):
+        raise AudioError(
+            f"{path} ended after {data.shape[0]} of the {frames} samples asked for from sample {start}: "
+            "the file is truncated or changed while being read; re-make or re-export it"
+        )
     audio = torch.from_numpy(np.ascontiguousarray(data.T))
     check_finite(audio, str(path))
     if sample_rate is not None and file_rate != sample_rate:

@@ -4,7 +4,8 @@
 corpus is complete. Re-running with the same recipe resumes an interrupted run (finished dialogues
 are kept: each is written wav first, manifest last, both atomically) or changes only the amount
 of data (a split's dialogues are a prefix-stable sequence). A different recipe in the same folder,
-or a folder that holds other audio, is refused rather than overwritten.
+or a folder that holds other audio, is refused rather than overwritten. A synthesis worker that
+dies (the out-of-memory killer, a SIGKILL) fails the run at once, naming the dialogue it was making.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import multiprocessing
 import os
 import re
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ RECORD_NAME = "corpus.json"
 RECORD_FORMAT = "s2s-corpus/1"
 GENERATOR_VERSION = 2  # bump when a code change alters the audio for the same recipe
 _DIALOGUE_FILE = re.compile(r"^(train|val|test)_\d{5}\.(wav|json)(\.partial)?$")
+_ELSEWHERE = "use another folder (train.py: data.root=..., make_data.py: corpus.out_dir=...)"
 
 
 class CorpusError(RuntimeError):
@@ -58,15 +62,17 @@ def generate_corpus(
     """Make sure `config.out_dir` holds the corpus `config` + `task` describe; synthesize what is missing."""
     started = time.perf_counter()
     out_dir = Path(config.out_dir)
-    recipe = {
-        "generator": GENERATOR_VERSION,
-        "config": _without_hours(config.record()),
-        "task": task.describe(),
-    }
+    recipe = corpus_recipe(config, task)
     _claim_folder(out_dir, recipe, overwrite)
 
     plans = {split: plan_split(config, split) for split in SPLITS}
-    _write_record(out_dir, recipe, config, plans, complete=False)
+    try:
+        _write_record(out_dir, recipe, config, plans, complete=False)
+    except OSError as error:
+        raise CorpusError(
+            f"cannot write the corpus into {out_dir}: {error.strerror or error} ({error.filename}); "
+            f"{_ELSEWHERE} that you can write to, or make this one writable"
+        ) from error
     for split, jobs in plans.items():
         _remove_beyond_plan(out_dir / split, split, len(jobs))
     missing = [job for jobs in plans.values() for job in jobs if not _is_done(out_dir, job)]
@@ -81,16 +87,43 @@ def generate_corpus(
     )
 
 
+def corpus_recipe(config: CorpusConfig, task: DialogueTask) -> dict:
+    """Everything that determines the audio: a folder holds the corpus of one recipe."""
+    return {
+        "generator": GENERATOR_VERSION,
+        "config": _without_hours(config.record()),
+        "task": task.describe(),
+    }
+
+
+def check_task(out_dir: str | os.PathLike, task: DialogueTask) -> None:
+    """Raise CorpusError when `out_dir` holds the corpus of another task (reads only, writes nothing)."""
+    record = read_record(out_dir)
+    stored = ((record or {}).get("recipe") or {}).get("task")
+    if stored is not None and stored != task.describe():
+        name = stored.get("name", "?") if isinstance(stored, dict) else "?"
+        raise CorpusError(
+            f"{out_dir} holds the corpus of task {name!r}, but this run asks for task {task.name!r}; point "
+            f"data.root at another folder for it (it is synthesized there when empty), e.g. "
+            f"data.root=data/{task.name}, or drop task= to train on what {out_dir} holds"
+        )
+
+
 def read_record(out_dir: str | os.PathLike) -> dict | None:
     path = Path(out_dir) / RECORD_NAME
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CorpusError(
             f"{path} is not valid JSON ({error}); delete it to re-generate the corpus"
         ) from error
+    if not isinstance(record, dict):
+        raise CorpusError(
+            f"{path} holds a JSON {type(record).__name__}, not an s2s corpus record (an object with "
+            f'"format": "{RECORD_FORMAT}"); delete it to re-generate the corpus there, or {_ELSEWHERE}'
+        )
     if record.get("format") != RECORD_FORMAT:
         raise CorpusError(f"{path} is not an s2s corpus record (format {record.get('format')!r})")
     return record
@@ -111,18 +144,26 @@ def _claim_folder(out_dir: Path, recipe: dict, overwrite: bool) -> None:
                 "is overwritten"
             )
         return
-    if record["recipe"] == recipe:
+    if record.get("recipe") == recipe:
         return
-    changed = sorted(
-        key for key in set(record["recipe"]) | set(recipe) if record["recipe"].get(key) != recipe.get(key)
-    )
     if not overwrite:
-        raise CorpusError(
-            f"{out_dir} holds a corpus made with other settings (differences in: {', '.join(changed)}); "
-            "use another out_dir, or overwrite=true to replace that corpus"
-        )
+        raise CorpusError(_other_recipe(out_dir, record, recipe))
     for split in SPLITS:
         _remove_beyond_plan(out_dir / split, split, 0)
+
+
+def _other_recipe(out_dir: Path, record: dict, recipe: dict) -> str:
+    stored = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+    changed = sorted(key for key in set(stored) | set(recipe) if stored.get(key) != recipe.get(key))
+    tasks = ""
+    if "task" in changed:
+        names = [(r.get("task") or {}).get("name", "?") if isinstance(r.get("task"), dict) else "?"
+                 for r in (stored, recipe)]  # fmt: skip
+        tasks = f"; its task is {names[0]!r}, this run's is {names[1]!r}"
+    return (
+        f"{out_dir} holds a corpus made with other settings (differences in: {', '.join(changed)}){tasks}; "
+        f"{_ELSEWHERE}, or overwrite=true (make_data.py) to replace that corpus"
+    )
 
 
 def _remove_beyond_plan(folder: Path, split: str, count: int) -> None:
@@ -206,19 +247,52 @@ def synthesize_jobs(
 
     hours = sum(job.seconds for job in jobs) / 3600
     bar = tqdm(total=len(jobs), unit="dialogue", desc=f"synthesizing {hours:.2f} h", disable=not progress)
-    written = 0.0
     try:
         if workers == 1:
+            written = 0.0
             synthesizer = DialogueSynthesizer(config, task)
             for job in jobs:
                 written += write_dialogue(synthesizer, job)
                 bar.update(1)
         else:
-            context = multiprocessing.get_context("fork")  # each phrase forks again; fork is the cheap start
-            with context.Pool(workers, initializer=_start_worker, initargs=(config, task)) as pool:
-                for seconds in pool.imap_unordered(_run_job, jobs):
-                    written += seconds
-                    bar.update(1)
+            written = _synthesize_on_processes(config, task, jobs, workers, bar.update)
     finally:
         bar.close()
+    return written
+
+
+def _synthesize_on_processes(config: CorpusConfig, task: DialogueTask, jobs: list[DialogueJob], workers: int,
+                             done_one) -> float:  # fmt: skip
+    """One dialogue per worker at a time, so that a dead worker's dialogue is known.
+
+    concurrent.futures notices a worker that died (multiprocessing.Pool waits for it forever) and
+    fails every running job with BrokenProcessPool.
+    """
+    context = multiprocessing.get_context("fork")  # each phrase forks again; fork is the cheap start
+    waiting = list(reversed(jobs))  # pop() takes the longest first: it balances the cores
+    running: dict[Future, DialogueJob] = {}
+    written = 0.0
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(config, task)
+    )
+    try:
+        while waiting or running:
+            while waiting and len(running) < workers:
+                job = waiting.pop()
+                running[pool.submit(_run_job, job)] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                written += future.result()
+                del running[future]
+                done_one(1)
+    except BrokenProcessPool as error:
+        making = sorted(job.dialogue_id for job in running.values())
+        which = making[0] if len(making) == 1 else "one of " + ", ".join(making)
+        raise CorpusError(
+            f"a synthesis worker died while making {which} in {config.out_dir} (killed from outside, e.g. by "
+            "the out-of-memory killer). Finished dialogues are kept: re-run the same command to resume "
+            "(if memory ran out, make_data.py workers=<fewer> uses less)"
+        ) from error
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return written

@@ -16,7 +16,7 @@ import lightning
 import torch
 
 from s2s.data.batching import DialogueCollate, DurationBatchSampler
-from s2s.data.corpus import generate_corpus, read_record
+from s2s.data.corpus import check_task, generate_corpus, read_record
 from s2s.data.dataset import AUDIO_SUFFIXES, DialogueDataset
 from s2s.data.features import LogMelConfig
 from s2s.data.synth import CorpusConfig
@@ -78,16 +78,21 @@ class DuplexDataModule(lightning.LightningDataModule):
         return CorpusConfig.from_dict({**dict(self.corpus or {}), "out_dir": str(self.root)})
 
     def prepare_data(self) -> None:
-        """Generate the synthetic corpus when the train folder is empty (or a generation was cut short)."""
+        """Generate the synthetic corpus when the train folder is empty (or a generation was cut short).
+        With a `task`, a corpus of another task in root is refused rather than trained on."""
         if not self.generate_if_missing:
             return
         record = read_record(self.root)
+        if self.task is not None:
+            check_task(self.root, self.task)
+        task = self.task or say_in_german()
         unfinished = record is not None and not record.get("complete", False)
         if unfinished or not _has_audio(self.root / self.splits["train"]):
             print(
-                f"no dialogues in {self.root / self.splits['train']}: synthesizing the default corpus there"
+                f"no dialogues in {self.root / self.splits['train']}: synthesizing the "
+                f"{task.name!r} corpus there"
             )
-            summary = generate_corpus(self.corpus_config(), self.task or say_in_german(), progress=True)
+            summary = generate_corpus(self.corpus_config(), task, progress=True)
             print(summary.describe())
 
     def setup(self, stage: str | None = None) -> None:

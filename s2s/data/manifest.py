@@ -108,6 +108,11 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         raise ManifestError(f"manifest {path} does not exist") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ManifestError(f"manifest {path} is not valid JSON ({error}); re-generate the corpus") from error
+    if not isinstance(record, dict):
+        raise ManifestError(
+            f"manifest {path} holds a JSON {type(record).__name__}, not a dialogue manifest (an object with "
+            f'"format": "{FORMAT}"); re-generate the corpus, or remove it to use the wav without labels'
+        )
     if record.get("format") != FORMAT:
         raise ManifestError(f"manifest {path} has format {record.get('format')!r}, expected {FORMAT!r}")
     try:

@@ -9,14 +9,20 @@ Definitions follow Full-Duplex-Bench and NeMo's turn-taking metrics:
   user speaks again or `window` seconds pass);
 - barge-in stop latency: user barge-in onset while the system speaks -> the system is silent
   (ignored if it does not stop within `window`);
-- false take-over: the system starts speaking inside a user's internal pause.
+- false take-over: the system starts speaking inside a user's internal pause;
+- talk-over: the system starts speaking while the user is speaking a turn (not in a pause: that is a
+  take-over; not during a barge-in: there the system is expected to be speaking and must stop).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from s2s.data.manifest import Manifest
 
 
 def activity_from_probability(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -66,6 +72,8 @@ class EventTimes:
     next_user_starts: list[float]  # when the user speaks next after each turn end (inf if never)
     barge_ins: list[float]  # user barge-in onsets
     pauses: list[tuple[float, float]]  # user internal pauses (start, end)
+    # the user speaking a turn (start, end): turns minus their internal pauses, barge-ins excluded
+    user_speech: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -77,10 +85,15 @@ class DuplexScores:
     barge_ins_while_silent: int  # the model was not speaking when the user barged in
     false_takeovers: int
     pauses: int
+    talk_overs: int = 0  # system onsets while the user speaks a turn
 
     @property
     def turns(self) -> int:
         return len(self.response_latencies) + self.missed_responses
+
+    @property
+    def talk_overs_per_turn(self) -> float | None:
+        return self.talk_overs / self.turns if self.turns else None
 
 
 def score_dialogue(
@@ -107,7 +120,56 @@ def score_dialogue(
     false_takeovers = sum(
         first_onset_after(active, frame_seconds, start, end) is not None for start, end in events.pauses
     )
-    return DuplexScores(latencies, missed, stops, ignored, silent, false_takeovers, len(events.pauses))
+    return DuplexScores(
+        latencies,
+        missed,
+        stops,
+        ignored,
+        silent,
+        false_takeovers,
+        len(events.pauses),
+        talk_overs(active, frame_seconds, events.user_speech),
+    )
+
+
+def talk_overs(active: np.ndarray, frame_seconds: float, speech: list[tuple[float, float]]) -> int:
+    """Onsets strictly inside the user's speech intervals. An onset at a turn's end is a response
+    and one at the start of a pause a take-over, so the interval ends do not count here."""
+    times = onsets(active) * frame_seconds
+    return sum(int(np.count_nonzero((times > start + 1e-9) & (times < end - 1e-9))) for start, end in speech)
+
+
+def events_from_manifest(manifest: Manifest) -> EventTimes:
+    """The reference events of one dialogue, read from its manifest."""
+    user = sorted((s for s in manifest.segments if s.speaker == "user"), key=lambda s: s.start)
+    speech_starts = [s.start for s in user if s.kind in ("turn", "barge-in")]
+    pauses = [(s.start, s.end) for s in user if s.kind == "pause"]
+    turn_ends, next_starts, speech = [], [], []
+    for turn in (s for s in user if s.kind == "turn"):
+        turn_ends.append(turn.end)
+        later = [t for t in speech_starts if t > turn.end]
+        next_starts.append(later[0] if later else float("inf"))
+        inside = [(start, end) for start, end in pauses if turn.start <= start and end <= turn.end]
+        speech += _without(turn.start, turn.end, inside)
+    return EventTimes(
+        turn_ends=turn_ends,
+        next_user_starts=next_starts,
+        barge_ins=[s.start for s in user if s.kind == "barge-in"],
+        pauses=pauses,
+        user_speech=speech,
+    )
+
+
+def _without(start: float, end: float, holes: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """[start, end) less the holes inside it, as a list of non-empty intervals."""
+    parts, cursor = [], start
+    for hole_start, hole_end in sorted(holes):
+        if hole_start > cursor:
+            parts.append((cursor, hole_start))
+        cursor = max(cursor, hole_end)
+    if end > cursor:
+        parts.append((cursor, end))
+    return parts
 
 
 def summarize(values: list[float]) -> dict:
@@ -121,51 +183,3 @@ def summarize(values: list[float]) -> dict:
         "p90": float(np.percentile(array, 90)),
         "count": len(values),
     }
-
-
-def mel_cepstra(log_mel: np.ndarray, coefficients: int = 13) -> np.ndarray:
-    """Cepstra of log-mel frames (orthonormal DCT-II), dropping c0 (energy): (frames, coefficients - 1)."""
-    n = log_mel.shape[1]
-    k = np.arange(n)
-    basis = np.cos(np.pi / n * (k[None, :] + 0.5) * np.arange(coefficients)[:, None]) * np.sqrt(2.0 / n)
-    basis[0] /= np.sqrt(2.0)
-    return (np.asarray(log_mel, dtype=np.float64) @ basis.T)[:, 1:]
-
-
-def dtw_path_cost(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
-    """Dynamic time warping of frame sequences a, b by Euclidean distance: (total cost, path length)."""
-    distance = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-    cost = np.full((len(a) + 1, len(b) + 1), np.inf)
-    steps = np.zeros_like(cost, dtype=np.int64)
-    cost[0, 0] = 0.0
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            options = (cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1])
-            best = int(np.argmin(options))
-            previous = ((i - 1, j - 1), (i - 1, j), (i, j - 1))[best]
-            cost[i, j] = distance[i - 1, j - 1] + options[best]
-            steps[i, j] = steps[previous] + 1
-    return float(cost[-1, -1]), int(steps[-1, -1])
-
-
-def mel_cepstral_distortion(
-    reference_log_mel: np.ndarray, predicted_log_mel: np.ndarray, pool: int = 1
-) -> float:
-    """MCD in dB between DTW-aligned cepstra: (10 / ln 10) * sqrt(2) * mean aligned distance.
-
-    `pool` averages that many consecutive log-mel frames first (4: 40 ms frames), which makes the
-    quadratic alignment 16x cheaper on long dialogues.
-    """
-    if pool > 1:
-        reference_log_mel = _pooled(reference_log_mel, pool)
-        predicted_log_mel = _pooled(predicted_log_mel, pool)
-    ref, pred = mel_cepstra(reference_log_mel), mel_cepstra(predicted_log_mel)
-    if len(ref) == 0 or len(pred) == 0:
-        return float("nan")
-    total, length = dtw_path_cost(ref, pred)
-    return float(10.0 / np.log(10.0) * np.sqrt(2.0) * total / length)
-
-
-def _pooled(frames: np.ndarray, pool: int) -> np.ndarray:
-    usable = len(frames) // pool * pool
-    return np.asarray(frames[:usable], dtype=np.float64).reshape(-1, pool, frames.shape[1]).mean(axis=1)

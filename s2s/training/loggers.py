@@ -1,6 +1,7 @@
 """Experiment tracking that never stops a training run.
 
-wandb runs offline by default (the run directory syncs later with `wandb sync`) and online when a
+The CSV logger (csv_metrics.RunCSVLogger) appends across launches and never deletes a row. wandb
+runs offline by default (the run directory syncs later with `wandb sync`) and online when a
 project is configured and an API key is available. The run id is kept in the run directory so a
 resumed run continues the same wandb run. Anything that goes wrong with wandb becomes a warning
 and training goes on with the CSV logger, which is always there.
@@ -13,7 +14,9 @@ import uuid
 import warnings
 from pathlib import Path
 
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
+
+from s2s.training.csv_metrics import RunCSVLogger
 
 RUN_ID_FILE = "wandb_run_id.txt"
 
@@ -42,13 +45,16 @@ def make_loggers(
     mode: str = "offline",
     name: str | None = None,
     run_config: dict | None = None,
+    csv_keep_rows: int | None = None,
 ) -> list[Logger]:
     """Loggers for `kind` in {wandb, csv, none}. wandb `mode`: offline, online, or auto (online when
-    a project and a key are configured)."""
+    a project and a key are configured). `csv_keep_rows`: rows of an existing csv/metrics.csv that
+    belong to this launch's starting point (None: all; the rest are moved aside, never deleted)."""
     run_dir = Path(run_dir)
     if kind == "none":
         return []
-    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    csv_logger = RunCSVLogger(save_dir=str(run_dir), name="csv", version="", keep_rows=csv_keep_rows)
+    loggers: list[Logger] = [csv_logger]
     if kind == "csv":
         return loggers
     if kind != "wandb":

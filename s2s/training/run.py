@@ -1,13 +1,19 @@
 """The training job: build everything from the Hydra config, resume when the run was cut short, fit.
 
 Each run lives in one directory (`outputs/train/<run_name>` by default): resolved config,
-checkpoints (last + best on validation loss), CSV metrics, the wandb offline run, and audio/image
-samples. Re-running the same command finds `checkpoints/last.ckpt` there and continues from it with
-the same global step, optimizer state and wandb run id.
+checkpoints (last.ckpt, always the latest state, + the best on the monitored metric), CSV metrics,
+the wandb offline run, and audio/image samples. Re-running the same command finds
+`checkpoints/last.ckpt` there and continues from it with the same global step, optimizer state,
+metrics file and wandb run id.
+
+A launch first locks the run directory (a second launch is refused at once), then decides from the
+checkpoint whether there is anything to do and whether the requested model is the run's; only an
+accepted launch writes into the directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +22,15 @@ import lightning
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from s2s.training.checkpoints import check_checkpoint, resume_checkpoint
+from s2s.training.checkpoint_io import RunCheckpointIO, remove_stale_temporaries
+from s2s.training.checkpoints import resume_checkpoint
+from s2s.training.csv_metrics import MetricsRowsInCheckpoint, RunCSVLogger
+from s2s.training.resume import ResumePoint, check_same_model, find_resume_point, max_steps_reached
+from s2s.training.run_lock import RunLock, is_global_rank_zero
+
+
+class LaunchConfigError(ValueError):
+    """A training config value that cannot work, named with what to write instead."""
 
 
 @dataclass
@@ -28,48 +42,78 @@ class TrainResult:
     global_step: int
     metrics_csv: Path
     seconds: float
+    trained: bool = True  # False when max_steps was already reached and nothing ran
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    max_steps = _max_steps(cfg)
+    lock = RunLock.acquire(run_dir) if is_global_rank_zero() else None  # other ranks share rank 0's
+    try:
+        return _train(cfg, run_dir, lock, max_steps, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    cfg: DictConfig, run_dir: Path, lock: RunLock | None, max_steps: int, started: float
+) -> TrainResult:
+    point = find_resume_point(run_dir) if cfg.resume else None
+    if point is not None and max_steps_reached(point, max_steps):
+        return _nothing_to_do(point, run_dir, max_steps, started)
     lightning.seed_everything(cfg.seed, workers=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-    resume_from, resumed_step = None, None
-    if cfg.resume:
-        resume_from = resume_checkpoint(run_dir)
-        if resume_from is not None:
-            resumed_step = check_checkpoint(resume_from)
-            print(f"resuming {run_dir} from {resume_from} at global step {resumed_step}")
-
-    datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if point is not None:
+        check_same_model(point, dataclasses.asdict(model.config), run_dir)
+
+    # The launch is accepted: from here on it writes into the run directory.
+    rank_zero = lock is not None
+    if rank_zero:
+        lock.record_holder()
+        remove_stale_temporaries(run_dir / "checkpoints")
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if point is not None:
+        print(f"resuming {run_dir} from {point.checkpoint} at global step {point.global_step}")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)(model=model)
-    loggers = instantiate(cfg.logger)(run_dir=run_dir, run_config=resolved)
+    loggers = instantiate(cfg.logger)(
+        run_dir=run_dir, run_config=resolved, csv_keep_rows=point.metrics_rows if point else 0
+    )
+    if rank_zero:
+        _report_moved_rows(loggers, point)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), RunCheckpointIO()]
     trainer: lightning.Trainer = instantiate(
-        cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks
+        cfg.trainer,
+        default_root_dir=str(run_dir),
+        logger=loggers or False,
+        callbacks=[*callbacks, MetricsRowsInCheckpoint()],
+        plugins=plugins,
     )
     print(
         f"model: {model.parameter_count():,} parameters; chunk {model.config.chunk}, "
         f"training chunks {list(model.config.train_chunks)}, "
         f"attention backend {model.config.attention_backend}"
     )
-    if resume_from is None and cfg.validate_first:
+    if point is None and cfg.validate_first:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the untrained baseline, at step 0
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path=str(point.checkpoint) if point else None,
+        weights_only=True,  # RunCheckpointIO loads only tensors and plain data in any case
+    )
 
     checkpoint = trainer.checkpoint_callback
     best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
-    last = resume_checkpoint(run_dir)
     result = TrainResult(
         run_dir=run_dir,
-        last_checkpoint=last,
+        last_checkpoint=resume_checkpoint(run_dir),
         best_checkpoint=best,
-        resumed_from_step=resumed_step,
+        resumed_from_step=point.global_step if point else None,
         global_step=trainer.global_step,
         metrics_csv=run_dir / "csv" / "metrics.csv",
         seconds=time.perf_counter() - started,
@@ -79,6 +123,46 @@ def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
     return result
+
+
+def _max_steps(cfg: DictConfig) -> int:
+    """trainer.max_steps as an int, or an error that says what to write (Lightning's is a TypeError)."""
+    value = cfg.trainer.get("max_steps", -1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise LaunchConfigError(
+            "trainer.max_steps must be a whole number of optimizer steps, or -1 for no limit; "
+            f"got {value!r}. For example: trainer.max_steps=2000"
+        )
+    return value
+
+
+def _nothing_to_do(point: ResumePoint, run_dir: Path, max_steps: int, started: float) -> TrainResult:
+    print(
+        f"{run_dir} is already trained to global step {point.global_step} (trainer.max_steps={max_steps}): "
+        "nothing to do, and nothing was changed.\n"
+        "  train further:  raise trainer.max_steps "
+        f"(e.g. trainer.max_steps={max(2 * point.global_step, 1)})\n"
+        "  another run:    run_name=<another name> (or resume=false to start this one over)\n"
+        f"  evaluate it:    python scripts/stream_eval.py checkpoint={point.checkpoint}"
+    )
+    return TrainResult(
+        run_dir=run_dir,
+        last_checkpoint=point.checkpoint,
+        best_checkpoint=point.best_checkpoint,
+        resumed_from_step=point.global_step,
+        global_step=point.global_step,
+        metrics_csv=run_dir / "csv" / "metrics.csv",
+        seconds=time.perf_counter() - started,
+        trained=False,
+    )
+
+
+def _report_moved_rows(loggers, point: ResumePoint | None) -> None:
+    for logger in loggers:
+        if isinstance(logger, RunCSVLogger) and logger.experiment.moved_aside:
+            rows, path = logger.experiment.moved_aside
+            after = f"after global step {point.global_step}" if point else "before this fresh start"
+            print(f"metrics: {rows} row(s) logged {after} by an earlier launch moved to {path}")
 
 
 def _report(result: TrainResult, loggers) -> None:

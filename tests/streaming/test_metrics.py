@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
+from s2s.data.manifest import Manifest, Segment
 from s2s.streaming.metrics import (
     EventTimes,
     activity_from_energy,
-    mel_cepstral_distortion,
+    events_from_manifest,
     onsets,
     score_dialogue,
     summarize,
@@ -73,17 +74,61 @@ def test_summary_statistics():
     assert summarize([])["mean"] is None
 
 
-def test_mel_cepstral_distortion_is_zero_for_itself_and_time_shift_invariant(generator):
-    rng = np.random.default_rng(0)
-    mel = rng.normal(-6, 3, size=(60, 80))
-    assert mel_cepstral_distortion(mel, mel) == pytest.approx(0.0, abs=1e-9)
-    stretched = np.repeat(mel, 2, axis=0)  # the same content at half speed: DTW absorbs it
-    assert mel_cepstral_distortion(mel, stretched) == pytest.approx(0.0, abs=1e-9)
-    assert mel_cepstral_distortion(mel, rng.normal(-6, 3, size=(60, 80))) > 5.0
+def _dialogue(segments: list[tuple[str, str, float, float]]) -> Manifest:
+    rate = 16000
+    return Manifest(
+        dialogue_id="constructed",
+        sample_rate=rate,
+        num_samples=12 * rate,
+        segments=tuple(
+            Segment(speaker, kind, round(start * rate), round(end * rate), "", 0, rate)
+            for speaker, kind, start, end in segments
+        ),
+    )
 
 
-def test_pooled_mel_cepstral_distortion():
-    rng = np.random.default_rng(1)
-    mel = rng.normal(-6, 3, size=(80, 80))
-    assert mel_cepstral_distortion(mel, mel, pool=4) == pytest.approx(0.0, abs=1e-9)
-    assert mel_cepstral_distortion(mel, rng.normal(-6, 3, size=(80, 80)), pool=4) > 1.0
+# turn 1 with a pause, a reply cut by a barge-in, turn 2, a complete reply
+DIALOGUE = _dialogue(
+    [
+        ("user", "pause", 1.0, 1.6),
+        ("user", "turn", 0.0, 3.0),
+        ("system", "cut-off reply", 3.3, 4.6),
+        ("user", "barge-in", 4.0, 4.4),
+        ("user", "turn", 6.0, 8.0),
+        ("system", "reply", 8.3, 9.5),
+    ]
+)
+
+
+def test_events_from_manifest_cut_pauses_out_of_the_user_speech():
+    events = events_from_manifest(DIALOGUE)
+    assert events.turn_ends == [3.0, 8.0] and events.next_user_starts == [4.0, float("inf")]
+    assert events.barge_ins == [4.0] and events.pauses == [(1.0, 1.6)]
+    assert events.user_speech == [(0.0, 1.0), (1.6, 3.0), (6.0, 8.0)]  # the barge-in is not in it
+
+
+def test_talk_over_counts_onsets_in_user_speech_not_in_pauses_or_barge_ins():
+    spans = [
+        (0.48, 0.8),  # user speaking: a talk-over
+        (1.2, 1.4),  # inside the pause: a false take-over, not a talk-over
+        (3.32, 4.08),  # the response
+        (4.2, 4.3),  # during the barge-in: the barge-in scores cover it
+        (6.8, 7.0),  # user speaking: a talk-over
+        (7.2, 7.6),  # and another in the same turn
+        (8.0, 9.0),  # at the turn's end exactly: a response, not a talk-over
+    ]
+    scores = score_dialogue(_active(12.0, spans), FRAME, events_from_manifest(DIALOGUE))
+    assert scores.talk_overs == 3 and scores.turns == 2 and scores.talk_overs_per_turn == 1.5
+    assert scores.false_takeovers == 1 and scores.missed_responses == 0
+    quiet = score_dialogue(_active(12.0, [(3.32, 4.08), (8.2, 9.0)]), FRAME, events_from_manifest(DIALOGUE))
+    assert quiet.talk_overs == 0 and quiet.talk_overs_per_turn == 0.0
+    speaking_before_the_turn = score_dialogue(
+        _active(12.0, [(5.0, 7.0)]), FRAME, events_from_manifest(DIALOGUE)
+    )
+    assert speaking_before_the_turn.talk_overs == 0  # no onset inside the turn: not counted here
+
+
+def test_events_without_user_speech_score_no_talk_over():
+    events = EventTimes(turn_ends=[2.0], next_user_starts=[5.0], barge_ins=[], pauses=[])
+    scores = score_dialogue(_active(6.0, [(1.0, 1.5), (2.3, 3.0)]), FRAME, events)
+    assert scores.talk_overs == 0 and scores.turns == 1

@@ -7,7 +7,6 @@ import math
 
 import lightning
 import pytest
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -33,7 +32,8 @@ def _fit(tiny_corpus, tmp_path, callback, checkpoint=None, seed=0):
     trainer = lightning.Trainer(
         max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, accelerator="cpu",
         logger=CSVLogger(tmp_path, name="csv", version=""), enable_progress_bar=False,
-        callbacks=[callback] + ([checkpoint] if checkpoint else []), enable_checkpointing=checkpoint is not None,
+        callbacks=[callback] + ([checkpoint] if checkpoint else []),
+        enable_checkpointing=checkpoint is not None,
         limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1,
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
@@ -47,7 +47,7 @@ def _rows(path):
 
 def test_callback_logs_free_running_metrics_beside_the_losses(tiny_corpus, tmp_path):
     callback = FreeRunningValidation(every_n_validations=1, dialogues=2, streams=2, seconds=8.0)
-    trainer, module, data = _fit(tiny_corpus, tmp_path, callback)
+    _trainer, module, data = _fit(tiny_corpus, tmp_path, callback)
     rows = [r for r in _rows(tmp_path / "csv" / "metrics.csv") if r.get("free/score")]
     assert [int(r["step"]) for r in rows] == [1, 3], "one free-running row per validation (steps 2 and 4)"
     for row in rows:
@@ -60,7 +60,9 @@ def test_callback_logs_free_running_metrics_beside_the_losses(tiny_corpus, tmp_p
     # The last row is the trained model run on its own output: stream the same dialogues again,
     # with an independent count of turns and responses from the manifests.
     model = module.model.eval()
-    run = stream_dialogues(model, data.datasets["val"], indices=[0, 1], streams=1, max_seconds=8.0, vocoder=False)
+    run = stream_dialogues(
+        model, data.datasets["val"], indices=[0, 1], streams=1, max_seconds=8.0, vocoder=False
+    )
     want = free_running_summary(run, model.config, window=3.0)
     last = rows[-1]
     for key in ("response_rate", "false_takeovers_per_pause", "talk_overs_per_turn", "score"):
@@ -72,10 +74,10 @@ def test_callback_logs_free_running_metrics_beside_the_losses(tiny_corpus, tmp_p
         active = dialogue.speaking >= 0.5
         for end, following in zip(events.turn_ends, events.next_user_starts, strict=True):
             turns += 1
-            first, last_frame = int(math.ceil(end / 0.04 - 1e-9)), min(end + 3.0, following)
+            first, last_frame = math.ceil(end / 0.04 - 1e-9), min(end + 3.0, following)
             responded += any(
                 active[t] and (t == 0 or not active[t - 1])
-                for t in range(first, min(len(active), int(math.ceil(last_frame / 0.04 - 1e-9))))
+                for t in range(first, min(len(active), math.ceil(last_frame / 0.04 - 1e-9)))
             )
     assert turns > 0
     assert float(last["free/response_rate"]) == pytest.approx(responded / turns)

@@ -74,7 +74,7 @@ def test_every_config_group_composes_and_instantiates(group_option, tmp_path, ti
     assert isinstance(instantiate(cfg.trainer, callbacks=callbacks, logger=False), lightning.Trainer)
     loggers = instantiate(cfg.logger)(run_dir=tmp_path / "run")
     assert [type(x).__name__ for x in loggers] == {
-        "wandb": ["CSVLogger", "WandbLogger"], "csv": ["CSVLogger"], "none": []
+        "wandb": ["RunCSVLogger", "WandbLogger"], "csv": ["RunCSVLogger"], "none": []
     }[cfg.logger.kind]  # fmt: skip
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
@@ -214,5 +214,5 @@ def test_wandb_failure_falls_back_to_csv_with_a_warning(tmp_path, monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = loggers_module.make_loggers(tmp_path, kind="wandb")
-    assert [type(x).__name__ for x in result] == ["CSVLogger"]
+    assert [type(x).__name__ for x in result] == ["RunCSVLogger"]
     assert any("wandb is unavailable" in str(w.message) for w in caught)
