@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from s2s.data.audio import save_audio
+from s2s.data.corpus import read_record
 from s2s.data.dataset import DialogueDataset
 from s2s.data.features import LogMel
 from s2s.models.config import DuplexConfig
@@ -80,13 +81,13 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Du
     return model.to(device).eval()
 
 
-def corpus_task(data_dir: Path) -> dict | None:
-    """The task recorded in the corpus.json of `data_dir` or its parent (synthetic corpora)."""
+def recorded_task(data_dir: Path) -> dict | None:
+    """The task in the corpus record of `data_dir` or of its parent (a synthetic corpus's split),
+    for checking that a recognizer was trained on the same words; None for plain recordings."""
     for folder in (data_dir, data_dir.parent):
-        path = folder / "corpus.json"
-        if path.is_file():
-            record = json.loads(path.read_text(encoding="utf-8"))
-            recipe = record.get("recipe") if isinstance(record, dict) else None
+        record = read_record(folder)
+        if record is not None:
+            recipe = record.get("recipe")
             return recipe.get("task") if isinstance(recipe, dict) else None
     return None
 
@@ -227,7 +228,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         from s2s.recognizer import load_recognizer
 
         recognizer = load_recognizer(options.recognizer, device=options.device)
-        task = corpus_task(data_dir)
+        task = recorded_task(data_dir)
         if task is not None:
             recognizer.check_task(task)
     count = len(dataset) if options.max_dialogues is None else min(len(dataset), options.max_dialogues)

@@ -16,16 +16,7 @@ import torch
 
 from s2s.data.batching import DialogueBatch
 from s2s.models.duplex import DuplexModel, DuplexOutput
-from s2s.training.schedule import warmup_cosine
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.98)
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.1
+from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
 
 
 @dataclass
@@ -44,11 +35,8 @@ class DuplexLightningModule(lightning.LightningModule):
     ):
         super().__init__()
         self.model = model
-        if optimizer is None:
-            optimizer = OptimizerConfig()
-        elif not isinstance(optimizer, OptimizerConfig):  # a dict or a Hydra DictConfig
-            values = dict(optimizer)
-            optimizer = OptimizerConfig(**{**values, "betas": tuple(values.get("betas", (0.9, 0.98)))})
+        if not isinstance(optimizer, OptimizerConfig):  # None, a dict or a Hydra DictConfig
+            optimizer = OptimizerConfig.from_mapping(optimizer)
         self.optimizer_config = optimizer
         self.speaking_weight = speaking_weight
         self.save_hyperparameters(
@@ -114,16 +102,4 @@ class DuplexLightningModule(lightning.LightningModule):
             self.last_validation = (batch, out)
 
     def configure_optimizers(self):
-        cfg = self.optimizer_config
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-            betas=tuple(cfg.betas),
-        )
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else 10_000
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_warmup_cosine(self.model, self.optimizer_config, self.trainer.max_steps)

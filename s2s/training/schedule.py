@@ -1,8 +1,13 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to a floor. A pure function of the step."""
+"""Optimizer and learning-rate schedule shared by every model we train: AdamW, linear warmup, then
+cosine decay to a floor (a pure function of the step)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float = 0.1) -> float:
@@ -13,3 +18,39 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, floor: float =
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with a linear warmup, then cosine decay to `min_lr_ratio` of the peak rate."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+
+    @classmethod
+    def from_mapping(cls, values: Mapping | None) -> OptimizerConfig:
+        """From a dict or a Hydra DictConfig (betas arrive as a list)."""
+        values = dict(values or {})
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+
+def adamw_warmup_cosine(model: torch.nn.Module, config: OptimizerConfig, max_steps: int) -> dict:
+    """Lightning's optimizer dict: weight decay on matrices only (not biases, norms or embeddings'
+    scalars), the schedule stepped per optimizer step over `max_steps` (10,000 when unlimited)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=tuple(config.betas),
+    )
+    total = max_steps if max_steps and max_steps > 0 else 10_000
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, total, config.min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
