@@ -10,15 +10,29 @@ import matplotlib.image
 import soundfile
 
 from s2s.data.datamodule import DuplexDataModule
+from s2s.data.features import LogMelConfig
+from s2s.data.manifest import load_manifest
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
+from s2s.recognizer import reply_windows, save_recognizer, vocabulary_from_task
+from s2s.recognizer.model import CTCRecognizer, RecognizerConfig
 from s2s.training.module import DuplexLightningModule
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _recognizer(corpus_dir: Path, path: Path) -> Path:
+    """An untrained recognizer for the corpus's task: the content figures' plumbing, not their values."""
+    task = json.loads((corpus_dir / "corpus.json").read_text())["recipe"]["task"]
+    vocabulary = vocabulary_from_task(task)
+    model = CTCRecognizer(RecognizerConfig(classes=vocabulary.size, channels=16, blocks=1, gru_hidden=8))
+    return save_recognizer(path, model, vocabulary, LogMelConfig(), task)
+
+
 def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
-    data = DuplexDataModule(root=tiny_corpus.out_dir, num_workers=0, max_seconds=3.0, batch_seconds=9.0)
+    data = DuplexDataModule(
+        root=tiny_corpus.out_dir, num_workers=0, max_seconds=3.0, batch_seconds=9.0, generate_if_missing=False
+    )
     model = DuplexModel(DuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=1, decoder_layers=1))
     trainer = lightning.Trainer(
         max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -32,7 +46,8 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     command = [
         sys.executable, str(ROOT / "scripts" / "stream_eval.py"), f"checkpoint={checkpoint}",
         f"data_dir={tiny_corpus.out_dir / 'test'}", "streams=2", "chunk=2", "examples=1", "mcd_seconds=4",
-        f"hydra.run.dir={out}",
+        f"hydra.run.dir={out}", f"recognizer={_recognizer(tiny_corpus.out_dir, tmp_path / 'rec.pt')}",
+        "threads=1", "progress=false",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -44,6 +59,25 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
         assert 0.0 <= duplex["missed_response_rate"] <= 1.0
     assert report["compute"]["chunk_ms"] == 80 and report["compute"]["real_time_factor"] > 0
     assert report["streaming_vs_offline_max_abs"] < 1e-4
+    windows = [
+        w
+        for path in sorted((tiny_corpus.out_dir / "test").glob("*.json"))
+        for w in reply_windows(load_manifest(path))
+    ]
+    content = report["content"]
+    assert len(content["replies"]) == len(windows) > 0
+    assert (
+        content["model"]["complete"]
+        == content["reference"]["complete"]
+        == sum(w.kind == "reply" for w in windows)
+    )
+    assert [r["expected"] for r in content["replies"]] == [list(w.words) for w in windows]
+    for summary in (content["model"], content["reference"]):
+        assert 0.0 <= summary["exact_match_rate"] <= 1.0 and summary["word_error_rate"] >= 0.0
+    assert report["duplex"]["probability"]["talk_overs_per_turn"] is not None
+    assert report["quality"]["mcd_db"] > 0
+    assert "reply exact match" in (out / "metrics.md").read_text()
+    assert (out / "stream_eval.log").stat().st_size > 0, "the evaluation logs through logging, not print"
     assert "| response latency mean |" in (out / "metrics.md").read_text()
     pngs, wavs = sorted(out.glob("*.png")), sorted(out.glob("*.wav"))
     assert len(pngs) == 1 and len(wavs) == 1
@@ -52,3 +86,22 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     audio, rate = soundfile.read(wavs[0])
     assert rate == 16000 and audio.shape[1] == 2
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_bad_options_fail_before_loading_and_leave_nothing_behind(tmp_path):
+    """Named errors for streams / max_dialogues / precision / a missing recognizer, before the
+    checkpoint is even looked at (it does not exist here), and no empty run directory."""
+    for option, message in (
+        ("streams=0", "streams must be >= 1"),
+        ("max_dialogues=0", "max_dialogues must be >= 1"),
+        ("precision=fp8", "precision must be one of"),
+        ("recognizer=missing.pt", "train one with"),
+    ):
+        out = tmp_path / option.split("=")[0]
+        command = [
+            sys.executable, str(ROOT / "scripts" / "stream_eval.py"), f"checkpoint={tmp_path / 'none.ckpt'}",
+            option, f"hydra.run.dir={out}", "wandb.enabled=false",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode != 0 and message in result.stderr, (option, result.stderr[-2000:])
+        assert not out.exists(), f"{option}: a failed evaluation left {out} behind"
