@@ -298,7 +298,7 @@ class DialogueSynthesizer:
             plan.add(1, reply_start, cut)
             plan.add(0, onset, interruption)
             # Words that began before the fade are spoken; the last one ends where the audio ends.
-            said = spoken.timed_words(reply_start, stop=min(ramp_from, len(cut)))
+            said = spoken.timed_words(reply_start, cut=len(cut), fade=ramp_from)
             plan.segments.append(
                 _Span(SYSTEM, "cut-off reply", reply_start, reply_start + len(cut), reply_text, said)
             )
@@ -357,11 +357,12 @@ class _Phrase:
     words: tuple[str, ...]
     starts: tuple[int, ...]
 
-    def timed_words(self, offset: int, stop: int | None = None) -> tuple[Word, ...]:
-        """The words placed at `offset` on the timeline; with `stop`, only those starting before it,
-        the last one ending at `stop` at the latest (a reply cut off there)."""
-        end = len(self.audio) if stop is None else min(stop, len(self.audio))
-        kept = [i for i, start in enumerate(self.starts) if start < end]
+    def timed_words(self, offset: int, cut: int | None = None, fade: int | None = None) -> tuple[Word, ...]:
+        """The words placed at `offset` on the timeline. A reply cut off after `cut` samples that
+        began to fade at `fade` says the words that started before both; the last ends at `cut`."""
+        end = len(self.audio) if cut is None else min(cut, len(self.audio))
+        last = end if fade is None else min(fade, end)
+        kept = [i for i, start in enumerate(self.starts) if start < last]
         ends = [min(self.starts[i + 1], end) if i + 1 < len(self.starts) else end for i in kept]
         return tuple(
             Word(self.words[i], offset + self.starts[i], offset + ends[n]) for n, i in enumerate(kept)
