@@ -81,7 +81,9 @@ def sample_tokens(
             f"sampling at temperature {config.temperature} needs noise of shape ({streams}, {frames}) "
             f"(frame_noise or generator_noise), got {None if noise is None else tuple(noise.shape)}"
         )
-    scores = torch.nan_to_num(logits.float(), nan=float("-inf"))
+    # NaN counts as impossible; +inf as merely certain (softmax of inf is NaN).
+    scores = logits.float().clamp(max=1e30)
+    scores = scores.masked_fill(scores.isnan(), float("-inf"))
     bias = torch.zeros(vocab, device=logits.device)
     bias[PAD], bias[BOS], bias[EOS] = config.pad_bias, config.bos_bias, config.eos_bias
     scores = scores + bias
