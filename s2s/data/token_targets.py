@@ -10,7 +10,9 @@ System tokens, one per frame (PAD elsewhere):
          by a barge-in alike.
 So the frames strictly between BOS and EOS are exactly the frames that hold reply audio (the
 speaking flag `speaking_from_tokens` derives), the BOS and EOS frames are silent, and a word token
-arrives on the frame its audio begins (the mel conditioned on the token knows the word it starts).
+arrives on the frame its audio begins (the mel conditioned on the token knows the word it starts;
+with BOS on the onset frame and the first word a frame later, the onset frame's mel would have to
+start a word it does not know yet).
 When two tokens want the same frame (a reply that starts within two frames of the previous one's
 end, two words starting in one frame), the later moves to the next free frame, never earlier: the
 order and the grammar always hold, at the cost of a frame or two of timing in those rare cases. A
