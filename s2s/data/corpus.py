@@ -28,7 +28,9 @@ from s2s.data.tasks import DialogueTask
 
 RECORD_NAME = "corpus.json"
 RECORD_FORMAT = "s2s-corpus/1"
-GENERATOR_VERSION = 2  # bump when a code change alters the audio for the same recipe
+# Bump when a code change alters the audio or the manifests for the same recipe. 3: manifests carry
+# word times (format "s2s-dialogue/2"); the audio is byte-identical to version 2's.
+GENERATOR_VERSION = 3
 _DIALOGUE_FILE = re.compile(r"^(train|val|test)_\d{5}\.(wav|json)(\.partial)?$")
 _ELSEWHERE = "use another folder (train.py: data.root=..., make_data.py: corpus.out_dir=...)"
 
@@ -160,6 +162,11 @@ def _other_recipe(out_dir: Path, record: dict, recipe: dict) -> str:
         names = [(r.get("task") or {}).get("name", "?") if isinstance(r.get("task"), dict) else "?"
                  for r in (stored, recipe)]  # fmt: skip
         tasks = f"; its task is {names[0]!r}, this run's is {names[1]!r}"
+    if "generator" in changed:
+        tasks += (
+            f"; it was made by generator version {stored.get('generator')!r}, this code makes version "
+            f"{recipe.get('generator')!r} (see GENERATOR_VERSION in s2s/data/corpus.py)"
+        )
     return (
         f"{out_dir} holds a corpus made with other settings (differences in: {', '.join(changed)}){tasks}; "
         f"{_ELSEWHERE}, or overwrite=true (make_data.py) to replace that corpus"

@@ -10,6 +10,10 @@ or time its phrases are made in.
 The forking happens in a small helper process (this file run as a script, which imports neither
 torch nor s2s), because forking a process that holds torch costs ten times more.
 
+Each phrase also reports where its words start: espeak raises a word event (`espeakEVENT_WORD`)
+as it begins each word, carrying the word's character span in the text and its exact sample
+position in the output (the event's `sample`; `audio_position` is the same instant rounded to ms).
+
 The library and its voices come from the `espeakng-loader` wheel; a system installation (Debian's
 `libespeak-ng1` + `espeak-ng-data`) works too by passing its paths.
 """
@@ -36,8 +40,29 @@ _PARAM_RATE = 1
 _PARAM_VOLUME = 2
 _PARAM_PITCH = 3
 _PARAM_RANGE = 4
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
 
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT of speak_lib.h."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # characters from the start of the text, 1-based
+        ("length", ctypes.c_int),  # the word's length in characters
+        ("audio_position", ctypes.c_int),  # ms into the output
+        ("sample", ctypes.c_int),  # samples into the output
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
+
+
+_SynthCallback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
+_WORD_EVENT = struct.Struct("<iii")  # text position (0-based), length in characters, sample
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,23 @@ class Voice:
         for field, value in (("pitch", self.pitch), ("pitch_range", self.pitch_range)):
             if not 0 <= value <= 100:
                 raise ValueError(f"voice {field} {value} is outside 0-100")
+
+
+@dataclass(frozen=True)
+class SpokenWord:
+    """A word as espeak spoke it: its text (as written in the phrase) and its first sample."""
+
+    text: str
+    start: int
+
+
+@dataclass(frozen=True)
+class Speech:
+    """One synthesized phrase: int16 samples at `sample_rate`, and where each word starts."""
+
+    samples: np.ndarray
+    sample_rate: int
+    words: tuple[SpokenWord, ...]
 
 
 class EspeakError(RuntimeError):
@@ -89,6 +131,11 @@ class Espeak:
 
     def synthesize(self, text: str, voice: Voice) -> tuple[np.ndarray, int]:
         """Speak `text` with `voice`; returns (int16 samples, sample rate)."""
+        speech = self.speak(text, voice)
+        return speech.samples, speech.sample_rate
+
+    def speak(self, text: str, voice: Voice) -> Speech:
+        """Speak `text` with `voice`; the samples, their rate, and the words' start samples."""
         if not text.strip():
             raise ValueError("cannot synthesize an empty phrase")
         self.check_variant(voice)
@@ -96,15 +143,20 @@ class Espeak:
         request = {"text": text, **asdict(voice)}
         server.stdin.write((json.dumps(request) + "\n").encode())
         server.stdin.flush()
-        header = server.stdout.read(12)
-        if len(header) < 12:
+        header = server.stdout.read(16)
+        if len(header) < 16:
             self.close()
             raise EspeakError(f"the espeak helper process died on {text!r} with voice {voice.name!r}")
-        sample_rate, error, size = struct.unpack("<iii", header)
+        sample_rate, error, count, size = struct.unpack("<iiii", header)
+        events = server.stdout.read(count * _WORD_EVENT.size)
         payload = server.stdout.read(size)
         if error != 0 or sample_rate <= 0:
             raise EspeakError(f"espeak-ng rejected voice {voice.name!r} or phrase {text!r} (error {error})")
-        return np.frombuffer(payload, dtype=np.int16).copy(), sample_rate
+        words = tuple(
+            SpokenWord(text[position : position + length], sample)
+            for position, length, sample in _WORD_EVENT.iter_unpack(events)
+        )
+        return Speech(np.frombuffer(payload, dtype=np.int16).copy(), sample_rate, words)
 
     def check_variant(self, voice: Voice) -> None:
         """espeak silently ignores an unknown `+variant`; a typo in a voice list must not go unnoticed."""
@@ -135,16 +187,28 @@ class Espeak:
         return self._server
 
 
-def _speak(lib: ctypes.CDLL, libc: ctypes.CDLL, data_path: str, request: dict) -> tuple[int, int, bytes]:
-    """In a fresh child: initialize espeak, speak one phrase, return (sample rate, error, pcm bytes)."""
+def _speak(
+    lib: ctypes.CDLL, libc: ctypes.CDLL, data_path: str, request: dict
+) -> tuple[int, int, bytes, bytes]:
+    """In a fresh child: initialize espeak, speak one phrase.
+
+    Returns (sample rate, error, packed word events, pcm bytes).
+    """
     sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), 0)
     if sample_rate <= 0:
-        return 0, -1, b""
+        return 0, -1, b"", b""
     pieces: list[bytes] = []
+    words: list[bytes] = []
 
-    def collect(wav, count, _events):
+    def collect(wav, count, events):
         if count > 0:
             pieces.append(ctypes.string_at(wav, count * 2))
+        index = 0
+        while events and events[index].type != _EVENT_LIST_TERMINATED:
+            event = events[index]
+            if event.type == _EVENT_WORD:
+                words.append(_WORD_EVENT.pack(event.text_position - 1, event.length, event.sample))
+            index += 1
         return 0
 
     callback = _SynthCallback(collect)
@@ -165,11 +229,14 @@ def _speak(lib: ctypes.CDLL, libc: ctypes.CDLL, data_path: str, request: dict) -
         encoded = request["text"].encode("utf-8")
         error = lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         error = error or lib.espeak_Synchronize()
-    return sample_rate, error, b"".join(pieces)
+    return sample_rate, error, b"".join(words), b"".join(pieces)
 
 
 def _serve(library_path: str, data_path: str) -> None:
-    """Helper process: one JSON request per stdin line, one framed reply per request on stdout."""
+    """Helper process: one JSON request per stdin line, one framed reply per request on stdout.
+
+    A reply: int32 sample rate, error, word count, pcm bytes; the word events; the pcm.
+    """
     lib = ctypes.CDLL(library_path)
     libc = ctypes.CDLL(None)
     out = sys.stdout.buffer
@@ -179,16 +246,19 @@ def _serve(library_path: str, data_path: str) -> None:
         if pid == 0:
             os.close(read_end)
             with os.fdopen(write_end, "wb") as pipe:
-                sample_rate, error, pcm = _speak(lib, libc, data_path, json.loads(line))
-                pipe.write(struct.pack("<ii", sample_rate, error) + pcm)
+                sample_rate, error, words, pcm = _speak(lib, libc, data_path, json.loads(line))
+                count = len(words) // _WORD_EVENT.size
+                pipe.write(struct.pack("<iii", sample_rate, error, count) + words + pcm)
             os._exit(0)
         os.close(write_end)
         with os.fdopen(read_end, "rb") as pipe:
             reply = pipe.read()
         os.waitpid(pid, 0)
-        if len(reply) < 8:
-            reply = struct.pack("<ii", 0, -2)
-        out.write(reply[:8] + struct.pack("<i", len(reply) - 8) + reply[8:])
+        if len(reply) < 12:
+            reply = struct.pack("<iii", 0, -2, 0)
+        count = struct.unpack("<i", reply[8:12])[0]
+        pcm_at = 12 + count * _WORD_EVENT.size
+        out.write(reply[:12] + struct.pack("<i", len(reply) - pcm_at) + reply[12:])
         out.flush()
 
 

@@ -6,6 +6,11 @@ Times are given twice: in seconds (for people) and in samples (exact, for code).
   user   "barge-in"      the user interrupts the system ("stop", "wait")
   system "reply"         a complete system answer
   system "cut-off reply" an answer the system stopped after a barge-in; `end` is where it fell silent
+
+Format 2 adds word times: every segment lists the words spoken in it, each with its start and end
+(the next word's start, or where the phrase's audio ends). A cut-off reply lists only the words it
+got to say (its `text` stays the whole planned answer). Format 1 manifests (no word times) still
+load, with `words` None, and users of word times fall back to segment-level approximations.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-FORMAT = "s2s-dialogue/1"
+FORMAT = "s2s-dialogue/2"
+FORMAT_WITHOUT_WORDS = "s2s-dialogue/1"
 USER, SYSTEM = "user", "system"
 KINDS = {USER: ("turn", "pause", "barge-in"), SYSTEM: ("reply", "cut-off reply")}
 SPEECH_KINDS = {USER: ("turn", "barge-in"), SYSTEM: ("reply", "cut-off reply")}
@@ -23,6 +29,24 @@ SPEECH_KINDS = {USER: ("turn", "barge-in"), SYSTEM: ("reply", "cut-off reply")}
 
 class ManifestError(ValueError):
     """A manifest that is missing, unreadable, or disagrees with its audio."""
+
+
+@dataclass(frozen=True)
+class Word:
+    """One spoken word and the samples [start, end) it spans on the dialogue timeline."""
+
+    text: str
+    start_sample: int
+    end_sample: int
+
+    def to_json(self, sample_rate: int) -> dict:
+        return {
+            "text": self.text,
+            "start": round(self.start_sample / sample_rate, 4),
+            "end": round(self.end_sample / sample_rate, 4),
+            "start_sample": self.start_sample,
+            "end_sample": self.end_sample,
+        }
 
 
 @dataclass(frozen=True)
@@ -34,6 +58,7 @@ class Segment:
     text: str
     exchange: int
     sample_rate: int = field(repr=False)
+    words: tuple[Word, ...] | None = field(default=None, repr=False)  # None: no word times (format 1)
 
     def __post_init__(self):
         if self.speaker not in KINDS or self.kind not in KINDS[self.speaker]:
@@ -44,6 +69,26 @@ class Segment:
             raise ManifestError(
                 f"segment {self.kind!r} has start {self.start_sample} >= end {self.end_sample}"
             )
+        if self.words is not None:
+            object.__setattr__(self, "words", tuple(self.words))
+            self._check_words()
+
+    def _check_words(self) -> None:
+        """Words lie inside the segment, in order, without overlap, and are the segment's text."""
+        where = f"{self.kind!r} segment at sample {self.start_sample}"
+        said = [w.text for w in self.words]
+        planned = self.text.split()
+        expected = planned[: len(said)] if self.kind == "cut-off reply" else planned
+        if said != expected or (self.is_speech and not said):
+            raise ManifestError(f"{where}: its words {said} are not its text {self.text!r}")
+        edge = self.start_sample
+        for word in self.words:
+            if not edge <= word.start_sample < word.end_sample <= self.end_sample:
+                raise ManifestError(
+                    f"{where}: word {word.text!r} spans samples {word.start_sample}-{word.end_sample}, "
+                    f"outside the segment ({self.start_sample}-{self.end_sample}) or before the word ahead"
+                )
+            edge = word.end_sample
 
     @property
     def start(self) -> float:
@@ -59,7 +104,9 @@ class Segment:
 
     def to_json(self) -> dict:
         record = asdict(self)
-        del record["sample_rate"]
+        del record["sample_rate"], record["words"]
+        if self.words is not None:
+            record["words"] = [w.to_json(self.sample_rate) for w in self.words]
         return {"start": round(self.start, 4), "end": round(self.end, 4), **record}
 
 
@@ -71,6 +118,19 @@ class Manifest:
     segments: tuple[Segment, ...]
     info: dict = field(default_factory=dict)  # split, seed, task, voices: descriptive only
 
+    def __post_init__(self):
+        timed = {s.words is not None for s in self.segments}
+        if len(timed) > 1:
+            raise ManifestError(
+                f"dialogue {self.dialogue_id}: some segments have word times and some do not; "
+                "a manifest has them everywhere (format 2) or nowhere (format 1)"
+            )
+
+    @property
+    def has_word_times(self) -> bool:
+        """Whether the segments carry word times (format 2), or only segment times (format 1)."""
+        return all(s.words is not None for s in self.segments)
+
     @property
     def duration(self) -> float:
         return self.num_samples / self.sample_rate
@@ -81,7 +141,7 @@ class Manifest:
 
     def to_json(self) -> dict:
         return {
-            "format": FORMAT,
+            "format": FORMAT if self.has_word_times else FORMAT_WITHOUT_WORDS,
             "id": self.dialogue_id,
             "sample_rate": self.sample_rate,
             "num_samples": self.num_samples,
@@ -113,8 +173,12 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
             f"manifest {path} holds a JSON {type(record).__name__}, not a dialogue manifest (an object with "
             f'"format": "{FORMAT}"); re-generate the corpus, or remove it to use the wav without labels'
         )
-    if record.get("format") != FORMAT:
-        raise ManifestError(f"manifest {path} has format {record.get('format')!r}, expected {FORMAT!r}")
+    if record.get("format") not in (FORMAT, FORMAT_WITHOUT_WORDS):
+        raise ManifestError(
+            f"manifest {path} has format {record.get('format')!r}, expected {FORMAT!r} "
+            f"(or {FORMAT_WITHOUT_WORDS!r}, without word times)"
+        )
+    timed = record["format"] == FORMAT
     try:
         rate = int(record["sample_rate"])
         segments = tuple(
@@ -126,6 +190,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
                 text=s["text"],
                 exchange=int(s["exchange"]),
                 sample_rate=rate,
+                words=_words(s["words"]) if timed else None,
             )
             for s in record["segments"]
         )
@@ -139,3 +204,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ManifestError(f"manifest {path} is malformed: {error!r}") from error
+
+
+def _words(records: list) -> tuple[Word, ...]:
+    return tuple(Word(w["text"], int(w["start_sample"]), int(w["end_sample"])) for w in records)

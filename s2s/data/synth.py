@@ -9,6 +9,10 @@ An exchange: the user speaks a request (sometimes with an internal pause, phrase
 "continue" comma so the pause is audibly not an end of turn); 0.2-0.6 s after the turn ends the
 system answers; sometimes the user barges in during the answer and the system falls silent within
 a fraction of a second; the next exchange follows after a gap.
+
+Every word's start comes from espeak's word events, carried through resampling, trimming and
+placement; a word ends where the next one starts or where its phrase's audio ends. A cut-off reply
+keeps the words that started before it began to fade; the last of them ends where the audio ends.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import numpy as np
 import torch
 import torchaudio
 
-from s2s.data.espeak import Espeak, Voice
-from s2s.data.manifest import SYSTEM, USER, Manifest, Segment
+from s2s.data.espeak import Espeak, EspeakError, Voice
+from s2s.data.manifest import SYSTEM, USER, Manifest, Segment, Word
 from s2s.data.tasks import DialogueTask
 
 SPLITS = ("train", "val", "test")
@@ -193,7 +197,7 @@ class DialogueSynthesizer:
             for piece in planned.pieces:
                 tracks[piece.channel, piece.start : piece.end] += piece.audio
             segments += [
-                Segment(s.speaker, s.kind, s.start, s.end, s.text, exchange, self.rate)
+                Segment(s.speaker, s.kind, s.start, s.end, s.text, exchange, self.rate, s.words)
                 for s in planned.segments
             ]
             cursor = end + self._samples(rng.uniform(*timing.next_turn_gap))
@@ -251,31 +255,38 @@ class DialogueSynthesizer:
         parts = [p for p in parts if p]
         cursor = start
         turn_start = start
+        turn_words: list[Word] = []
         for number, part in enumerate(parts):
             last = number == len(parts) - 1
             text = " ".join(part) + ("." if last else ",")
-            audio = self._phrase(text, user_voice, user_level + float(rng.uniform(-1.0, 1.0)))
+            phrase = self._phrase(text, part, user_voice, user_level + float(rng.uniform(-1.0, 1.0)))
+            audio = phrase.audio
             plan.add(0, cursor, audio)
+            turn_words += phrase.timed_words(cursor)
             if not last:
                 pause = self._samples(rng.uniform(*timing.pause))
                 plan.segments.append(
-                    _Span(USER, "pause", cursor + len(audio), cursor + len(audio) + pause, "")
+                    _Span(USER, "pause", cursor + len(audio), cursor + len(audio) + pause, "", ())
                 )
                 cursor += pause
             cursor += len(audio)
         turn_end = cursor
-        plan.segments.append(_Span(USER, "turn", turn_start, turn_end, " ".join(words.user_words)))
+        plan.segments.append(
+            _Span(USER, "turn", turn_start, turn_end, " ".join(words.user_words), tuple(turn_words))
+        )
 
         # The system's reply, possibly cut off by a barge-in.
         reply_start = turn_end + self._samples(rng.uniform(*timing.reply_delay))
-        reply = self._phrase(
-            " ".join(words.reply_words) + ".", self.task.system_voice, self.config.system_level_db
-        )
         reply_text = " ".join(words.reply_words)
+        spoken = self._phrase(
+            reply_text + ".", words.reply_words, self.task.system_voice, self.config.system_level_db
+        )
+        reply = spoken.audio
         if rng.random() < timing.barge_in_probability:
             onset = reply_start + self._samples(len(reply) / self.rate * rng.uniform(*timing.barge_in_point))
             word = self.task.barge_in_words[int(rng.integers(len(self.task.barge_in_words)))]
-            interruption = self._phrase(word + "!", user_voice, user_level + float(rng.uniform(0.0, 2.0)))
+            shout = self._phrase(word + "!", (word,), user_voice, user_level + float(rng.uniform(0.0, 2.0)))
+            interruption = shout.audio
             fade_start = onset + self._samples(rng.uniform(*timing.stop_reaction))
             fade = self._samples(timing.fade)
             kept = min(len(reply), fade_start + fade - reply_start)
@@ -286,30 +297,76 @@ class DialogueSynthesizer:
             cut = _trim(cut, leading=False)
             plan.add(1, reply_start, cut)
             plan.add(0, onset, interruption)
+            # Words that began before the fade are spoken; the last one ends where the audio ends.
+            said = spoken.timed_words(reply_start, cut=len(cut), fade=ramp_from)
             plan.segments.append(
-                _Span(SYSTEM, "cut-off reply", reply_start, reply_start + len(cut), reply_text)
+                _Span(SYSTEM, "cut-off reply", reply_start, reply_start + len(cut), reply_text, said)
             )
-            plan.segments.append(_Span(USER, "barge-in", onset, onset + len(interruption), word))
+            plan.segments.append(
+                _Span(USER, "barge-in", onset, onset + len(interruption), word, shout.timed_words(onset))
+            )
         else:
             plan.add(1, reply_start, reply)
-            plan.segments.append(_Span(SYSTEM, "reply", reply_start, reply_start + len(reply), reply_text))
+            plan.segments.append(
+                _Span(
+                    SYSTEM, "reply", reply_start, reply_start + len(reply), reply_text,
+                    spoken.timed_words(reply_start),
+                )
+            )  # fmt: skip
         return plan
 
-    def _phrase(self, text: str, voice: Voice, level_db: float) -> np.ndarray:
-        """Speak, resample to the corpus rate, trim silence, and scale to a peak level in dBFS."""
-        samples, rate = self.espeak.synthesize(text, voice)
-        audio = torch.from_numpy(samples.astype(np.float32) / 32768.0)
+    def _phrase(self, text: str, words: tuple[str, ...], voice: Voice, level_db: float) -> _Phrase:
+        """Speak, resample to the corpus rate, trim silence, and scale to a peak level in dBFS.
+
+        `words` are the words `text` says (without its punctuation); their starts follow the audio.
+        """
+        speech = self.espeak.speak(text, voice)
+        said = tuple(w.text for w in speech.words)
+        if said != tuple(words):
+            raise EspeakError(
+                f"espeak reported the words {list(said)} for the phrase {text!r} (voice {voice.name!r}), "
+                f"not {list(words)}: word times cannot be assigned; use words that espeak speaks one by one"
+            )
+        rate = speech.sample_rate
+        audio = torch.from_numpy(speech.samples.astype(np.float32) / 32768.0)
         if rate != self.rate:
             if rate not in self._resamplers:  # the filter kernel costs more than applying it
                 self._resamplers[rate] = torchaudio.transforms.Resample(rate, self.rate)
             audio = self._resamplers[rate](audio)
         audio = audio.numpy()
-        audio = _trim(audio)
+        first, end = _loud_span(audio)
+        audio = audio[first:end]
+        starts = tuple(max(0, round(w.start * self.rate / rate) - first) for w in speech.words)
+        if list(starts) != sorted(set(starts)) or starts[-1] >= len(audio):
+            raise EspeakError(
+                f"espeak's word starts {starts} (samples at {self.rate} Hz after trimming) for {text!r} "
+                f"(voice {voice.name!r}) are not increasing inside its {len(audio)} samples of speech"
+            )
         peak = float(np.abs(audio).max())
-        return (audio * (10 ** (level_db / 20) / peak)).astype(np.float32)
+        return _Phrase((audio * (10 ** (level_db / 20) / peak)).astype(np.float32), tuple(words), starts)
 
     def _samples(self, seconds: float) -> int:
         return round(seconds * self.rate)
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    """A phrase's audio at the corpus rate, its words, and each word's first sample in `audio`."""
+
+    audio: np.ndarray
+    words: tuple[str, ...]
+    starts: tuple[int, ...]
+
+    def timed_words(self, offset: int, cut: int | None = None, fade: int | None = None) -> tuple[Word, ...]:
+        """The words placed at `offset` on the timeline. A reply cut off after `cut` samples that
+        began to fade at `fade` says the words that started before both; the last ends at `cut`."""
+        end = len(self.audio) if cut is None else min(cut, len(self.audio))
+        last = end if fade is None else min(fade, end)
+        kept = [i for i, start in enumerate(self.starts) if start < last]
+        ends = [min(self.starts[i + 1], end) if i + 1 < len(self.starts) else end for i in kept]
+        return tuple(
+            Word(self.words[i], offset + self.starts[i], offset + ends[n]) for n, i in enumerate(kept)
+        )
 
 
 @dataclass
@@ -319,6 +376,7 @@ class _Span:
     start: int
     end: int
     text: str
+    words: tuple[Word, ...]
 
 
 @dataclass
@@ -343,10 +401,16 @@ class _PlannedExchange:
 
 def _trim(audio: np.ndarray, leading: bool = True, threshold: float = 0.01) -> np.ndarray:
     """Cut the silence espeak puts around a phrase, so segment edges are where speech is."""
+    first, end = _loud_span(audio, threshold)
+    return audio[(first if leading else 0) : end]
+
+
+def _loud_span(audio: np.ndarray, threshold: float = 0.01) -> tuple[int, int]:
+    """[first, end) of the samples above `threshold` x the peak."""
     loud = np.flatnonzero(np.abs(audio) > threshold * max(float(np.abs(audio).max()), 1e-9))
     if loud.size == 0:
         raise ValueError("espeak produced a silent phrase")
-    return audio[(loud[0] if leading else 0) : loud[-1] + 1]
+    return int(loud[0]), int(loud[-1]) + 1
 
 
 def _tuple(value):

@@ -1,19 +1,20 @@
 """The recognizer's output symbols: the CTC blank plus the words the task's system can say.
 
 The task decides the words (configs/task/*.yaml -> the corpus record), so the vocabulary is read
-from the task record in `<corpus>/corpus.json`, never from a list in code: a recognizer for the
-echo task says "one two", for the default task "eins zwei".
+from the task record in `<corpus>/corpus.json` (s2s/data/words.py), never from a list in code: a
+recognizer for the echo task says "one two", for the default task "eins zwei".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from s2s.data.manifest import SYSTEM
+from s2s.data.words import VocabularyError, check_words, task_words
+
 BLANK = "<blank>"
 
-
-class VocabularyError(ValueError):
-    """A task record the vocabulary cannot be read from, or a word outside the vocabulary."""
+__all__ = ["BLANK", "Vocabulary", "VocabularyError", "vocabulary_from_task"]
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,7 @@ class Vocabulary:
     words: tuple[str, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "words", tuple(self.words))
-        if not self.words:
-            raise VocabularyError("a vocabulary needs at least one word")
-        if len(set(self.words)) != len(self.words):
-            raise VocabularyError(f"vocabulary words must be distinct, got {self.words}")
-        bad = [w for w in self.words if not w or w != w.strip() or " " in w or w == BLANK]
-        if bad:
-            raise VocabularyError(f"vocabulary words must be single non-empty tokens, got {bad}")
+        object.__setattr__(self, "words", check_words(self.words, reserved=(BLANK,)))
 
     @property
     def size(self) -> int:
@@ -60,15 +54,4 @@ def vocabulary_from_task(task: dict) -> Vocabulary:
     `system_words` (any task that lists them) or `system_digit_words` (DigitsTask); repeated words
     (a task may name two digits alike) appear once, in first-seen order.
     """
-    if not isinstance(task, dict):
-        raise VocabularyError(f"a task record is a dict (corpus.json recipe.task), got {type(task).__name__}")
-    for key in ("system_words", "system_digit_words"):
-        if key in task:
-            words = task[key]
-            if not isinstance(words, list | tuple) or not all(isinstance(w, str) for w in words):
-                raise VocabularyError(f"task record field {key!r} must be a list of words, got {words!r}")
-            return Vocabulary(tuple(dict.fromkeys(words)))
-    raise VocabularyError(
-        f"task record {task.get('name', '?')!r} (class {task.get('class', '?')!r}) names no system words "
-        "(fields 'system_words' or 'system_digit_words'); the recognizer's vocabulary comes from them"
-    )
+    return Vocabulary(task_words(task, SYSTEM))

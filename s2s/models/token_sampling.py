@@ -1,0 +1,162 @@
+"""Sampling the system's token of each frame of a chunk, under the grammar of s2s/data/tokens.py.
+
+A chunk's frames come out of one decoder pass, but the grammar state (inside a reply or not)
+changes within the chunk: frame c may only hold BOS if no reply is open after frames < c. So the
+frames are sampled one after the other (a loop over the chunk's few frames, vectorised over
+streams), each under the mask of the state the frames before it left:
+
+    outside a reply: PAD or BOS          inside a reply: PAD, EOS or a word
+
+A barge-in may end a reply at any frame: EOS is always allowed inside a reply.
+
+The knobs are Moshi's and NeMo DuplexS2S's: temperature (0 = greedy), top-k, and additive logit
+biases for PAD, BOS and EOS (a positive BOS bias answers sooner, a positive EOS bias stops sooner).
+Biases apply before the mask, the top-k and the temperature, in greedy decoding too.
+
+Randomness is one uniform number per (stream, frame), passed in as `noise`: `frame_noise` makes it a
+pure function of a per-stream seed and the frame's index in the stream (a counter-based generator,
+the same numbers on any device and batch, with no host round trip), `generator_noise` draws it from
+per-stream `torch.Generator`s. The token is the inverse of the masked distribution's CDF at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from s2s.data.tokens import BOS, EOS, PAD, speaking_from_tokens
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.7  # 0: greedy
+    top_k: int = 0  # 0: all tokens
+    pad_bias: float = 0.0
+    bos_bias: float = 0.0
+    eos_bias: float = 0.0
+
+    def __post_init__(self):
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = all tokens), got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class SampledTokens:
+    tokens: torch.Tensor  # (B, C) int64
+    in_reply: torch.Tensor  # (B,) bool: the state after the chunk, carried to the next
+    speaking: torch.Tensor  # (B, C) bool: frames strictly between BOS and EOS
+
+
+def allowed_tokens(in_reply: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, V) bool: the tokens the grammar allows after state `in_reply` (B,)."""
+    ids = torch.arange(vocab_size, device=in_reply.device)
+    outside = (ids == PAD) | (ids == BOS)
+    return torch.where(in_reply.unsqueeze(-1), ids != BOS, outside)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    in_reply: torch.Tensor,
+    config: SamplingConfig,
+    noise: torch.Tensor | None = None,
+) -> SampledTokens:
+    """Sample a token per frame of `logits` (B, C, V), frame after frame, under the grammar.
+
+    `in_reply` (B,) bool is the state before the chunk; `noise` (B, C) uniforms in [0, 1)
+    (`frame_noise`, `generator_noise`), unused and optional when `config.temperature` is 0.
+    """
+    if logits.dim() != 3 or logits.shape[-1] <= max(PAD, BOS, EOS):
+        raise ValueError(f"logits must be (streams, frames, vocabulary > 3), got {tuple(logits.shape)}")
+    streams, frames, vocab = logits.shape
+    if in_reply.shape != (streams,) or in_reply.dtype != torch.bool:
+        raise ValueError(f"in_reply must be a bool tensor of shape ({streams},), got {in_reply.dtype} "
+                         f"{tuple(in_reply.shape)}")  # fmt: skip
+    greedy = config.temperature == 0
+    if not greedy and (noise is None or noise.shape != (streams, frames)):
+        raise ValueError(
+            f"sampling at temperature {config.temperature} needs noise of shape ({streams}, {frames}) "
+            f"(frame_noise or generator_noise), got {None if noise is None else tuple(noise.shape)}"
+        )
+    # NaN counts as impossible; +inf as merely certain (softmax of inf is NaN).
+    scores = logits.float().clamp(max=1e30)
+    scores = scores.masked_fill(scores.isnan(), float("-inf"))
+    bias = torch.zeros(vocab, device=logits.device)
+    bias[PAD], bias[BOS], bias[EOS] = config.pad_bias, config.bos_bias, config.eos_bias
+    scores = scores + bias
+
+    state = in_reply.to(logits.device)
+    tokens = []
+    for frame in range(frames):
+        masked = scores[:, frame].masked_fill(~allowed_tokens(state, vocab), float("-inf"))
+        # A stream whose allowed tokens are all -inf (a broken model) stays silent: PAD.
+        dead = torch.isneginf(masked).all(dim=-1, keepdim=True)
+        masked[:, PAD : PAD + 1] = torch.where(dead, 0.0, masked[:, PAD : PAD + 1])
+        if greedy:
+            token = masked.argmax(dim=-1)
+        else:
+            token = _inverse_cdf(_top_k(masked, config.top_k) / config.temperature, noise[:, frame])
+        tokens.append(token)
+        state = torch.where(token == BOS, True, torch.where(token == EOS, False, state))
+    tokens = torch.stack(tokens, dim=1)
+    return SampledTokens(tokens, state, speaking_from_tokens(tokens, in_reply.to(logits.device)))
+
+
+def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    if k == 0 or k >= scores.shape[-1]:
+        return scores
+    kth = scores.topk(k, dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < kth, float("-inf"))
+
+
+def _inverse_cdf(scores: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The token whose CDF interval holds `uniform`; tokens of probability 0 are never chosen."""
+    probabilities = torch.softmax(scores, dim=-1)
+    cdf = probabilities.cumsum(dim=-1)
+    token = (cdf <= uniform.unsqueeze(-1).to(cdf.dtype) * cdf[..., -1:]).sum(dim=-1)
+    ids = torch.arange(scores.shape[-1], device=scores.device)
+    last = torch.where(probabilities > 0, ids, 0).amax(dim=-1)  # rounding may overshoot the total
+    return torch.minimum(token, last)
+
+
+# --- per-stream randomness -----------------------------------------------------------------------
+
+
+def frame_noise(seeds: torch.Tensor, positions: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, frames) uniforms in [0, 1): a hash of each stream's seed and the frame's index in the stream.
+
+    `seeds` (B,) int64, `positions` (B,) int64 the index of the chunk's first frame in each stream.
+    Integer arithmetic only (32-bit lanes in int64), so any device and batch give the same numbers.
+    """
+    seeds, positions = seeds.long(), positions.long()
+    index = positions.unsqueeze(-1) + torch.arange(frames, device=positions.device)
+    stream = _mix32((seeds & _MASK32) ^ _mix32(((seeds >> 32) & _MASK32) ^ 0x9E3779B9))
+    hashed = _mix32(stream.unsqueeze(-1) ^ _mix32((index & _MASK32) ^ 0x85EBCA6B))
+    return (hashed >> 8).float() / float(1 << 24)
+
+
+def generator_noise(generators: Sequence[torch.Generator], frames: int, device=None) -> torch.Tensor:
+    """(B, frames) uniforms, one row from each stream's own generator (advancing it by `frames`)."""
+    rows = [torch.rand(frames, generator=g, device=g.device) for g in generators]
+    return torch.stack(rows).to(device or rows[0].device)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for x in [0, 2**32), without overflowing int64."""
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Wellons' lowbias32) of x in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)

@@ -1,0 +1,206 @@
+"""Sampling tokens under the grammar: never broken, reproducible, greedy = masked argmax, calibrated,
+and the PAD/BOS/EOS biases move the decisions the way they promise."""
+
+import math
+
+import pytest
+import torch
+
+from s2s.data.tokens import BOS, EOS, PAD
+from s2s.models.token_sampling import (
+    SampledTokens,
+    SamplingConfig,
+    allowed_tokens,
+    frame_noise,
+    generator_noise,
+    sample_tokens,
+)
+
+V = 13  # PAD, BOS, EOS and ten words
+
+
+def _walk(tokens: list[int], in_reply: bool) -> tuple[bool, list[bool], bool]:
+    """Independent reference: (grammar kept, speaking per frame, state after)."""
+    ok, speaking = True, []
+    for token in tokens:
+        if (in_reply and token == BOS) or (not in_reply and token not in (PAD, BOS)):
+            ok = False
+        after = token == BOS or (in_reply and token != EOS)
+        speaking.append(in_reply and after)
+        in_reply = after
+    return ok, speaking, in_reply
+
+
+def _masked_argmax(scores: list[float], in_reply: bool) -> int:
+    """Independent reference of greedy decoding: the best allowed token, lowest id on ties."""
+    allowed = [t for t in range(len(scores)) if (t != BOS if in_reply else t in (PAD, BOS))]
+    return max(allowed, key=lambda t: (scores[t], -t))
+
+
+def _draw(generator: torch.Generator, streams: int, frames: int):
+    logits = torch.randn(streams, frames, V, generator=generator) * 3
+    in_reply = torch.randint(0, 2, (streams,), generator=generator).bool()
+    seeds = torch.randint(-(2**62), 2**62, (streams,), generator=generator)
+    return logits, in_reply, seeds
+
+
+def test_the_grammar_holds_over_many_random_draws_and_chunks(generator):
+    seed = generator.initial_seed()
+    for trial in range(60):
+        streams, frames = 16, int(torch.randint(1, 9, (1,), generator=generator))
+        _, state, seeds = _draw(generator, streams, frames)
+        config = SamplingConfig(
+            temperature=float(torch.rand(1, generator=generator)) * 2,
+            top_k=int(torch.randint(0, V + 2, (1,), generator=generator)),
+            pad_bias=float(torch.randn(1, generator=generator)) * 3,
+            bos_bias=float(torch.randn(1, generator=generator)) * 3,
+            eos_bias=float(torch.randn(1, generator=generator)) * 3,
+        )
+        for chunk in range(4):  # the state carries from chunk to chunk
+            logits = torch.randn(streams, frames, V, generator=generator) * 3
+            noise = frame_noise(seeds, torch.full((streams,), chunk * frames), frames)
+            out = sample_tokens(logits, state, config, noise)
+            for b in range(streams):
+                ok, speaking, after = _walk(out.tokens[b].tolist(), bool(state[b]))
+                where = f"seed {seed}, trial {trial}, chunk {chunk}, stream {b}, {config}"
+                assert ok, f"{where}: tokens {out.tokens[b].tolist()} after in_reply={bool(state[b])}"
+                assert out.speaking[b].tolist() == speaking and bool(out.in_reply[b]) == after, where
+            state = out.in_reply
+
+
+def test_same_seed_same_tokens_in_any_batch(generator):
+    seed = generator.initial_seed()
+    logits, in_reply, seeds = _draw(generator, 8, 6)
+    config = SamplingConfig(temperature=1.0)
+    positions = torch.randint(0, 1000, (8,), generator=generator)
+    first = sample_tokens(logits, in_reply, config, frame_noise(seeds, positions, 6))
+    again = sample_tokens(logits, in_reply, config, frame_noise(seeds, positions, 6))
+    assert torch.equal(first.tokens, again.tokens), f"seed {seed}"
+    # A stream alone, or in another order, draws the same numbers: they are its seed's and frames'.
+    order = torch.randperm(8, generator=generator)
+    shuffled = sample_tokens(
+        logits[order], in_reply[order], config, frame_noise(seeds[order], positions[order], 6)
+    )
+    assert torch.equal(shuffled.tokens, first.tokens[order]), f"seed {seed}"
+    # Two chunks of 3 frames draw what one chunk of 6 does.
+    assert torch.equal(
+        torch.cat([frame_noise(seeds, positions, 3), frame_noise(seeds, positions + 3, 3)], dim=1),
+        frame_noise(seeds, positions, 6),
+    )
+    other = sample_tokens(logits, in_reply, config, frame_noise(seeds + 1, positions, 6))
+    assert not torch.equal(other.tokens, first.tokens), f"seed {seed}: another seed, the same 48 tokens"
+
+    # Per-stream torch generators reproduce too.
+    def gens():
+        return [torch.Generator().manual_seed(int(s) % 2**31) for s in seeds]
+
+    assert torch.equal(
+        sample_tokens(logits, in_reply, config, generator_noise(gens(), 6)).tokens,
+        sample_tokens(logits, in_reply, config, generator_noise(gens(), 6)).tokens,
+    )
+
+
+def test_frame_noise_is_uniform_and_independent_across_streams_and_frames():
+    noise = frame_noise(torch.arange(64), torch.zeros(64, dtype=torch.long), 4096)
+    assert noise.min() >= 0 and noise.max() < 1
+    counts = torch.histc(noise, bins=16, min=0, max=1)
+    expected = noise.numel() / 16
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 50, f"chi-square {chi2:.1f} over 15 degrees of freedom: not uniform"
+    correlation = torch.corrcoef(noise[:8])
+    assert (correlation - torch.eye(8)).abs().max() < 0.06
+    lagged = torch.corrcoef(torch.stack([noise[:, :-1].flatten(), noise[:, 1:].flatten()]))[0, 1]
+    assert abs(float(lagged)) < 0.02
+
+
+def test_greedy_is_the_masked_argmax_biases_included(generator):
+    seed = generator.initial_seed()
+    logits, in_reply, _ = _draw(generator, 32, 6)
+    config = SamplingConfig(temperature=0.0, pad_bias=0.5, bos_bias=-0.25, eos_bias=1.0)
+    out = sample_tokens(logits, in_reply, config)
+    bias = [0.5, -0.25, 1.0] + [0.0] * (V - 3)
+    for b in range(32):
+        state, expected = bool(in_reply[b]), []
+        for frame in range(6):
+            token = _masked_argmax([float(x) + y for x, y in zip(logits[b, frame], bias, strict=True)], state)
+            expected.append(token)
+            state = token == BOS or (state and token != EOS)
+        assert out.tokens[b].tolist() == expected, f"seed {seed}, stream {b}"
+
+
+def test_sampled_frequencies_follow_the_masked_softmax(generator):
+    """One frame, many streams with the same logits: token counts match the masked, tempered, top-k
+    distribution (an independent computation) within 5 standard deviations."""
+    seed = generator.initial_seed()
+    streams = 20000
+    scores = torch.randn(V, generator=generator).tolist()
+    for in_reply, temperature, top_k in ((False, 1.0, 0), (True, 0.7, 0), (True, 1.5, 4)):
+        config = SamplingConfig(temperature=temperature, top_k=top_k, eos_bias=0.3)
+        logits = torch.tensor(scores).expand(streams, 1, V)
+        state = torch.full((streams,), in_reply)
+        noise = frame_noise(torch.full((streams,), seed), torch.arange(streams), 1)
+        tokens = sample_tokens(logits, state, config, noise).tokens[:, 0]
+        biased = [s + (0.3 if t == EOS else 0.0) for t, s in enumerate(scores)]
+        allowed = [t for t in range(V) if (t != BOS if in_reply else t in (PAD, BOS))]
+        if top_k:
+            allowed = sorted(allowed, key=lambda t: -biased[t])[:top_k]
+        weights = {t: math.exp(biased[t] / temperature) for t in allowed}
+        total = sum(weights.values())
+        for token in range(V):
+            p = weights.get(token, 0.0) / total
+            count = int((tokens == token).sum())
+            sd = math.sqrt(streams * p * (1 - p))
+            assert abs(count - streams * p) <= 5 * sd + 1, (
+                f"seed {seed}, {config}, in_reply={in_reply}: token {token} drawn {count} times, "
+                f"expected {streams * p:.0f}"
+            )
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_biases_move_the_decisions_the_expected_way(generator, temperature):
+    seed = generator.initial_seed()
+    streams, frames = 512, 8
+    logits = torch.randn(streams, frames, V, generator=generator)
+    seeds = torch.randint(0, 2**31, (streams,), generator=generator)
+    noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), frames)
+
+    def rate(token, in_reply, **bias):
+        state = torch.full((streams,), in_reply)
+        out = sample_tokens(logits, state, SamplingConfig(temperature=temperature, **bias), noise)
+        return float((out.tokens[:, 0] == token).float().mean())
+
+    outside = [rate(BOS, False, bos_bias=b) for b in (-2.0, 0.0, 2.0)]
+    assert outside[0] < outside[1] < outside[2], f"seed {seed}: BOS rate by BOS bias {outside}"
+    padded = [rate(BOS, False, pad_bias=b) for b in (-2.0, 0.0, 2.0)]
+    assert padded[0] > padded[1] > padded[2], f"seed {seed}: BOS rate by PAD bias {padded}"
+    stopping = [rate(EOS, True, eos_bias=b) for b in (-2.0, 0.0, 2.0)]
+    assert stopping[0] < stopping[1] < stopping[2], f"seed {seed}: EOS rate by EOS bias {stopping}"
+
+
+def test_broken_logits_stay_silent_and_other_streams_are_untouched(generator):
+    logits, _, seeds = _draw(generator, 3, 4)
+    logits[0] = float("nan")
+    logits[1] = float("-inf")
+    in_reply = torch.tensor([False, True, False])
+    noise = frame_noise(seeds, torch.zeros(3, dtype=torch.long), 4)
+    out = sample_tokens(logits, in_reply, SamplingConfig(temperature=1.0), noise)
+    assert out.tokens[:2].tolist() == [[PAD] * 4] * 2
+    logits[1, :, 5] = float("inf")  # certain, and allowed inside a reply
+    logits[2, :, 5] = float("inf")  # certain, but not allowed outside one
+    out = sample_tokens(logits, in_reply, SamplingConfig(temperature=1.0), noise)
+    assert out.tokens[1].tolist() == [5] * 4 and int(out.tokens[2, 0]) in (PAD, BOS)
+    alone = sample_tokens(logits[2:], in_reply[2:], SamplingConfig(temperature=1.0), noise[2:])
+    assert torch.equal(out.tokens[2:], alone.tokens)
+    assert isinstance(out, SampledTokens) and out.in_reply.tolist() == [False, True, bool(alone.in_reply[0])]
+
+
+def test_allowed_tokens_and_bad_calls():
+    allowed = allowed_tokens(torch.tensor([False, True]), 5)
+    assert allowed.tolist() == [[True, True, False, False, False], [True, False, True, True, True]]
+    logits = torch.zeros(2, 3, V)
+    with pytest.raises(ValueError, match=r"needs noise of shape \(2, 3\)"):
+        sample_tokens(logits, torch.tensor([False, True]), SamplingConfig(temperature=0.5))
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        sample_tokens(logits, torch.tensor([0, 1]), SamplingConfig(temperature=0.0))
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        SamplingConfig(temperature=-1.0)
