@@ -41,16 +41,10 @@ def shift_by_chunk(frames: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
     return gathered * (source >= 0)[..., None].to(frames.dtype)
 
 
-class DuplexModel(nn.Module):
-    def __init__(self, config: DuplexConfig | None = None):
-        super().__init__()
-        self.config = config = config or DuplexConfig()
-        self.front_end = ConvFrontEnd(config)
-        self.encoder = Encoder(config)
-        self.feedback_in = nn.Linear(config.feedback_dim, config.dim)
-        self.decoder = Decoder(config)
-        self.mel_head = nn.Linear(config.dim, config.mel_per_frame * config.n_mels)
-        self.speaking_head = nn.Linear(config.dim, 1)
+class ChunkedDuplexBase(nn.Module):
+    """What every duplex model shares: its config, chunk specs and the fixed mel normalization."""
+
+    config: DuplexConfig
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -73,6 +67,20 @@ class DuplexModel(nn.Module):
 
     def normalize_mel(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.config.mel_mean) / self.config.mel_std
+
+
+class DuplexModel(ChunkedDuplexBase):
+    """Model v1: regresses the system's log-mel and a speaking probability, and reads both back."""
+
+    def __init__(self, config: DuplexConfig | None = None):
+        super().__init__()
+        self.config = config = config or DuplexConfig()
+        self.front_end = ConvFrontEnd(config)
+        self.encoder = Encoder(config)
+        self.feedback_in = nn.Linear(config.feedback_dim, config.dim)
+        self.decoder = Decoder(config)
+        self.mel_head = nn.Linear(config.dim, config.mel_per_frame * config.n_mels)
+        self.speaking_head = nn.Linear(config.dim, 1)
 
     def feedback_from(self, mel: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
         """Decoder feedback frames (B, T, feedback_dim) from log-mel (B, >= T*r, n_mels) and a

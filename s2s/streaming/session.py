@@ -38,7 +38,7 @@ class SessionState:
     mel_tail: torch.Tensor  # (B, >= 240) audio samples the log-mel front end still needs
     front_end: FrontEndState
     caches: LayerCaches
-    feedback: torch.Tensor  # (B, C, feedback_dim): the decoder's output of the previous chunk
+    feedback: object  # what the decoder reads back of the previous chunk (model v1: (B, C, feedback_dim))
     positions: torch.Tensor  # (B,) int64: model frames consumed per stream
     vocoder: VocoderState | None
 
@@ -93,7 +93,7 @@ class StreamingSession:
         return self.chunk * self.model.config.frame_samples
 
     def _initial_state(self) -> SessionState:
-        model, c, batch, device, dtype = self.model, self.model.config, self.batch, self.device, self.dtype
+        model, batch, device, dtype = self.model, self.batch, self.device, self.dtype
 
         def layer_cache(attention):
             return attention.new_cache(batch, self.chunk, self.left_chunks, device, dtype)
@@ -107,7 +107,7 @@ class StreamingSession:
             mel_tail=self.log_mel.initial_state(batch, device),
             front_end=model.front_end.initial_state(batch, device, dtype),
             caches=caches,
-            feedback=torch.zeros(batch, self.chunk, c.feedback_dim, device=device, dtype=dtype),
+            feedback=self._initial_feedback(),
             positions=torch.zeros(batch, dtype=torch.int64, device=device),
             vocoder=self.vocoder.initial_state(batch, device) if self.vocoder else None,
         )
@@ -122,6 +122,7 @@ class StreamingSession:
         if streams.shape != (self.batch,):
             raise ValueError(f"reset takes one flag per stream ({self.batch},), got {tuple(streams.shape)}")
         self.state = _select_state(streams, fresh, self.state)
+        self.state.feedback = self._keep_feedback(streams, fresh.feedback, self.state.feedback)
         for cache in self.state.caches.all():
             cache.reset(streams)
 
@@ -153,23 +154,41 @@ class StreamingSession:
         for block, cache in zip(model.decoder.blocks, caches.cross, strict=True):
             k, v = block.cross_attention.memory(encoded)
             cache.append(k, v, lengths=counts, final=final)
-        decoder_in = model.feedback_in(state.feedback)
+        decoder_in = self._decoder_input(state.feedback)
         hidden = model.decoder.step(decoder_in, positions, caches.decoder, caches.cross, counts, final)
-        out = model.heads(hidden)
+        mel, speaking, raw, feedback = self._outputs(hidden, state.feedback, state.positions)
 
         output_audio, vocoder_state = None, state.vocoder
         if self.vocoder is not None:
-            output_audio, vocoder_state = self.vocoder.stream(out.mel, state.vocoder)
+            output_audio, vocoder_state = self.vocoder.stream(mel, state.vocoder)
             vocoder_state = VocoderState(_where(active, vocoder_state.context, state.vocoder.context))
         self.state = SessionState(
             mel_tail=_where(active, mel_tail, state.mel_tail),
             front_end=front_end.where(active, state.front_end),
             caches=caches,
-            feedback=_where(active, out.feedback, state.feedback),
+            feedback=self._keep_feedback(active, feedback, state.feedback),
             positions=state.positions + counts,
             vocoder=vocoder_state,
         )
-        return StepOutput(mel=out.mel, speaking=out.speaking, audio=output_audio, frames=counts, raw=out)
+        return StepOutput(mel=mel, speaking=speaking, audio=output_audio, frames=counts, raw=raw)
+
+    # -- what the decoder reads back: model v1's mel and speaking probability ----------------------
+
+    def _initial_feedback(self):
+        c = self.model.config
+        return torch.zeros(self.batch, self.chunk, c.feedback_dim, device=self.device, dtype=self.dtype)
+
+    def _decoder_input(self, feedback) -> torch.Tensor:
+        return self.model.feedback_in(feedback)
+
+    def _outputs(self, hidden: torch.Tensor, feedback, positions: torch.Tensor):
+        """(mel, speaking, raw output, next feedback) of a chunk's hidden states."""
+        out = self.model.heads(hidden)
+        return out.mel, out.speaking, out, out.feedback
+
+    def _keep_feedback(self, keep: torch.Tensor, new, old):
+        """Per stream: `new` where keep[b], else `old`."""
+        return _where(keep, new, old)
 
     def _check(self, audio, lengths, final, sample_rate):
         c = self.model.config
@@ -236,7 +255,7 @@ def _select_state(streams: torch.Tensor, fresh: SessionState, current: SessionSt
         mel_tail=_where(streams, fresh.mel_tail, current.mel_tail),
         front_end=fresh.front_end.where(streams, current.front_end),
         caches=current.caches,
-        feedback=_where(streams, fresh.feedback, current.feedback),
+        feedback=current.feedback,  # the session keeps its own kind of feedback per stream
         positions=torch.where(streams, fresh.positions, current.positions),
         vocoder=vocoder,
     )

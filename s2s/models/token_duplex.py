@@ -1,0 +1,204 @@
+"""Model v2: the system's decisions and words as tokens it samples and reads back (an inner monologue).
+
+Per 40 ms model frame the decoder predicts one system token (PAD, BOS, EOS or a word of the task,
+s2s/data/tokens.py) and the system's log-mel of that frame conditioned on the frame's token. Its
+input at frame t is the embedding of the token at t - C (the previous chunk: the reference tokens in
+training, the sampled ones when streaming), so the speak / stop decision is read back exactly as it
+was trained, instead of a blurred mel and a probability (what made model v1 drift). Optionally the
+mel of t - C comes in too, through a prenet whose dropout stays on at inference (Tacotron 2), so it
+cannot carry the decision.
+
+The encoder gets two auxiliary heads that give the turn decision a direct signal: CTC over the
+user's words and, per frame, the user's state (silent, speaking, pausing inside a turn, ended the
+turn). The speaking flag is derived from the tokens (between BOS and EOS), never predicted alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from s2s.data.tokens import PAD
+from s2s.models.config import DuplexConfig
+from s2s.models.decoder import Decoder
+from s2s.models.duplex import ChunkedDuplexBase, ChunkSize, shift_by_chunk
+from s2s.models.encoder import Encoder
+from s2s.models.frontend import ConvFrontEnd
+
+USER_STATES = 4  # s2s.data.token_targets.UserState
+
+
+@dataclass(frozen=True)
+class TokenDuplexConfig(DuplexConfig):
+    """DuplexConfig plus the token streams: vocabulary sizes (PAD, BOS, EOS + words) and the mel
+    feedback (0: tokens only; > 0: a prenet of that width with `prenet_dropout`, on at inference)."""
+
+    system_vocab: int = 13
+    user_vocab: int = 15
+    mel_prenet: int = 0
+    prenet_dropout: float = 0.5
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.system_vocab < 4 or self.user_vocab < 4:
+            raise ValueError(
+                f"token vocabularies hold PAD, BOS, EOS and at least one word, got {self.system_vocab} "
+                f"(system) and {self.user_vocab} (user); build them with TokenVocabulary.from_task"
+            )
+        if self.mel_prenet < 0 or not 0.0 <= self.prenet_dropout < 1.0:
+            raise ValueError(
+                f"mel_prenet must be >= 0 and prenet_dropout in [0, 1), got {self.mel_prenet}, "
+                f"{self.prenet_dropout}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> TokenDuplexConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names - {"_target_"}
+        if unknown:
+            raise TypeError(f"unknown model config field(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class TokenDuplexOutput:
+    token_logits: torch.Tensor  # (B, T, system_vocab)
+    mel: torch.Tensor  # (B, T * r, n_mels) system log-mel, conditioned on the given tokens of frame t
+    user_ctc_logits: torch.Tensor  # (B, T, user_vocab): CTC over the user's words (PAD id 0 = blank)
+    user_state_logits: torch.Tensor  # (B, T, 4)
+
+
+def shift_tokens(tokens: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
+    """(B, T) -> frame t holds tokens[t - C] (PAD for t < C, as a stream starts); C per sequence or shared."""
+    batch, length = tokens.shape
+    chunk = torch.as_tensor(chunk, device=tokens.device).to(torch.int64).expand(batch)
+    source = torch.arange(length, device=tokens.device)[None, :] - chunk[:, None]
+    shifted = tokens.gather(1, source.clamp(min=0))
+    return torch.where(source >= 0, shifted, torch.full_like(shifted, PAD))
+
+
+class MelPrenet(nn.Module):
+    """Two narrow layers with dropout that stays on at inference: the mel of the previous chunk
+    helps the voice along but is too noisy to carry the speak / stop decision."""
+
+    def __init__(self, inputs: int, width: int, dim: int, dropout: float):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+        self.out = nn.Linear(width, dim)
+        self.dropout = dropout
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames
+        for layer in self.layers:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                x = nn.functional.dropout(x, self.dropout, training=True)
+        return self.out(x)
+
+
+class TokenDuplexModel(ChunkedDuplexBase):
+    """Front end, encoder and decoder as model v1 (same streaming caches); token in, token and mel out."""
+
+    def __init__(self, config: TokenDuplexConfig | None = None):
+        super().__init__()
+        self.config = config = config or TokenDuplexConfig()
+        self.front_end = ConvFrontEnd(config)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.token_in = nn.Embedding(config.system_vocab, config.dim)
+        self.mel_in = (
+            MelPrenet(
+                config.mel_per_frame * config.n_mels, config.mel_prenet, config.dim, config.prenet_dropout
+            )
+            if config.mel_prenet
+            else None
+        )
+        self.token_head = nn.Linear(config.dim, config.system_vocab)
+        self.token_condition = nn.Embedding(config.system_vocab, config.dim)  # the frame's own token -> mel
+        self.mel_head = nn.Sequential(
+            nn.Linear(config.dim, config.dim),
+            nn.GELU(),
+            nn.Linear(config.dim, config.mel_per_frame * config.n_mels),
+        )
+        self.user_ctc_head = nn.Linear(config.dim, config.user_vocab)
+        self.user_state_head = nn.Linear(config.dim, USER_STATES)
+
+    def decoder_input(self, tokens: torch.Tensor, mel_frames: torch.Tensor | None) -> torch.Tensor:
+        """Decoder input from already shifted tokens (B, n) and, with a prenet, shifted normalized
+        mel frames (B, n, r * n_mels)."""
+        x = self.token_in(tokens)
+        if self.mel_in is not None:
+            if mel_frames is None:
+                raise ValueError("this model reads back the previous chunk's mel (mel_prenet > 0): pass it")
+            x = x + self.mel_in(mel_frames.to(x.dtype))
+        return x
+
+    def mel_frames(self, mel: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B, >= frames * r, n_mels) log-mel -> (B, frames, r * n_mels) normalized, a row per frame."""
+        c = self.config
+        return self.normalize_mel(mel[:, : frames * c.mel_per_frame]).reshape(
+            mel.shape[0], frames, c.mel_per_frame * c.n_mels
+        )
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.token_head(hidden)
+
+    def mel_for(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The log-mel (B, n * r, n_mels) of frames whose token is `tokens` (B, n)."""
+        c = self.config
+        normalized = self.mel_head(hidden + self.token_condition(tokens))
+        return normalized.reshape(hidden.shape[0], -1, c.n_mels) * c.mel_std + c.mel_mean
+
+    def forward(
+        self,
+        user_mel: torch.Tensor,
+        tokens: torch.Tensor,
+        system_mel: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        chunk: ChunkSize | None = None,
+        left_chunks=...,
+    ) -> TokenDuplexOutput:
+        """One offline pass over whole dialogues (training, and the streaming check).
+
+        user_mel (B, F, n_mels); tokens (B, >= T) the system's tokens of every frame (the reference
+        in training, the streamed ones to reproduce a stream), T = F // r: the decoder reads them one
+        chunk late and the mel head is conditioned on the frame's own; system_mel (B, >= T * r,
+        n_mels) the system's log-mel, needed only with a mel prenet.
+        """
+        c = self.config
+        chunk = c.chunk if chunk is None else chunk
+        left_chunks = c.left_chunks if left_chunks is ... else left_chunks
+        if user_mel.dim() != 3 or user_mel.shape[-1] != c.n_mels:
+            raise ValueError(f"user_mel must be (B, frames, {c.n_mels}) log-mel, got {tuple(user_mel.shape)}")
+        x = self.front_end(user_mel)
+        batch, frames, _ = x.shape
+        if tokens.dim() != 2 or tokens.shape[0] != batch or tokens.shape[1] < frames:
+            raise ValueError(
+                f"tokens must be (B={batch}, >= {frames}) system token ids for {user_mel.shape[1]} mel "
+                f"frames, got {tuple(tokens.shape)}"
+            )
+        tokens = tokens[:, :frames].long()
+        if lengths is not None:
+            lengths = lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames)
+        spec = self.spec(chunk, left_chunks)
+        positions = torch.arange(frames, device=x.device).expand(batch, frames)
+        encoded = self.encoder(x, positions, spec, lengths)
+        mel_frames = None
+        if self.mel_in is not None:
+            if system_mel is None:
+                raise ValueError(
+                    "this model reads back the previous chunk's mel (mel_prenet > 0): pass system_mel"
+                )
+            mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), chunk)
+        decoder_in = self.decoder_input(shift_tokens(tokens, chunk), mel_frames)
+        hidden = self.decoder(decoder_in, positions, encoded, spec, spec, lengths)
+        return TokenDuplexOutput(
+            token_logits=self.token_logits(hidden),
+            mel=self.mel_for(hidden, tokens),
+            user_ctc_logits=self.user_ctc_head(encoded),
+            user_state_logits=self.user_state_head(encoded),
+        )

@@ -1,0 +1,100 @@
+"""Streaming model v2: each chunk's system tokens are sampled under the grammar and read back.
+
+The caches, front end, encoder and vocoder are StreamingSession's; what differs is what the decoder
+reads back. Per stream the session carries the previous chunk's sampled tokens, whether a reply is
+open after them, and (with a mel prenet) the previous chunk's mel. Sampling draws its randomness
+from a per-stream seed and the frame's index in the stream (`frame_noise`), so a run is reproducible
+and a stream's tokens do not depend on which other streams share the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from s2s.data.tokens import PAD
+from s2s.models.token_duplex import TokenDuplexModel
+from s2s.models.token_sampling import SamplingConfig, frame_noise, sample_tokens
+from s2s.streaming.session import StreamingSession, _where
+
+
+@dataclass
+class TokenFeedback:
+    tokens: torch.Tensor  # (B, C) int64: the previous chunk's sampled tokens (PAD before the first)
+    in_reply: torch.Tensor  # (B,) bool: a reply is open after them
+    mel: torch.Tensor | None  # (B, C, r * n_mels) the previous chunk's normalized mel (prenet models)
+
+
+@dataclass
+class TokenStep:
+    """The raw output of a chunk: `feedback` (the sampled tokens) is what reproduces the stream offline."""
+
+    token_logits: torch.Tensor  # (B, C, V)
+    feedback: torch.Tensor  # (B, C) int64 sampled tokens
+
+
+class TokenStreamingSession(StreamingSession):
+    """StreamingSession for TokenDuplexModel: `sampling` sets temperature, top-k and the PAD / BOS /
+    EOS logit biases (a positive BOS bias answers sooner); `seeds` (B,) makes every stream's samples
+    reproducible (default: stream i gets seed i)."""
+
+    def __init__(
+        self,
+        model: TokenDuplexModel,
+        batch: int = 1,
+        chunk: int | None = None,
+        left_chunks=...,
+        vocoder=True,
+        device=None,
+        sampling: SamplingConfig | None = None,
+        seeds: torch.Tensor | None = None,
+    ):
+        if not isinstance(model, TokenDuplexModel):
+            raise TypeError(
+                f"TokenStreamingSession streams a TokenDuplexModel, got {type(model).__name__}; "
+                "use StreamingSession for model v1"
+            )
+        self.sampling = sampling or SamplingConfig()
+        self._seeds = seeds
+        super().__init__(model, batch, chunk, left_chunks, vocoder, device)
+        seeds = torch.arange(batch) if seeds is None else torch.as_tensor(seeds)
+        if seeds.shape != (batch,):
+            raise ValueError(f"seeds must hold one integer per stream ({batch},), got {tuple(seeds.shape)}")
+        self.seeds = seeds.to(device=self.device, dtype=torch.int64)
+
+    def _initial_feedback(self) -> TokenFeedback:
+        c = self.model.config
+        mel = None
+        if self.model.mel_in is not None:
+            mel = torch.zeros(
+                self.batch, self.chunk, c.mel_per_frame * c.n_mels, device=self.device, dtype=self.dtype
+            )
+        return TokenFeedback(
+            tokens=torch.full((self.batch, self.chunk), PAD, dtype=torch.int64, device=self.device),
+            in_reply=torch.zeros(self.batch, dtype=torch.bool, device=self.device),
+            mel=mel,
+        )
+
+    def _decoder_input(self, feedback: TokenFeedback) -> torch.Tensor:
+        return self.model.decoder_input(feedback.tokens, feedback.mel)
+
+    def _outputs(self, hidden: torch.Tensor, feedback: TokenFeedback, positions: torch.Tensor):
+        model = self.model
+        logits = model.token_logits(hidden)
+        noise = frame_noise(self.seeds, positions, self.chunk) if self.sampling.temperature > 0 else None
+        sampled = sample_tokens(logits, feedback.in_reply, self.sampling, noise)
+        mel = model.mel_for(hidden, sampled.tokens)
+        following = TokenFeedback(
+            tokens=sampled.tokens,
+            in_reply=sampled.in_reply,
+            mel=None if feedback.mel is None else model.mel_frames(mel, self.chunk),
+        )
+        return mel, sampled.speaking.to(mel.dtype), TokenStep(logits, sampled.tokens), following
+
+    def _keep_feedback(self, keep: torch.Tensor, new: TokenFeedback, old: TokenFeedback) -> TokenFeedback:
+        return TokenFeedback(
+            tokens=_where(keep, new.tokens, old.tokens),
+            in_reply=torch.where(keep, new.in_reply, old.in_reply),
+            mel=None if new.mel is None else _where(keep, new.mel, old.mel),
+        )
