@@ -14,6 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.evaluate import EvalOptions, evaluate
 
 log = logging.getLogger("stream_eval")
@@ -27,7 +28,7 @@ def main(cfg: DictConfig) -> None:
             chunk=cfg.chunk, streams=cfg.streams, max_dialogues=cfg.max_dialogues, device=cfg.device,
             precision=cfg.precision, threads=cfg.threads, recognizer=cfg.recognizer,
             energy_threshold_db=cfg.energy_threshold_db, window=cfg.window, mcd_seconds=cfg.mcd_seconds,
-            examples=cfg.examples, progress=cfg.progress,
+            examples=cfg.examples, progress=cfg.progress, sampling=SamplingConfig(**cfg.sampling),
         )  # fmt: skip
         report = evaluate(cfg.checkpoint, cfg.data_dir, out_dir, options)
     except BaseException:

@@ -16,6 +16,8 @@ import torch
 
 from s2s.data.dataset import Crop
 from s2s.data.features import LogMel, LogMelConfig
+from s2s.data.token_targets import FrameTargets, UserState
+from s2s.data.tokens import PAD
 
 
 class DurationBatchSampler(torch.utils.data.Sampler):
@@ -136,6 +138,12 @@ class DialogueBatch:
     system_speaking: torch.Tensor  # (B, F) float 0/1
     user_mel: torch.Tensor | None = None  # (B, F, n_mels) log-mel
     system_mel: torch.Tensor | None = None
+    # Token targets per 40 ms model frame (model v2; None when the dataset makes none), T = F // r:
+    system_tokens: torch.Tensor | None = None  # (B, T) int64, PAD past each item's end
+    in_reply_at_start: torch.Tensor | None = None  # (B,) bool: the crop starts inside a reply
+    user_state: torch.Tensor | None = None  # (B, T) int64 UserState (SILENT past the end)
+    user_words: torch.Tensor | None = None  # (B, W) int64 the user's words in the crop (CTC), PAD-padded
+    user_word_counts: torch.Tensor | None = None  # (B,) int64
 
     def __len__(self) -> int:
         return len(self.names)
@@ -194,6 +202,8 @@ class DialogueCollate:
             user_speaking=stack("user_speaking", frames),
             system_speaking=stack("system_speaking", frames),
         )
+        if "targets" in items[0]:
+            _add_token_targets(batch, [item["targets"] for item in items], padded // self.pad_multiple)
         if self.with_features:
             if self._log_mel is None:
                 self._log_mel = LogMel(self.log_mel_config)
@@ -201,3 +211,17 @@ class DialogueCollate:
                 batch.user_mel = self._log_mel(batch.user_audio)
                 batch.system_mel = self._log_mel(batch.system_audio)
         return batch
+
+
+def _add_token_targets(batch: DialogueBatch, targets: list[FrameTargets], frames: int) -> None:
+    """Stack per-item token targets, padded to `frames` model frames (PAD / SILENT past the end)."""
+
+    def stack(tensors: list[torch.Tensor], size: int, value: int = PAD) -> torch.Tensor:
+        return torch.stack([torch.nn.functional.pad(t, (0, size - t.shape[0]), value=value) for t in tensors])
+
+    batch.system_tokens = stack([t.system_tokens for t in targets], frames)
+    batch.in_reply_at_start = torch.tensor([t.in_reply_at_start for t in targets], dtype=torch.bool)
+    batch.user_state = stack([t.user_state for t in targets], frames, int(UserState.SILENT))
+    counts = [t.user_words.shape[0] for t in targets]
+    batch.user_words = stack([t.user_words for t in targets], max(1, max(counts)))
+    batch.user_word_counts = torch.tensor(counts, dtype=torch.int64)

@@ -16,8 +16,8 @@ import lightning
 import torch
 
 from s2s.data.batching import DialogueCollate, DurationBatchSampler
-from s2s.data.corpus import check_task, generate_corpus, read_record
-from s2s.data.dataset import AUDIO_SUFFIXES, DialogueDataset
+from s2s.data.corpus import CorpusError, check_task, generate_corpus, read_record
+from s2s.data.dataset import AUDIO_SUFFIXES, DialogueDataset, TokenVocabularies
 from s2s.data.features import LogMelConfig
 from s2s.data.synth import CorpusConfig
 from s2s.data.tasks import DialogueTask, say_in_german
@@ -47,8 +47,12 @@ class DuplexDataModule(lightning.LightningDataModule):
         generate_if_missing: bool = True,
         corpus: CorpusConfig | Mapping | None = None,
         task: DialogueTask | None = None,
+        token_targets: bool = False,
+        frame_samples: int = 640,
     ):
         super().__init__()
+        self.token_targets = token_targets  # per model frame of `frame_samples` (40 ms at 16 kHz)
+        self.frame_samples = frame_samples
         self.root = Path(root)
         self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.sample_rate = sample_rate
@@ -95,8 +99,21 @@ class DuplexDataModule(lightning.LightningDataModule):
             summary = generate_corpus(self.corpus_config(), task, progress=True)
             print(summary.describe())
 
+    def vocabularies(self) -> TokenVocabularies:
+        """The token vocabularies of the corpus's task (model v2's targets), from root's corpus.json."""
+        record = read_record(self.root)
+        task = (record or {}).get("recipe", {}).get("task") if isinstance(record, dict) else None
+        if task is None:
+            raise CorpusError(
+                f"token targets need the task the corpus in {self.root} was made for, and "
+                f"{self.root / 'corpus.json'} does not name one; synthesize the corpus with "
+                "scripts/make_data.py, or train model v1 (no token targets)"
+            )
+        return TokenVocabularies.from_task(task, frame_size=self.frame_samples)
+
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        vocabularies = self.vocabularies() if self.token_targets else None
         for split in wanted.get(stage, ("train", "val", "test")):
             if split not in self.datasets:
                 self.datasets[split] = DialogueDataset(
@@ -104,6 +121,7 @@ class DuplexDataModule(lightning.LightningDataModule):
                     sample_rate=self.sample_rate,
                     hop=self.log_mel.hop,
                     vad_threshold_db=self.vad_threshold_db,
+                    vocabularies=vocabularies,
                 )
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:

@@ -17,6 +17,8 @@ import torch
 
 from s2s.data.audio import AudioError, audio_info, load_audio
 from s2s.data.manifest import SYSTEM, USER, Manifest, ManifestError, load_manifest
+from s2s.data.token_targets import frame_targets
+from s2s.data.tokens import TokenVocabulary
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -43,6 +45,19 @@ class Crop:
     length: int
 
 
+@dataclass(frozen=True)
+class TokenVocabularies:
+    """The token streams' vocabularies (from the corpus's task) and the model frame in samples."""
+
+    system: TokenVocabulary
+    user: TokenVocabulary
+    frame_size: int = 640
+
+    @classmethod
+    def from_task(cls, task: dict, frame_size: int = 640) -> TokenVocabularies:
+        return cls(TokenVocabulary.from_task(task, SYSTEM), TokenVocabulary.from_task(task, USER), frame_size)
+
+
 class DialogueDataset(torch.utils.data.Dataset):
     """Stereo dialogues in `folder` (*.wav / *.flac), each with an optional `<stem>.json` manifest.
 
@@ -56,8 +71,10 @@ class DialogueDataset(torch.utils.data.Dataset):
         sample_rate: int = 16000,
         hop: int = 160,
         vad_threshold_db: float = -45.0,
+        vocabularies: TokenVocabularies | None = None,
     ):
         self.folder = Path(folder)
+        self.vocabularies = vocabularies
         self.sample_rate = sample_rate
         self.hop = hop
         self.vad_threshold_db = vad_threshold_db
@@ -114,13 +131,25 @@ class DialogueDataset(torch.utils.data.Dataset):
             system = self._flags_from_manifest(file, crop, SYSTEM, frames)
         else:
             user, system = (self._flags_from_energy(audio[channel], frames) for channel in (0, 1))
-        return {
+        item = {
             "name": file.name,
             "user": audio[0],
             "system": audio[1],
             "user_speaking": user,
             "system_speaking": system,
         }
+        if self.vocabularies is not None:
+            if file.manifest is None:
+                raise ManifestError(
+                    f"{file.audio_path} has no manifest: token targets (model v2) need who says which "
+                    "word when; train model v1 on unlabelled recordings, or add manifests"
+                )
+            item["targets"] = frame_targets(
+                file.manifest, self.vocabularies.system, self.vocabularies.user,
+                frame_size=self.vocabularies.frame_size, start=crop.start, num_samples=crop.length,
+                sample_rate=self.sample_rate,
+            )  # fmt: skip
+        return item
 
     def _read(self, file: DialogueFile, crop: Crop) -> torch.Tensor:
         if file.file_rate == self.sample_rate:

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ from s2s.data.dataset import DialogueDataset
 from s2s.data.features import LogMel
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
+from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.models.token_sampling import SamplingConfig
 from s2s.plots import Curve, Marks, save_dialogue_figure
 from s2s.streaming import metrics, report
 from s2s.streaming.precision import streaming_dtype
@@ -46,6 +48,7 @@ class EvalOptions:
     mcd_seconds: float = 20.0
     examples: int = 3
     progress: bool = True
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # model v2: temperature, top-k, biases
 
     def __post_init__(self):
         if self.streams < 1:
@@ -71,11 +74,14 @@ class EvalOptions:
             )
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> DuplexModel:
-    """A DuplexModel from a training checkpoint (its config is in the checkpoint's hyperparameters)."""
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> DuplexModel | TokenDuplexModel:
+    """The duplex model of a training checkpoint (its class and config are in its hyperparameters)."""
     state = load_checkpoint(checkpoint)  # loaded once, with the corrupt-file checks
-    config = DuplexConfig.from_dict(state["hyper_parameters"]["model"])
-    model = DuplexModel(config)
+    hyper = state["hyper_parameters"]
+    if hyper.get("model_class") == "TokenDuplexModel":
+        model = TokenDuplexModel(TokenDuplexConfig.from_dict(hyper["model"]))
+    else:
+        model = DuplexModel(DuplexConfig.from_dict(hyper["model"]))
     weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(weights)
     return model.to(device).eval()
@@ -98,13 +104,15 @@ def offline_deviation(model: DuplexModel, dialogue: StreamedDialogue, chunk: int
     user = torch.from_numpy(dialogue.user)[None].to(parameter.device)
     with torch.no_grad():
         mel = LogMel().to(parameter.device)(user).to(parameter.dtype)
-        feedback = dialogue.feedback[None].to(parameter.device)
+        feedback = dialogue.feedback[None].to(parameter.device)  # model v2: the streamed tokens
         out = model(mel, feedback, chunk=chunk, left_chunks=left_chunks)
-    frames = min(out.speaking.shape[1], len(dialogue.speaking))
+    frames = min(out.mel.shape[1] // model.config.mel_per_frame, len(dialogue.speaking))
     r = model.config.mel_per_frame
     mel_dev = (
         (out.mel[0, : frames * r].float().cpu() - torch.from_numpy(dialogue.mel[: frames * r])).abs().max()
     )
+    if isinstance(model, TokenDuplexModel):  # the speaking flag follows from the same tokens
+        return float(mel_dev)
     speaking = out.speaking[0, :frames].float().cpu()
     speaking_dev = (speaking - torch.from_numpy(dialogue.speaking[:frames])).abs().max()
     return float(max(mel_dev, speaking_dev))
@@ -238,8 +246,9 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         options.streams,
     )  # fmt: skip
     run = stream_dialogues(
-        model, dataset, range(count), chunk, left_chunks, options.streams, progress=options.progress
-    )
+        model, dataset, range(count), chunk, left_chunks, options.streams, progress=options.progress,
+        sampling=options.sampling,
+    )  # fmt: skip
     dialogues = run.dialogues
     chunk_seconds = chunk * config.frame_samples / config.sample_rate
     steps = np.asarray(run.step_seconds)

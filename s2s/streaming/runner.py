@@ -15,7 +15,10 @@ from tqdm.auto import tqdm
 from s2s.data.dataset import Crop, DialogueDataset
 from s2s.data.manifest import Manifest
 from s2s.models.duplex import DuplexModel
+from s2s.models.token_duplex import TokenDuplexModel
+from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.session import StreamingSession
+from s2s.streaming.token_session import TokenStreamingSession
 
 
 @dataclass
@@ -26,7 +29,7 @@ class StreamedDialogue:
     mel: np.ndarray  # (frames * r, n_mels) float32: the model's log-mel
     speaking: np.ndarray  # (frames,) float32: the model's speaking probability
     audio: np.ndarray | None  # (frames * frame_samples,) float32 model audio (None without a vocoder)
-    feedback: torch.Tensor  # (frames, feedback_dim) for the offline comparison
+    feedback: torch.Tensor  # (frames, feedback_dim), model v2: (frames,) tokens: for the offline comparison
     manifest: Manifest | None  # cropped to the streamed span
     sample_rate: int
 
@@ -63,9 +66,11 @@ def stream_dialogues(
     max_seconds: float | None = None,
     vocoder: bool = True,
     progress: bool = False,
+    sampling: SamplingConfig | None = None,
 ) -> StreamRun:
     """Stream the dialogues `indices` of `dataset` (all by default), `streams` at a time in one
-    session each group, optionally only their first `max_seconds`."""
+    session each group, optionally only their first `max_seconds`. Model v2 samples its tokens with
+    `sampling`, each dialogue seeded by its index (a run is reproducible whatever `streams` is)."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1 (dialogues streamed at once), got {streams}")
     device = next(model.parameters()).device
@@ -75,9 +80,7 @@ def stream_dialogues(
     for first in range(0, len(indices), streams):
         group = indices[first : first + streams]
         items = [_item(dataset, index, max_seconds) for index in group]
-        session = StreamingSession(
-            model, batch=len(items), chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device
-        )
+        session = _session(model, len(items), chunk, left_chunks, vocoder, device, sampling, group)
         outputs, seconds = _stream_group(session, [item["user"] for item in items])
         step_seconds += seconds
         for index, item, output in zip(group, items, outputs, strict=True):
@@ -95,6 +98,17 @@ def stream_dialogues(
         bar.update(len(items))
     bar.close()
     return StreamRun(results, step_seconds)
+
+
+def _session(model, batch, chunk, left_chunks, vocoder, device, sampling, indices) -> StreamingSession:
+    if isinstance(model, TokenDuplexModel):
+        return TokenStreamingSession(
+            model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device,
+            sampling=sampling, seeds=torch.tensor(list(indices)),
+        )  # fmt: skip
+    return StreamingSession(
+        model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device
+    )
 
 
 def _cropped(manifest: Manifest, item: dict, sample_rate: int) -> Manifest:

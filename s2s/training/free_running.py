@@ -19,6 +19,7 @@ import time
 import lightning
 import torch
 
+from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.report import free_running_summary
 from s2s.streaming.runner import stream_dialogues
@@ -45,6 +46,7 @@ class FreeRunningValidation(lightning.Callback):
         recognizer: str | None = None,
         window: float = 3.0,
         cpu_threads: int | None = 1,
+        sampling: SamplingConfig | dict | None = None,
     ):
         if every_n_validations < 1 or dialogues < 1 or streams < 1:
             raise ValueError(
@@ -61,6 +63,9 @@ class FreeRunningValidation(lightning.Callback):
         self.recognizer_path = recognizer
         self.window = window
         self.cpu_threads = cpu_threads
+        self.sampling = (
+            sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**dict(sampling or {}))
+        )
         self.validations = 0
         self._recognizer = None
 
@@ -106,6 +111,7 @@ class FreeRunningValidation(lightning.Callback):
             streams=self.streams,
             max_seconds=self.seconds,
             vocoder=self.recognizer_path is not None,
+            sampling=self.sampling,
         )
         summary = free_running_summary(run, model.config, self.window, self._load_recognizer(model))
         summary["seconds"] = time.perf_counter() - began

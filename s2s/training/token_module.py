@@ -1,0 +1,145 @@
+"""LightningModule for model v2: teacher-forced passes on the reference tokens, token-level losses.
+
+Losses, logged separately: cross-entropy of the system's token per frame (PAD weighted down, BOS
+and EOS up, as NeMo DuplexS2S weights its text channel: the rare decision tokens carry the turn
+taking), L1 of the log-mel conditioned on the reference token (nats), CTC of the user's words on the
+encoder and cross-entropy of the user's state per frame (speaking / pause / ended / silent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import lightning
+import torch
+
+from s2s.data.batching import DialogueBatch
+from s2s.data.tokens import BOS, EOS, PAD
+from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
+from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
+
+MODEL_CLASS = "TokenDuplexModel"  # recorded in the checkpoint so loaders build the right model
+
+
+@dataclass(frozen=True)
+class TokenLossWeights:
+    pad: float = 0.3  # PAD is most frames: weighted down
+    bos: float = 3.0  # the decision to answer
+    eos: float = 3.0  # the decision to stop
+    mel: float = 1.0  # mel L1 / mel_std
+    user_ctc: float = 0.2
+    user_state: float = 0.5
+
+
+@dataclass
+class TokenLosses:
+    token_ce: torch.Tensor
+    mel_l1: torch.Tensor  # nats
+    user_ctc: torch.Tensor
+    user_state_ce: torch.Tensor
+    total: torch.Tensor
+    token_accuracy: torch.Tensor  # on frames whose reference token is not PAD
+
+
+class TokenDuplexLightningModule(lightning.LightningModule):
+    def __init__(
+        self,
+        model: TokenDuplexModel,
+        optimizer: OptimizerConfig | Mapping | None = None,
+        weights: TokenLossWeights | Mapping | None = None,
+    ):
+        super().__init__()
+        if not isinstance(model, TokenDuplexModel):
+            raise TypeError(
+                f"TokenDuplexLightningModule trains a TokenDuplexModel, got {type(model).__name__}"
+            )
+        self.model = model
+        if not isinstance(optimizer, OptimizerConfig):
+            optimizer = OptimizerConfig.from_mapping(optimizer)
+        if not isinstance(weights, TokenLossWeights):
+            weights = TokenLossWeights(**dict(weights or {}))
+        self.optimizer_config, self.weights = optimizer, weights
+        self.save_hyperparameters(
+            {
+                "model_class": MODEL_CLASS,
+                "model": asdict(model.config),
+                "optimizer": asdict(optimizer),
+                "weights": asdict(weights),
+            }
+        )
+        self.last_validation = None  # the samples callback draws model v1's outputs only
+
+    def _class_weights(self, device) -> torch.Tensor:
+        w = torch.ones(self.model.config.system_vocab, device=device)
+        w[PAD], w[BOS], w[EOS] = self.weights.pad, self.weights.bos, self.weights.eos
+        return w
+
+    def run(self, batch: DialogueBatch, chunk) -> tuple[TokenDuplexOutput, TokenLosses]:
+        if batch.system_tokens is None:
+            raise ValueError(
+                "model v2 trains on token targets: build the data module with token_targets=true "
+                "(configs/experiment/tiny_v2.yaml does)"
+            )
+        c = self.model.config
+        r = c.mel_per_frame
+        frames = batch.user_mel.shape[1] // r
+        lengths = batch.frame_lengths // r
+        mask = torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+        tokens = batch.system_tokens[:, :frames]
+        out = self.model(batch.user_mel, tokens, batch.system_mel, lengths=lengths, chunk=chunk)
+        real = mask.sum().clamp(min=1)
+
+        ce = torch.nn.functional.cross_entropy(
+            out.token_logits.float().transpose(1, 2), tokens, weight=self._class_weights(tokens.device),
+            reduction="none",
+        )  # fmt: skip
+        frame_weights = self._class_weights(tokens.device)[tokens] * mask
+        token_ce = (ce * mask).sum() / frame_weights.sum().clamp(min=1e-6)
+
+        target_mel = batch.system_mel[:, : frames * r].float()
+        mel_mask = mask.repeat_interleave(r, dim=1)[..., None]
+        mel_l1 = ((out.mel.float() - target_mel).abs() * mel_mask).sum() / (
+            mel_mask.sum().clamp(min=1) * c.n_mels
+        )
+
+        log_probs = out.user_ctc_logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+        user_ctc = torch.nn.functional.ctc_loss(
+            log_probs, batch.user_words, lengths, batch.user_word_counts, blank=PAD, reduction="sum",
+            zero_infinity=True,
+        ) / real  # fmt: skip
+
+        state = torch.nn.functional.cross_entropy(
+            out.user_state_logits.float().transpose(1, 2), batch.user_state[:, :frames], reduction="none"
+        )
+        user_state_ce = (state * mask).sum() / real
+
+        w = self.weights
+        total = token_ce + w.mel * mel_l1 / c.mel_std + w.user_ctc * user_ctc + w.user_state * user_state_ce
+        decisions = mask & (tokens != PAD)
+        correct = (out.token_logits.argmax(-1) == tokens) & decisions
+        accuracy = correct.sum() / decisions.sum().clamp(min=1)
+        return out, TokenLosses(token_ce, mel_l1, user_ctc, user_state_ce, total, accuracy)
+
+    def draw_chunks(self, batch_size: int) -> torch.Tensor:
+        sizes = torch.tensor(self.model.config.train_chunks, dtype=torch.int32)
+        return sizes[torch.randint(len(sizes), (batch_size,))].to(self.device)
+
+    def _log(self, stage: str, losses: TokenLosses, size: int) -> None:
+        sync = stage == "val"
+        for name in ("total", "token_ce", "mel_l1", "user_ctc", "user_state_ce", "token_accuracy"):
+            key = f"{stage}/{'loss' if name == 'total' else name}"
+            value = getattr(losses, name)
+            self.log(key, value, prog_bar=name in ("total", "token_ce"), batch_size=size, sync_dist=sync)
+
+    def training_step(self, batch: DialogueBatch, batch_index: int) -> torch.Tensor:
+        _, losses = self.run(batch, self.draw_chunks(len(batch)))
+        self._log("train", losses, len(batch))
+        return losses.total
+
+    def validation_step(self, batch: DialogueBatch, batch_index: int) -> None:
+        _, losses = self.run(batch, self.model.config.chunk)
+        self._log("val", losses, len(batch))
+
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self.model, self.optimizer_config, self.trainer.max_steps)
