@@ -20,10 +20,12 @@ from omegaconf import open_dict
 
 from s2s.data.datamodule import DuplexDataModule
 from s2s.models.duplex import DuplexModel
+from s2s.models.token_duplex import TokenDuplexModel
 from s2s.training import loggers as loggers_module
 from s2s.training.checkpoints import CheckpointError, check_checkpoint
 from s2s.training.module import DuplexLightningModule
 from s2s.training.schedule import warmup_cosine
+from s2s.training.token_module import TokenDuplexLightningModule
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -51,11 +53,17 @@ def _small_data(root) -> list[str]:
 
 @pytest.mark.parametrize(
     "group_option",
-    [(g, o) for g in ("model", "data", "trainer", "logger", "attention", "experiment") for o in _options(g)],
+    [
+        (g, o)
+        for g in ("model", "module", "data", "trainer", "logger", "attention", "experiment")
+        for o in _options(g)
+    ],
 )
 def test_every_config_group_composes_and_instantiates(group_option, tmp_path, tiny_corpus):
     group, option = group_option
     overrides = [f"{group}={option}", *_small_data(tiny_corpus.out_dir)]
+    if (group, option) in (("model", "tiny_v2"), ("module", "v2")):  # model v2 trains with module v2
+        overrides = ["experiment=tiny_v2", *overrides[1:]]
     if (group, option) == ("data", "folder"):
         overrides = [o for o in overrides if "generate_if_missing" not in o]
     if group == "trainer" or (group, option) == ("experiment", "base_gpu"):
@@ -65,11 +73,13 @@ def test_every_config_group_composes_and_instantiates(group_option, tmp_path, ti
             overrides += ["trainer.strategy=auto"]
     cfg = _compose(overrides, tmp_path)
     model = instantiate(cfg.model)
-    assert isinstance(model, DuplexModel)
+    v2 = cfg.data.get("token_targets", False)
+    assert isinstance(model, TokenDuplexModel if v2 else DuplexModel)
     assert model.config.attention_backend == cfg.attention.backend
     assert model.config.train_chunks == tuple(cfg.attention.train_chunks)
     assert isinstance(instantiate(cfg.data), DuplexDataModule)
-    assert isinstance(instantiate(cfg.module)(model=model), DuplexLightningModule)
+    module_class = TokenDuplexLightningModule if v2 else DuplexLightningModule
+    assert isinstance(instantiate(cfg.module)(model=model), module_class)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     assert isinstance(instantiate(cfg.trainer, callbacks=callbacks, logger=False), lightning.Trainer)
     loggers = instantiate(cfg.logger)(run_dir=tmp_path / "run")

@@ -1,0 +1,106 @@
+"""Model v2 training: token targets reach the batch as the crops' targets, and the losses equal a
+float64 computation written out by hand."""
+
+import torch
+
+from s2s.data.datamodule import DuplexDataModule
+from s2s.data.token_targets import frame_targets
+from s2s.data.tokens import BOS, EOS, PAD
+from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.training.token_module import TokenDuplexLightningModule
+
+
+def _data(tiny_corpus) -> DuplexDataModule:
+    data = DuplexDataModule(
+        root=tiny_corpus.out_dir, num_workers=0, max_seconds=6.0, eval_max_seconds=6.0, batch_seconds=18.0,
+        generate_if_missing=False, token_targets=True,
+    )  # fmt: skip
+    data.setup("fit")
+    return data
+
+
+def test_batches_carry_each_crops_token_targets(tiny_corpus):
+    data = _data(tiny_corpus)
+    sampler = data.train_dataloader().batch_sampler
+    crops = sampler.batches()[0]
+    batch = next(iter(data.train_dataloader()))
+    dataset = data.datasets["train"]
+    vocabularies = dataset.vocabularies
+    frames = batch.user_mel.shape[1] // 4
+    assert batch.system_tokens.shape == batch.user_state.shape == (len(crops), frames)
+    for row, crop in enumerate(crops):
+        want = frame_targets(
+            dataset.files[crop.index].manifest, vocabularies.system, vocabularies.user, 640,
+            start=crop.start, num_samples=crop.length, sample_rate=16000,
+        )  # fmt: skip
+        n = want.frames
+        assert torch.equal(batch.system_tokens[row, :n], want.system_tokens)
+        assert (batch.system_tokens[row, n:] == PAD).all()
+        assert torch.equal(batch.user_state[row, :n], want.user_state)
+        count = int(batch.user_word_counts[row])
+        assert torch.equal(batch.user_words[row, :count], want.user_words)
+        assert bool(batch.in_reply_at_start[row]) == want.in_reply_at_start
+    assert (batch.system_tokens == BOS).any() and (batch.system_tokens == EOS).any()
+
+
+def test_losses_equal_a_float64_computation(tiny_corpus, generator):
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+    torch.manual_seed(seed)
+    config = TokenDuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, chunk=4)
+    module = TokenDuplexLightningModule(TokenDuplexModel(config).eval())
+    batch = next(iter(_data(tiny_corpus).val_dataloader()))
+    with torch.no_grad():
+        out, losses = module.run(batch, 4)
+
+    frames = out.token_logits.shape[1]
+    lengths = batch.frame_lengths // 4
+    mask = (torch.arange(frames)[None, :] < lengths[:, None]).double()
+    tokens = batch.system_tokens[:, :frames]
+    weights = torch.ones(config.system_vocab, dtype=torch.float64)
+    weights[PAD], weights[BOS], weights[EOS] = 0.3, 3.0, 3.0
+    log_p = out.token_logits.double().log_softmax(-1)
+    picked = -log_p.gather(-1, tokens[..., None])[..., 0]
+    w = weights[tokens] * mask
+    token_ce = (picked * w).sum() / w.sum()
+
+    target = batch.system_mel[:, : frames * 4].double()
+    mel_mask = mask.repeat_interleave(4, dim=1)[..., None]
+    mel_l1 = ((out.mel.double() - target).abs() * mel_mask).sum() / (mel_mask.sum() * 80)
+
+    state_log_p = out.user_state_logits.double().log_softmax(-1)
+    state = -state_log_p.gather(-1, batch.user_state[:, :frames, None])[..., 0]
+    state_ce = (state * mask).sum() / mask.sum()
+
+    ctc = 0.0
+    for row in range(len(batch)):
+        n, k = int(lengths[row]), int(batch.user_word_counts[row])
+        ctc += torch.nn.functional.ctc_loss(
+            out.user_ctc_logits[row, :n].double().log_softmax(-1), batch.user_words[row, :k],
+            torch.tensor(n), torch.tensor(k), blank=PAD, reduction="sum", zero_infinity=True,
+        )  # fmt: skip
+    ctc = ctc / mask.sum()
+    total = token_ce + mel_l1 / config.mel_std + 0.2 * ctc + 0.5 * state_ce
+
+    for name, got, want in (
+        ("token_ce", losses.token_ce, token_ce), ("mel_l1", losses.mel_l1, mel_l1),
+        ("user_state_ce", losses.user_state_ce, state_ce), ("user_ctc", losses.user_ctc, ctc),
+        ("total", losses.total, total),
+    ):  # fmt: skip
+        assert torch.isfinite(got)
+        assert abs(float(got) - float(want)) <= 1e-4 * max(1.0, abs(float(want))), (seed, name, got, want)
+
+
+def test_a_few_steps_fit_one_batch(tiny_corpus):
+    torch.manual_seed(0)
+    config = TokenDuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, chunk=4)
+    module = TokenDuplexLightningModule(TokenDuplexModel(config))
+    batch = next(iter(_data(tiny_corpus).train_dataloader()))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        _, losses = module.run(batch, 4)
+        optimizer.zero_grad()
+        losses.total.backward()
+        optimizer.step()
+        first = first if first is not None else float(losses.total.detach())
+    assert float(losses.total) < 0.7 * first, (first, float(losses.total))
