@@ -68,6 +68,34 @@ class ChunkedDuplexBase(nn.Module):
     def normalize_mel(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.config.mel_mean) / self.config.mel_std
 
+    def encode(self, user_mel: torch.Tensor, lengths, chunk, left_chunks) -> EncodedPass:
+        """The offline pass up to the decoder: front end and encoder over whole dialogues."""
+        c = self.config
+        chunk = c.chunk if chunk is None else chunk
+        left_chunks = c.left_chunks if left_chunks is ... else left_chunks
+        if user_mel.dim() != 3 or user_mel.shape[-1] != c.n_mels:
+            raise ValueError(f"user_mel must be (B, frames, {c.n_mels}) log-mel, got {tuple(user_mel.shape)}")
+        x = self.front_end(user_mel)
+        batch, frames, _ = x.shape
+        if lengths is not None:
+            lengths = lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames)
+        spec = self.spec(chunk, left_chunks)
+        positions = torch.arange(frames, device=x.device).expand(batch, frames)
+        return EncodedPass(self.encoder(x, positions, spec, lengths), positions, spec, lengths, chunk)
+
+
+@dataclass
+class EncodedPass:
+    encoded: torch.Tensor  # (B, T, dim)
+    positions: torch.Tensor  # (B, T)
+    spec: ChunkSpec
+    lengths: torch.Tensor | None
+    chunk: ChunkSize
+
+    @property
+    def frames(self) -> int:
+        return self.encoded.shape[1]
+
 
 class DuplexModel(ChunkedDuplexBase):
     """Model v1: regresses the system's log-mel and a speaking probability, and reads both back."""
@@ -117,12 +145,8 @@ class DuplexModel(ChunkedDuplexBase):
         value per dialogue (dynamic-chunk training); left_chunks defaults to the config's.
         """
         c = self.config
-        chunk = c.chunk if chunk is None else chunk
-        left_chunks = c.left_chunks if left_chunks is ... else left_chunks
-        if user_mel.dim() != 3 or user_mel.shape[-1] != c.n_mels:
-            raise ValueError(f"user_mel must be (B, frames, {c.n_mels}) log-mel, got {tuple(user_mel.shape)}")
-        x = self.front_end(user_mel)
-        batch, frames, _ = x.shape
+        p = self.encode(user_mel, lengths, chunk, left_chunks)
+        batch, frames = p.positions.shape
         if (
             feedback.shape[:1] != (batch,)
             or feedback.shape[1] < frames
@@ -132,11 +156,6 @@ class DuplexModel(ChunkedDuplexBase):
                 f"feedback must be (B={batch}, >= {frames}, {c.feedback_dim}) for {user_mel.shape[1]} "
                 f"mel frames, got {tuple(feedback.shape)}; build it with feedback_from(mel, speaking)"
             )
-        if lengths is not None:
-            lengths = lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames)
-        spec = self.spec(chunk, left_chunks)
-        positions = torch.arange(frames, device=x.device).expand(batch, frames)
-        encoded = self.encoder(x, positions, spec, lengths)
-        decoder_in = self.feedback_in(shift_by_chunk(feedback[:, :frames], chunk))
-        hidden = self.decoder(decoder_in, positions, encoded, spec, spec, lengths)
+        decoder_in = self.feedback_in(shift_by_chunk(feedback[:, :frames], p.chunk))
+        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.lengths)
         return self.heads(hidden)

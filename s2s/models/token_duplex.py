@@ -15,8 +15,6 @@ turn). The speaking flag is derived from the tokens (between BOS and EOS), never
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -54,14 +52,6 @@ class TokenDuplexConfig(DuplexConfig):
                 f"mel_prenet must be >= 0 and prenet_dropout in [0, 1), got {self.mel_prenet}, "
                 f"{self.prenet_dropout}"
             )
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> TokenDuplexConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names - {"_target_"}
-        if unknown:
-            raise TypeError(f"unknown model config field(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass
@@ -169,36 +159,26 @@ class TokenDuplexModel(ChunkedDuplexBase):
         chunk late and the mel head is conditioned on the frame's own; system_mel (B, >= T * r,
         n_mels) the system's log-mel, needed only with a mel prenet.
         """
-        c = self.config
-        chunk = c.chunk if chunk is None else chunk
-        left_chunks = c.left_chunks if left_chunks is ... else left_chunks
-        if user_mel.dim() != 3 or user_mel.shape[-1] != c.n_mels:
-            raise ValueError(f"user_mel must be (B, frames, {c.n_mels}) log-mel, got {tuple(user_mel.shape)}")
-        x = self.front_end(user_mel)
-        batch, frames, _ = x.shape
+        p = self.encode(user_mel, lengths, chunk, left_chunks)
+        batch, frames = p.positions.shape
         if tokens.dim() != 2 or tokens.shape[0] != batch or tokens.shape[1] < frames:
             raise ValueError(
                 f"tokens must be (B={batch}, >= {frames}) system token ids for {user_mel.shape[1]} mel "
                 f"frames, got {tuple(tokens.shape)}"
             )
         tokens = tokens[:, :frames].long()
-        if lengths is not None:
-            lengths = lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames)
-        spec = self.spec(chunk, left_chunks)
-        positions = torch.arange(frames, device=x.device).expand(batch, frames)
-        encoded = self.encoder(x, positions, spec, lengths)
         mel_frames = None
         if self.mel_in is not None:
             if system_mel is None:
                 raise ValueError(
                     "this model reads back the previous chunk's mel (mel_prenet > 0): pass system_mel"
                 )
-            mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), chunk)
-        decoder_in = self.decoder_input(shift_tokens(tokens, chunk), mel_frames)
-        hidden = self.decoder(decoder_in, positions, encoded, spec, spec, lengths)
+            mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), p.chunk)
+        decoder_in = self.decoder_input(shift_tokens(tokens, p.chunk), mel_frames)
+        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.lengths)
         return TokenDuplexOutput(
             token_logits=self.token_logits(hidden),
             mel=self.mel_for(hidden, tokens),
-            user_ctc_logits=self.user_ctc_head(encoded),
-            user_state_logits=self.user_state_head(encoded),
+            user_ctc_logits=self.user_ctc_head(p.encoded),
+            user_state_logits=self.user_state_head(p.encoded),
         )
