@@ -25,7 +25,11 @@ CONFIG = DuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_lay
 def _fit(tiny_corpus, tmp_path, callback, checkpoint=None, seed=0):
     lightning.seed_everything(seed)
     data = DuplexDataModule(
-        root=tiny_corpus.out_dir, num_workers=0, max_seconds=3.0, eval_max_seconds=3.0, batch_seconds=9.0,
+        root=tiny_corpus.out_dir,
+        num_workers=0,
+        max_seconds=3.0,
+        eval_max_seconds=3.0,
+        batch_seconds=9.0,
         generate_if_missing=False,
     )
     module = DuplexLightningModule(DuplexModel(CONFIG))
