@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from s2s.data.features import LogMel
-from s2s.data.tokens import BOS, EOS, grammar_errors, speaking_from_tokens
+from s2s.data.tokens import BOS, EOS, grammar_errors, reply_states, speaking_from_tokens
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel, shift_tokens
 from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.token_session import TokenStreamingSession
@@ -83,16 +83,21 @@ def test_streams_are_reproducible_and_independent_of_their_neighbours(generator)
     assert not torch.equal(alone, other_seed), "another seed samples other tokens"
 
 
-def test_bos_bias_opens_more_replies(generator):
+def test_bos_bias_opens_replies_sooner(generator):
+    """The rate of BOS per frame on which the grammar allows it (no reply open): a count of BOS
+    saturates, since a reply must close before the next can open."""
     model = _model(3)
     audio = torch.stack([_dialogue(16000 * 3, generator) for _ in range(4)])
-    counts = []
+    rates = []
     for bias in (-3.0, 0.0, 3.0):
         session = TokenStreamingSession(
             model, batch=4, vocoder=False, sampling=SamplingConfig(temperature=1.0, bos_bias=bias)
         )
-        counts.append(int((_stream(session, audio)[0] == BOS).sum()))
-    assert counts[0] < counts[1] < counts[2], counts
+        tokens = _stream(session, audio)[0]
+        open_before, _ = reply_states(tokens, False)
+        allowed = ~open_before
+        rates.append(float((tokens == BOS)[allowed].sum() / allowed.sum()))
+    assert rates[0] < rates[1] < rates[2], rates
 
 
 def test_a_v1_model_is_refused():
