@@ -106,8 +106,9 @@ def reply_content(dialogues: list[StreamedDialogue], config: DuplexConfig, recog
     heard = recognizer.transcribe(model_audio, sample_rate=config.sample_rate)
     ceiling = recognizer.transcribe(reference_audio, sample_rate=config.sample_rate)
     model_rows, reference_rows = [], []
+    spoken_by_dialogue = {id(d): metrics.activity_from_probability(d.speaking) for d in dialogues}
     for (dialogue, reply, end), words, reference_words in zip(windows, heard, ceiling, strict=True):
-        spoken = metrics.activity_from_probability(dialogue.speaking)
+        spoken = spoken_by_dialogue[id(dialogue)]
         first = int(np.ceil(reply.start / frame_seconds - 1e-9))
         last = min(len(spoken), int(np.ceil(end / frame_seconds - 1e-9)))
         active = np.flatnonzero(spoken[first:last])

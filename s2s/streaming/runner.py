@@ -143,16 +143,20 @@ def _stream_group(session: StreamingSession, users: list[torch.Tensor]) -> tuple
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_seconds.append(time.perf_counter() - began)
+        # One copy to the host per output and step (not one per stream), then per-stream slices.
         frames = out.frames.cpu()
+        mel, speaking = out.mel.float().cpu(), out.speaking.float().cpu()
+        audio_out = None if out.audio is None else out.audio.cpu()
+        feedback = out.raw.feedback.cpu()
         for row in range(len(users)):
             n = int(frames[row])
             if n:
                 pieces[row].append(
                     (
-                        out.mel[row, : n * config.mel_per_frame].float().cpu(),
-                        out.speaking[row, :n].float().cpu(),
-                        None if out.audio is None else out.audio[row, : n * config.frame_samples].cpu(),
-                        out.raw.feedback[row, :n].cpu(),
+                        mel[row, : n * config.mel_per_frame],
+                        speaking[row, :n],
+                        None if audio_out is None else audio_out[row, : n * config.frame_samples],
+                        feedback[row, :n],
                     )
                 )
     outputs = []
