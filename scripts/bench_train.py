@@ -7,6 +7,8 @@ through each backend, bf16 autocast, AdamW. Prints model frames per second and t
 
 The batch imitates experiment=base_gpu: dialogues of ``--seconds`` (some shorter, so the padded
 batch is packed to varlen), per-dialogue chunks drawn from {1, 2, 4, 8} (dynamic-chunk training).
+The model is model v1 at the preset sizes (model v2, the configs' default, shares its front end,
+encoder and decoder; its input embedding and output heads differ).
 """
 
 from __future__ import annotations

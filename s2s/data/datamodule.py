@@ -105,9 +105,9 @@ class DuplexDataModule(lightning.LightningDataModule):
         task = (record or {}).get("recipe", {}).get("task") if isinstance(record, dict) else None
         if task is None:
             raise CorpusError(
-                f"token targets need the task the corpus in {self.root} was made for, and "
-                f"{self.root / 'corpus.json'} does not name one; synthesize the corpus with "
-                "scripts/make_data.py, or train model v1 (no token targets)"
+                f"model v2 trains on token targets (data.token_targets=true), which need the task the "
+                f"corpus in {self.root} was made for, and {self.root / 'corpus.json'} does not name one. "
+                f"{_V2_NEEDS}"
             )
         return TokenVocabularies.from_task(task, frame_size=self.frame_samples)
 
@@ -123,6 +123,8 @@ class DuplexDataModule(lightning.LightningDataModule):
                     vad_threshold_db=self.vad_threshold_db,
                     vocabularies=vocabularies,
                 )
+                if vocabularies is not None:
+                    _check_manifests(self.datasets[split])
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader("train", shuffle=True, max_seconds=self.max_seconds)
@@ -154,6 +156,24 @@ class DuplexDataModule(lightning.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_single_thread_worker,
+        )
+
+
+_V2_NEEDS = (
+    "Either train model v1, which needs no labels: add experiment=v1_baseline to the command (model "
+    "tiny_v1, module v1, data.token_targets=false), or give every dialogue a manifest (<stem>.json) "
+    "and the folder a corpus.json naming the task, as scripts/make_data.py writes them"
+)
+
+
+def _check_manifests(dataset: DialogueDataset) -> None:
+    """Token targets come from the manifests: refuse a folder with unlabelled dialogues up front."""
+    missing = [f.audio_path for f in dataset.files if f.manifest is None]
+    if missing:
+        raise CorpusError(
+            f"model v2 trains on token targets (data.token_targets=true), which come from each "
+            f"dialogue's manifest, and {len(missing)} of the {len(dataset.files)} dialogues in "
+            f"{dataset.folder} have none (e.g. {missing[0].name}). {_V2_NEEDS}"
         )
 
 

@@ -142,7 +142,8 @@ class DialogueDataset(torch.utils.data.Dataset):
             if file.manifest is None:
                 raise ManifestError(
                     f"{file.audio_path} has no manifest: token targets (model v2) need who says which "
-                    "word when; train model v1 on unlabelled recordings, or add manifests"
+                    "word when; train model v1 on unlabelled recordings (experiment=v1_baseline), or "
+                    "add manifests"
                 )
             item["targets"] = frame_targets(
                 file.manifest, self.vocabularies.system, self.vocabularies.user,

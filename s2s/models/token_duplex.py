@@ -8,6 +8,14 @@ was trained, instead of a blurred mel and a probability (what made model v1 drif
 mel of t - C comes in too, through a prenet whose dropout stays on at inference (Tacotron 2), so it
 cannot carry the decision.
 
+A chunk's frames come out of one decoder pass, so the decoder has not read the tokens sampled
+earlier in the same chunk. The heads read them directly: both see the `recent_tokens` - 1 tokens
+before their frame (an embedding per lag and token, summed), and the mel head the frame's own token
+too. So the token of frame t is sampled knowing every token before it (a word just said is not said
+again on the next frame, a missed one can still come), and the mel of frame t knows which word it
+is in even when that word began inside the chunk. `recent_tokens=1` reads only the frame's own
+token for the mel and none for the token head.
+
 The encoder gets two auxiliary heads that give the turn decision a direct signal: CTC over the
 user's words and, per frame, the user's state (silent, speaking, pausing inside a turn, ended the
 turn). The speaking flag is derived from the tokens (between BOS and EOS), never predicted alone.
@@ -39,6 +47,7 @@ class TokenDuplexConfig(DuplexConfig):
     user_vocab: int = 15
     mel_prenet: int = 0
     prenet_dropout: float = 0.5
+    recent_tokens: int = 4  # the heads read the tokens of frames t - recent_tokens + 1 .. t
 
     def __post_init__(self):
         super().__post_init__()
@@ -46,6 +55,11 @@ class TokenDuplexConfig(DuplexConfig):
             raise ValueError(
                 f"token vocabularies hold PAD, BOS, EOS and at least one word, got {self.system_vocab} "
                 f"(system) and {self.user_vocab} (user); build them with TokenVocabulary.from_task"
+            )
+        if self.recent_tokens < 1:
+            raise ValueError(
+                f"recent_tokens must be >= 1 (1: the mel head reads only its frame's token), got "
+                f"{self.recent_tokens}"
             )
         if self.mel_prenet < 0 or not 0.0 <= self.prenet_dropout < 1.0:
             raise ValueError(
@@ -69,6 +83,14 @@ def shift_tokens(tokens: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
     source = torch.arange(length, device=tokens.device)[None, :] - chunk[:, None]
     shifted = tokens.gather(1, source.clamp(min=0))
     return torch.where(source >= 0, shifted, torch.full_like(shifted, PAD))
+
+
+def recent_windows(tokens: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """(B, n) tokens and the (B, W - 1) tokens before them -> (B, n, W): [..., j] holds the token of
+    frame t - j (the offline pass and the stream build the same windows from the same tokens)."""
+    lags = before.shape[1]
+    history = torch.cat([before.to(tokens.dtype), tokens], dim=1)
+    return history.unfold(1, lags + 1, 1).flip(-1)
 
 
 class MelPrenet(nn.Module):
@@ -108,7 +130,10 @@ class TokenDuplexModel(ChunkedDuplexBase):
             else None
         )
         self.token_head = nn.Linear(config.dim, config.system_vocab)
-        self.token_condition = nn.Embedding(config.system_vocab, config.dim)  # the frame's own token -> mel
+        vocab, lags = config.system_vocab, config.recent_tokens
+        # One embedding row per (lag, token): the token head reads lags 1..W-1, the mel head 0..W-1.
+        self.token_recent = nn.Embedding((lags - 1) * vocab, config.dim) if lags > 1 else None
+        self.mel_recent = nn.Embedding(lags * vocab, config.dim)
         self.mel_head = nn.Sequential(
             nn.Linear(config.dim, config.dim),
             nn.GELU(),
@@ -134,13 +159,26 @@ class TokenDuplexModel(ChunkedDuplexBase):
             mel.shape[0], frames, c.mel_per_frame * c.n_mels
         )
 
-    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def no_tokens_before(self, batch: int, device=None) -> torch.Tensor:
+        """The (B, W - 1) tokens before a stream starts: PAD, as the decoder's input."""
+        return torch.full((batch, self.config.recent_tokens - 1), PAD, dtype=torch.int64, device=device)
+
+    def _read_recent(self, table: nn.Embedding, windows: torch.Tensor) -> torch.Tensor:
+        vocab = self.config.system_vocab
+        rows = windows.long() + vocab * torch.arange(windows.shape[-1], device=windows.device)
+        return table(rows).sum(dim=-2)
+
+    def token_logits(self, hidden: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Token logits of frames (B, n, dim) given their `recent_windows` (B, n, W); the frame's own
+        token ([..., 0], not sampled yet when streaming) is not read."""
+        if self.token_recent is not None:
+            hidden = hidden + self._read_recent(self.token_recent, windows[..., 1:])
         return self.token_head(hidden)
 
-    def mel_for(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """The log-mel (B, n * r, n_mels) of frames whose token is `tokens` (B, n)."""
+    def mel_for(self, hidden: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """The log-mel (B, n * r, n_mels) of frames (B, n, dim) whose `recent_windows` are (B, n, W)."""
         c = self.config
-        normalized = self.mel_head(hidden + self.token_condition(tokens))
+        normalized = self.mel_head(hidden + self._read_recent(self.mel_recent, windows))
         return normalized.reshape(hidden.shape[0], -1, c.n_mels) * c.mel_std + c.mel_mean
 
     def forward(
@@ -156,7 +194,7 @@ class TokenDuplexModel(ChunkedDuplexBase):
 
         user_mel (B, F, n_mels); tokens (B, >= T) the system's tokens of every frame (the reference
         in training, the streamed ones to reproduce a stream), T = F // r: the decoder reads them one
-        chunk late and the mel head is conditioned on the frame's own; system_mel (B, >= T * r,
+        chunk late, the heads the most recent ones (`recent_windows`); system_mel (B, >= T * r,
         n_mels) the system's log-mel, needed only with a mel prenet.
         """
         p = self.encode(user_mel, lengths, chunk, left_chunks)
@@ -176,9 +214,10 @@ class TokenDuplexModel(ChunkedDuplexBase):
             mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), p.chunk)
         decoder_in = self.decoder_input(shift_tokens(tokens, p.chunk), mel_frames)
         hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.lengths)
+        windows = recent_windows(tokens, self.no_tokens_before(batch, tokens.device))
         return TokenDuplexOutput(
-            token_logits=self.token_logits(hidden),
-            mel=self.mel_for(hidden, tokens),
+            token_logits=self.token_logits(hidden, windows),
+            mel=self.mel_for(hidden, windows),
             user_ctc_logits=self.user_ctc_head(p.encoded),
             user_state_logits=self.user_state_head(p.encoded),
         )

@@ -21,7 +21,7 @@ per-stream `torch.Generator`s. The token is the inverse of the masked distributi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +71,25 @@ def sample_tokens(
     """
     if logits.dim() != 3 or logits.shape[-1] <= max(PAD, BOS, EOS):
         raise ValueError(f"logits must be (streams, frames, vocabulary > 3), got {tuple(logits.shape)}")
-    streams, frames, vocab = logits.shape
-    if in_reply.shape != (streams,) or in_reply.dtype != torch.bool:
-        raise ValueError(f"in_reply must be a bool tensor of shape ({streams},), got {in_reply.dtype} "
+    return sample_frames(lambda frame, before: logits[:, frame], logits.shape[1], in_reply, config, noise)
+
+
+FrameLogits = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def sample_frames(
+    frame_logits: FrameLogits,
+    frames: int,
+    in_reply: torch.Tensor,
+    config: SamplingConfig,
+    noise: torch.Tensor | None = None,
+) -> SampledTokens:
+    """Sample `frames` tokens one after the other: `frame_logits(c, tokens)` gives the (B, V) logits
+    of frame c once the (B, c) tokens of the frames before it in the chunk are sampled (the model's
+    heads read them), so each token knows the ones before it."""
+    streams = in_reply.shape[0] if in_reply.dim() == 1 else -1
+    if in_reply.dim() != 1 or in_reply.dtype != torch.bool:
+        raise ValueError(f"in_reply must be a bool tensor of shape (streams,), got {in_reply.dtype} "
                          f"{tuple(in_reply.shape)}")  # fmt: skip
     greedy = config.temperature == 0
     if not greedy and (noise is None or noise.shape != (streams, frames)):
@@ -81,17 +97,16 @@ def sample_tokens(
             f"sampling at temperature {config.temperature} needs noise of shape ({streams}, {frames}) "
             f"(frame_noise or generator_noise), got {None if noise is None else tuple(noise.shape)}"
         )
-    # NaN counts as impossible; +inf as merely certain (softmax of inf is NaN).
-    scores = logits.float().clamp(max=1e30)
-    scores = scores.masked_fill(scores.isnan(), float("-inf"))
-    bias = torch.zeros(vocab, device=logits.device)
-    bias[PAD], bias[BOS], bias[EOS] = config.pad_bias, config.bos_bias, config.eos_bias
-    scores = scores + bias
-
-    state = in_reply.to(logits.device)
-    tokens = []
+    state = in_reply
+    tokens = torch.zeros(streams, 0, dtype=torch.int64, device=in_reply.device)
     for frame in range(frames):
-        masked = scores[:, frame].masked_fill(~allowed_tokens(state, vocab), float("-inf"))
+        logits = frame_logits(frame, tokens)
+        if logits.dim() != 2 or logits.shape[0] != streams or logits.shape[-1] <= max(PAD, BOS, EOS):
+            raise ValueError(
+                f"logits of a frame must be (streams={streams}, vocabulary > 3), got {tuple(logits.shape)}"
+            )
+        state = state.to(logits.device)
+        masked = _biased(logits, config).masked_fill(~allowed_tokens(state, logits.shape[-1]), float("-inf"))
         # A stream whose allowed tokens are all -inf (a broken model) stays silent: PAD.
         dead = torch.isneginf(masked).all(dim=-1, keepdim=True)
         masked[:, PAD : PAD + 1] = torch.where(dead, 0.0, masked[:, PAD : PAD + 1])
@@ -99,10 +114,20 @@ def sample_tokens(
             token = masked.argmax(dim=-1)
         else:
             token = _inverse_cdf(_top_k(masked, config.top_k) / config.temperature, noise[:, frame])
-        tokens.append(token)
+        tokens = torch.cat([tokens.to(token.device), token[:, None]], dim=1)
         state = torch.where(token == BOS, True, torch.where(token == EOS, False, state))
-    tokens = torch.stack(tokens, dim=1)
-    return SampledTokens(tokens, state, speaking_from_tokens(tokens, in_reply.to(logits.device)))
+    start = in_reply.to(tokens.device)
+    return SampledTokens(tokens, state.to(tokens.device), speaking_from_tokens(tokens, start))
+
+
+def _biased(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Float scores with the PAD / BOS / EOS biases; NaN counts as impossible, +inf as merely
+    certain (softmax of inf is NaN)."""
+    scores = logits.float().clamp(max=1e30)
+    scores = scores.masked_fill(scores.isnan(), float("-inf"))
+    bias = torch.zeros(scores.shape[-1], device=scores.device)
+    bias[PAD], bias[BOS], bias[EOS] = config.pad_bias, config.bos_bias, config.eos_bias
+    return scores + bias
 
 
 def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

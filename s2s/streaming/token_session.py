@@ -14,14 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from s2s.data.tokens import PAD
-from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import SamplingConfig, frame_noise, sample_tokens
+from s2s.models.token_duplex import TokenDuplexModel, recent_windows
+from s2s.models.token_sampling import SamplingConfig, frame_noise, sample_frames
 from s2s.streaming.session import StreamingSession, _where
 
 
 @dataclass
 class TokenFeedback:
     tokens: torch.Tensor  # (B, C) int64: the previous chunk's sampled tokens (PAD before the first)
+    recent: torch.Tensor  # (B, recent_tokens - 1) int64: the last tokens sampled, the heads read them
     in_reply: torch.Tensor  # (B,) bool: a reply is open after them
     mel: torch.Tensor | None  # (B, C, r * n_mels) the previous chunk's normalized mel (prenet models)
 
@@ -72,6 +73,7 @@ class TokenStreamingSession(StreamingSession):
             )
         return TokenFeedback(
             tokens=torch.full((self.batch, self.chunk), PAD, dtype=torch.int64, device=self.device),
+            recent=self.model.no_tokens_before(self.batch, self.device),
             in_reply=torch.zeros(self.batch, dtype=torch.bool, device=self.device),
             mel=mel,
         )
@@ -81,12 +83,24 @@ class TokenStreamingSession(StreamingSession):
 
     def _outputs(self, hidden: torch.Tensor, feedback: TokenFeedback, positions: torch.Tensor):
         model = self.model
-        logits = model.token_logits(hidden)
         noise = frame_noise(self.seeds, positions, self.chunk) if self.sampling.temperature > 0 else None
-        sampled = sample_tokens(logits, feedback.in_reply, self.sampling, noise)
-        mel = model.mel_for(hidden, sampled.tokens)
+        placeholder = torch.full(
+            (hidden.shape[0], 1), PAD, device=hidden.device
+        )  # not read: the token to sample
+
+        def frame_logits(frame: int, before: torch.Tensor) -> torch.Tensor:
+            windows = recent_windows(placeholder, _last(torch.cat([feedback.recent, before], dim=1), lags))
+            return model.token_logits(hidden[:, frame : frame + 1], windows)[:, 0]
+
+        lags = feedback.recent.shape[1]
+        sampled = sample_frames(frame_logits, self.chunk, feedback.in_reply, self.sampling, noise)
+        windows = recent_windows(sampled.tokens, feedback.recent)
+        logits = model.token_logits(hidden, windows)
+        mel = model.mel_for(hidden, windows)
+        history = torch.cat([feedback.recent, sampled.tokens], dim=1)
         following = TokenFeedback(
             tokens=sampled.tokens,
+            recent=_last(history, lags),
             in_reply=sampled.in_reply,
             mel=None if feedback.mel is None else model.mel_frames(mel, self.chunk),
         )
@@ -95,6 +109,11 @@ class TokenStreamingSession(StreamingSession):
     def _keep_feedback(self, keep: torch.Tensor, new: TokenFeedback, old: TokenFeedback) -> TokenFeedback:
         return TokenFeedback(
             tokens=_where(keep, new.tokens, old.tokens),
+            recent=_where(keep, new.recent, old.recent),
             in_reply=torch.where(keep, new.in_reply, old.in_reply),
             mel=None if new.mel is None else _where(keep, new.mel, old.mel),
         )
+
+
+def _last(tokens: torch.Tensor, count: int) -> torch.Tensor:
+    return tokens[:, tokens.shape[1] - count :]

@@ -5,8 +5,8 @@ loss gave more missed replies). So every few validations this callback streams a
 dialogues through a StreamingSession, the model reading back its own output as deployed, and logs
 what `stream_eval` reports: response rate and latency, false take-overs, talk-over, barge-in stop
 latency and, with a recognizer, whether the replies said the right words. The checkpoint callback
-can monitor `free/score` (or any `free/...` value) so the best checkpoint is the one that behaves
-best.
+monitors `free/score` (configs/train.yaml; any `free/...` value would do) so the best checkpoint is
+the one that behaves best.
 """
 
 from __future__ import annotations

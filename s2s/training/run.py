@@ -19,14 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from s2s.models.duplex import DuplexModel
+from s2s.models.token_duplex import TokenDuplexModel
 from s2s.training.checkpoint_io import RunCheckpointIO, remove_stale_temporaries
 from s2s.training.checkpoints import resume_checkpoint
 from s2s.training.csv_metrics import MetricsRowsInCheckpoint, RunCSVLogger
 from s2s.training.resume import ResumePoint, check_same_model, find_resume_point, max_steps_reached
 from s2s.training.run_lock import RunLock, is_global_rank_zero
+from s2s.training.token_module import TokenDuplexLightningModule
 
 
 class LaunchConfigError(ValueError):
@@ -49,6 +53,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
     started = time.perf_counter()
     run_dir = Path(run_dir)
     max_steps = _max_steps(cfg)
+    check_model_and_module(cfg)
     lock = RunLock.acquire(run_dir) if is_global_rank_zero() else None  # other ranks share rank 0's
     try:
         return _train(cfg, run_dir, lock, max_steps, started)
@@ -134,6 +139,44 @@ def _max_steps(cfg: DictConfig) -> int:
             f"got {value!r}. For example: trainer.max_steps=2000"
         )
     return value
+
+
+def check_model_and_module(cfg: DictConfig) -> None:
+    """Model v2 trains with module v2 on token targets, model v1 with module v1 without them: a
+    launch that mixes them is refused before anything is built, with the settings that go together."""
+    model_class = get_class(cfg.model._target_)
+    module_class = get_class(cfg.module._target_)
+    token_targets = bool(cfg.data.get("token_targets", False))
+    v2 = issubclass(model_class, TokenDuplexModel)
+    model = f"model={_choice('model') or model_class.__name__}"
+    module = f"module={_choice('module') or module_class.__name__}"
+    if v2 and not issubclass(module_class, TokenDuplexLightningModule):
+        raise LaunchConfigError(
+            f"{model} is model v2 ({model_class.__name__}): it trains with module=v2 and "
+            f"data.token_targets=true (the defaults), not {module}; for model v1 (model=tiny_v1) "
+            "use experiment=v1_baseline"
+        )
+    if v2 and not token_targets:
+        raise LaunchConfigError(
+            f"{model} is model v2 ({model_class.__name__}): it trains on token targets, "
+            "data.token_targets=true (the default); for model v1, which trains without them, use "
+            "experiment=v1_baseline"
+        )
+    if issubclass(model_class, DuplexModel) and (
+        issubclass(module_class, TokenDuplexLightningModule) or token_targets
+    ):
+        raise LaunchConfigError(
+            f"{model} is model v1 ({model_class.__name__}): it needs module=v1 data.token_targets=false "
+            f"(this launch has {module}, data.token_targets={str(token_targets).lower()}): use "
+            "experiment=v1_baseline"
+        )
+
+
+def _choice(group: str) -> str | None:
+    """The config group option of this launch (model=tiny_v1), when Hydra is running."""
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
 
 
 def _nothing_to_do(point: ResumePoint, run_dir: Path, max_steps: int, started: float) -> TrainResult:

@@ -1,8 +1,10 @@
 """Every few validations: listen to and look at what the model makes of a few validation dialogues.
 
-For each dialogue: user, reference system and model audio (the model's teacher-forced mel through
-the Griffin-Lim vocoder) and one spectrogram image of the three on one timeline with the speaking
-probability. Files go to `<run_dir>/samples/step_<N>/`, and to wandb when it is logging.
+For each dialogue: user, reference system and model audio (the model's teacher-forced mel of the
+validation pass through the Griffin-Lim vocoder; model v2's mel is conditioned on the reference
+tokens) and one spectrogram image of the three on one timeline with the model's decisions: model
+v1's speaking probability, model v2's probabilities of BOS and EOS (start and stop speaking).
+Files go to `<run_dir>/samples/step_<N>/`, and to wandb when it is logging.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 
 from s2s.data.audio import save_audio
+from s2s.data.tokens import BOS, EOS
+from s2s.models.token_duplex import TokenDuplexOutput
 from s2s.models.vocoder import GriffinLimVocoder
 from s2s.plots import Curve, save_dialogue_figure
 
@@ -44,6 +48,7 @@ class ValidationSamples(lightning.Callback):
     @torch.no_grad()
     def _write(self, trainer, module) -> None:
         batch, out = module.last_validation
+        r = module.model.config.mel_per_frame
         self.vocoder = self.vocoder or GriffinLimVocoder()
         rate, hop = 16000, 160
         folder = self.run_dir / "samples" / f"step_{trainer.global_step:06d}"
@@ -65,7 +70,7 @@ class ValidationSamples(lightning.Callback):
             _plot(
                 image,
                 [batch.user_mel[row, :frames].cpu(), batch.system_mel[row, :frames].cpu(), model_mel[0]],
-                out.speaking[row, : frames // 4].float().cpu(),
+                _model_curves(out, row, frames // r, frame_seconds=r * hop / rate),
                 batch.system_speaking[row, :frames].cpu(),
             )
             for logger in trainer.loggers:
@@ -82,11 +87,21 @@ class ValidationSamples(lightning.Callback):
                     )
 
 
+def _model_curves(out, row: int, frames: int, frame_seconds: float) -> list[Curve]:
+    """The model's decisions per model frame, teacher-forced: model v1's speaking probability, model
+    v2's probabilities of BOS and EOS."""
+    seconds = np.arange(frames) * frame_seconds
+    if isinstance(out, TokenDuplexOutput):
+        p = out.token_logits[row, :frames].float().softmax(-1).cpu().numpy()
+        return [Curve(seconds, p[:, BOS], "model P(BOS)"), Curve(seconds, p[:, EOS], "model P(EOS)")]
+    return [Curve(seconds, out.speaking[row, :frames].float().cpu().numpy(), "model P(speaking)")]
+
+
 def _plot(
-    path: Path, mels: list[torch.Tensor], speaking: torch.Tensor, reference_speaking: torch.Tensor
+    path: Path, mels: list[torch.Tensor], model_curves: list[Curve], reference_speaking: torch.Tensor
 ) -> None:
     curves = [
-        Curve(np.arange(len(speaking)) * 0.04, speaking.numpy(), "model P(speaking)"),
+        *model_curves,
         Curve(np.arange(len(reference_speaking)) * 0.01, reference_speaking.numpy(), "reference", alpha=0.6),
     ]
     save_dialogue_figure(

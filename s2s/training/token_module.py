@@ -68,7 +68,25 @@ class TokenDuplexLightningModule(lightning.LightningModule):
                 "weights": asdict(weights),
             }
         )
-        self.last_validation = None  # the samples callback draws model v1's outputs only
+        # The first validation batch and its teacher-forced output: the samples callback draws them.
+        self.last_validation: tuple[DialogueBatch, TokenDuplexOutput] | None = None
+
+    def setup(self, stage: str) -> None:
+        """Refuse a corpus whose task's vocabularies are not the model's (the data module is set up
+        first), before an out-of-range token id fails somewhere inside the model."""
+        datasets = getattr(self.trainer.datamodule, "datasets", None) or {}
+        vocabularies = next((d.vocabularies for d in datasets.values() if d.vocabularies), None)
+        if vocabularies is None:
+            return
+        c, system, user = self.model.config, vocabularies.system.size, vocabularies.user.size
+        if (c.system_vocab, c.user_vocab) != (system, user):
+            from s2s.training.run import LaunchConfigError  # run.py imports this module
+
+            raise LaunchConfigError(
+                f"the model's vocabularies (system_vocab={c.system_vocab}, user_vocab={c.user_vocab}) are "
+                f"not those of the corpus's task (PAD, BOS, EOS + its words: {system} system, {user} "
+                f"user tokens): train with model.config.system_vocab={system} model.config.user_vocab={user}"
+            )
 
     def _class_weights(self, device) -> torch.Tensor:
         w = torch.ones(self.model.config.system_vocab, device=device)
@@ -79,7 +97,7 @@ class TokenDuplexLightningModule(lightning.LightningModule):
         if batch.system_tokens is None:
             raise ValueError(
                 "model v2 trains on token targets: build the data module with token_targets=true "
-                "(configs/experiment/tiny_v2.yaml does)"
+                "(configs/data/*.yaml do; experiment=v1_baseline trains model v1 without them)"
             )
         c = self.model.config
         r = c.mel_per_frame
@@ -138,8 +156,10 @@ class TokenDuplexLightningModule(lightning.LightningModule):
         return losses.total
 
     def validation_step(self, batch: DialogueBatch, batch_index: int) -> None:
-        _, losses = self.run(batch, self.model.config.chunk)
+        out, losses = self.run(batch, self.model.config.chunk)
         self._log("val", losses, len(batch))
+        if batch_index == 0:
+            self.last_validation = (batch, out)
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self.model, self.optimizer_config, self.trainer.max_steps)

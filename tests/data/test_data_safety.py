@@ -3,6 +3,7 @@ corpus folder, JSON lists where objects belong, a truncated wav, and the task gr
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,3 +141,35 @@ def test_train_takes_a_task_for_the_corpus_it_synthesizes(tmp_path, tiny_corpus)
     data.prepare_data()
     manifest = json.loads(next((tmp_path / "echo" / "train").glob("*.json")).read_text())
     assert manifest["task"] == "echo"
+
+
+def test_model_v2_on_recordings_without_labels_is_refused_with_the_v1_baseline_named(tmp_path, tiny_corpus):
+    """data=folder trains model v2 on token targets: a folder without manifests (or without the task
+    in corpus.json) is refused at setup with both ways out; experiment=v1_baseline trains on it."""
+    root = tmp_path / "recordings"
+    for split in ("train", "val"):
+        shutil.copytree(tiny_corpus.out_dir / split, root / split)
+    small = ["data=folder", f"data.root={root}", "data.num_workers=0", "data.max_seconds=4"]
+
+    with pytest.raises(
+        CorpusError, match=r"corpus\.json does not name one.*experiment=v1_baseline.*manifest"
+    ):
+        instantiate(_train_config(*small).data).setup("fit")
+
+    shutil.copy(tiny_corpus.out_dir / "corpus.json", root / "corpus.json")
+    instantiate(_train_config(*small).data).setup("fit")  # labelled, with the task: model v2 trains
+    unlabelled = sorted((root / "train").glob("*.json"))[1]
+    unlabelled.unlink()
+    count = len(list((root / "train").glob("*.wav")))
+    folder = re.escape(str(root / "train"))
+    with pytest.raises(
+        CorpusError,
+        match=rf"1 of the {count} dialogues in {folder} have none \(e.g. {unlabelled.stem}\.wav\)"
+        r".*experiment=v1_baseline.*manifest",
+    ):
+        instantiate(_train_config(*small).data).setup("fit")
+
+    baseline = instantiate(_train_config(*small, "experiment=v1_baseline").data)
+    baseline.setup("fit")
+    batch = next(iter(baseline.train_dataloader()))
+    assert batch.system_tokens is None and batch.user_audio.shape[1] == 4 * 16000

@@ -1,6 +1,7 @@
 """The duplex model offline: sizes, causality on the chunk timeline, padding, per-sample chunks,
 gradients, and its building blocks against independent references."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from s2s.data.features import LogMel
 from s2s.models.config import DuplexConfig, base, tiny
 from s2s.models.duplex import DuplexModel, shift_by_chunk
 from s2s.models.layers import CausalConv1d, apply_rotary, rotary_angles
+from s2s.models.token_duplex import TokenDuplexConfig
 from s2s.models.vocoder import GriffinLimVocoder
 
 SMALL = DuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2)
@@ -173,10 +175,15 @@ def test_config_errors():
         model(torch.zeros(1, 16, 80), torch.zeros(1, 3, SMALL.feedback_dim))
 
 
-@pytest.mark.parametrize("name", ["tiny", "base"])
+@pytest.mark.parametrize("name", ["tiny", "base", "tiny_v1"])
 def test_model_configs_build_the_presets(name):
+    """model=tiny and model=base are model v2 at the preset sizes, model=tiny_v1 the tiny model v1."""
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={name}"])  # chunking from attention=auto
     built = instantiate(cfg.model.config)
-    assert built == getattr(presets, name)()
+    if name == "tiny_v1":
+        assert built == presets.tiny()
+        return
+    sizes = dataclasses.asdict(getattr(presets, name)())
+    assert built == TokenDuplexConfig(**sizes, system_vocab=13, user_vocab=15, mel_prenet=0)

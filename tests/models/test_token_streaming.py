@@ -42,11 +42,13 @@ def _stream(session, audio: torch.Tensor):
     return tokens, cat("mel")[:, : 4 * frames], cat("speaking")[:, :frames], logits
 
 
-@pytest.mark.parametrize("left_chunks", [None, 2])
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_token_streaming_equals_offline_with_the_streamed_tokens(chunk, left_chunks, generator):
+@pytest.mark.parametrize(
+    ("chunk", "left_chunks", "recent"),
+    [(1, None, 4), (1, 2, 4), (4, None, 4), (4, 2, 4), (4, None, 1), (2, None, 3)],
+)
+def test_token_streaming_equals_offline_with_the_streamed_tokens(chunk, left_chunks, recent, generator):
     seed = int(torch.randint(1000, (1,), generator=generator))
-    model = _model(seed)
+    model = _model(seed, recent_tokens=recent)
     audio = torch.stack([_dialogue(16000 * 3 + 700, generator) for _ in range(2)])
     session = TokenStreamingSession(
         model, batch=2, chunk=chunk, left_chunks=left_chunks, vocoder=False, sampling=SamplingConfig(0.8)

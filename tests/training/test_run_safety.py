@@ -35,8 +35,15 @@ def _command(run_dir: Path, corpus: Path, *extra: str) -> list[str]:
         f"data.root={corpus}", "data.generate_if_missing=false", "data.num_workers=0", "data.max_seconds=4",
         "data.eval_max_seconds=4", "data.batch_seconds=16", "trainer.enable_progress_bar=false",
         "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "++callbacks.free_running=null",
-        "++callbacks.samples=null", *extra,
+        "++callbacks.samples=null", *_BEST_ON_VAL_LOSS, *extra,
     ]  # fmt: skip
+
+
+# Without the free-running validation (time) there is no free/score: keep the best on val/loss.
+_BEST_ON_VAL_LOSS = (
+    "callbacks.checkpoint.monitor=val/loss", "callbacks.checkpoint.mode=min",
+    "callbacks.checkpoint.filename='best-step{step}-val{val/loss:.4f}'",
+)  # fmt: skip
 
 
 def _launch(run_dir: Path, corpus: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,12 +1,16 @@
-"""Model v2 training: token targets reach the batch as the crops' targets, and the losses equal a
-float64 computation written out by hand."""
+"""Model v2 training: token targets reach the batch as the crops' targets, the losses equal a
+float64 computation written out by hand, and a model whose vocabularies are not the corpus's task's
+is refused before it trains."""
 
+import lightning
+import pytest
 import torch
 
 from s2s.data.datamodule import DuplexDataModule
 from s2s.data.token_targets import frame_targets
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.training.run import LaunchConfigError
 from s2s.training.token_module import TokenDuplexLightningModule
 
 
@@ -104,3 +108,26 @@ def test_a_few_steps_fit_one_batch(tiny_corpus):
         optimizer.step()
         first = first if first is not None else float(losses.total.detach())
     assert float(losses.total) < 0.7 * first, (first, float(losses.total))
+
+
+def test_vocabularies_that_are_not_the_corpus_tasks_are_refused_before_training(tiny_corpus, tmp_path):
+    config = TokenDuplexConfig(
+        dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, system_vocab=12, user_vocab=15
+    )
+    module = TokenDuplexLightningModule(TokenDuplexModel(config))
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = lightning.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    data = DuplexDataModule(
+        root=tiny_corpus.out_dir, num_workers=0, max_seconds=3.0, batch_seconds=9.0,
+        generate_if_missing=False, token_targets=True,
+    )  # fmt: skip
+    with pytest.raises(
+        LaunchConfigError,
+        match=r"vocabularies \(system_vocab=12, user_vocab=15\).*13 system, 15 user tokens.*"
+        r"model.config.system_vocab=13 model.config.user_vocab=15",
+    ):
+        trainer.fit(module, datamodule=data)
+    assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))

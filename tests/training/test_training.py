@@ -1,5 +1,6 @@
-"""Training: every config group composes and builds, losses against a float64 reference, a
-fast_dev_run, kill-and-resume with the same wandb run, sweeps, and a corrupt checkpoint's error."""
+"""Training: every config group composes and builds, a model and module that do not go together are
+refused, losses against a float64 reference, a fast_dev_run, kill-and-resume with the same wandb
+run, sweeps, and a corrupt checkpoint's error."""
 
 import math
 import os
@@ -24,6 +25,7 @@ from s2s.models.token_duplex import TokenDuplexModel
 from s2s.training import loggers as loggers_module
 from s2s.training.checkpoints import CheckpointError, check_checkpoint
 from s2s.training.module import DuplexLightningModule
+from s2s.training.run import LaunchConfigError, check_model_and_module, train
 from s2s.training.schedule import warmup_cosine
 from s2s.training.token_module import TokenDuplexLightningModule
 
@@ -62,8 +64,8 @@ def _small_data(root) -> list[str]:
 def test_every_config_group_composes_and_instantiates(group_option, tmp_path, tiny_corpus):
     group, option = group_option
     overrides = [f"{group}={option}", *_small_data(tiny_corpus.out_dir)]
-    if (group, option) in (("model", "tiny_v2"), ("module", "v2")):  # model v2 trains with module v2
-        overrides = ["experiment=tiny_v2", *overrides[1:]]
+    if (group, option) in (("model", "tiny_v1"), ("module", "v1")):  # model v1 trains with module v1
+        overrides = ["experiment=v1_baseline", *overrides[1:]]
     if (group, option) == ("data", "folder"):
         overrides = [o for o in overrides if "generate_if_missing" not in o]
     if group == "trainer" or (group, option) == ("experiment", "base_gpu"):
@@ -72,6 +74,7 @@ def test_every_config_group_composes_and_instantiates(group_option, tmp_path, ti
         if option == "ddp":
             overrides += ["trainer.strategy=auto"]
     cfg = _compose(overrides, tmp_path)
+    check_model_and_module(cfg)  # what train.py checks first: model, module and data go together
     model = instantiate(cfg.model)
     v2 = cfg.data.get("token_targets", False)
     assert isinstance(model, TokenDuplexModel if v2 else DuplexModel)
@@ -89,6 +92,45 @@ def test_every_config_group_composes_and_instantiates(group_option, tmp_path, ti
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
+
+
+def test_the_default_run_is_the_tiny_model_v2_kept_on_its_free_running_score(tmp_path):
+    cfg = _compose([], tmp_path)
+    assert cfg.run_name == "tiny-synth-auto"  # README command 1 evaluates outputs/train/tiny-synth-auto
+    assert cfg.model._target_ == "s2s.models.token_duplex.TokenDuplexModel"
+    assert cfg.module._target_ == "s2s.training.token_module.TokenDuplexLightningModule"
+    assert cfg.data.token_targets is True
+    assert (cfg.callbacks.checkpoint.monitor, cfg.callbacks.checkpoint.mode) == ("free/score", "max")
+    assert cfg.callbacks.free_running.every_n_validations == 1  # the score at every validation
+    baseline = _compose(["experiment=v1_baseline"], tmp_path)
+    assert baseline.run_name == "tiny_v1-synth-auto"
+    assert baseline.model._target_ == "s2s.models.duplex.DuplexModel" and not baseline.data.token_targets
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model=tiny_v1"],
+            r"model=tiny_v1 is model v1 .*needs module=v1 data.token_targets=false.*module=v2",
+        ),
+        (["model=tiny_v1", "module=v1"], r"data.token_targets=true\): use experiment=v1_baseline"),
+        (
+            ["module=v1"],
+            r"model=tiny is model v2 .*trains with module=v2 .*not module=v1.*experiment=v1_baseline",
+        ),
+        (["experiment=base_gpu", "module=v1"], r"model=base is model v2"),
+        (["data.token_targets=false"], r"trains on token targets, data.token_targets=true.*v1_baseline"),
+        (["experiment=v1_baseline", "model=tiny"], r"model=tiny is model v2 .*not module=v1"),
+    ],
+)
+def test_a_model_and_module_that_do_not_go_together_are_refused_before_anything_is_written(
+    overrides, message, tmp_path
+):
+    cfg = _compose(overrides, tmp_path / "run")
+    with pytest.raises(LaunchConfigError, match=message):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_slurm_launcher_config_composes_when_the_plugin_is_installed(tmp_path):
