@@ -10,10 +10,14 @@ import torchaudio
 
 import s2s.attention.cute.launch as cute_launch
 from s2s.data.features import LogMel, LogMelConfig
+from s2s.data.tokens import BOS, EOS, grammar_errors, speaking_from_tokens
 from s2s.models.config import base
 from s2s.models.duplex import DuplexModel
+from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.models.token_sampling import SamplingConfig
 from s2s.models.vocoder import GriffinLimVocoder
 from s2s.streaming.session import StreamingSession
+from s2s.streaming.token_session import TokenStreamingSession
 
 CUDA = torch.cuda.is_available()
 HOPPER = CUDA and torch.cuda.get_device_capability() == (9, 0) and importlib.util.find_spec("cutlass")
@@ -89,6 +93,65 @@ def test_half_precision_session_streams_through_the_cute_kernel(dtype, generator
     speaking_error = (speaking.float() - want.speaking).abs().max().item()
     half_speaking_error = (half.speaking.float() - want.speaking).abs().max().item()
     assert speaking_error <= 1.5 * half_speaking_error + 1e-2, (seed, speaking_error, half_speaking_error)
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_token_session_streams_through_the_cute_kernel(dtype, generator, monkeypatch):
+    """Model v2 in half precision: every attention call of a step on the CuTe kernel, the sampled
+    tokens obey the grammar, and given them the offline pass reproduces the stream to within 1.5x
+    the half-precision offline pass's own error vs float32 (as for model v1 above)."""
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+    torch.manual_seed(seed)
+    sizes = {
+        k: v for k, v in dataclasses.asdict(base()).items() if k in TokenDuplexConfig.__dataclass_fields__
+    }
+    config = TokenDuplexConfig(**{**sizes, "dropout": 0.0, "encoder_layers": 3, "decoder_layers": 2})
+    model = TokenDuplexModel(config)
+    with torch.no_grad():  # an untrained model barely opens replies; make BOS / EOS likely
+        model.token_head.bias[BOS] += 3.0
+        model.token_head.bias[EOS] += 1.0
+    model = model.cuda().to(dtype).eval()
+    twin = TokenDuplexModel(dataclasses.replace(config, attention_backend="reference")).cuda().eval()
+    twin.load_state_dict({name: p.float() for name, p in model.state_dict().items()})
+    audio = _dialogue(16000 * 4 + 1300, generator)
+    frames = audio.shape[0] // 640
+
+    launches = []
+    real_prepare = cute_launch.prepare
+    monkeypatch.setattr(cute_launch, "prepare", lambda *a, **k: launches.append(1) or real_prepare(*a, **k))
+    session = TokenStreamingSession(model, chunk=4, left_chunks=8, sampling=SamplingConfig(temperature=0.8))
+    outputs = _stream(session, audio)
+    steps = sum(int(o.frames) > 0 for o in outputs)
+    per_step = config.encoder_layers + 2 * config.decoder_layers
+    assert len(launches) == steps * per_step, (
+        f"seed {seed}: {len(launches)} launches, want {steps}x{per_step}"
+    )
+
+    mel = torch.cat([o.mel for o in outputs], dim=1)[:, : 4 * frames]
+    speaking = torch.cat([o.speaking for o in outputs], dim=1)[:, :frames]
+    tokens = torch.cat([o.raw.feedback for o in outputs], dim=1)[:, :frames]
+    sound = torch.cat([o.audio for o in outputs], dim=1)
+    assert mel.dtype == dtype and sound.dtype == torch.float32
+    assert torch.isfinite(mel).all() and torch.isfinite(sound).all()
+    assert (tokens == BOS).any(), f"seed {seed}: no reply opened; the comparison would be vacuous"
+    assert not grammar_errors(tokens, False).any(), f"seed {seed}: sampled tokens break the grammar"
+    assert torch.equal(speaking.bool(), speaking_from_tokens(tokens, False)), f"seed {seed}"
+
+    user_mel = LogMel().cuda()(audio[None].cuda())
+    with torch.no_grad():
+        want = twin(user_mel, tokens, chunk=4, left_chunks=8)
+        half = model(user_mel.to(dtype), tokens, chunk=4, left_chunks=8)
+    offline_error = _relative(half.mel, want.mel)
+    stream_error = _relative(mel, want.mel)
+    assert offline_error < 3e-2, f"seed {seed}: {dtype} offline pass vs float32: {offline_error:.2e}"
+    assert stream_error <= 1.5 * offline_error + 1e-3, (
+        f"seed {seed}: {dtype} streaming vs float32 {stream_error:.2e}, offline {dtype} {offline_error:.2e}"
+    )
+    logits = torch.cat([o.raw.token_logits for o in outputs], dim=1)[:, :frames]
+    logit_error = _relative(logits, want.token_logits)
+    half_logit_error = _relative(half.token_logits, want.token_logits)
+    assert logit_error <= 1.5 * half_logit_error + 1e-3, (seed, logit_error, half_logit_error)
 
 
 def test_vocoder_on_cuda_matches_the_cpu(generator):
