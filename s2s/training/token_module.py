@@ -17,6 +17,7 @@ import torch
 from s2s.data.batching import DialogueBatch
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
+from s2s.training.augment import AugmentConfig, mask_frequencies
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
 
 MODEL_CLASS = "TokenDuplexModel"  # recorded in the checkpoint so loaders build the right model
@@ -24,9 +25,9 @@ MODEL_CLASS = "TokenDuplexModel"  # recorded in the checkpoint so loaders build 
 
 @dataclass(frozen=True)
 class TokenLossWeights:
-    pad: float = 0.3  # PAD is most frames: weighted down
-    bos: float = 3.0  # the decision to answer
-    eos: float = 3.0  # the decision to stop
+    pad: float = 0.5  # PAD is most frames: weighted down
+    bos: float = 2.0  # the decision to answer
+    eos: float = 2.0  # the decision to stop
     mel: float = 1.0  # mel L1 / mel_std
     user_ctc: float = 0.2
     user_state: float = 0.5
@@ -48,6 +49,7 @@ class TokenDuplexLightningModule(lightning.LightningModule):
         model: TokenDuplexModel,
         optimizer: OptimizerConfig | Mapping | None = None,
         weights: TokenLossWeights | Mapping | None = None,
+        augment: AugmentConfig | Mapping | None = None,
     ):
         super().__init__()
         if not isinstance(model, TokenDuplexModel):
@@ -59,13 +61,16 @@ class TokenDuplexLightningModule(lightning.LightningModule):
             optimizer = OptimizerConfig.from_mapping(optimizer)
         if not isinstance(weights, TokenLossWeights):
             weights = TokenLossWeights(**dict(weights or {}))
-        self.optimizer_config, self.weights = optimizer, weights
+        if not isinstance(augment, AugmentConfig):
+            augment = AugmentConfig(**dict(augment or {"freq_masks": 0}))
+        self.optimizer_config, self.weights, self.augment = optimizer, weights, augment
         self.save_hyperparameters(
             {
                 "model_class": MODEL_CLASS,
                 "model": asdict(model.config),
                 "optimizer": asdict(optimizer),
                 "weights": asdict(weights),
+                "augment": asdict(augment),
             }
         )
         # The first validation batch and its teacher-forced output: the samples callback draws them.
@@ -93,7 +98,7 @@ class TokenDuplexLightningModule(lightning.LightningModule):
         w[PAD], w[BOS], w[EOS] = self.weights.pad, self.weights.bos, self.weights.eos
         return w
 
-    def run(self, batch: DialogueBatch, chunk) -> tuple[TokenDuplexOutput, TokenLosses]:
+    def run(self, batch: DialogueBatch, chunk, augment: bool = False) -> tuple[TokenDuplexOutput, TokenLosses]:
         if batch.system_tokens is None:
             raise ValueError(
                 "model v2 trains on token targets: build the data module with token_targets=true "
@@ -105,7 +110,10 @@ class TokenDuplexLightningModule(lightning.LightningModule):
         lengths = batch.frame_lengths // r
         mask = torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
         tokens = batch.system_tokens[:, :frames]
-        out = self.model(batch.user_mel, tokens, batch.system_mel, lengths=lengths, chunk=chunk)
+        user_mel = batch.user_mel
+        if augment:
+            user_mel = mask_frequencies(user_mel, self.augment, fill=c.mel_mean)
+        out = self.model(user_mel, tokens, batch.system_mel, lengths=lengths, chunk=chunk)
         real = mask.sum().clamp(min=1)
 
         ce = torch.nn.functional.cross_entropy(
@@ -151,7 +159,7 @@ class TokenDuplexLightningModule(lightning.LightningModule):
             self.log(key, value, prog_bar=name in ("total", "token_ce"), batch_size=size, sync_dist=sync)
 
     def training_step(self, batch: DialogueBatch, batch_index: int) -> torch.Tensor:
-        _, losses = self.run(batch, self.draw_chunks(len(batch)))
+        _, losses = self.run(batch, self.draw_chunks(len(batch)), augment=True)
         self._log("train", losses, len(batch))
         return losses.total
 
