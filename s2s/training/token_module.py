@@ -98,7 +98,9 @@ class TokenDuplexLightningModule(lightning.LightningModule):
         w[PAD], w[BOS], w[EOS] = self.weights.pad, self.weights.bos, self.weights.eos
         return w
 
-    def run(self, batch: DialogueBatch, chunk, augment: bool = False) -> tuple[TokenDuplexOutput, TokenLosses]:
+    def run(
+        self, batch: DialogueBatch, chunk, augment: bool = False
+    ) -> tuple[TokenDuplexOutput, TokenLosses]:
         if batch.system_tokens is None:
             raise ValueError(
                 "model v2 trains on token targets: build the data module with token_targets=true "
