@@ -57,7 +57,7 @@ def crop_manifest(manifest: Manifest, samples: int) -> Manifest:
 
 
 def stream_dialogues(
-    model: DuplexModel,
+    model: DuplexModel | TokenDuplexModel,
     dataset: DialogueDataset,
     indices: Sequence[int] | None = None,
     chunk: int | None = None,

@@ -57,7 +57,6 @@ class TokenStreamingSession(StreamingSession):
                 "use StreamingSession for model v1"
             )
         self.sampling = sampling or SamplingConfig()
-        self._seeds = seeds
         super().__init__(model, batch, chunk, left_chunks, vocoder, device)
         seeds = torch.arange(batch) if seeds is None else torch.as_tensor(seeds)
         if seeds.shape != (batch,):
@@ -84,19 +83,18 @@ class TokenStreamingSession(StreamingSession):
     def _outputs(self, hidden: torch.Tensor, feedback: TokenFeedback, positions: torch.Tensor):
         model = self.model
         noise = frame_noise(self.seeds, positions, self.chunk) if self.sampling.temperature > 0 else None
-        placeholder = torch.full(
-            (hidden.shape[0], 1), PAD, device=hidden.device
-        )  # not read: the token to sample
+        placeholder = torch.full((hidden.shape[0], 1), PAD, device=hidden.device)  # the token to sample
+        per_frame = []  # each frame's logits, as sampled (the raw output: no second pass of the head)
 
         def frame_logits(frame: int, before: torch.Tensor) -> torch.Tensor:
             windows = recent_windows(placeholder, _last(torch.cat([feedback.recent, before], dim=1), lags))
-            return model.token_logits(hidden[:, frame : frame + 1], windows)[:, 0]
+            per_frame.append(model.token_logits(hidden[:, frame : frame + 1], windows))
+            return per_frame[-1][:, 0]
 
         lags = feedback.recent.shape[1]
         sampled = sample_frames(frame_logits, self.chunk, feedback.in_reply, self.sampling, noise)
-        windows = recent_windows(sampled.tokens, feedback.recent)
-        logits = model.token_logits(hidden, windows)
-        mel = model.mel_for(hidden, windows)
+        logits = torch.cat(per_frame, dim=1)
+        mel = model.mel_for(hidden, recent_windows(sampled.tokens, feedback.recent))
         history = torch.cat([feedback.recent, sampled.tokens], dim=1)
         following = TokenFeedback(
             tokens=sampled.tokens,
