@@ -17,7 +17,7 @@ keeps the words that started before it began to fade; the last of them ends wher
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -107,11 +107,29 @@ class CorpusConfig:
     user_noise_db: float | None = None  # white noise on the user channel (dBFS RMS), None for none
     timing: DialogueTiming = field(default_factory=DialogueTiming)
     voices: UserVoices = field(default_factory=UserVoices)
+    # Per-split changes to `timing`, e.g. {"train": {"pause_probability": 0.5}}: more of a rare event
+    # to learn from in train while val and test keep the timing they are judged on (a split's
+    # dialogues depend only on its own timing, so the others stay byte-identical).
+    split_timing: dict = field(default_factory=dict)
 
     def __post_init__(self):
         unknown = set(self.hours) - set(SPLITS)
         if unknown:
             raise ValueError(f"corpus hours name unknown splits {sorted(unknown)}; splits are {SPLITS}")
+        unknown = set(self.split_timing) - set(SPLITS)
+        if unknown:
+            raise ValueError(
+                f"corpus split_timing names unknown splits {sorted(unknown)}; splits are {SPLITS}"
+            )
+        fields = set(asdict(self.timing))
+        for split, changes in self.split_timing.items():
+            wrong = set(changes) - fields
+            if wrong:
+                raise ValueError(
+                    f"corpus split_timing.{split} names {sorted(wrong)}, which are not timing fields; "
+                    f"use some of {sorted(fields)}"
+                )
+            self.timing_for(split)  # validates the changed ranges and probabilities
         if any(h < 0 for h in self.hours.values()):
             raise ValueError(f"corpus hours must be >= 0, got {self.hours}")
         if self.sample_rate not in (8000, 16000, 22050, 24000, 44100, 48000):
@@ -127,12 +145,24 @@ class CorpusConfig:
             values["voices"] = UserVoices(**{k: _tuple(v) for k, v in dict(values["voices"]).items()})
         if "hours" in values:
             values["hours"] = {k: float(v) for k, v in dict(values["hours"]).items()}
+        if "split_timing" in values:
+            values["split_timing"] = {
+                split: {k: _tuple(v) for k, v in dict(changes or {}).items()}
+                for split, changes in dict(values["split_timing"] or {}).items()
+            }
+            values["split_timing"] = {split: c for split, c in values["split_timing"].items() if c}
         return cls(**values)
+
+    def timing_for(self, split: str) -> DialogueTiming:
+        """The timing `split` is generated with: `timing` with that split's changes."""
+        return replace(self.timing, **self.split_timing.get(split, {}))
 
     def record(self) -> dict:
         """What determines the audio (not where it is written), for corpus.json."""
         record = asdict(self)
         del record["out_dir"]
+        if not record["split_timing"]:
+            del record["split_timing"]  # corpora made before per-split timing keep their recipe
         return _jsonable(record)
 
 
@@ -157,7 +187,7 @@ def plan_split(config: CorpusConfig, split: str) -> list[DialogueJob]:
     jobs, total = [], 0.0
     target = config.hours.get(split, 0.0) * 3600.0
     while total < target:
-        seconds = _draw_length(dialogue_rng(config.seed, split, len(jobs)), config.timing)
+        seconds = _draw_length(dialogue_rng(config.seed, split, len(jobs)), config.timing_for(split))
         jobs.append(DialogueJob(split, len(jobs), seconds))
         total += seconds
     return jobs
@@ -178,7 +208,7 @@ class DialogueSynthesizer:
         self._resamplers: dict[int, torchaudio.transforms.Resample] = {}
 
     def make(self, job: DialogueJob) -> tuple[np.ndarray, Manifest]:
-        cfg, timing = self.config, self.config.timing
+        cfg, timing = self.config, self.config.timing_for(job.split)
         rng = dialogue_rng(cfg.seed, job.split, job.index)
         seconds = _draw_length(rng, timing)
         total = round(seconds * self.rate)
@@ -190,7 +220,7 @@ class DialogueSynthesizer:
         cursor = self._samples(rng.uniform(*timing.lead_in))
         exchange = 0
         while True:
-            planned = self._plan_exchange(rng, user_voice, user_level, cursor)
+            planned = self._plan_exchange(rng, timing, user_voice, user_level, cursor)
             end = max(piece.end for piece in planned.pieces)
             if end + self._samples(timing.tail) > total:
                 break
@@ -242,8 +272,9 @@ class DialogueSynthesizer:
         )
         return voice, held_out
 
-    def _plan_exchange(self, rng, user_voice: Voice, user_level: float, start: int) -> _PlannedExchange:
-        timing = self.config.timing
+    def _plan_exchange(
+        self, rng, timing: DialogueTiming, user_voice: Voice, user_level: float, start: int
+    ) -> _PlannedExchange:
         words = self.task.sample(rng)
         plan = _PlannedExchange()
 

@@ -195,6 +195,47 @@ def test_timing_config_is_checked():
         UserVoices(variants=("m1", "m2"), held_out_variants=("m2",))
 
 
+def test_split_timing_changes_only_its_split(tmp_path):
+    """More pauses in train leaves the judged splits byte-identical; the record names the change."""
+    hours = {"train": 0.012, "test": 0.012}
+    plain = generate_corpus(tiny_config(tmp_path / "plain", hours=hours), say_in_german(), progress=False)
+    more = tiny_config(tmp_path / "more", hours=hours, split_timing={"train": {"pause_probability": 1.0}})
+    changed = generate_corpus(more, say_in_german(), progress=False)
+    plain_files, changed_files = _digests(plain.out_dir / "test"), _digests(changed.out_dir / "test")
+    assert plain_files and plain_files == changed_files
+    pauses = [
+        sum(
+            1
+            for path in (summary.out_dir / "train").glob("*.json")
+            for segment in load_manifest(path).segments
+            if segment.kind == "pause"
+        )
+        for summary in (plain, changed)
+    ]
+    turns = sum(
+        1
+        for path in (changed.out_dir / "train").glob("*.json")
+        for segment in load_manifest(path).segments
+        if segment.kind == "turn" and len(segment.words) >= 2
+    )
+    assert pauses[1] == turns > pauses[0], pauses
+    assert read_record(changed.out_dir)["recipe"]["config"]["split_timing"] == {
+        "train": {"pause_probability": 1.0}
+    }
+    assert "split_timing" not in read_record(plain.out_dir)["recipe"]["config"]
+
+
+def test_split_timing_is_checked():
+    with pytest.raises(ValueError, match="unknown splits"):
+        CorpusConfig(split_timing={"dev": {"pause_probability": 0.5}})
+    with pytest.raises(ValueError, match="not timing fields"):
+        CorpusConfig(split_timing={"train": {"pauses": 0.5}})
+    with pytest.raises(ValueError, match="must be a probability"):
+        CorpusConfig(split_timing={"train": {"pause_probability": 1.5}})
+    built = CorpusConfig.from_dict({"split_timing": {"train": {"pause": [0.3, 0.5]}, "val": None}})
+    assert built.timing_for("train").pause == (0.3, 0.5) and built.timing_for("val") == DialogueTiming()
+
+
 def test_default_test_split_alternates_seen_and_held_out_voices():
     synthesizer = DialogueSynthesizer(CorpusConfig(), say_in_german())
     rng = np.random.default_rng()
