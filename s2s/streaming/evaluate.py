@@ -20,13 +20,13 @@ from s2s.data.dataset import DialogueDataset
 from s2s.data.features import LogMel
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
-from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
 from s2s.plots import Curve, Marks, save_dialogue_figure
+from s2s.pretrained import load_pretrained
 from s2s.streaming import metrics, report
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
-from s2s.training.checkpoints import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,8 @@ class EvalOptions:
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> DuplexModel | TokenDuplexModel:
-    """The duplex model of a training checkpoint (its class and config are in its hyperparameters)."""
-    state = load_checkpoint(checkpoint)  # loaded once, with the corrupt-file checks
-    hyper = state["hyper_parameters"]
-    if hyper.get("model_class") == "TokenDuplexModel":
-        model = TokenDuplexModel(TokenDuplexConfig.from_dict(hyper["model"]))
-    else:
-        model = DuplexModel(DuplexConfig.from_dict(hyper["model"]))
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
-    return model.to(device).eval()
+    """The duplex model of a training checkpoint or a model artifact directory (s2s.pretrained)."""
+    return load_pretrained(checkpoint, device)
 
 
 def recorded_task(data_dir: Path) -> dict | None:
@@ -219,9 +211,10 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     """Stream every dialogue of `data_dir` through the checkpoint's model; write and return the report."""
     started = time.perf_counter()
     checkpoint, data_dir, out_dir = Path(checkpoint), Path(data_dir), Path(out_dir)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         raise FileNotFoundError(
-            f"checkpoint {checkpoint} does not exist; pass checkpoint=PATH to a .ckpt file"
+            f"checkpoint {checkpoint} does not exist; pass checkpoint=PATH to a .ckpt file or a model "
+            "artifact directory (python -m s2s.pretrained export)"
         )
     if options.threads is not None:
         torch.set_num_threads(options.threads)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-import lightning
 import torch
 
 from s2s.data.batching import DialogueBatch
 from s2s.models.duplex import DuplexModel, DuplexOutput
+from s2s.training.safe_loading import SafeCheckpointLoading, built_model
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
 
 
@@ -26,14 +26,23 @@ class Losses:
     total: torch.Tensor
 
 
-class DuplexLightningModule(lightning.LightningModule):
+class DuplexLightningModule(SafeCheckpointLoading):
     def __init__(
         self,
-        model: DuplexModel,
+        model: DuplexModel | Mapping,
         optimizer: OptimizerConfig | Mapping | None = None,
         speaking_weight: float = 0.5,
+        model_class: str | None = None,
     ):
+        """`model` is a DuplexModel, or its config as a dict: `load_from_checkpoint` passes the saved
+        hyperparameters, and `model_class` when the checkpoint names one (model v2's do)."""
         super().__init__()
+        model = built_model(model, model_class)
+        if not isinstance(model, DuplexModel):
+            raise TypeError(
+                f"DuplexLightningModule trains a DuplexModel (model v1), got {type(model).__name__}; "
+                "model v2 trains (and loads with load_from_checkpoint) through TokenDuplexLightningModule"
+            )
         self.model = model
         if not isinstance(optimizer, OptimizerConfig):  # None, a dict or a Hydra DictConfig
             optimizer = OptimizerConfig.from_mapping(optimizer)

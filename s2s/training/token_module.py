@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-import lightning
 import torch
 
 from s2s.data.batching import DialogueBatch
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
 from s2s.training.augment import AugmentConfig, mask_frequencies
+from s2s.training.safe_loading import SafeCheckpointLoading, built_model
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
 
 MODEL_CLASS = "TokenDuplexModel"  # recorded in the checkpoint so loaders build the right model
@@ -43,15 +43,19 @@ class TokenLosses:
     token_accuracy: torch.Tensor  # on frames whose reference token is not PAD
 
 
-class TokenDuplexLightningModule(lightning.LightningModule):
+class TokenDuplexLightningModule(SafeCheckpointLoading):
     def __init__(
         self,
-        model: TokenDuplexModel,
+        model: TokenDuplexModel | Mapping,
         optimizer: OptimizerConfig | Mapping | None = None,
         weights: TokenLossWeights | Mapping | None = None,
         augment: AugmentConfig | Mapping | None = None,
+        model_class: str | None = None,
     ):
+        """`model` is a TokenDuplexModel, or its config as a dict with `model_class`, as
+        `load_from_checkpoint` passes the saved hyperparameters."""
         super().__init__()
+        model = built_model(model, model_class)
         if not isinstance(model, TokenDuplexModel):
             raise TypeError(
                 f"TokenDuplexLightningModule trains a TokenDuplexModel, got {type(model).__name__}"
