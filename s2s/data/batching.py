@@ -1,15 +1,17 @@
 """Batches by total duration, random crops, and the padded batch the model consumes.
 
 The sampler holds all the randomness (crop positions and batch order), seeded by (seed, epoch):
-the same seed gives the same batches for any number of loader workers. Batches are packed so that
+the same seed gives the same batches for any number of loader workers, and a resumed run picks up
+at the batch where its checkpoint left off (`SamplerState`). Batches are packed so that
 (items x longest item) stays within a budget of seconds, like the duration-bucketed batching of
 NeMo and WeNet, so short and long dialogues both fill the accelerator.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -20,13 +22,24 @@ from s2s.data.token_targets import FrameTargets, UserState
 from s2s.data.tokens import PAD
 
 
+@dataclass(frozen=True)
+class SamplerState:
+    """Where training stands in the sampler's batches: `position` batches of `epoch` taken by each of
+    `world_size` ranks. Checkpointed so that a resumed run sees the batches an uninterrupted one would."""
+
+    epoch: int
+    position: int
+    world_size: int
+
+
 class DurationBatchSampler(torch.utils.data.Sampler):
     """Yields lists of `Crop`s whose padded duration (items x longest) is at most `batch_seconds`.
 
     Each dialogue is cut to at most `max_seconds` (a random window when `shuffle`, its start
     otherwise; starts and lengths are multiples of `hop` samples). Under DDP each rank takes every
     `world_size`-th batch of the same list (equal counts, the remainder dropped); rank and world size
-    come from torch.distributed when not given.
+    come from torch.distributed when not given. `state_dict()` / `load_state_dict()` carry the epoch
+    and the position within it across a resume (see `SamplerState`).
     """
 
     def __init__(
@@ -68,16 +81,59 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         self.sort_pool = sort_pool
         self._rank, self._world_size = rank, world_size
         self.epoch = 0
+        self.sampler = _EpochHandle(self)
+        self._resume: SamplerState | None = None
+        self._iteration = (0, 0)  # (epoch, start): the epoch of the latest iteration, where it began
+        self._yielded = 0  # batches that iteration has yielded
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this each epoch: new crops and a new order, still a function of the seed."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[Crop]]:
-        yield from self._shard(self.batches())
+        batches = self._shard(self.batches())
+        start = self._resume_position()
+        self._iteration, self._yielded = (self.epoch, start), 0
+        for batch in batches[start:]:
+            self._yielded += 1
+            yield batch
 
     def __len__(self) -> int:
+        """This rank's batches in a whole epoch (a resumed epoch yields the rest of them)."""
         return len(self._shard(self.batches()))
+
+    def state_dict(self) -> dict:
+        """The epoch and the batches of it yielded so far."""
+        return self.state_after(self._yielded)
+
+    def state_after(self, taken: int) -> dict:
+        """The state once `taken` batches of the latest iteration are consumed: a loader whose
+        workers prefetch passes the count it has handed out, which trails what the sampler yielded."""
+        epoch, start = self._iteration
+        position = start + taken if epoch == self.epoch else 0  # set_epoch() since: nothing taken yet
+        return asdict(SamplerState(self.epoch, position, self._world()[1]))
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue where `state` left off: its epoch, and the next iteration of that epoch starts after
+        the batches already taken. Saved on another number of ranks, the batches taken by all ranks
+        are skipped (up to world_size - 1 of them may be seen twice)."""
+        saved = SamplerState(**state)
+        world = self._world()[1]
+        position = saved.position
+        if saved.world_size != world:
+            position = saved.position * saved.world_size // world
+            warnings.warn(
+                f"resuming data order saved on {saved.world_size} rank(s) on {world}: each rank skips "
+                f"the {position} batch(es) that the {saved.world_size} rank(s) took together",
+                stacklevel=2,
+            )
+        self.epoch = saved.epoch
+        self._resume = SamplerState(saved.epoch, position, world)
+
+    def _resume_position(self) -> int:
+        """The loaded position, once, and only for the epoch it was saved in."""
+        resume, self._resume = self._resume, None
+        return resume.position if resume is not None and resume.epoch == self.epoch else 0
 
     def batches(self) -> list[list[Crop]]:
         """Every batch of this epoch, before sharding across ranks."""
@@ -108,12 +164,17 @@ class DurationBatchSampler(torch.utils.data.Sampler):
             start = int(rng.integers(0, (length - self.max_samples) // self.hop + 1)) * self.hop
         return Crop(index, start, self.max_samples)
 
+    def _world(self) -> tuple[int, int]:
+        """(rank, world size): as given, else from torch.distributed, else (0, 1)."""
+        if self._rank is not None and self._world_size is not None:
+            return self._rank, self._world_size
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        world = torch.distributed.get_world_size() if distributed else 1
+        return rank, world
+
     def _shard(self, batches: list[list[Crop]]) -> list[list[Crop]]:
-        rank, world = self._rank, self._world_size
-        if rank is None or world is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-            rank = torch.distributed.get_rank() if distributed else 0
-            world = torch.distributed.get_world_size() if distributed else 1
+        rank, world = self._world()
         if world == 1:
             return batches
         per_rank = len(batches) // world
@@ -122,6 +183,17 @@ class DurationBatchSampler(torch.utils.data.Sampler):
                 f"{len(batches)} batch(es) cannot be shared by {world} ranks; lower batch_seconds"
             )
         return batches[rank : per_rank * world : world]
+
+
+class _EpochHandle:
+    """Lightning sets each epoch on `loader.batch_sampler.sampler` (torch's BatchSampler layout), never
+    on the batch sampler itself: without this handle every epoch had the first epoch's crops and order."""
+
+    def __init__(self, owner: DurationBatchSampler):
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
 
 
 @dataclass

@@ -27,7 +27,8 @@ class DuplexDataModule(lightning.LightningDataModule):
     """Train on random crops batched by duration; validate and test on deterministic crops.
 
     Under DDP set the trainer's `use_distributed_sampler=False`: the batch sampler shards batches
-    across ranks itself.
+    across ranks itself. The loaders are resumable: Lightning checkpoints the training loader's epoch
+    and position, and a resumed run continues with the batch an uninterrupted run would take next.
     """
 
     def __init__(
@@ -148,7 +149,7 @@ class DuplexDataModule(lightning.LightningDataModule):
             seed=self.seed,
             hop=self.log_mel.hop,
         )
-        return torch.utils.data.DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
             collate_fn=DialogueCollate(self.log_mel, self.with_features, self.pad_multiple),
@@ -157,6 +158,35 @@ class DuplexDataModule(lightning.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_single_thread_worker,
         )
+
+
+class ResumableDataLoader(torch.utils.data.DataLoader):
+    """A DataLoader over a DurationBatchSampler that Lightning can checkpoint and resume.
+
+    Lightning saves `state_dict()` of a training loader that has one and hands it back to
+    `load_state_dict()` before a resumed fit draws its first batch. With loader workers the sampler
+    runs ahead of training by the prefetched batches, so the position saved is the count of batches
+    this loader has returned in this process, not the sampler's own.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._returned = 0
+
+    def __iter__(self):
+        self._returned = 0
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches):
+        for batch in batches:
+            self._returned += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self.batch_sampler.state_after(self._returned)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
 
 
 _V2_NEEDS = (

@@ -16,7 +16,7 @@ import torch
 from s2s.data.batching import DialogueBatch
 from s2s.models.duplex import DuplexModel, DuplexOutput
 from s2s.training.safe_loading import SafeCheckpointLoading, built_model
-from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
+from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, schedule_steps
 
 
 @dataclass
@@ -111,4 +111,4 @@ class DuplexLightningModule(SafeCheckpointLoading):
             self.last_validation = (batch, out)
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self.model, self.optimizer_config, self.trainer.max_steps)
+        return adamw_warmup_cosine(self.model, self.optimizer_config, schedule_steps(self.trainer))

@@ -39,9 +39,23 @@ class OptimizerConfig:
         return cls(**values)
 
 
+def schedule_steps(trainer) -> int:
+    """The schedule's length: the optimizer steps this fit will take (`trainer.max_steps`, or the
+    epochs' batches when only `max_epochs` bounds the run), as Lightning estimates them."""
+    steps = trainer.estimated_stepping_batches
+    if not math.isfinite(steps) or steps <= 0:
+        raise ValueError(
+            f"the learning-rate schedule decays over the run's length, and this run has none "
+            f"(trainer.max_steps={trainer.max_steps}, trainer.max_epochs={trainer.max_epochs}): "
+            "set trainer.max_steps (e.g. trainer.max_steps=2000) or trainer.max_epochs"
+        )
+    return int(steps)
+
+
 def adamw_warmup_cosine(model: torch.nn.Module, config: OptimizerConfig, max_steps: int) -> dict:
     """Lightning's optimizer dict: weight decay on matrices only (not biases, norms or embeddings'
-    scalars), the schedule stepped per optimizer step over `max_steps` (10,000 when unlimited)."""
+    scalars), the schedule stepped per optimizer step over `max_steps` (`schedule_steps(trainer)`;
+    10,000 when unlimited)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(

@@ -18,7 +18,7 @@ from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
 from s2s.training.augment import AugmentConfig, mask_frequencies
 from s2s.training.safe_loading import SafeCheckpointLoading, built_model
-from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
+from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, schedule_steps
 
 MODEL_CLASS = "TokenDuplexModel"  # recorded in the checkpoint so loaders build the right model
 
@@ -176,4 +176,4 @@ class TokenDuplexLightningModule(SafeCheckpointLoading):
             self.last_validation = (batch, out)
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self.model, self.optimizer_config, self.trainer.max_steps)
+        return adamw_warmup_cosine(self.model, self.optimizer_config, schedule_steps(self.trainer))
