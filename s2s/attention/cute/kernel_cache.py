@@ -1,7 +1,8 @@
 """Compiled CuTe kernels on disk, so a new process skips the ~10 s of code generation.
 
 Each specialization is exported as an object file named by what it was built from: the
-specialization, the kernel sources and the CuTe DSL version. A changed kernel or DSL gets a new
+specialization, every source file of this package (found on disk, so a new or edited helper module
+counts without anyone listing it) and the CuTe DSL version. A changed kernel or DSL gets a new
 name, so a stale build is never loaded. Files are written atomically (temp dir, then rename).
 """
 
@@ -13,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-KERNEL_SOURCES = ("forward_sm90.py", "backward_dq_sm90.py", "backward_dkdv_sm90.py")
+KERNEL_PACKAGE = Path(__file__).parent
 
 
 def cache_dir() -> Path:
@@ -23,12 +24,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "s2s" / "cute"
 
 
-def build_key(specialization: str) -> str:
+def kernel_sources(package: Path = KERNEL_PACKAGE) -> list[Path]:
+    """Every Python file the kernels may be built from: all of s2s/attention/cute/, sorted."""
+    return sorted(path for path in package.rglob("*.py") if "__pycache__" not in path.parts)
+
+
+def sources_digest(package: Path = KERNEL_PACKAGE) -> str:
+    """SHA-256 over the package's file names and bytes (a rename counts as a change)."""
+    digest = hashlib.sha256()
+    for path in kernel_sources(package):
+        name = path.relative_to(package).as_posix().encode()
+        content = path.read_bytes()
+        digest.update(len(name).to_bytes(8, "little") + name + len(content).to_bytes(8, "little") + content)
+    return digest.hexdigest()
+
+
+def build_key(specialization: str, package: Path = KERNEL_PACKAGE) -> str:
     import importlib.metadata
 
     digest = hashlib.sha256(specialization.encode())
-    for name in KERNEL_SOURCES:
-        digest.update((Path(__file__).parent / name).read_bytes())
+    digest.update(sources_digest(package).encode())
     digest.update(importlib.metadata.version("nvidia-cutlass-dsl").encode())
     arch = os.environ.get("CUTE_DSL_ARCH", "native")
     digest.update(arch.encode())
