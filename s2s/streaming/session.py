@@ -126,6 +126,13 @@ class StreamingSession:
         for cache in self.state.caches.all():
             cache.reset(streams)
 
+    def stream(self, waveform, sample_rate: int):
+        """Stream a whole recording from a fresh state (the session is reset first): a generator of
+        each step's output (`StreamChunk`), resampled, padded and trimmed for you, the tail kept."""
+        from s2s.streaming.stream import stream_waveform  # it reads the token session's outputs too
+
+        return stream_waveform(self, waveform, sample_rate)
+
     @torch.no_grad()
     def step(
         self,
