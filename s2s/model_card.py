@@ -68,7 +68,10 @@ def _training(provenance) -> list[str]:
         )
         lines.append(f"- task: **{task.get('name', '?')}** ({task.get('class', '?')}; {fields})")
     else:
-        lines.append("- task: unknown (the corpus record was not available when the artifact was written)")
+        lines.append(
+            "- task: unknown (no corpus record was found when the artifact was written; export with "
+            "corpus=DATA_DIR to record it)"
+        )
     if provenance.vocabularies is not None:
         for speaker, vocabulary in provenance.vocabularies.items():
             lines.append(
@@ -107,7 +110,10 @@ def _figures(metrics: Mapping | None) -> list[str]:
         from s2s.streaming.evaluate import markdown_table
 
         source = f"{metrics.get('dialogues')} dialogues of {metrics.get('data', '?')}"
-        return [f"From `scripts/stream_eval.py` on {source}:", "", markdown_table(dict(metrics)).rstrip()]
+        try:
+            return [f"From `scripts/stream_eval.py` on {source}:", "", markdown_table(dict(metrics)).rstrip()]
+        except (KeyError, TypeError, ValueError):
+            pass  # another version's metrics.json: every figure as it is below
     rows = ["| metric | value |", "| --- | --- |"]
     for key, value in _leaves(metrics):
         rows.append(f"| {key} | {value} |")

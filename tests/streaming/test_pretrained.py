@@ -107,7 +107,14 @@ def test_a_training_checkpoint_loads_and_exports(version, tmp_path, generator):
     assert type(reloaded) is module_class and reloaded.model.config == model.config
     _assert_same_stream(model, reloaded.model.eval(), generator, seed)
 
-    assert main(["export", f"checkpoint={checkpoint}", f"out={tmp_path / 'exported'}"]) == 0
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(_stream_eval_metrics()))
+    arguments = ["export", f"checkpoint={checkpoint}", f"out={tmp_path / 'exported'}", f"metrics={metrics}"]
+    assert main(arguments) == 0
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "From `scripts/stream_eval.py` on 3 dialogues of data/synth/test" in card
+    assert "| response latency mean | 420 ms |" in card and "| real-time factor | 0.125 |" in card
+    assert "say_in_german" in card and "global step 0" in card
     exported = load_artifact(tmp_path / "exported")
     _assert_same_stream(model, exported.model, generator, seed)
     assert exported.provenance.recipe == {"data": {"root": str(corpus)}, "seed": 0}
@@ -115,6 +122,24 @@ def test_a_training_checkpoint_loads_and_exports(version, tmp_path, generator):
     assert exported.provenance.task == task
     assert (exported.provenance.vocabularies is not None) == (version == "v2")
     assert main(["export", f"checkpoint={checkpoint}", f"out={tmp_path / 'exported'}"]) == 1, "no overwrite"
+
+
+def _stream_eval_metrics() -> dict:
+    """The figures of a metrics.json as scripts/stream_eval.py writes it (values made up)."""
+    stats = {"mean": 0.42, "p50": 0.4, "p90": 0.6}
+    reading = {
+        "response_latency_s": stats, "barge_in_stop_latency_s": stats, "missed_response_rate": 0.1,
+        "ignored_barge_in_rate": 0.2, "false_takeovers_per_pause": 0.0, "talk_overs_per_turn": 0.3,
+        "turns": 5, "barge_ins": 2, "pauses": 3,
+    }  # fmt: skip
+    compute = {
+        "device": "CPU (2 threads)", "precision": "fp32", "chunk_ms": 160.0, "streams": 4,
+        "step_ms_p50": 10.0, "step_ms_p95": 12.0, "step_ms_p99": 14.0, "real_time_factor": 0.125,
+    }  # fmt: skip
+    return {
+        "data": "data/synth/test", "dialogues": 3, "duplex": {"probability": reading, "energy": reading},
+        "compute": compute, "quality": {"mel_l1": 1.1, "mcd_db": 9.5}, "streaming_vs_offline_max_abs": 1e-6,
+    }  # fmt: skip
 
 
 def test_each_lightning_module_refuses_the_other_models_checkpoint(tmp_path):
