@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from s2s.data.audio import save_audio
+from s2s.data.manifest import SYSTEM, USER
 from s2s.data.synth import SPLITS, CorpusConfig, DialogueJob, DialogueSynthesizer, plan_split
 from s2s.data.tasks import DialogueTask
 
@@ -196,6 +197,7 @@ def _write_record(out_dir: Path, recipe: dict, config: CorpusConfig, plans: dict
     record = {
         "format": RECORD_FORMAT,
         "complete": complete,
+        "channels": [USER, SYSTEM],  # the synthesizer writes the user on channel 0 (data/channels.py)
         "recipe": recipe,
         "hours": config.hours,
         "splits": {

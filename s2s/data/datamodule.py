@@ -2,7 +2,8 @@
 
 With the default settings a new user needs no data step: if the train folder has no audio, the
 default synthetic corpus is generated there first (with a progress bar). Real recordings work the
-same way: stereo wav files (channel 0 user, channel 1 system) in the three split folders.
+same way: stereo wav files in the three split folders, with `channels` saying which channel is the
+user and which the system where the folder's corpus.json and manifests do not (s2s/data/channels.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import lightning
 import torch
 
 from s2s.data.batching import DialogueCollate, DurationBatchSampler
+from s2s.data.channels import ChannelRoles
 from s2s.data.corpus import CorpusError, check_task, generate_corpus, read_record
 from s2s.data.dataset import AUDIO_SUFFIXES, DialogueDataset, TokenVocabularies
 from s2s.data.features import LogMelConfig
@@ -50,10 +52,12 @@ class DuplexDataModule(lightning.LightningDataModule):
         task: DialogueTask | None = None,
         token_targets: bool = False,
         frame_samples: int = 640,
+        channels: ChannelRoles | Mapping | None = None,
     ):
         super().__init__()
         self.token_targets = token_targets  # per model frame of `frame_samples` (40 ms at 16 kHz)
         self.frame_samples = frame_samples
+        self.channels = ChannelRoles.parse(channels)  # None: the data must say (corpus.json, manifests)
         self.root = Path(root)
         self.splits = {"train": "train", "val": "val", "test": "test", **(splits or {})}
         self.sample_rate = sample_rate
@@ -123,6 +127,8 @@ class DuplexDataModule(lightning.LightningDataModule):
                     hop=self.log_mel.hop,
                     vad_threshold_db=self.vad_threshold_db,
                     vocabularies=vocabularies,
+                    channels=self.channels,
+                    corpus_root=self.root,
                 )
                 if vocabularies is not None:
                     _check_manifests(self.datasets[split])

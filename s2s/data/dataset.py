@@ -1,14 +1,17 @@
-"""A folder of stereo dialogues (channel 0 user, channel 1 system), synthesized or recorded.
+"""A folder of stereo dialogues (one channel the user, the other the system), synthesized or recorded.
 
 Each item is a crop of one dialogue: both channels at the dataset's sample rate and, per 10 ms
 frame, whether the user and the system are speaking. Speaking flags come from the manifest beside
 the wav when there is one (exact), otherwise from the channel's energy (recordings without labels).
+Which channel is which comes from the data (corpus.json, s2s manifests) or the `channels` setting
+(channels.py); a folder that states neither is refused.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,8 @@ import numpy as np
 import torch
 
 from s2s.data.audio import AudioError, audio_info, load_audio
+from s2s.data.channels import S2S_LAYOUT, ChannelRoles, resolve_roles
+from s2s.data.corpus import RECORD_NAME, read_record
 from s2s.data.manifest import SYSTEM, USER, Manifest, ManifestError, load_manifest
 from s2s.data.token_targets import frame_targets
 from s2s.data.tokens import TokenVocabulary
@@ -62,7 +67,9 @@ class DialogueDataset(torch.utils.data.Dataset):
     """Stereo dialogues in `folder` (*.wav / *.flac), each with an optional `<stem>.json` manifest.
 
     Indexing with an int gives the whole dialogue; with a `Crop`, that span (the batch sampler
-    draws crops, so all randomness lives in one seeded place).
+    draws crops, so all randomness lives in one seeded place). `channels` ({user: i, system: j})
+    says which channel is which where the data does not (its corpus.json, in `corpus_root`, by default
+    the folder's parent, or s2s manifests); items always hold the user as "user".
     """
 
     def __init__(
@@ -72,6 +79,8 @@ class DialogueDataset(torch.utils.data.Dataset):
         hop: int = 160,
         vad_threshold_db: float = -45.0,
         vocabularies: TokenVocabularies | None = None,
+        channels: ChannelRoles | Mapping | None = None,
+        corpus_root: str | os.PathLike | None = None,
     ):
         self.folder = Path(folder)
         self.vocabularies = vocabularies
@@ -84,16 +93,28 @@ class DialogueDataset(torch.utils.data.Dataset):
         if not paths:
             raise FileNotFoundError(
                 f"no .wav or .flac dialogues in {self.folder}; put stereo recordings there "
-                "(channel 0 user, channel 1 system) or run `python scripts/make_data.py`"
+                "(one channel the user, the other the system) or run `python scripts/make_data.py`"
             )
         self.files = [self._index(path) for path in paths]
+        self.roles = self._roles(channels, self.folder.parent if corpus_root is None else Path(corpus_root))
+
+    def _roles(self, channels: ChannelRoles | Mapping | None, corpus_root: Path) -> ChannelRoles:
+        """The setting, or what corpus.json records (s2s's records without the key are synthetic:
+        user on 0), or the layout s2s manifests describe (user on 0)."""
+        record = read_record(corpus_root)
+        if record is not None:
+            recorded = ChannelRoles.parse(record.get("channels", S2S_LAYOUT.names))
+            return resolve_roles(str(self.folder), channels, recorded, str(corpus_root / RECORD_NAME))
+        labelled = [f for f in self.files if f.manifest is not None]
+        by = f"the s2s manifests in {self.folder} (e.g. {labelled[0].name}.json)" if labelled else ""
+        return resolve_roles(str(self.folder), channels, S2S_LAYOUT if labelled else None, by)
 
     def _index(self, path: Path) -> DialogueFile:
         info = audio_info(path)
         if info.channels != 2:
             raise AudioError(
-                f"{path} has {info.channels} channel(s); a dialogue must be stereo (channel 0 user, "
-                "channel 1 system)"
+                f"{path} has {info.channels} channel(s); a dialogue must be stereo (one channel the user, "
+                "the other the system)"
             )
         manifest = None
         manifest_path = path.with_suffix(".json")
@@ -167,7 +188,7 @@ class DialogueDataset(torch.utils.data.Dataset):
             audio = audio[:, crop.start - first_out : crop.start - first_out + crop.length]
         if audio.shape[1] < crop.length:
             audio = torch.nn.functional.pad(audio, (0, crop.length - audio.shape[1]))
-        return audio
+        return audio if self.roles == S2S_LAYOUT else audio[[self.roles.user, self.roles.system]]
 
     def _flags_from_manifest(self, file: DialogueFile, crop: Crop, speaker: str, frames: int) -> torch.Tensor:
         """A frame speaks when at least half of its 10 ms hop lies inside a speech segment."""

@@ -177,6 +177,17 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         raise ManifestError(
             f"manifest {path} has format {record.get('format')!r}, expected {FORMAT!r} "
             f"(or {FORMAT_WITHOUT_WORDS!r}, without word times)"
+            + (
+                "; it holds moshi-finetune's word timestamps: convert that folder with "
+                "`python -m s2s.data.moshi_layout SRC DST`"
+                if "alignments" in record
+                else ""
+            )
+        )
+    if record.get("channels", [USER, SYSTEM]) != [USER, SYSTEM]:
+        raise ManifestError(
+            f"manifest {path} records channels {record.get('channels')!r}; an s2s dialogue has the user on "
+            f"channel 0 and the system on channel 1 ({[USER, SYSTEM]!r}): re-write the wav in that order"
         )
     timed = record["format"] == FORMAT
     try:

@@ -147,7 +147,7 @@ def test_real_recordings_without_manifests_at_another_rate(tmp_path, generator):
         0.3 * torch.randn(rate - rate // 4, generator=generator).numpy()
     )  # system 1.25-2 s
     soundfile.write(folder / "call.wav", audio, rate)
-    dataset = DialogueDataset(folder)
+    dataset = DialogueDataset(folder, channels={"user": 0, "system": 1})  # a bare wav does not say
     assert dataset.lengths == [32000]
     item = dataset[0]
     assert item["user"].shape == (32000,)
