@@ -37,7 +37,9 @@ class DurationBatchSampler(torch.utils.data.Sampler):
 
     Each dialogue is cut to at most `max_seconds` (a random window when `shuffle`, its start
     otherwise; starts and lengths are multiples of `hop` samples). Under DDP each rank takes every
-    `world_size`-th batch of the same list (equal counts, the remainder dropped); rank and world size
+    `world_size`-th batch of the same list, in equal counts: training drops the remainder; with
+    `repeat_to_share` (evaluation, where every batch counts and one val batch must serve two ranks)
+    the first batches are repeated instead, as torch's DistributedSampler pads. Rank and world size
     come from torch.distributed when not given. `state_dict()` / `load_state_dict()` carry the epoch
     and the position within it across a resume (see `SamplerState`).
     """
@@ -54,6 +56,7 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         sort_pool: int = 64,
         rank: int | None = None,
         world_size: int | None = None,
+        repeat_to_share: bool = False,
     ):
         if not lengths:
             raise ValueError("the batch sampler needs at least one dialogue")
@@ -80,6 +83,7 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         self.hop = hop
         self.sort_pool = sort_pool
         self._rank, self._world_size = rank, world_size
+        self.repeat_to_share = repeat_to_share
         self.epoch = 0
         self.sampler = _EpochHandle(self)
         self._resume: SamplerState | None = None
@@ -177,6 +181,9 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         rank, world = self._world()
         if world == 1:
             return batches
+        if self.repeat_to_share:  # every batch evaluated, the first ones again where counts would differ
+            shared = -(-len(batches) // world) * world
+            return [batches[i % len(batches)] for i in range(rank, shared, world)]
         per_rank = len(batches) // world
         if per_rank == 0:
             raise ValueError(

@@ -154,6 +154,7 @@ class DuplexDataModule(lightning.LightningDataModule):
             shuffle=shuffle,
             seed=self.seed,
             hop=self.log_mel.hop,
+            repeat_to_share=split != "train",
         )
         return ResumableDataLoader(
             dataset,

@@ -123,7 +123,8 @@ def _train(
         metrics_csv=run_dir / "csv" / "metrics.csv",
         seconds=time.perf_counter() - started,
     )
-    _report(result, loggers)
+    if rank_zero:  # one report per launch, not one per DDP rank
+        _report(result, loggers)
     for logger in loggers:  # close the wandb run so its files (config, summary) are complete on disk
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.finish()
