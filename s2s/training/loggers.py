@@ -17,18 +17,22 @@ from pathlib import Path
 from lightning.pytorch.loggers import Logger
 
 from s2s.training.csv_metrics import RunCSVLogger
+from s2s.training.run_lock import is_global_rank_zero
 
 RUN_ID_FILE = "wandb_run_id.txt"
 
 
 def wandb_run_id(run_dir: Path) -> str:
-    """The run's wandb id: made on the first launch, read back on every resume."""
+    """The run's wandb id: made on the first launch, read back on every resume. Only global rank 0
+    writes it: the other ranks never start a wandb run, and under Slurm, where all ranks start at
+    once, their ids would race rank 0's into the file."""
     path = run_dir / RUN_ID_FILE
     if path.is_file():
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:12]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id + "\n")
+    if is_global_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
     return run_id
 
 

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from s2s.data.batching import DialogueBatch, DurationBatchSampler
 from s2s.data.dataset import DialogueDataset
 from s2s.training.checkpoints import load_checkpoint
+from s2s.training.loggers import RUN_ID_FILE, wandb_run_id
 from s2s.training.token_module import TokenDuplexLightningModule
 
 pytestmark = pytest.mark.ddp
@@ -132,6 +133,15 @@ def test_evaluation_shares_every_batch_among_the_ranks_where_training_drops_the_
     assert len(batches) == 3
     assert shards() == [[batches[0]], [batches[1]]]
     assert shards(repeat_to_share=True) == [[batches[0], batches[2]], [batches[1], batches[0]]]
+
+
+def test_only_rank_zero_makes_the_wandb_run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_PROCID", "1")  # Slurm starts every rank at once: rank 1 may come first
+    wandb_run_id(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    made = wandb_run_id(tmp_path / "run")
+    assert (tmp_path / "run" / RUN_ID_FILE).read_text().strip() == made == wandb_run_id(tmp_path / "run")
 
 
 def _float64(batch: dict) -> DialogueBatch:
