@@ -127,8 +127,9 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         if saved.world_size != world:
             position = saved.position * saved.world_size // world
             warnings.warn(
-                f"resuming data order saved on {saved.world_size} rank(s) on {world}: each rank skips "
-                f"the {position} batch(es) that the {saved.world_size} rank(s) took together",
+                f"resuming data order saved on {saved.world_size} rank(s) on {world}: the "
+                f"{saved.position * saved.world_size} batch(es) taken so far this epoch are skipped, "
+                f"{position} per rank (up to {world - 1} batch(es) are seen again)",
                 stacklevel=2,
             )
         self.epoch = saved.epoch
