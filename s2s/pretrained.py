@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,9 @@ MODEL_CLASSES: dict[str, tuple[type, type]] = {
     "TokenDuplexModel": (TokenDuplexModel, TokenDuplexConfig),
 }
 USE_HINT = (
-    "pass a directory written by save_pretrained or `python -m s2s.pretrained export`, or a training "
-    "checkpoint (outputs/train/<run>/checkpoints/last.ckpt)"
+    "pass a directory written by save_pretrained or `python -m s2s.pretrained export`, a training "
+    "checkpoint (outputs/train/<run>/checkpoints/last.ckpt), or a training run directory (its best "
+    "checkpoint)"
 )
 EXPORT_HINT = "re-export it: python -m s2s.pretrained export checkpoint=<run>/checkpoints/last.ckpt out=DIR"
 
@@ -341,6 +343,8 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
     path = Path(path)
     if not path.exists():
         raise PretrainedError(f"model {path} does not exist; {USE_HINT}")
+    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / "checkpoints").is_dir():
+        path = run_checkpoint(path)
     if path.is_dir():
         model, provenance = _read_directory(path)
     elif path.suffix == ".safetensors" or path.name == CONFIG_FILE:
@@ -350,14 +354,29 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
     return Pretrained(model.to(device).eval(), provenance, path)
 
 
+def run_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint a training run chose: its best on the monitored score (`best-*-score<S>.ckpt`,
+    the highest S if it kept several), else `last.ckpt` (a run that never logged the score)."""
+    folder = Path(run_dir) / "checkpoints"
+    scored = []
+    for candidate in folder.glob("best-*.ckpt"):
+        match = re.search(r"score(-?\d+(?:\.\d+)?)\.ckpt$", candidate.name)
+        if match:
+            scored.append((float(match.group(1)), candidate.name, candidate))
+    if scored:
+        return max(scored)[2]
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    raise PretrainedError(
+        f"{run_dir} is a training run directory without checkpoints in {folder}: train it first, "
+        f"or pass a checkpoint file or a model artifact; {USE_HINT}"
+    )
+
+
 def _read_directory(path: Path) -> tuple[Model, Provenance]:
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
-        last = path / "checkpoints" / "last.ckpt"
-        hint = f" (a training run directory? pass {last})" if last.is_file() else ""
-        raise PretrainedError(
-            f"{path} holds no {CONFIG_FILE}: it is not an s2s model artifact{hint}; {USE_HINT}"
-        )
+        raise PretrainedError(f"{path} holds no {CONFIG_FILE}: it is not an s2s model artifact; {USE_HINT}")
     record = _read_json(config_path)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__

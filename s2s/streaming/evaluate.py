@@ -23,7 +23,7 @@ from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
 from s2s.plots import Curve, Marks, save_dialogue_figure
-from s2s.pretrained import load_pretrained
+from s2s.pretrained import load_pretrained, run_checkpoint
 from s2s.streaming import metrics, report
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
@@ -216,6 +216,12 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
             f"checkpoint {checkpoint} does not exist; pass checkpoint=PATH to a .ckpt file or a model "
             "artifact directory (python -m s2s.pretrained export)"
         )
+    if (
+        checkpoint.is_dir()
+        and (checkpoint / "checkpoints").is_dir()
+        and not (checkpoint / "config.json").exists()
+    ):
+        checkpoint = run_checkpoint(checkpoint)  # a training run: the checkpoint it chose
     if options.threads is not None:
         torch.set_num_threads(options.threads)
     model = load_model(checkpoint, options.device)

@@ -164,11 +164,8 @@ def test_bad_artifacts_are_refused_with_the_fix(tmp_path):
     artifact = save_pretrained(model, tmp_path / "a")
     with pytest.raises(PretrainedError, match=r"nowhere does not exist; pass a directory"):
         load_pretrained(tmp_path / "nowhere")
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
-    with pytest.raises(PretrainedError, match=r"holds no config.json.*training run directory\? pass"):
-        load_pretrained(run)
+    with pytest.raises(PretrainedError, match=r"holds no config.json: it is not an s2s model artifact"):
+        load_pretrained(tmp_path)
     with pytest.raises(PretrainedError, match="pass its directory"):
         load_pretrained(artifact / "model.safetensors")
 
@@ -264,3 +261,28 @@ def test_vocabularies_that_do_not_fit_the_model_are_refused(tmp_path):
     model = _model("v2", 4)
     with pytest.raises(PretrainedError, match=r"not the model's .*system_vocab=13"):
         save_pretrained(model, tmp_path / "a", vocabularies={"system": ["ja"], "user": ["eins"]})
+
+
+def test_a_run_directory_means_the_checkpoint_the_run_chose(tmp_path):
+    from s2s.pretrained import run_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(PretrainedError, match="without checkpoints"):
+        run_checkpoint(run)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert run_checkpoint(run).name == "last.ckpt"
+    for name in (
+        "best-step600-score0.176.ckpt",
+        "best-step1200-score0.231.ckpt",
+        "best-step300-score-0.5.ckpt",
+    ):
+        (run / "checkpoints" / name).write_bytes(b"")
+    assert run_checkpoint(run).name == "best-step1200-score0.231.ckpt"
+    model = _model("v2", 3)
+    trained = _checkpoint(
+        TokenDuplexLightningModule(model), run / "checkpoints" / "best-step1800-score0.5.ckpt"
+    )
+    loaded = load_pretrained(run)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), f"{name} differs from {trained}"
