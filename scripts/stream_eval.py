@@ -5,6 +5,7 @@ unless wandb.enabled=false, the same to an offline wandb run there. A run that f
 directory behind.
 """
 
+import importlib.util
 import logging
 import shutil
 import warnings
@@ -45,6 +46,13 @@ def main(cfg: DictConfig) -> None:
 
 
 def _log_to_wandb(cfg: DictConfig, out_dir: Path, report: dict) -> None:
+    if importlib.util.find_spec("wandb") is None:
+        warnings.warn(
+            f'wandb is not installed (pip install "s2s[wandb]"), so nothing goes to wandb; the report is in '
+            f"{out_dir}. wandb.enabled=false silences this",
+            stacklevel=2,
+        )
+        return
     try:
         import wandb
 

@@ -2,7 +2,7 @@
 
 Groups (configs/): model (tiny, base: model v2, the default; tiny_v1: model v1), module (v2, v1),
 data (synth, folder), task (say_in_german, echo, reverse), trainer (cpu, gpu, ddp), logger (wandb,
-csv, none), attention (auto, sdpa, flex, cute), experiment (named presets; v1_baseline: model v1
+tensorboard, csv, none), attention (auto, sdpa, flex, cute), experiment (named presets; v1_baseline: model v1
 with its module and data settings). A model with another model's module is refused at once.
 Re-running the same command resumes the run (one launch at a time per run directory); `-m key=a,b`
 sweeps, one run directory and one wandb run each.

@@ -3,12 +3,15 @@
 The CSV logger (csv_metrics.RunCSVLogger) appends across launches and never deletes a row. wandb
 runs offline by default (the run directory syncs later with `wandb sync`) and online when a
 project is configured and an API key is available. The run id is kept in the run directory so a
-resumed run continues the same wandb run. Anything that goes wrong with wandb becomes a warning
-and training goes on with the CSV logger, which is always there.
+resumed run continues the same wandb run. TensorBoard writes event files to `<run dir>/tensorboard`
+(`tensorboard --logdir <run dir>/tensorboard`). wandb and TensorBoard are optional packages (pip
+install "s2s[wandb]" / "s2s[tensorboard]"): a missing one, or anything that goes wrong with it,
+becomes a warning and training goes on with the CSV logger, which is always there.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 import warnings
@@ -51,9 +54,10 @@ def make_loggers(
     run_config: dict | None = None,
     csv_keep_rows: int | None = None,
 ) -> list[Logger]:
-    """Loggers for `kind` in {wandb, csv, none}. wandb `mode`: offline, online, or auto (online when
-    a project and a key are configured). `csv_keep_rows`: rows of an existing csv/metrics.csv that
-    belong to this launch's starting point (None: all; the rest are moved aside, never deleted)."""
+    """Loggers for `kind` in {wandb, tensorboard, csv, none}, the CSV logger first with all but none.
+    wandb `mode`: offline, online, or auto (online when a project and a key are configured).
+    `csv_keep_rows`: rows of an existing csv/metrics.csv that belong to this launch's starting point
+    (None: all; the rest are moved aside, never deleted)."""
     run_dir = Path(run_dir)
     if kind == "none":
         return []
@@ -61,8 +65,17 @@ def make_loggers(
     loggers: list[Logger] = [csv_logger]
     if kind == "csv":
         return loggers
+    if kind == "tensorboard":
+        return loggers + _tensorboard(run_dir)
     if kind != "wandb":
-        raise ValueError(f"logger kind must be wandb, csv or none, got {kind!r}")
+        raise ValueError(f"logger kind must be wandb, tensorboard, csv or none, got {kind!r}")
+    if importlib.util.find_spec("wandb") is None:
+        warnings.warn(
+            f'wandb is not installed (pip install "s2s[wandb]"); logging to CSV in {run_dir / "csv"} only. '
+            "logger=tensorboard or logger=csv chooses another logger and silences this",
+            stacklevel=2,
+        )
+        return loggers
     if mode not in ("offline", "online", "auto"):
         raise ValueError(f"wandb mode must be offline, online or auto, got {mode!r}")
     online = mode == "online" or (mode == "auto" and _wandb_online_possible(project))
@@ -94,6 +107,21 @@ def make_loggers(
             f"wandb is unavailable ({error!r}); logging to CSV in {run_dir / 'csv'} only", stacklevel=2
         )
     return loggers
+
+
+def _tensorboard(run_dir: Path) -> list[Logger]:
+    """Lightning's TensorBoardLogger (it needs tensorboard or tensorboardX), or none with a warning."""
+    if not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+        warnings.warn(
+            f'TensorBoard is not installed (pip install "s2s[tensorboard]"); logging to CSV in '
+            f"{run_dir / 'csv'} only",
+            stacklevel=3,
+        )
+        return []
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    # version "": one folder per run directory, which a resumed launch appends to (as the CSV does)
+    return [TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)]
 
 
 def _quiet_settings():
