@@ -1,37 +1,9 @@
-"""Train the duplex model: `python scripts/train.py [group=option ...] [key=value ...]`.
+"""`python scripts/train.py [key=value ...]` from a clone: the same command as `s2s-train`.
 
-Groups (configs/): model (tiny, base: model v2, the default; tiny_v1: model v1), module (v2, v1),
-data (synth, folder), task (say_in_german, echo, reverse), trainer (cpu, gpu, ddp), logger (wandb,
-tensorboard, csv, none), attention (auto, sdpa, flex, cute), experiment (named presets; v1_baseline: model v1
-with its module and data settings). A model with another model's module is refused at once.
-Re-running the same command resumes the run (one launch at a time per run directory); `-m key=a,b`
-sweeps, one run directory and one wandb run each.
+The command and its options are in s2s/cli/train.py (installed with the package).
 """
 
-import sys
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from s2s.data.corpus import CorpusError
-from s2s.training.checkpoints import CheckpointError
-from s2s.training.resume import ResumeMismatchError
-from s2s.training.run import LaunchConfigError, train
-from s2s.training.run_lock import RunLockedError
-
-# Refusals whose message says what to do: printed as one line, without a traceback.
-REFUSALS = (CheckpointError, CorpusError, LaunchConfigError, ResumeMismatchError, RunLockedError)
-
-
-@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    try:
-        train(cfg, HydraConfig.get().runtime.output_dir)
-    except REFUSALS as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-
+from s2s.cli.train import main
 
 if __name__ == "__main__":
     main()
