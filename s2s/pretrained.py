@@ -13,7 +13,7 @@ same call loads a Lightning training checkpoint (.ckpt, as scripts/train.py writ
 `torch.load(weights_only=True)`. An artifact is written to a temporary folder beside the target and
 renamed into place, and an existing one is replaced only when asked.
 
-    python -m s2s.pretrained export checkpoint=RUN/checkpoints/last.ckpt out=DIR [metrics=...]
+    python -m s2s.pretrained export checkpoint=RUN_DIR|CKPT out=DIR [metrics=...]
 """
 
 from __future__ import annotations
@@ -502,12 +502,16 @@ def export_checkpoint(
     overwrite: bool = False,
 ) -> Path:
     """Turn a training checkpoint into an artifact: its run's recipe, its corpus's task (or `corpus`'s),
-    and a stream_eval metrics.json (`metrics`) for the model card."""
+    and a stream_eval metrics.json (`metrics`) for the model card. A training run directory means the
+    checkpoint the run chose (`run_checkpoint`), as everywhere a model is asked for."""
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir() and (checkpoint / "checkpoints").is_dir():
+        checkpoint = run_checkpoint(checkpoint)
     if not checkpoint.is_file():
+        what = "is a folder without checkpoints/" if checkpoint.is_dir() else "does not exist"
         raise PretrainedError(
-            f"checkpoint {checkpoint} does not exist; a run keeps its checkpoints in "
-            "outputs/train/<run_name>/checkpoints/ (last.ckpt, best-*.ckpt)"
+            f"checkpoint {checkpoint} {what}; a run keeps its checkpoints in "
+            "outputs/train/<run_name>/checkpoints/ (last.ckpt, best-*.ckpt); pass one, or the run directory"
         )
     if corpus is not None and not (Path(corpus) / "corpus.json").is_file():
         raise PretrainedError(f"corpus {corpus} holds no corpus.json; pass the folder the model trained on")
@@ -526,7 +530,7 @@ def export_checkpoint(
 
 
 USAGE = (
-    "usage: python -m s2s.pretrained export checkpoint=RUN/checkpoints/last.ckpt out=DIR "
+    "usage: python -m s2s.pretrained export checkpoint=RUN_DIR|CKPT out=DIR "
     "[corpus=DATA_DIR] [metrics=EVAL/metrics.json] [overwrite=false]"
 )
 

@@ -286,3 +286,7 @@ def test_a_run_directory_means_the_checkpoint_the_run_chose(tmp_path):
     loaded = load_pretrained(run)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), f"{name} differs from {trained}"
+    assert main(["export", f"checkpoint={run}", f"out={tmp_path / 'exported'}"]) == 0
+    exported = load_artifact(tmp_path / "exported")
+    assert exported.provenance.training["checkpoint"] == str(trained), "export takes the run's choice too"
+    assert all(torch.equal(exported.model.state_dict()[k], v) for k, v in model.state_dict().items())
