@@ -6,9 +6,10 @@ sample rate: the system alone, or a stereo user | system file with `stereo_out=t
 JSON timeline: per 40 ms frame the speaking state and (model v2) the sampled token, the spans in
 which the system speaks and, for model v2, the words of each reply.
 
-Options: model=DIR_or_CKPT (an artifact from `python -m s2s.pretrained export`, or a training
-checkpoint; default README command 1's), chunk=FRAMES (default the model's), channel=0|1|mix (which
-channel of a stereo file is the user; required for stereo input), stereo_out=true|false, device=cpu,
+Options: model=DIR_or_CKPT (an artifact from `python -m s2s.pretrained export`, a training
+checkpoint, or a run directory: the checkpoint it chose; default README command 1's run),
+chunk=FRAMES (default the model's), channel=0|1|mix (which channel of a stereo file is the user;
+required for stereo input), stereo_out=true|false, device=cpu,
 seed=N, temperature=T, top_k=K, bos_bias=B, eos_bias=B, pad_bias=B (model v2's sampling),
 timeline=PATH (default out.json).
 """
@@ -35,7 +36,7 @@ from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
 from s2s.training.checkpoints import CheckpointError
 
-DEFAULT_MODEL = "outputs/train/tiny-synth-auto/checkpoints/last.ckpt"  # README command 1's run
+DEFAULT_MODEL = "outputs/train/tiny-synth-auto"  # README command 1's run: the checkpoint it chose
 TIMELINE_FORMAT = "s2s-timeline/1"
 
 
