@@ -93,6 +93,12 @@ def _training(provenance) -> list[str]:
     if training:
         step = training.get("global_step")
         lines.append(f"- from checkpoint {training.get('checkpoint', '?')} at global step {step}")
+        trained_by = training.get("commit")
+        if trained_by:
+            dirty = " with uncommitted changes" if trained_by.get("dirty") else ""
+            lines.append(f"- trained by s2s at commit {trained_by.get('commit')}{dirty}")
+        elif "commit" in training:
+            lines.append("- trained by s2s at an unrecorded commit (no git checkout, or an old checkpoint)")
     if recipe is None:
         lines.append("- recipe: not recorded (recipe.json holds none)")
     else:

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,12 +34,14 @@ import yaml
 from safetensors import SafetensorError
 
 from s2s.cli_options import OptionError, boolean, optional, parse_options
+from s2s.code_version import code_commit
 from s2s.data.tokens import SPECIALS, TokenVocabulary
 from s2s.data.words import VocabularyError
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from s2s.training.checkpoints import CheckpointError, load_checkpoint
+from s2s.training.code_record import TRAINING_COMMIT_KEY
 
 FORMAT = "s2s-pretrained"
 VERSION = 1
@@ -267,25 +268,6 @@ def _json(value, what: str) -> bytes:
     return (json.dumps(_plain(value, what), indent=1, allow_nan=False) + "\n").encode("utf-8")
 
 
-def code_commit() -> dict | None:
-    """The git commit of the s2s source that runs (and whether it has uncommitted changes); None
-    when it is not a git checkout (an installed package) or git is missing."""
-    source = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20
-        )
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-
-
 def _write_directory(target: Path, files: dict[str, bytes], overwrite: bool) -> None:
     """Write `files` into a temporary folder beside `target`, fsynced, then rename it into place."""
     if target.exists():
@@ -459,6 +441,7 @@ def _read_checkpoint(path: Path, corpus: Path | None = None) -> tuple[Model, Pro
         "checkpoint": str(path),
         "global_step": int(state["global_step"]),
         "epoch": state.get("epoch"),
+        "commit": state.get(TRAINING_COMMIT_KEY),  # the code of the launch that wrote the checkpoint
     }
     return model, Provenance(task=task, vocabularies=vocabularies, recipe=recipe, training=training)
 

@@ -27,6 +27,7 @@ from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.training.checkpoint_io import RunCheckpointIO, remove_stale_temporaries
 from s2s.training.checkpoints import resume_checkpoint
+from s2s.training.code_record import CodeCommitInCheckpoint
 from s2s.training.csv_metrics import MetricsRowsInCheckpoint, RunCSVLogger
 from s2s.training.resume import ResumePoint, check_same_model, find_resume_point, max_steps_reached
 from s2s.training.run_lock import RunLock, is_global_rank_zero
@@ -95,7 +96,7 @@ def _train(
         cfg.trainer,
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=[*callbacks, MetricsRowsInCheckpoint()],
+        callbacks=[*callbacks, MetricsRowsInCheckpoint(), CodeCommitInCheckpoint()],
         plugins=plugins,
     )
     print(

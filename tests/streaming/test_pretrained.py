@@ -4,6 +4,8 @@ one saved; Lightning's load_from_checkpoint works; bad input is refused with the
 import json
 import os
 import pickle
+import subprocess
+from pathlib import Path
 
 import lightning
 import pytest
@@ -20,6 +22,7 @@ from s2s.pretrained import PretrainedError, load_artifact, load_pretrained, main
 from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
 from s2s.training.checkpoints import CheckpointError
+from s2s.training.code_record import CodeCommitInCheckpoint
 from s2s.training.module import DuplexLightningModule
 from s2s.training.token_module import TokenDuplexLightningModule
 
@@ -57,8 +60,9 @@ def _assert_same_stream(original, loaded, generator, seed):
 def _checkpoint(module: lightning.LightningModule, path):
     """A checkpoint as Lightning writes it in training (without the training)."""
     trainer = lightning.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[CodeCommitInCheckpoint()],  # as scripts/train.py adds it
+    )  # fmt: skip
     trainer.strategy.connect(module)
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path)
@@ -119,9 +123,21 @@ def test_a_training_checkpoint_loads_and_exports(version, tmp_path, generator):
     _assert_same_stream(model, exported.model, generator, seed)
     assert exported.provenance.recipe == {"data": {"root": str(corpus)}, "seed": 0}
     assert exported.provenance.training["checkpoint"] == str(checkpoint)
+    head = _git_head()  # the code that wrote the checkpoint, asked of git here, not through s2s
+    trained_by = exported.provenance.training["commit"]
+    assert (trained_by and trained_by["commit"]) == head
+    if head is not None:
+        assert f"trained by s2s at commit {head}" in card
     assert exported.provenance.task == task
     assert (exported.provenance.vocabularies is not None) == (version == "v2")
     assert main(["export", f"checkpoint={checkpoint}", f"out={tmp_path / 'exported'}"]) == 1, "no overwrite"
+
+
+def _git_head() -> str | None:
+    """HEAD of the checkout the tests run from, or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return head.stdout.strip() if head.returncode == 0 else None
 
 
 def _stream_eval_metrics() -> dict:
