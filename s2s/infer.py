@@ -9,8 +9,10 @@ which the system speaks and, for model v2, the words of each reply.
 Options: model=DIR_or_CKPT (an artifact from `python -m s2s.pretrained export`, a training
 checkpoint, or a run directory: the checkpoint it chose; default README command 1's run),
 chunk=FRAMES (default the model's), channel=0|1|mix (which channel of a stereo file is the user;
-required for stereo input), stereo_out=true|false, device=cpu,
-seed=N, temperature=T, top_k=K, bos_bias=B, eos_bias=B, pad_bias=B (model v2's sampling),
+required for stereo input), stereo_out=true|false, device=cpu, threads=N (CPU intra-op threads:
+default 1, as a chunk's tensors are too small to share; two threads on a busy 2-core machine made a
+10 s recording take 21.7 s instead of 1.1 s), seed=N, temperature=T, top_k=K, bos_bias=B,
+eos_bias=B, pad_bias=B (model v2's sampling),
 timeline=PATH (default out.json).
 """
 
@@ -48,6 +50,7 @@ class InferOptions:
     chunk: int | None = None  # model frames per step (None: the model's)
     stereo_out: bool = False  # write user | system instead of the system alone
     device: str = "cpu"
+    threads: int = 1  # torch's CPU threads while streaming (small per-chunk tensors: 1 is fastest)
     seed: int = 0  # model v2: the sampling seed of the stream
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
@@ -62,6 +65,8 @@ class InferOptions:
             raise OptionError(f"chunk must be >= 1 model frame, or null for the model's, got {self.chunk}")
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise OptionError(f"device={self.device} but no CUDA GPU is visible here; use device=cpu")
+        if self.threads < 1:
+            raise OptionError(f"threads must be >= 1 (CPU threads while streaming), got {self.threads}")
 
 
 @dataclass(frozen=True)
@@ -119,12 +124,17 @@ def infer_file(
     config = model.config
     pieces: dict[str, list] = {"audio": [], "speaking": [], "tokens": []}
     padded = 0
-    for chunk in session.stream(user, rate):
-        pieces["audio"].append(chunk.audio[0].float().cpu())
-        pieces["speaking"].append(chunk.speaking[0].float().cpu())
-        if chunk.tokens is not None:
-            pieces["tokens"].append(chunk.tokens[0].cpu())
-        padded = chunk.padded_samples
+    threads = torch.get_num_threads()
+    torch.set_num_threads(options.threads)
+    try:
+        for chunk in session.stream(user, rate):
+            pieces["audio"].append(chunk.audio[0].float().cpu())
+            pieces["speaking"].append(chunk.speaking[0].float().cpu())
+            if chunk.tokens is not None:
+                pieces["tokens"].append(chunk.tokens[0].cpu())
+            padded = chunk.padded_samples
+    finally:
+        torch.set_num_threads(threads)
     system = torch.cat(pieces["audio"])
     speaking = torch.cat(pieces["speaking"])
     tokens = torch.cat(pieces["tokens"]) if pieces["tokens"] else None
@@ -214,8 +224,8 @@ def _replies(tokens: list[int], names: list[str] | None, frame_seconds: float) -
 
 USAGE = (
     "usage: python -m s2s.infer IN.wav OUT.wav [model=DIR_or_CKPT] [chunk=FRAMES] [channel=0|1|mix] "
-    "[stereo_out=true] [device=cpu] [seed=0] [temperature=0.7] [top_k=0] [bos_bias=0] [eos_bias=0] "
-    "[pad_bias=0] [timeline=OUT.json]"
+    "[stereo_out=true] [device=cpu] [threads=1] [seed=0] [temperature=0.7] [top_k=0] [bos_bias=0] "
+    "[eos_bias=0] [pad_bias=0] [timeline=OUT.json]"
 )
 SAMPLING_KEYS = {"temperature": float, "top_k": int, "pad_bias": float, "bos_bias": float, "eos_bias": float}
 
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parsers = {
         "model": str, "chunk": optional(int), "channel": optional(_channel), "stereo_out": boolean,
-        "device": str, "seed": int, "timeline": optional(str), **SAMPLING_KEYS,
+        "device": str, "threads": int, "seed": int, "timeline": optional(str), **SAMPLING_KEYS,
     }  # fmt: skip
     try:
         positional, values = parse_options(argv, parsers, USAGE)

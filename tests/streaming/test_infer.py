@@ -139,7 +139,9 @@ def test_infer_writes_the_system_audio_and_the_timeline(artifact, tmp_path):
     rng = np.random.default_rng(0)
     user = (0.1 * rng.standard_normal(samples)).astype(np.float32)
     mono = _write(tmp_path / "user.wav", user, rate)
-    assert main([str(mono), str(tmp_path / "out.wav"), f"model={artifact}", "chunk=2"]) == 0
+    threads = torch.get_num_threads()
+    assert main([str(mono), str(tmp_path / "out.wav"), f"model={artifact}", "chunk=2", "threads=1"]) == 0
+    assert torch.get_num_threads() == threads, "the caller's thread count is restored"
     at_model_rate = resample(torch.from_numpy(user)[None], rate, 16000).shape[1]
     frames = math.ceil(at_model_rate / FRAME)
     out, out_rate = soundfile.read(tmp_path / "out.wav")
@@ -176,6 +178,7 @@ def test_infer_refuses_bad_input_with_the_fix(artifact, tmp_path, capsys):
         ([str(wav), str(wav), f"model={artifact}"], "would overwrite the input"),
         ([str(wav), str(tmp_path / "o.wav"), f"model={artifact}", "channel=3"], "channel=3 does not exist"),
         ([str(wav), str(tmp_path / "o.wav"), f"model={artifact}", "chunk=0"], "chunk must be >= 1"),
+        ([str(wav), str(tmp_path / "o.wav"), f"model={artifact}", "threads=0"], "threads must be >= 1"),
         ([str(wav), str(tmp_path / "o.wav"), "modle=x"], "unknown option 'modle'"),
         ([str(wav)], "expected an input and an output wav"),
     ]
