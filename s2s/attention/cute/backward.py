@@ -34,11 +34,15 @@ FLOAT32_POINTERS = {
 
 def backward_tiles(head_dim: int, kind: str = "fused"):
     """Two consumer warpgroups of 64 rows: the accumulators of a step fit in 240 registers.
-    The fused kernel keeps three Q/dO stages: with its dS and dQ staging buffers, four would
-    overflow the 227 KB of shared memory (three leave 1 KB)."""
-    from s2s.attention.cute.forward_sm90 import ForwardTiles
+    The ``"dq"`` kernel walks key tiles like the forward (``ForwardTiles``); the ``"dkdv"`` and
+    ``"fused"`` kernels own 128 keys and walk 64-row query tiles (``KeyTiles``). The fused
+    kernel keeps three Q/dO stages: with its dS and dQ staging buffers, four would overflow the
+    227 KB of shared memory (three leave 1 KB)."""
+    from s2s.attention.cute.tiles import ForwardTiles, KeyTiles
 
-    return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=3 if kind == "fused" else 4)
+    if kind == "dq":
+        return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=4)
+    return KeyTiles(head_dim=head_dim, consumer_warpgroups=2, q_stages=3 if kind == "fused" else 4)
 
 
 def compile_backward(kind: str, dtype: torch.dtype, tiles):
@@ -134,8 +138,8 @@ def backward(
         dv[problem.rows_k :] = 0
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
     inputs, sizes, scale = [q, k, v, grad_out, lse, delta], sizes_of(q, k), problem.softmax_scale
-    tiles = backward_tiles(problem.head_dim, "dkdv")
-    k_tiles = max(1, -(-problem.max_seqlen_k // tiles.tile_m))
+    key_tiles = backward_tiles(problem.head_dim, "dkdv")
+    k_tiles = max(1, -(-problem.max_seqlen_k // key_tiles.tile_n))
     if not deterministic:
         fused = compiled_backward("fused", problem.dtype, backward_tiles(problem.head_dim, "fused"))
         fused(*kernel_arguments([*inputs, dq_accum, dk, dv], sizes, table, k_tiles, left, scale, stream))
@@ -144,10 +148,11 @@ def backward(
 
     if problem.rows_q < q.shape[0]:
         dq[problem.rows_q :] = 0
-    q_tiles = max(1, -(-problem.max_seqlen_q // tiles.tile_m))
-    dq_kernel = compiled_backward("dq", problem.dtype, tiles)
+    query_tiles = backward_tiles(problem.head_dim, "dq")
+    q_tiles = max(1, -(-problem.max_seqlen_q // query_tiles.tile_m))
+    dq_kernel = compiled_backward("dq", problem.dtype, query_tiles)
     dq_kernel(*kernel_arguments([*inputs, dq], sizes, table, q_tiles, left, scale, stream))
-    dkdv_kernel = compiled_backward("dkdv", problem.dtype, tiles)
+    dkdv_kernel = compiled_backward("dkdv", problem.dtype, key_tiles)
     # Without dQ the kernel never touches its dQ pointer: delta stands in.
     dkdv_kernel(*kernel_arguments([*inputs, delta, dk, dv], sizes, table, k_tiles, left, scale, stream))
     return dq, dk, dv

@@ -30,34 +30,25 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.memory import SmemAllocator
 from cutlass.tensor_utils import LayoutEnum
 
-from s2s.attention.cute.forward_sm90 import (
-    LOG2_E,
-    ChunkAttentionForwardSm90,
-    ForwardTiles,
-    _accumulator_as_operand_a,
-    _as_acc,
-    _rows_cols,
-    rows_view,
-    stats_view,
-    table_view,
-)
+from s2s.attention.cute.epilogue import store_rows
+from s2s.attention.cute.fragments import accumulator_as_operand_a, as_accumulator, rows_cols
+from s2s.attention.cute.mask import ChunkMask
+from s2s.attention.cute.named_barrier import DqHandshake, NamedBarrier, sync_consumers, sync_warpgroup
+from s2s.attention.cute.pipeline import WARPS_PER_WARPGROUP, loaded_once, tma_pipeline, warpgroup_order
+from s2s.attention.cute.seqlen_info import SeqlenInfo
+from s2s.attention.cute.softmax import LOG2_E
+from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
+from s2s.attention.cute.views import rows_view, stats_view, table_view
 
-QUERY_TILE = 64  # query rows per step: keeps S^T, dP^T, dK and dV in registers together
 DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still read tile m's
-# Named barrier ids (0 is the CTA-wide one, 1..3 the per-warpgroup ones).
-BOTH_WARPGROUPS_BARRIER = 4
-DQ_FULL_BARRIER = 5  # + warpgroup: its dQ slice is staged (128 consumer threads + the dQ warp)
-DQ_EMPTY_BARRIER = 7  # + warpgroup: the staging buffer may be rewritten
-DQ_HANDSHAKE_THREADS = 128 + 32
 
 
-class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
-    """Keys stay, query tiles stream: four GEMMs per query tile, five ``with_dq``. From the
-    forward class it takes the shared steps only (pipelines, warpgroup order, the sequence
-    table, the chunk rule's key bounds, the row store)."""
+class ChunkAttentionBackwardDkDvSm90:
+    """Keys stay, query tiles stream (``KeyTiles``): four GEMMs per query tile, five
+    ``with_dq``."""
 
-    def __init__(self, tiles: ForwardTiles, with_dq: bool):
-        super().__init__(tiles)
+    def __init__(self, tiles: KeyTiles, with_dq: bool):
+        self.tiles = tiles
         self.with_dq = with_dq
 
     @cute.jit
@@ -83,17 +74,25 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         softmax_scale: cutlass.Float32,
         stream: cuda.CUstream,
     ):
-        d = self.head_dim
-        dq_cols = d // self.num_wg  # with_dq: each warpgroup owns a slice of dQ's head dim
+        d = self.tiles.head_dim
+        dq_cols = d // self.tiles.consumer_warpgroups  # with_dq: each warpgroup owns a slice of dQ's head dim
         mQ, mdO, mdQ = (rows_view(p, total_q, heads_q, d) for p in (q, do, dq_accum))
         mK, mV, mdK, mdV = (rows_view(p, total_k, heads_k, d) for p in (k, v, dk, dv))
         mLSE, mDelta = stats_view(lse, total_q, heads_q), stats_view(delta, total_q, heads_q)
         seq_info = table_view(seq, batch)
         self.dtype = mQ.element_type
 
-        st_shape = (self.rows_wg, QUERY_TILE, d)  # S^T and dP^T: (keys, queries), K = head dim
-        grad_shape = (self.rows_wg, d, QUERY_TILE)  # dK and dV: (keys, head dim), K = queries
-        dq_shape = (QUERY_TILE, dq_cols, self.tile_m)  # dQ slice: (queries, head dim), K = keys
+        st_shape = (
+            self.tiles.keys_per_warpgroup,
+            self.tiles.tile_m,
+            d,
+        )  # S^T and dP^T: (keys, queries), K = head dim
+        grad_shape = (
+            self.tiles.keys_per_warpgroup,
+            d,
+            self.tiles.tile_m,
+        )  # dK and dV: (keys, head dim), K = queries
+        dq_shape = (self.tiles.tile_m, dq_cols, self.tiles.tile_n)  # dQ slice: (queries, head dim), K = keys
         k_major = cute.nvgpu.OperandMajorMode.K
         mn_major = cute.nvgpu.OperandMajorMode.MN
         st_mma = sm90_utils.make_trivial_tiled_mma(
@@ -111,25 +110,25 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         )
         # K and V: one stage per warpgroup (its 64 keys), loaded once. Q and dO: a ring.
         sK_layout = sm90_utils.make_smem_layout_a(
-            LayoutEnum.from_tensor(mK), st_shape, self.dtype, self.num_wg
+            LayoutEnum.from_tensor(mK), st_shape, self.dtype, self.tiles.consumer_warpgroups
         )
         sQ_layout = sm90_utils.make_smem_layout_b(
-            LayoutEnum.from_tensor(mQ), st_shape, self.dtype, self.kv_stages
+            LayoutEnum.from_tensor(mQ), st_shape, self.dtype, self.tiles.q_stages
         )
         load = cpasync.CopyBulkTensorTileG2SOp()
         k_smem = cute.slice_(sK_layout, (None, None, 0))
         q_smem = cute.slice_(sQ_layout, (None, None, 0))
-        tma_k, tma_mK = cpasync.make_tiled_tma_atom(load, mK, k_smem, (self.rows_wg, d))
-        tma_v, tma_mV = cpasync.make_tiled_tma_atom(load, mV, k_smem, (self.rows_wg, d))
-        tma_q, tma_mQ = cpasync.make_tiled_tma_atom(load, mQ, q_smem, (QUERY_TILE, d))
-        tma_do, tma_mdO = cpasync.make_tiled_tma_atom(load, mdO, q_smem, (QUERY_TILE, d))
+        tma_k, tma_mK = cpasync.make_tiled_tma_atom(load, mK, k_smem, (self.tiles.keys_per_warpgroup, d))
+        tma_v, tma_mV = cpasync.make_tiled_tma_atom(load, mV, k_smem, (self.tiles.keys_per_warpgroup, d))
+        tma_q, tma_mQ = cpasync.make_tiled_tma_atom(load, mQ, q_smem, (self.tiles.tile_m, d))
+        tma_do, tma_mdO = cpasync.make_tiled_tma_atom(load, mdO, q_smem, (self.tiles.tile_m, d))
         self.kv_bytes = 2 * cute.size_in_bytes(self.dtype, k_smem)  # K and V share a stage
         self.q_bytes = 2 * cute.size_in_bytes(self.dtype, q_smem)  # Q and dO share a stage
 
         fields = {
-            "kv_barriers": cute.struct.MemRange[cutlass.Int64, self.num_wg * 2],
-            "q_barriers": cute.struct.MemRange[cutlass.Int64, self.kv_stages * 2],
-            "order_barriers": cute.struct.MemRange[cutlass.Int64, self.num_wg],
+            "kv_barriers": cute.struct.MemRange[cutlass.Int64, self.tiles.consumer_warpgroups * 2],
+            "q_barriers": cute.struct.MemRange[cutlass.Int64, self.tiles.q_stages * 2],
+            "order_barriers": cute.struct.MemRange[cutlass.Int64, self.tiles.consumer_warpgroups],
             "sK": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024],
             "sV": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024],
             "sQ": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024],
@@ -145,7 +144,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
             )
             sdS_layout = sm90_utils.make_smem_layout_a(LayoutEnum.COL_MAJOR, dq_shape, self.dtype, DS_BUFFERS)
             sdQ_layout = sm90_utils.make_smem_layout_epi(
-                cutlass.Float32, LayoutEnum.ROW_MAJOR, dq_shape[:2], self.num_wg
+                cutlass.Float32, LayoutEnum.ROW_MAJOR, dq_shape[:2], self.tiles.consumer_warpgroups
             )
             tma_dq, tma_mdQ = cpasync.make_tiled_tma_atom(
                 cpasync.CopyReduceBulkTensorTileS2GOp(),
@@ -207,13 +206,19 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
 
         smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        kv_pipe = self.tma_pipeline(storage.kv_barriers.data_ptr(), self.num_wg, 4, self.kv_bytes)
-        q_pipe = self.tma_pipeline(
-            storage.q_barriers.data_ptr(), self.kv_stages, 4 * self.num_wg, self.q_bytes
+        # K and V: one stage per consumer warpgroup, loaded once. Q and dO: a ring.
+        kv_pipe = tma_pipeline(
+            storage.kv_barriers.data_ptr(), self.tiles.consumer_warpgroups, WARPS_PER_WARPGROUP, self.kv_bytes
+        )
+        q_pipe = tma_pipeline(
+            storage.q_barriers.data_ptr(),
+            self.tiles.q_stages,
+            WARPS_PER_WARPGROUP * self.tiles.consumer_warpgroups,
+            self.q_bytes,
         )
         kv_producer, _ = kv_pipe.make_participants()
         q_producer, q_consumer = q_pipe.make_participants()
-        order = self.warpgroup_order(storage.order_barriers.data_ptr(), wg)
+        order = warpgroup_order(storage.order_barriers.data_ptr(), self.tiles.consumer_warpgroups, wg)
         sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sV = storage.sV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
@@ -229,14 +234,14 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
-        sequence = self.read_sequence(seq_info, seq)
-        q_start, k_start, _, seqlen_k = sequence[:4]
-        key_first = n_tile * self.tile_m
+        seqlen = SeqlenInfo.load(seq_info, seq)
+        mask = ChunkMask(seqlen, left_chunks)
+        key_first = n_tile * self.tiles.tile_n
 
-        if key_first < seqlen_k:
-            m_begin, m_end = self.query_tile_run(key_first, sequence, left_chunks)
+        if key_first < seqlen.seqlen_k:
+            m_begin, m_end = self.tiles.blocks.query_tile_run(mask, key_first)
             if wg == 0:
-                cute.arch.setmaxregister_decrease(self.producer_registers)
+                cute.arch.setmaxregister_decrease(PRODUCER_REGISTERS)
                 if warp == 0:
                     self.produce_dkdv(
                         tma_k,
@@ -253,8 +258,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
                         sdO,
                         kv_producer,
                         q_producer,
-                        q_start,
-                        k_start,
+                        seqlen,
                         n_tile,
                         head_k,
                         group,
@@ -264,9 +268,11 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
                 if cutlass.const_expr(self.with_dq):  # noqa: SIM102 (compile-time, then run-time)
                     if warp == 1:
                         tma_dq, mdQ = dq_store
-                        self.store_dq(tma_dq, mdQ, smem_tensors[5], q_start, head_k, group, m_begin, m_end)
+                        self.store_dq(
+                            tma_dq, mdQ, smem_tensors[5], seqlen.q_start, head_k, group, m_begin, m_end
+                        )
             else:
-                cute.arch.setmaxregister_increase(self.consumer_registers)
+                cute.arch.setmaxregister_increase(self.tiles.consumer_registers)
                 self.consume_keys(
                     mmas,
                     smem_tensors,
@@ -283,31 +289,11 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
                     n_tile,
                     head_k,
                     group,
-                    sequence,
-                    left_chunks,
+                    mask,
                     softmax_scale,
                     m_begin,
                     m_end,
                 )
-
-    @cute.jit
-    def query_tile_run(self, key_first: cutlass.Int32, sequence: tuple, left_chunks: cutlass.Int32):
-        """Query tiles [m_begin, m_end) whose rows see some key of the CTA's tile starting at
-        ``key_first``: from the first query whose chunk reaches the first key's chunk to the last
-        whose history (``left_chunks``) still reaches the last key. The inverse chunk rule."""
-        seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence[2:]
-        key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
-        first_key_chunk = (key_first + k_offset) // chunk_k
-        last_key_chunk = (key_last + k_offset) // chunk_k
-        q_begin = cutlass.max(first_key_chunk * chunk_q - q_offset, 0)
-        q_end = seqlen_q
-        if left_chunks >= 0:
-            q_end = cutlass.min((last_key_chunk + left_chunks + 1) * chunk_q - q_offset, seqlen_q)
-        m_begin = q_begin // QUERY_TILE
-        m_end = (q_end + QUERY_TILE - 1) // QUERY_TILE
-        if q_end <= q_begin:
-            m_end = m_begin
-        return m_begin, m_end
 
     @cute.jit
     def produce_dkdv(
@@ -326,8 +312,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         sdO: cute.Tensor,
         kv_producer: pipeline.PipelineProducer,
         q_producer: pipeline.PipelineProducer,
-        q_start: cutlass.Int32,
-        k_start: cutlass.Int32,
+        seqlen: SeqlenInfo,
         n_tile: cutlass.Int32,
         head_k: cutlass.Int32,
         group: cutlass.Int32,
@@ -335,8 +320,9 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         m_end: cutlass.Int32,
     ):
         """One warp: K and V of both warpgroups once, then Q and dO per (query head, query tile)."""
-        keys = (self.rows_wg, self.head_dim)
-        rows = (QUERY_TILE, self.head_dim)
+        q_start, k_start = seqlen.q_start, seqlen.k_start
+        keys = (self.tiles.keys_per_warpgroup, self.tiles.head_dim)
+        rows = (self.tiles.tile_m, self.tiles.head_dim)
         one = cute.make_layout(1)
         gK = cute.local_tile(cute.domain_offset((k_start, 0), mK[None, None, head_k]), keys, (None, 0))
         gV = cute.local_tile(cute.domain_offset((k_start, 0), mV[None, None, head_k]), keys, (None, 0))
@@ -346,9 +332,9 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         tVsV, tVgV = cpasync.tma_partition(
             tma_v, 0, one, cute.group_modes(sV, 0, 2), cute.group_modes(gV, 0, 2)
         )
-        for i in cutlass.range_constexpr(self.num_wg):
+        for i in cutlass.range_constexpr(self.tiles.consumer_warpgroups):
             handle = kv_producer.acquire_and_advance()
-            tile = n_tile * self.num_wg + i
+            tile = n_tile * self.tiles.consumer_warpgroups + i
             cute.copy(tma_k, tKgK[None, tile], tKsK[None, handle.index], tma_bar_ptr=handle.barrier)
             cute.copy(tma_v, tVgV[None, tile], tVsV[None, handle.index], tma_bar_ptr=handle.barrier)
         for h in cutlass.range(group, unroll=1):
@@ -384,8 +370,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         n_tile: cutlass.Int32,
         head_k: cutlass.Int32,
         group: cutlass.Int32,
-        sequence: tuple,
-        left_chunks: cutlass.Int32,
+        mask: ChunkMask,
         softmax_scale: cutlass.Float32,
         m_begin: cutlass.Int32,
         m_end: cutlass.Int32,
@@ -394,8 +379,8 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         and, with dQ, its head-dim slice of each tile's dQ, staged for the dQ warp."""
         st_mma, grad_mma = mmas[:2]
         sK, sV, sQ, sdO = smem[:4]
-        k_start, seqlen_q, seqlen_k = sequence[1:4]
-        d = self.head_dim
+        seqlen = mask.seqlen
+        d = self.tiles.head_dim
         st_thr = st_mma.get_slice(thread)
         grad_thr = grad_mma.get_slice(thread)
         tSrK = st_thr.make_fragment_A(st_thr.partition_A(sK))
@@ -407,53 +392,63 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         sdOt = cute.make_tensor(sdO.iterator, cute.select(sdO.layout, mode=[1, 0, 2]))
         tGrQt = grad_thr.make_fragment_B(grad_thr.partition_B(sQt))
         tGrdOt = grad_thr.make_fragment_B(grad_thr.partition_B(sdOt))
-        grad_shape = grad_thr.partition_shape_C((self.rows_wg, d))
+        grad_shape = grad_thr.partition_shape_C((self.tiles.keys_per_warpgroup, d))
         acc_dk = grad_thr.make_fragment_C(grad_shape)
         acc_dv = grad_thr.make_fragment_C(grad_shape)
         acc_dk.fill(0.0)
         acc_dv.fill(0.0)
         grad_mma.set(warpgroup.Field.ACCUMULATE, True)
-        acc_st_shape = st_thr.partition_shape_C((self.rows_wg, QUERY_TILE))
+        acc_st_shape = st_thr.partition_shape_C((self.tiles.keys_per_warpgroup, self.tiles.tile_m))
         p_operand = cute.make_rmem_tensor(
-            _accumulator_as_operand_a(st_thr.make_fragment_C(acc_st_shape).layout), self.dtype
+            accumulator_as_operand_a(st_thr.make_fragment_C(acc_st_shape).layout), self.dtype
         )
         ds_operand = cute.make_rmem_tensor(
-            _accumulator_as_operand_a(st_thr.make_fragment_C(acc_st_shape).layout), self.dtype
+            accumulator_as_operand_a(st_thr.make_fragment_C(acc_st_shape).layout), self.dtype
         )
-        tScS = _rows_cols(st_thr.partition_C(cute.make_identity_tensor((self.rows_wg, QUERY_TILE))))
+        tScS = rows_cols(
+            st_thr.partition_C(cute.make_identity_tensor((self.tiles.keys_per_warpgroup, self.tiles.tile_m)))
+        )
 
         dq_operands = ()
         if cutlass.const_expr(self.with_dq):
             dq_mma = mmas[2]
             sdS, sdQ = smem[4:]
             dq_thr = dq_mma.get_slice(thread)
-            dq_cols = d // self.num_wg
+            dq_cols = d // self.tiles.consumer_warpgroups
             # dS^T of this warpgroup's keys into its half of each dS buffer, seen as (keys, queries).
             sdSt = cute.make_tensor(sdS.iterator, cute.select(sdS.layout, mode=[1, 0, 2]))
             tSsdS = st_thr.partition_C(
-                cute.local_tile(sdSt, (self.rows_wg, QUERY_TILE, DS_BUFFERS), (wg, 0, 0))
+                cute.local_tile(
+                    sdSt, (self.tiles.keys_per_warpgroup, self.tiles.tile_m, DS_BUFFERS), (wg, 0, 0)
+                )
             )
             # dQ slice = dS (all 128 keys) x K^T slice; K's two 64-key stages are two K-halves.
             tDrdS = dq_thr.make_fragment_A(dq_thr.partition_A(sdS))
             sKt = cute.make_tensor(sK.iterator, cute.select(sK.layout, mode=[1, 0, 2]))
             tDrKt = dq_thr.make_fragment_B(
-                dq_thr.partition_B(cute.local_tile(sKt, (dq_cols, self.rows_wg, self.num_wg), (wg, 0, 0)))
+                dq_thr.partition_B(
+                    cute.local_tile(
+                        sKt,
+                        (dq_cols, self.tiles.keys_per_warpgroup, self.tiles.consumer_warpgroups),
+                        (wg, 0, 0),
+                    )
+                )
             )
-            acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((QUERY_TILE, dq_cols)))
+            acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((self.tiles.tile_m, dq_cols)))
             dq_mma.set(warpgroup.Field.ACCUMULATE, True)  # acc_dq is zeroed per tile instead
             tDsdQ = dq_thr.partition_C(sdQ[None, None, wg])
             dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ)
 
-        key_base = n_tile * self.tile_m + wg * self.rows_wg
+        key_base = n_tile * self.tiles.tile_n + wg * self.tiles.keys_per_warpgroup
         scale_log2 = softmax_scale * LOG2_E
-        kv_pipe.consumer_wait(pipeline.PipelineState(self.num_wg, wg, wg, cutlass.Int32(0)))
+        kv_pipe.consumer_wait(loaded_once(self.tiles.consumer_warpgroups, wg))
         tSrK_wg = tSrK[None, None, None, wg]
         tSrV_wg = tSrV[None, None, None, wg]
-        key_first = n_tile * self.tile_m
-        key_last = cutlass.min(key_first + self.tile_m, seqlen_k) - 1
+        key_first = n_tile * self.tiles.tile_n
+        key_last = cutlass.min(key_first + self.tiles.tile_n, seqlen.seqlen_k) - 1
         if cutlass.const_expr(self.with_dq):
             # Keys past the sequence end must get P = 0 here: their dS would reach dQ.
-            key_last = key_first + self.tile_m - 1
+            key_last = key_first + self.tiles.tile_n - 1
 
         operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
         operands = (*operands, p_operand, ds_operand, acc_st_shape)
@@ -463,12 +458,8 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
                 # A query tile needs no mask when each of its rows sees all of the CTA's keys.
-                row_first = m * QUERY_TILE
-                row_last = cutlass.min(row_first + QUERY_TILE, seqlen_q) - 1
-                lo_last, _ = self.key_bounds(row_last, sequence, left_chunks)
-                _, hi_first = self.key_bounds(row_first, sequence, left_chunks)
-                full = lo_last <= key_first and hi_first > key_last
-                query = (m, head, sequence, left_chunks, tile % DS_BUFFERS, wg, thread)
+                full = self.tiles.blocks.query_tile_sees_all(mask, m * self.tiles.tile_m, key_first, key_last)
+                query = (m, head, mask, tile % DS_BUFFERS, wg, thread)
                 if full:
                     st_mma, q_consumer, order = self.key_tile(
                         False, st_mma, operands, dq_operands, q_consumer, order, keys, query
@@ -485,14 +476,23 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         out_dv.store(acc_dv.load().to(self.dtype))
         if cutlass.const_expr(self.with_dq):
             # The other warpgroup's last dQ GEMM reads this warpgroup's K: wait before staging dK.
-            cute.arch.barrier(barrier_id=BOTH_WARPGROUPS_BARRIER, number_of_threads=256)
+            sync_consumers(self.tiles.consumer_warpgroups)
         # K and V of this warpgroup are no longer read: stage the results there.
-        self.store_rows(
-            grad_thr, out_dk, sK[None, None, wg], mdK, wg, thread, k_start, key_base, head_k, seqlen_k
-        )
-        self.store_rows(
-            grad_thr, out_dv, sV[None, None, wg], mdV, wg, thread, k_start, key_base, head_k, seqlen_k
-        )
+        key_rows = (self.tiles.keys_per_warpgroup, self.tiles.head_dim)
+        for out, staging, mOut in ((out_dk, sK, mdK), (out_dv, sV, mdV)):
+            store_rows(
+                grad_thr,
+                out,
+                staging[None, None, wg],
+                mOut,
+                key_rows,
+                wg,
+                thread,
+                seqlen.k_start,
+                key_base,
+                head_k,
+                seqlen.seqlen_k,
+            )
 
     @cute.jit
     def key_tile(
@@ -522,7 +522,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
             ds_operand,
             acc_st_shape,
         ) = operands
-        m, head, sequence, left_chunks, buffer, wg, thread = query
+        m, head, mask, buffer, wg, thread = query
         acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
         handle = q_consumer.wait_and_advance()
@@ -536,12 +536,12 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
             cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
         warpgroup.commit_group()
         order.arrive()
-        stat = self.load_statistic(keys, m * QUERY_TILE, sequence, head, thread)
+        stat = self.load_statistic(keys, m * self.tiles.tile_m, mask.seqlen, head, thread)
         warpgroup.wait_group(0)
-        rows = (m * QUERY_TILE, sequence, left_chunks, wg, thread)
+        rows = (m * self.tiles.tile_m, mask, wg, thread)
         self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
-        _as_acc(p_operand, acc_st).store(acc_st.load().to(self.dtype))
-        ds_acc = _as_acc(ds_operand, acc_dpt)
+        as_accumulator(p_operand, acc_st).store(acc_st.load().to(self.dtype))
+        ds_acc = as_accumulator(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
         if cutlass.const_expr(self.with_dq):
             dq_operands[4].fill(0.0)
@@ -569,7 +569,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, _ = dq_operands
         cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=BOTH_WARPGROUPS_BARRIER, number_of_threads=256)
+        sync_consumers(self.tiles.consumer_warpgroups)
         key_blocks = cute.size(tDrKt, mode=[2])
         for k in cutlass.range_constexpr(cute.size(tDrdS, mode=[2])):
             cute.gemm(
@@ -586,29 +586,31 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         """The finished dQ slice to shared memory for the dQ warp, once it has sent the previous
         one off."""
         _, _, _, _, acc_dq, tDsdQ = dq_operands
-        cute.arch.barrier(barrier_id=DQ_EMPTY_BARRIER + wg, number_of_threads=DQ_HANDSHAKE_THREADS)
+        DqHandshake.wait(NamedBarrier.DQ_EMPTY_WG, wg)
         cute.autovec_copy(acc_dq, tDsdQ)
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier_arrive(barrier_id=DQ_FULL_BARRIER + wg, number_of_threads=DQ_HANDSHAKE_THREADS)
+        DqHandshake.arrive(NamedBarrier.DQ_FULL_WG, wg)
 
     def statistics_layout(self):
         """Per warpgroup, the current query tile's (LSE * log2(e), delta) pairs, interleaved so a
         column's two values are one 8-byte shared-memory load."""
-        return cute.make_layout((QUERY_TILE, 2, self.num_wg), stride=(2, 1, 2 * QUERY_TILE))
+        return cute.make_layout(
+            (self.tiles.tile_m, 2, self.tiles.consumer_warpgroups), stride=(2, 1, 2 * self.tiles.tile_m)
+        )
 
     @cute.jit
-    def load_statistic(self, keys: tuple, row_first: cutlass.Int32, sequence: tuple, head, thread):
+    def load_statistic(self, keys: tuple, row_first: cutlass.Int32, seqlen: SeqlenInfo, head, thread):
         """One per-query statistic per thread, loaded while the tile's GEMMs run: LSE * log2(e)
         of row ``thread`` for threads 0-63, delta of row ``thread - 64`` for 64-127. Queries past
         the sequence get LSE +inf, so P = 0 and they add nothing (to dQ either)."""
         _, _, mLSE, mDelta, _, _, _ = keys
-        q_start, seqlen_q = sequence[0], sequence[2]
-        row = row_first + thread % QUERY_TILE
+        q_start, seqlen_q = seqlen.q_start, seqlen.seqlen_q
+        row = row_first + thread % self.tiles.tile_m
         stat = cutlass.Float32(0.0)
-        if thread < QUERY_TILE:
+        if thread < self.tiles.tile_m:
             stat = cutlass.Float32.inf
         if row < seqlen_q:
-            if thread < QUERY_TILE:  # noqa: SIM108 (the DSL traces if/else, not a dynamic ternary)
+            if thread < self.tiles.tile_m:
                 stat = mLSE[q_start + row, head] * LOG2_E
             else:
                 stat = mDelta[q_start + row, head]
@@ -629,11 +631,11 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         dS^T = P^T (dP^T - delta) * scale, in place. dS carries the softmax scale, so dK and dQ
         need no scaling afterwards."""
         tScS, key_base, _, _, stats, scale_log2, softmax_scale = keys
-        row_first, sequence, left_chunks, wg, thread = rows
-        stats[thread % QUERY_TILE, thread // QUERY_TILE] = stat
-        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=128)
-        st = _rows_cols(acc_st)
-        dpt = _rows_cols(acc_dpt)
+        row_first, mask, wg, thread = rows
+        stats[thread % self.tiles.tile_m, thread // self.tiles.tile_m] = stat
+        sync_warpgroup(wg)
+        st = rows_cols(acc_st)
+        dpt = rows_cols(acc_dpt)
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
             lse_log2 = stats[column, 0]
@@ -641,7 +643,7 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
             lo = cutlass.Int32(0)
             hi = cutlass.Int32(0)
             if cutlass.const_expr(masked):
-                lo, hi = self.key_bounds(row_first + column, sequence, left_chunks)
+                lo, hi = mask.key_bounds(row_first + column)
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
                 p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
                 if cutlass.const_expr(masked):
@@ -667,28 +669,28 @@ class ChunkAttentionBackwardDkDvSm90(ChunkAttentionForwardSm90):
         staged dQ slice goes to the float32 dQ buffer as a TMA reduce-add; once the copy has read
         shared memory, the warpgroup may stage its next slice. Keeps this off the GEMM warps."""
         tiles = group * (m_end - m_begin)
-        for w in cutlass.range_constexpr(self.num_wg):
+        for w in cutlass.range_constexpr(self.tiles.consumer_warpgroups):
             if tiles > 0:
-                cute.arch.barrier_arrive(
-                    barrier_id=DQ_EMPTY_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS
-                )
+                DqHandshake.arrive(NamedBarrier.DQ_EMPTY_WG, w)
         tile = cutlass.Int32(0)
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
-                rows = cute.domain_offset((q_start + m * QUERY_TILE, 0), mdQ[None, None, head])
-                gdQ = cute.local_tile(rows, (QUERY_TILE, self.head_dim // self.num_wg), (0, None))
+                rows = cute.domain_offset((q_start + m * self.tiles.tile_m, 0), mdQ[None, None, head])
+                gdQ = cute.local_tile(
+                    rows,
+                    (self.tiles.tile_m, self.tiles.head_dim // self.tiles.consumer_warpgroups),
+                    (0, None),
+                )
                 tRsR, tRgR = cpasync.tma_partition(
                     tma_dq, 0, cute.make_layout(1), cute.group_modes(sdQ, 0, 2), cute.group_modes(gdQ, 0, 2)
                 )
                 tile += 1
-                for w in cutlass.range_constexpr(self.num_wg):
-                    cute.arch.barrier(barrier_id=DQ_FULL_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS)
+                for w in cutlass.range_constexpr(self.tiles.consumer_warpgroups):
+                    DqHandshake.wait(NamedBarrier.DQ_FULL_WG, w)
                     cute.copy(tma_dq, tRsR[None, w], tRgR[None, w])
                     cute.arch.cp_async_bulk_commit_group()
                     cute.arch.cp_async_bulk_wait_group(0, read=True)
                     if tile < tiles:  # the consumers stage exactly ``tiles`` slices
-                        cute.arch.barrier_arrive(
-                            barrier_id=DQ_EMPTY_BARRIER + w, number_of_threads=DQ_HANDSHAKE_THREADS
-                        )
+                        DqHandshake.arrive(NamedBarrier.DQ_EMPTY_WG, w)
         cute.arch.cp_async_bulk_wait_group(0, read=True)

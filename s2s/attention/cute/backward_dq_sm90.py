@@ -21,20 +21,24 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.memory import SmemAllocator
 from cutlass.tensor_utils import LayoutEnum
 
-from s2s.attention.cute.forward_sm90 import (
-    LOG2_E,
-    ChunkAttentionForwardSm90,
-    _accumulator_as_operand_a,
-    _as_acc,
-    _rows_cols,
-    rows_view,
-    stats_view,
-    table_view,
-)
+from s2s.attention.cute.block_info import KeyTileRuns
+from s2s.attention.cute.epilogue import store_rows
+from s2s.attention.cute.fragments import accumulator_as_operand_a, as_accumulator, rows_cols
+from s2s.attention.cute.mask import ChunkMask, RowKeyBounds
+from s2s.attention.cute.pipeline import loaded_once, query_side_pipelines
+from s2s.attention.cute.seqlen_info import SeqlenInfo
+from s2s.attention.cute.softmax import LOG2_E
+from s2s.attention.cute.tile_scheduler import QueryTile
+from s2s.attention.cute.tiles import PRODUCER_REGISTERS, ForwardTiles
+from s2s.attention.cute.views import rows_view, stats_view, table_view
 
 
-class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
-    """dQ kernel: the forward's tiling and key-tile runs, four GEMMs per key tile."""
+class ChunkAttentionBackwardDqSm90:
+    """dQ kernel: the forward's tiling (``ForwardTiles``) and key-tile runs, four GEMMs per key
+    tile."""
+
+    def __init__(self, tiles: ForwardTiles):
+        self.tiles = tiles
 
     @cute.jit
     def __call__(
@@ -57,15 +61,19 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         softmax_scale: cutlass.Float32,
         stream: cuda.CUstream,
     ):
-        d = self.head_dim
+        d = self.tiles.head_dim
         mQ, mdO, mdQ = (rows_view(p, total_q, heads_q, d) for p in (q, do, dq))
         mK, mV = (rows_view(p, total_k, heads_k, d) for p in (k, v))
         mLSE, mDelta = stats_view(lse, total_q, heads_q), stats_view(delta, total_q, heads_q)
         seq_info = table_view(seq, batch)
         self.dtype = mQ.element_type
 
-        s_shape = (self.rows_wg, self.tile_n, d)  # S and dP: (rows, keys), K = head dim
-        dq_shape = (self.rows_wg, d, self.tile_n)  # dQ: (rows, head dim), K = keys
+        s_shape = (
+            self.tiles.rows_per_warpgroup,
+            self.tiles.tile_n,
+            d,
+        )  # S and dP: (rows, keys), K = head dim
+        dq_shape = (self.tiles.rows_per_warpgroup, d, self.tiles.tile_n)  # dQ: (rows, head dim), K = keys
         k_major = cute.nvgpu.OperandMajorMode.K
         mn_major = cute.nvgpu.OperandMajorMode.MN
         s_mma = sm90_utils.make_trivial_tiled_mma(
@@ -82,26 +90,26 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
             warpgroup.OperandSource.RMEM,
         )
         sQ_layout = sm90_utils.make_smem_layout_a(
-            LayoutEnum.from_tensor(mQ), s_shape, self.dtype, self.num_wg
+            LayoutEnum.from_tensor(mQ), s_shape, self.dtype, self.tiles.consumer_warpgroups
         )
         sK_layout = sm90_utils.make_smem_layout_b(
-            LayoutEnum.from_tensor(mK), s_shape, self.dtype, self.kv_stages
+            LayoutEnum.from_tensor(mK), s_shape, self.dtype, self.tiles.kv_stages
         )
         load = cpasync.CopyBulkTensorTileG2SOp()
         q_smem = cute.slice_(sQ_layout, (None, None, 0))
         k_smem = cute.slice_(sK_layout, (None, None, 0))
-        tma_q, tma_mQ = cpasync.make_tiled_tma_atom(load, mQ, q_smem, (self.rows_wg, d))
-        tma_do, tma_mdO = cpasync.make_tiled_tma_atom(load, mdO, q_smem, (self.rows_wg, d))
-        tma_k, tma_mK = cpasync.make_tiled_tma_atom(load, mK, k_smem, (self.tile_n, d))
-        tma_v, tma_mV = cpasync.make_tiled_tma_atom(load, mV, k_smem, (self.tile_n, d))
+        tma_q, tma_mQ = cpasync.make_tiled_tma_atom(load, mQ, q_smem, (self.tiles.rows_per_warpgroup, d))
+        tma_do, tma_mdO = cpasync.make_tiled_tma_atom(load, mdO, q_smem, (self.tiles.rows_per_warpgroup, d))
+        tma_k, tma_mK = cpasync.make_tiled_tma_atom(load, mK, k_smem, (self.tiles.tile_n, d))
+        tma_v, tma_mV = cpasync.make_tiled_tma_atom(load, mV, k_smem, (self.tiles.tile_n, d))
         self.q_bytes = 2 * cute.size_in_bytes(self.dtype, q_smem)  # Q and dO share a stage
         self.kv_bytes = cute.size_in_bytes(self.dtype, k_smem)
 
         @cute.struct
         class SharedStorage:
-            q_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg * 2]
-            kv_barriers: cute.struct.MemRange[cutlass.Int64, self.kv_stages * 2]
-            order_barriers: cute.struct.MemRange[cutlass.Int64, self.num_wg]
+            q_barriers: cute.struct.MemRange[cutlass.Int64, self.tiles.consumer_warpgroups * 2]
+            kv_barriers: cute.struct.MemRange[cutlass.Int64, self.tiles.kv_stages * 2]
+            order_barriers: cute.struct.MemRange[cutlass.Int64, self.tiles.consumer_warpgroups]
             sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
             sdO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
             sKV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
@@ -156,13 +164,15 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         sK_layout: cute.ComposedLayout,
     ):
         tidx, _, _ = cute.arch.thread_idx()
-        m_tile, head, head_k, seq = self.query_tile_of_block(mK.shape[2])
+        tile = QueryTile.heaviest_first(mK.shape[2])
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
 
         smem = SmemAllocator()
         storage = smem.allocate(self.shared_storage)
-        q_pipe, kv_pipe, order = self.query_side_pipelines(storage, wg)
+        q_pipe, kv_pipe, order = query_side_pipelines(
+            storage, self.tiles.consumer_warpgroups, self.tiles.kv_stages, self.q_bytes, self.kv_bytes, wg
+        )
         q_producer, _ = q_pipe.make_participants()
         kv_producer, kv_consumer = kv_pipe.make_participants()
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
@@ -172,15 +182,15 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
 
-        sequence = self.read_sequence(seq_info, seq)
-        q_start, k_start, seqlen_q = sequence[:3]
-        row_first = m_tile * self.tile_m
+        seqlen = SeqlenInfo.load(seq_info, tile.seq)
+        mask = ChunkMask(seqlen, left_chunks)
+        row_first = tile.m_tile * self.tiles.tile_m
 
-        if row_first < seqlen_q:
-            n_begin, full_begin, full_end, n_end = self.key_tile_runs(row_first, sequence, left_chunks)
+        if row_first < seqlen.seqlen_q:
+            runs = self.tiles.blocks.key_tile_runs(mask, row_first)
 
             if wg == 0:
-                cute.arch.setmaxregister_decrease(self.producer_registers)
+                cute.arch.setmaxregister_decrease(PRODUCER_REGISTERS)
                 if warp == 0:
                     self.produce_dq(
                         tma_q,
@@ -196,16 +206,12 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
                         sKV,
                         q_producer,
                         kv_producer,
-                        q_start,
-                        k_start,
-                        m_tile,
-                        head,
-                        head_k,
-                        n_begin,
-                        n_end,
+                        seqlen,
+                        tile,
+                        runs,
                     )
             else:
-                cute.arch.setmaxregister_increase(self.consumer_registers)
+                cute.arch.setmaxregister_increase(self.tiles.consumer_registers)
                 self.consume_dq(
                     s_mma,
                     dq_mma,
@@ -220,16 +226,10 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
                     order,
                     wg - 1,
                     tidx % 128,
-                    q_start,
-                    m_tile,
-                    head,
-                    sequence,
-                    left_chunks,
+                    tile,
+                    mask,
                     softmax_scale,
-                    n_begin,
-                    full_begin,
-                    full_end,
-                    n_end,
+                    runs,
                 )
 
     @cute.jit
@@ -248,21 +248,18 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         sKV: cute.Tensor,
         q_producer: pipeline.PipelineProducer,
         kv_producer: pipeline.PipelineProducer,
-        q_start: cutlass.Int32,
-        k_start: cutlass.Int32,
-        m_tile: cutlass.Int32,
-        head: cutlass.Int32,
-        head_k: cutlass.Int32,
-        n_begin: cutlass.Int32,
-        n_end: cutlass.Int32,
+        seqlen: SeqlenInfo,
+        tile: QueryTile,
+        runs: KeyTileRuns,
     ):
         """One warp: Q and dO of every warpgroup (one stage each), then K and V tile by tile."""
-        rows = (self.rows_wg, self.head_dim)
-        keys = (self.tile_n, self.head_dim)
-        gQ = cute.local_tile(cute.domain_offset((q_start, 0), mQ[None, None, head]), rows, (None, 0))
-        gdO = cute.local_tile(cute.domain_offset((q_start, 0), mdO[None, None, head]), rows, (None, 0))
-        gK = cute.local_tile(cute.domain_offset((k_start, 0), mK[None, None, head_k]), keys, (None, 0))
-        gV = cute.local_tile(cute.domain_offset((k_start, 0), mV[None, None, head_k]), keys, (None, 0))
+        rows = (self.tiles.rows_per_warpgroup, self.tiles.head_dim)
+        keys = (self.tiles.tile_n, self.tiles.head_dim)
+        q_start, k_start = seqlen.q_start, seqlen.k_start
+        gQ = cute.local_tile(cute.domain_offset((q_start, 0), mQ[None, None, tile.head]), rows, (None, 0))
+        gdO = cute.local_tile(cute.domain_offset((q_start, 0), mdO[None, None, tile.head]), rows, (None, 0))
+        gK = cute.local_tile(cute.domain_offset((k_start, 0), mK[None, None, tile.head_k]), keys, (None, 0))
+        gV = cute.local_tile(cute.domain_offset((k_start, 0), mV[None, None, tile.head_k]), keys, (None, 0))
         one = cute.make_layout(1)
         tQsQ, tQgQ = cpasync.tma_partition(
             tma_q, 0, one, cute.group_modes(sQ, 0, 2), cute.group_modes(gQ, 0, 2)
@@ -276,12 +273,12 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         tVsV, tVgV = cpasync.tma_partition(
             tma_v, 0, one, cute.group_modes(sKV, 0, 2), cute.group_modes(gV, 0, 2)
         )
-        for i in cutlass.range_constexpr(self.num_wg):
+        for i in cutlass.range_constexpr(self.tiles.consumer_warpgroups):
             handle = q_producer.acquire_and_advance()
-            tile = m_tile * self.num_wg + i
-            cute.copy(tma_q, tQgQ[None, tile], tQsQ[None, handle.index], tma_bar_ptr=handle.barrier)
-            cute.copy(tma_do, tOgO[None, tile], tOsO[None, handle.index], tma_bar_ptr=handle.barrier)
-        for n in cutlass.range(n_begin, n_end, unroll=1):
+            m = tile.m_tile * self.tiles.consumer_warpgroups + i
+            cute.copy(tma_q, tQgQ[None, m], tQsQ[None, handle.index], tma_bar_ptr=handle.barrier)
+            cute.copy(tma_do, tOgO[None, m], tOsO[None, handle.index], tma_bar_ptr=handle.barrier)
+        for n in cutlass.range(runs.begin, runs.end, unroll=1):
             handle = kv_producer.acquire_and_advance()
             cute.copy(tma_k, tKgK[None, n], tKsK[None, handle.index], tma_bar_ptr=handle.barrier)
             handle = kv_producer.acquire_and_advance()
@@ -303,19 +300,13 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         order: pipeline.PipelineOrder,
         wg: cutlass.Int32,
         thread: cutlass.Int32,
-        q_start: cutlass.Int32,
-        m_tile: cutlass.Int32,
-        head: cutlass.Int32,
-        sequence: tuple,
-        left_chunks: cutlass.Int32,
+        tile: QueryTile,
+        mask: ChunkMask,
         softmax_scale: cutlass.Float32,
-        n_begin: cutlass.Int32,
-        full_begin: cutlass.Int32,
-        full_end: cutlass.Int32,
-        n_end: cutlass.Int32,
+        runs: KeyTileRuns,
     ):
         """One warpgroup: 64 query rows against every key tile they see; dQ in registers."""
-        seqlen_q = sequence[2]
+        seqlen = mask.seqlen
         s_thr = s_mma.get_slice(thread)
         dq_thr = dq_mma.get_slice(thread)
         tSrQ = s_thr.make_fragment_A(s_thr.partition_A(sQ))
@@ -324,47 +315,52 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         # The same K tile as the (head dim, keys) B operand of dQ += dS K.
         sKt = cute.make_tensor(sKV.iterator, cute.select(sKV.layout, mode=[1, 0, 2]))
         tQrKt = dq_thr.make_fragment_B(dq_thr.partition_B(sKt))
-        acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((self.rows_wg, self.head_dim)))
+        acc_dq = dq_thr.make_fragment_C(
+            dq_thr.partition_shape_C((self.tiles.rows_per_warpgroup, self.tiles.head_dim))
+        )
         acc_dq.fill(0.0)
         dq_mma.set(warpgroup.Field.ACCUMULATE, True)
-        acc_s_shape = s_thr.partition_shape_C((self.rows_wg, self.tile_n))
+        acc_s_shape = s_thr.partition_shape_C((self.tiles.rows_per_warpgroup, self.tiles.tile_n))
 
-        row_base = m_tile * self.tile_m + wg * self.rows_wg
-        tScS = _rows_cols(s_thr.partition_C(cute.make_identity_tensor((self.rows_wg, self.tile_n))))
-        rows = cute.size(tScS, mode=[0])
-        key_lo = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Int32)
-        key_hi = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Int32)
+        row_base = tile.m_tile * self.tiles.tile_m + wg * self.tiles.rows_per_warpgroup
+        bounds = RowKeyBounds.allocate(
+            rows_cols(
+                s_thr.partition_C(
+                    cute.make_identity_tensor((self.tiles.rows_per_warpgroup, self.tiles.tile_n))
+                )
+            )
+        )
+        rows = cute.size(bounds.coords, mode=[0])
         lse_log2 = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
         delta = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
         for r in cutlass.range_constexpr(rows):
-            row = row_base + tScS[r, 0][0]
-            lo, hi = self.key_bounds(row, sequence, left_chunks)
-            key_lo[r] = lo
-            key_hi[r] = hi
+            row = bounds.row(row_base, r)
+            lo, hi = mask.key_bounds(row)
+            bounds.set(r, (lo, hi))
             # Rows past the sequence (or seeing no key) contribute nothing: P = 0 for them.
             lse_log2[r] = cutlass.Float32.inf
             delta[r] = 0.0
-            if row < seqlen_q and hi > lo:
-                lse_log2[r] = mLSE[q_start + row, head] * LOG2_E
-                delta[r] = mDelta[q_start + row, head]
+            if row < seqlen.seqlen_q and hi > lo:
+                lse_log2[r] = mLSE[seqlen.q_start + row, tile.head] * LOG2_E
+                delta[r] = mDelta[seqlen.q_start + row, tile.head]
         scale_log2 = softmax_scale * LOG2_E
 
-        q_pipe.consumer_wait(pipeline.PipelineState(self.num_wg, wg, wg, cutlass.Int32(0)))
+        q_pipe.consumer_wait(loaded_once(self.tiles.consumer_warpgroups, wg))
         tSrQ_wg = tSrQ[None, None, None, wg]
         tSrdO_wg = tSrdO[None, None, None, wg]
         ds_operand = cute.make_rmem_tensor(
-            _accumulator_as_operand_a(s_thr.make_fragment_C(acc_s_shape).layout), self.dtype
+            accumulator_as_operand_a(s_thr.make_fragment_C(acc_s_shape).layout), self.dtype
         )
-        rows_state = (tScS, key_lo, key_hi, lse_log2, delta, scale_log2)
+        rows_state = (bounds, lse_log2, delta, scale_log2)
         operands = (dq_mma, tSrQ_wg, tSrdO_wg, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape)
         # Three runs of key tiles: masked leading, fully visible, masked trailing.
-        for n in cutlass.range(n_begin, full_begin, unroll=1):
+        for n in cutlass.range(runs.begin, runs.full_begin, unroll=1):
             s_mma, kv_consumer, order = self.dq_tile(True, n, s_mma, operands, kv_consumer, order, rows_state)
-        for n in cutlass.range(full_begin, full_end, unroll=1):
+        for n in cutlass.range(runs.full_begin, runs.full_end, unroll=1):
             s_mma, kv_consumer, order = self.dq_tile(
                 False, n, s_mma, operands, kv_consumer, order, rows_state
             )
-        for n in cutlass.range(full_end, n_end, unroll=1):
+        for n in cutlass.range(runs.full_end, runs.end, unroll=1):
             s_mma, kv_consumer, order = self.dq_tile(True, n, s_mma, operands, kv_consumer, order, rows_state)
 
         # dQ = scale * sum_n dS K; staged in this warpgroup's Q buffer and stored row by row.
@@ -372,7 +368,19 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
             acc_dq[i] = acc_dq[i] * softmax_scale
         out = cute.make_rmem_tensor(acc_dq.layout, self.dtype)
         out.store(acc_dq.load().to(self.dtype))
-        self.store_rows(dq_thr, out, sQ[None, None, wg], mdQ, wg, thread, q_start, row_base, head, seqlen_q)
+        store_rows(
+            dq_thr,
+            out,
+            sQ[None, None, wg],
+            mdQ,
+            (self.tiles.rows_per_warpgroup, self.tiles.head_dim),
+            wg,
+            thread,
+            seqlen.q_start,
+            row_base,
+            tile.head,
+            seqlen.seqlen_q,
+        )
 
     @cute.jit
     def dq_tile(
@@ -387,7 +395,7 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
     ):
         """S = Q K^T and dP = dO V^T, then dS = P (dP - delta), then dQ += dS K."""
         dq_mma, tSrQ, tSrdO, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape = operands
-        tScS, key_lo, key_hi, lse_log2, delta, scale_log2 = rows_state
+        bounds, lse_log2, delta, scale_log2 = rows_state
         acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
         acc_dp = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
         k_handle = kv_consumer.wait_and_advance()
@@ -405,21 +413,20 @@ class ChunkAttentionBackwardDqSm90(ChunkAttentionForwardSm90):
         warpgroup.wait_group(0)
         v_handle.release()
 
-        s = _rows_cols(acc_s)
-        dp = _rows_cols(acc_dp)
-        key_first = n * self.tile_n
+        s = rows_cols(acc_s)
+        dp = rows_cols(acc_dp)
+        key_first = n * self.tiles.tile_n
         for r in cutlass.range_constexpr(cute.size(s, mode=[0])):
             shift = lse_log2[r]
-            lo = key_lo[r] - key_first
-            hi = key_hi[r] - key_first
+            lo, hi = bounds.window(r, key_first)
             for c in cutlass.range_constexpr(cute.size(s, mode=[1])):
                 p = cute.math.exp2(s[r, c] * scale_log2 - shift, fastmath=True)
                 if cutlass.const_expr(masked):
-                    col = tScS[0, c][1]
+                    col = bounds.column(c)
                     if col < lo or col >= hi:
                         p = cutlass.Float32(0.0)
                 s[r, c] = p * (dp[r, c] - delta[r])
-        _as_acc(ds_operand, acc_s).store(acc_s.load().to(self.dtype))
+        as_accumulator(ds_operand, acc_s).store(acc_s.load().to(self.dtype))
 
         warpgroup.fence()
         for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):

@@ -14,7 +14,7 @@ import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
 
-from s2s.attention.cute.forward_sm90 import rows_view, stats_view
+from s2s.attention.cute.views import rows_view, stats_view
 
 THREADS = 256
 VECTOR = 8  # 16-byte loads of 16-bit values

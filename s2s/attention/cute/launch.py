@@ -146,10 +146,7 @@ def compile_kernel(kernel, dtype: torch.dtype, head_dim: int, float32_tensors: t
 
 def specialization_name(kind: str, dtype: torch.dtype, tiles) -> str:
     """The name of one compiled kernel in the disk cache."""
-    return (
-        f"{kind}_sm90_{str(dtype).removeprefix('torch.')}_d{tiles.head_dim}"
-        f"_wg{tiles.consumer_warpgroups}_n{tiles.tile_n}_s{tiles.kv_stages}"
-    )
+    return f"{kind}_sm90_{str(dtype).removeprefix('torch.')}_{tiles.label}"
 
 
 # Sequences at least this long use 192-row tiles at head dim 64 (3 consumer warpgroups): more
@@ -159,7 +156,7 @@ LONG_SEQUENCE_ROWS = 2048
 
 def default_tiles(head_dim: int, max_seqlen_q: int = 0):
     """The tile shape we ship for a call (chosen with scripts/tune_cute_forward.py on an H100)."""
-    from s2s.attention.cute.forward_sm90 import ForwardTiles
+    from s2s.attention.cute.tiles import ForwardTiles
 
     groups = 3 if head_dim == 64 and max_seqlen_q >= LONG_SEQUENCE_ROWS else 2
     return ForwardTiles(head_dim=head_dim, consumer_warpgroups=groups, kv_stages=4)

@@ -1,0 +1,79 @@
+"""Compile-time tile shapes: what one kernel specialization fixes.
+
+Every kernel runs one producer warpgroup (TMA loads, at ``PRODUCER_REGISTERS`` per thread) and
+two or three consumer warpgroups of 64 rows that share the rest of the 64K-register file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from s2s.attention.cute.block_info import BlockInfo
+
+PRODUCER_REGISTERS = 24
+WARPGROUP_ROWS = 64  # rows of one WGMMA warpgroup tile
+
+
+class _WarpRoles:
+    """One producer warpgroup and ``consumer_warpgroups`` consumers: threads and registers."""
+
+    consumer_warpgroups: int
+
+    @property
+    def threads(self) -> int:
+        return 128 * (self.consumer_warpgroups + 1)
+
+    @property
+    def consumer_registers(self) -> int:
+        """Per-thread registers of a consumer warpgroup."""
+        return {2: 240, 3: 160}[self.consumer_warpgroups]
+
+    @property
+    def blocks(self) -> BlockInfo:
+        """The chunk rule's tile ranges for these tile sizes."""
+        return BlockInfo(tile_m=self.tile_m, tile_n=self.tile_n)
+
+
+@dataclass(frozen=True)
+class ForwardTiles(_WarpRoles):
+    """A CTA owns ``tile_m`` query rows and walks their key tiles of ``tile_n`` keys through a
+    ring of ``kv_stages`` buffers: the forward and the deterministic dQ kernel."""
+
+    head_dim: int
+    tile_n: int = 128  # keys per K/V tile
+    rows_per_warpgroup: int = WARPGROUP_ROWS
+    consumer_warpgroups: int = 2
+    kv_stages: int = 4
+
+    @property
+    def tile_m(self) -> int:
+        return self.rows_per_warpgroup * self.consumer_warpgroups
+
+    @property
+    def label(self) -> str:
+        """The shape in a kernel file name."""
+        return f"d{self.head_dim}_wg{self.consumer_warpgroups}_n{self.tile_n}_s{self.kv_stages}"
+
+
+@dataclass(frozen=True)
+class KeyTiles(_WarpRoles):
+    """A CTA owns ``tile_n`` keys (``keys_per_warpgroup`` per consumer warpgroup) and walks the
+    query tiles of ``tile_m`` rows that see them through a ring of ``q_stages`` Q/dO buffers:
+    the dK/dV kernel and the fused backward."""
+
+    head_dim: int
+    tile_m: int = 64  # query rows per step: keeps S^T, dP^T, dK and dV in registers together
+    keys_per_warpgroup: int = WARPGROUP_ROWS
+    consumer_warpgroups: int = 2
+    q_stages: int = 4
+
+    @property
+    def tile_n(self) -> int:
+        return self.keys_per_warpgroup * self.consumer_warpgroups
+
+    @property
+    def label(self) -> str:
+        """The shape in a kernel file name."""
+        return (
+            f"d{self.head_dim}_wg{self.consumer_warpgroups}_keys{self.tile_n}_m{self.tile_m}_s{self.q_stages}"
+        )
