@@ -15,21 +15,8 @@ import functools
 
 import torch
 
-from s2s.attention.cute.launch import (
-    compile_kernel,
-    kernel_arguments,
-    pointer,
-    sizes_of,
-    specialization_name,
-)
+from s2s.attention.cute.launch import compile_kernel, specialization_name
 from s2s.attention.problem import AttentionProblem
-
-# Float32 pointers among each kernel's tensors (q, k, v, do, lse, delta, then its outputs).
-FLOAT32_POINTERS = {
-    "dq": (False,) * 4 + (True, True, False),
-    "dkdv": (False,) * 4 + (True, True, True, False, False),
-    "fused": (False,) * 4 + (True, True, True, False, False),
-}
 
 
 def backward_tiles(head_dim: int, kind: str = "fused"):
@@ -47,14 +34,15 @@ def backward_tiles(head_dim: int, kind: str = "fused"):
 
 def compile_backward(kind: str, dtype: torch.dtype, tiles):
     """Build the ``"fused"`` kernel, or the deterministic pair's ``"dq"`` or ``"dkdv"`` kernel."""
+    from s2s.attention.cute.arguments import BACKWARD_DKDV, BACKWARD_DQ
     from s2s.attention.cute.backward_dkdv_sm90 import ChunkAttentionBackwardDkDvSm90
     from s2s.attention.cute.backward_dq_sm90 import ChunkAttentionBackwardDqSm90
 
     if kind == "dq":
-        kernel = ChunkAttentionBackwardDqSm90(tiles)
-    else:  # the fused kernel is the dK/dV kernel with dQ
-        kernel = ChunkAttentionBackwardDkDvSm90(tiles, with_dq=kind == "fused")
-    return compile_kernel(kernel, dtype, tiles.head_dim, FLOAT32_POINTERS[kind])
+        return compile_kernel(ChunkAttentionBackwardDqSm90(tiles), BACKWARD_DQ, dtype, tiles.head_dim)
+    # The fused kernel is the dK/dV kernel with dQ.
+    kernel = ChunkAttentionBackwardDkDvSm90(tiles, with_dq=kind == "fused")
+    return compile_kernel(kernel, BACKWARD_DKDV, dtype, tiles.head_dim)
 
 
 @functools.cache
@@ -69,17 +57,10 @@ def compiled_backward(kind: str, dtype: torch.dtype, tiles):
 
 def compile_prologue(dtype: torch.dtype, head_dim: int, zero_dq: bool):
     """Build the delta (and zeroed dQ buffer) pass for one (dtype, head dim)."""
-    import cuda.bindings.driver as cuda
-    import cutlass
-    import cutlass.cute as cute
-
+    from s2s.attention.cute.arguments import PROLOGUE
     from s2s.attention.cute.backward_prologue_sm90 import BackwardPrologueSm90
 
-    rows = torch.empty(256, 2, head_dim, dtype=dtype)
-    stats = torch.empty(2, 256, dtype=torch.float32)
-    pointers = [pointer(t) for t in (rows, rows, stats, stats)]
-    sizes = (cutlass.Int32(256), cutlass.Int32(2))
-    return cute.compile(BackwardPrologueSm90(head_dim, zero_dq), *pointers, *sizes, cuda.CUstream(0))
+    return compile_kernel(BackwardPrologueSm90(head_dim, zero_dq), PROLOGUE, dtype, head_dim)
 
 
 @functools.cache
@@ -92,15 +73,22 @@ def compiled_prologue(dtype: torch.dtype, head_dim: int, zero_dq: bool):
 
 def prologue(out: torch.Tensor, grad_out: torch.Tensor, zero_dq: bool, stream):
     """delta (Hq, total_q) = rowsum(dO * O) in float32, and a zeroed float32 dQ buffer (or None)."""
-    import cutlass
+    from s2s.attention.cute.arguments import PROLOGUE
 
     total_q, heads = out.shape[:2]
     delta = torch.empty(heads, total_q, dtype=torch.float32, device=out.device)
     # Without a dQ buffer the kernel never touches its pointer: delta stands in.
     dq_accum = torch.empty(out.shape, dtype=torch.float32, device=out.device) if zero_dq else delta
     kernel = compiled_prologue(out.dtype, out.shape[2], zero_dq)
-    pointers = (pointer(t) for t in (out, grad_out, delta, dq_accum))
-    kernel(*pointers, cutlass.Int32(total_q), cutlass.Int32(heads), stream)
+    values = {
+        "o": out,
+        "do": grad_out,
+        "delta": delta,
+        "dq_accum": dq_accum,
+        "total_q": total_q,
+        "heads_q": heads,
+    }
+    kernel(*PROLOGUE.arguments(values, stream))
     return delta, (dq_accum if zero_dq else None)
 
 
@@ -122,6 +110,8 @@ def backward(
     may give the dQ, dK, dV buffers to write (tests pass NaN-filled ones)."""
     import cuda.bindings.driver as cuda
 
+    from s2s.attention.cute.arguments import BACKWARD_DKDV, BACKWARD_DQ, attention_sizes
+
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     if grads is None:
@@ -137,12 +127,14 @@ def backward(
         dk[problem.rows_k :] = 0
         dv[problem.rows_k :] = 0
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
-    inputs, sizes, scale = [q, k, v, grad_out, lse, delta], sizes_of(q, k), problem.softmax_scale
+    inputs = {"q": q, "k": k, "v": v, "do": grad_out, "lse": lse, "delta": delta}
     key_tiles = backward_tiles(problem.head_dim, "dkdv")
     k_tiles = max(1, -(-problem.max_seqlen_k // key_tiles.tile_n))
+    key_sizes = attention_sizes(q, k, table, k_tiles, left, problem.softmax_scale)
     if not deterministic:
         fused = compiled_backward("fused", problem.dtype, backward_tiles(problem.head_dim, "fused"))
-        fused(*kernel_arguments([*inputs, dq_accum, dk, dv], sizes, table, k_tiles, left, scale, stream))
+        outputs = {"dq_accum": dq_accum, "dk": dk, "dv": dv}
+        fused(*BACKWARD_DKDV.arguments({**inputs, **outputs, **key_sizes}, stream))
         dq.copy_(dq_accum)
         return dq, dk, dv
 
@@ -151,8 +143,11 @@ def backward(
     query_tiles = backward_tiles(problem.head_dim, "dq")
     q_tiles = max(1, -(-problem.max_seqlen_q // query_tiles.tile_m))
     dq_kernel = compiled_backward("dq", problem.dtype, query_tiles)
-    dq_kernel(*kernel_arguments([*inputs, dq], sizes, table, q_tiles, left, scale, stream))
+    query_sizes = attention_sizes(q, k, table, q_tiles, left, problem.softmax_scale)
+    dq_kernel(*BACKWARD_DQ.arguments({**inputs, "dq": dq, **query_sizes}, stream))
     dkdv_kernel = compiled_backward("dkdv", problem.dtype, key_tiles)
     # Without dQ the kernel never touches its dQ pointer: delta stands in.
-    dkdv_kernel(*kernel_arguments([*inputs, delta, dk, dv], sizes, table, k_tiles, left, scale, stream))
+    dkdv_kernel(
+        *BACKWARD_DKDV.arguments({**inputs, "dq_accum": delta, "dk": dk, "dv": dv, **key_sizes}, stream)
+    )
     return dq, dk, dv

@@ -69,7 +69,7 @@ class ChunkAttentionBackwardDkDvSm90:
         heads_q: cutlass.Int32,
         heads_k: cutlass.Int32,
         batch: cutlass.Int32,
-        k_tiles: cutlass.Int32,  # key tiles of the longest sequence
+        grid_tiles: cutlass.Int32,  # key tiles of the longest sequence
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
         stream: cuda.CUstream,
@@ -175,7 +175,7 @@ class ChunkAttentionBackwardDkDvSm90:
             softmax_scale,
             layouts,
         ).launch(
-            grid=[k_tiles, heads_k, batch],
+            grid=[grid_tiles, heads_k, batch],
             block=[self.tiles.threads, 1, 1],
             stream=stream,
             min_blocks_per_mp=1,

@@ -56,7 +56,7 @@ class ChunkAttentionBackwardDqSm90:
         heads_q: cutlass.Int32,
         heads_k: cutlass.Int32,
         batch: cutlass.Int32,
-        q_tiles: cutlass.Int32,
+        grid_tiles: cutlass.Int32,
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
         stream: cuda.CUstream,
@@ -135,7 +135,7 @@ class ChunkAttentionBackwardDqSm90:
             sQ_layout,
             sK_layout,
         ).launch(
-            grid=[q_tiles, heads_q, batch],
+            grid=[grid_tiles, heads_q, batch],
             block=[self.tiles.threads, 1, 1],
             stream=stream,
             min_blocks_per_mp=1,

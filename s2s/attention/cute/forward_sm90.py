@@ -60,7 +60,7 @@ class ChunkAttentionForwardSm90:
         heads_q: cutlass.Int32,
         heads_k: cutlass.Int32,
         batch: cutlass.Int32,
-        q_tiles: cutlass.Int32,  # query tiles of the longest sequence
+        grid_tiles: cutlass.Int32,  # query tiles of the longest sequence
         left_chunks: cutlass.Int32,  # -1: unlimited history
         softmax_scale: cutlass.Float32,
         stream: cuda.CUstream,
@@ -148,7 +148,7 @@ class ChunkAttentionForwardSm90:
             sK_layout,
             sV_layout,
         ).launch(
-            grid=[q_tiles, heads_q, batch],
+            grid=[grid_tiles, heads_q, batch],
             block=[self.tiles.threads, 1, 1],
             stream=stream,
             min_blocks_per_mp=1,

@@ -30,7 +30,8 @@ def unsupported_reason(problem: AttentionProblem) -> str | None:
 
 
 def sequence_table(problem: AttentionProblem) -> torch.Tensor:
-    """(B, 8) int32: q start, k start, Sq, Sk, chunk_q, chunk_k, q_offset, k_offset per sequence.
+    """(B, columns) int32: one row per sequence, the columns of ``seqlen_info.COLUMNS`` (q start,
+    k start, Sq, Sk, chunk_q, chunk_k, q_offset, k_offset), in the order the kernels read them.
 
     Built on the device without a host sync; extents are checked on the host from the shapes.
     Per-sequence ChunkSpec tensors are int32 by contract, so they fit as they are.
@@ -55,17 +56,19 @@ def sequence_table(problem: AttentionProblem) -> torch.Tensor:
         batch = problem.batch
         q_start = torch.arange(batch, device=device) * problem.q.shape[1]
         k_start = torch.arange(batch, device=device) * problem.k.shape[1]
-    columns = (
-        q_start,
-        k_start,
-        problem.seqlens_q,
-        problem.seqlens_k,
-        chunks.chunk_q,
-        chunks.chunk_k,
-        chunks.q_offset,
-        chunks.k_offset,
-    )
-    return torch.stack([c.to(device=device, dtype=torch.int32) for c in columns], dim=1)
+    from s2s.attention.cute.seqlen_info import COLUMNS
+
+    columns = {
+        "q_start": q_start,
+        "k_start": k_start,
+        "seqlen_q": problem.seqlens_q,
+        "seqlen_k": problem.seqlens_k,
+        "chunk_q": chunks.chunk_q,
+        "chunk_k": chunks.chunk_k,
+        "q_offset": chunks.q_offset,
+        "k_offset": chunks.k_offset,
+    }
+    return torch.stack([columns[name].to(device=device, dtype=torch.int32) for name in COLUMNS], dim=1)
 
 
 def _packed(t: torch.Tensor, varlen: bool) -> torch.Tensor:
@@ -100,48 +103,14 @@ def pointer(t: torch.Tensor):
     return make_ptr(element[t.dtype], address, gmem, assumed_align=16)
 
 
-def kernel_arguments(
-    tensors: list[torch.Tensor],
-    sizes: tuple[int, int, int, int],
-    table: torch.Tensor,
-    tiles: int,
-    left_chunks: int,
-    scale: float,
-    stream,
-) -> tuple:
-    """Arguments of every CuTe kernel's ``__call__``: device pointers of its contiguous tensors,
-    then the table, (total_q, total_k, heads_q, heads_k), batch, grid tiles, left_chunks, scale."""
-    import cutlass
-
-    return (
-        *(pointer(t) for t in (*tensors, table)),
-        *(cutlass.Int32(n) for n in sizes),
-        cutlass.Int32(table.shape[0]),
-        cutlass.Int32(tiles),
-        cutlass.Int32(left_chunks),
-        cutlass.Float32(scale),
-        stream,
-    )
-
-
-def sizes_of(q: torch.Tensor, k: torch.Tensor) -> tuple[int, int, int, int]:
-    """(total_q, total_k, heads_q, heads_k) of packed (total, H, D) tensors."""
-    return q.shape[0], k.shape[0], q.shape[1], k.shape[1]
-
-
-def compile_kernel(kernel, dtype: torch.dtype, head_dim: int, float32_tensors: tuple[bool, ...]):
-    """``cute.compile`` a kernel on placeholder tensors: one per pointer argument, each of the
-    input dtype (rows, heads, head_dim) or float32 (heads, rows) where ``float32_tensors`` says."""
+def compile_kernel(kernel, signature, dtype: torch.dtype, head_dim: int):
+    """``cute.compile`` a kernel against placeholders of its declared ``signature``
+    (``arguments.KernelSignature``) for one input dtype and head dim."""
     import cuda.bindings.driver as cuda
     import cutlass.cute as cute
 
-    rows, heads = 256, 2
-    rows_tensor = torch.empty(rows, heads, head_dim, dtype=dtype)
-    stats = torch.empty(heads, rows, dtype=torch.float32)
-    tensors = [stats if is_stats else rows_tensor for is_stats in float32_tensors]
-    table = torch.zeros(1, 8, dtype=torch.int32)
-    sizes = sizes_of(rows_tensor, rows_tensor)
-    return cute.compile(kernel, *kernel_arguments(tensors, sizes, table, 1, -1, 1.0, cuda.CUstream(0)))
+    placeholders = signature.placeholders(dtype, head_dim)
+    return cute.compile(kernel, *signature.arguments(placeholders, cuda.CUstream(0)))
 
 
 def specialization_name(kind: str, dtype: torch.dtype, tiles) -> str:
@@ -173,10 +142,10 @@ def compiled_forward(dtype: torch.dtype, tiles):
 
 def compile_forward(dtype: torch.dtype, tiles):
     """Build the kernel for one specialization (no caching: ``compiled_forward`` caches)."""
+    from s2s.attention.cute.arguments import FORWARD
     from s2s.attention.cute.forward_sm90 import ChunkAttentionForwardSm90
 
-    # Pointers: q, k, v, out, lse.
-    return compile_kernel(ChunkAttentionForwardSm90(tiles), dtype, tiles.head_dim, (False,) * 4 + (True,))
+    return compile_kernel(ChunkAttentionForwardSm90(tiles), FORWARD, dtype, tiles.head_dim)
 
 
 @dataclass
@@ -215,6 +184,8 @@ def prepare(
     """
     import cuda.bindings.driver as cuda
 
+    from s2s.attention.cute.arguments import FORWARD, attention_sizes
+
     varlen = problem.is_varlen
     q = _packed(problem.q, varlen).contiguous()
     k = _packed(problem.k, varlen).contiguous()
@@ -236,9 +207,8 @@ def prepare(
     q_tiles = max(1, -(-problem.max_seqlen_q // tile_m))
     left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
-    arguments = kernel_arguments(
-        [q, k, v, out, lse], sizes_of(q, k), table, q_tiles, left, problem.softmax_scale, stream
-    )
+    sizes = attention_sizes(q, k, table, q_tiles, left, problem.softmax_scale)
+    arguments = FORWARD.arguments({"q": q, "k": k, "v": v, "o": out, "lse": lse, **sizes}, stream)
     compiled = compiled or compiled_forward(problem.dtype, tiles)
     return PreparedForward(compiled, arguments, out, lse, inputs=(q, k, v), table=table)
 
