@@ -333,6 +333,7 @@ class ChunkAttentionBackwardDqSm90:
         rows = cute.size(bounds.coords, mode=[0])
         lse_log2 = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
         delta = cute.make_rmem_tensor(cute.make_layout(rows), cutlass.Float32)
+        # One loop for the bounds and the statistics: splitting it reorders the loads (and the SASS).
         for r in cutlass.range_constexpr(rows):
             row = bounds.row(row_base, r)
             lo, hi = mask.key_bounds(row)

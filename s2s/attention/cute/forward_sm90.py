@@ -31,7 +31,7 @@ from cutlass.tensor_utils import LayoutEnum
 from s2s.attention.cute.block_info import KeyTileRuns
 from s2s.attention.cute.epilogue import store_rows
 from s2s.attention.cute.fragments import accumulator_as_operand_a, as_accumulator, rows_cols
-from s2s.attention.cute.mask import ChunkMask, RowKeyBounds
+from s2s.attention.cute.mask import ChunkMask, thread_row_bounds
 from s2s.attention.cute.pipeline import loaded_once, query_side_pipelines
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import OnlineSoftmax
@@ -332,17 +332,8 @@ class ChunkAttentionForwardSm90:
 
         # Sequence-local row of each accumulator row this thread holds, and its visible keys.
         row_base = tile.m_tile * self.tiles.tile_m + wg * self.tiles.rows_per_warpgroup
-        bounds = RowKeyBounds.allocate(
-            rows_cols(
-                qk_thr.partition_C(
-                    cute.make_identity_tensor((self.tiles.rows_per_warpgroup, self.tiles.tile_n))
-                )
-            )
-        )
-        rows = cute.size(bounds.coords, mode=[0])
-        for r in cutlass.range_constexpr(rows):
-            bounds.set(r, mask.key_bounds(bounds.row(row_base, r)))
-        softmax = OnlineSoftmax.create(rows, softmax_scale)
+        bounds = thread_row_bounds(qk_thr, (self.tiles.rows_per_warpgroup, self.tiles.tile_n), mask, row_base)
+        softmax = OnlineSoftmax.create(cute.size(bounds.coords, mode=[0]), softmax_scale)
 
         # Q tile ``wg`` sits in stage ``wg`` of the Q ring, loaded once.
         q_pipe.consumer_wait(loaded_once(self.tiles.consumer_warpgroups, wg))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cutlass
 import cutlass.cute as cute
 
+from s2s.attention.cute.fragments import rows_cols
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 
 
@@ -76,3 +77,15 @@ class RowKeyBounds:
             col = self.column(c)
             if col < lo or col >= hi:
                 scores[r, c] = value
+
+
+@cute.jit
+def thread_row_bounds(
+    thr_mma: cute.ThrMma, tile: cutlass.Constexpr, mask: ChunkMask, row_base: cutlass.Int32
+):
+    """``RowKeyBounds`` of the rows a thread holds in a (rows, keys) = ``tile`` accumulator of
+    ``thr_mma`` whose first row is the sequence-local ``row_base``."""
+    bounds = RowKeyBounds.allocate(rows_cols(thr_mma.partition_C(cute.make_identity_tensor(tile))))
+    for r in cutlass.range_constexpr(cute.size(bounds.coords, mode=[0])):
+        bounds.set(r, mask.key_bounds(bounds.row(row_base, r)))
+    return bounds
