@@ -114,11 +114,12 @@ def seconds_per_call(fn: Callable[[], object], calls: int, device: torch.device)
     return start.elapsed_time(end) / 1000 / calls
 
 
-def measured_gemm_tflops(size: int = 8192, calls: int = 20) -> float:
-    """TFLOP/s of a square bf16 matmul on this GPU: the tensor cores' practical rate."""
+def measured_gemm_tflops(size: int = 8192, calls: int = 50) -> float:
+    """TFLOP/s of a square bf16 matmul on this GPU: the tensor cores' practical rate (after a
+    warm-up long enough for the clocks to settle)."""
     a, b = (torch.randn(size, size, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     c = torch.empty_like(a)
-    for _ in range(3):
+    for _ in range(20):
         torch.mm(a, b, out=c)
     seconds = seconds_per_call(lambda: torch.mm(a, b, out=c), calls, torch.device("cuda"))
     return 2 * size**3 / seconds / 1e12

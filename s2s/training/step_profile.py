@@ -142,11 +142,18 @@ def breakdown(
     )
 
 
+def _is_marker(event) -> bool:
+    """A device-timeline event that is no GPU work: a mirrored annotation or a host sync."""
+    kind = str(getattr(event, "activity_type", "") or "").lower()
+    return bool(getattr(event, "is_user_annotation", False)) or "annotation" in kind or "sync" in kind
+
+
 def kernels_and_window(events: Iterable, step_name: str) -> tuple[list[KernelSpan], tuple[float, float]]:
     """GPU activities of a torch.profiler run and the window of its ``step_name`` ranges.
 
-    ``events`` are ``profile.events()``: device-side ones are the kernels (user annotations that
-    kineto mirrors onto the GPU timeline are skipped); host-side ``record_function(step_name)``
+    ``events`` are ``profile.events()``: device-side ones are the kernels, memcpys and memsets
+    (user annotations that kineto mirrors onto the GPU timeline, and sync records, are skipped);
+    host-side ``record_function(step_name)``
     ranges give the window, which runs on to the last kernel of the last step.
     """
     from torch.autograd import DeviceType
@@ -157,7 +164,7 @@ def kernels_and_window(events: Iterable, step_name: str) -> tuple[list[KernelSpa
         if event.device_type == DeviceType.CPU:
             if event.name == step_name:
                 steps.append(span)
-        elif event.name != step_name and not getattr(event, "is_user_annotation", False):
+        elif event.name != step_name and not _is_marker(event):
             kernels.append(KernelSpan(event.name, *span))
     if not steps:
         raise ValueError(f"no {step_name!r} range in the profile: wrap each step in record_function")

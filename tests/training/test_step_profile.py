@@ -86,12 +86,13 @@ def test_breakdown_of_a_fake_profile():
     assert "| cute | 0.1 | 0.0 (30%) | 0.0 (25%) | 0.0 (10%) | 0.0 (10%) | 0.0 (30%) |" in table
 
 
-def _event(name, start, end, device, annotation=False):
+def _event(name, start, end, device, annotation=False, kind="kernel"):
     return SimpleNamespace(
         name=name,
         time_range=SimpleNamespace(start=start, end=end),
         device_type=device,
         is_user_annotation=annotation,
+        activity_type=kind,
     )
 
 
@@ -105,6 +106,7 @@ def test_kernels_and_window_from_profiler_events():
         _event("train_step", 20, 120, DeviceType.CUDA, annotation=True),  # kineto's GPU mirror
         _event("gemm_a", 20, 40, DeviceType.CUDA),
         _event("gemm_b", 95, 130, DeviceType.CUDA),
+        _event("Stream Sync", 40, 95, DeviceType.CUDA, kind="cuda_sync"),  # a host wait, no work
     ]
     kernels, window = kernels_and_window(events, "train_step")
     assert [k.name for k in kernels] == ["gemm_a", "gemm_b"]
