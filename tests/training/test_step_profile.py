@@ -26,8 +26,22 @@ from s2s.training.step_profile import (
 @pytest.mark.parametrize(
     ("name", "category"),
     [
+        # Our CuTe kernels' symbols (from their sm_90a cubins): the DSL's "cutlass" prefix, then the
+        # kernel method and the class with its module path.
         (
             "kernel_cutlass_kernel_s2sattentioncuteforward_sm90ChunkAttentionForwardSm90_object_at__0",
+            "attention",
+        ),
+        (
+            "kernel_cutlass_keys_kernel_s2sattentioncutebackward_dkdv_sm90ChunkAttentionBackwardDkDvSm90_0",
+            "attention",
+        ),
+        (
+            "kernel_cutlass_dq_kernel_s2sattentioncutebackward_dq_sm90ChunkAttentionBackwardDqSm90_object_0",
+            "attention",
+        ),
+        (
+            "kernel_cutlass_kernel_s2sattentioncutebackward_prologue_sm90BackwardPrologueSm90_object_at__0",
             "attention",
         ),
         ("kernel_cutlass_kernel_flash_attncuteflash_bwd_sm90FlashAttentionBackwardSm90_0", "attention"),
