@@ -134,3 +134,41 @@ def test_bench_shape_rows_on_the_cpu(bench, monkeypatch):
     if "fa4-chunk" in by_name:
         assert by_name["fa4-chunk"]["error"].startswith("n/a: ModuleNotFoundError")
         assert "tflops" not in by_name["fa4-chunk"] and "bwd_error" not in by_name["fa4-chunk"]
+
+
+def test_main_leaves_out_fa4_with_a_reason_and_keeps_to_its_time_budget(bench, monkeypatch, capsys):
+    """The driver on a stubbed GPU: FlashAttention-4 rows absent with one line saying why; after
+    the budget no new shape starts, and the tables of the shapes done still print."""
+    clock = iter(range(0, 1000, 10))  # each reading of the clock is 10 s later
+    shapes_run = []
+
+    def fake_shape(head_dim, seqlen, chunk, tokens, width, backends, backward):
+        shapes_run.append((head_dim, seqlen, chunk, tuple(backends)))
+        return [
+            {
+                "backend": b,
+                "head_dim": head_dim,
+                "seqlen": seqlen,
+                "chunk": chunk,
+                "tflops": 1.0,
+                "bwd_tflops": 2.0,
+            }
+            for b in backends
+        ]
+
+    monkeypatch.setattr(bench.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(bench, "bench_shape", fake_shape)
+    monkeypatch.setattr(bench, "cuda_context_lost", lambda: None)
+    monkeypatch.setattr(bench, "fa4_unavailable", lambda: "flash_attn.cute does not import (ImportError: x)")
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda: "Fake GPU")
+    argv = ["bench_attention.py", "--backward", "--dims", "64", "--chunks", "128", "--time-budget", "15"]
+    monkeypatch.setattr(bench.sys, "argv", argv)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "FlashAttention-4 rows left out: flash_attn.cute does not import (ImportError: x)" in out
+    # started at 0; shape 1 starts at 10 s, shape 2 at 20 s > 15: only one shape runs.
+    assert shapes_run == [(64, 1024, 128, bench.BACKENDS)]
+    assert "time budget of 15 s spent: not run: d64 S4096 C128, d64 S16384 C128" in out
+    assert "| 64 | 1024 | 128 | 1 | 1 | 1 | 1 | 1 | 1 | 1.00x |" in out
+    assert "| 64 | 1024 | 128 | 2 | 2 | 2 | 2 | 2 | 2 | 1.00x |" in out
