@@ -66,8 +66,20 @@ CASES = [
         64,
         ChunkSpec(per_seq(4, 1, 8), chunk_k=per_seq(16, 4, 32), left_chunks=4),
     ),
+    # The fused backward's 128-row query tiles at head dim 64: tiles that straddle chunks, a
+    # limited history, GQA groups of 4, a decode step and rows that see no key.
+    ("d64-offsets-left-gqa4", 700, 900, 8, 2, 64, ChunkSpec(200, left_chunks=1, q_offset=250, k_offset=30)),
+    ("streaming-step-d64", 4, 3000, 8, 2, 64, ChunkSpec(4, q_offset=2996)),
+    ("empty-rows-d64", 64, 32, 2, 2, 64, ChunkSpec(2, left_chunks=0, q_offset=40)),
 ]
 CASE_IDS = [c[0] for c in CASES]
+# The fused backward at head dim 64 runs either tiling (S2S_CUTE_BWD_D64): every d64 case runs both.
+D64_TILINGS = ("wide", "legacy")
+FUSED_CASES = [
+    pytest.param(case, tiling, id=case[0] if tiling is None else f"{case[0]}-{tiling}")
+    for case in CASES
+    for tiling in (D64_TILINGS if case[5] == 64 else (None,))
+]
 
 
 def make_case(case, dtype, generator):
@@ -132,7 +144,17 @@ def test_forward_matches_reference(case, dtype, generator):
     assert lse_error <= 2e-2, f"LSE max abs error {lse_error:.2e}"
 
 
-EDGE_CASES = ("varlen", "empty", "streaming", "d64-long-varlen")
+EDGE_CASES = ("varlen", "empty", "streaming", "d64-long-varlen", "d64-offsets")
+WRITE_CASES = [
+    pytest.param(case, deterministic, tiling, id=f"{case[0]}-{name}")
+    for case in CASES
+    if case[0].startswith(EDGE_CASES)
+    for deterministic, tiling, name in (
+        [(False, None, "fused")]
+        + ([(False, "legacy", "fused-d64-legacy")] if case[5] == 64 else [])
+        + [(True, None, "deterministic")]
+    )
+]
 
 
 def reference_gradients(q, k, v, spec, cu_q, cu_k, grad_out):
@@ -155,12 +177,22 @@ def assert_gradients_close(got, want, dtype):
         assert error <= 2e-2, f"{name} relative error {error:.2e}"
 
 
+def use_d64_tiling(monkeypatch, tiling):
+    """Select the fused backward's head-dim-64 tiling the way a benchmark does (None: default)."""
+    from s2s.attention.cute.backward import BWD_D64_ENV
+
+    if tiling is not None:
+        monkeypatch.setenv(BWD_D64_ENV, tiling)
+
+
 @pytest.mark.gpu
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_fused_gradients_match_reference(case, dtype, generator):
-    """The default backward: one fused kernel, dQ reduced in float32 by TMA reduce-adds."""
+@pytest.mark.parametrize(("case", "tiling"), FUSED_CASES)
+def test_fused_gradients_match_reference(case, tiling, dtype, generator, monkeypatch):
+    """The default backward: one fused kernel, dQ reduced in float32 by TMA reduce-adds; at
+    head dim 64 in both tilings."""
+    use_d64_tiling(monkeypatch, tiling)
     q, k, v, spec, cu_q, cu_k = make_case(case, dtype, generator)
     grad_out = torch.randn(q.shape, generator=generator).to(q.device, dtype)
     got = cute_gradients(q, k, v, spec, cu_q, cu_k, grad_out)
@@ -191,13 +223,14 @@ def test_deterministic_gradients_match_reference_and_repeat_bit_for_bit(case, dt
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("deterministic", [False, True], ids=["fused", "deterministic"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[0].startswith(EDGE_CASES)], ids=lambda c: c[0])
-def test_backward_writes_every_gradient(case, deterministic, generator):
-    """NaN-filled gradient buffers come back finite and right: every element is written."""
+@pytest.mark.parametrize(("case", "deterministic", "tiling"), WRITE_CASES)
+def test_backward_writes_every_gradient(case, deterministic, tiling, generator, monkeypatch):
+    """NaN-filled gradient buffers come back finite and right: every element is written (the
+    fused kernel at head dim 64 in both tilings)."""
     from s2s.attention.cute.backward import backward
     from s2s.attention.cute.launch import prepare
 
+    use_d64_tiling(monkeypatch, tiling)
     q, k, v, spec, cu_q, cu_k = make_case(case, torch.bfloat16, generator)
     grad_out = torch.randn(q.shape, generator=generator).to(q.device, q.dtype)
     problem = make_problem(q, k, v, spec, cu_q, cu_k)
@@ -307,6 +340,8 @@ from s2s.attention.cute.backward import backward_tiles, compiled_backward, compi
 dtype, head_dim = getattr(torch, sys.argv[1]), int(sys.argv[2])
 for kind in ("fused", "dq", "dkdv"):
     compiled_backward(kind, dtype, backward_tiles(head_dim, kind))
+if head_dim == 64:  # the fused kernel's other tiling, selectable with S2S_CUTE_BWD_D64
+    compiled_backward("fused", dtype, backward_tiles(head_dim, "fused", "legacy"))
 for zero_dq in (True, False):
     compiled_prologue(dtype, head_dim, zero_dq)
 print("built")
@@ -327,4 +362,28 @@ def test_backward_kernels_build_for_sm90a(dtype, head_dim, tmp_path):
         timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert len(list((tmp_path / "cache").glob("bwd_*.o"))) == 5
+    assert len(list((tmp_path / "cache").glob("bwd_*.o"))) == (6 if head_dim == 64 else 5)
+
+
+def test_d64_backward_tiling_follows_the_environment(monkeypatch):
+    """S2S_CUTE_BWD_D64 picks the fused kernel's head-dim-64 tiling at launch (wide by default);
+    the two are different specializations; d128 and the deterministic pair do not change."""
+    from s2s.attention.cute.backward import BWD_D64_ENV, backward_tiles
+    from s2s.attention.cute.launch import specialization_name
+
+    monkeypatch.delenv(BWD_D64_ENV, raising=False)
+    wide = backward_tiles(64, "fused")
+    assert (wide.tile_m, wide.q_stages, wide.dq_by_rows, wide.dq_slice) == (128, 2, True, (64, 64))
+    monkeypatch.setenv(BWD_D64_ENV, "legacy")
+    legacy = backward_tiles(64, "fused")
+    assert (legacy.tile_m, legacy.q_stages, legacy.dq_by_rows, legacy.dq_slice) == (64, 3, False, (64, 32))
+    assert specialization_name("bwd_fused", torch.bfloat16, wide) != specialization_name(
+        "bwd_fused", torch.bfloat16, legacy
+    )
+    for tiling in ("wide", "legacy"):
+        monkeypatch.setenv(BWD_D64_ENV, tiling)
+        assert backward_tiles(128, "fused").tile_m == 64
+        assert backward_tiles(64, "dkdv").tile_m == 64
+    monkeypatch.setenv(BWD_D64_ENV, "huge")
+    with pytest.raises(ValueError, match=BWD_D64_ENV):
+        backward_tiles(64, "fused")

@@ -3,32 +3,58 @@ LSE and per-sequence table): delta = rowsum(dO * O), then either
 
 - the fused kernel (default): key tiles walk the query tiles that see them and produce dK, dV
   and dQ, dQ added into a float32 buffer by TMA reduce-adds (five GEMMs per tile pair); the
-  order of those additions varies, so dQ can differ in its last bits from run to run; or
+  order of those additions varies, so dQ can differ in its last bits from run to run; at head
+  dim 64 its query tiles have 128 rows (see ``backward_tiles``); or
 - the deterministic pair (``deterministic=True``, or ``torch.use_deterministic_algorithms``):
   a dQ kernel (query tiles walk their key tiles) and a dK/dV kernel; every output row has one
   owner, so gradients are bit-identical on repeat, at seven GEMMs per tile pair.
+
+``S2S_CUTE_BWD_D64`` (read on the host at every launch) picks the fused kernel's tiling at head
+dim 64, for A/B runs in one process: ``wide`` (default) 128-row query tiles, each warpgroup
+computing 64 rows x 64 columns of dQ; ``legacy`` the 64-row tiles with 64 x 32 dQ slices that
+d128 uses. The two are different specializations (different names in the kernel cache).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
 from s2s.attention.cute.launch import compile_kernel, specialization_name
 from s2s.attention.problem import AttentionProblem
 
+BWD_D64_ENV = "S2S_CUTE_BWD_D64"
+BWD_D64_TILINGS = ("wide", "legacy")
 
-def backward_tiles(head_dim: int, kind: str = "fused"):
+
+def bwd_d64_tiling() -> str:
+    """The fused backward's tiling at head dim 64 from ``S2S_CUTE_BWD_D64``: wide or legacy."""
+    tiling = os.environ.get(BWD_D64_ENV, "wide").strip().lower() or "wide"
+    if tiling not in BWD_D64_TILINGS:
+        raise ValueError(f"{BWD_D64_ENV} must be one of {BWD_D64_TILINGS}, got {tiling!r}")
+    return tiling
+
+
+def backward_tiles(head_dim: int, kind: str = "fused", d64_tiling: str | None = None):
     """Two consumer warpgroups of 64 rows: the accumulators of a step fit in 240 registers.
     The ``"dq"`` kernel walks key tiles like the forward (``ForwardTiles``); the ``"dkdv"`` and
     ``"fused"`` kernels own 128 keys and walk 64-row query tiles (``KeyTiles``). The fused
     kernel keeps three Q/dO stages: with its dS and dQ staging buffers, four would overflow the
-    227 KB of shared memory (three leave 1 KB)."""
+    227 KB of shared memory (three leave 1 KB).
+
+    At head dim 64 the fused kernel walks 128-row query tiles (``d64_tiling``, by default
+    ``S2S_CUTE_BWD_D64``, ``"wide"``): twice the GEMM work per pipeline stage, barrier and
+    statistics exchange, dQ split by rows into 64 x 64 slices; its S^T and dP^T (64 x 128 per
+    warpgroup) and dK/dV (64 x 64) fit in 240 registers as d128's 64 x 64 and 64 x 128 do. Two
+    Q/dO stages of 128 rows: 32 KB of K/V, 64 KB of Q/dO, 64 KB of dS, 32 KB of dQ staging."""
     from s2s.attention.cute.tiles import ForwardTiles, KeyTiles
 
     if kind == "dq":
         return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=4)
+    if kind == "fused" and head_dim == 64 and (d64_tiling or bwd_d64_tiling()) == "wide":
+        return KeyTiles(head_dim=head_dim, tile_m=128, consumer_warpgroups=2, q_stages=2)
     return KeyTiles(head_dim=head_dim, consumer_warpgroups=2, q_stages=3 if kind == "fused" else 4)
 
 

@@ -17,6 +17,13 @@ dQ = dS K over all 128 keys. It stages that slice in shared memory, and a warp o
 warpgroup adds it to a float32 dQ buffer in global memory with a TMA reduce-add, which the L2
 applies atomically: five GEMMs per tile pair instead of the two-kernel path's seven, at the price
 of a float32 dQ buffer and an order of additions that varies from run to run.
+
+At head dim 64 the fused kernel walks 128-row query tiles (``KeyTiles.tile_m = 128``, two stages),
+as FlashAttention's sm90 backward does: S^T and dP^T are 64 x 128 per warpgroup, each thread
+shares the statistics of one query row, and dQ is split by rows (``KeyTiles.dq_by_rows``): each
+warpgroup computes 64 query rows x all 64 columns from its rows of dS and all of K, twice the
+work per pipeline stage, barrier and dQ hand-off of the 64-row tiling. ``S2S_CUTE_BWD_D64=legacy``
+(read on the host at launch, see ``backward.backward_tiles``) selects the 64-row tiling instead.
 """
 
 from __future__ import annotations
@@ -33,7 +40,13 @@ from cutlass.tensor_utils import LayoutEnum
 from s2s.attention.cute.epilogue import store_rows
 from s2s.attention.cute.fragments import accumulator_as_operand_a, as_accumulator, rows_cols
 from s2s.attention.cute.mask import ChunkMask
-from s2s.attention.cute.named_barrier import DqHandshake, NamedBarrier, sync_consumers, sync_warpgroup
+from s2s.attention.cute.named_barrier import (
+    WARPGROUP_THREADS,
+    DqHandshake,
+    NamedBarrier,
+    sync_consumers,
+    sync_warpgroup,
+)
 from s2s.attention.cute.pipeline import WARPS_PER_WARPGROUP, loaded_once, tma_pipeline, warpgroup_order
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import LOG2_E
@@ -48,6 +61,8 @@ class ChunkAttentionBackwardDkDvSm90:
     ``with_dq``."""
 
     def __init__(self, tiles: KeyTiles, with_dq: bool):
+        if tiles.tile_m not in (WARPGROUP_THREADS // 2, WARPGROUP_THREADS):
+            raise ValueError(f"query tiles of 64 or 128 rows (a thread's statistics), got {tiles.tile_m}")
         self.tiles = tiles
         self.with_dq = with_dq
 
@@ -75,7 +90,7 @@ class ChunkAttentionBackwardDkDvSm90:
         stream: cuda.CUstream,
     ):
         d = self.tiles.head_dim
-        dq_cols = d // self.tiles.consumer_warpgroups  # with_dq: each warpgroup owns a slice of dQ's head dim
+        dq_rows, dq_cols = self.tiles.dq_slice  # with_dq: each warpgroup's slice of a tile's dQ
         mQ, mdO, mdQ = (rows_view(p, total_q, heads_q, d) for p in (q, do, dq_accum))
         mK, mV, mdK, mdV = (rows_view(p, total_k, heads_k, d) for p in (k, v, dk, dv))
         mLSE, mDelta = stats_view(lse, total_q, heads_q), stats_view(delta, total_q, heads_q)
@@ -92,7 +107,8 @@ class ChunkAttentionBackwardDkDvSm90:
             d,
             self.tiles.tile_m,
         )  # dK and dV: (keys, head dim), K = queries
-        dq_shape = (self.tiles.tile_m, dq_cols, self.tiles.tile_n)  # dQ slice: (queries, head dim), K = keys
+        dq_shape = (dq_rows, dq_cols, self.tiles.tile_n)  # dQ slice: (queries, head dim), K = keys
+        ds_shape = (self.tiles.tile_m, dq_cols, self.tiles.tile_n)  # dS of the whole tile: (queries, keys)
         k_major = cute.nvgpu.OperandMajorMode.K
         mn_major = cute.nvgpu.OperandMajorMode.MN
         st_mma = sm90_utils.make_trivial_tiled_mma(
@@ -142,7 +158,7 @@ class ChunkAttentionBackwardDkDvSm90:
             dq_mma = sm90_utils.make_trivial_tiled_mma(
                 self.dtype, self.dtype, mn_major, mn_major, cutlass.Float32, (1, 1, 1), dq_shape[:2]
             )
-            sdS_layout = sm90_utils.make_smem_layout_a(LayoutEnum.COL_MAJOR, dq_shape, self.dtype, DS_BUFFERS)
+            sdS_layout = sm90_utils.make_smem_layout_a(LayoutEnum.COL_MAJOR, ds_shape, self.dtype, DS_BUFFERS)
             sdQ_layout = sm90_utils.make_smem_layout_epi(
                 cutlass.Float32, LayoutEnum.ROW_MAJOR, dq_shape[:2], self.tiles.consumer_warpgroups
             )
@@ -414,7 +430,7 @@ class ChunkAttentionBackwardDkDvSm90:
             dq_mma = mmas[2]
             sdS, sdQ = smem[4:]
             dq_thr = dq_mma.get_slice(thread)
-            dq_cols = d // self.tiles.consumer_warpgroups
+            dq_rows, dq_cols = self.tiles.dq_slice
             # dS^T of this warpgroup's keys into its half of each dS buffer, seen as (keys, queries).
             sdSt = cute.make_tensor(sdS.iterator, cute.select(sdS.layout, mode=[1, 0, 2]))
             tSsdS = st_thr.partition_C(
@@ -423,18 +439,26 @@ class ChunkAttentionBackwardDkDvSm90:
                 )
             )
             # dQ slice = dS (all 128 keys) x K^T slice; K's two 64-key stages are two K-halves.
-            tDrdS = dq_thr.make_fragment_A(dq_thr.partition_A(sdS))
+            # By rows: this warpgroup's query rows of dS and all of K^T; by columns: all of dS
+            # and this warpgroup's head-dim columns of K^T.
+            dq_column_block = wg
+            if cutlass.const_expr(self.tiles.dq_by_rows):
+                dq_column_block = 0
+                sdS_rows = cute.local_tile(sdS, (dq_rows, self.tiles.tile_n, DS_BUFFERS), (wg, 0, 0))
+                tDrdS = dq_thr.make_fragment_A(dq_thr.partition_A(sdS_rows))
+            else:
+                tDrdS = dq_thr.make_fragment_A(dq_thr.partition_A(sdS))
             sKt = cute.make_tensor(sK.iterator, cute.select(sK.layout, mode=[1, 0, 2]))
             tDrKt = dq_thr.make_fragment_B(
                 dq_thr.partition_B(
                     cute.local_tile(
                         sKt,
                         (dq_cols, self.tiles.keys_per_warpgroup, self.tiles.consumer_warpgroups),
-                        (wg, 0, 0),
+                        (dq_column_block, 0, 0),
                     )
                 )
             )
-            acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((self.tiles.tile_m, dq_cols)))
+            acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((dq_rows, dq_cols)))
             dq_mma.set(warpgroup.Field.ACCUMULATE, True)  # acc_dq is zeroed per tile instead
             tDsdQ = dq_thr.partition_C(sdQ[None, None, wg])
             dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ)
@@ -536,7 +560,10 @@ class ChunkAttentionBackwardDkDvSm90:
             cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
         warpgroup.commit_group()
         order.arrive()
-        stat = self.load_statistic(keys, m * self.tiles.tile_m, mask.seqlen, head, thread)
+        if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
+            stat = self.load_row_statistics(keys, m * self.tiles.tile_m, mask.seqlen, head, thread)
+        else:
+            stat = self.load_statistic(keys, m * self.tiles.tile_m, mask.seqlen, head, thread)
         warpgroup.wait_group(0)
         rows = (m * self.tiles.tile_m, mask, wg, thread)
         self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
@@ -599,10 +626,23 @@ class ChunkAttentionBackwardDkDvSm90:
         )
 
     @cute.jit
+    def load_row_statistics(self, keys: tuple, row_first: cutlass.Int32, seqlen: SeqlenInfo, head, thread):
+        """128-row tiles: LSE * log2(e) and delta of row ``thread``, loaded while the tile's GEMMs
+        run. Queries past the sequence get LSE +inf, so P = 0 and they add nothing."""
+        _, _, mLSE, mDelta, _, _, _ = keys
+        row = row_first + thread
+        lse_log2 = cutlass.Float32.inf
+        delta = cutlass.Float32(0.0)
+        if row < seqlen.seqlen_q:
+            lse_log2 = mLSE[seqlen.q_start + row, head] * LOG2_E
+            delta = mDelta[seqlen.q_start + row, head]
+        return lse_log2, delta
+
+    @cute.jit
     def load_statistic(self, keys: tuple, row_first: cutlass.Int32, seqlen: SeqlenInfo, head, thread):
-        """One per-query statistic per thread, loaded while the tile's GEMMs run: LSE * log2(e)
-        of row ``thread`` for threads 0-63, delta of row ``thread - 64`` for 64-127. Queries past
-        the sequence get LSE +inf, so P = 0 and they add nothing (to dQ either)."""
+        """64-row tiles: one per-query statistic per thread, loaded while the tile's GEMMs run:
+        LSE * log2(e) of row ``thread`` for threads 0-63, delta of row ``thread - 64`` for 64-127.
+        Queries past the sequence get LSE +inf, so P = 0 and they add nothing (to dQ either)."""
         _, _, mLSE, mDelta, _, _, _ = keys
         q_start, seqlen_q = seqlen.q_start, seqlen.seqlen_q
         row = row_first + thread % self.tiles.tile_m
@@ -632,7 +672,12 @@ class ChunkAttentionBackwardDkDvSm90:
         need no scaling afterwards."""
         tScS, key_base, _, _, stats, scale_log2, softmax_scale = keys
         row_first, mask, wg, thread = rows
-        stats[thread % self.tiles.tile_m, thread // self.tiles.tile_m] = stat
+        if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
+            lse_log2, delta = stat
+            stats[thread, 0] = lse_log2
+            stats[thread, 1] = delta
+        else:
+            stats[thread % self.tiles.tile_m, thread // self.tiles.tile_m] = stat
         sync_warpgroup(wg)
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
@@ -677,11 +722,9 @@ class ChunkAttentionBackwardDkDvSm90:
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
                 rows = cute.domain_offset((q_start + m * self.tiles.tile_m, 0), mdQ[None, None, head])
-                gdQ = cute.local_tile(
-                    rows,
-                    (self.tiles.tile_m, self.tiles.head_dim // self.tiles.consumer_warpgroups),
-                    (0, None),
-                )
+                # Slice w of the tile: its w-th row block (by rows) or column block (by columns).
+                blocks = (None, 0) if cutlass.const_expr(self.tiles.dq_by_rows) else (0, None)
+                gdQ = cute.local_tile(rows, self.tiles.dq_slice, blocks)
                 tRsR, tRgR = cpasync.tma_partition(
                     tma_dq, 0, cute.make_layout(1), cute.group_modes(sdQ, 0, 2), cute.group_modes(gdQ, 0, 2)
                 )

@@ -62,7 +62,7 @@ class KeyTiles(_WarpRoles):
     the dK/dV kernel and the fused backward."""
 
     head_dim: int
-    tile_m: int = 64  # query rows per step: keeps S^T, dP^T, dK and dV in registers together
+    tile_m: int = 64  # query rows per step: 128 at d64 (S^T, dP^T, dK and dV still fit in registers)
     keys_per_warpgroup: int = WARPGROUP_ROWS
     consumer_warpgroups: int = 2
     q_stages: int = 4
@@ -70,6 +70,20 @@ class KeyTiles(_WarpRoles):
     @property
     def tile_n(self) -> int:
         return self.keys_per_warpgroup * self.consumer_warpgroups
+
+    @property
+    def dq_by_rows(self) -> bool:
+        """With dQ: a query tile of at least 64 rows per warpgroup splits dQ = dS K by rows (each
+        warpgroup 64 rows x the whole head dim: fewer, wider GEMMs, dS read once); a 64-row tile
+        can only split it by head-dim columns."""
+        return self.tile_m >= WARPGROUP_ROWS * self.consumer_warpgroups
+
+    @property
+    def dq_slice(self) -> tuple[int, int]:
+        """(rows, columns) of the dQ slice one warpgroup computes and stages per query tile."""
+        if self.dq_by_rows:
+            return self.tile_m // self.consumer_warpgroups, self.head_dim
+        return self.tile_m, self.head_dim // self.consumer_warpgroups
 
     @property
     def label(self) -> str:
