@@ -54,6 +54,7 @@ from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
 from s2s.attention.cute.views import rows_view, stats_view, table_view
 
 DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still read tile m's
+ROW_STATISTICS = 4  # 128-row tiles: LSE * log2(e), delta, first and past-last visible key per query
 
 
 class ChunkAttentionBackwardDkDvSm90:
@@ -560,13 +561,15 @@ class ChunkAttentionBackwardDkDvSm90:
             cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
         warpgroup.commit_group()
         order.arrive()
+        rows = (m * self.tiles.tile_m, mask, wg, thread)
         if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
-            stat = self.load_row_statistics(keys, m * self.tiles.tile_m, mask.seqlen, head, thread)
+            stat = self.load_row_statistics(masked, keys, rows, head)
+            warpgroup.wait_group(0)
+            self.row_probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
         else:
             stat = self.load_statistic(keys, m * self.tiles.tile_m, mask.seqlen, head, thread)
-        warpgroup.wait_group(0)
-        rows = (m * self.tiles.tile_m, mask, wg, thread)
-        self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
+            warpgroup.wait_group(0)
+            self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
         as_accumulator(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         ds_acc = as_accumulator(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
@@ -620,23 +623,76 @@ class ChunkAttentionBackwardDkDvSm90:
 
     def statistics_layout(self):
         """Per warpgroup, the current query tile's (LSE * log2(e), delta) pairs, interleaved so a
-        column's two values are one 8-byte shared-memory load."""
+        column's two values are one 8-byte shared-memory load. With 128-row tiles, four values
+        per query (one 16-byte load): the pair, then the row's visible keys [lo, hi) relative to
+        the warpgroup's first key (masked tiles only)."""
+        values = ROW_STATISTICS if self.tiles.tile_m == WARPGROUP_THREADS else 2
         return cute.make_layout(
-            (self.tiles.tile_m, 2, self.tiles.consumer_warpgroups), stride=(2, 1, 2 * self.tiles.tile_m)
+            (self.tiles.tile_m, values, self.tiles.consumer_warpgroups),
+            stride=(values, 1, values * self.tiles.tile_m),
         )
 
     @cute.jit
-    def load_row_statistics(self, keys: tuple, row_first: cutlass.Int32, seqlen: SeqlenInfo, head, thread):
+    def load_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, head):
         """128-row tiles: LSE * log2(e) and delta of row ``thread``, loaded while the tile's GEMMs
-        run. Queries past the sequence get LSE +inf, so P = 0 and they add nothing."""
-        _, _, mLSE, mDelta, _, _, _ = keys
+        run, and for a masked tile the row's visible keys relative to the warpgroup's first key,
+        clipped to [0, 64] (exact in float32; the same comparisons for keys 0..63): one row's
+        chunk arithmetic per thread instead of one per column it holds. Queries past the sequence
+        get LSE +inf, so P = 0 and they add nothing."""
+        _, key_base, mLSE, mDelta, _, _, _ = keys
+        row_first, mask, _, thread = rows
+        seqlen = mask.seqlen
         row = row_first + thread
         lse_log2 = cutlass.Float32.inf
         delta = cutlass.Float32(0.0)
         if row < seqlen.seqlen_q:
             lse_log2 = mLSE[seqlen.q_start + row, head] * LOG2_E
             delta = mDelta[seqlen.q_start + row, head]
-        return lse_log2, delta
+        lo = cutlass.Float32(0.0)
+        hi = cutlass.Float32(0.0)
+        if cutlass.const_expr(masked):
+            keys_lo, keys_hi = mask.key_bounds(row)
+            span = self.tiles.keys_per_warpgroup
+            lo = cutlass.Float32(cutlass.min(cutlass.max(keys_lo - key_base, 0), span))
+            hi = cutlass.Float32(cutlass.min(cutlass.max(keys_hi - key_base, 0), span))
+        return lse_log2, delta, lo, hi
+
+    @cute.jit
+    def row_probabilities_and_ds(
+        self,
+        masked: cutlass.Constexpr,
+        acc_st: cute.Tensor,
+        acc_dpt: cute.Tensor,
+        keys: tuple,
+        stat: tuple,
+        rows: tuple,
+    ):
+        """``probabilities_and_ds`` for 128-row tiles: each thread shares its row's statistics
+        (and, masked, its visible keys) through shared memory; a column reads them in one load."""
+        tScS, _, _, _, stats, scale_log2, softmax_scale = keys
+        _, _, wg, thread = rows
+        for i in cutlass.range_constexpr(ROW_STATISTICS if masked else 2):
+            stats[thread, i] = stat[i]
+        sync_warpgroup(wg)
+        st = rows_cols(acc_st)
+        dpt = rows_cols(acc_dpt)
+        for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
+            column = tScS[0, c][1]
+            lse_log2 = stats[column, 0]
+            delta_scaled = stats[column, 1] * softmax_scale
+            lo = cutlass.Float32(0.0)
+            hi = cutlass.Float32(0.0)
+            if cutlass.const_expr(masked):
+                lo = stats[column, 2]
+                hi = stats[column, 3]
+            for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
+                p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
+                if cutlass.const_expr(masked):
+                    key = cutlass.Float32(tScS[r, 0][0])
+                    if key < lo or key >= hi:
+                        p = cutlass.Float32(0.0)
+                st[r, c] = p
+                dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
 
     @cute.jit
     def load_statistic(self, keys: tuple, row_first: cutlass.Int32, seqlen: SeqlenInfo, head, thread):
@@ -672,12 +728,7 @@ class ChunkAttentionBackwardDkDvSm90:
         need no scaling afterwards."""
         tScS, key_base, _, _, stats, scale_log2, softmax_scale = keys
         row_first, mask, wg, thread = rows
-        if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
-            lse_log2, delta = stat
-            stats[thread, 0] = lse_log2
-            stats[thread, 1] = delta
-        else:
-            stats[thread % self.tiles.tile_m, thread // self.tiles.tile_m] = stat
+        stats[thread % self.tiles.tile_m, thread // self.tiles.tile_m] = stat
         sync_warpgroup(wg)
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
