@@ -33,7 +33,7 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 import cutlass.utils.hopper_helpers as sm90_utils
-from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.cute.nvgpu import cpasync, warp, warpgroup
 from cutlass.memory import SmemAllocator
 from cutlass.tensor_utils import LayoutEnum
 
@@ -434,11 +434,20 @@ class ChunkAttentionBackwardDkDvSm90:
             dq_rows, dq_cols = self.tiles.dq_slice
             # dS^T of this warpgroup's keys into its half of each dS buffer, seen as (keys, queries).
             sdSt = cute.make_tensor(sdS.iterator, cute.select(sdS.layout, mode=[1, 0, 2]))
-            tSsdS = st_thr.partition_C(
-                cute.local_tile(
-                    sdSt, (self.tiles.keys_per_warpgroup, self.tiles.tile_m, DS_BUFFERS), (wg, 0, 0)
-                )
+            sdSt_wg = cute.local_tile(
+                sdSt, (self.tiles.keys_per_warpgroup, self.tiles.tile_m, DS_BUFFERS), (wg, 0, 0)
             )
+            ds_store = None
+            if cutlass.const_expr(self.tiles.dq_by_rows):
+                # stmatrix: a key's 8 consecutive queries are one 16-byte row of sdS, four 8 x 8
+                # blocks per instruction instead of a 4-byte store per pair of queries.
+                ds_store = cute.make_tiled_copy_C(
+                    cute.make_copy_atom(warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype),
+                    st_mma,
+                ).get_slice(thread)
+                tSsdS = ds_store.partition_D(sdSt_wg)
+            else:
+                tSsdS = st_thr.partition_C(sdSt_wg)
             # dQ slice = dS (all 128 keys) x K^T slice; K's two 64-key stages are two K-halves.
             # By rows: this warpgroup's query rows of dS and all of K^T; by columns: all of dS
             # and this warpgroup's head-dim columns of K^T.
@@ -462,7 +471,7 @@ class ChunkAttentionBackwardDkDvSm90:
             acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((dq_rows, dq_cols)))
             dq_mma.set(warpgroup.Field.ACCUMULATE, True)  # acc_dq is zeroed per tile instead
             tDsdQ = dq_thr.partition_C(sdQ[None, None, wg])
-            dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ)
+            dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ, ds_store)
 
         key_base = n_tile * self.tiles.tile_n + wg * self.tiles.keys_per_warpgroup
         scale_log2 = softmax_scale * LOG2_E
@@ -596,8 +605,11 @@ class ChunkAttentionBackwardDkDvSm90:
     def dq_tile(self, dq_operands: tuple, ds_acc: cute.Tensor, buffer):
         """dS^T to this warpgroup's half of a dS buffer; once both halves are there, the dQ slice
         = dS K over all 128 keys (issued, not waited for)."""
-        dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, _ = dq_operands
-        cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
+        dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, _, ds_store = dq_operands
+        if cutlass.const_expr(self.tiles.dq_by_rows):
+            cute.copy(ds_store, ds_store.retile(ds_acc), tSsdS[None, None, None, buffer])
+        else:
+            cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
         cute.arch.fence_view_async_shared()
         sync_consumers(self.tiles.consumer_warpgroups)
         key_blocks = cute.size(tDrKt, mode=[2])
@@ -615,7 +627,7 @@ class ChunkAttentionBackwardDkDvSm90:
     def stage_dq(self, dq_operands: tuple, wg: cutlass.Int32):
         """The finished dQ slice to shared memory for the dQ warp, once it has sent the previous
         one off."""
-        _, _, _, _, acc_dq, tDsdQ = dq_operands
+        _, _, _, _, acc_dq, tDsdQ, _ = dq_operands
         DqHandshake.wait(NamedBarrier.DQ_EMPTY_WG, wg)
         cute.autovec_copy(acc_dq, tDsdQ)
         cute.arch.fence_view_async_shared()
