@@ -54,7 +54,7 @@ from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
 from s2s.attention.cute.views import rows_view, stats_view, table_view
 
 DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still read tile m's
-ROW_STATISTICS = 4  # 128-row tiles: LSE * log2(e), delta, first and past-last visible key per query
+ROW_STATISTICS = 4  # 128-row tiles: LSE * log2(e), delta * scale, first and past-last visible key per query
 
 
 class ChunkAttentionBackwardDkDvSm90:
@@ -646,28 +646,27 @@ class ChunkAttentionBackwardDkDvSm90:
 
     @cute.jit
     def load_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, head):
-        """128-row tiles: LSE * log2(e) and delta of row ``thread``, loaded while the tile's GEMMs
-        run, and for a masked tile the row's visible keys relative to the warpgroup's first key,
-        clipped to [0, 64] (exact in float32; the same comparisons for keys 0..63): one row's
-        chunk arithmetic per thread instead of one per column it holds. Queries past the sequence
-        get LSE +inf, so P = 0 and they add nothing."""
-        _, key_base, mLSE, mDelta, _, _, _ = keys
+        """128-row tiles: LSE * log2(e) and delta * softmax scale of row ``thread`` (scaled once
+        per row, not once per column), loaded while the tile's GEMMs run, and for a masked tile
+        the row's visible keys [lo, hi) relative to the warpgroup's first key: one row's chunk
+        arithmetic per thread instead of one per column it holds. Queries past the sequence get
+        LSE +inf, so P = 0 and they add nothing."""
+        _, key_base, mLSE, mDelta, _, _, softmax_scale = keys
         row_first, mask, _, thread = rows
         seqlen = mask.seqlen
         row = row_first + thread
         lse_log2 = cutlass.Float32.inf
-        delta = cutlass.Float32(0.0)
+        delta_scaled = cutlass.Float32(0.0)
         if row < seqlen.seqlen_q:
             lse_log2 = mLSE[seqlen.q_start + row, head] * LOG2_E
-            delta = mDelta[seqlen.q_start + row, head]
-        lo = cutlass.Float32(0.0)
-        hi = cutlass.Float32(0.0)
+            delta_scaled = mDelta[seqlen.q_start + row, head] * softmax_scale
+        lo = cutlass.Int32(0)
+        hi = cutlass.Int32(0)
         if cutlass.const_expr(masked):
             keys_lo, keys_hi = mask.key_bounds(row)
-            span = self.tiles.keys_per_warpgroup
-            lo = cutlass.Float32(cutlass.min(cutlass.max(keys_lo - key_base, 0), span))
-            hi = cutlass.Float32(cutlass.min(cutlass.max(keys_hi - key_base, 0), span))
-        return lse_log2, delta, lo, hi
+            lo = keys_lo - key_base
+            hi = keys_hi - key_base
+        return lse_log2, delta_scaled, lo, hi
 
     @cute.jit
     def row_probabilities_and_ds(
@@ -680,27 +679,32 @@ class ChunkAttentionBackwardDkDvSm90:
         rows: tuple,
     ):
         """``probabilities_and_ds`` for 128-row tiles: each thread shares its row's statistics
-        (and, masked, its visible keys) through shared memory; a column reads them in one load."""
+        (and, masked, its visible keys, as int32 in the same 16 bytes) through shared memory; a
+        column reads them in one load."""
         tScS, _, _, _, stats, scale_log2, softmax_scale = keys
         _, _, wg, thread = rows
-        for i in cutlass.range_constexpr(ROW_STATISTICS if masked else 2):
-            stats[thread, i] = stat[i]
+        bounds = cute.make_tensor(cute.recast_ptr(stats.iterator, dtype=cutlass.Int32), stats.layout)
+        stats[thread, 0] = stat[0]
+        stats[thread, 1] = stat[1]
+        if cutlass.const_expr(masked):
+            bounds[thread, 2] = stat[2]
+            bounds[thread, 3] = stat[3]
         sync_warpgroup(wg)
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
             lse_log2 = stats[column, 0]
-            delta_scaled = stats[column, 1] * softmax_scale
-            lo = cutlass.Float32(0.0)
-            hi = cutlass.Float32(0.0)
+            delta_scaled = stats[column, 1]
+            lo = cutlass.Int32(0)
+            hi = cutlass.Int32(0)
             if cutlass.const_expr(masked):
-                lo = stats[column, 2]
-                hi = stats[column, 3]
+                lo = bounds[column, 2]
+                hi = bounds[column, 3]
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
                 p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
                 if cutlass.const_expr(masked):
-                    key = cutlass.Float32(tScS[r, 0][0])
+                    key = tScS[r, 0][0]
                     if key < lo or key >= hi:
                         p = cutlass.Float32(0.0)
                 st[r, c] = p
