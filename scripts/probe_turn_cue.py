@@ -1,0 +1,107 @@
+"""How separable are pauses inside a user's turn from ends of turn, from the user's audio up to the silence?
+
+    python scripts/probe_turn_cue.py CORPUS [--before 1.0] [--after 0.0] [--pitch] [--protocol both]
+
+CORPUS is a corpus root with split folders (train/, val/, test/) of dialogues with s2s manifests.
+Probes (s2s/data/turn_cue_classifier.py) are fitted on the train split and score val+test
+("held-out"), and/or scored by K-fold cross-validation over the train split's dialogues ("kfold",
+for corpora whose held-out splits have few pauses). Prints the counts, the seeds and, per probe and
+protocol, ROC AUC, the pause-detection rate when at most 5/10/20% of turn ends are called pauses,
+and the false-alarm rate at 95% detection, each with a 95% bootstrap interval. These are probe
+figures of the corpus, an upper-bound-style diagnostic for a model's take-over / late-reply trade-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from s2s.data.turn_cue_classifier import (
+    ProbeTraining,
+    cross_validated_scores,
+    held_out_scores,
+    probe_figures,
+)
+from s2s.data.turn_cue_probe import ProbeWindow, collect_examples, split_folders
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("corpus", help="corpus root holding the split folders")
+    parser.add_argument("--before", type=float, default=1.0, help="seconds of audio up to the onset (W)")
+    parser.add_argument(
+        "--after", type=float, default=0.0, help="seconds past the onset (a model that waits)"
+    )
+    parser.add_argument("--pitch", action="store_true", help="add voicing and relative log F0 channels")
+    parser.add_argument("--probes", nargs="+", default=["conv", "logistic"], choices=["conv", "logistic"])
+    parser.add_argument("--protocol", choices=["held-out", "kfold", "both"], default="both")
+    parser.add_argument("--train-splits", nargs="+", default=["train"])
+    parser.add_argument("--eval-splits", nargs="+", default=["val", "test"])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=ProbeTraining.epochs)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    window = ProbeWindow(before=args.before, after=args.after, pitch=args.pitch)
+    started = time.perf_counter()
+    train = collect_examples(split_folders(args.corpus, tuple(args.train_splits)), window)
+    held = None
+    if args.protocol != "kfold":
+        held = collect_examples(split_folders(args.corpus, tuple(args.eval_splits)), window)
+    print(f"window {window}; features {tuple(train.features.shape[1:])} (frames, channels); "
+          f"seed {args.seed}; extracted in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    print(f"train ({'+'.join(args.train_splits)}): {_describe(train)}")
+    if held is not None:
+        print(f"held-out ({'+'.join(args.eval_splits)}): {_describe(held)}")
+
+    rows = []
+    protocols = [p for p in ("held-out", "kfold") if args.protocol in (p, "both")]
+    for kind in args.probes:
+        config = ProbeTraining(kind=kind, seed=args.seed, epochs=args.epochs)
+        for protocol in protocols:
+            fitted = time.perf_counter()
+            if protocol == "held-out":
+                scores, labels = held_out_scores(train, held, config), held.labels
+            else:
+                scores, labels = cross_validated_scores(train, config, args.folds), train.labels
+                protocol = f"{args.folds}-fold"
+            figures = probe_figures(scores, labels.numpy(), seed=args.seed)
+            row = {
+                "probe": kind,
+                "protocol": protocol,
+                **figures.row(),
+                "seconds": time.perf_counter() - fitted,
+            }
+            rows.append(row | {"intervals": figures.intervals, "window": vars(window), "seed": args.seed})
+            print(_line(row, figures.intervals))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(rows, out, indent=1)
+    return rows
+
+
+def _describe(examples) -> str:
+    return f"{examples.counts()} from {len(set(examples.dialogues))} dialogues"
+
+
+def _line(row: dict, intervals: dict) -> str:
+    parts = [f"{row['probe']:>8} {row['protocol']:>8}: {row['pauses']} pauses / {row['turn_ends']} turn ends"]
+    for key, value in row.items():
+        if key in intervals:
+            low, high = intervals[key]
+            parts.append(f"{key} {value:.3f} [{low:.2f}, {high:.2f}]")
+    return "  ".join(parts) + f"  ({row['seconds']:.0f} s)"
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
