@@ -1,6 +1,6 @@
 """How separable are pauses inside a user's turn from ends of turn, from the user's audio up to the silence?
 
-    python scripts/probe_turn_cue.py CORPUS [--before 1.0] [--after 0.0] [--pitch] [--protocol both]
+    python scripts/probe_turn_cue.py CORPUS [--before 1.0] [--after 0.0] [--pitch] [--speaker]
 
 CORPUS is a corpus root with split folders (train/, val/, test/) of dialogues with s2s manifests.
 Probes (s2s/data/turn_cue_classifier.py) are fitted on the train split and score val+test
@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--after", type=float, default=0.0, help="seconds past the onset (a model that waits)"
     )
     parser.add_argument("--pitch", action="store_true", help="add voicing and relative log F0 channels")
+    parser.add_argument(
+        "--speaker",
+        action="store_true",
+        help="subtract the mean log-mel of the user's speech so far in the dialogue",
+    )
     parser.add_argument("--probes", nargs="+", default=["conv", "logistic"], choices=["conv", "logistic"])
     parser.add_argument("--protocol", choices=["held-out", "kfold", "both"], default="both")
     parser.add_argument("--train-splits", nargs="+", default=["train"])
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    window = ProbeWindow(before=args.before, after=args.after, pitch=args.pitch)
+    window = ProbeWindow(before=args.before, after=args.after, pitch=args.pitch, speaker=args.speaker)
     started = time.perf_counter()
     train = collect_examples(split_folders(args.corpus, tuple(args.train_splits)), window)
     held = None

@@ -44,6 +44,9 @@ class ProbeWindow:
     before: float = 1.0
     after: float = 0.0
     pitch: bool = False  # add [voicing, log2 F0 relative to the window's voiced median] channels
+    # Subtract the mean log-mel of the user's speech so far in the dialogue (its speech segments up to
+    # the onset): the per-speaker calibration a model that hears the whole dialogue can make.
+    speaker: bool = False
 
     def __post_init__(self):
         if self.before <= 0 or self.after < 0:
@@ -125,6 +128,8 @@ def collect_examples(
         track = torch.cat(channels, dim=1)
         floor = _silence_frame(front_end, pitch if window.pitch else None)
         scale = mel.sample_rate / file.manifest.sample_rate
+        if window.speaker:
+            spoken = _speech_so_far(file.manifest, scale, mel.hop, track[:, : mel.n_mels])
         for onset in onsets:
             if onset.silence * scale < after:
                 skipped += 1
@@ -136,6 +141,9 @@ def collect_examples(
                 piece = torch.cat([floor.expand(-start, -1), piece])
             if window.pitch:
                 piece = _relative_pitch(piece)
+            if window.speaker:
+                mean = spoken[min(end, round(onset.sample * scale) // mel.hop) - 1]  # speech before the onset
+                piece = torch.cat([piece[:, : mel.n_mels] - mean, piece[:, mel.n_mels :]], dim=1)
             features.append(piece)
             labels.append(onset.label)
             names.append(file.name)
@@ -146,6 +154,19 @@ def collect_examples(
             f"(or none with {window.after} s of silence after them)"
         )
     return ProbeExamples(torch.stack(features), torch.tensor(labels), tuple(names), tuple(kept), skipped)
+
+
+def _speech_so_far(manifest: Manifest, scale: float, hop: int, mel: torch.Tensor) -> torch.Tensor:
+    """(frames, n_mels): row t is the mean log-mel of the user's speech frames 0..t (speech: the frame's
+    hop starts inside a user speech segment and outside its pauses). Read only up to an onset, it
+    uses no label of that onset."""
+    inside = torch.zeros(mel.shape[0], dtype=torch.bool)
+    for segment in manifest.speech(USER):
+        inside[round(segment.start_sample * scale) // hop : round(segment.end_sample * scale) // hop] = True
+    for pause in (s for s in manifest.segments if s.speaker == USER and s.kind == "pause"):
+        inside[round(pause.start_sample * scale) // hop : round(pause.end_sample * scale) // hop] = False
+    total = (mel * inside[:, None]).cumsum(dim=0)
+    return total / inside.cumsum(dim=0).clamp_min(1)[:, None]
 
 
 def _silence_frame(front_end: LogMel, pitch: PitchConfig | None) -> torch.Tensor:

@@ -70,6 +70,25 @@ def test_waiting_skips_onsets_the_user_breaks_and_looks_past_the_onset(tiny_corp
     assert len(examples.onsets) + examples.skipped == total
 
 
+def test_speaker_calibration_subtracts_the_mean_of_the_speech_before_the_onset(tiny_corpus):
+    folder = tiny_corpus.out_dir / "val"
+    plain = collect_examples([folder], ProbeWindow(before=0.5, after=0.1))
+    calibrated = collect_examples([folder], ProbeWindow(before=0.5, after=0.1, speaker=True))
+    index = len(plain.onsets) - 1
+    onset = plain.onsets[index]
+    record = json.loads((folder / f"{onset.dialogue}.json").read_text())
+    audio, _ = load_audio(folder / f"{onset.dialogue}.wav")
+    mel = LogMel()(audio[0:1])[0]
+    speech = np.zeros(len(mel), dtype=bool)
+    for kind, value in (("turn", True), ("barge-in", True), ("pause", False)):
+        for s in record["segments"]:
+            if s["speaker"] == "user" and s["kind"] == kind:
+                speech[s["start_sample"] // 160 : s["end_sample"] // 160] = value
+    speech[onset.sample // 160 :] = False
+    mean = mel[torch.from_numpy(speech)].mean(dim=0)
+    torch.testing.assert_close(calibrated.features[index], plain.features[index] - mean, atol=1e-4, rtol=0)
+
+
 def test_onsets_of_a_constructed_manifest_carry_the_silence_that_follows():
     def seg(speaker, kind, start, end, text=""):
         return Segment(speaker, kind, start, end, text, 0, 16000)
