@@ -73,12 +73,14 @@ CASES = [
     ("empty-rows-d64", 64, 32, 2, 2, 64, ChunkSpec(2, left_chunks=0, q_offset=40)),
 ]
 CASE_IDS = [c[0] for c in CASES]
-# The fused backward at head dim 64 runs either tiling (S2S_CUTE_BWD_D64): every d64 case runs both.
+# The fused backward runs either tiling at head dim 64 (S2S_CUTE_BWD_D64) and 128
+# (S2S_CUTE_BWD_D128): every case runs both, the default first.
 D64_TILINGS = ("wide", "legacy")
+FUSED_TILINGS = {64: D64_TILINGS, 128: ("legacy", "wide")}
 FUSED_CASES = [
-    pytest.param(case, tiling, id=case[0] if tiling is None else f"{case[0]}-{tiling}")
+    pytest.param(case, tiling, id=f"{case[0]}-{tiling}")
     for case in CASES
-    for tiling in (D64_TILINGS if case[5] == 64 else (None,))
+    for tiling in FUSED_TILINGS[case[5]]
 ]
 
 
@@ -152,6 +154,7 @@ WRITE_CASES = [
     for deterministic, tiling, name in (
         [(False, None, "fused")]
         + ([(False, "legacy", "fused-d64-legacy")] if case[5] == 64 else [])
+        + ([(False, "wide", "fused-d128-wide")] if case[5] == 128 else [])
         + [(True, None, "deterministic")]
     )
 ]
@@ -177,12 +180,16 @@ def assert_gradients_close(got, want, dtype):
         assert error <= 2e-2, f"{name} relative error {error:.2e}"
 
 
-def use_d64_tiling(monkeypatch, tiling):
-    """Select the fused backward's head-dim-64 tiling the way a benchmark does (None: default)."""
-    from s2s.attention.cute.backward import BWD_D64_ENV
+def use_fused_tiling(monkeypatch, head_dim, tiling):
+    """Select the fused backward's tiling at ``head_dim`` the way a benchmark does, through
+    S2S_CUTE_BWD_D64 or S2S_CUTE_BWD_D128 (None: the default)."""
+    from s2s.attention.cute.backward import FUSED_TILING_CHOICES
 
-    if tiling is not None:
-        monkeypatch.setenv(BWD_D64_ENV, tiling)
+    env, _ = FUSED_TILING_CHOICES[head_dim]
+    if tiling is None:
+        monkeypatch.delenv(env, raising=False)
+    else:
+        monkeypatch.setenv(env, tiling)
 
 
 @pytest.mark.gpu
@@ -190,9 +197,9 @@ def use_d64_tiling(monkeypatch, tiling):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize(("case", "tiling"), FUSED_CASES)
 def test_fused_gradients_match_reference(case, tiling, dtype, generator, monkeypatch):
-    """The default backward: one fused kernel, dQ reduced in float32 by TMA reduce-adds; at
-    head dim 64 in both tilings."""
-    use_d64_tiling(monkeypatch, tiling)
+    """The default backward: one fused kernel, dQ reduced in float32 by TMA reduce-adds; in both
+    tilings of each head dim."""
+    use_fused_tiling(monkeypatch, case[5], tiling)
     q, k, v, spec, cu_q, cu_k = make_case(case, dtype, generator)
     grad_out = torch.randn(q.shape, generator=generator).to(q.device, dtype)
     got = cute_gradients(q, k, v, spec, cu_q, cu_k, grad_out)
@@ -226,11 +233,11 @@ def test_deterministic_gradients_match_reference_and_repeat_bit_for_bit(case, dt
 @pytest.mark.parametrize(("case", "deterministic", "tiling"), WRITE_CASES)
 def test_backward_writes_every_gradient(case, deterministic, tiling, generator, monkeypatch):
     """NaN-filled gradient buffers come back finite and right: every element is written (the
-    fused kernel at head dim 64 in both tilings)."""
+    fused kernel in both tilings of each head dim)."""
     from s2s.attention.cute.backward import backward
     from s2s.attention.cute.launch import prepare
 
-    use_d64_tiling(monkeypatch, tiling)
+    use_fused_tiling(monkeypatch, case[5], tiling)
     q, k, v, spec, cu_q, cu_k = make_case(case, torch.bfloat16, generator)
     grad_out = torch.randn(q.shape, generator=generator).to(q.device, q.dtype)
     problem = make_problem(q, k, v, spec, cu_q, cu_k)
@@ -340,8 +347,8 @@ from s2s.attention.cute.backward import backward_tiles, compiled_backward, compi
 dtype, head_dim = getattr(torch, sys.argv[1]), int(sys.argv[2])
 for kind in ("fused", "dq", "dkdv"):
     compiled_backward(kind, dtype, backward_tiles(head_dim, kind))
-if head_dim == 64:  # the fused kernel's other tiling, selectable with S2S_CUTE_BWD_D64
-    compiled_backward("fused", dtype, backward_tiles(head_dim, "fused", "legacy"))
+# The fused kernel's other tiling, selectable with S2S_CUTE_BWD_D64 / S2S_CUTE_BWD_D128.
+compiled_backward("fused", dtype, backward_tiles(head_dim, "fused", {64: "legacy", 128: "wide"}[head_dim]))
 for zero_dq in (True, False):
     compiled_prologue(dtype, head_dim, zero_dq)
 print("built")
@@ -362,16 +369,17 @@ def test_backward_kernels_build_for_sm90a(dtype, head_dim, tmp_path):
         timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert len(list((tmp_path / "cache").glob("bwd_*.o"))) == (6 if head_dim == 64 else 5)
+    assert len(list((tmp_path / "cache").glob("bwd_*.o"))) == 6  # both fused tilings, dq, dkdv, 2 prologues
 
 
 def test_d64_backward_tiling_follows_the_environment(monkeypatch):
     """S2S_CUTE_BWD_D64 picks the fused kernel's head-dim-64 tiling at launch (wide by default);
     the two are different specializations; d128 and the deterministic pair do not change."""
-    from s2s.attention.cute.backward import BWD_D64_ENV, backward_tiles
+    from s2s.attention.cute.backward import BWD_D64_ENV, BWD_D128_ENV, backward_tiles
     from s2s.attention.cute.launch import specialization_name
 
     monkeypatch.delenv(BWD_D64_ENV, raising=False)
+    monkeypatch.delenv(BWD_D128_ENV, raising=False)
     wide = backward_tiles(64, "fused")
     assert (wide.tile_m, wide.q_stages, wide.dq_by_rows, wide.dq_slice) == (128, 2, True, (64, 64))
     monkeypatch.setenv(BWD_D64_ENV, "legacy")
@@ -387,3 +395,39 @@ def test_d64_backward_tiling_follows_the_environment(monkeypatch):
     monkeypatch.setenv(BWD_D64_ENV, "huge")
     with pytest.raises(ValueError, match=BWD_D64_ENV):
         backward_tiles(64, "fused")
+
+
+def test_d128_backward_tiling_follows_the_environment(monkeypatch):
+    """S2S_CUTE_BWD_D128 picks the fused kernel's head-dim-128 tiling at launch: legacy by
+    default (the wide one is not measured yet), with its kernel-cache name as before; wide keeps
+    the 64-row tiles and 64 x 64 dQ slices and takes FlashAttention's order within a tile, as
+    another specialization. The d64 variable, the deterministic pair and unknown values."""
+    from s2s.attention.cute.backward import BWD_D64_ENV, BWD_D128_ENV, backward_tiles
+    from s2s.attention.cute.backward_dkdv_sm90 import ChunkAttentionBackwardDkDvSm90
+    from s2s.attention.cute.launch import specialization_name
+
+    monkeypatch.delenv(BWD_D64_ENV, raising=False)
+    monkeypatch.delenv(BWD_D128_ENV, raising=False)
+    legacy = backward_tiles(128, "fused")
+    assert (legacy.tile_m, legacy.q_stages, legacy.dq_slice, legacy.split_commits) == (64, 3, (64, 64), False)
+    assert not legacy.row_statistics and not legacy.ds_by_stmatrix
+    assert legacy.label == "d128_wg2_keys128_m64_s3"  # the disk-cache name it always had
+    monkeypatch.setenv(BWD_D128_ENV, "wide")
+    wide = backward_tiles(128, "fused")
+    assert (wide.tile_m, wide.q_stages, wide.dq_by_rows, wide.dq_slice) == (64, 3, False, (64, 64))
+    assert wide.split_commits and wide.row_statistics and wide.ds_by_stmatrix
+    assert specialization_name("bwd_fused", torch.float16, wide) != specialization_name(
+        "bwd_fused", torch.float16, legacy
+    )
+    assert backward_tiles(128, "dkdv") == backward_tiles(128, "dkdv", "legacy")  # not the fused kernel's
+    assert backward_tiles(64, "fused").tile_m == 128  # d64 follows its own variable
+    monkeypatch.setenv(BWD_D128_ENV, " LEGACY ")
+    assert backward_tiles(128, "fused") == legacy
+    monkeypatch.setenv(BWD_D64_ENV, "legacy")
+    assert backward_tiles(128, "fused") == legacy
+    with pytest.raises(ValueError, match="split tile order"):
+        ChunkAttentionBackwardDkDvSm90(wide, with_dq=False)
+    monkeypatch.setenv(BWD_D128_ENV, "wider")
+    with pytest.raises(ValueError, match=BWD_D128_ENV):
+        backward_tiles(128, "fused")
+    backward_tiles(64, "fused")  # the d128 variable's value does not reach d64

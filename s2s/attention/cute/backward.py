@@ -9,10 +9,15 @@ LSE and per-sequence table): delta = rowsum(dO * O), then either
   a dQ kernel (query tiles walk their key tiles) and a dK/dV kernel; every output row has one
   owner, so gradients are bit-identical on repeat, at seven GEMMs per tile pair.
 
-``S2S_CUTE_BWD_D64`` (read on the host at every launch) picks the fused kernel's tiling at head
-dim 64, for A/B runs in one process: ``wide`` (default) 128-row query tiles, each warpgroup
-computing 64 rows x 64 columns of dQ; ``legacy`` the 64-row tiles with 64 x 32 dQ slices that
-d128 uses. The two are different specializations (different names in the kernel cache).
+``S2S_CUTE_BWD_D64`` and ``S2S_CUTE_BWD_D128`` (read on the host at every launch) pick the fused
+kernel's tiling at head dim 64 and 128, for A/B runs in one process. At d64: ``wide`` (default)
+128-row query tiles, each warpgroup computing 64 rows x 64 columns of dQ; ``legacy`` the 64-row
+tiles with 64 x 32 dQ slices that d128 uses. At d128: ``legacy`` (default) the 64-row tiles as
+they were; ``wide`` the same tile shape (FlashAttention's at d128) with the d64 wide path's
+per-row statistics and stmatrix dS^T, and FlashAttention's order within a tile (S^T and dP^T
+committed apart: P computed while dP^T's GEMM runs, dS while dV's, dQ staged while dK's; not yet
+measured).
+Each tiling is its own specialization (its own name in the kernel cache).
 """
 
 from __future__ import annotations
@@ -26,35 +31,56 @@ from s2s.attention.cute.launch import compile_kernel, specialization_name
 from s2s.attention.problem import AttentionProblem
 
 BWD_D64_ENV = "S2S_CUTE_BWD_D64"
-BWD_D64_TILINGS = ("wide", "legacy")
+BWD_D128_ENV = "S2S_CUTE_BWD_D128"
+BWD_TILINGS = ("wide", "legacy")
+BWD_D64_TILINGS = BWD_TILINGS
+# Per head dim: the variable that picks the fused kernel's tiling and its default. Measured code
+# only becomes a default: d128's wide tiling has not run on a GPU yet.
+FUSED_TILING_CHOICES = {64: (BWD_D64_ENV, "wide"), 128: (BWD_D128_ENV, "legacy")}
+
+
+def fused_tiling(head_dim: int) -> str:
+    """The fused backward's tiling at ``head_dim`` from its variable (``S2S_CUTE_BWD_D64`` or
+    ``S2S_CUTE_BWD_D128``): wide or legacy. Other head dims have one tiling: legacy."""
+    if head_dim not in FUSED_TILING_CHOICES:
+        return "legacy"
+    env, default = FUSED_TILING_CHOICES[head_dim]
+    tiling = os.environ.get(env, default).strip().lower() or default
+    if tiling not in BWD_TILINGS:
+        raise ValueError(f"{env} must be one of {BWD_TILINGS}, got {tiling!r}")
+    return tiling
 
 
 def bwd_d64_tiling() -> str:
     """The fused backward's tiling at head dim 64 from ``S2S_CUTE_BWD_D64``: wide or legacy."""
-    tiling = os.environ.get(BWD_D64_ENV, "wide").strip().lower() or "wide"
-    if tiling not in BWD_D64_TILINGS:
-        raise ValueError(f"{BWD_D64_ENV} must be one of {BWD_D64_TILINGS}, got {tiling!r}")
-    return tiling
+    return fused_tiling(64)
 
 
-def backward_tiles(head_dim: int, kind: str = "fused", d64_tiling: str | None = None):
+def backward_tiles(head_dim: int, kind: str = "fused", tiling: str | None = None):
     """Two consumer warpgroups of 64 rows: the accumulators of a step fit in 240 registers.
     The ``"dq"`` kernel walks key tiles like the forward (``ForwardTiles``); the ``"dkdv"`` and
     ``"fused"`` kernels own 128 keys and walk 64-row query tiles (``KeyTiles``). The fused
     kernel keeps three Q/dO stages: with its dS and dQ staging buffers, four would overflow the
     227 KB of shared memory (three leave 1 KB).
 
-    At head dim 64 the fused kernel walks 128-row query tiles (``d64_tiling``, by default
-    ``S2S_CUTE_BWD_D64``, ``"wide"``): twice the GEMM work per pipeline stage, barrier and
+    ``tiling`` (by default from ``fused_tiling``) picks the fused kernel's shape. At head dim
+    64, ``"wide"`` walks 128-row query tiles: twice the GEMM work per pipeline stage, barrier and
     statistics exchange, dQ split by rows into 64 x 64 slices; its S^T and dP^T (64 x 128 per
     warpgroup) and dK/dV (64 x 64) fit in 240 registers as d128's 64 x 64 and 64 x 128 do. Two
-    Q/dO stages of 128 rows: 32 KB of K/V, 64 KB of Q/dO, 64 KB of dS, 32 KB of dQ staging."""
+    Q/dO stages of 128 rows: 32 KB of K/V, 64 KB of Q/dO, 64 KB of dS, 32 KB of dQ staging.
+    At head dim 128 a 128-row tile would need 256 accumulator registers per thread (S^T, dP^T
+    64 x 128 and dK, dV 64 x 128), so ``"wide"`` keeps 64-row tiles and 64 x 64 dQ slices
+    (FlashAttention's sm90 d128 shape) and changes what happens within a tile
+    (``KeyTiles.split_commits``)."""
     from s2s.attention.cute.tiles import ForwardTiles, KeyTiles
 
     if kind == "dq":
         return ForwardTiles(head_dim=head_dim, consumer_warpgroups=2, kv_stages=4)
-    if kind == "fused" and head_dim == 64 and (d64_tiling or bwd_d64_tiling()) == "wide":
+    wide = kind == "fused" and (tiling or fused_tiling(head_dim)) == "wide"
+    if wide and head_dim == 64:
         return KeyTiles(head_dim=head_dim, tile_m=128, consumer_warpgroups=2, q_stages=2)
+    if wide and head_dim == 128:
+        return KeyTiles(head_dim=head_dim, consumer_warpgroups=2, q_stages=3, split_commits=True)
     return KeyTiles(head_dim=head_dim, consumer_warpgroups=2, q_stages=3 if kind == "fused" else 4)
 
 

@@ -24,6 +24,15 @@ shares the statistics of one query row, and dQ is split by rows (``KeyTiles.dq_b
 warpgroup computes 64 query rows x all 64 columns from its rows of dS and all of K, twice the
 work per pipeline stage, barrier and dQ hand-off of the 64-row tiling. ``S2S_CUTE_BWD_D64=legacy``
 (read on the host at launch, see ``backward.backward_tiles``) selects the 64-row tiling instead.
+
+At head dim 128 the tile shape is FlashAttention's sm90 one already (64 query rows, 128 keys, dQ
+in 64 x 64 slices); ``S2S_CUTE_BWD_D128=wide`` (``KeyTiles.split_commits``, not the default)
+takes FlashAttention's order within a tile (``key_tile_split``): S^T and dP^T are committed
+apart, so P = exp(S^T - LSE) runs on the warpgroup while dP^T's GEMM runs on the tensor cores;
+dV is issued as soon as P is in registers, so dS is computed while it runs; dQ and dK follow the
+dS barrier, and the dQ slice is staged while dK's GEMM runs. Each query row's statistics are
+computed once (two threads per row) and dS^T goes to shared memory with stmatrix, as in the
+128-row tiling.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
 from s2s.attention.cute.views import rows_view, stats_view, table_view
 
 DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still read tile m's
-ROW_STATISTICS = 4  # 128-row tiles: LSE * log2(e), delta * scale, first and past-last visible key per query
+ROW_STATISTICS = 4  # KeyTiles.row_statistics: LSE * log2(e), delta * scale, first and past-last visible key
 
 
 class ChunkAttentionBackwardDkDvSm90:
@@ -64,8 +73,12 @@ class ChunkAttentionBackwardDkDvSm90:
     def __init__(self, tiles: KeyTiles, with_dq: bool):
         if tiles.tile_m not in (WARPGROUP_THREADS // 2, WARPGROUP_THREADS):
             raise ValueError(f"query tiles of 64 or 128 rows (a thread's statistics), got {tiles.tile_m}")
+        if tiles.split_commits and (not with_dq or tiles.tile_m != WARPGROUP_THREADS // 2):
+            raise ValueError("the split tile order is the fused kernel's (it stages dQ) with 64-row tiles")
         self.tiles = tiles
         self.with_dq = with_dq
+        # One query tile's work: FlashAttention's order within the tile, or ours.
+        self.tile_step = self.key_tile_split if tiles.split_commits else self.key_tile
 
     @cute.jit
     def __call__(
@@ -438,7 +451,7 @@ class ChunkAttentionBackwardDkDvSm90:
                 sdSt, (self.tiles.keys_per_warpgroup, self.tiles.tile_m, DS_BUFFERS), (wg, 0, 0)
             )
             ds_store = None
-            if cutlass.const_expr(self.tiles.dq_by_rows):
+            if cutlass.const_expr(self.tiles.ds_by_stmatrix):
                 # stmatrix: a key's 8 consecutive queries are one 16-byte row of sdS, four 8 x 8
                 # blocks per instruction instead of a 4-byte store per pair of queries.
                 ds_store = cute.make_tiled_copy_C(
@@ -495,11 +508,11 @@ class ChunkAttentionBackwardDkDvSm90:
                 full = self.tiles.blocks.query_tile_sees_all(mask, m * self.tiles.tile_m, key_first, key_last)
                 query = (m, head, mask, tile % DS_BUFFERS, wg, thread)
                 if full:
-                    st_mma, q_consumer, order = self.key_tile(
+                    st_mma, q_consumer, order = self.tile_step(
                         False, st_mma, operands, dq_operands, q_consumer, order, keys, query
                     )
                 else:
-                    st_mma, q_consumer, order = self.key_tile(
+                    st_mma, q_consumer, order = self.tile_step(
                         True, st_mma, operands, dq_operands, q_consumer, order, keys, query
                     )
                 tile += 1
@@ -542,34 +555,10 @@ class ChunkAttentionBackwardDkDvSm90:
     ):
         """S^T, dP^T for one query tile; P^T and scaled dS^T; dV += P^T dO and dK += dS^T Q; with
         dQ, also dS^T to shared memory, the dQ slice, and the slice staged for the dQ warp."""
-        (
-            grad_mma,
-            tSrK,
-            tSrV,
-            tSrQ,
-            tSrdO,
-            tGrQt,
-            tGrdOt,
-            acc_dk,
-            acc_dv,
-            p_operand,
-            ds_operand,
-            acc_st_shape,
-        ) = operands
+        grad_mma = operands[0]  # operands[1:5] and [-1] are S^T's and dP^T's
+        tGrQt, tGrdOt, acc_dk, acc_dv, p_operand, ds_operand = operands[5:11]
         m, head, mask, buffer, wg, thread = query
-        acc_st = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
-        acc_dpt = cute.make_rmem_tensor(acc_st_shape, cutlass.Float32)
-        handle = q_consumer.wait_and_advance()
-        order.wait()
-        warpgroup.fence()
-        for k in cutlass.range_constexpr(cute.size(tSrK, mode=[2])):
-            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
-            cute.gemm(st_mma, acc_st, tSrK[None, None, k], tSrQ[None, None, k, handle.index], acc_st)
-        for k in cutlass.range_constexpr(cute.size(tSrV, mode=[2])):
-            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
-            cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
-        warpgroup.commit_group()
-        order.arrive()
+        acc_st, acc_dpt, handle = self.issue_st_dpt(st_mma, operands, q_consumer, order, False)
         rows = (m * self.tiles.tile_m, mask, wg, thread)
         if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
             stat = self.load_row_statistics(masked, keys, rows, head)
@@ -602,11 +591,92 @@ class ChunkAttentionBackwardDkDvSm90:
         return st_mma, q_consumer, order
 
     @cute.jit
+    def issue_st_dpt(
+        self,
+        st_mma: cute.TiledMma,
+        operands: tuple,
+        q_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        split: cutlass.Constexpr,
+    ):
+        """Once the next Q/dO stage is in and it is this warpgroup's turn: S^T = K Q^T and
+        dP^T = V dO^T issued, as one commit group, or with ``split`` as two (S^T first, so it
+        can be waited for alone). Returns both accumulators and the stage's handle."""
+        tSrK, tSrV, tSrQ, tSrdO = operands[1:5]
+        acc_st = cute.make_rmem_tensor(operands[-1], cutlass.Float32)
+        acc_dpt = cute.make_rmem_tensor(operands[-1], cutlass.Float32)
+        handle = q_consumer.wait_and_advance()
+        order.wait()
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(tSrK, mode=[2])):
+            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(st_mma, acc_st, tSrK[None, None, k], tSrQ[None, None, k, handle.index], acc_st)
+        if cutlass.const_expr(split):
+            warpgroup.commit_group()
+        for k in cutlass.range_constexpr(cute.size(tSrV, mode=[2])):
+            st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
+            cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
+        warpgroup.commit_group()
+        order.arrive()
+        return acc_st, acc_dpt, handle
+
+    @cute.jit
+    def key_tile_split(
+        self,
+        masked: cutlass.Constexpr,
+        st_mma: cute.TiledMma,
+        operands: tuple,
+        dq_operands: tuple,
+        q_consumer: pipeline.PipelineConsumer,
+        order: pipeline.PipelineOrder,
+        keys: tuple,
+        query: tuple,
+    ):
+        """``key_tile`` in FlashAttention's sm90 order (``KeyTiles.split_commits``): S^T and dP^T
+        are two commit groups, so P^T is computed as soon as S^T is done, while dP^T's GEMM runs
+        (the exponentials no longer wait for both GEMMs). dV += P^T dO is issued right then, so
+        dS^T is computed while it runs (and ptxas cannot move the dP^T wait above the
+        exponentials: without it, 26 of 32 went below). dQ and then dK += dS^T Q follow the dS
+        barrier, so the dQ slice is staged for the dQ warp while dK's GEMM runs instead of after
+        every GEMM of the tile."""
+        grad_mma = operands[0]  # operands[1:5] and [-1] are S^T's and dP^T's
+        tGrQt, tGrdOt, acc_dk, acc_dv, p_operand, ds_operand = operands[5:11]
+        m, head, mask, buffer, wg, thread = query
+        rows = (m * self.tiles.tile_m, mask, wg, thread)
+        acc_st, acc_dpt, handle = self.issue_st_dpt(st_mma, operands, q_consumer, order, True)
+        # Loaded after the GEMMs are issued: loaded before the Q/dO wait, the values live across
+        # the wait and ptxas serialised every WGMMA (336 bytes of stack).
+        stat = self.load_half_row_statistics(masked, keys, rows, head)
+        self.share_row_statistics(masked, keys, stat, rows)
+        warpgroup.wait_group(1)  # S^T done, dP^T's GEMM runs
+        self.row_columns(masked, acc_st, acc_dpt, keys, True, False)
+        as_accumulator(p_operand, acc_st).store(acc_st.load().to(self.dtype))
+        warpgroup.fence()
+        for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
+            cute.gemm(grad_mma, acc_dv, p_operand[None, None, k], tGrdOt[None, None, k, handle.index], acc_dv)
+        warpgroup.commit_group()
+        warpgroup.wait_group(1)  # dP^T done, dV's GEMM runs
+        self.row_columns(masked, acc_st, acc_dpt, keys, False, True)
+        ds_acc = as_accumulator(ds_operand, acc_dpt)
+        ds_acc.store(acc_dpt.load().to(self.dtype))
+        dq_operands[4].fill(0.0)
+        warpgroup.fence()
+        self.dq_tile(dq_operands, ds_acc, buffer)
+        for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):
+            cute.gemm(grad_mma, acc_dk, ds_operand[None, None, k], tGrQt[None, None, k, handle.index], acc_dk)
+        warpgroup.commit_group()
+        warpgroup.wait_group(1)  # dV and dQ done; dK's GEMM runs while the slice is staged
+        self.stage_dq(dq_operands, wg)
+        warpgroup.wait_group(0)
+        handle.release()
+        return st_mma, q_consumer, order
+
+    @cute.jit
     def dq_tile(self, dq_operands: tuple, ds_acc: cute.Tensor, buffer):
         """dS^T to this warpgroup's half of a dS buffer; once both halves are there, the dQ slice
         = dS K over all 128 keys (issued, not waited for)."""
         dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, _, ds_store = dq_operands
-        if cutlass.const_expr(self.tiles.dq_by_rows):
+        if cutlass.const_expr(self.tiles.ds_by_stmatrix):
             cute.copy(ds_store, ds_store.retile(ds_acc), tSsdS[None, None, None, buffer])
         else:
             cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
@@ -638,7 +708,7 @@ class ChunkAttentionBackwardDkDvSm90:
         column's two values are one 8-byte shared-memory load. With 128-row tiles, four values
         per query (one 16-byte load): the pair, then the row's visible keys [lo, hi) relative to
         the warpgroup's first key (masked tiles only)."""
-        values = ROW_STATISTICS if self.tiles.tile_m == WARPGROUP_THREADS else 2
+        values = ROW_STATISTICS if self.tiles.row_statistics else 2
         return cute.make_layout(
             (self.tiles.tile_m, values, self.tiles.consumer_warpgroups),
             stride=(values, 1, values * self.tiles.tile_m),
@@ -681,34 +751,101 @@ class ChunkAttentionBackwardDkDvSm90:
         """``probabilities_and_ds`` for 128-row tiles: each thread shares its row's statistics
         (and, masked, its visible keys, as int32 in the same 16 bytes) through shared memory; a
         column reads them in one load."""
-        tScS, _, _, _, stats, scale_log2, softmax_scale = keys
+        self.share_row_statistics(masked, keys, stat, rows)
+        self.row_columns(masked, acc_st, acc_dpt, keys, True, True)
+
+    @cute.jit
+    def share_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, stat: tuple, rows: tuple):
+        """The row statistics (``KeyTiles.row_statistics``) to shared memory, then the
+        warpgroup's barrier. 128-row tiles: thread t writes all four values of row t; 64-row
+        tiles (``load_half_row_statistics``): thread t < 64 row t's LSE and first key, thread
+        t + 64 row t's delta and past-last key. Keys are int32 in the same 16 bytes per row."""
+        stats = keys[4]
         _, _, wg, thread = rows
         bounds = cute.make_tensor(cute.recast_ptr(stats.iterator, dtype=cutlass.Int32), stats.layout)
-        stats[thread, 0] = stat[0]
-        stats[thread, 1] = stat[1]
-        if cutlass.const_expr(masked):
-            bounds[thread, 2] = stat[2]
-            bounds[thread, 3] = stat[3]
+        if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
+            stats[thread, 0] = stat[0]
+            stats[thread, 1] = stat[1]
+            if cutlass.const_expr(masked):
+                bounds[thread, 2] = stat[2]
+                bounds[thread, 3] = stat[3]
+        else:
+            row = thread % self.tiles.tile_m
+            half = thread // self.tiles.tile_m
+            stats[row, half] = stat[0]
+            if cutlass.const_expr(masked):
+                bounds[row, 2 + half] = stat[1]
         sync_warpgroup(wg)
+
+    @cute.jit
+    def row_columns(
+        self,
+        masked: cutlass.Constexpr,
+        acc_st: cute.Tensor,
+        acc_dpt: cute.Tensor,
+        keys: tuple,
+        probabilities: cutlass.Constexpr,
+        ds: cutlass.Constexpr,
+    ):
+        """Per column (query) from the shared row statistics: with ``probabilities``, P^T =
+        exp(S^T * scale - LSE) in place of S^T (0 outside the mask); with ``ds``, dS^T =
+        P^T (dP^T * scale - delta * scale) in place of dP^T. Both at once when S^T and dP^T were
+        waited for together; apart when P^T is computed while dP^T's GEMM still runs."""
+        tScS, _, _, _, stats, scale_log2, softmax_scale = keys
+        bounds = cute.make_tensor(cute.recast_ptr(stats.iterator, dtype=cutlass.Int32), stats.layout)
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
-            lse_log2 = stats[column, 0]
-            delta_scaled = stats[column, 1]
+            if cutlass.const_expr(probabilities):
+                lse_log2 = stats[column, 0]
+            if cutlass.const_expr(ds):
+                delta_scaled = stats[column, 1]
             lo = cutlass.Int32(0)
             hi = cutlass.Int32(0)
-            if cutlass.const_expr(masked):
+            if cutlass.const_expr(masked and probabilities):
                 lo = bounds[column, 2]
                 hi = bounds[column, 3]
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
-                p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
-                if cutlass.const_expr(masked):
-                    key = tScS[r, 0][0]
-                    if key < lo or key >= hi:
-                        p = cutlass.Float32(0.0)
-                st[r, c] = p
-                dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
+                if cutlass.const_expr(probabilities):
+                    p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
+                    if cutlass.const_expr(masked):
+                        key = tScS[r, 0][0]
+                        if key < lo or key >= hi:
+                            p = cutlass.Float32(0.0)
+                    st[r, c] = p
+                else:
+                    p = st[r, c]
+                if cutlass.const_expr(ds):
+                    dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
+
+    @cute.jit
+    def load_half_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, head):
+        """64-row tiles in the split order: two threads per query row, each loading one
+        statistic while the tile's GEMMs run: thread t < 64 LSE * log2(e) of row t and, masked,
+        its first visible key; thread t + 64 delta * softmax scale of row t and its past-last
+        visible key (keys relative to the warpgroup's first). Scaled once per row, bounds once
+        per row: not once per column.
+        Queries past the sequence get LSE +inf, so P = 0 and they add nothing."""
+        _, key_base, mLSE, mDelta, _, _, softmax_scale = keys
+        row_first, mask, _, thread = rows
+        seqlen = mask.seqlen
+        row = row_first + thread % self.tiles.tile_m
+        value = cutlass.Float32(0.0)
+        if thread < self.tiles.tile_m:
+            value = cutlass.Float32.inf
+        if row < seqlen.seqlen_q:
+            if thread < self.tiles.tile_m:
+                value = mLSE[seqlen.q_start + row, head] * LOG2_E
+            else:
+                value = mDelta[seqlen.q_start + row, head] * softmax_scale
+        bound = cutlass.Int32(0)
+        if cutlass.const_expr(masked):
+            keys_lo, keys_hi = mask.key_bounds(row)
+            bound = keys_hi - key_base
+            if thread < self.tiles.tile_m:
+                bound = keys_lo - key_base
+        return value, bound
 
     @cute.jit
     def load_statistic(self, keys: tuple, row_first: cutlass.Int32, seqlen: SeqlenInfo, head, thread):

@@ -66,10 +66,29 @@ class KeyTiles(_WarpRoles):
     keys_per_warpgroup: int = WARPGROUP_ROWS
     consumer_warpgroups: int = 2
     q_stages: int = 4
+    # FlashAttention's sm90 order within a query tile (fused kernel, 64-row tiles): S^T and dP^T
+    # committed apart so P = exp(S^T - LSE) runs while dP^T's GEMM does, dS while dV's does, and
+    # dQ staged for the dQ warp while dK's GEMM runs; with it the row statistics and stmatrix
+    # dS^T of 128-row tiles.
+    split_commits: bool = False
 
     @property
     def tile_n(self) -> int:
         return self.keys_per_warpgroup * self.consumer_warpgroups
+
+    @property
+    def row_statistics(self) -> bool:
+        """Each query row's statistics (LSE * log2(e), delta * scale, and in masked tiles its
+        visible keys) computed once per tile, by one thread (128-row tiles) or two (64-row
+        tiles: LSE and the first key; delta and the past-last key), and shared for every column
+        that reads them."""
+        return self.tile_m == 2 * WARPGROUP_ROWS or self.split_commits
+
+    @property
+    def ds_by_stmatrix(self) -> bool:
+        """dS^T to shared memory with stmatrix (16-byte rows of 8 queries) instead of 4-byte
+        stores."""
+        return self.dq_by_rows or self.split_commits
 
     @property
     def dq_by_rows(self) -> bool:
@@ -88,6 +107,5 @@ class KeyTiles(_WarpRoles):
     @property
     def label(self) -> str:
         """The shape in a kernel file name."""
-        return (
-            f"d{self.head_dim}_wg{self.consumer_warpgroups}_keys{self.tile_n}_m{self.tile_m}_s{self.q_stages}"
-        )
+        shape = f"d{self.head_dim}_wg{self.consumer_warpgroups}_keys{self.tile_n}_m{self.tile_m}"
+        return f"{shape}_s{self.q_stages}" + ("_split" if self.split_commits else "")
