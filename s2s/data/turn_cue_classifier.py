@@ -54,9 +54,12 @@ class ConvProbe(torch.nn.Module):
         # Mean over the window (what was said) and the last frames (how it ended) both matter.
         self.head = torch.nn.Linear(2 * width, 1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, after_frames: int = 0) -> torch.Tensor:
+        """`after_frames`: the window's last frames that lie past the onset (the "ending" is pooled at
+        the onset, not at the window's end, which a wait fills with silence)."""
         hidden = self.body(features.transpose(1, 2))
-        pooled = torch.cat([hidden.mean(dim=2), hidden[:, :, -5:].mean(dim=2)], dim=1)
+        onset = hidden.shape[2] - after_frames
+        pooled = torch.cat([hidden.mean(dim=2), hidden[:, :, onset - 5 : onset].mean(dim=2)], dim=1)
         return self.head(self.dropout(pooled)).squeeze(1)
 
 
@@ -87,7 +90,7 @@ def fit_probe(train: ProbeExamples, config: ProbeTraining) -> Scorer:
         model.train()
         for batch in torch.randperm(len(labels), generator=order).split(config.batch_size):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                model(inputs[batch]), labels[batch], pos_weight=positive_weight
+                model(inputs[batch], train.after_frames), labels[batch], pos_weight=positive_weight
             )
             optimizer.zero_grad()
             loss.backward()
@@ -96,7 +99,7 @@ def fit_probe(train: ProbeExamples, config: ProbeTraining) -> Scorer:
 
     def score(features: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return model((features - mean) / std).double().numpy()
+            return model((features - mean) / std, train.after_frames).double().numpy()
 
     return score
 

@@ -79,6 +79,7 @@ class ProbeExamples:
     dialogues: tuple[str, ...]
     onsets: tuple[SilenceOnset, ...]
     skipped: int  # onsets whose silence is shorter than the window's `after`
+    after_frames: int = 0  # the window's last frames that lie past the onset
 
     def counts(self) -> dict[str, int]:
         pauses = int(self.labels.sum())
@@ -90,7 +91,7 @@ class ProbeExamples:
         return ProbeExamples(
             self.features[index], self.labels[index],
             tuple(d for d, k in zip(self.dialogues, keep, strict=True) if k),
-            tuple(o for o, k in zip(self.onsets, keep, strict=True) if k), 0,
+            tuple(o for o, k in zip(self.onsets, keep, strict=True) if k), 0, self.after_frames,
         )  # fmt: skip
 
 
@@ -153,7 +154,9 @@ def collect_examples(
             f"no silence onsets in {[str(f) for f in folders]}: their manifests list no user turns or pauses "
             f"(or none with {window.after} s of silence after them)"
         )
-    return ProbeExamples(torch.stack(features), torch.tensor(labels), tuple(names), tuple(kept), skipped)
+    return ProbeExamples(
+        torch.stack(features), torch.tensor(labels), tuple(names), tuple(kept), skipped, after // mel.hop
+    )
 
 
 def _speech_so_far(manifest: Manifest, scale: float, hop: int, mel: torch.Tensor) -> torch.Tensor:
