@@ -18,6 +18,7 @@ import torch
 
 from s2s.data.dataset import Crop
 from s2s.data.features import LogMel, LogMelConfig
+from s2s.data.pitch import PitchConfig, pitch_features
 from s2s.data.token_targets import FrameTargets, UserState
 from s2s.data.tokens import PAD
 
@@ -217,6 +218,7 @@ class DialogueBatch:
     user_speaking: torch.Tensor  # (B, F) float 0/1
     system_speaking: torch.Tensor  # (B, F) float 0/1
     user_mel: torch.Tensor | None = None  # (B, F, n_mels) log-mel
+    user_pitch: torch.Tensor | None = None  # (B, F, 2) pitch_features of the user audio (user_pitch only)
     system_mel: torch.Tensor | None = None
     # Token targets per 40 ms model frame (model v2; None when the dataset makes none), T = F // r:
     system_tokens: torch.Tensor | None = None  # (B, T) int64, PAD past each item's end
@@ -249,7 +251,11 @@ class DialogueCollate:
     """
 
     def __init__(
-        self, log_mel: LogMelConfig | None = None, with_features: bool = True, pad_multiple: int = 640
+        self,
+        log_mel: LogMelConfig | None = None,
+        with_features: bool = True,
+        pad_multiple: int = 640,
+        user_pitch: bool = False,
     ):
         self.log_mel_config = log_mel or LogMelConfig()
         if pad_multiple % self.log_mel_config.hop:
@@ -258,6 +264,7 @@ class DialogueCollate:
             )
         self.with_features = with_features
         self.pad_multiple = pad_multiple
+        self.user_pitch = user_pitch  # also the user's pitch_features (a model with user_pitch reads them)
         self._log_mel: LogMel | None = None
 
     def __call__(self, items: list[dict]) -> DialogueBatch:
@@ -290,6 +297,10 @@ class DialogueCollate:
             with torch.no_grad():
                 batch.user_mel = self._log_mel(batch.user_audio)
                 batch.system_mel = self._log_mel(batch.system_audio)
+                if self.user_pitch:
+                    config = self.log_mel_config
+                    pitch = PitchConfig(sample_rate=config.sample_rate, hop=config.hop)
+                    batch.user_pitch = pitch_features(batch.user_audio, pitch)
         return batch
 
 

@@ -53,8 +53,10 @@ class DuplexDataModule(lightning.LightningDataModule):
         token_targets: bool = False,
         frame_samples: int = 640,
         channels: ChannelRoles | Mapping | None = None,
+        user_pitch: bool = False,
     ):
         super().__init__()
+        self.user_pitch = user_pitch  # batches carry the user's pitch_features too (model user_pitch)
         self.token_targets = token_targets  # per model frame of `frame_samples` (40 ms at 16 kHz)
         self.frame_samples = frame_samples
         self.channels = ChannelRoles.parse(channels)  # None: the data must say (corpus.json, manifests)
@@ -159,7 +161,7 @@ class DuplexDataModule(lightning.LightningDataModule):
         return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=DialogueCollate(self.log_mel, self.with_features, self.pad_multiple),
+            collate_fn=DialogueCollate(self.log_mel, self.with_features, self.pad_multiple, self.user_pitch),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -6,6 +6,13 @@ can know at a silence onset must not see the future, and must line up with the l
 frame `t` uses only the `window` samples that end at sample `(t + 1) * hop` (as LogMel's frame `t`),
 and F0 is the lag of the first peak of the normalized autocorrelation between `f0_min` and `f0_max`
 (within 10% of the highest, so a multiple of the period does not win).
+
+The model's optional user pitch input (`user_pitch`) is `pitch_features`: per log-mel frame the
+voicing and the log2 F0 relative to a causal running reference of the voiced frames before it (a
+running mean over the first voiced frames, then an exponential one), not a window median that
+needs the future. `pitch_stream` computes the same frames chunk by chunk (state: `PitchState`); the
+reference is updated frame by frame with the same operations offline and streaming, so a stream cut
+anywhere gives the offline frames.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ class PitchConfig:
     f0_min: float = 60.0
     f0_max: float = 400.0
     silence_db: float = -50.0  # frames quieter than this (RMS, dBFS) are unvoiced
+    # The running reference of `pitch_features` (frames whose voicing reaches `voiced` update it):
+    voiced: float = 0.5
+    reference_hz: float = 150.0  # the prior before any voiced frame
+    reference_frames: float = 10.0  # the prior's weight, in voiced frames
+    reference_rate: float = 0.01  # then an exponential mean over ~1 / rate voiced frames (1 s of voice)
 
     def __post_init__(self):
         if not 0 < self.f0_min < self.f0_max < self.sample_rate / 2:
@@ -32,6 +44,12 @@ class PitchConfig:
             raise ValueError(
                 f"pitch window {self.window} samples is shorter than two periods of f0_min={self.f0_min} Hz "
                 f"({2 * self.max_lag} samples): lengthen the window or raise f0_min"
+            )
+        if not (0 < self.voiced <= 1 and self.reference_hz > 0 and self.reference_frames >= 1
+                and 0 < self.reference_rate <= 1):  # fmt: skip
+            raise ValueError(
+                f"pitch reference needs 0 < voiced <= 1, reference_hz > 0, reference_frames >= 1 and "
+                f"0 < reference_rate <= 1, got {self}"
             )
 
     @property
@@ -51,11 +69,21 @@ def pitch_track(audio: torch.Tensor, config: PitchConfig | None = None) -> torch
     config = config or PitchConfig()
     if audio.dim() != 1 or not audio.is_floating_point():
         raise ValueError(f"pitch_track expects float mono audio shaped (samples,), got {tuple(audio.shape)}")
-    frames = audio.shape[0] // config.hop
     padded = torch.nn.functional.pad(audio.double(), (config.window - config.hop, 0))
-    if frames == 0:
-        return audio.new_zeros(0, 2)
-    windows = padded[: frames * config.hop + config.window - config.hop].unfold(0, config.window, config.hop)
+    return _track(padded[None], config)[0].to(audio.dtype)
+
+
+def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
+    """(B, window - hop + samples) float64 audio, its first window - hop samples the past ->
+    (B, samples // hop, 2) float64 [voicing, log2 F0]: frame t is the window ending at its sample
+    window + (t + 1) * hop - hop."""
+    batch = padded.shape[0]
+    frames = (padded.shape[1] - (config.window - config.hop)) // config.hop
+    if frames <= 0:
+        return padded.new_zeros(batch, 0, 2)
+    used = padded[:, : frames * config.hop + config.window - config.hop]
+    windows = used.unfold(1, config.window, config.hop)
+    windows = windows.reshape(batch * frames, config.window)
     windows = windows - windows.mean(dim=1, keepdim=True)
     size = 2 * config.window
     spectrum = torch.fft.rfft(windows, n=size)
@@ -63,7 +91,7 @@ def pitch_track(audio: torch.Tensor, config: PitchConfig | None = None) -> torch
     # Normalize each lag by the energies of the two overlapping parts (NCCF), so loudness does not count.
     energy = windows.pow(2).cumsum(dim=1)
     total = energy[:, -1:]
-    lags = torch.arange(config.max_lag + 1)
+    lags = torch.arange(config.max_lag + 1, device=padded.device)
     before = torch.nn.functional.pad(energy, (1, 0))  # before[k]: energy of the first k samples
     first = before[:, config.window - lags]  # samples [0, W - lag)
     last = total - before[:, lags]  # samples [lag, W)
@@ -80,4 +108,77 @@ def pitch_track(audio: torch.Tensor, config: PitchConfig | None = None) -> torch
     voiced = rms_db > config.silence_db
     voicing = torch.where(voiced, voicing.clamp(0.0, 1.0), torch.zeros_like(voicing))
     log_f0 = torch.where(voiced, torch.log2(config.sample_rate / lag), torch.zeros_like(lag))
-    return torch.stack([voicing, log_f0], dim=1).to(audio.dtype)
+    return torch.stack([voicing, log_f0], dim=1).reshape(batch, frames, 2)
+
+
+PITCH_CHANNELS = 2  # what pitch_features adds per log-mel frame
+
+
+@dataclass
+class PitchState:
+    """A stream's pitch state: the samples the next windows still need, and the running reference."""
+
+    tail: torch.Tensor  # (B, >= window - hop) float64: window - hop samples of context + a partial hop
+    reference: torch.Tensor  # (B,) float64: the running reference log2 F0
+    weight: torch.Tensor  # (B,) float64: the prior's weight + the voiced frames seen so far
+
+    def where(self, keep: torch.Tensor, other: PitchState) -> PitchState:
+        """Per stream: this state where keep[b], else `other`'s (tails of equal length)."""
+        return PitchState(
+            torch.where(keep[:, None], self.tail, other.tail),
+            torch.where(keep, self.reference, other.reference),
+            torch.where(keep, self.weight, other.weight),
+        )
+
+
+def pitch_initial_state(batch: int, config: PitchConfig | None = None, device=None) -> PitchState:
+    """A stream before its first sample: silence before it, the prior as the reference."""
+    config = config or PitchConfig()
+    full = lambda size, value: torch.full(size, value, dtype=torch.float64, device=device)
+    return PitchState(
+        tail=full((batch, config.window - config.hop), 0.0),
+        reference=full((batch,), math.log2(config.reference_hz)),
+        weight=full((batch,), config.reference_frames),
+    )
+
+
+def pitch_stream(
+    audio: torch.Tensor, state: PitchState, config: PitchConfig | None = None
+) -> tuple[torch.Tensor, PitchState]:
+    """One chunk of (B, samples) audio (any length) -> (the (B, frames, 2) `pitch_features` of the
+    frames it completed, the state for the next chunk)."""
+    config = config or PitchConfig()
+    if audio.dim() != 2 or not audio.is_floating_point():
+        raise ValueError(
+            f"pitch_stream expects float mono audio shaped (B, samples), got {tuple(audio.shape)}"
+        )
+    history = config.window - config.hop
+    if state.tail.dim() != 2 or state.tail.shape[0] != audio.shape[0] or state.tail.shape[1] < history:
+        raise ValueError(
+            f"pitch stream state must hold (B={audio.shape[0]}, >= {history}) samples, from "
+            f"pitch_initial_state() or a previous pitch_stream() call; got {tuple(state.tail.shape)}"
+        )
+    buffer = torch.cat([state.tail, audio.to(state.tail.device, torch.float64)], dim=1)
+    frames = (buffer.shape[1] - history) // config.hop
+    consumed = frames * config.hop
+    track = _track(buffer[:, : consumed + history], config)
+    reference, weight = state.reference, state.weight
+    relative = torch.zeros_like(track[..., 1])
+    for t in range(frames):  # frame by frame: the same operations offline and chunk by chunk
+        log_f0 = track[:, t, 1]
+        voiced = track[:, t, 0] >= config.voiced
+        relative[:, t] = torch.where(voiced, log_f0 - reference, torch.zeros_like(log_f0))
+        weight = weight + voiced.double()
+        rate = torch.clamp(1.0 / weight, min=config.reference_rate)
+        reference = torch.where(voiced, reference + rate * (log_f0 - reference), reference)
+    features = torch.stack([track[..., 0], relative], dim=-1).to(audio.dtype)
+    return features, PitchState(buffer[:, consumed:], reference, weight)
+
+
+def pitch_features(audio: torch.Tensor, config: PitchConfig | None = None) -> torch.Tensor:
+    """(B, samples) audio -> (B, samples // hop, 2): [voicing in [0, 1], log2 F0 minus the running
+    reference of the voiced frames before it (0 when not voiced)], as a stream from silence."""
+    config = config or PitchConfig()
+    if audio.dim() != 2:
+        raise ValueError(f"pitch_features expects mono audio shaped (B, samples), got {tuple(audio.shape)}")
+    return pitch_stream(audio, pitch_initial_state(audio.shape[0], config, audio.device), config)[0]

@@ -32,6 +32,9 @@ class DuplexConfig:
     # Fixed normalization of log-mel values (natural log of power + 1e-6) to roughly unit scale.
     mel_mean: float = -6.0
     mel_std: float = 4.0
+    # Two more user channels per log-mel frame: voicing and log2 F0 relative to a causal running
+    # reference (s2s.data.pitch.pitch_features), appended after the n_mels log-mel channels.
+    user_pitch: bool = False
 
     def __post_init__(self):
         if self.dim % self.heads:
@@ -49,6 +52,11 @@ class DuplexConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.heads
+
+    @property
+    def user_channels(self) -> int:
+        """Channels per 10 ms frame of the user input: the log-mel, then the pitch channels if any."""
+        return self.n_mels + (2 if self.user_pitch else 0)
 
     @property
     def frame_samples(self) -> int:

@@ -68,13 +68,30 @@ class ChunkedDuplexBase(nn.Module):
     def normalize_mel(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.config.mel_mean) / self.config.mel_std
 
+    def user_input(self, user_mel: torch.Tensor, user_pitch: torch.Tensor | None) -> torch.Tensor:
+        """What the front end reads: the user log-mel (B, F, n_mels), followed with `user_pitch`
+        by the pitch channels (B, F, 2) of s2s.data.pitch.pitch_features of the same audio."""
+        if not self.config.user_pitch:
+            return user_mel
+        if user_pitch is None or user_pitch.shape != (*user_mel.shape[:2], 2):
+            raise ValueError(
+                "this model reads the user's pitch (user_pitch=true): give the (B, F, 2) "
+                "s2s.data.pitch.pitch_features of the user audio (the data module makes them with "
+                f"data.user_pitch=true), got {None if user_pitch is None else tuple(user_pitch.shape)} "
+                f"for log-mel {tuple(user_mel.shape)}"
+            )
+        return torch.cat([user_mel, user_pitch.to(user_mel.dtype)], dim=-1)
+
     def encode(self, user_mel: torch.Tensor, lengths, chunk, left_chunks) -> EncodedPass:
         """The offline pass up to the decoder: front end and encoder over whole dialogues."""
         c = self.config
         chunk = c.chunk if chunk is None else chunk
         left_chunks = c.left_chunks if left_chunks is ... else left_chunks
-        if user_mel.dim() != 3 or user_mel.shape[-1] != c.n_mels:
-            raise ValueError(f"user_mel must be (B, frames, {c.n_mels}) log-mel, got {tuple(user_mel.shape)}")
+        if user_mel.dim() != 3 or user_mel.shape[-1] != c.user_channels:
+            what = f"{c.n_mels} log-mel + 2 pitch channels (user_input)" if c.user_pitch else "log-mel"
+            raise ValueError(
+                f"user_mel must be (B, frames, {c.user_channels}): {what}, got {tuple(user_mel.shape)}"
+            )
         x = self.front_end(user_mel)
         batch, frames, _ = x.shape
         if lengths is not None:
@@ -139,10 +156,11 @@ class DuplexModel(ChunkedDuplexBase):
     ) -> DuplexOutput:
         """One offline pass over whole dialogues.
 
-        user_mel (B, F, n_mels) log-mel of the user channel; feedback (B, T, feedback_dim) the
-        system frames the decoder reads back (`feedback_from(reference mel, reference speaking)` in
-        training), T = F // r; lengths (B,) real model frames per dialogue; chunk an int or one
-        value per dialogue (dynamic-chunk training); left_chunks defaults to the config's.
+        user_mel (B, F, n_mels) log-mel of the user channel (`user_input`: + pitch); feedback
+        (B, T, feedback_dim) the system frames the decoder reads back (`feedback_from(reference
+        mel, reference speaking)` in training), T = F // r; lengths (B,) real model frames per
+        dialogue; chunk an int or one value per dialogue (dynamic-chunk training); left_chunks
+        defaults to the config's.
         """
         c = self.config
         p = self.encode(user_mel, lengths, chunk, left_chunks)

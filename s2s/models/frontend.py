@@ -1,5 +1,8 @@
 """Log-mel frames -> model frames: fixed normalization, then causal convolutional subsampling.
 
+With `user_pitch` each frame carries two pitch channels after the log-mel (voicing in [0, 1] and a
+relative log2 F0, already near unit scale): only the log-mel channels are normalized.
+
 The first convolution reads two groups of `r` mel frames (the current and the previous one) and
 strides by `r` (x4: 100 Hz -> 25 Hz); the second mixes neighbouring model frames. Both only look
 back, and streaming carries their input tails, so a chunk of audio yields exactly its own frames.
@@ -18,7 +21,7 @@ from s2s.models.layers import CausalConv1d
 
 @dataclass
 class FrontEndState:
-    subsample: torch.Tensor  # (B, r, n_mels): the previous group of mel frames
+    subsample: torch.Tensor  # (B, r, user_channels): the previous group of mel frames
     mix: torch.Tensor  # (B, conv_kernel - 1, dim): the previous model frames
 
     def where(self, keep: torch.Tensor, other: FrontEndState) -> FrontEndState:
@@ -34,18 +37,22 @@ class ConvFrontEnd(nn.Module):
         super().__init__()
         self.config = config
         r = config.mel_per_frame
-        self.subsample = CausalConv1d(config.n_mels, config.dim, kernel=2 * r, stride=r)
+        self.subsample = CausalConv1d(config.user_channels, config.dim, kernel=2 * r, stride=r)
         self.mix = CausalConv1d(config.dim, config.dim, kernel=config.conv_kernel)
         self.project = nn.Linear(config.dim, config.dim)
 
     def _normalize(self, mel: torch.Tensor) -> torch.Tensor:
-        return (mel - self.config.mel_mean) / self.config.mel_std
+        c = self.config
+        if not c.user_pitch:
+            return (mel - c.mel_mean) / c.mel_std
+        return torch.cat([(mel[..., : c.n_mels] - c.mel_mean) / c.mel_std, mel[..., c.n_mels :]], dim=-1)
 
     def frames_for(self, mel_frames: int) -> int:
         return mel_frames // self.config.mel_per_frame
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, F, n_mels) log-mel -> (B, F // r, dim); a trailing partial group is dropped."""
+        """(B, F, user_channels) log-mel (+ pitch) -> (B, F // r, dim); a trailing partial group is
+        dropped."""
         usable = self.frames_for(mel.shape[1]) * self.config.mel_per_frame
         x = nn.functional.gelu(self.subsample(self._normalize(mel[:, :usable])))
         return self.project(nn.functional.gelu(self.mix(x)))

@@ -192,10 +192,11 @@ class TokenDuplexModel(ChunkedDuplexBase):
     ) -> TokenDuplexOutput:
         """One offline pass over whole dialogues (training, and the streaming check).
 
-        user_mel (B, F, n_mels); tokens (B, >= T) the system's tokens of every frame (the reference
-        in training, the streamed ones to reproduce a stream), T = F // r: the decoder reads them one
-        chunk late, the heads the most recent ones (`recent_windows`); system_mel (B, >= T * r,
-        n_mels) the system's log-mel, needed only with a mel prenet.
+        user_mel (B, F, n_mels) (with user_pitch: + 2 pitch channels, `user_input`); tokens
+        (B, >= T) the system's tokens of every frame (the reference in training, the streamed ones to
+        reproduce a stream), T = F // r: the decoder reads them one chunk late, the heads the most
+        recent ones (`recent_windows`); system_mel (B, >= T * r, n_mels) the system's log-mel, needed
+        only with a mel prenet.
         """
         p = self.encode(user_mel, lengths, chunk, left_chunks)
         batch, frames = p.positions.shape

@@ -18,6 +18,7 @@ from s2s.data.audio import save_audio
 from s2s.data.corpus import read_record
 from s2s.data.dataset import DialogueDataset
 from s2s.data.features import LogMel
+from s2s.data.pitch import PitchConfig, pitch_features
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
@@ -95,7 +96,11 @@ def offline_deviation(model: DuplexModel, dialogue: StreamedDialogue, chunk: int
     parameter = next(model.parameters())
     user = torch.from_numpy(dialogue.user)[None].to(parameter.device)
     with torch.no_grad():
-        mel = LogMel().to(parameter.device)(user).to(parameter.dtype)
+        mel = LogMel().to(parameter.device)(user)
+        if model.config.user_pitch:
+            pitch = PitchConfig(sample_rate=model.config.sample_rate, hop=model.config.hop)
+            mel = model.user_input(mel, pitch_features(user, pitch))
+        mel = mel.to(parameter.dtype)
         feedback = dialogue.feedback[None].to(parameter.device)  # model v2: the streamed tokens
         out = model(mel, feedback, chunk=chunk, left_chunks=left_chunks)
     frames = min(out.mel.shape[1] // model.config.mel_per_frame, len(dialogue.speaking))

@@ -1,6 +1,7 @@
 """StreamingSession: the duplex model run as it is deployed, one chunk of audio in, one chunk out.
 
-Every cache lives in one typed state: the log-mel tail, the front end's convolution tails, each
+Every cache lives in one typed state: the log-mel tail (and, for a model with `user_pitch`, the
+pitch track's tail and running reference), the front end's convolution tails, each
 encoder layer's self-attention K/V, each decoder layer's self-attention K/V and cross-attention
 encoder K/V, and the decoder's own last chunk, which it reads back as its next input. A step
 produces exactly the frames one offline pass gives for the same audio and the same feedback.
@@ -18,6 +19,7 @@ import torch
 
 from s2s.attention import CrossAttentionCache, SelfAttentionCache
 from s2s.data.features import LogMel, LogMelConfig
+from s2s.data.pitch import PitchConfig, PitchState, pitch_initial_state, pitch_stream
 from s2s.models.duplex import DuplexModel, DuplexOutput
 from s2s.models.frontend import FrontEndState
 from s2s.models.vocoder import GriffinLimVocoder, VocoderState
@@ -41,6 +43,7 @@ class SessionState:
     feedback: object  # what the decoder reads back of the previous chunk (model v1: (B, C, feedback_dim))
     positions: torch.Tensor  # (B,) int64: model frames consumed per stream
     vocoder: VocoderState | None
+    pitch: PitchState | None = None  # the user's pitch track (models with user_pitch)
 
 
 @dataclass
@@ -82,6 +85,9 @@ class StreamingSession:
         self.log_mel = LogMel(
             LogMelConfig(sample_rate=config.sample_rate, n_mels=config.n_mels, hop=config.hop)
         ).to(self.device)
+        self.pitch = (
+            PitchConfig(sample_rate=config.sample_rate, hop=config.hop) if config.user_pitch else None
+        )
         if vocoder is True:
             vocoder = GriffinLimVocoder(self.log_mel.config).to(self.device)
         self.vocoder = vocoder or None
@@ -110,6 +116,7 @@ class StreamingSession:
             feedback=self._initial_feedback(),
             positions=torch.zeros(batch, dtype=torch.int64, device=device),
             vocoder=self.vocoder.initial_state(batch, device) if self.vocoder else None,
+            pitch=pitch_initial_state(batch, self.pitch, device) if self.pitch else None,
         )
 
     def reset(self, streams: torch.Tensor | None = None) -> None:
@@ -154,6 +161,11 @@ class StreamingSession:
         # bf16 loses the quiet bands); the model's layers run in its own dtype (bf16 / fp16 on a GPU,
         # where attention then goes through the CuTe kernel).
         mel, mel_tail = self.log_mel.stream(audio.float(), state.mel_tail)
+        pitch = state.pitch
+        if pitch is not None:  # the same audio's pitch channels after the log-mel (model.user_input)
+            channels, pitch = pitch_stream(audio.float(), state.pitch, self.pitch)
+            mel = torch.cat([mel, channels], dim=-1)
+            pitch = pitch.where(active, state.pitch)
         x, front_end = model.front_end.step(mel.to(self.dtype), state.front_end)
         positions = state.positions[:, None] + torch.arange(self.chunk, device=self.device)
         caches = state.caches
@@ -176,6 +188,7 @@ class StreamingSession:
             feedback=self._keep_feedback(active, feedback, state.feedback),
             positions=state.positions + counts,
             vocoder=vocoder_state,
+            pitch=pitch,
         )
         return StepOutput(mel=mel, speaking=speaking, audio=output_audio, frames=counts, raw=raw)
 
@@ -265,4 +278,5 @@ def _select_state(streams: torch.Tensor, fresh: SessionState, current: SessionSt
         feedback=current.feedback,  # the session keeps its own kind of feedback per stream
         positions=torch.where(streams, fresh.positions, current.positions),
         vocoder=vocoder,
+        pitch=None if current.pitch is None else fresh.pitch.where(streams, current.pitch),
     )

@@ -71,7 +71,8 @@ class DuplexLightningModule(SafeCheckpointLoading):
     def run(self, batch: DialogueBatch, chunk) -> tuple[DuplexOutput, Losses]:
         mask, speaking, lengths = self.targets(batch)
         feedback = self.model.feedback_from(batch.system_mel, speaking)
-        out = self.model(batch.user_mel, feedback, lengths=lengths, chunk=chunk)
+        user_mel = self.model.user_input(batch.user_mel, batch.user_pitch)
+        out = self.model(user_mel, feedback, lengths=lengths, chunk=chunk)
         r, n_mels = self.model.config.mel_per_frame, self.model.config.n_mels
         frames = out.speaking_logit.shape[1]
         target_mel = batch.system_mel[:, : frames * r].float()

@@ -119,6 +119,7 @@ class TokenDuplexLightningModule(SafeCheckpointLoading):
         user_mel = batch.user_mel
         if augment:
             user_mel = mask_frequencies(user_mel, self.augment, fill=c.mel_mean)
+        user_mel = self.model.user_input(user_mel, batch.user_pitch)
         out = self.model(user_mel, tokens, batch.system_mel, lengths=lengths, chunk=chunk)
         real = mask.sum().clamp(min=1)
 

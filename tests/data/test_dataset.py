@@ -186,3 +186,18 @@ def test_bad_folders_and_files_get_clear_errors(tmp_path, tiny_corpus):
     dataset = DialogueDataset(tiny_corpus.out_dir / "val")
     with pytest.raises(IndexError, match="outside"):
         dataset[Crop(0, dataset.lengths[0] - 100, 200)]
+
+
+def test_collate_adds_the_user_pitch_only_when_asked(tiny_corpus):
+    from s2s.data.pitch import pitch_features
+
+    dataset = DialogueDataset(tiny_corpus.out_dir / "train")
+    items = [dataset[Crop(i, 0, min(dataset.lengths[i], 16000 * 3) // 160 * 160)] for i in range(2)]
+    plain, with_pitch = DialogueCollate()(items), DialogueCollate(user_pitch=True)(items)
+    assert plain.user_pitch is None
+    assert torch.equal(with_pitch.user_mel, plain.user_mel) and torch.equal(
+        with_pitch.user_audio, plain.user_audio
+    )
+    assert with_pitch.user_pitch.shape == (*plain.user_mel.shape[:2], 2)
+    assert torch.equal(with_pitch.user_pitch, pitch_features(plain.user_audio))
+    assert (with_pitch.user_pitch[..., 0] > 0.5).any(), "the user's speech has voiced frames"

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from s2s.data.pitch import PitchConfig, pitch_track
+from s2s.data.pitch import PitchConfig, pitch_features, pitch_initial_state, pitch_stream, pitch_track
 
 
 @pytest.mark.parametrize("f0", [65.0, 110.0, 180.0, 260.0, 380.0])
@@ -33,3 +33,82 @@ def test_silence_is_unvoiced_and_frames_are_causal(generator):
 def test_config_refuses_a_window_too_short_for_the_lowest_f0():
     with pytest.raises(ValueError, match="two periods"):
         PitchConfig(window=320, f0_min=60.0)
+
+
+def _tone(f0s: list[float], seconds: float, generator: torch.Generator) -> torch.Tensor:
+    """Harmonic tones of the given F0s one after another, each `seconds` long, at a random phase."""
+    pieces = []
+    for f0 in f0s:
+        t = torch.arange(int(16000 * seconds), dtype=torch.float64) / 16000
+        phase = float(torch.rand(1, generator=generator)) * 2 * math.pi
+        pieces.append(
+            0.3 * torch.sin(2 * math.pi * f0 * t + phase) + 0.15 * torch.sin(2 * math.pi * 2 * f0 * t + 1.0)
+        )
+    return torch.cat(pieces).float()
+
+
+def _streamed(audio: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    state, outs, start, step = pitch_initial_state(audio.shape[0]), [], 0, 0
+    while start < audio.shape[1]:
+        size = sizes[step % len(sizes)]
+        features, state = pitch_stream(audio[:, start : start + size], state)
+        outs.append(features)
+        start, step = start + size, step + 1
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("sizes", [[640], [160], [2560], [1], [37, 640, 1000, 7, 161, 3200]])
+def test_pitch_streamed_in_chunks_equals_the_whole_signal(sizes, generator):
+    seed = int(torch.randint(2**31, (1,), generator=generator))
+    g = torch.Generator().manual_seed(seed)
+    speech_like = torch.stack(
+        [
+            0.2 * torch.randn(16000 * 2 + 93, generator=g),  # noise: voicing low, mostly unvoiced
+            torch.nn.functional.pad(_tone([120.0, 180.0], 1.0, g), (0, 93)),  # voiced, a known F0
+        ]
+    )
+    silence = (torch.rand(speech_like.shape[1] // 1600 + 1, generator=g) > 0.3).repeat_interleave(1600)
+    audio = speech_like.clone()
+    audio[0] *= silence[: speech_like.shape[1]]  # noise in bursts
+    audio[1, 8000:12800] = 0.0  # one pause inside the tone
+    whole = pitch_features(audio)
+    assert whole.shape == (2, audio.shape[1] // 160, 2), seed
+    streamed = _streamed(audio, sizes)
+    assert streamed.shape == whole.shape, (seed, sizes)
+    # every frame, both channels, both streams: the same operations, so the same numbers
+    assert torch.equal(streamed, whole), (seed, sizes, (streamed - whole).abs().max().item())
+    assert (whole[1, :, 0] > 0.9).float().mean() > 0.5, f"seed {seed}: the tone is not voiced"
+
+
+def test_relative_pitch_follows_a_causal_running_reference(generator):
+    """A 120 Hz tone settles at 0 (its own reference); a jump to 240 Hz reads +1 octave at once, then
+    the reference follows it; every frame equals a plain float recurrence over the raw pitch track
+    (prior 150 Hz of weight 10, a running mean, then an exponential one at rate 0.01)."""
+    audio = _tone([120.0, 240.0], 2.0, generator)[None]
+    features = pitch_features(audio)
+    voicing, relative = features[0, :, 0], features[0, :, 1]
+    track = pitch_track(audio[0].double())
+    assert torch.equal(voicing, track[:, 0].float())
+    reference, weight, expected = math.log2(150.0), 10.0, []
+    for v, log_f0 in track.tolist():
+        voiced = v >= 0.5
+        expected.append(log_f0 - reference if voiced else 0.0)
+        if voiced:
+            weight += 1
+            reference += max(1 / weight, 0.01) * (log_f0 - reference)
+    torch.testing.assert_close(relative, torch.tensor(expected, dtype=torch.float32), atol=1e-6, rtol=0)
+    assert voicing[5:195].min() > 0.95 and voicing[205:].min() > 0.95
+    assert relative[150:198].abs().max() < 0.02  # the running mean has converged to the tone
+    jump = relative[200:210].max().item()
+    assert abs(jump - 1.0) < 0.03, relative[200:210]  # one octave up within the window of the jump
+    assert relative[205:].diff().max() < 0.01  # then it falls back as the reference follows
+    assert 0.05 < relative[-1].item() < jump - 0.5
+    cut = pitch_features(audio[:, :12345])
+    assert torch.equal(cut, features[:, : cut.shape[1]])
+
+
+def test_pitch_state_and_input_errors_say_what_to_pass():
+    with pytest.raises(ValueError, match="pitch_initial_state"):
+        pitch_stream(torch.zeros(2, 640), pitch_initial_state(3))
+    with pytest.raises(ValueError, match=r"\(B, samples\)"):
+        pitch_features(torch.zeros(640))

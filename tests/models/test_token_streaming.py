@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from s2s.data.features import LogMel
+from s2s.data.pitch import pitch_features
 from s2s.data.tokens import BOS, EOS, grammar_errors, reply_states, speaking_from_tokens
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel, shift_tokens
 from s2s.models.token_sampling import SamplingConfig
@@ -27,6 +28,11 @@ def _dialogue(samples: int, generator: torch.Generator) -> torch.Tensor:
     return 0.2 * torch.randn(samples, generator=generator) * envelope[:samples]
 
 
+def _offline_input(model: TokenDuplexModel, audio: torch.Tensor) -> torch.Tensor:
+    """The user input of the offline pass: log-mel, + pitch channels for a model with user_pitch."""
+    return model.user_input(LogMel()(audio), pitch_features(audio) if model.config.user_pitch else None)
+
+
 def _stream(session, audio: torch.Tensor):
     """Feed (B, samples) audio; returns (tokens, mel, speaking, logits) concatenated over steps."""
     size, outs = session.chunk_samples, []
@@ -43,13 +49,28 @@ def _stream(session, audio: torch.Tensor):
 
 
 @pytest.mark.parametrize(
-    ("chunk", "left_chunks", "recent"),
-    [(1, None, 4), (1, 2, 4), (4, None, 4), (4, 2, 4), (4, None, 1), (2, None, 3)],
+    ("chunk", "left_chunks", "recent", "pitch"),
+    [
+        (1, None, 4, False),
+        (1, 2, 4, False),
+        (4, None, 4, False),
+        (4, 2, 4, False),
+        (4, None, 1, False),
+        (2, None, 3, False),
+        (1, None, 4, True),
+        (4, 2, 4, True),
+        (2, None, 3, True),
+    ],
 )
-def test_token_streaming_equals_offline_with_the_streamed_tokens(chunk, left_chunks, recent, generator):
+def test_token_streaming_equals_offline_with_the_streamed_tokens(
+    chunk, left_chunks, recent, pitch, generator
+):
     seed = int(torch.randint(1000, (1,), generator=generator))
-    model = _model(seed, recent_tokens=recent)
+    model = _model(seed, recent_tokens=recent, user_pitch=pitch)
     audio = torch.stack([_dialogue(16000 * 3 + 700, generator) for _ in range(2)])
+    if pitch:  # a voiced stretch with a known F0, so the pitch channels are not all zero
+        t = torch.arange(16000) / 16000
+        audio[1, 8000:24000] = 0.3 * torch.sin(2 * torch.pi * 140.0 * t) * (audio[1, 8000:24000] != 0)
     session = TokenStreamingSession(
         model, batch=2, chunk=chunk, left_chunks=left_chunks, vocoder=False, sampling=SamplingConfig(0.8)
     )
@@ -58,13 +79,15 @@ def test_token_streaming_equals_offline_with_the_streamed_tokens(chunk, left_chu
     assert not grammar_errors(tokens, False).any(), f"seed {seed}: tokens break the grammar"
     assert torch.equal(speaking.bool(), speaking_from_tokens(tokens, False)), f"seed {seed}"
     with torch.no_grad():
-        offline = model(LogMel()(audio), tokens, chunk=chunk, left_chunks=left_chunks)
+        offline = model(_offline_input(model, audio), tokens, chunk=chunk, left_chunks=left_chunks)
     mel_error = (offline.mel - mel).abs().max().item()
     logit_error = (offline.token_logits - logits).abs().max().item()
     assert mel_error <= 1e-4 and logit_error <= 1e-4, (seed, mel_error, logit_error)
     # The comparison can fail: the offline pass with tokens one chunk off is far from the stream.
     with torch.no_grad():
-        wrong = model(LogMel()(audio), shift_tokens(tokens, 1), chunk=chunk, left_chunks=left_chunks)
+        wrong = model(
+            _offline_input(model, audio), shift_tokens(tokens, 1), chunk=chunk, left_chunks=left_chunks
+        )
     assert (wrong.token_logits - logits).abs().max() > 1e-2, seed
 
 
@@ -107,3 +130,26 @@ def test_a_v1_model_is_refused():
 
     with pytest.raises(TypeError, match="StreamingSession for model v1"):
         TokenStreamingSession(DuplexModel())
+
+
+def test_user_pitch_reads_the_pitch_channels_and_off_reads_the_log_mel_alone(generator):
+    """With user_pitch the front end reads 2 more channels (the pitch changes the output; the log-mel
+    alone is refused with the fix); without it, the model and its input are as before."""
+    audio = torch.stack([_dialogue(16000 * 2, generator) for _ in range(2)])
+    t = torch.arange(16000) / 16000
+    audio[0, :16000] = 0.3 * torch.sin(2 * torch.pi * 140.0 * t)
+    mel, pitch = LogMel()(audio), pitch_features(audio)
+    assert pitch[0, 10:100, 0].min() > 0.9, "the tone should be voiced"
+    tokens = torch.zeros(2, mel.shape[1] // 4, dtype=torch.int64)
+    model = _model(5, user_pitch=True)
+    assert model.front_end.subsample.conv.in_channels == 82
+    with torch.no_grad():
+        out = model(model.user_input(mel, pitch), tokens).mel
+        flat = model(model.user_input(mel, torch.zeros_like(pitch)), tokens).mel
+    assert (out - flat).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"data\.user_pitch=true"):
+        model.user_input(mel, None)
+    with pytest.raises(ValueError, match="82"):
+        model(mel, tokens)
+    off = _model(5)
+    assert off.front_end.subsample.conv.in_channels == 80 and off.user_input(mel, pitch) is mel
