@@ -34,6 +34,7 @@ from s2s.data.tokens import BOS, EOS, SPECIALS, TokenVocabulary
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
 from s2s.pretrained import PretrainedError, load_artifact
+from s2s.streaming.cpu_threads import cpu_threads
 from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
 from s2s.training.checkpoints import CheckpointError
@@ -124,17 +125,13 @@ def infer_file(
     config = model.config
     pieces: dict[str, list] = {"audio": [], "speaking": [], "tokens": []}
     padded = 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(options.threads)
-    try:
+    with cpu_threads(options.threads):
         for chunk in session.stream(user, rate):
             pieces["audio"].append(chunk.audio[0].float().cpu())
             pieces["speaking"].append(chunk.speaking[0].float().cpu())
             if chunk.tokens is not None:
                 pieces["tokens"].append(chunk.tokens[0].cpu())
             padded = chunk.padded_samples
-    finally:
-        torch.set_num_threads(threads)
     system = torch.cat(pieces["audio"])
     speaking = torch.cat(pieces["speaking"])
     tokens = torch.cat(pieces["tokens"]) if pieces["tokens"] else None

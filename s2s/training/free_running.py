@@ -20,6 +20,7 @@ import lightning
 import torch
 
 from s2s.models.token_sampling import SamplingConfig
+from s2s.streaming.cpu_threads import cpu_threads
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.report import free_running_summary
 from s2s.streaming.runner import stream_dialogues
@@ -91,14 +92,9 @@ class FreeRunningValidation(lightning.Callback):
         """Stream, score and return the summary. On the CPU with `cpu_threads` torch threads: a
         streaming step is many small operations, which extra threads only slow down (measured on
         a busy 2-core machine: 28 ms per step with one thread, over 1 s with two)."""
-        threads = torch.get_num_threads()
         on_cpu = next(module.model.parameters()).device.type == "cpu"
-        if on_cpu and self.cpu_threads is not None:
-            torch.set_num_threads(self.cpu_threads)
-        try:
+        with cpu_threads(self.cpu_threads if on_cpu else None):
             return self._evaluate(trainer, module)
-        finally:
-            torch.set_num_threads(threads)
 
     def _evaluate(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> dict:
         began = time.perf_counter()
