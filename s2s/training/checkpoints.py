@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path
 
@@ -61,10 +62,9 @@ def load_checkpoint(path: str | Path, fix: str | None = None) -> dict:
                 "besides tensors and plain data, and unpickling them could run code from the file. "
                 f"Checkpoints written by s2s never do; {fix}"
             ) from None
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint (its bytes do not "
-            f"read as one); {fix}"
-        ) from error
+        raise CheckpointError(_not_a_checkpoint(path, fix)) from error
+    except (KeyError, IndexError, struct.error, UnicodeDecodeError) as error:  # a malformed pickle stream
+        raise CheckpointError(_not_a_checkpoint(path, fix)) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({_first_line(error)}); {fix}"
@@ -89,6 +89,13 @@ def _unsafe_globals(path: Path, error: Exception) -> list[str]:
     except Exception:  # not a zip checkpoint: fall back to the unpickler's own message
         names = []
     return names or re.findall(r"GLOBAL ([\w.]+)", str(error))
+
+
+def _not_a_checkpoint(path: Path, fix: str) -> str:
+    return (
+        f"checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint (its bytes do not read "
+        f"as one); {fix}"
+    )
 
 
 def _first_line(error: Exception) -> str:
