@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from s2s.data.batching import DialogueBatch
+from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
 from s2s.training.augment import AugmentConfig, mask_frequencies
 from s2s.training.safe_loading import SafeCheckpointLoading, built_model
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, schedule_steps
+from s2s.training.turn_end_separability import OnsetScores, onset_scores
 
 MODEL_CLASS = "TokenDuplexModel"  # recorded in the checkpoint so loaders build the right model
 
@@ -31,6 +33,9 @@ class TokenLossWeights:
     mel: float = 1.0  # mel L1 / mel_std
     user_ctc: float = 0.2
     user_state: float = 0.5
+    # PAUSE frames in the user-state loss (a weighted mean): the pause inside a turn is the rare state
+    # the turn decision hinges on (val/turn_end_state_auc says how well it is told from an end).
+    user_pause: float = 1.0
 
 
 @dataclass
@@ -79,6 +84,8 @@ class TokenDuplexLightningModule(SafeCheckpointLoading):
         )
         # The first validation batch and its teacher-forced output: the samples callback draws them.
         self.last_validation: tuple[DialogueBatch, TokenDuplexOutput] | None = None
+        # Pause-versus-turn-end scores at the user's silence onsets over a validation epoch.
+        self.onset_scores = OnsetScores()
 
     def setup(self, stage: str) -> None:
         """Refuse a corpus whose task's vocabularies are not the model's (the data module is set up
@@ -142,10 +149,13 @@ class TokenDuplexLightningModule(SafeCheckpointLoading):
             zero_infinity=True,
         ) / real  # fmt: skip
 
+        states = batch.user_state[:, :frames]
+        state_weights = torch.ones(len(UserState), device=states.device)
+        state_weights[UserState.PAUSE] = self.weights.user_pause
         state = torch.nn.functional.cross_entropy(
-            out.user_state_logits.float().transpose(1, 2), batch.user_state[:, :frames], reduction="none"
+            out.user_state_logits.float().transpose(1, 2), states, weight=state_weights, reduction="none"
         )
-        user_state_ce = (state * mask).sum() / real
+        user_state_ce = (state * mask).sum() / (state_weights[states] * mask).sum().clamp(min=1e-6)
 
         w = self.weights
         total = token_ce + w.mel * mel_l1 / c.mel_std + w.user_ctc * user_ctc + w.user_state * user_state_ce
@@ -175,6 +185,22 @@ class TokenDuplexLightningModule(SafeCheckpointLoading):
         self._log("val", losses, len(batch))
         if batch_index == 0:
             self.last_validation = (batch, out)
+        if batch.user_state is None:
+            return
+        lengths = batch.frame_lengths // self.model.config.mel_per_frame
+        self.onset_scores.add(
+            onset_scores(out.user_state_logits, out.token_logits, batch.user_state, lengths, BOS)
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self.onset_scores = OnsetScores()
+
+    def on_validation_epoch_end(self) -> None:
+        """val/turn_end_state_auc and val/turn_end_bos_auc (turn_end_separability.py); under DDP the
+        mean of the ranks' areas, each over its share of the dialogues."""
+        aucs = self.onset_scores.aucs()
+        for name in ("state_auc", "bos_auc"):  # every rank logs both (NaN: no pause or no turn end)
+            self.log(f"val/turn_end_{name}", aucs.get(name, float("nan")), sync_dist=True)
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self.model, self.optimizer_config, schedule_steps(self.trainer))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from s2s.data.datamodule import DuplexDataModule
-from s2s.data.token_targets import frame_targets
+from s2s.data.token_targets import UserState, frame_targets
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from s2s.training.run import LaunchConfigError
@@ -51,9 +51,9 @@ def test_losses_equal_a_float64_computation(tiny_corpus, generator):
     seed = int(torch.randint(0, 2**31, (1,), generator=generator))
     torch.manual_seed(seed)
     config = TokenDuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, chunk=4)
-    pad, bos, eos = 0.3, 3.0, 3.0  # explicit, so the reference does not follow the defaults
+    pad, bos, eos, pause = 0.3, 3.0, 3.0, 4.0  # explicit, so the reference does not follow the defaults
     module = TokenDuplexLightningModule(
-        TokenDuplexModel(config).eval(), weights={"pad": pad, "bos": bos, "eos": eos}
+        TokenDuplexModel(config).eval(), weights={"pad": pad, "bos": bos, "eos": eos, "user_pause": pause}
     )
     batch = next(iter(_data(tiny_corpus).val_dataloader()))
     with torch.no_grad():
@@ -75,8 +75,11 @@ def test_losses_equal_a_float64_computation(tiny_corpus, generator):
     mel_l1 = ((out.mel.double() - target).abs() * mel_mask).sum() / (mel_mask.sum() * 80)
 
     state_log_p = out.user_state_logits.double().log_softmax(-1)
-    state = -state_log_p.gather(-1, batch.user_state[:, :frames, None])[..., 0]
-    state_ce = (state * mask).sum() / mask.sum()
+    states = batch.user_state[:, :frames]
+    state = -state_log_p.gather(-1, states[..., None])[..., 0]
+    state_w = torch.where(states == int(UserState.PAUSE), pause, 1.0).double() * mask
+    assert (states[mask.bool()] == int(UserState.PAUSE)).any(), f"seed {seed}: the batch has no pause"
+    state_ce = (state * state_w).sum() / state_w.sum()
 
     ctc = 0.0
     for row in range(len(batch)):
