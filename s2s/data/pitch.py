@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -83,11 +84,14 @@ def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
         return padded.new_zeros(batch, 0, 2)
     used = padded[:, : frames * config.hop + config.window - config.hop]
     windows = used.unfold(1, config.window, config.hop)
-    windows = windows.reshape(batch * frames, config.window)
+    # float32 from here on: the float64 FFT of a 640 s batch took 7 s of a data worker (1 s in float32
+    # at the power-of-two length); the peak picking below does not need more.
+    windows = windows.reshape(batch * frames, config.window).float()
     windows = windows - windows.mean(dim=1, keepdim=True)
-    size = 2 * config.window
+    size = 1 << (config.window + config.max_lag - 1).bit_length()  # >= window + max_lag: no wrap-around
     spectrum = torch.fft.rfft(windows, n=size)
-    autocorrelation = torch.fft.irfft(spectrum.abs().pow(2), n=size)[:, : config.max_lag + 1]
+    power = spectrum.real.square() + spectrum.imag.square()
+    autocorrelation = torch.fft.irfft(power, n=size)[:, : config.max_lag + 1]
     # Normalize each lag by the energies of the two overlapping parts (NCCF), so loudness does not count.
     energy = windows.pow(2).cumsum(dim=1)
     total = energy[:, -1:]
@@ -100,13 +104,17 @@ def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
     # Multiples of the period correlate as well as the period itself: take the peak of the first run
     # of lags within 10% of the best one (the shortest period), not the global maximum.
     near = search >= 0.9 * search.max(dim=1, keepdim=True).values
-    started = near.cumsum(dim=1) > 0
-    first_run = started & ~((started & ~near).cumsum(dim=1) > 0)
+    lags_searched = torch.arange(search.shape[1], device=search.device)
+    first = near.int().argmax(dim=1, keepdim=True)  # the first lag within 10% of the best
+    after = ~near & (lags_searched > first)
+    ended = after.any(dim=1, keepdim=True)
+    end = torch.where(ended, after.int().argmax(dim=1, keepdim=True), search.shape[1])
+    first_run = (lags_searched >= first) & (lags_searched < end)
     voicing, best = torch.where(first_run, search, torch.full_like(search, -2.0)).max(dim=1)
     lag = (best + config.min_lag).double()
     rms_db = 10 * torch.log10(windows.pow(2).mean(dim=1) + 1e-12)
     voiced = rms_db > config.silence_db
-    voicing = torch.where(voiced, voicing.clamp(0.0, 1.0), torch.zeros_like(voicing))
+    voicing = torch.where(voiced, voicing.clamp(0.0, 1.0), torch.zeros_like(voicing)).double()
     log_f0 = torch.where(voiced, torch.log2(config.sample_rate / lag), torch.zeros_like(lag))
     return torch.stack([voicing, log_f0], dim=1).reshape(batch, frames, 2)
 
@@ -162,17 +170,33 @@ def pitch_stream(
     frames = (buffer.shape[1] - history) // config.hop
     consumed = frames * config.hop
     track = _track(buffer[:, : consumed + history], config)
-    reference, weight = state.reference, state.weight
-    relative = torch.zeros_like(track[..., 1])
-    for t in range(frames):  # frame by frame: the same operations offline and chunk by chunk
-        log_f0 = track[:, t, 1]
-        voiced = track[:, t, 0] >= config.voiced
-        relative[:, t] = torch.where(voiced, log_f0 - reference, torch.zeros_like(log_f0))
-        weight = weight + voiced.double()
-        rate = torch.clamp(1.0 / weight, min=config.reference_rate)
-        reference = torch.where(voiced, reference + rate * (log_f0 - reference), reference)
+    relative, reference, weight = _relative_to_reference(track, state.reference, state.weight, config)
     features = torch.stack([track[..., 0], relative], dim=-1).to(audio.dtype)
     return features, PitchState(buffer[:, consumed:], reference, weight)
+
+
+def _relative_to_reference(
+    track: torch.Tensor, reference: torch.Tensor, weight: torch.Tensor, config: PitchConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log2 F0 of each frame of `track` (B, frames, 2) minus the running reference before it, and the
+    reference and weight after the last frame.
+
+    Frame by frame, so offline and chunk-by-chunk streams do the same float64 operations in the same
+    order (equal numbers); in NumPy on the host, where a frame costs microseconds (torch's per-op
+    overhead made this loop 5 s of a 640 s training batch)."""
+    device = track.device
+    log_f0s = track[..., 1].cpu().numpy()
+    voiced_frames = track[..., 0].cpu().numpy() >= config.voiced
+    ref, w = reference.cpu().numpy().copy(), weight.cpu().numpy().copy()
+    relative = np.zeros_like(log_f0s)
+    for t in range(log_f0s.shape[1]):
+        log_f0, voiced = log_f0s[:, t], voiced_frames[:, t]
+        relative[:, t] = np.where(voiced, log_f0 - ref, 0.0)
+        w = w + voiced
+        rate = np.maximum(1.0 / w, config.reference_rate)
+        ref = np.where(voiced, ref + rate * (log_f0 - ref), ref)
+    as_tensor = lambda a: torch.from_numpy(a).to(device)
+    return as_tensor(relative), as_tensor(ref), as_tensor(w)
 
 
 def pitch_features(audio: torch.Tensor, config: PitchConfig | None = None) -> torch.Tensor:
