@@ -76,7 +76,7 @@ CASE_IDS = [c[0] for c in CASES]
 # The fused backward runs either tiling at head dim 64 (S2S_CUTE_BWD_D64) and 128
 # (S2S_CUTE_BWD_D128): every case runs both, the default first.
 D64_TILINGS = ("wide", "legacy")
-FUSED_TILINGS = {64: D64_TILINGS, 128: ("legacy", "wide")}
+FUSED_TILINGS = {64: D64_TILINGS, 128: ("wide", "legacy")}
 FUSED_CASES = [
     pytest.param(case, tiling, id=f"{case[0]}-{tiling}")
     for case in CASES
@@ -154,7 +154,7 @@ WRITE_CASES = [
     for deterministic, tiling, name in (
         [(False, None, "fused")]
         + ([(False, "legacy", "fused-d64-legacy")] if case[5] == 64 else [])
-        + ([(False, "wide", "fused-d128-wide")] if case[5] == 128 else [])
+        + ([(False, "legacy", "fused-d128-legacy")] if case[5] == 128 else [])
         + [(True, None, "deterministic")]
     )
 ]
@@ -348,7 +348,7 @@ dtype, head_dim = getattr(torch, sys.argv[1]), int(sys.argv[2])
 for kind in ("fused", "dq", "dkdv"):
     compiled_backward(kind, dtype, backward_tiles(head_dim, kind))
 # The fused kernel's other tiling, selectable with S2S_CUTE_BWD_D64 / S2S_CUTE_BWD_D128.
-compiled_backward("fused", dtype, backward_tiles(head_dim, "fused", {64: "legacy", 128: "wide"}[head_dim]))
+compiled_backward("fused", dtype, backward_tiles(head_dim, "fused", "legacy"))
 for zero_dq in (True, False):
     compiled_prologue(dtype, head_dim, zero_dq)
 print("built")
@@ -398,16 +398,18 @@ def test_d64_backward_tiling_follows_the_environment(monkeypatch):
 
 
 def test_d128_backward_tiling_follows_the_environment(monkeypatch):
-    """S2S_CUTE_BWD_D128 picks the fused kernel's head-dim-128 tiling at launch: legacy by
-    default (the wide one is not measured yet), with its kernel-cache name as before; wide keeps
-    the 64-row tiles and 64 x 64 dQ slices and takes FlashAttention's order within a tile, as
-    another specialization. The d64 variable, the deterministic pair and unknown values."""
+    """S2S_CUTE_BWD_D128 picks the fused kernel's head-dim-128 tiling at launch: wide by default
+    (the 64-row tiles and 64 x 64 dQ slices in FlashAttention's order within a tile); legacy, with
+    the kernel-cache name it always had, as another specialization. The d64 variable, the
+    deterministic pair and unknown values."""
     from s2s.attention.cute.backward import BWD_D64_ENV, BWD_D128_ENV, backward_tiles
     from s2s.attention.cute.backward_dkdv_sm90 import ChunkAttentionBackwardDkDvSm90
     from s2s.attention.cute.launch import specialization_name
 
     monkeypatch.delenv(BWD_D64_ENV, raising=False)
     monkeypatch.delenv(BWD_D128_ENV, raising=False)
+    default = backward_tiles(128, "fused")
+    monkeypatch.setenv(BWD_D128_ENV, "legacy")
     legacy = backward_tiles(128, "fused")
     assert (legacy.tile_m, legacy.q_stages, legacy.dq_slice, legacy.split_commits) == (64, 3, (64, 64), False)
     assert not legacy.row_statistics and not legacy.ds_by_stmatrix
@@ -416,6 +418,7 @@ def test_d128_backward_tiling_follows_the_environment(monkeypatch):
     wide = backward_tiles(128, "fused")
     assert (wide.tile_m, wide.q_stages, wide.dq_by_rows, wide.dq_slice) == (64, 3, False, (64, 64))
     assert wide.split_commits and wide.row_statistics and wide.ds_by_stmatrix
+    assert default == wide
     assert specialization_name("bwd_fused", torch.float16, wide) != specialization_name(
         "bwd_fused", torch.float16, legacy
     )

@@ -26,8 +26,8 @@ work per pipeline stage, barrier and dQ hand-off of the 64-row tiling. ``S2S_CUT
 (read on the host at launch, see ``backward.backward_tiles``) selects the 64-row tiling instead.
 
 At head dim 128 the tile shape is FlashAttention's sm90 one already (64 query rows, 128 keys, dQ
-in 64 x 64 slices); ``S2S_CUTE_BWD_D128=wide`` (``KeyTiles.split_commits``, not the default)
-takes FlashAttention's order within a tile (``key_tile_split``): S^T and dP^T are committed
+in 64 x 64 slices); ``S2S_CUTE_BWD_D128=wide`` (``KeyTiles.split_commits``, the default; ``legacy``
+the order before) takes FlashAttention's order within a tile (``key_tile_split``): S^T and dP^T are committed
 apart, so P = exp(S^T - LSE) runs on the warpgroup while dP^T's GEMM runs on the tensor cores;
 dV is issued as soon as P is in registers, so dS is computed while it runs; dQ and dK follow the
 dS barrier, and the dQ slice is staged while dK's GEMM runs. Each query row's statistics are
