@@ -11,7 +11,11 @@ A barge-in may end a reply at any frame: EOS is always allowed inside a reply.
 
 The knobs are Moshi's and NeMo DuplexS2S's: temperature (0 = greedy), top-k, and additive logit
 biases for PAD, BOS and EOS (a positive BOS bias answers sooner, a positive EOS bias stops sooner).
-Biases apply before the mask, the top-k and the temperature, in greedy decoding too.
+Biases apply before the mask, the top-k and the temperature, in greedy decoding too. One more,
+`state_gain`, lets the encoder's user-state head veto a reply, as Freeze-Omni's state classifier
+decides: BOS's logit gets `state_gain * log P(ended | ended or pause)` of the frame (a per-frame
+`bos_shift`, 0 when the head is sure the turn ended, very negative when it hears a pause). The
+decoder's own BOS hardly tells a pause from a turn end; the head does better (docs/results.md).
 
 Randomness is one uniform number per (stream, frame), passed in as `noise`: `frame_noise` makes it a
 pure function of a per-stream seed and the frame's index in the stream (a counter-based generator,
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD, speaking_from_tokens
 
 
@@ -36,12 +41,17 @@ class SamplingConfig:
     pad_bias: float = 0.0
     bos_bias: float = 0.0
     eos_bias: float = 0.0
+    state_gain: float = 0.0  # >= 0: BOS + state_gain * log P(ended | ended or pause) from the user-state head
 
     def __post_init__(self):
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = all tokens), got {self.top_k}")
+        if not self.state_gain >= 0:
+            raise ValueError(
+                f"state_gain must be >= 0 (0 = the decoder alone decides), got {self.state_gain}"
+            )
 
 
 @dataclass(frozen=True)
@@ -63,15 +73,25 @@ def sample_tokens(
     in_reply: torch.Tensor,
     config: SamplingConfig,
     noise: torch.Tensor | None = None,
+    bos_shift: torch.Tensor | None = None,
 ) -> SampledTokens:
     """Sample a token per frame of `logits` (B, C, V), frame after frame, under the grammar.
 
     `in_reply` (B,) bool is the state before the chunk; `noise` (B, C) uniforms in [0, 1)
-    (`frame_noise`, `generator_noise`), unused and optional when `config.temperature` is 0.
+    (`frame_noise`, `generator_noise`), unused and optional when `config.temperature` is 0;
+    `bos_shift` (B, C) is added to BOS's logit (`state_bos_shift`).
     """
     if logits.dim() != 3 or logits.shape[-1] <= max(PAD, BOS, EOS):
         raise ValueError(f"logits must be (streams, frames, vocabulary > 3), got {tuple(logits.shape)}")
-    return sample_frames(lambda frame, before: logits[:, frame], logits.shape[1], in_reply, config, noise)
+    frames = logits.shape[1]
+    return sample_frames(lambda frame, before: logits[:, frame], frames, in_reply, config, noise, bos_shift)
+
+
+def state_bos_shift(user_state_logits: torch.Tensor, gain: float) -> torch.Tensor:
+    """(B, C) `gain * log P(ended | ended or pause)` from the user-state head's (B, C, 4) logits."""
+    logits = user_state_logits.float()
+    log_odds = logits[..., UserState.ENDED] - logits[..., UserState.PAUSE]
+    return gain * torch.nn.functional.logsigmoid(log_odds)
 
 
 FrameLogits = Callable[[int, torch.Tensor], torch.Tensor]
@@ -83,10 +103,12 @@ def sample_frames(
     in_reply: torch.Tensor,
     config: SamplingConfig,
     noise: torch.Tensor | None = None,
+    bos_shift: torch.Tensor | None = None,
 ) -> SampledTokens:
     """Sample `frames` tokens one after the other: `frame_logits(c, tokens)` gives the (B, V) logits
     of frame c once the (B, c) tokens of the frames before it in the chunk are sampled (the model's
-    heads read them), so each token knows the ones before it."""
+    heads read them), so each token knows the ones before it. `bos_shift` (B, frames): added to
+    BOS's logit of each frame, after the biases."""
     streams = in_reply.shape[0] if in_reply.dim() == 1 else -1
     if in_reply.dim() != 1 or in_reply.dtype != torch.bool:
         raise ValueError(f"in_reply must be a bool tensor of shape (streams,), got {in_reply.dtype} "
@@ -97,6 +119,10 @@ def sample_frames(
             f"sampling at temperature {config.temperature} needs noise of shape ({streams}, {frames}) "
             f"(frame_noise or generator_noise), got {None if noise is None else tuple(noise.shape)}"
         )
+    if bos_shift is not None and bos_shift.shape != (streams, frames):
+        raise ValueError(
+            f"bos_shift must be (streams={streams}, frames={frames}), got {tuple(bos_shift.shape)}"
+        )
     state = in_reply
     tokens = torch.zeros(streams, 0, dtype=torch.int64, device=in_reply.device)
     for frame in range(frames):
@@ -106,7 +132,10 @@ def sample_frames(
                 f"logits of a frame must be (streams={streams}, vocabulary > 3), got {tuple(logits.shape)}"
             )
         state = state.to(logits.device)
-        masked = _biased(logits, config).masked_fill(~allowed_tokens(state, logits.shape[-1]), float("-inf"))
+        scores = _biased(logits, config)
+        if bos_shift is not None:
+            scores[:, BOS] += bos_shift[:, frame].to(scores.device, scores.dtype)
+        masked = scores.masked_fill(~allowed_tokens(state, logits.shape[-1]), float("-inf"))
         # A stream whose allowed tokens are all -inf (a broken model) stays silent: PAD.
         dead = torch.isneginf(masked).all(dim=-1, keepdim=True)
         masked[:, PAD : PAD + 1] = torch.where(dead, 0.0, masked[:, PAD : PAD + 1])

@@ -175,7 +175,7 @@ class StreamingSession:
             cache.append(k, v, lengths=counts, final=final)
         decoder_in = self._decoder_input(state.feedback)
         hidden = model.decoder.step(decoder_in, positions, caches.decoder, caches.cross, counts, final)
-        mel, speaking, raw, feedback = self._outputs(hidden, state.feedback, state.positions)
+        mel, speaking, raw, feedback = self._outputs(hidden, state.feedback, state.positions, encoded)
 
         output_audio, vocoder_state = None, state.vocoder
         if self.vocoder is not None:
@@ -201,8 +201,9 @@ class StreamingSession:
     def _decoder_input(self, feedback) -> torch.Tensor:
         return self.model.feedback_in(feedback)
 
-    def _outputs(self, hidden: torch.Tensor, feedback, positions: torch.Tensor):
-        """(mel, speaking, raw output, next feedback) of a chunk's hidden states."""
+    def _outputs(self, hidden: torch.Tensor, feedback, positions: torch.Tensor, encoded: torch.Tensor):
+        """(mel, speaking, raw output, next feedback) of a chunk's hidden states (`encoded`: the
+        encoder's output of the same frames)."""
         out = self.model.heads(hidden)
         return out.mel, out.speaking, out, out.feedback
 

@@ -15,7 +15,7 @@ import torch
 
 from s2s.data.tokens import PAD
 from s2s.models.token_duplex import TokenDuplexModel, recent_windows
-from s2s.models.token_sampling import SamplingConfig, frame_noise, sample_frames
+from s2s.models.token_sampling import SamplingConfig, frame_noise, sample_frames, state_bos_shift
 from s2s.streaming.session import StreamingSession, _where
 
 
@@ -36,9 +36,10 @@ class TokenStep:
 
 
 class TokenStreamingSession(StreamingSession):
-    """StreamingSession for TokenDuplexModel: `sampling` sets temperature, top-k and the PAD / BOS /
-    EOS logit biases (a positive BOS bias answers sooner); `seeds` (B,) makes every stream's samples
-    reproducible (default: stream i gets seed i)."""
+    """StreamingSession for TokenDuplexModel: `sampling` sets temperature, top-k, the PAD / BOS /
+    EOS logit biases (a positive BOS bias answers sooner) and the user-state head's say over BOS
+    (`state_gain`); `seeds` (B,) makes every stream's samples reproducible (default: stream i gets
+    seed i)."""
 
     def __init__(
         self,
@@ -80,9 +81,14 @@ class TokenStreamingSession(StreamingSession):
     def _decoder_input(self, feedback: TokenFeedback) -> torch.Tensor:
         return self.model.decoder_input(feedback.tokens, feedback.mel)
 
-    def _outputs(self, hidden: torch.Tensor, feedback: TokenFeedback, positions: torch.Tensor):
+    def _outputs(
+        self, hidden: torch.Tensor, feedback: TokenFeedback, positions: torch.Tensor, encoded: torch.Tensor
+    ):
         model = self.model
         noise = frame_noise(self.seeds, positions, self.chunk) if self.sampling.temperature > 0 else None
+        bos_shift = None
+        if self.sampling.state_gain > 0:
+            bos_shift = state_bos_shift(model.user_state_head(encoded), self.sampling.state_gain)
         placeholder = torch.full((hidden.shape[0], 1), PAD, device=hidden.device)  # the token to sample
         per_frame = []  # each frame's logits, as sampled (the raw output: no second pass of the head)
 
@@ -92,7 +98,7 @@ class TokenStreamingSession(StreamingSession):
             return per_frame[-1][:, 0]
 
         lags = feedback.recent.shape[1]
-        sampled = sample_frames(frame_logits, self.chunk, feedback.in_reply, self.sampling, noise)
+        sampled = sample_frames(frame_logits, self.chunk, feedback.in_reply, self.sampling, noise, bos_shift)
         logits = torch.cat(per_frame, dim=1)
         mel = model.mel_for(hidden, recent_windows(sampled.tokens, feedback.recent))
         history = torch.cat([feedback.recent, sampled.tokens], dim=1)

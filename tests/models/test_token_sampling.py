@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_sampling import (
     SampledTokens,
@@ -14,6 +15,7 @@ from s2s.models.token_sampling import (
     frame_noise,
     generator_noise,
     sample_tokens,
+    state_bos_shift,
 )
 
 V = 13  # PAD, BOS, EOS and ten words
@@ -175,6 +177,64 @@ def test_biases_move_the_decisions_the_expected_way(generator, temperature):
     assert padded[0] > padded[1] > padded[2], f"seed {seed}: BOS rate by PAD bias {padded}"
     stopping = [rate(EOS, True, eos_bias=b) for b in (-2.0, 0.0, 2.0)]
     assert stopping[0] < stopping[1] < stopping[2], f"seed {seed}: EOS rate by EOS bias {stopping}"
+
+
+def test_bos_shift_is_a_per_frame_bos_bias(generator):
+    """A bos_shift equals adding it to BOS's logit by hand; the state head's shift is gain times
+    log P(ended | ended or pause) in float64, 0 where the head is sure of an end, and a gain of 0
+    leaves the decisions alone."""
+    seed = generator.initial_seed()
+    streams, frames = 64, 6
+    logits = torch.randn(streams, frames, V, generator=generator)
+    seeds = torch.randint(0, 2**31, (streams,), generator=generator)
+    noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), frames)
+    shift = -3.0 * torch.rand(streams, frames, generator=generator)
+    in_reply = torch.rand(streams, generator=generator) < 0.3
+    for temperature in (0.0, 0.7):
+        config = SamplingConfig(temperature=temperature, bos_bias=0.5)
+        shifted = sample_tokens(logits, in_reply, config, noise, bos_shift=shift)
+        by_hand = logits.clone()
+        by_hand[..., BOS] += shift
+        assert torch.equal(shifted.tokens, sample_tokens(by_hand, in_reply, config, noise).tokens), seed
+    with pytest.raises(ValueError, match="bos_shift must be"):
+        sample_tokens(logits, in_reply, SamplingConfig(), noise, bos_shift=shift[:, :2])
+
+    state_logits = torch.randn(streams, frames, 4, generator=generator) * 3
+    got = state_bos_shift(state_logits, 2.0)
+    p = state_logits.double().softmax(-1)
+    ended, pause = p[..., int(UserState.ENDED)], p[..., int(UserState.PAUSE)]
+    want = 2.0 * torch.log(ended / (ended + pause))
+    assert (got.double() - want).abs().max() < 1e-5, f"seed {seed}"
+    sure_end = torch.zeros(1, 1, 4)
+    sure_end[..., int(UserState.ENDED)] = 40.0
+    assert abs(float(state_bos_shift(sure_end, 5.0))) < 1e-6
+    assert torch.equal(state_bos_shift(state_logits, 0.0), torch.zeros(streams, frames))
+    with pytest.raises(ValueError, match="state_gain"):
+        SamplingConfig(state_gain=-1.0)
+
+
+def test_a_pause_heard_by_the_state_head_holds_the_reply_back(generator):
+    """With the head sure of a pause on every frame, a large gain leaves BOS (nearly) never drawn;
+    with it sure of an end, the same draws as without the head."""
+    seed = generator.initial_seed()
+    streams, frames = 256, 8
+    logits = torch.randn(streams, frames, V, generator=generator)
+    logits[..., BOS] += 2.0  # eager to answer
+    seeds = torch.randint(0, 2**31, (streams,), generator=generator)
+    noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), frames)
+    silent = torch.zeros(streams, dtype=torch.bool)
+    config = SamplingConfig(temperature=0.7, state_gain=4.0)
+    heard = torch.zeros(streams, frames, 4)
+    heard[..., int(UserState.PAUSE)] = 6.0
+    vetoed = sample_tokens(logits, silent, config, noise, state_bos_shift(heard, config.state_gain))
+    alone = sample_tokens(logits, silent, config, noise)
+    assert (alone.tokens == BOS).float().mean() > 0.05, f"seed {seed}"
+    assert (vetoed.tokens == BOS).float().mean() < 0.002, f"seed {seed}"
+    heard = torch.zeros(streams, frames, 4)
+    heard[..., int(UserState.ENDED)] = 30.0
+    assert torch.equal(
+        sample_tokens(logits, silent, config, noise, state_bos_shift(heard, 4.0)).tokens, alone.tokens
+    )
 
 
 def test_broken_logits_stay_silent_and_other_streams_are_untouched(generator):

@@ -125,6 +125,28 @@ def test_bos_bias_opens_replies_sooner(generator):
     assert rates[0] < rates[1] < rates[2], rates
 
 
+def test_state_gain_holds_replies_back_and_the_stream_still_equals_offline(generator):
+    """The user-state head's shift is never positive, so a gain opens fewer replies per frame where
+    one may open; the raw logits stay the model's (streaming == offline with the streamed tokens)."""
+    seed = int(torch.randint(1000, (1,), generator=generator))
+    model = _model(seed)
+    audio = torch.stack([_dialogue(16000 * 3, generator) for _ in range(4)])
+    rates = []
+    for gain in (0.0, 6.0):
+        session = TokenStreamingSession(
+            model, batch=4, vocoder=False, sampling=SamplingConfig(temperature=1.0, state_gain=gain)
+        )
+        tokens, _, _, logits = _stream(session, audio)
+        open_before, _ = reply_states(tokens, False)
+        allowed = ~open_before
+        rates.append(float((tokens == BOS)[allowed].sum() / allowed.sum()))
+        with torch.no_grad():
+            offline = model(_offline_input(model, audio), tokens, chunk=session.chunk)
+        error = (offline.token_logits - logits).abs().max().item()
+        assert error <= 1e-4, (seed, gain, error)
+    assert rates[1] < rates[0], (seed, rates)
+
+
 def test_a_v1_model_is_refused():
     from s2s.models.duplex import DuplexModel
 
