@@ -9,19 +9,23 @@ MFU and where the step's GPU time goes.
     python scripts/bench_train.py --device cpu --model tiny --backends sdpa --dialogues 2 --seconds 2 \\
         --warmup 1 --steps 1 --profile-steps 1                      # the script's own smoke run
 
-The batch imitates experiment=base_gpu: dialogues of ``--seconds`` (some shorter, so the padded
-batch is packed to varlen), per-dialogue chunks drawn from {1, 2, 4, 8} (dynamic-chunk training).
-The model is model v1 at the preset sizes (model v2, the configs' default, shares its front end,
-encoder and decoder; its input embedding and output heads differ).
+The model is model v2 (TokenDuplexModel, the configs' default) at the sizes of
+configs/model/base.yaml and tiny.yaml. The step is its training step: TokenDuplexLightningModule.run
+(SpecAugment's frequency masks, then the token cross-entropy, mel L1, the user's CTC and state), so a
+change to the losses is timed too. The batch imitates experiment=base_gpu: dialogues of ``--seconds``
+(some shorter, so the padded batch is packed to varlen), per-dialogue chunks drawn from {1, 2, 4, 8}
+(dynamic-chunk training), and targets on the grammar of s2s/data/tokens.py: user turns with a pause
+inside, the system's replies after them (BOS, a word every few frames, EOS), PAD elsewhere.
 
 MFU: model FLOPs per step are 6 x parameters x model frames plus the attention of the exact masks
 (forward 4 * head_dim * visible pairs per query head, backward 2.5x), as
 s2s/training/step_profile.py counts them, over the dense bf16 peak of the GPU's datasheet (989
-TFLOP/s on H100 SXM and H200; ``--peak-tflops`` overrides). A large bf16 GEMM is timed beside it:
-what the tensor cores reach here. The breakdown profiles a few steps with torch.profiler and sorts
-their kernels by name into attention, matmul, optimizer and elementwise/other; idle is the steps'
-wall time that no kernel covers (host overhead, syncs). The profiler slows the host, so the
-profiled wall time per step is longer than the timed one.
+TFLOP/s on H100 SXM and H200; ``--peak-tflops`` overrides). The token embeddings are looked up, not
+multiplied: their parameters are left out. A large bf16 GEMM is timed beside it: what the tensor
+cores reach here. The breakdown profiles a few steps with torch.profiler and sorts their kernels by
+name into attention, matmul, optimizer and elementwise/other; idle is the steps' wall time that no
+kernel covers (host overhead, syncs). The profiler slows the host, so the profiled wall time per
+step is longer than the timed one.
 """
 
 from __future__ import annotations
@@ -33,10 +37,14 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from s2s.models.config import base, tiny
-from s2s.models.duplex import DuplexModel
+from s2s.data.batching import DialogueBatch
+from s2s.data.token_targets import UserState
+from s2s.data.tokens import BOS, EOS, PAD, SPECIALS, speaking_from_tokens
+from s2s.models import config as presets
+from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.training.augment import AugmentConfig
 from s2s.training.step_profile import (
     CATEGORIES,
     StepBreakdown,
@@ -49,48 +57,112 @@ from s2s.training.step_profile import (
     kernels_and_window,
     mfu,
 )
+from s2s.training.token_module import TokenDuplexLightningModule
 
 FRAMES_PER_SECOND = 25  # model frames: 10 ms log-mel hop, subsampled 4x
 STEP_RANGE = "train_step"  # record_function name around each profiled step
+FIRST_WORD = len(SPECIALS)  # token ids from here on are words
 
 
-def make_batch(config, dialogues: int, frames: int, generator: torch.Generator) -> dict:
+def preset_config(name: str) -> TokenDuplexConfig:
+    """configs/model/<name>.yaml without hydra: the sizes of the preset of s2s/models/config.py, the
+    rest TokenDuplexConfig's defaults (tests/models/test_model.py checks that the two agree)."""
+    return TokenDuplexConfig(**dataclasses.asdict(getattr(presets, name)()))
+
+
+def randint(low: int, high: int, generator: torch.Generator, size: int | None = None):
+    """An int in [low, high) (or a tensor of `size` of them)."""
+    values = torch.randint(low, high, (1 if size is None else size,), generator=generator)
+    return int(values) if size is None else values
+
+
+def dialogue_targets(row: int, length: int, config: TokenDuplexConfig, targets: dict, generator) -> None:
+    """Fill row `row` of the targets up to `length` model frames: a user turn (words, a pause in its
+    middle), then ENDED while the system replies (BOS, a word every 4 frames, EOS), and again."""
+    tokens, states = targets["system_tokens"][row], targets["user_state"][row]  # views: written in place
+    t = randint(0, 10, generator)
+    words = []
+    while t + 12 < length:
+        turn = min(length - t, randint(12, 50, generator))
+        states[t : t + turn] = UserState.SPEAKING
+        states[t + turn // 2 : t + turn // 2 + 3] = UserState.PAUSE
+        words.append(randint(FIRST_WORD, config.user_vocab, generator, size=turn // 8 + 1))
+        t += turn
+        next_turn = min(length, t + randint(20, 80, generator))
+        states[t:next_turn] = UserState.ENDED
+        bos, eos = t + randint(2, 8, generator), next_turn - randint(2, 6, generator)
+        if eos - bos > 2:
+            tokens[bos], tokens[eos] = BOS, EOS
+            said = torch.arange(bos + 2, eos, 4)
+            tokens[said] = randint(FIRST_WORD, config.system_vocab, generator, len(said))
+        t = next_turn
+    user_words = torch.cat(words) if words else torch.zeros(0, dtype=torch.int64)
+    targets["user_words"][row, : len(user_words)] = user_words
+    targets["user_word_counts"][row] = len(user_words)
+
+
+def make_batch(
+    config: TokenDuplexConfig, dialogues: int, frames: int, generator: torch.Generator
+) -> tuple[DialogueBatch, torch.Tensor]:
+    """A DialogueBatch of `dialogues` x `frames` model frames (half of them shorter) and the chunk
+    size of each dialogue."""
+    r = config.mel_per_frame
     lengths = torch.full((dialogues,), frames)
     lengths[dialogues // 2 :] = torch.randint(
         frames // 2, frames + 1, (dialogues - dialogues // 2,), generator=generator
     )
     chunks = torch.tensor([1, 2, 4, 8])[torch.randint(0, 4, (dialogues,), generator=generator)]
-    return {
-        "user_mel": 3 * torch.randn(dialogues, 4 * frames, config.n_mels, generator=generator) - 6,
-        "feedback": torch.randn(dialogues, frames, config.feedback_dim, generator=generator),
-        "target_mel": 3 * torch.randn(dialogues, 4 * frames, config.n_mels, generator=generator) - 6,
-        "speaking": (torch.rand(dialogues, frames, generator=generator) > 0.5).float(),
-        "lengths": lengths,
-        "chunks": chunks.to(torch.int32),
+    targets = {
+        "system_tokens": torch.full((dialogues, frames), PAD),
+        "user_state": torch.full((dialogues, frames), int(UserState.SILENT)),
+        "user_words": torch.full((dialogues, frames), PAD),
+        "user_word_counts": torch.zeros(dialogues, dtype=torch.int64),
     }
-
-
-def forward(model: DuplexModel, batch: dict):
-    with torch.autocast(batch["lengths"].device.type, dtype=torch.bfloat16):
-        return model(batch["user_mel"], batch["feedback"], lengths=batch["lengths"], chunk=batch["chunks"])
-
-
-def train_step(model: DuplexModel, optimizer: torch.optim.Optimizer, batch: dict) -> torch.Tensor:
-    """Forward, masked L1 on mel + BCE on speaking, backward, AdamW step."""
-    lengths = batch["lengths"]
-    frames = batch["feedback"].shape[1]
-    valid = torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
-    out = forward(model, batch)
-    mel_valid = valid.repeat_interleave(4, dim=1)[..., None]
-    mel_loss = ((out.mel.float() - batch["target_mel"]).abs() * mel_valid).sum() / (mel_valid.sum() * 80)
-    speak_loss = F.binary_cross_entropy_with_logits(
-        out.speaking_logit.float()[valid], batch["speaking"][valid]
+    for row, length in enumerate(lengths.tolist()):
+        dialogue_targets(row, length, config, targets, generator)
+    frame_lengths = lengths * r
+    mel_frames = frames * r
+    batch = DialogueBatch(
+        names=[f"synthetic-{i}" for i in range(dialogues)],
+        user_audio=torch.zeros(dialogues, mel_frames * config.hop),  # the step reads no audio
+        system_audio=torch.zeros(dialogues, mel_frames * config.hop),
+        audio_lengths=frame_lengths * config.hop,
+        frame_lengths=frame_lengths,
+        frame_mask=torch.arange(mel_frames)[None, :] < frame_lengths[:, None],
+        user_speaking=(targets["user_state"] == UserState.SPEAKING).float().repeat_interleave(r, dim=1),
+        system_speaking=speaking_from_tokens(targets["system_tokens"], False).float().repeat_interleave(r, 1),
+        user_mel=3 * torch.randn(dialogues, mel_frames, config.n_mels, generator=generator) - 6,
+        system_mel=3 * torch.randn(dialogues, mel_frames, config.n_mels, generator=generator) - 6,
+        system_tokens=targets["system_tokens"],
+        in_reply_at_start=torch.zeros(dialogues, dtype=torch.bool),
+        user_state=targets["user_state"],
+        user_words=targets["user_words"][:, : max(1, int(targets["user_word_counts"].max()))],
+        user_word_counts=targets["user_word_counts"],
     )
-    loss = mel_loss + speak_loss
+    return batch, chunks.to(torch.int32)
+
+
+def losses(module: TokenDuplexLightningModule, batch: DialogueBatch, chunks: torch.Tensor):
+    """The training step's forward and losses, as training_step runs them, under bf16 autocast."""
+    with torch.autocast(batch.user_mel.device.type, dtype=torch.bfloat16):
+        return module.run(batch, chunks, augment=True)[1]
+
+
+def train_step(
+    module: TokenDuplexLightningModule, optimizer: torch.optim.Optimizer, batch: DialogueBatch, chunks
+) -> torch.Tensor:
+    """Forward and model v2's training losses, backward, AdamW step."""
+    loss = losses(module, batch, chunks).total
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+def multiplied_parameters(model: nn.Module) -> int:
+    """Parameters that take part in a matmul per frame: all but the embedding tables (looked up)."""
+    looked_up = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in looked_up)
 
 
 def synchronize(device: torch.device) -> None:
@@ -125,17 +197,17 @@ def measured_gemm_tflops(size: int = 8192, calls: int = 50) -> float:
     return 2 * size**3 / seconds / 1e12
 
 
-def profile_steps(model, optimizer, batch: dict, steps: int) -> StepBreakdown:
+def profile_steps(module, optimizer, batch: DialogueBatch, chunks, steps: int) -> StepBreakdown:
     """Run ``steps`` training steps under torch.profiler and sort their GPU time."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    device = batch["lengths"].device
+    device = batch.user_mel.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
     with profile(activities=activities) as prof:
         for _ in range(steps):
             with record_function(STEP_RANGE):
-                train_step(model, optimizer, batch)
+                train_step(module, optimizer, batch, chunks)
         synchronize(device)  # inside, so the last step's kernels are recorded
     kernels, window = kernels_and_window(prof.events(), STEP_RANGE)
     return breakdown(kernels, window, steps)
@@ -154,7 +226,7 @@ class BackendRun:
     profile_error: str | None = None
 
 
-def run_backend(backend: str, args, batch: dict) -> BackendRun:
+def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) -> BackendRun:
     """Model frames per second of training steps, the step's FLOPs and (unless --no-profile) its
     breakdown. ``cute-deterministic`` is cute with torch.use_deterministic_algorithms on
     (Lightning's deterministic=True): its backward runs the two-kernel deterministic path."""
@@ -162,24 +234,25 @@ def run_backend(backend: str, args, batch: dict) -> BackendRun:
     deterministic = backend == "cute-deterministic"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     backend = "cute" if deterministic else backend
-    device = batch["lengths"].device
-    config = dataclasses.replace(base() if args.model == "base" else tiny(), attention_backend=backend)
+    device = batch.user_mel.device
+    config = dataclasses.replace(preset_config(args.model), attention_backend=backend)
     torch.manual_seed(0)
-    model = DuplexModel(config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    frames = int(batch["lengths"].sum())
+    # module v2's SpecAugment (configs/module/v2.yaml: AugmentConfig's defaults); run needs no trainer
+    module = TokenDuplexLightningModule(TokenDuplexModel(config), augment=AugmentConfig()).to(device).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=device.type == "cuda")
+    frames = int((batch.frame_lengths // config.mel_per_frame).sum())
     with count_attention_flops() as counted:  # in grad mode, as training runs: no extra compiles
-        forward(model, batch)
-    flops = StepFlops(sum(p.numel() for p in model.parameters()), frames, counted.flops)
+        losses(module, batch, chunks)
+    flops = StepFlops(multiplied_parameters(module.model), frames, counted.flops)
     for _ in range(args.warmup):
-        loss = train_step(model, optimizer, batch)
+        loss = train_step(module, optimizer, batch, chunks)
     if not torch.isfinite(loss):
         raise RuntimeError(f"{backend}: non-finite loss {loss.item()}")
-    seconds = seconds_per_call(lambda: train_step(model, optimizer, batch), args.steps, device)
+    seconds = seconds_per_call(lambda: train_step(module, optimizer, batch, chunks), args.steps, device)
     run = BackendRun(name, seconds, frames / seconds, flops, counted.calls)
     if args.profile_steps > 0:
         try:
-            run.breakdown = profile_steps(model, optimizer, batch, args.profile_steps)
+            run.breakdown = profile_steps(module, optimizer, batch, chunks, args.profile_steps)
         except Exception as error:  # the throughput and MFU stand without the profile
             run.profile_error = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
     return run
@@ -264,8 +337,8 @@ def main() -> None:
         raise SystemExit("bench_train.py needs a CUDA GPU (or --device cpu for a smoke run)")
     generator = torch.Generator().manual_seed(0)
     frames = int(args.seconds * FRAMES_PER_SECOND)
-    config = base() if args.model == "base" else tiny()
-    batch = {k: v.to(device) for k, v in make_batch(config, args.dialogues, frames, generator).items()}
+    batch, chunks = make_batch(preset_config(args.model), args.dialogues, frames, generator)
+    batch, chunks = batch.to(device), chunks.to(device)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     peak, peak_source = args.peak_tflops, "--peak-tflops"
     if peak is None and device.type == "cuda":
@@ -278,7 +351,7 @@ def main() -> None:
             print(f"bf16 GEMM not timed: {type(error).__name__}: {error}")
     runs: list[BackendRun] = []
     for backend in args.backends:
-        run = run_backend(backend, args, batch)
+        run = run_backend(backend, args, batch, chunks)
         runs.append(run)
         print(f"{backend}: {run.frames_per_second:,.0f} model frames/s", flush=True)
         print("  " + mfu_line(run, peak, gemm), flush=True)
@@ -289,7 +362,7 @@ def main() -> None:
     results = {run.backend: run.frames_per_second for run in runs}
     print(
         f"\ntraining step, {args.model} model, {args.dialogues} dialogues x {args.seconds:g} s "
-        f"({int(batch['lengths'].sum())} frames), bf16 autocast, {gpu}, {datetime.date.today()}"
+        f"({runs[0].flops.frames} frames), bf16 autocast, {gpu}, {datetime.date.today()}"
     )
     print("| backend | model frames/s | vs flex |\n| --- | --- | --- |")
     for backend, rate in results.items():

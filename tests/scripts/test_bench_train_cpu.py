@@ -1,11 +1,19 @@
-"""scripts/bench_train.py on the CPU: its FLOP count against a hand count of the batch's masks,
-and the smoke run's report (throughput, MFU and breakdown tables)."""
+"""scripts/bench_train.py on the CPU: the synthetic batch holds what model v2 trains on, its FLOP
+count against a hand count of the batch's masks and parameters, and the smoke run's report
+(throughput, MFU and breakdown tables)."""
 
 import argparse
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+from s2s.data.token_targets import UserState
+from s2s.data.tokens import BOS, EOS, PAD, grammar_errors
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -13,23 +21,68 @@ def bench(load_script):
     return load_script("bench_train")
 
 
+@pytest.mark.parametrize("name", ["tiny", "base"])
+def test_the_presets_are_model_v2_as_the_configs_say(bench, name):
+    """Every field configs/model/<name>.yaml sets to a value (not an interpolation of the attention
+    group) is the script's."""
+    fields = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())["config"]
+    config = bench.preset_config(name)
+    assert isinstance(config, bench.TokenDuplexConfig)
+    values = {k: v for k, v in fields.items() if not k.startswith("_") and "${" not in str(v)}
+    assert {"dim", "heads", "kv_heads", "encoder_layers", "decoder_layers", "system_vocab"} <= set(values)
+    assert {k: getattr(config, k) for k in values} == values
+
+
+def test_the_batch_holds_model_v2s_targets(bench):
+    config = bench.preset_config("tiny")
+    batch, chunks = bench.make_batch(
+        config, dialogues=6, frames=200, generator=torch.Generator().manual_seed(2)
+    )
+    lengths = batch.frame_lengths // 4
+    assert (lengths[:3] == 200).all() and (lengths[3:] >= 100).all() and (lengths <= 200).all()
+    assert set(chunks.tolist()) <= {1, 2, 4, 8}
+    assert batch.user_mel.shape == batch.system_mel.shape == (6, 800, 80)
+    tokens, states = batch.system_tokens, batch.user_state
+    assert tokens.shape == states.shape == (6, 200)
+    past = torch.arange(200)[None, :] >= lengths[:, None]
+    assert (tokens[past] == PAD).all() and (states[past] == UserState.SILENT).all()
+    assert not grammar_errors(tokens, batch.in_reply_at_start).any()
+    for row in range(6):  # every dialogue has replies, closed before its end, with words in them
+        row_tokens = tokens[row]
+        assert (row_tokens == BOS).sum() == (row_tokens == EOS).sum() > 0
+        assert ((row_tokens >= 3) & (row_tokens < config.system_vocab)).sum() > 0
+        assert {UserState.SPEAKING, UserState.PAUSE, UserState.ENDED} <= set(states[row].tolist())
+    assert (tokens < config.system_vocab).all() and (tokens >= 0).all()
+    counts = batch.user_word_counts
+    assert (counts > 0).all() and batch.user_words.shape == (6, int(counts.max()))
+    words = torch.arange(batch.user_words.shape[1])[None, :] < counts[:, None]
+    assert ((batch.user_words[words] >= 3) & (batch.user_words[words] < config.user_vocab)).all()
+    assert (batch.user_words[~words] == PAD).all()
+
+
 @pytest.mark.slow
 def test_run_backend_counts_the_batch_masks(bench):
     """Attention FLOPs are 4 * head_dim * heads * visible pairs per call; the tiny model makes 12
     calls (4 encoder self, 4 decoder self, 4 cross) over the same per-dialogue chunk-causal masks:
-    visible keys of row i under chunk C are min(length, (i // C + 1) * C)."""
-    config = bench.tiny()
-    batch = bench.make_batch(config, dialogues=3, frames=20, generator=torch.Generator().manual_seed(1))
+    visible keys of row i under chunk C are min(length, (i // C + 1) * C). The dense FLOPs count
+    every parameter but the token embeddings (a lookup): token_in, the token head's W - 1 recent
+    tokens and the mel head's W, a row per token each."""
+    config = bench.preset_config("tiny")
+    batch, chunks = bench.make_batch(
+        config, dialogues=3, frames=20, generator=torch.Generator().manual_seed(1)
+    )
     args = argparse.Namespace(model="tiny", warmup=1, steps=1, profile_steps=1)
-    run = bench.run_backend("sdpa", args, batch)
+    run = bench.run_backend("sdpa", args, batch, chunks)
 
+    lengths = (batch.frame_lengths // 4).tolist()
     pairs = 0
-    for length, chunk in zip(batch["lengths"].tolist(), batch["chunks"].tolist(), strict=True):
+    for length, chunk in zip(lengths, chunks.tolist(), strict=True):
         pairs += sum(min(length, (i // chunk + 1) * chunk) for i in range(length))
     assert run.attention_calls == 12
     assert run.flops.attention_forward == 12 * 4 * config.head_dim * config.heads * pairs
-    assert run.flops.frames == int(batch["lengths"].sum())
-    assert run.flops.parameters == sum(p.numel() for p in bench.DuplexModel(config).parameters())
+    assert run.flops.frames == sum(lengths)
+    embeddings = (1 + (config.recent_tokens - 1) + config.recent_tokens) * config.system_vocab * config.dim
+    assert run.flops.parameters == bench.TokenDuplexModel(config).parameter_count() - embeddings
     assert run.frames_per_second == pytest.approx(run.flops.frames / run.seconds_per_step)
     assert run.breakdown is not None and run.breakdown.wall_us > 0
 
