@@ -41,7 +41,10 @@ class SamplingConfig:
     pad_bias: float = 0.0
     bos_bias: float = 0.0
     eos_bias: float = 0.0
-    state_gain: float = 0.0  # >= 0: BOS + state_gain * log P(ended | ended or pause) from the user-state head
+    # >= 0: BOS + state_gain * log P(ended | ended or pause) from the user-state head. 4 was chosen on
+    # the validation split of two tiny models (0, 2, 4): take-overs 0.125-0.175 -> 0 per pause,
+    # talk-overs 0.18-0.21 -> 0.03-0.04 per turn, replies ~100 ms later (docs/results.md).
+    state_gain: float = 4.0
 
     def __post_init__(self):
         if not self.temperature >= 0:
