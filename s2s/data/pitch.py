@@ -88,6 +88,22 @@ def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
     # at the power-of-two length); the peak picking below does not need more.
     windows = windows.reshape(batch * frames, config.window).float()
     windows = windows - windows.mean(dim=1, keepdim=True)
+    rms_db = 10 * torch.log10(windows.pow(2).mean(dim=1) + 1e-12)
+    voiced = rms_db > config.silence_db
+    # Only windows loud enough to be voiced need the autocorrelation: a dialogue's user channel is
+    # silent much of the time (the system's turns), and each window's figures are its own.
+    voicing = torch.zeros(batch * frames, dtype=torch.float64, device=padded.device)
+    log_f0 = torch.zeros(batch * frames, dtype=torch.float64, device=padded.device)
+    if bool(voiced.any()):
+        heard_voicing, lag = _periodicity(windows[voiced], config)
+        voicing[voiced] = heard_voicing.clamp(0.0, 1.0).double()
+        log_f0[voiced] = torch.log2(config.sample_rate / lag)
+    return torch.stack([voicing, log_f0], dim=1).reshape(batch, frames, 2)
+
+
+def _periodicity(windows: torch.Tensor, config: PitchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, window) float32 mean-removed windows -> (the peak normalized autocorrelation, the lag of
+    the first peak within 10% of the highest, float64 samples), each (N,)."""
     size = 1 << (config.window + config.max_lag - 1).bit_length()  # >= window + max_lag: no wrap-around
     spectrum = torch.fft.rfft(windows, n=size)
     power = spectrum.real.square() + spectrum.imag.square()
@@ -95,7 +111,7 @@ def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
     # Normalize each lag by the energies of the two overlapping parts (NCCF), so loudness does not count.
     energy = windows.pow(2).cumsum(dim=1)
     total = energy[:, -1:]
-    lags = torch.arange(config.max_lag + 1, device=padded.device)
+    lags = torch.arange(config.max_lag + 1, device=windows.device)
     before = torch.nn.functional.pad(energy, (1, 0))  # before[k]: energy of the first k samples
     first = before[:, config.window - lags]  # samples [0, W - lag)
     last = total - before[:, lags]  # samples [lag, W)
@@ -111,12 +127,7 @@ def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
     end = torch.where(ended, after.int().argmax(dim=1, keepdim=True), search.shape[1])
     first_run = (lags_searched >= first) & (lags_searched < end)
     voicing, best = torch.where(first_run, search, torch.full_like(search, -2.0)).max(dim=1)
-    lag = (best + config.min_lag).double()
-    rms_db = 10 * torch.log10(windows.pow(2).mean(dim=1) + 1e-12)
-    voiced = rms_db > config.silence_db
-    voicing = torch.where(voiced, voicing.clamp(0.0, 1.0), torch.zeros_like(voicing)).double()
-    log_f0 = torch.where(voiced, torch.log2(config.sample_rate / lag), torch.zeros_like(lag))
-    return torch.stack([voicing, log_f0], dim=1).reshape(batch, frames, 2)
+    return voicing, (best + config.min_lag).double()
 
 
 PITCH_CHANNELS = 2  # what pitch_features adds per log-mel frame
