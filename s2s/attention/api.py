@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import torch
 
@@ -65,6 +66,8 @@ def chunk_attention(
     *,
     cu_seqlens_q: torch.Tensor | None = None,
     cu_seqlens_k: torch.Tensor | None = None,
+    cu_seqlens_q_host: Sequence[int] | None = None,
+    cu_seqlens_k_host: Sequence[int] | None = None,
     backend: str = "auto",
     softmax_scale: float | None = None,
     return_lse: bool = False,
@@ -75,9 +78,23 @@ def chunk_attention(
     (total_k, Hk, D) with int32 ``cu_seqlens_q`` / ``cu_seqlens_k``. Hk must divide Hq.
     Returns the output in q's layout and, with ``return_lse``, the natural-log LSE of the scaled
     scores: (B, Hq, Sq), or (Hq, total_q) when packed. Queries that see no key get zeros and -inf.
+
+    ``cu_seqlens_q_host`` / ``cu_seqlens_k_host`` (optional, as flash-attention's ``max_seqlen_q``)
+    are the same offsets as host ints: given, nothing reads the cu_seqlens tensors back from the
+    device, which would stall the host until the device catches up, once per call.
     """
     _check_softmax_scale(softmax_scale)
-    problem = make_problem(q, k, v, spec, cu_seqlens_q, cu_seqlens_k, softmax_scale)
+    problem = make_problem(
+        q,
+        k,
+        v,
+        spec,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        softmax_scale,
+        cu_seqlens_q_host=cu_seqlens_q_host,
+        cu_seqlens_k_host=cu_seqlens_k_host,
+    )
     chosen = select_backend(problem, backend, return_lse)
     if q.numel() == 0 or k.numel() == 0:
         out, lse = _empty_result(problem)

@@ -46,11 +46,22 @@ def key_is_visible(
     )
 
 
-def dense_mask(chunks: SequenceChunks, seqlens_q: torch.Tensor, seqlens_k: torch.Tensor) -> torch.Tensor:
-    """(B, max Sq, max Sk) boolean mask from the rule; positions beyond a length are False."""
+def dense_mask(
+    chunks: SequenceChunks,
+    seqlens_q: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    max_q: int | None = None,
+    max_k: int | None = None,
+) -> torch.Tensor:
+    """(B, max Sq, max Sk) boolean mask from the rule; positions beyond a length are False.
+
+    ``max_q`` / ``max_k``: the longest lengths when the caller knows them on the host (None reads
+    them from the device, a host sync)."""
     device = chunks.chunk_q.device
-    max_q = int(seqlens_q.max()) if seqlens_q.numel() else 0
-    max_k = int(seqlens_k.max()) if seqlens_k.numel() else 0
+    if max_q is None:
+        max_q = int(seqlens_q.max()) if seqlens_q.numel() else 0
+    if max_k is None:
+        max_k = int(seqlens_k.max()) if seqlens_k.numel() else 0
     q_pos = torch.arange(max_q, device=device).view(1, -1, 1)
     k_pos = torch.arange(max_k, device=device).view(1, 1, -1)
 
@@ -78,10 +89,18 @@ def packed_positions(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor
 
 
 def packed_dense_mask(
-    chunks: SequenceChunks, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor
+    chunks: SequenceChunks,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    total_q: int | None = None,
+    total_k: int | None = None,
 ) -> torch.Tensor:
-    """(total_q, total_k) boolean mask of a packed batch: block diagonal, the rule inside."""
-    total_q, total_k = int(cu_seqlens_q[-1]), int(cu_seqlens_k[-1])
+    """(total_q, total_k) boolean mask of a packed batch: block diagonal, the rule inside.
+
+    ``total_q`` / ``total_k``: the offsets' last entries when the caller knows them on the host
+    (None reads them from the device, a host sync)."""
+    total_q = int(cu_seqlens_q[-1]) if total_q is None else total_q
+    total_k = int(cu_seqlens_k[-1]) if total_k is None else total_k
     seq_q, local_q = packed_positions(cu_seqlens_q, total_q)
     seq_k, local_k = packed_positions(cu_seqlens_k, total_k)
 
@@ -122,10 +141,11 @@ def visible_key_bounds(
 
 
 def packed_visible_key_bounds(
-    chunks: SequenceChunks, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor
+    chunks: SequenceChunks, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, total_q: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Visible key range of each packed query, in packed key coordinates: two (total_q,) tensors."""
-    total_q = int(cu_seqlens_q[-1])
+    """Visible key range of each packed query, in packed key coordinates: two (total_q,) tensors
+    (``total_q`` as in ``packed_dense_mask``)."""
+    total_q = int(cu_seqlens_q[-1]) if total_q is None else total_q
     seq_q, local_q = packed_positions(cu_seqlens_q, total_q)
     seqlens_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
     per_row = SequenceChunks(

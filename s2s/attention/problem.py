@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,8 @@ class AttentionProblem:
     max_seqlen_k: int
     rows_q: int  # rows inside some sequence (a packed tensor may hold more after them)
     rows_k: int
+    offsets_q: tuple[int, ...] | None  # cu_seqlens_q on the host (None when not packed)
+    offsets_k: tuple[int, ...] | None
 
     @property
     def is_varlen(self) -> bool:
@@ -71,8 +74,11 @@ class AttentionProblem:
         return self.q.dtype
 
 
-def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device: torch.device) -> list[int]:
-    """The checked offsets, on the host."""
+def _check_cu_seqlens(
+    name: str, cu: torch.Tensor, total: int, device: torch.device, host: Sequence[int] | None
+) -> tuple[int, ...]:
+    """The checked offsets, on the host: ``host`` when given (the device tensor is then not read,
+    which would stall the host until the device catches up), else read from ``cu``."""
     if not isinstance(cu, torch.Tensor):
         raise TypeError(f"{name} must be an int32 tensor, got {type(cu).__name__}")
     if cu.dtype != torch.int32:
@@ -84,17 +90,36 @@ def _check_cu_seqlens(name: str, cu: torch.Tensor, total: int, device: torch.dev
         )
     if cu.device != device:
         raise ValueError(f"{name} is on {cu.device} but the inputs are on {device}; move it there")
-    values = cu.tolist()
+    if host is None:
+        values = tuple(cu.tolist())
+    else:
+        values = _host_offsets(f"{name}_host", host)
+        if len(values) != cu.shape[0]:
+            raise ValueError(
+                f"{name}_host has {len(values)} entries but {name} has {cu.shape[0]}; "
+                f"give the same offsets on the host"
+            )
+        name = f"{name}_host"
     if values[0] != 0:
         raise ValueError(f"{name} must start at 0, got {values[0]}")
     if any(b < a for a, b in itertools.pairwise(values)):
-        raise ValueError(f"{name} must be non-decreasing (cumulative lengths), got {values}")
+        raise ValueError(f"{name} must be non-decreasing (cumulative lengths), got {list(values)}")
     if values[-1] > total:
         raise ValueError(
             f"{name} ends at {values[-1]} but the packed tensor holds only {total} rows; "
             f"the lengths go beyond the tensor"
         )
     return values
+
+
+def _host_offsets(name: str, host: Sequence[int]) -> tuple[int, ...]:
+    """A list or tuple of Python ints, as a tuple."""
+    ints = isinstance(host, (list, tuple)) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in host
+    )
+    if not ints:
+        raise TypeError(f"{name} must be a list or tuple of ints (the offsets on the host), got {host!r}")
+    return tuple(host)
 
 
 def make_problem(
@@ -105,8 +130,15 @@ def make_problem(
     cu_seqlens_q: torch.Tensor | None = None,
     cu_seqlens_k: torch.Tensor | None = None,
     softmax_scale: float | None = None,
+    *,
+    cu_seqlens_q_host: Sequence[int] | None = None,
+    cu_seqlens_k_host: Sequence[int] | None = None,
 ) -> AttentionProblem:
-    """Check the inputs of ``chunk_attention`` and resolve the spec for their batch."""
+    """Check the inputs of ``chunk_attention`` and resolve the spec for their batch.
+
+    ``cu_seqlens_q_host`` / ``cu_seqlens_k_host``: the same offsets as the cu_seqlens tensors, as
+    host ints; given, they are checked instead of reading the tensors back from the device.
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -124,6 +156,11 @@ def make_problem(
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
         raise ValueError("packed inputs need both cu_seqlens_q and cu_seqlens_k")
+    if not varlen and (cu_seqlens_q_host is not None or cu_seqlens_k_host is not None):
+        raise ValueError(
+            "cu_seqlens_q_host / cu_seqlens_k_host describe packed inputs: pass them with "
+            "cu_seqlens_q and cu_seqlens_k"
+        )
     rank = 3 if varlen else 4
     layout = "(total, H, D) with cu_seqlens" if varlen else "(B, S, H, D)"
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -145,8 +182,8 @@ def make_problem(
         )
 
     if varlen:
-        offsets_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
-        offsets_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+        offsets_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device, cu_seqlens_q_host)
+        offsets_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device, cu_seqlens_k_host)
         if cu_seqlens_q.shape != cu_seqlens_k.shape:
             raise ValueError(
                 f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, "
@@ -166,6 +203,7 @@ def make_problem(
         seqlens_k = torch.full((batch,), k.shape[1], dtype=torch.int64, device=q.device)
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
         rows_q, rows_k = batch * q.shape[1], batch * k.shape[1]
+        offsets_q = offsets_k = None
 
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     return AttentionProblem(
@@ -183,4 +221,6 @@ def make_problem(
         max_seqlen_k=max_seqlen_k,
         rows_q=rows_q,
         rows_k=rows_k,
+        offsets_q=offsets_q,
+        offsets_k=offsets_k,
     )

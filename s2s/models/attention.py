@@ -9,6 +9,7 @@ from torch import nn
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache, chunk_attention
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import apply_rotary, rotary_angles
+from s2s.models.packing import PackedLayout
 
 
 def attend(
@@ -16,24 +17,33 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     spec: ChunkSpec,
-    lengths: torch.Tensor | None,
+    layout: PackedLayout | None,
     backend: str,
 ) -> torch.Tensor:
-    """Chunk-causal attention over a padded batch (B, T, H, D) whose sequences are `lengths` long.
+    """Chunk-causal attention over a padded batch (B, T, H, D) whose valid frames are `layout`'s.
 
     Padded frames must never be keys (a query in a sequence's last, short chunk would see them),
     so a batch with padding is packed into variable-length form; padded rows come back as zeros.
+    The layout's host offsets go along, so packing and checking never wait for the device.
     """
-    if lengths is None or bool((lengths == q.shape[1]).all()):
+    if layout is not None and not (layout.batch, layout.frames) == q.shape[:2] == k.shape[:2]:
+        raise ValueError(
+            f"the packing layout is for (B, T) = {(layout.batch, layout.frames)}, "
+            f"but q is {tuple(q.shape)} and k {tuple(k.shape)}; build it from this batch's lengths"
+        )
+    if layout is None or not layout.has_padding:
         return chunk_attention(q, k, v, spec, backend=backend)
-    valid = torch.arange(q.shape[1], device=q.device)[None, :] < lengths[:, None]
-    cu_seqlens = nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
     packed = chunk_attention(
-        q[valid], k[valid], v[valid], spec, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, backend=backend
+        *(t.flatten(0, 1).index_select(0, layout.indices) for t in (q, k, v)),
+        spec,
+        cu_seqlens_q=layout.cu_seqlens,
+        cu_seqlens_k=layout.cu_seqlens,
+        cu_seqlens_q_host=layout.offsets,
+        cu_seqlens_k_host=layout.offsets,
+        backend=backend,
     )
-    out = q.new_zeros(q.shape)
-    out[valid] = packed
-    return out
+    out = q.new_zeros((q.shape[0] * q.shape[1], *q.shape[2:])).index_copy(0, layout.indices, packed)
+    return out.view(q.shape)
 
 
 class _Projections(nn.Module):
@@ -63,9 +73,9 @@ class SelfAttention(_Projections):
         cos, sin = rotary_angles(positions, self.config.head_dim, self.config.rope_base)
         return apply_rotary(self._queries(x), cos, sin), apply_rotary(k, cos, sin), v.contiguous()
 
-    def forward(self, x, positions, spec: ChunkSpec, lengths: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
         q, k, v = self._project(x, positions)
-        out = attend(q, k, v, spec, lengths, self.config.attention_backend)
+        out = attend(q, k, v, spec, layout, self.config.attention_backend)
         return self.out(out.flatten(2))
 
     def step(self, x, positions, cache: SelfAttentionCache, counts: torch.Tensor, final) -> torch.Tensor:
@@ -96,9 +106,9 @@ class CrossAttention(_Projections):
         k, v = self._keys_values(encoded)
         return k.contiguous(), v.contiguous()
 
-    def forward(self, x, encoded, spec: ChunkSpec, lengths: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, encoded, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
         k, v = self.memory(encoded)
-        out = attend(self._queries(x), k, v, spec, lengths, self.config.attention_backend)
+        out = attend(self._queries(x), k, v, spec, layout, self.config.attention_backend)
         return self.out(out.flatten(2))
 
     def step(self, x, cache: CrossAttentionCache, counts: torch.Tensor, final) -> torch.Tensor:

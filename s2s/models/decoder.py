@@ -11,6 +11,7 @@ from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache
 from s2s.models.attention import CrossAttention, SelfAttention
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import FeedForward
+from s2s.models.packing import PackedLayout
 
 
 class DecoderBlock(nn.Module):
@@ -24,9 +25,11 @@ class DecoderBlock(nn.Module):
         self.feed_forward = FeedForward(config.dim, int(config.mlp_ratio * config.dim), config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, positions, encoded, spec: ChunkSpec, cross_spec: ChunkSpec, lengths) -> torch.Tensor:
-        x = x + self.dropout(self.self_attention(self.self_attention_norm(x), positions, spec, lengths))
-        x = x + self.dropout(self.cross_attention(self.cross_attention_norm(x), encoded, cross_spec, lengths))
+    def forward(
+        self, x, positions, encoded, spec: ChunkSpec, cross_spec: ChunkSpec, layout: PackedLayout | None
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.self_attention(self.self_attention_norm(x), positions, spec, layout))
+        x = x + self.dropout(self.cross_attention(self.cross_attention_norm(x), encoded, cross_spec, layout))
         return x + self.feed_forward(self.feed_forward_norm(x))
 
     def step(
@@ -44,10 +47,16 @@ class Decoder(nn.Module):
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
     def forward(
-        self, x, positions, encoded, spec: ChunkSpec, cross_spec: ChunkSpec, lengths=None
+        self,
+        x,
+        positions,
+        encoded,
+        spec: ChunkSpec,
+        cross_spec: ChunkSpec,
+        layout: PackedLayout | None = None,
     ) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, positions, encoded, spec, cross_spec, lengths)
+            x = block(x, positions, encoded, spec, cross_spec, layout)
         return self.norm(x)
 
     def step(self, x, positions, self_caches, cross_caches, counts, final) -> torch.Tensor:

@@ -17,6 +17,7 @@ from s2s.models.config import DuplexConfig
 from s2s.models.decoder import Decoder
 from s2s.models.encoder import Encoder
 from s2s.models.frontend import ConvFrontEnd
+from s2s.models.packing import PackedLayout
 
 ChunkSize = int | torch.Tensor
 
@@ -94,11 +95,15 @@ class ChunkedDuplexBase(nn.Module):
             )
         x = self.front_end(user_mel)
         batch, frames, _ = x.shape
+        layout = None
         if lengths is not None:
-            lengths = lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames)
+            # One layout for every attention layer of the pass: the lengths are read once.
+            layout = PackedLayout.from_lengths(
+                lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames), frames
+            )
         spec = self.spec(chunk, left_chunks)
         positions = torch.arange(frames, device=x.device).expand(batch, frames)
-        return EncodedPass(self.encoder(x, positions, spec, lengths), positions, spec, lengths, chunk)
+        return EncodedPass(self.encoder(x, positions, spec, layout), positions, spec, layout, chunk)
 
 
 @dataclass
@@ -106,7 +111,7 @@ class EncodedPass:
     encoded: torch.Tensor  # (B, T, dim)
     positions: torch.Tensor  # (B, T)
     spec: ChunkSpec
-    lengths: torch.Tensor | None
+    layout: PackedLayout | None  # the valid frames of `lengths` (None: no lengths given)
     chunk: ChunkSize
 
     @property
@@ -175,5 +180,5 @@ class DuplexModel(ChunkedDuplexBase):
                 f"mel frames, got {tuple(feedback.shape)}; build it with feedback_from(mel, speaking)"
             )
         decoder_in = self.feedback_in(shift_by_chunk(feedback[:, :frames], p.chunk))
-        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.lengths)
+        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.layout)
         return self.heads(hidden)

@@ -9,6 +9,7 @@ from s2s.attention import ChunkSpec, SelfAttentionCache
 from s2s.models.attention import SelfAttention
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import FeedForward
+from s2s.models.packing import PackedLayout
 
 
 class EncoderBlock(nn.Module):
@@ -20,8 +21,8 @@ class EncoderBlock(nn.Module):
         self.feed_forward = FeedForward(config.dim, int(config.mlp_ratio * config.dim), config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, positions, spec: ChunkSpec, lengths) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), positions, spec, lengths))
+    def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), positions, spec, layout))
         return x + self.feed_forward(self.feed_forward_norm(x))
 
     def step(self, x, positions, cache: SelfAttentionCache, counts, final) -> torch.Tensor:
@@ -35,9 +36,9 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
-    def forward(self, x, positions, spec: ChunkSpec, lengths=None) -> torch.Tensor:
+    def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, positions, spec, lengths)
+            x = block(x, positions, spec, layout)
         return self.norm(x)
 
     def step(self, x, positions, caches: list[SelfAttentionCache], counts, final) -> torch.Tensor:

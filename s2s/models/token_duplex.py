@@ -214,7 +214,7 @@ class TokenDuplexModel(ChunkedDuplexBase):
                 )
             mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), p.chunk)
         decoder_in = self.decoder_input(shift_tokens(tokens, p.chunk), mel_frames)
-        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.lengths)
+        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.layout)
         windows = recent_windows(tokens, self.no_tokens_before(batch, tokens.device))
         return TokenDuplexOutput(
             token_logits=self.token_logits(hidden, windows),

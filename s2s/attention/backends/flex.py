@@ -50,8 +50,13 @@ def build_block_mask(
     cu_seqlens_q: torch.Tensor | None = None,
     cu_seqlens_k: torch.Tensor | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    total_q: int | None = None,
+    total_k: int | None = None,
 ) -> BlockMask:
-    """BlockMask for (B, H, seqlen_q, seqlen_k), or for the packed (1, H, total) timeline."""
+    """BlockMask for (B, H, seqlen_q, seqlen_k), or for the packed (1, H, total) timeline.
+
+    ``total_q`` / ``total_k``: the offsets' last entries when known on the host (None reads them
+    from the device, a host sync)."""
     device = chunks.chunk_q.device
     n_q_blocks = -(-seqlen_q // block_size)
     n_k_blocks = -(-seqlen_k // block_size)
@@ -72,11 +77,12 @@ def build_block_mask(
         q_seq = torch.zeros_like(q_chunk_ids)
         k_seq = torch.zeros_like(k_chunk_ids)
     else:
-        total_q, total_k = int(cu_seqlens_q[-1]), int(cu_seqlens_k[-1])
-        lo, hi = packed_visible_key_bounds(chunks, cu_seqlens_q, cu_seqlens_k)
+        total_q = int(cu_seqlens_q[-1]) if total_q is None else total_q
+        total_k = int(cu_seqlens_k[-1]) if total_k is None else total_k
+        lo, hi = packed_visible_key_bounds(chunks, cu_seqlens_q, cu_seqlens_k, total_q)
         lo, hi = _pad_to(lo, rows, 0).view(1, -1), _pad_to(hi, rows, 0).view(1, -1)
-        lengths_q = torch.tensor([total_q], device=device)
-        lengths_k = torch.tensor([seqlen_k], device=device)
+        lengths_q = torch.full((1,), total_q, device=device)  # not torch.tensor: a copy to the GPU syncs
+        lengths_k = torch.full((1,), seqlen_k, device=device)
         seq_q, local_q = packed_positions(cu_seqlens_q, total_q)
         seq_k, local_k = packed_positions(cu_seqlens_k, total_k)
         q_ids = chunk_index(local_q, chunks.chunk_q[seq_q], chunks.q_offset[seq_q])
@@ -131,7 +137,13 @@ class FlexBackend(AttentionBackend):
         if problem.is_varlen:
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
         block_mask = build_block_mask(
-            problem.chunks, q.shape[1], k.shape[1], problem.cu_seqlens_q, problem.cu_seqlens_k
+            problem.chunks,
+            q.shape[1],
+            k.shape[1],
+            problem.cu_seqlens_q,
+            problem.cu_seqlens_k,
+            total_q=problem.rows_q,
+            total_k=problem.rows_k,
         )
         attend = _compiled_flex_attention() if problem.device.type == "cuda" else flex_attention
         with warnings.catch_warnings():

@@ -54,12 +54,17 @@ class ReferenceBackend(AttentionBackend):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         lse_dtype = torch.float64 if problem.dtype == torch.float64 else torch.float32
         if not problem.is_varlen:
-            mask = dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k)
+            mask = dense_mask(
+                problem.chunks,
+                problem.seqlens_q,
+                problem.seqlens_k,
+                problem.max_seqlen_q,
+                problem.max_seqlen_k,
+            )
             out, lse = dense_attention(problem.q, problem.k, problem.v, mask, problem.softmax_scale)
             return out.to(problem.dtype), lse.to(lse_dtype)
 
-        cu_q = problem.cu_seqlens_q.tolist()
-        cu_k = problem.cu_seqlens_k.tolist()
+        cu_q, cu_k = problem.offsets_q, problem.offsets_k
         outs, lses = [], []
         for b in range(problem.batch):
             q = problem.q[cu_q[b] : cu_q[b + 1]].unsqueeze(0)
@@ -69,6 +74,8 @@ class ReferenceBackend(AttentionBackend):
                 _slice_chunks(problem.chunks, b),
                 problem.seqlens_q[b : b + 1],
                 problem.seqlens_k[b : b + 1],
+                cu_q[b + 1] - cu_q[b],
+                cu_k[b + 1] - cu_k[b],
             )
             out, lse = dense_attention(q, k, v, mask, problem.softmax_scale)
             outs.append(out[0])

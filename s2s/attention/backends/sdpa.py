@@ -17,8 +17,12 @@ from s2s.attention.problem import AttentionProblem
 def problem_mask(problem: AttentionProblem) -> torch.Tensor:
     """(B, Sq, Sk) boolean mask of the call, in the tensors' own (padded, packed) extent."""
     if not problem.is_varlen:
-        return dense_mask(problem.chunks, problem.seqlens_q, problem.seqlens_k)
-    packed = packed_dense_mask(problem.chunks, problem.cu_seqlens_q, problem.cu_seqlens_k)
+        return dense_mask(
+            problem.chunks, problem.seqlens_q, problem.seqlens_k, problem.max_seqlen_q, problem.max_seqlen_k
+        )
+    packed = packed_dense_mask(
+        problem.chunks, problem.cu_seqlens_q, problem.cu_seqlens_k, problem.rows_q, problem.rows_k
+    )
     total_q, total_k = problem.q.shape[0], problem.k.shape[0]
     padded = packed.new_zeros((1, total_q, total_k))
     padded[0, : packed.shape[0], : packed.shape[1]] = packed
