@@ -71,8 +71,11 @@ def test_token_streaming_equals_offline_with_the_streamed_tokens(
     if pitch:  # a voiced stretch with a known F0, so the pitch channels are not all zero
         t = torch.arange(16000) / 16000
         audio[1, 8000:24000] = 0.3 * torch.sin(2 * torch.pi * 140.0 * t) * (audio[1, 8000:24000] != 0)
+    # state_gain 0: an untrained user-state head vetoes replies at random and a stream may then open
+    # none (test_state_gain_... streams with the head's say on)
+    sampling = SamplingConfig(0.8, state_gain=0.0)
     session = TokenStreamingSession(
-        model, batch=2, chunk=chunk, left_chunks=left_chunks, vocoder=False, sampling=SamplingConfig(0.8)
+        model, batch=2, chunk=chunk, left_chunks=left_chunks, vocoder=False, sampling=sampling
     )
     tokens, mel, speaking, logits = _stream(session, audio)
     assert (tokens == BOS).any(), f"seed {seed}: no reply opened; the check below would be vacuous"
