@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from s2s.data.pitch import PITCH_CHANNELS
+
 
 @dataclass(frozen=True)
 class DuplexConfig:
@@ -56,7 +58,7 @@ class DuplexConfig:
     @property
     def user_channels(self) -> int:
         """Channels per 10 ms frame of the user input: the log-mel, then the pitch channels if any."""
-        return self.n_mels + (2 if self.user_pitch else 0)
+        return self.n_mels + (PITCH_CHANNELS if self.user_pitch else 0)
 
     @property
     def frame_samples(self) -> int:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from s2s.attention import ChunkSpec
+from s2s.data.pitch import PITCH_CHANNELS
 from s2s.models.config import DuplexConfig
 from s2s.models.decoder import Decoder
 from s2s.models.encoder import Encoder
@@ -74,7 +75,7 @@ class ChunkedDuplexBase(nn.Module):
         by the pitch channels (B, F, 2) of s2s.data.pitch.pitch_features of the same audio."""
         if not self.config.user_pitch:
             return user_mel
-        if user_pitch is None or user_pitch.shape != (*user_mel.shape[:2], 2):
+        if user_pitch is None or user_pitch.shape != (*user_mel.shape[:2], PITCH_CHANNELS):
             raise ValueError(
                 "this model reads the user's pitch (user_pitch=true): give the (B, F, 2) "
                 "s2s.data.pitch.pitch_features of the user audio (the data module makes them with "

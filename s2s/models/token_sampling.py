@@ -90,11 +90,16 @@ def sample_tokens(
     return sample_frames(lambda frame, before: logits[:, frame], frames, in_reply, config, noise, bos_shift)
 
 
+def turn_end_log_odds(user_state_logits: torch.Tensor) -> torch.Tensor:
+    """(...) float32 log P(ended) / P(pause) from the user-state head's (..., 4) logits: how sure the
+    head is that a silence ends the user's turn rather than pausing inside it."""
+    logits = user_state_logits.float()
+    return logits[..., UserState.ENDED] - logits[..., UserState.PAUSE]
+
+
 def state_bos_shift(user_state_logits: torch.Tensor, gain: float) -> torch.Tensor:
     """(B, C) `gain * log P(ended | ended or pause)` from the user-state head's (B, C, 4) logits."""
-    logits = user_state_logits.float()
-    log_odds = logits[..., UserState.ENDED] - logits[..., UserState.PAUSE]
-    return gain * torch.nn.functional.logsigmoid(log_odds)
+    return gain * torch.nn.functional.logsigmoid(turn_end_log_odds(user_state_logits))
 
 
 FrameLogits = Callable[[int, torch.Tensor], torch.Tensor]

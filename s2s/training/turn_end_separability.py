@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from s2s.data.token_targets import UserState
+from s2s.models.token_sampling import turn_end_log_odds
 from s2s.streaming.detection import roc_auc
 
 
@@ -86,8 +87,7 @@ def onset_scores(
     scores = OnsetScores()
     if not onsets:
         return scores
-    state_log = user_state_logits.float().log_softmax(-1)
-    log_odds = (state_log[..., UserState.ENDED] - state_log[..., UserState.PAUSE]).cpu()
+    log_odds = turn_end_log_odds(user_state_logits).cpu()
     bos = token_logits.float().log_softmax(-1)[..., bos_index].cpu()
     for row, frame, label in onsets:
         a, b = windows.state_window

@@ -12,7 +12,11 @@ from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.packing import PackedLayout
 
-SEEDS = range(6)
+
+def fresh_seeds(generator: torch.Generator, count: int = 6) -> range:
+    """`count` consecutive seeds from a fresh random start (each failure message names its seed)."""
+    start = int(torch.randint(0, 2**31 - count, (1,), generator=generator))
+    return range(start, start + count)
 
 
 class NoHostReads(torch.Tensor):
@@ -47,8 +51,8 @@ def random_lengths(generator: torch.Generator, batch: int, frames: int) -> torch
     return lengths
 
 
-def test_layout_is_the_hand_computed_packing():
-    for seed in SEEDS:
+def test_layout_is_the_hand_computed_packing(generator):
+    for seed in fresh_seeds(generator):
         g = torch.Generator().manual_seed(seed)
         batch, frames = (
             int(torch.randint(2, 7, (1,), generator=g)),
@@ -110,10 +114,10 @@ def _qkv(g: torch.Generator, batch: int, frames: int, heads_q=4, heads_k=2, dim=
     return [torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_() for s in shapes]
 
 
-def test_attend_with_a_layout_is_the_boolean_mask_packing():
+def test_attend_with_a_layout_is_the_boolean_mask_packing(generator):
     """Outputs and gradients of q, k, v equal the old computation; padded rows are exact zeros."""
-    for seed in SEEDS:
-        g = torch.Generator().manual_seed(100 + seed)
+    for seed in fresh_seeds(generator):
+        g = torch.Generator().manual_seed(seed)
         batch, frames = 4, int(torch.randint(3, 14, (1,), generator=g))
         lengths = random_lengths(g, batch, frames)
         chunk = torch.randint(1, 5, (batch,), generator=g, dtype=torch.int32) if seed % 2 else 3
@@ -126,7 +130,7 @@ def test_attend_with_a_layout_is_the_boolean_mask_packing():
         expected = masked_attend(q, k, v, spec, lengths, "reference")
         expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
 
-        where = f"seed {100 + seed}, lengths {lengths.tolist()}, chunk {chunk}"
+        where = f"seed {seed}, lengths {lengths.tolist()}, chunk {chunk}"
         assert out.shape == expected.shape and torch.isfinite(out).all(), where
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12, msg=lambda m, w=where: f"{w}: {m}")
         padded = torch.arange(frames)[None, :] >= lengths[:, None]
@@ -181,10 +185,10 @@ def _packed(g: torch.Generator, batch: int, spare: int):
 
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa", "flex"])
-def test_chunk_attention_with_host_offsets_is_the_same_call(backend):
+def test_chunk_attention_with_host_offsets_is_the_same_call(backend, generator):
     """Same output (and LSE where the backend gives one), and the cu tensors are never read."""
-    for seed in SEEDS:
-        g = torch.Generator().manual_seed(200 + seed)
+    for seed in fresh_seeds(generator):
+        g = torch.Generator().manual_seed(seed)
         q, k, v, cu, offsets = _packed(g, batch=3, spare=seed % 3)
         spec = ChunkSpec(chunk_q=int(torch.randint(1, 4, (1,), generator=g)), left_chunks=seed % 2 or None)
         lse = backend != "sdpa"
@@ -199,8 +203,8 @@ def test_chunk_attention_with_host_offsets_is_the_same_call(backend):
         got, expected = (got, expected) if lse else ((got,), (expected,))
         for a, b in zip(got, expected, strict=True):
             a = a.as_subclass(torch.Tensor)
-            assert a.shape == b.shape, f"seed {200 + seed}"
-            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, s=seed: f"seed {200 + s}: {m}")
+            assert a.shape == b.shape, f"seed {seed}"
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, s=seed: f"seed {s}: {m}")
 
 
 def test_the_problem_keeps_the_host_offsets():
