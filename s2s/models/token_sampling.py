@@ -11,6 +11,7 @@ A barge-in may end a reply at any frame: EOS is always allowed inside a reply.
 
 The knobs are Moshi's and NeMo DuplexS2S's: temperature (0 = greedy), top-k, and additive logit
 biases for PAD, BOS and EOS (a positive BOS bias answers sooner, a positive EOS bias stops sooner).
+`greedy_words` samples when to say a word but takes the most likely word.
 Biases apply before the mask, the top-k and the temperature, in greedy decoding too. One more,
 `state_gain`, lets the encoder's user-state head veto a reply, as Freeze-Omni's state classifier
 decides: BOS's logit gets `state_gain * log P(ended | ended or pause)` of the frame (a per-frame
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from s2s.data.token_targets import UserState
-from s2s.data.tokens import BOS, EOS, PAD, speaking_from_tokens
+from s2s.data.tokens import BOS, EOS, PAD, SPECIALS, speaking_from_tokens
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class SamplingConfig:
     # the validation split of two tiny models (0, 2, 4): take-overs 0.125-0.175 -> 0 per pause,
     # talk-overs 0.18-0.21 -> 0.03-0.04 per turn, replies ~100 ms later (docs/results.md).
     state_gain: float = 4.0
+    # True: whether a frame holds a word is sampled as above, which word it is is the most likely
+    # one (a reply's words are fixed by the task: sampling among them only adds wrong words).
+    greedy_words: bool = False
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -151,6 +155,9 @@ def sample_frames(
             token = masked.argmax(dim=-1)
         else:
             token = _inverse_cdf(_top_k(masked, config.top_k) / config.temperature, noise[:, frame])
+            if config.greedy_words:
+                best_word = masked[:, len(SPECIALS) :].argmax(dim=-1) + len(SPECIALS)
+                token = torch.where(token >= len(SPECIALS), best_word, token)
         tokens = torch.cat([tokens.to(token.device), token[:, None]], dim=1)
         state = torch.where(token == BOS, True, torch.where(token == EOS, False, state))
     start = in_reply.to(tokens.device)

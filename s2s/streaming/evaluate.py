@@ -19,6 +19,7 @@ from s2s.data.corpus import read_record
 from s2s.data.dataset import DialogueDataset
 from s2s.data.features import LogMel
 from s2s.data.pitch import PitchConfig, pitch_features
+from s2s.data.tokens import TokenVocabulary
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
@@ -91,6 +92,22 @@ def recorded_task(data_dir: Path) -> dict | None:
     return None
 
 
+def system_words(task: dict | None, config) -> tuple[str, ...] | None:
+    """The system's token words of the corpus's task, for reading a model v2's sampled tokens as
+    words; None for model v1, for recordings without a task, or a vocabulary of another size."""
+    system_vocab = getattr(config, "system_vocab", None)
+    if task is None or system_vocab is None:
+        return None
+    vocabulary = TokenVocabulary.from_task(task)
+    if vocabulary.size != system_vocab:
+        log.warning(
+            "the corpus's task has %d system tokens, the model %d: its sampled tokens are not read "
+            "as words", vocabulary.size, system_vocab,
+        )  # fmt: skip
+        return None
+    return vocabulary.words
+
+
 def offline_deviation(model: DuplexModel, dialogue: StreamedDialogue, chunk: int, left_chunks) -> float:
     """Max |streamed - offline| over the mel and speaking outputs of one dialogue (same dtype)."""
     parameter = next(model.parameters())
@@ -154,6 +171,19 @@ def markdown_table(result: dict) -> str:
             f"| cut-off replies: only right words ({m['cut_off']}) | {num(m['cut_off_prefix_rate'])} | "
             f"{num(r['cut_off_prefix_rate'])} |",
         ]
+        t = words.get("tokens")
+        if t:
+            rows += [
+                "",
+                "| what it chose to say (its sampled tokens, before mel and vocoder) | model tokens |",
+                "| --- | --- |",
+                f"| reply exact match ({t['complete']} complete replies) | {num(t['exact_match_rate'])} |",
+                f"| word error rate | {num(t['word_error_rate'])} |",
+                f"| substitutions / deletions / insertions | {t['substitutions']} / {t['deletions']} / "
+                f"{t['insertions']} |",
+                f"| replies without a word token | {t['without_words']} |",
+                f"| cut-off replies: only right words ({t['cut_off']}) | {num(t['cut_off_prefix_rate'])} |",
+            ]
     c, q = result["compute"], result["quality"]
     rows += [
         "",
@@ -277,7 +307,9 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     }
     if recognizer is not None:
         log.info("recognizing the replies of the model and of the reference")
-        result["content"] = report.reply_content(dialogues, config, recognizer)
+        result["content"] = report.reply_content(
+            dialogues, config, recognizer, system_words(recorded_task(data_dir), config)
+        )
     log.info("scoring audio quality (mel L1, MCD)")
     result["quality"] = report.quality(dialogues, options.mcd_seconds)
     result["streaming_vs_offline_max_abs"] = offline_deviation(model, dialogues[0], chunk, left_chunks)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from s2s.data.features import LogMel
+from s2s.data.tokens import SPECIALS
 from s2s.models.config import DuplexConfig
 from s2s.streaming import content, metrics
 from s2s.streaming.mcd import mel_cepstral_distortion
@@ -76,13 +77,31 @@ def turn_taking(
     return report
 
 
-def reply_content(dialogues: list[StreamedDialogue], config: DuplexConfig, recognizer) -> dict:
+def token_words(tokens: np.ndarray, words: tuple[str, ...]) -> tuple[str, ...]:
+    """The words among a span of sampled system tokens (ids from len(SPECIALS) on), in order."""
+    first = len(SPECIALS)
+    if tokens.size and int(tokens.max()) >= first + len(words):
+        raise ValueError(
+            f"token id {int(tokens.max())} is outside the vocabulary of {len(words)} words: the "
+            "vocabulary is not the one the model was trained with"
+        )
+    return tuple(words[int(t) - first] for t in tokens if t >= first)
+
+
+def reply_content(
+    dialogues: list[StreamedDialogue],
+    config: DuplexConfig,
+    recognizer,
+    vocabulary: tuple[str, ...] | None = None,
+) -> dict:
     """Words recognized in the model's output and in the reference over every reply window.
 
     The window runs from the user's end of turn until the user speaks again, or, for a reply the
     user cut off, until CUT_OFF_SECONDS after the barge-in. Rows carry the model's onset in the
     window (seconds after the user's end of turn, from its speaking probability) and how long it
-    spoke there.
+    spoke there. With the system's word `vocabulary` and a model that samples tokens (model v2), the
+    words of its sampled tokens in the same windows are scored too ("tokens": what it chose to say,
+    before its mel and the vocoder), which tells wrong words from words said unclearly.
     """
     from s2s.recognizer import reply_windows
 
@@ -105,7 +124,7 @@ def reply_content(dialogues: list[StreamedDialogue], config: DuplexConfig, recog
         return {"model": None, "reference": None, "replies": []}
     heard = recognizer.transcribe(model_audio, sample_rate=config.sample_rate)
     ceiling = recognizer.transcribe(reference_audio, sample_rate=config.sample_rate)
-    model_rows, reference_rows = [], []
+    model_rows, reference_rows, token_rows = [], [], []
     spoken_by_dialogue = {id(d): metrics.activity_from_probability(d.speaking) for d in dialogues}
     for (dialogue, reply, end), words, reference_words in zip(windows, heard, ceiling, strict=True):
         spoken = spoken_by_dialogue[id(dialogue)]
@@ -120,9 +139,14 @@ def reply_content(dialogues: list[StreamedDialogue], config: DuplexConfig, recog
             )
         )
         reference_rows.append(content.score_reply(reply.words, reference_words, **common))
+        tokens = dialogue.feedback
+        if vocabulary is not None and tokens.dim() == 1:  # model v2: one sampled token per frame
+            span = tokens[first:last].cpu().numpy()
+            token_rows.append(content.score_reply(reply.words, token_words(span, vocabulary), **common))
     return {
         "model": content.summarize_replies(model_rows).to_json(),
         "reference": content.summarize_replies(reference_rows).to_json(),
+        "tokens": content.summarize_replies(token_rows).to_json() if token_rows else None,
         "replies": [
             {**row.to_json(), "reference_recognized": list(ref.recognized)}
             for row, ref in zip(model_rows, reference_rows, strict=True)

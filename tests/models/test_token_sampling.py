@@ -130,6 +130,24 @@ def test_greedy_is_the_masked_argmax_biases_included(generator):
         assert out.tokens[b].tolist() == expected, f"seed {seed}, stream {b}"
 
 
+def test_greedy_words_sample_when_and_take_the_best_word(generator):
+    """greedy_words: the same noise gives the same PAD / BOS / EOS / word decisions as plain sampling
+    (the total probability of the words decides), and every word is the highest-scoring word."""
+    seed = generator.initial_seed()
+    logits, in_reply, seeds = _draw(generator, 64, 8)
+    noise = frame_noise(seeds, torch.zeros(64, dtype=torch.long), 8)
+    plain = sample_tokens(logits, in_reply, SamplingConfig(state_gain=0.0), noise).tokens
+    greedy = sample_tokens(logits, in_reply, SamplingConfig(state_gain=0.0, greedy_words=True), noise)
+    words = plain >= 3
+    assert torch.equal(words, greedy.tokens >= 3), f"seed {seed}"
+    assert torch.equal(plain[~words], greedy.tokens[~words]), f"seed {seed}"
+    for b, frame in words.nonzero().tolist():
+        scores = logits[b, frame].tolist()
+        best = max(range(3, V), key=lambda t: (scores[t], -t))
+        assert int(greedy.tokens[b, frame]) == best, f"seed {seed}, stream {b}, frame {frame}"
+    assert int(words.sum()) > 20, f"seed {seed}: too few word frames to test"
+
+
 def test_sampled_frequencies_follow_the_masked_softmax(generator):
     """One frame, many streams with the same logits: token counts match the masked, tempered, top-k
     distribution (an independent computation) within 5 standard deviations."""

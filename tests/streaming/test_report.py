@@ -101,3 +101,36 @@ def test_wrong_and_missing_words_are_counted():
     assert result["model"]["exact_match_rate"] == 0.0 and result["model"]["word_error_rate"] == 1.0
     assert result["reference"]["exact_match_rate"] == 1.0
     assert result["reference"]["cut_off_prefix_rate"] == 1.0
+
+
+def test_sampled_tokens_are_read_as_words_in_the_same_windows():
+    """Model v2's sampled tokens, read as words over each reply window: a wrong token counts even
+    where the audio is right, and a token outside the window is not read."""
+    seconds = 10.0
+    model = np.zeros(int(seconds * RATE), np.float32)
+    reference = np.zeros_like(model)
+    _say(reference, 2.4, ["eins", "zwei"])
+    _say(reference, 5.3, ["drei"])
+    _say(model, 2.6, ["eins", "zwei"])
+    speaking = np.zeros(int(seconds * 25), np.float32)
+    tokens = torch.zeros(int(seconds * 25), dtype=torch.long)
+    word = {w: 3 + i for i, w in enumerate(WORDS)}
+    tokens[40] = word["neun"]  # 1.6 s: inside the user's turn, before the first window
+    tokens[64], tokens[65], tokens[72], tokens[79] = 1, word["eins"], word["drei"], 2  # a wrong word
+    tokens[133], tokens[134], tokens[140] = 1, word["drei"], word["vier"]  # cut off: a right prefix
+    dialogue = _dialogue(model, reference, speaking)
+    dialogue.feedback = tokens
+    result = report.reply_content([dialogue], CONFIG, AmplitudeReader(), vocabulary=WORDS)
+    assert result["model"]["exact_match_rate"] == 1.0  # the audio said the right words
+    summary = result["tokens"]
+    assert summary["complete"] == 1 and summary["exact_match_rate"] == 0.0
+    assert summary["substitutions"] == 1 and summary["insertions"] == 0
+    assert summary["cut_off"] == 1 and summary["cut_off_prefix_rate"] == 1.0
+    # without a vocabulary (or for model v1's feedback rows) there is no token reading
+    assert report.reply_content([dialogue], CONFIG, AmplitudeReader())["tokens"] is None
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused():
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        report.token_words(np.array([0, 3, 3 + len(WORDS)]), WORDS)
+    assert report.token_words(np.array([0, 1, 5, 0, 3, 2]), WORDS) == ("zwei", "null")
