@@ -34,8 +34,28 @@ class TokenLossWeights:
     user_ctc: float = 0.2
     user_state: float = 0.5
     # PAUSE frames in the user-state loss (a weighted mean): the pause inside a turn is the rare state
-    # the turn decision hinges on (val/turn_end_state_auc says how well it is told from an end).
+    # the turn decision hinges on (val/turn_end_state_auc says how well it is told from an end). The
+    # loss is logit-adjusted, so the weight moves the gradient, not the head's probabilities.
     user_pause: float = 1.0
+
+
+def user_state_loss(
+    logits: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, pause_weight: float
+) -> torch.Tensor:
+    """The user-state cross-entropy, PAUSE frames weighted `pause_weight`, a mean over `mask`.
+
+    Logit-adjusted (Menon et al., 2021): a class weight w alone moves the head's optimum to
+    P(class) * w, and sampling's state_gain would then veto replies by log w more than the head
+    hears; the weighted loss of logits + log w keeps the raw logits calibrated (the weight moves
+    the gradient only). logits (B, T, states), states (B, T) int64, mask (B, T) bool or float.
+    """
+    weights = torch.ones(logits.shape[-1], device=logits.device)
+    weights[UserState.PAUSE] = pause_weight
+    adjusted = logits.float() + weights.log()
+    per_frame = torch.nn.functional.cross_entropy(
+        adjusted.transpose(1, 2), states, weight=weights, reduction="none"
+    )
+    return (per_frame * mask).sum() / (weights[states] * mask).sum().clamp(min=1e-6)
 
 
 @dataclass
@@ -150,12 +170,7 @@ class TokenDuplexLightningModule(SafeCheckpointLoading):
         ) / real  # fmt: skip
 
         states = batch.user_state[:, :frames]
-        state_weights = torch.ones(len(UserState), device=states.device)
-        state_weights[UserState.PAUSE] = self.weights.user_pause
-        state = torch.nn.functional.cross_entropy(
-            out.user_state_logits.float().transpose(1, 2), states, weight=state_weights, reduction="none"
-        )
-        user_state_ce = (state * mask).sum() / (state_weights[states] * mask).sum().clamp(min=1e-6)
+        user_state_ce = user_state_loss(out.user_state_logits, states, mask, self.weights.user_pause)
 
         w = self.weights
         total = token_ce + w.mel * mel_l1 / c.mel_std + w.user_ctc * user_ctc + w.user_state * user_state_ce

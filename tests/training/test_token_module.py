@@ -2,6 +2,8 @@
 float64 computation written out by hand, and a model whose vocabularies are not the corpus's task's
 is refused before it trains."""
 
+import math
+
 import lightning
 import pytest
 import torch
@@ -11,7 +13,7 @@ from s2s.data.token_targets import UserState, frame_targets
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from s2s.training.run import LaunchConfigError
-from s2s.training.token_module import TokenDuplexLightningModule
+from s2s.training.token_module import TokenDuplexLightningModule, user_state_loss
 
 
 def _data(tiny_corpus) -> DuplexDataModule:
@@ -74,7 +76,9 @@ def test_losses_equal_a_float64_computation(tiny_corpus, generator):
     mel_mask = mask.repeat_interleave(4, dim=1)[..., None]
     mel_l1 = ((out.mel.double() - target).abs() * mel_mask).sum() / (mel_mask.sum() * 80)
 
-    state_log_p = out.user_state_logits.double().log_softmax(-1)
+    adjust = torch.zeros(len(UserState), dtype=torch.float64)
+    adjust[int(UserState.PAUSE)] = math.log(pause)  # logit-adjusted: calibrated raw logits
+    state_log_p = (out.user_state_logits.double() + adjust).log_softmax(-1)
     states = batch.user_state[:, :frames]
     state = -state_log_p.gather(-1, states[..., None])[..., 0]
     state_w = torch.where(states == int(UserState.PAUSE), pause, 1.0).double() * mask
@@ -137,3 +141,37 @@ def test_vocabularies_that_are_not_the_corpus_tasks_are_refused_before_training(
     ):
         trainer.fit(module, datamodule=data)
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_the_pause_weight_leaves_the_state_head_calibrated(generator):
+    """Free logits fitted to frames of known state frequencies under the logit-adjusted loss: their
+    softmax is the frequencies, whatever the pause weight (a plain weighted loss would give pause
+    weight x its frequency, renormalized)."""
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+    g = torch.Generator().manual_seed(seed)
+    frequencies = torch.rand(len(UserState), generator=g) + 0.05
+    frequencies = frequencies / frequencies.sum()
+    frames = 4000
+    counts = (frequencies * frames).round().long()
+    states = torch.repeat_interleave(torch.arange(len(UserState)), counts)[None]
+    states = states[:, torch.randperm(states.shape[1], generator=g)]
+    mask = torch.ones_like(states, dtype=torch.bool)
+    empirical = counts.double() / counts.sum()
+    for weight in (1.0, 4.0, 8.0):
+        fitted = _fit_state_logits(states, mask, weight)
+        assert torch.allclose(fitted, empirical.to(fitted.dtype), atol=2e-3), (seed, weight, fitted)
+
+
+def _fit_state_logits(states: torch.Tensor, mask: torch.Tensor, weight: float) -> torch.Tensor:
+    """One free logit vector shared by all frames, fitted by L-BFGS; its softmax."""
+    logits = torch.zeros(1, 1, len(UserState), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = user_state_loss(logits.expand(1, states.shape[1], -1), states, mask, weight)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return logits.detach()[0, 0].softmax(-1)
