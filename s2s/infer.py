@@ -12,7 +12,8 @@ chunk=FRAMES (default the model's), channel=0|1|mix (which channel of a stereo f
 required for stereo input), stereo_out=true|false, device=cpu, threads=N (CPU intra-op threads:
 default 1, as a chunk's tensors are too small to share; two threads on a busy 2-core machine made a
 10 s recording take 21.7 s instead of 1.1 s), seed=N, temperature=T, top_k=K, bos_bias=B,
-eos_bias=B, pad_bias=B, state_gain=G, greedy_words=true|false (model v2's sampling),
+eos_bias=B, pad_bias=B, state_gain=G (default: the gain the run chose on validation, else 4),
+greedy_words=true|false (model v2's sampling),
 timeline=PATH (default out.json).
 """
 
@@ -33,7 +34,7 @@ from s2s.data.audio import AudioError, load_audio, resample, save_audio
 from s2s.data.tokens import BOS, EOS, SPECIALS, TokenVocabulary
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
-from s2s.pretrained import PretrainedError, load_artifact
+from s2s.pretrained import PretrainedError, chosen_state_gain, load_artifact
 from s2s.streaming.cpu_threads import cpu_threads
 from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         positional, values = parse_options(argv, parsers, USAGE)
         if len(positional) != 2:
             raise OptionError(f"expected an input and an output wav, got {positional}\n{USAGE}")
-        sampling = SamplingConfig(**{k: values.pop(k) for k in SAMPLING_KEYS if k in values})
+        given = {k: values.pop(k) for k in SAMPLING_KEYS if k in values}
+        sampling = SamplingConfig(**given)
         model_path = Path(values.pop("model", DEFAULT_MODEL))
         timeline_path = values.pop("timeline", None)
         options = InferOptions(sampling=sampling, **values)
@@ -265,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                 "model=DIR (python -m s2s.pretrained export) or model=RUN/checkpoints/last.ckpt"
             )
         pretrained = load_artifact(model_path, options.device)
+        chosen = chosen_state_gain(pretrained.provenance)
+        if "state_gain" not in given and chosen is not None:  # the gain the run chose on validation
+            options = dataclasses.replace(options, sampling=dataclasses.replace(sampling, state_gain=chosen))
         vocabularies = pretrained.provenance.vocabularies
         result = infer_file(
             pretrained.model, in_path, positional[1], options, timeline_path,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -442,8 +443,29 @@ def _read_checkpoint(path: Path, corpus: Path | None = None) -> tuple[Model, Pro
         "global_step": int(state["global_step"]),
         "epoch": state.get("epoch"),
         "commit": state.get(TRAINING_COMMIT_KEY),  # the code of the launch that wrote the checkpoint
+        "state_gain": _chosen_state_gain(state),  # sampling's gain chosen on validation, or None
     }
     return model, Provenance(task=task, vocabularies=vocabularies, recipe=recipe, training=training)
+
+
+def _chosen_state_gain(state: Mapping) -> float | None:
+    """The user-state gain the free-running validation chose at this checkpoint's validation
+    (s2s.training.free_running, `state_gains`), kept in its callback state; None if it chose none."""
+    callbacks = state.get("callbacks")
+    record = callbacks.get("FreeRunningValidation") if isinstance(callbacks, Mapping) else None
+    return _gain_or_none(record.get("state_gain") if isinstance(record, Mapping) else None)
+
+
+def chosen_state_gain(provenance: Provenance) -> float | None:
+    """The user-state gain a model's training chose on validation (a checkpoint, or an artifact
+    exported from one), or None: then sampling's default applies."""
+    return _gain_or_none((provenance.training or {}).get("state_gain"))
+
+
+def _gain_or_none(gain) -> float | None:
+    if isinstance(gain, int | float) and not isinstance(gain, bool) and math.isfinite(gain) and gain >= 0:
+        return float(gain)
+    return None
 
 
 def _run_recipe(checkpoint: Path) -> dict | None:

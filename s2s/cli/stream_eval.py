@@ -31,7 +31,9 @@ def main(cfg: DictConfig) -> None:
             chunk=cfg.chunk, streams=cfg.streams, max_dialogues=cfg.max_dialogues, device=cfg.device,
             precision=cfg.precision, threads=cfg.threads, recognizer=cfg.recognizer,
             energy_threshold_db=cfg.energy_threshold_db, window=cfg.window, mcd_seconds=cfg.mcd_seconds,
-            examples=cfg.examples, progress=cfg.progress, sampling=SamplingConfig(**cfg.sampling),
+            examples=cfg.examples, progress=cfg.progress,
+            sampling=SamplingConfig(**{k: v for k, v in cfg.sampling.items() if k != "state_gain"}),
+            state_gain=cfg.sampling.state_gain,
         )  # fmt: skip
         report = evaluate(cfg.checkpoint, cfg.data_dir, out_dir, options)
     except BaseException:

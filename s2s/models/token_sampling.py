@@ -101,9 +101,16 @@ def turn_end_log_odds(user_state_logits: torch.Tensor) -> torch.Tensor:
     return logits[..., UserState.ENDED] - logits[..., UserState.PAUSE]
 
 
-def state_bos_shift(user_state_logits: torch.Tensor, gain: float) -> torch.Tensor:
-    """(B, C) `gain * log P(ended | ended or pause)` from the user-state head's (B, C, 4) logits."""
-    return gain * torch.nn.functional.logsigmoid(turn_end_log_odds(user_state_logits))
+def state_bos_shift(user_state_logits: torch.Tensor, gain: float | torch.Tensor) -> torch.Tensor:
+    """(B, C) `gain * log P(ended | ended or pause)` from the user-state head's (B, C, 4) logits;
+    `gain` a float, or (B,) one per stream (several operating points in one batch)."""
+    log_ended = torch.nn.functional.logsigmoid(turn_end_log_odds(user_state_logits))
+    if isinstance(gain, torch.Tensor):
+        if gain.shape != log_ended.shape[:1]:
+            raise ValueError(f"gain must be a float or one per stream {tuple(log_ended.shape[:1])}, got "
+                             f"{tuple(gain.shape)}")  # fmt: skip
+        gain = gain.to(log_ended.device, log_ended.dtype).unsqueeze(-1)
+    return gain * log_ended
 
 
 FrameLogits = Callable[[int, torch.Tensor], torch.Tensor]

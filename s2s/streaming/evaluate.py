@@ -4,6 +4,7 @@ compute, and audio quality against the reference."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
 from s2s.plots import Curve, Marks, save_dialogue_figure
-from s2s.pretrained import load_pretrained, run_checkpoint
+from s2s.pretrained import chosen_state_gain, load_artifact, run_checkpoint
 from s2s.streaming import metrics, report
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
@@ -51,6 +52,9 @@ class EvalOptions:
     examples: int = 3
     progress: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # model v2: temperature, top-k, biases
+    # model v2's user-state gain; None: the gain the run chose on validation (free-running
+    # validation with state_gains), else sampling.state_gain
+    state_gain: float | None = None
 
     def __post_init__(self):
         if self.streams < 1:
@@ -63,6 +67,8 @@ class EvalOptions:
             raise ValueError(f"chunk must be >= 1 model frame, or null for the model's, got {self.chunk}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, or null for torch's default, got {self.threads}")
+        if self.state_gain is not None and not self.state_gain >= 0:
+            raise ValueError(f"state_gain must be >= 0, or null for the run's own, got {self.state_gain}")
         if self.window <= 0 or self.mcd_seconds <= 0 or self.examples < 0:
             raise ValueError("window and mcd_seconds must be > 0 and examples >= 0")
         device = torch.device(self.device)
@@ -76,9 +82,14 @@ class EvalOptions:
             )
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> DuplexModel | TokenDuplexModel:
-    """The duplex model of a training checkpoint or a model artifact directory (s2s.pretrained)."""
-    return load_pretrained(checkpoint, device)
+def resolved_sampling(options: EvalOptions, chosen: float | None) -> tuple[SamplingConfig, str]:
+    """The sampling to stream with and where its state gain came from: the options' gain if given,
+    else the one the run chose on validation, else sampling's own."""
+    if options.state_gain is not None:
+        return dataclasses.replace(options.sampling, state_gain=options.state_gain), "given"
+    if chosen is not None:
+        return dataclasses.replace(options.sampling, state_gain=chosen), "chosen on validation by the run"
+    return options.sampling, "default"
 
 
 def recorded_task(data_dir: Path) -> dict | None:
@@ -199,6 +210,14 @@ def markdown_table(result: dict) -> str:
         f"| streaming vs offline max deviation | {result['streaming_vs_offline_max_abs']:.2e} |",
         f"| dialogues | {result['dialogues']} |",
     ]
+    sampled = result.get("sampling")
+    if sampled:
+        rows.append(
+            f"| sampling | temperature {sampled['temperature']}, top-k {sampled['top_k']}, biases PAD "
+            f"{sampled['pad_bias']} / BOS {sampled['bos_bias']} / EOS {sampled['eos_bias']}, state gain "
+            f"{sampled['state_gain']:g} ({sampled['state_gain_source']}), greedy words "
+            f"{sampled['greedy_words']} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -259,7 +278,9 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         checkpoint = run_checkpoint(checkpoint)  # a training run: the checkpoint it chose
     if options.threads is not None:
         torch.set_num_threads(options.threads)
-    model = load_model(checkpoint, options.device)
+    pretrained = load_artifact(checkpoint, options.device)
+    model = pretrained.model
+    sampling, gain_source = resolved_sampling(options, chosen_state_gain(pretrained.provenance))
     model = model.to(streaming_dtype(options.precision, options.device))
     config = model.config
     chunk = config.chunk if options.chunk is None else int(options.chunk)
@@ -281,7 +302,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     )  # fmt: skip
     run = stream_dialogues(
         model, dataset, range(count), chunk, left_chunks, options.streams, progress=options.progress,
-        sampling=options.sampling,
+        sampling=sampling,
     )  # fmt: skip
     dialogues = run.dialogues
     chunk_seconds = chunk * config.frame_samples / config.sample_rate
@@ -291,6 +312,11 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         "checkpoint": str(checkpoint),
         "data": str(data_dir),
         "dialogues": len(dialogues),
+        "sampling": (
+            {**dataclasses.asdict(sampling), "state_gain_source": gain_source}
+            if isinstance(model, TokenDuplexModel)
+            else None
+        ),
         "duplex": report.turn_taking(dialogues, config, options.window, options.energy_threshold_db),
         "compute": {
             "device": torch.cuda.get_device_name(device)

@@ -32,6 +32,7 @@ class StreamedDialogue:
     feedback: torch.Tensor  # (frames, feedback_dim), model v2: (frames,) tokens: for the offline comparison
     manifest: Manifest | None  # cropped to the streamed span
     sample_rate: int
+    state_gain: float | None = None  # the stream's own state gain, when stream_dialogues was given several
 
     @property
     def seconds(self) -> float:
@@ -67,23 +68,37 @@ def stream_dialogues(
     vocoder: bool = True,
     progress: bool = False,
     sampling: SamplingConfig | None = None,
+    state_gains: Sequence[float] | None = None,
 ) -> StreamRun:
     """Stream the dialogues `indices` of `dataset` (all by default), `streams` at a time in one
     session each group, optionally only their first `max_seconds`. Model v2 samples its tokens with
-    `sampling`, each dialogue seeded by its index (a run is reproducible whatever `streams` is)."""
+    `sampling`, each dialogue seeded by its index (a run is reproducible whatever `streams` is).
+    `state_gains` (model v2): every dialogue is streamed once per gain, in place of
+    `sampling.state_gain`, with the same seed (the arms differ only by the gain); the dialogues
+    come out gain after gain, each marked with its `state_gain`."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1 (dialogues streamed at once), got {streams}")
     device = next(model.parameters()).device
     indices = list(range(len(dataset))) if indices is None else list(indices)
+    if state_gains is not None and not isinstance(model, TokenDuplexModel):
+        raise ValueError("state_gains are a sampling setting of model v2 (TokenDuplexModel), not of v1")
+    gains = [None] if state_gains is None else [float(g) for g in state_gains]
+    if not gains:
+        raise ValueError("state_gains must hold at least one gain (or be None for sampling's own)")
+    work = [(index, gain) for gain in gains for index in indices]
     results, step_seconds = [], []
-    bar = tqdm(total=len(indices), desc="streaming dialogues", unit="dialogue", disable=not progress)
-    for first in range(0, len(indices), streams):
-        group = indices[first : first + streams]
+    bar = tqdm(total=len(work), desc="streaming dialogues", unit="dialogue", disable=not progress)
+    for first in range(0, len(work), streams):
+        group = [index for index, _ in work[first : first + streams]]
+        group_gains = [gain for _, gain in work[first : first + streams]]
         items = [_item(dataset, index, max_seconds) for index in group]
-        session = _session(model, len(items), chunk, left_chunks, vocoder, device, sampling, group)
+        session = _session(
+            model, len(items), chunk, left_chunks, vocoder, device, sampling, group,
+            None if state_gains is None else group_gains,
+        )  # fmt: skip
         outputs, seconds = _stream_group(session, [item["user"] for item in items])
         step_seconds += seconds
-        for index, item, output in zip(group, items, outputs, strict=True):
+        for index, gain, item, output in zip(group, group_gains, items, outputs, strict=True):
             manifest = dataset.files[index].manifest
             results.append(
                 StreamedDialogue(
@@ -92,6 +107,7 @@ def stream_dialogues(
                     reference=item["system"].numpy(),
                     manifest=None if manifest is None else _cropped(manifest, item, dataset.sample_rate),
                     sample_rate=dataset.sample_rate,
+                    state_gain=gain,
                     **output,
                 )
             )
@@ -100,11 +116,13 @@ def stream_dialogues(
     return StreamRun(results, step_seconds)
 
 
-def _session(model, batch, chunk, left_chunks, vocoder, device, sampling, indices) -> StreamingSession:
+def _session(
+    model, batch, chunk, left_chunks, vocoder, device, sampling, indices, state_gains=None
+) -> StreamingSession:
     if isinstance(model, TokenDuplexModel):
         return TokenStreamingSession(
             model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device,
-            sampling=sampling, seeds=torch.tensor(list(indices)),
+            sampling=sampling, seeds=torch.tensor(list(indices)), state_gains=state_gains,
         )  # fmt: skip
     return StreamingSession(
         model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device

@@ -39,7 +39,8 @@ class TokenStreamingSession(StreamingSession):
     """StreamingSession for TokenDuplexModel: `sampling` sets temperature, top-k, the PAD / BOS /
     EOS logit biases (a positive BOS bias answers sooner) and the user-state head's say over BOS
     (`state_gain`); `seeds` (B,) makes every stream's samples reproducible (default: stream i gets
-    seed i)."""
+    seed i); `state_gains` (B,), if given, replaces `sampling.state_gain` stream by stream (the
+    free-running validation compares operating points in one batch)."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class TokenStreamingSession(StreamingSession):
         device=None,
         sampling: SamplingConfig | None = None,
         seeds: torch.Tensor | None = None,
+        state_gains: torch.Tensor | list[float] | None = None,
     ):
         if not isinstance(model, TokenDuplexModel):
             raise TypeError(
@@ -63,6 +65,14 @@ class TokenStreamingSession(StreamingSession):
         if seeds.shape != (batch,):
             raise ValueError(f"seeds must hold one integer per stream ({batch},), got {tuple(seeds.shape)}")
         self.seeds = seeds.to(device=self.device, dtype=torch.int64)
+        self.state_gains = None
+        if state_gains is not None:
+            gains = torch.as_tensor(state_gains, dtype=torch.float32)
+            if gains.shape != (batch,) or not bool(torch.isfinite(gains).all()) or bool((gains < 0).any()):
+                raise ValueError(
+                    f"state_gains must hold one finite gain >= 0 per stream ({batch},), got {gains.tolist()}"
+                )
+            self.state_gains = gains.to(self.device)
 
     def _initial_feedback(self) -> TokenFeedback:
         c = self.model.config
@@ -87,7 +97,9 @@ class TokenStreamingSession(StreamingSession):
         model = self.model
         noise = frame_noise(self.seeds, positions, self.chunk) if self.sampling.temperature > 0 else None
         bos_shift = None
-        if self.sampling.state_gain > 0:
+        if self.state_gains is not None:
+            bos_shift = state_bos_shift(model.user_state_head(encoded), self.state_gains)
+        elif self.sampling.state_gain > 0:
             bos_shift = state_bos_shift(model.user_state_head(encoded), self.sampling.state_gain)
         placeholder = torch.full((hidden.shape[0], 1), PAD, device=hidden.device)  # the token to sample
         per_frame = []  # each frame's logits, as sampled (the raw output: no second pass of the head)

@@ -7,6 +7,13 @@ what `stream_eval` reports: response rate and latency, false take-overs, talk-ov
 latency and, with a recognizer, whether the replies said the right words. The checkpoint callback
 monitors `free/score` (configs/train.yaml; any `free/...` value would do) so the best checkpoint is
 the one that behaves best.
+
+With `state_gains` (model v2) the dialogues are streamed once per user-state gain, all in one
+batched session, and the gain whose arm scores best is the operating point of that validation:
+`free/*` are its figures, `free/state_gain` the gain, `free/score_at_gain_<g>` every arm's score.
+The gain is kept in the callback's state, so the checkpoint of that validation carries it
+(s2s.pretrained reads it back; `stream_eval` uses it unless told a gain). The gain is thus chosen
+on the validation split, per run: a model whose head is surer or less sure gets its own.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.cpu_threads import cpu_threads
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.report import free_running_summary
-from s2s.streaming.runner import stream_dialogues
+from s2s.streaming.runner import StreamRun, stream_dialogues
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ class FreeRunningValidation(lightning.Callback):
         window: float = 3.0,
         cpu_threads: int | None = 1,
         sampling: SamplingConfig | dict | None = None,
+        state_gains: list[float] | None = None,
     ):
         if every_n_validations < 1 or dialogues < 1 or streams < 1:
             raise ValueError(
@@ -67,14 +75,26 @@ class FreeRunningValidation(lightning.Callback):
         self.sampling = (
             sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**dict(sampling or {}))
         )
+        if state_gains is not None:
+            state_gains = [float(g) for g in state_gains]
+            valid = all(math.isfinite(g) and g >= 0 for g in state_gains)
+            if not state_gains or not valid or len(set(state_gains)) != len(state_gains):
+                raise ValueError(
+                    f"state_gains must be a non-empty list of distinct finite gains >= 0 (or null), got "
+                    f"{state_gains}"
+                )
+        self.state_gains = state_gains
+        self.state_gain: float | None = None  # the gain the latest validation chose
         self.validations = 0
         self._recognizer = None
 
     def state_dict(self) -> dict:
-        return {"validations": self.validations}
+        return {"validations": self.validations, "state_gain": self.state_gain}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.validations = int(state_dict.get("validations", 0))
+        gain = state_dict.get("state_gain")
+        self.state_gain = None if gain is None else float(gain)
 
     def on_validation_epoch_end(self, trainer: lightning.Trainer, module: lightning.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -100,22 +120,44 @@ class FreeRunningValidation(lightning.Callback):
         began = time.perf_counter()
         dataset = trainer.datamodule.datasets["val"]
         model = self._streaming_model(module.model)
+        arms = 1 if self.state_gains is None else len(self.state_gains)
         run = stream_dialogues(
             model,
             dataset,
             indices=range(min(self.dialogues, len(dataset))),
-            streams=self.streams,
+            streams=self.streams * arms,
             max_seconds=self.seconds,
             vocoder=self.recognizer_path is not None,
             sampling=self.sampling,
+            state_gains=self.state_gains,
         )
-        summary = free_running_summary(run, model.config, self.window, self._load_recognizer(model))
+        recognizer = self._load_recognizer(model)
+        if self.state_gains is None:
+            summary = free_running_summary(run, model.config, self.window, recognizer)
+        else:
+            summary = self._best_gain(run, model.config, recognizer)
         summary["seconds"] = time.perf_counter() - began
         log.info(
             "free-running validation at step %d: %s",
             trainer.global_step,
             ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if v is not None and math.isfinite(v)),
         )
+        return summary
+
+    def _best_gain(self, run: StreamRun, config, recognizer) -> dict:
+        """The summary of the best-scoring gain's arm (the first of equals, in the listed order),
+        with the gain and every arm's score."""
+        arms = {}
+        for gain in self.state_gains:
+            dialogues = [d for d in run.dialogues if d.state_gain == gain]
+            arm = StreamRun(dialogues, run.step_seconds)
+            arms[gain] = free_running_summary(arm, config, self.window, recognizer)
+        best = max(self.state_gains, key=lambda g: _finite(arms[g]["score"]))  # first of equals
+        summary = dict(arms[best])
+        summary["state_gain"] = best
+        for gain, figures in arms.items():
+            summary[f"score_at_gain_{gain:g}"] = figures["score"]
+        self.state_gain = best
         return summary
 
     def _streaming_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -134,3 +176,7 @@ class FreeRunningValidation(lightning.Callback):
 
             self._recognizer = load_recognizer(self.recognizer_path, device=next(model.parameters()).device)
         return self._recognizer
+
+
+def _finite(score: float | None) -> float:
+    return -math.inf if score is None or not math.isfinite(score) else score

@@ -255,6 +255,17 @@ def test_a_pause_heard_by_the_state_head_holds_the_reply_back(generator):
     )
 
 
+def test_a_gain_per_stream_is_each_stream_with_its_own_gain(generator):
+    seed = generator.initial_seed()
+    logits = torch.randn(5, 3, len(UserState), generator=generator) * 3
+    gains = torch.tensor([0.0, 0.5, 1.0, 2.0, 8.0])
+    got = state_bos_shift(logits, gains)
+    for row, gain in enumerate(gains.tolist()):
+        assert torch.equal(got[row], state_bos_shift(logits[row : row + 1], gain)[0]), f"seed {seed}"
+    with pytest.raises(ValueError, match="one per stream"):
+        state_bos_shift(logits, torch.ones(4))
+
+
 def test_broken_logits_stay_silent_and_other_streams_are_untouched(generator):
     logits, _, seeds = _draw(generator, 3, 4)
     logits[0] = float("nan")

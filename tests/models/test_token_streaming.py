@@ -150,6 +150,28 @@ def test_state_gain_holds_replies_back_and_the_stream_still_equals_offline(gener
     assert rates[1] < rates[0], (seed, rates)
 
 
+def test_per_stream_state_gains_equal_sessions_of_one_gain_each(generator):
+    """state_gains (B,): each stream samples as a session with that one gain would (same seeds),
+    bit for bit in fp32 on the CPU; bad gains are refused before anything streams."""
+    seed = int(torch.randint(1000, (1,), generator=generator))
+    model = _model(seed)
+    audio = torch.stack([_dialogue(16000 * 2, generator) for _ in range(3)])
+    gains = [0.0, 1.5, 6.0]
+    seeds = torch.tensor([11, 12, 13])
+    sampling = SamplingConfig(temperature=1.0, state_gain=4.0)  # replaced stream by stream
+    mixed = _stream(TokenStreamingSession(model, batch=3, vocoder=False, sampling=sampling, seeds=seeds,
+                                          state_gains=gains), audio)[0]  # fmt: skip
+    for row, gain in enumerate(gains):
+        one = SamplingConfig(temperature=1.0, state_gain=gain)
+        own_seed = seeds[row : row + 1]
+        session = TokenStreamingSession(model, batch=1, vocoder=False, sampling=one, seeds=own_seed)
+        alone = _stream(session, audio[row : row + 1])[0]
+        assert torch.equal(mixed[row : row + 1], alone), (seed, gain)
+    for bad in ([1.0, 2.0], [0.0, -1.0, 1.0], [0.0, float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="state_gains"):
+            TokenStreamingSession(model, batch=3, vocoder=False, state_gains=bad)
+
+
 def test_a_v1_model_is_refused():
     from s2s.models.duplex import DuplexModel
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning
 import matplotlib.image
+import pytest
 import soundfile
 
 from s2s.data.datamodule import DuplexDataModule
@@ -105,3 +106,19 @@ def test_bad_options_fail_before_loading_and_leave_nothing_behind(tmp_path):
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert result.returncode != 0 and message in result.stderr, (option, result.stderr[-2000:])
         assert not out.exists(), f"{option}: a failed evaluation left {out} behind"
+
+
+def test_the_state_gain_is_the_given_one_else_the_runs_choice_else_the_default():
+    from s2s.models.token_sampling import SamplingConfig
+    from s2s.streaming.evaluate import EvalOptions, resolved_sampling
+
+    base = SamplingConfig(temperature=0.5, bos_bias=1.0)
+    given, source = resolved_sampling(EvalOptions(sampling=base, state_gain=2.5), chosen=1.0)
+    assert (given.state_gain, source) == (2.5, "given") and given.bos_bias == 1.0
+    chosen, source = resolved_sampling(EvalOptions(sampling=base), chosen=1.0)
+    assert (chosen.state_gain, source) == (1.0, "chosen on validation by the run")
+    assert chosen.temperature == 0.5
+    default, source = resolved_sampling(EvalOptions(sampling=base), chosen=None)
+    assert (default.state_gain, source) == (SamplingConfig().state_gain, "default")
+    with pytest.raises(ValueError, match="state_gain"):
+        EvalOptions(state_gain=-1.0)

@@ -7,6 +7,7 @@ import math
 
 import lightning
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -104,3 +105,87 @@ def test_bad_settings_are_named():
         FreeRunningValidation(every_n_validations=0)
     with pytest.raises(ValueError, match="seconds"):
         FreeRunningValidation(seconds=-1.0)
+
+
+def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(tiny_corpus, tmp_path):
+    """Model v2 with state_gains: each validation streams every dialogue once per gain in one batch,
+    logs every arm's score (equal to streaming that gain alone), takes the best arm's figures and
+    gain, and the checkpoint of the best validation carries that gain to s2s.pretrained."""
+    from s2s.data.tokens import BOS, EOS
+    from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+    from s2s.models.token_sampling import SamplingConfig
+    from s2s.pretrained import chosen_state_gain, load_artifact
+    from s2s.training.checkpoint_callback import RunCheckpoint
+    from s2s.training.token_module import TokenDuplexLightningModule
+
+    lightning.seed_everything(0)
+    data = DuplexDataModule(
+        root=tiny_corpus.out_dir, num_workers=0, max_seconds=3.0, eval_max_seconds=3.0, batch_seconds=9.0,
+        generate_if_missing=False, token_targets=True,
+    )  # fmt: skip
+    config = TokenDuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, chunk=4)
+    module = TokenDuplexLightningModule(TokenDuplexModel(config))
+    with torch.no_grad():  # an untrained model barely opens replies: make it answer, so the arms differ
+        module.model.token_head.bias[BOS] += 2.0
+        module.model.token_head.bias[EOS] += 1.0
+    gains = [0.0, 3.0]
+    callback = FreeRunningValidation(dialogues=2, streams=1, seconds=8.0, state_gains=gains)
+    checkpoint = RunCheckpoint(
+        dirpath=tmp_path / "checkpoints", monitor="free/score", mode="max", save_top_k=1, save_last=True,
+        filename="best-step{step}-score{free/score:.3f}", auto_insert_metric_name=False,
+    )  # fmt: skip
+    trainer = lightning.Trainer(
+        max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="csv", version=""), enable_progress_bar=False,
+        callbacks=[callback, checkpoint], limit_val_batches=1, num_sanity_val_steps=0, log_every_n_steps=1,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+
+    row = [r for r in _rows(tmp_path / "csv" / "metrics.csv") if r.get("free/score")][-1]
+    scores = {g: float(row[f"free/score_at_gain_{g:g}"]) for g in gains}
+    chosen = float(row["free/state_gain"])
+    assert chosen == max(gains, key=lambda g: scores[g]), (scores, chosen)  # the first of equals
+    assert float(row["free/score"]) == pytest.approx(scores[chosen])
+    model = module.model.eval()
+    alone = {}
+    for gain in gains:  # each arm as a run of that gain alone
+        run = stream_dialogues(
+            model, data.datasets["val"], indices=[0, 1], streams=2, max_seconds=8.0, vocoder=False,
+            sampling=SamplingConfig(state_gain=gain),
+        )  # fmt: skip
+        alone[gain] = free_running_summary(run, model.config, window=3.0)
+        assert scores[gain] == pytest.approx(alone[gain]["score"], abs=1e-6), (gain, scores, alone[gain])
+    assert alone[0.0] != alone[3.0], "the gains should stream differently (else the test shows nothing)"
+    for key, want in alone[chosen].items():  # the logged figures are the chosen arm's
+        got = float(row[f"free/{key}"])
+        assert (want is None and math.isnan(got)) or got == pytest.approx(want, abs=1e-6), (key, got, want)
+    best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert chosen_state_gain(load_artifact(best).provenance) == chosen
+    assert callback.state_dict()["state_gain"] == chosen
+
+
+def test_state_gains_are_checked():
+    for bad in ([], [1.0, -1.0], [2.0, 2.0], [float("inf")]):
+        with pytest.raises(ValueError, match="state_gains"):
+            FreeRunningValidation(state_gains=bad)
+
+
+def test_the_best_scoring_gain_wins_and_the_first_of_equals(monkeypatch):
+    """The choice among arms, on constructed scores: highest wins, ties go to the earlier gain, an
+    undefined score (no turns) counts lowest."""
+    from types import SimpleNamespace
+
+    import s2s.training.free_running as free_running
+
+    scores = {0.0: 0.2, 1.0: 0.5, 2.0: 0.5, 4.0: None}
+    monkeypatch.setattr(
+        free_running, "free_running_summary",
+        lambda run, config, window, recognizer: {"score": scores[run.dialogues[0].state_gain]},
+    )  # fmt: skip
+    callback = FreeRunningValidation(state_gains=list(scores))
+    run = SimpleNamespace(dialogues=[SimpleNamespace(state_gain=g) for g in scores], step_seconds=[])
+    summary = callback._best_gain(run, None, None)
+    assert summary["state_gain"] == 1.0 and summary["score"] == 0.5 and callback.state_gain == 1.0
+    assert [summary[f"score_at_gain_{g:g}"] for g in scores] == list(scores.values())
+    scores.update({0.0: float("nan"), 1.0: None, 2.0: None, 4.0: 0.0})
+    assert callback._best_gain(run, None, None)["state_gain"] == 4.0
