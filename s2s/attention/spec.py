@@ -8,7 +8,7 @@ than ``left_chunks`` chunks before it. The arithmetic lives in ``s2s.attention.m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -74,6 +74,9 @@ class ChunkSpec:
     left_chunks: int | None = None
     q_offset: IntOrPerSequence = 0
     k_offset: IntOrPerSequence = 0
+    # resolve()'s results by (batch, device): a model builds one spec per forward and every attention
+    # layer resolves it, so per-sequence tensors are moved and checked (a host read) once, not per call
+    _resolved: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, minimum in (("chunk_q", 1), ("chunk_k", 1), ("q_offset", 0), ("k_offset", 0)):
@@ -97,16 +100,25 @@ class ChunkSpec:
         return any(isinstance(v, torch.Tensor) for v in values)
 
     def resolve(self, batch: int, device: torch.device | str = "cpu") -> SequenceChunks:
-        """Expand every field to one int64 value per sequence, checking per-sequence tensors."""
+        """Expand every field to one int64 value per sequence, checking per-sequence tensors (once
+        per batch size and device: a spec's tensors are read as they were at the first call)."""
+        key = (batch, torch.device(device))
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(batch, key[1])
+        return self._resolved[key]
+
+    def _resolve(self, batch: int, device: torch.device) -> SequenceChunks:
         fields = {
             "chunk_q": (self.chunk_q, 1),
             "chunk_k": (self.effective_chunk_k, 1),
             "q_offset": (self.q_offset, 0),
             "k_offset": (self.k_offset, 0),
         }
-        resolved = {}
+        resolved, checked = {}, {}
         for name, (value, minimum) in fields.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and checked.get(id(value), (None, -1))[1] >= minimum:
+                resolved[name] = checked[id(value)][0]  # chunk_k is chunk_q (self-attention): checked
+            elif isinstance(value, torch.Tensor):
                 if value.shape[0] != batch:
                     raise ValueError(
                         f"ChunkSpec.{name} has {value.shape[0]} values but the batch has {batch} "
@@ -118,9 +130,10 @@ class ChunkSpec:
                     raise ValueError(
                         f"ChunkSpec.{name} must be {rule} for every sequence, got min {int(tensor.min())}"
                     )
+                resolved[name] = tensor
+                checked[id(value)] = (tensor, minimum)
             else:
-                tensor = torch.full((batch,), value, dtype=torch.int64, device=device)
-            resolved[name] = tensor
+                resolved[name] = torch.full((batch,), value, dtype=torch.int64, device=device)
         return SequenceChunks(left_chunks=self.left_chunks, **resolved)
 
     # The three views of the mask that backends and kernels consume.

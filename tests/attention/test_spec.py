@@ -157,3 +157,34 @@ def test_per_sequence_values_are_checked_against_the_batch():
         spec.resolve(2)
     with pytest.raises(ValueError, match="one value per sequence"):
         spec.resolve(3)
+
+
+def test_a_spec_is_resolved_once_per_batch_and_device(monkeypatch):
+    """Every attention layer of a forward resolves the model's one spec: the per-sequence tensors
+    are moved and checked (a host read on a GPU) at the first call only, and chunk_k = chunk_q is
+    checked once. Bad values are still refused, and another batch size is checked on its own."""
+    chunks = torch.tensor([2, 4, 1], dtype=torch.int32)
+    offsets = torch.tensor([0, 3, 5], dtype=torch.int32)
+    spec = ChunkSpec(chunks, q_offset=offsets, k_offset=offsets)
+    reads = []
+    original_min = torch.Tensor.min
+    monkeypatch.setattr(
+        torch.Tensor, "min", lambda self, *a, **k: reads.append(1) or original_min(self, *a, **k)
+    )
+    first = spec.resolve(3)
+    assert len(reads) == 2, "chunk_q (= chunk_k) and the offsets tensor are each checked once"
+    assert spec.resolve(3) is first and spec.resolve(3, "cpu") is first and len(reads) == 2
+    assert first.chunk_k is first.chunk_q and first.q_offset is first.k_offset
+    assert first.chunk_q.tolist() == [2, 4, 1] and first.k_offset.tolist() == [0, 3, 5]
+    with pytest.raises(ValueError, match="one value per sequence"):
+        spec.resolve(2)
+    bad_offset = ChunkSpec(4, q_offset=torch.tensor([0, -1], dtype=torch.int32))
+    for _ in range(2):  # a refused resolve is not cached
+        with pytest.raises(ValueError, match="q_offset must be non-negative"):
+            bad_offset.resolve(2)
+
+
+def test_a_tensor_shared_by_an_offset_and_a_chunk_is_checked_for_each_rule():
+    shared = torch.tensor([0, 2], dtype=torch.int32)  # a fine offset, a bad chunk size
+    with pytest.raises(ValueError, match="chunk_k must be positive"):
+        ChunkSpec(4, chunk_k=shared, q_offset=shared).resolve(2)
