@@ -32,6 +32,7 @@ from s2s.training.csv_metrics import MetricsRowsInCheckpoint, RunCSVLogger
 from s2s.training.resume import ResumePoint, check_same_model, find_resume_point, max_steps_reached
 from s2s.training.run_lock import RunLock, is_global_rank_zero
 from s2s.training.token_module import TokenDuplexLightningModule
+from s2s.training.wall_clock import WallClock, WallClockReport
 
 
 class LaunchConfigError(ValueError):
@@ -48,6 +49,7 @@ class TrainResult:
     metrics_csv: Path
     seconds: float
     trained: bool = True  # False when max_steps was already reached and nothing ran
+    wall_clock: WallClockReport | None = None  # where the launch's time went (None: nothing ran)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
@@ -91,12 +93,13 @@ def _train(
     if rank_zero:
         _report_moved_rows(loggers, point)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    wall_clock = WallClock(started)
     plugins = [*(instantiate(cfg.trainer.get("plugins")) or []), RunCheckpointIO()]
     trainer: lightning.Trainer = instantiate(
         cfg.trainer,
         default_root_dir=str(run_dir),
         logger=loggers or False,
-        callbacks=[*callbacks, MetricsRowsInCheckpoint(), CodeCommitInCheckpoint()],
+        callbacks=[*callbacks, MetricsRowsInCheckpoint(), CodeCommitInCheckpoint(), wall_clock],
         plugins=plugins,
     )
     print(
@@ -123,6 +126,7 @@ def _train(
         global_step=trainer.global_step,
         metrics_csv=run_dir / "csv" / "metrics.csv",
         seconds=time.perf_counter() - started,
+        wall_clock=wall_clock.report(),
     )
     if rank_zero:  # one report per launch, not one per DDP rank
         _report(result, loggers)
@@ -213,6 +217,7 @@ def _report_moved_rows(loggers, point: ResumePoint | None) -> None:
 def _report(result: TrainResult, loggers) -> None:
     lines = [
         f"trained to global step {result.global_step} in {result.seconds:.0f} s",
+        *([result.wall_clock.line()] if result.wall_clock else []),
         f"run directory:   {result.run_dir}",
         f"last checkpoint: {result.last_checkpoint}",
         f"best checkpoint: {result.best_checkpoint}",
