@@ -37,17 +37,38 @@ class TokenLossWeights:
     # the turn decision hinges on (val/turn_end_state_auc says how well it is told from an end). The
     # loss is logit-adjusted, so the weight moves the gradient, not the head's probabilities.
     user_pause: float = 1.0
+    # Silence frames (PAUSE or ENDED) within `onset_frames` of the user falling silent, both classes
+    # alike: the frames where a pause must be told from an end of turn (later frames are easy: no
+    # pause outlasts 0.8 s). A weight that depends on where a frame is, not on its class, leaves the
+    # head's probabilities calibrated.
+    user_onset: float = 1.0
+    onset_frames: int = 20  # 0.8 s at 25 Hz: the corpus's longest pause
+
+    def __post_init__(self):
+        for name in ("user_pause", "user_onset"):  # class and place weights: a weight of 0 drops frames
+            if not getattr(self, name) > 0:
+                raise ValueError(f"module.weights.{name} must be > 0, got {getattr(self, name)}")
+        frames = self.onset_frames
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"module.weights.onset_frames must be a whole number >= 1, got {frames}")
 
 
 def user_state_loss(
-    logits: torch.Tensor, states: torch.Tensor, mask: torch.Tensor, pause_weight: float
+    logits: torch.Tensor,
+    states: torch.Tensor,
+    mask: torch.Tensor,
+    pause_weight: float,
+    onset_weight: float = 1.0,
+    onset_frames: int = 20,
 ) -> torch.Tensor:
-    """The user-state cross-entropy, PAUSE frames weighted `pause_weight`, a mean over `mask`.
+    """The user-state cross-entropy, a weighted mean over `mask`: PAUSE frames weighted
+    `pause_weight`, silence frames within `onset_frames` of a silence onset `onset_weight` (the
+    two multiply). logits (B, T, states), states (B, T) int64, mask (B, T) bool or float.
 
     Logit-adjusted (Menon et al., 2021): a class weight w alone moves the head's optimum to
     P(class) * w, and sampling's state_gain would then veto replies by log w more than the head
     hears; the weighted loss of logits + log w keeps the raw logits calibrated (the weight moves
-    the gradient only). logits (B, T, states), states (B, T) int64, mask (B, T) bool or float.
+    the gradient only). The onset weight depends on the frame's place, not its class: no adjustment.
     """
     weights = torch.ones(logits.shape[-1], device=logits.device)
     weights[UserState.PAUSE] = pause_weight
@@ -55,7 +76,22 @@ def user_state_loss(
     per_frame = torch.nn.functional.cross_entropy(
         adjusted.transpose(1, 2), states, weight=weights, reduction="none"
     )
-    return (per_frame * mask).sum() / (weights[states] * mask).sum().clamp(min=1e-6)
+    frame_weights = weights[states] * mask
+    if onset_weight != 1.0:
+        near = near_silence_onset(states, onset_frames)
+        place = torch.where(near, onset_weight, 1.0)
+        per_frame, frame_weights = per_frame * place, frame_weights * place
+    return (per_frame * mask).sum() / frame_weights.sum().clamp(min=1e-6)
+
+
+def near_silence_onset(states: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, T) bool: PAUSE or ENDED frames at most `frames` after the user's last SPEAKING frame (a
+    window that starts before the first speech has no onset in it: False there)."""
+    time = torch.arange(states.shape[1], device=states.device).expand_as(states)
+    speaking = states == UserState.SPEAKING
+    last_speech = torch.where(speaking, time, -1).cummax(dim=1).values
+    silent = (states == UserState.PAUSE) | (states == UserState.ENDED)
+    return silent & (last_speech >= 0) & (time - last_speech <= frames)
 
 
 @dataclass
@@ -170,9 +206,10 @@ class TokenDuplexLightningModule(SafeCheckpointLoading):
         ) / real  # fmt: skip
 
         states = batch.user_state[:, :frames]
-        user_state_ce = user_state_loss(out.user_state_logits, states, mask, self.weights.user_pause)
-
         w = self.weights
+        user_state_ce = user_state_loss(
+            out.user_state_logits, states, mask, w.user_pause, w.user_onset, w.onset_frames
+        )
         total = token_ce + w.mel * mel_l1 / c.mel_std + w.user_ctc * user_ctc + w.user_state * user_state_ce
         decisions = mask & (tokens != PAD)
         correct = (out.token_logits.argmax(-1) == tokens) & decisions

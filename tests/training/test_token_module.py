@@ -175,3 +175,47 @@ def _fit_state_logits(states: torch.Tensor, mask: torch.Tensor, weight: float) -
 
     optimizer.step(closure)
     return logits.detach()[0, 0].softmax(-1)
+
+
+def test_frames_near_a_silence_onset_are_found_and_weighted(generator):
+    """near_silence_onset against a loop over random state sequences, and the onset-weighted state
+    loss against a float64 computation written out by hand."""
+    from s2s.training.token_module import TokenLossWeights, near_silence_onset
+
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randint(0, len(UserState), (6, 80), generator=g)
+    runs = torch.randint(1, 12, (6, 80), generator=g)  # make runs of one state, as in dialogues
+    for row in range(6):
+        t = 0
+        while t < 80:
+            states[row, t : t + int(runs[row, t])] = states[row, t]
+            t += int(runs[row, t])
+    frames = 7
+    want = torch.zeros_like(states, dtype=torch.bool)
+    for row in range(6):
+        last = None
+        for t in range(80):
+            state = int(states[row, t])
+            if state == UserState.SPEAKING:
+                last = t
+            silent = state in (UserState.PAUSE, UserState.ENDED)
+            want[row, t] = silent and last is not None and t - last <= frames
+    assert torch.equal(near_silence_onset(states, frames), want), f"seed {seed}"
+
+    logits = torch.randn(6, 80, len(UserState), generator=g, dtype=torch.float64)
+    mask = torch.rand(6, 80, generator=g) > 0.1
+    pause, onset = 3.0, 5.0
+    adjust = torch.zeros(len(UserState), dtype=torch.float64)
+    adjust[int(UserState.PAUSE)] = math.log(pause)
+    log_p = (logits + adjust).log_softmax(-1)
+    nll = -log_p.gather(-1, states[..., None])[..., 0]
+    weight = torch.where(states == int(UserState.PAUSE), pause, 1.0).double()
+    weight = weight * torch.where(want, onset, 1.0) * mask
+    reference = (nll * weight).sum() / weight.sum()
+    got = user_state_loss(logits, states, mask, pause, onset, frames)
+    assert abs(float(got) - float(reference)) <= 1e-5 * float(reference), (seed, float(got), float(reference))
+    assert float(user_state_loss(logits, states, mask, pause)) != pytest.approx(float(got)), f"seed {seed}"
+    for bad in ({"user_onset": 0.0}, {"user_pause": -1.0}, {"onset_frames": 0}, {"onset_frames": 2.5}):
+        with pytest.raises(ValueError, match=r"module\.weights"):
+            TokenLossWeights(**bad)
