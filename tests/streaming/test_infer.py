@@ -203,3 +203,17 @@ def test_the_infer_command_runs_as_a_module(tmp_path):
     assert len(soundfile.read(tmp_path / "out.wav")[0]) == 5000
     timeline = json.loads((tmp_path / "out.json").read_text())
     assert timeline["tokens"] is None and len(timeline["speaking"]) == 8 and timeline["padded_samples"] == 120
+
+
+def test_infer_streams_with_the_gain_the_run_chose_unless_given_one(tmp_path):
+    """An artifact whose training chose a state gain on validation: infer uses it by default, a
+    given state_gain wins, and the timeline records the gain it streamed with."""
+    chosen = save_pretrained(
+        _model("v2", 8), tmp_path / "chosen", task=say_in_german().describe(),
+        training={"checkpoint": "x.ckpt", "global_step": 1, "state_gain": 1.5},
+    )  # fmt: skip
+    user = _write(tmp_path / "user.wav", np.zeros(16000, np.float32), 16000)
+    assert main([str(user), str(tmp_path / "a.wav"), f"model={chosen}", "threads=1"]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["sampling"]["state_gain"] == 1.5
+    assert main([str(user), str(tmp_path / "b.wav"), f"model={chosen}", "threads=1", "state_gain=0"]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["sampling"]["state_gain"] == 0.0
