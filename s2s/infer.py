@@ -227,16 +227,8 @@ USAGE = (
 )
 SAMPLING_KEYS = {
     "temperature": float, "top_k": int, "pad_bias": float, "bos_bias": float, "eos_bias": float,
-    "state_gain": float, "greedy_words": lambda value: _flag("greedy_words", value),
+    "state_gain": float, "greedy_words": boolean,
 }  # fmt: skip
-
-
-def _flag(name: str, value: str) -> bool:
-    if value.strip().lower() in ("true", "1", "yes"):
-        return True
-    if value.strip().lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _channel(value: str):

@@ -20,7 +20,6 @@ from s2s.data.corpus import read_record
 from s2s.data.dataset import DialogueDataset
 from s2s.data.features import LogMel
 from s2s.data.pitch import PitchConfig, pitch_features
-from s2s.data.tokens import TokenVocabulary
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
@@ -101,22 +100,6 @@ def recorded_task(data_dir: Path) -> dict | None:
             recipe = record.get("recipe")
             return recipe.get("task") if isinstance(recipe, dict) else None
     return None
-
-
-def system_words(task: dict | None, config) -> tuple[str, ...] | None:
-    """The system's token words of the corpus's task, for reading a model v2's sampled tokens as
-    words; None for model v1, for recordings without a task, or a vocabulary of another size."""
-    system_vocab = getattr(config, "system_vocab", None)
-    if task is None or system_vocab is None:
-        return None
-    vocabulary = TokenVocabulary.from_task(task)
-    if vocabulary.size != system_vocab:
-        log.warning(
-            "the corpus's task has %d system tokens, the model %d: its sampled tokens are not read "
-            "as words", vocabulary.size, system_vocab,
-        )  # fmt: skip
-        return None
-    return vocabulary.words
 
 
 def offline_deviation(model: DuplexModel, dialogue: StreamedDialogue, chunk: int, left_chunks) -> float:
@@ -333,9 +316,9 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     }
     if recognizer is not None:
         log.info("recognizing the replies of the model and of the reference")
-        result["content"] = report.reply_content(
-            dialogues, config, recognizer, system_words(recorded_task(data_dir), config)
-        )
+        vocabularies = pretrained.provenance.vocabularies  # model v2's own, from its task record
+        words = None if vocabularies is None else vocabularies["system"].words
+        result["content"] = report.reply_content(dialogues, config, recognizer, words)
     log.info("scoring audio quality (mel L1, MCD)")
     result["quality"] = report.quality(dialogues, options.mcd_seconds)
     result["streaming_vs_offline_max_abs"] = offline_deviation(model, dialogues[0], chunk, left_chunks)
