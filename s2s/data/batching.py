@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from s2s.data.batch_features import BatchFeatures
 from s2s.data.dataset import Crop
-from s2s.data.features import LogMel, LogMelConfig
-from s2s.data.pitch import PitchConfig, pitch_features
+from s2s.data.features import LogMelConfig
 from s2s.data.token_targets import FrameTargets, UserState
 from s2s.data.tokens import PAD
 
@@ -262,10 +262,10 @@ class DialogueCollate:
             raise ValueError(
                 f"pad_multiple {pad_multiple} must be a multiple of the {self.log_mel_config.hop}-sample hop"
             )
-        self.with_features = with_features
+        self.with_features = with_features  # False: the batch leaves without features (features_on=device)
         self.pad_multiple = pad_multiple
         self.user_pitch = user_pitch  # also the user's pitch_features (a model with user_pitch reads them)
-        self._log_mel: LogMel | None = None
+        self._features = BatchFeatures(self.log_mel_config, user_pitch)
 
     def __call__(self, items: list[dict]) -> DialogueBatch:
         hop = self.log_mel_config.hop
@@ -292,15 +292,7 @@ class DialogueCollate:
         if "targets" in items[0]:
             _add_token_targets(batch, [item["targets"] for item in items], padded // self.pad_multiple)
         if self.with_features:
-            if self._log_mel is None:
-                self._log_mel = LogMel(self.log_mel_config)
-            with torch.no_grad():
-                batch.user_mel = self._log_mel(batch.user_audio)
-                batch.system_mel = self._log_mel(batch.system_audio)
-                if self.user_pitch:
-                    config = self.log_mel_config
-                    pitch = PitchConfig(sample_rate=config.sample_rate, hop=config.hop)
-                    batch.user_pitch = pitch_features(batch.user_audio, pitch)
+            self._features(batch)
         return batch
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import lightning
 import torch
 
-from s2s.data.batching import DialogueCollate, DurationBatchSampler
+from s2s.data.batch_features import FEATURES_ON, BatchFeatures
+from s2s.data.batching import DialogueBatch, DialogueCollate, DurationBatchSampler
 from s2s.data.channels import ChannelRoles
 from s2s.data.corpus import CorpusError, check_task, generate_corpus, read_record
 from s2s.data.dataset import AUDIO_SUFFIXES, DialogueDataset, TokenVocabularies
@@ -54,8 +55,15 @@ class DuplexDataModule(lightning.LightningDataModule):
         frame_samples: int = 640,
         channels: ChannelRoles | Mapping | None = None,
         user_pitch: bool = False,
+        features_on: str = "workers",
     ):
         super().__init__()
+        if features_on not in FEATURES_ON:
+            raise ValueError(
+                f"data.features_on={features_on!r}: use 'workers' (log-mel and pitch computed by the "
+                f"loader workers) or 'device' (on the training device after the batch is moved there)"
+            )
+        self.features_on = features_on
         self.user_pitch = user_pitch  # batches carry the user's pitch_features too (model user_pitch)
         self.token_targets = token_targets  # per model frame of `frame_samples` (40 ms at 16 kHz)
         self.frame_samples = frame_samples
@@ -82,6 +90,7 @@ class DuplexDataModule(lightning.LightningDataModule):
         self.corpus = corpus
         self.task = task
         self.datasets: dict[str, DialogueDataset] = {}
+        self._device_features: BatchFeatures | None = None
 
     def corpus_config(self) -> CorpusConfig:
         if isinstance(self.corpus, CorpusConfig):
@@ -161,12 +170,25 @@ class DuplexDataModule(lightning.LightningDataModule):
         return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=DialogueCollate(self.log_mel, self.with_features, self.pad_multiple, self.user_pitch),
+            collate_fn=DialogueCollate(
+                self.log_mel,
+                with_features=self.with_features and self.features_on == "workers",
+                pad_multiple=self.pad_multiple,
+                user_pitch=self.user_pitch,
+            ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=_single_thread_worker,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With features_on="device": the batch's features, computed where Lightning moved it."""
+        if self.with_features and self.features_on == "device" and isinstance(batch, DialogueBatch):
+            if self._device_features is None:
+                self._device_features = BatchFeatures(self.log_mel, self.user_pitch)
+            batch = self._device_features(batch)
+        return batch
 
 
 class ResumableDataLoader(torch.utils.data.DataLoader):

@@ -201,3 +201,73 @@ def test_collate_adds_the_user_pitch_only_when_asked(tiny_corpus):
     assert with_pitch.user_pitch.shape == (*plain.user_mel.shape[:2], 2)
     assert torch.equal(with_pitch.user_pitch, pitch_features(plain.user_audio))
     assert (with_pitch.user_pitch[..., 0] > 0.5).any(), "the user's speech has voiced frames"
+
+
+def test_features_on_the_device_equal_the_workers_features(tiny_corpus):
+    """features_on="device": the loader's batches leave without features and the data module's
+    on_after_batch_transfer hook adds them where the batch is (here the CPU): the same numbers as
+    the workers' (log-mel of both channels and the user's pitch track), every frame."""
+
+    def loader(features_on):
+        module = DuplexDataModule(
+            root=tiny_corpus.out_dir, max_seconds=5.0, batch_seconds=12.0, num_workers=0, seed=3,
+            generate_if_missing=False, user_pitch=True, features_on=features_on,
+        )  # fmt: skip
+        module.setup("fit")
+        return module, module.train_dataloader()
+
+    _, workers = loader("workers")
+    module, device = loader("device")
+    for made, bare in zip(workers, device, strict=True):
+        assert bare.user_mel is None and bare.system_mel is None and bare.user_pitch is None
+        filled = module.on_after_batch_transfer(bare, 0)
+        for name in ("user_mel", "system_mel", "user_pitch"):
+            expected, got = getattr(made, name), getattr(filled, name)
+            assert got.shape == expected.shape and torch.isfinite(got).all(), name
+            assert torch.equal(got, expected), (name, (got - expected).abs().max().item())
+
+
+def test_an_unknown_features_place_is_refused():
+    with pytest.raises(ValueError, match=r"features_on='gpu'.*'workers'.*'device'"):
+        DuplexDataModule(root="nowhere", features_on="gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_features_on_a_gpu_match_the_cpu_features(generator):
+    """The GPU path (every window's autocorrelation, no host round trip) against the CPU features of
+    the same speech-like audio: log-mel within float32 FFT rounding; the pitch track's voicing
+    decisions may flip on a knife-edge frame, so at most 0.5% of frames may differ."""
+    from s2s.data.batch_features import BatchFeatures
+    from s2s.data.batching import DialogueBatch
+
+    seed = int(torch.randint(2**31, (1,), generator=generator))
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(16000 * 6) / 16000
+    f0 = 110 + 60 * torch.rand(3, 1, generator=g)
+    audio = 0.3 * torch.sin(2 * torch.pi * f0 * t * (1 + 0.1 * torch.sin(t)))
+    audio = audio * (torch.rand(3, 60, generator=g) > 0.3).float().repeat_interleave(1600, dim=1)
+    audio = audio + 0.01 * torch.randn(audio.shape, generator=g)
+
+    def batch(device):
+        frames = audio.shape[1] // 160
+        return DialogueBatch(
+            names=["a", "b", "c"], user_audio=audio.to(device), system_audio=audio.flip(0).to(device),
+            audio_lengths=torch.full((3,), audio.shape[1]), frame_lengths=torch.full((3,), frames),
+            frame_mask=torch.ones(3, frames, dtype=torch.bool), user_speaking=torch.zeros(3, frames),
+            system_speaking=torch.zeros(3, frames),
+        )  # fmt: skip
+
+    features = BatchFeatures(user_pitch=True)
+    on_cpu, on_gpu = features(batch("cpu")), features(batch("cuda"))
+    for name in ("user_mel", "system_mel"):
+        got = getattr(on_gpu, name).cpu()
+        assert torch.isfinite(got).all(), (seed, name)
+        torch.testing.assert_close(
+            got, getattr(on_cpu, name), atol=2e-3, rtol=1e-4, msg=lambda m: f"seed {seed}: {m}"
+        )
+    pitch_gpu, pitch_cpu = on_gpu.user_pitch.cpu(), on_cpu.user_pitch
+    assert pitch_gpu.shape == pitch_cpu.shape and torch.isfinite(pitch_gpu).all(), seed
+    differ = ((pitch_gpu - pitch_cpu).abs() > 1e-3).any(dim=-1).float().mean().item()
+    assert differ <= 0.005, (seed, differ)
+    assert (pitch_cpu[..., 0] > 0.5).float().mean() > 0.3, f"seed {seed}: the audio is not voiced"
