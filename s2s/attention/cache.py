@@ -15,6 +15,7 @@ import torch
 from s2s.attention.api import chunk_attention
 from s2s.attention.mask import chunk_index
 from s2s.attention.spec import ChunkSpec
+from s2s.attention.stream_selection import stream_flags
 
 ChunkSize = int | torch.Tensor
 
@@ -277,14 +278,14 @@ class _StreamingAttention:
             )
         return out
 
-    def _streams(self, streams: torch.Tensor | None) -> torch.Tensor:
+    def _streams(self, streams) -> torch.Tensor:
         device = self.queries.positions.device
         if streams is None:
             return torch.ones(self.batch, dtype=torch.bool, device=device)
-        return streams.to(device=device, dtype=torch.bool)
+        return stream_flags(streams, self.batch, device)
 
-    def reset(self, streams: torch.Tensor | None = None) -> None:
-        """Start over for the streams marked True (all streams when None)."""
+    def reset(self, streams=None) -> None:
+        """Start over for the selected streams (all when None): (batch,) bool flags or indices."""
         streams = self._streams(streams)
         self.store.reset(streams)
         self.queries.reset(streams)

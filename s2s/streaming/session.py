@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from s2s.attention import CrossAttentionCache, SelfAttentionCache
+from s2s.attention.stream_selection import stream_flags
 from s2s.data.features import LogMel, LogMelConfig
 from s2s.data.pitch import PitchConfig, PitchState, pitch_initial_state, pitch_stream
 from s2s.models.duplex import DuplexModel, DuplexOutput
@@ -119,15 +120,14 @@ class StreamingSession:
             pitch=pitch_initial_state(batch, self.pitch, device) if self.pitch else None,
         )
 
-    def reset(self, streams: torch.Tensor | None = None) -> None:
-        """Start new dialogues on the rows marked True (all rows when None)."""
-        fresh = self._initial_state()
+    def reset(self, streams=None) -> None:
+        """Start new dialogues on the selected streams (all when None): (batch,) bool flags, or
+        stream indices (an int, a list of ints, an integer tensor); see s2s.attention.stream_selection."""
         if streams is None:
-            self.state = fresh
+            self.state = self._initial_state()
             return
-        streams = streams.to(device=self.device, dtype=torch.bool)
-        if streams.shape != (self.batch,):
-            raise ValueError(f"reset takes one flag per stream ({self.batch},), got {tuple(streams.shape)}")
+        streams = stream_flags(streams, self.batch, self.device)  # checked before anything changes
+        fresh = self._initial_state()
         self.state = _select_state(streams, fresh, self.state)
         self.state.feedback = self._keep_feedback(streams, fresh.feedback, self.state.feedback)
         for cache in self.state.caches.all():

@@ -148,3 +148,29 @@ def test_session_returns_audio_for_each_chunk(generator):
     assert out.audio.shape == (1, session.chunk_samples) and torch.isfinite(out.audio).all()
     assert out.mel.shape == (1, 16, 80) and out.speaking.shape == (1, 4)
     assert ((out.speaking >= 0) & (out.speaking <= 1)).all()
+
+
+def test_reset_by_indices_resets_exactly_those_streams(generator):
+    """reset(torch.tensor([0, 1])) starts new dialogues on streams 0 and 1 (not on stream 1 alone,
+    as reading the indices as flags did) and leaves stream 2 as it was; a refused selection changes
+    nothing."""
+    model = _model(7)
+    length = 1280 * 6
+    audio = [_dialogue(length, generator) for _ in range(3)]
+    session = StreamingSession(model, batch=3, chunk=2, vocoder=False)
+    size = session.chunk_samples
+    for start in range(0, length, size):
+        session.step(torch.stack([a[start : start + size] for a in audio]))
+    untouched = StreamingSession(model, batch=3, chunk=2, vocoder=False)
+    for start in range(0, length, size):
+        untouched.step(torch.stack([a[start : start + size] for a in audio]))
+    with pytest.raises(ValueError, match="outside"):
+        session.reset([0, 3])
+    session.reset(torch.tensor([0, 1]))
+    fresh = StreamingSession(model, batch=3, chunk=2, vocoder=False)
+    for start in range(0, length, size):
+        chunk = torch.stack([a[start : start + size] for a in audio])
+        out, expected_fresh, expected_old = session.step(chunk), fresh.step(chunk), untouched.step(chunk)
+        for row in (0, 1):
+            torch.testing.assert_close(out.mel[row], expected_fresh.mel[row], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.mel[2], expected_old.mel[2], atol=1e-5, rtol=0)
