@@ -8,6 +8,7 @@ streamed against its cache gets exactly what one offline pass over the whole seq
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -192,6 +193,13 @@ class ChunkedTimeline:
         self.ended = self.ended & ~streams
 
 
+@dataclass(frozen=True)
+class CacheSnapshot:
+    store: KVStore
+    queries: ChunkedTimeline
+    keys: ChunkedTimeline | None  # the cross-attention cache's encoder timeline
+
+
 class _StreamingAttention:
     """What both caches share: the key store, the query timeline, one attention call."""
 
@@ -277,6 +285,22 @@ class _StreamingAttention:
                 _first_needed_key(self.queries.positions, self.chunk_q, self.chunk_k, self.left_chunks)
             )
         return out
+
+    def snapshot(self) -> CacheSnapshot:
+        """The cache's state by reference: a step replaces these tensors or writes past the held
+        keys, never into what is held, so `restore` undoes a step that failed half way."""
+        keys = getattr(self, "keys", None)
+        return CacheSnapshot(
+            dataclasses.replace(self.store),
+            dataclasses.replace(self.queries),
+            None if keys is None else dataclasses.replace(keys),
+        )
+
+    def restore(self, snapshot: CacheSnapshot) -> None:
+        self.store = dataclasses.replace(snapshot.store)
+        self.queries = dataclasses.replace(snapshot.queries)
+        if snapshot.keys is not None:
+            self.keys = dataclasses.replace(snapshot.keys)
 
     def _streams(self, streams) -> torch.Tensor:
         device = self.queries.positions.device

@@ -54,6 +54,9 @@ class StepOutput:
     audio: torch.Tensor | None  # (B, C * frame_samples) system audio (None without a vocoder)
     frames: torch.Tensor  # (B,) model frames that are real per stream (C, fewer on a final step, 0 idle)
     raw: DuplexOutput  # the heads' full output, feedback included
+    # (B,) bool: streams whose audio held NaN or inf; they sat this step out (0 frames, state kept), so
+    # nothing of theirs reached another stream. A server closes them or feeds them again.
+    invalid_input: torch.Tensor | None = None
 
 
 class StreamingSession:
@@ -153,7 +156,20 @@ class StreamingSession:
         `lengths` (B,) real samples per stream (default all): a stream with 0 is idle this step;
         fewer than chunk_samples is allowed only on a stream's `final` step.
         """
-        audio, counts, final = self._check(audio, lengths, final, sample_rate)
+        audio, counts, final, invalid = self._check(audio, lengths, final, sample_rate)
+        # A step is atomic: the caches are restored if anything fails half way (the rest of the
+        # session's state is replaced only at the end).
+        snapshots = [(cache, cache.snapshot()) for cache in self.state.caches.all()]
+        try:
+            output = self._step(audio, counts, final)
+        except BaseException:
+            for cache, snapshot in snapshots:
+                cache.restore(snapshot)
+            raise
+        output.invalid_input = invalid
+        return output
+
+    def _step(self, audio: torch.Tensor, counts: torch.Tensor, final: torch.Tensor) -> StepOutput:
         model, state = self.model, self.state
         active = counts > 0
 
@@ -237,6 +253,10 @@ class StreamingSession:
                 "last chunk and give its real length in `lengths` with final=True"
             )
         audio = audio.to(self.device)
+        # A stream with NaN or inf samples sits the step out on zeros: its values never enter the
+        # packed attention, where 0 x NaN would reach the other streams.
+        invalid = ~torch.isfinite(audio).all(dim=1)
+        audio = torch.where(invalid[:, None], torch.zeros((), dtype=audio.dtype, device=audio.device), audio)
         if lengths is None:
             samples = torch.full((self.batch,), self.chunk_samples, dtype=torch.int64, device=self.device)
         else:
@@ -249,18 +269,19 @@ class StreamingSession:
                     f"got {samples.tolist()}"
                 )
         counts = samples // c.frame_samples  # samples that do not fill a model frame are dropped
+        counts = torch.where(invalid, 0, counts)
         if isinstance(final, torch.Tensor):
             final = final.to(device=self.device, dtype=torch.bool)
         else:
             final = torch.full((self.batch,), bool(final), dtype=torch.bool, device=self.device)
-        short = (counts < self.chunk) & (samples > 0) & ~final
+        short = (counts < self.chunk) & (samples > 0) & ~final & ~invalid
         if bool(short.any()):
             raise ValueError(
                 f"stream(s) {short.nonzero().flatten().tolist()} got less than a whole chunk without "
                 "final=True; only a stream's last step may be short"
             )
         # A final step too short for even one model frame has nothing to add.
-        return audio, counts, final & (counts > 0)
+        return audio, counts, final & (counts > 0), invalid
 
 
 def _where(keep: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

@@ -174,3 +174,62 @@ def test_reset_by_indices_resets_exactly_those_streams(generator):
         for row in (0, 1):
             torch.testing.assert_close(out.mel[row], expected_fresh.mel[row], atol=1e-5, rtol=0)
         torch.testing.assert_close(out.mel[2], expected_old.mel[2], atol=1e-5, rtol=0)
+
+
+def test_a_nan_stream_sits_the_step_out_and_never_reaches_the_others(generator):
+    """Stream 1 sends NaN / inf in one chunk: it is flagged in `invalid_input`, the other streams'
+    outputs are bit-identical to a run where stream 1 was idle in that step, every output of theirs is
+    finite, and stream 1 carries on afterwards as if it had skipped the chunk."""
+    model = _model(8)
+    length = 1280 * 8
+    audio = [_dialogue(length, generator) for _ in range(3)]
+    poisoned = StreamingSession(model, batch=3, chunk=2, vocoder=False)
+    idle = StreamingSession(model, batch=3, chunk=2, vocoder=False)
+    size = poisoned.chunk_samples
+    for step, start in enumerate(range(0, length, size)):
+        chunk = torch.stack([a[start : start + size] for a in audio])
+        bad, lengths = chunk.clone(), None
+        if step == 2:
+            bad[1, 100] = float("nan")
+            bad[1, 7] = float("inf")
+            lengths = torch.tensor([size, 0, size])
+        out, expected = poisoned.step(bad), idle.step(chunk, lengths=lengths)
+        assert out.invalid_input.tolist() == [False, step == 2, False], step
+        assert torch.isfinite(out.mel).all() and torch.isfinite(out.speaking).all(), step
+        assert torch.equal(out.mel, expected.mel) and torch.equal(out.speaking, expected.speaking), step
+        assert out.frames.tolist() == expected.frames.tolist(), step
+
+
+def test_a_step_that_fails_half_way_changes_nothing(generator, monkeypatch):
+    """The decoder fails after the encoder has appended its K/V to the cross-attention caches: every
+    cache is back where it was, and the next steps equal a session that never saw the failed one."""
+    model = _model(9)
+    length = 1280 * 6
+    audio = _dialogue(length, generator)
+    session = StreamingSession(model, chunk=2, vocoder=False)
+    clean = StreamingSession(model, chunk=2, vocoder=False)
+    size = session.chunk_samples
+    chunks = [audio[start : start + size] for start in range(0, length, size)]
+    for chunk in chunks[:2]:
+        session.step(chunk)
+        clean.step(chunk)
+
+    def held(s):
+        return [(c.store.lengths.tolist(), c.queries.positions.tolist()) for c in s.state.caches.all()]
+
+    before = held(session)
+    real_step = model.decoder.step
+
+    def failing_step(*args, **kwargs):
+        raise RuntimeError("the decoder failed")
+
+    monkeypatch.setattr(model.decoder, "step", failing_step)
+    with pytest.raises(RuntimeError, match="the decoder failed"):
+        session.step(chunks[2])
+    assert held(session) == before
+    cross = session.state.caches.cross[0]
+    assert cross.keys.positions.tolist() == clean.state.caches.cross[0].keys.positions.tolist()
+    monkeypatch.setattr(model.decoder, "step", real_step)
+    for chunk in chunks[2:]:
+        out, expected = session.step(chunk), clean.step(chunk)
+        assert torch.equal(out.mel, expected.mel)
