@@ -86,6 +86,8 @@ class DuplexScores:
     false_takeovers: int
     pauses: int
     talk_overs: int = 0  # system onsets while the user speaks a turn
+    # (user end of turn, answered within the window) per turn: where in a dialogue replies go missing
+    turn_outcomes: list[tuple[float, bool]] = field(default_factory=list)
 
     @property
     def turns(self) -> int:
@@ -99,9 +101,10 @@ class DuplexScores:
 def score_dialogue(
     active: np.ndarray, frame_seconds: float, events: EventTimes, window: float = 3.0
 ) -> DuplexScores:
-    latencies, missed = [], 0
+    latencies, missed, outcomes = [], 0, []
     for end, next_start in zip(events.turn_ends, events.next_user_starts, strict=True):
         onset = first_onset_after(active, frame_seconds, end, min(next_start, end + window))
+        outcomes.append((end, onset is not None))
         if onset is None:
             missed += 1
         else:
@@ -129,7 +132,33 @@ def score_dialogue(
         false_takeovers,
         len(events.pauses),
         talk_overs(active, frame_seconds, events.user_speech),
+        outcomes,
     )
+
+
+TURN_END_BUCKETS = (0.0, 20.0, 40.0)  # seconds into the dialogue: training windows were 40 s long
+
+
+def missed_by_turn_end(
+    outcomes: list[tuple[float, bool]], starts: tuple[float, ...] = TURN_END_BUCKETS
+) -> list[dict]:
+    """Missed responses by when the user's turn ended, one row per bucket [start, next start): a
+    model that fails past the length of its training windows shows it here, not in the mean."""
+    rows = []
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        inside = [answered for end, answered in outcomes if start <= end < stop]
+        missed = sum(not answered for answered in inside)
+        rows.append(
+            {
+                "from_s": start,
+                "to_s": None if stop == float("inf") else stop,
+                "turns": len(inside),
+                "missed": missed,
+                "missed_rate": missed / len(inside) if inside else None,
+            }
+        )
+    return rows
 
 
 def talk_overs(active: np.ndarray, frame_seconds: float, speech: list[tuple[float, float]]) -> int:

@@ -71,6 +71,7 @@ def turn_taking(
             "talk_overs_per_turn": _rate(sum(s.talk_overs for s in scores), turns),
             "talk_overs": sum(s.talk_overs for s in scores),
             "turns": turns,
+            "missed_by_turn_end": metrics.missed_by_turn_end([x for s in scores for x in s.turn_outcomes]),
             "barge_ins": len(stops) + ignored + silent,
             "pauses": pauses,
         }

@@ -8,6 +8,7 @@ from s2s.streaming.metrics import (
     EventTimes,
     activity_from_energy,
     events_from_manifest,
+    missed_by_turn_end,
     onsets,
     score_dialogue,
     summarize,
@@ -132,3 +133,21 @@ def test_events_without_user_speech_score_no_talk_over():
     events = EventTimes(turn_ends=[2.0], next_user_starts=[5.0], barge_ins=[], pauses=[])
     scores = score_dialogue(_active(6.0, [(1.0, 1.5), (2.3, 3.0)]), FRAME, events)
     assert scores.talk_overs == 0 and scores.turns == 1
+
+
+def test_missed_responses_are_counted_by_when_the_turn_ended():
+    """Turns ending at 5, 25, 45 and 55 s; the model answers the first two only: the 40 s+ bucket
+    holds both misses, the others none; every turn lands in exactly one bucket."""
+    ends = [5.0, 25.0, 45.0, 55.0]
+    events = EventTimes(turn_ends=ends, next_user_starts=[e + 4.0 for e in ends], barge_ins=[], pauses=[])
+    scores = score_dialogue(_active(60.0, [(5.3, 6.0), (25.4, 26.0)]), FRAME, events)
+    assert scores.turn_outcomes == [(5.0, True), (25.0, True), (45.0, False), (55.0, False)]
+    rows = missed_by_turn_end(scores.turn_outcomes)
+    assert [(r["from_s"], r["to_s"], r["turns"], r["missed"]) for r in rows] == [
+        (0.0, 20.0, 1, 0),
+        (20.0, 40.0, 1, 0),
+        (40.0, None, 2, 2),
+    ]
+    assert rows[2]["missed_rate"] == 1.0 and rows[0]["missed_rate"] == 0.0
+    assert missed_by_turn_end([])[0]["missed_rate"] is None
+    assert sum(r["turns"] for r in missed_by_turn_end(scores.turn_outcomes, (0.0, 10.0, 50.0))) == 4
