@@ -149,8 +149,9 @@ def markdown_table(result: dict) -> str:
     ):
         rows.append(f"| {label} | {num(p[key])} | {num(e[key])} |")
     for bucket_p, bucket_e in zip(p["missed_by_turn_end"], e["missed_by_turn_end"], strict=True):
-        end = "" if bucket_p["to_s"] is None else f"{bucket_p['to_s']:.0f}"
-        label = f"missed, turns ending {bucket_p['from_s']:.0f}-{end} s into the dialogue"
+        start = f"{bucket_p['from_s']:.0f}"
+        span = f"{start}+" if bucket_p["to_s"] is None else f"{start}-{bucket_p['to_s']:.0f}"
+        label = f"missed, turns ending {span} s into the dialogue"
         cells = [f"{b['missed']} / {b['turns']} ({num(b['missed_rate'])})" for b in (bucket_p, bucket_e)]
         rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
     rows.append(f"| turns / barge-ins / pauses | {p['turns']} / {p['barge_ins']} / {p['pauses']} | |")

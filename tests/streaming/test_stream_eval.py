@@ -58,6 +58,10 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
         duplex = report["duplex"][source]
         assert duplex["turns"] > 0 and duplex["pauses"] > 0 and duplex["barge_ins"] > 0
         assert 0.0 <= duplex["missed_response_rate"] <= 1.0
+        buckets = duplex["missed_by_turn_end"]  # every turn in exactly one bucket, misses adding up
+        assert sum(b["turns"] for b in buckets) == duplex["turns"]
+        missed = sum(b["missed"] for b in buckets)
+        assert abs(missed / duplex["turns"] - duplex["missed_response_rate"]) < 1e-12
     assert report["compute"]["chunk_ms"] == 80 and report["compute"]["real_time_factor"] > 0
     assert report["streaming_vs_offline_max_abs"] < 1e-4
     windows = [
@@ -80,6 +84,7 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     assert "reply exact match" in (out / "metrics.md").read_text()
     assert (out / "stream_eval.log").stat().st_size > 0, "the evaluation logs through logging, not print"
     assert "| response latency mean |" in (out / "metrics.md").read_text()
+    assert "| missed, turns ending 40+ s into the dialogue |" in (out / "metrics.md").read_text()
     pngs, wavs = sorted(out.glob("*.png")), sorted(out.glob("*.wav"))
     assert len(pngs) == 1 and len(wavs) == 1
     image = matplotlib.image.imread(pngs[0])
