@@ -247,7 +247,8 @@ class DialogueCollate:
     """Pads items to a common length (a multiple of `pad_multiple` samples) and computes log-mel.
 
     Features are computed here, in the loader workers, with the same causal front end the
-    streaming session uses, so training and streaming see identical frames.
+    streaming session uses, so training and streaming see identical frames; with `with_features`
+    off the batch leaves bare and the data module adds them on the device (`BatchFeatures`).
     """
 
     def __init__(
