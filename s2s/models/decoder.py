@@ -10,7 +10,7 @@ from torch import nn
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache
 from s2s.models.attention import CrossAttention, SelfAttention
 from s2s.models.config import DuplexConfig
-from s2s.models.layers import FeedForward
+from s2s.models.layers import FeedForward, residual_stream
 from s2s.models.packing import PackedLayout
 
 
@@ -55,11 +55,13 @@ class Decoder(nn.Module):
         cross_spec: ChunkSpec,
         layout: PackedLayout | None = None,
     ) -> torch.Tensor:
+        x = residual_stream(x, self.norm)
         for block in self.blocks:
             x = block(x, positions, encoded, spec, cross_spec, layout)
         return self.norm(x)
 
     def step(self, x, positions, self_caches, cross_caches, counts, final) -> torch.Tensor:
+        x = residual_stream(x, self.norm)
         for block, self_cache, cross_cache in zip(self.blocks, self_caches, cross_caches, strict=True):
             x = block.step(x, positions, self_cache, cross_cache, counts, final)
         return self.norm(x)

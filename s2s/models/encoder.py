@@ -8,7 +8,7 @@ from torch import nn
 from s2s.attention import ChunkSpec, SelfAttentionCache
 from s2s.models.attention import SelfAttention
 from s2s.models.config import DuplexConfig
-from s2s.models.layers import FeedForward
+from s2s.models.layers import FeedForward, residual_stream
 from s2s.models.packing import PackedLayout
 
 
@@ -37,11 +37,16 @@ class Encoder(nn.Module):
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
     def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None = None) -> torch.Tensor:
+        x = self._residual(x)
         for block in self.blocks:
             x = block(x, positions, spec, layout)
         return self.norm(x)
 
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        return residual_stream(x, self.norm)
+
     def step(self, x, positions, caches: list[SelfAttentionCache], counts, final) -> torch.Tensor:
+        x = self._residual(x)
         for block, cache in zip(self.blocks, caches, strict=True):
             x = block.step(x, positions, cache, counts, final)
         return self.norm(x)

@@ -66,3 +66,11 @@ class CausalConv1d(nn.Module):
         frames = torch.cat([state, x], dim=1)
         out = self.conv(frames.transpose(1, 2)).transpose(1, 2)
         return out, frames[:, frames.shape[1] - self.context :]
+
+
+def residual_stream(x: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
+    """The residual stream in the blocks' parameter dtype: float32 under autocast, where the front
+    end hands over bf16 (the sums of 2 x layers residual adds keep their precision, and RMSNorm sees
+    matching input and weight dtypes, which its fused kernel needs), the model's own dtype when
+    the model is cast (bf16 streaming)."""
+    return x.to(norm.weight.dtype)

@@ -92,6 +92,30 @@ def test_every_parameter_gets_a_finite_gradient(generator):
         assert parameter.grad.abs().sum() > 0, name
 
 
+def test_the_residual_stream_keeps_the_parameters_dtype(generator):
+    """Under bf16 autocast every RMSNorm sees float32 inputs like its weight (the front end hands
+    over bf16; a bf16 residual stream lost precision and made RMSNorm fall back from its fused
+    kernel), and the autocast output is as close to float32 as the bf16 rounding of the matmuls;
+    a model cast to bf16 keeps a bf16 stream."""
+    model = DuplexModel(SMALL)
+    mel, feedback = _inputs(2, 8, generator)
+    seen = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.RMSNorm):
+            module.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, m.weight.dtype)))
+    reference = model(mel, feedback, chunk=2)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(mel, feedback, chunk=2)
+    assert len(seen) == 2 * 2 + 1 + 3 * 2 + 1, len(seen)
+    assert set(seen) == {(torch.float32, torch.float32)}, set(seen)
+    assert torch.isfinite(mixed.mel).all()
+    assert (mixed.mel.float() - reference.mel).abs().max() < 0.25  # bf16 matmuls: ~1e-2 relative
+    seen.clear()
+    model.to(torch.bfloat16)(mel.bfloat16(), feedback.bfloat16(), chunk=2)
+    assert set(seen) == {(torch.bfloat16, torch.bfloat16)}, set(seen)
+
+
 def test_shift_by_chunk_against_a_loop(generator):
     frames = torch.randn(3, 10, 5, generator=generator)
     chunks = torch.tensor([1, 3, 12])
