@@ -27,7 +27,7 @@ from s2s.training import loggers as loggers_module
 from s2s.training.checkpoints import CheckpointError, check_checkpoint
 from s2s.training.module import DuplexLightningModule
 from s2s.training.run import LaunchConfigError, check_model_and_module, train
-from s2s.training.schedule import warmup_cosine
+from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, warmup_cosine
 from s2s.training.token_module import TokenDuplexLightningModule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +173,18 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(60, 10, 110, floor=0.2) == pytest.approx(0.2 + 0.8 * 0.5)
     assert warmup_cosine(110, 10, 110, floor=0.2) == pytest.approx(0.2)
     assert warmup_cosine(500, 10, 110, floor=0.2) == pytest.approx(0.2)
+
+
+def test_the_optimizer_decays_matrices_only_and_is_fused_on_a_gpu():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.RMSNorm(3))
+    optimizer = adamw_warmup_cosine(model, OptimizerConfig(weight_decay=0.1), max_steps=10)["optimizer"]
+    decay, no_decay = optimizer.param_groups
+    assert [p.shape for p in decay["params"]] == [(3, 4)] and decay["weight_decay"] == 0.1
+    assert {tuple(p.shape) for p in no_decay["params"]} == {(3,)} and no_decay["weight_decay"] == 0.0
+    assert not decay["fused"]  # on the CPU: torch's default implementation
+    if torch.cuda.is_available():
+        fused = adamw_warmup_cosine(model.cuda(), OptimizerConfig(), max_steps=10)["optimizer"]
+        assert all(group["fused"] for group in fused.param_groups)
 
 
 def test_fast_dev_run_on_cpu(tiny_corpus, tmp_path):
