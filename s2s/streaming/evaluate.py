@@ -148,7 +148,9 @@ def markdown_table(result: dict) -> str:
         ("talk-overs per user turn", "talk_overs_per_turn"),
     ):
         rows.append(f"| {label} | {num(p[key])} | {num(e[key])} |")
-    for bucket_p, bucket_e in zip(p["missed_by_turn_end"], e["missed_by_turn_end"], strict=True):
+    # (a metrics.json written before 2026-12-04 has no buckets: a model card still renders it)
+    buckets = zip(p.get("missed_by_turn_end", []), e.get("missed_by_turn_end", []), strict=True)
+    for bucket_p, bucket_e in buckets:
         start = f"{bucket_p['from_s']:.0f}"
         span = f"{start}+" if bucket_p["to_s"] is None else f"{start}-{bucket_p['to_s']:.0f}"
         label = f"missed, turns ending {span} s into the dialogue"
