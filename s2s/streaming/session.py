@@ -253,10 +253,6 @@ class StreamingSession:
                 "last chunk and give its real length in `lengths` with final=True"
             )
         audio = audio.to(self.device)
-        # A stream with NaN or inf samples sits the step out on zeros: its values never enter the
-        # packed attention, where 0 x NaN would reach the other streams.
-        invalid = ~torch.isfinite(audio).all(dim=1)
-        audio = torch.where(invalid[:, None], torch.zeros((), dtype=audio.dtype, device=audio.device), audio)
         if lengths is None:
             samples = torch.full((self.batch,), self.chunk_samples, dtype=torch.int64, device=self.device)
         else:
@@ -268,6 +264,15 @@ class StreamingSession:
                     f"lengths must be ({self.batch},) sample counts in [0, {self.chunk_samples}], "
                     f"got {samples.tolist()}"
                 )
+        # A stream with NaN or inf among its real samples sits the step out on zeros, and non-finite
+        # padding is zeroed: nothing non-finite enters the packed attention, where 0 x NaN would
+        # reach the other streams.
+        finite = torch.isfinite(audio)
+        real = torch.arange(self.chunk_samples, device=self.device)[None, :] < samples[:, None]
+        invalid = (~finite & real).any(dim=1)
+        audio = torch.where(
+            finite & ~invalid[:, None], audio, torch.zeros((), dtype=audio.dtype, device=self.device)
+        )
         counts = samples // c.frame_samples  # samples that do not fill a model frame are dropped
         counts = torch.where(invalid, 0, counts)
         if isinstance(final, torch.Tensor):

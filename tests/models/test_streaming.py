@@ -233,3 +233,23 @@ def test_a_step_that_fails_half_way_changes_nothing(generator, monkeypatch):
     for chunk in chunks[2:]:
         out, expected = session.step(chunk), clean.step(chunk)
         assert torch.equal(out.mel, expected.mel)
+
+
+def test_non_finite_padding_after_a_short_final_chunk_is_not_an_invalid_stream(generator):
+    """NaN only in the padding past a stream's real samples (its short final chunk): the stream is
+    not flagged, its real frames count, and the output equals the same chunk padded with zeros."""
+    model = _model(10)
+    session = StreamingSession(model, batch=2, chunk=2, vocoder=False)
+    zeros = StreamingSession(model, batch=2, chunk=2, vocoder=False)
+    size, frame = session.chunk_samples, model.config.frame_samples
+    audio = torch.stack([_dialogue(size, generator) for _ in range(2)])
+    lengths = torch.tensor([size, frame])  # stream 1: one real frame, then padding
+    padded = audio.clone()
+    padded[1, frame:] = 0.0
+    poisoned = padded.clone()
+    poisoned[1, frame + 5] = float("nan")
+    final = torch.tensor([False, True])
+    out = session.step(poisoned, lengths=lengths, final=final)
+    expected = zeros.step(padded, lengths=lengths, final=final)
+    assert out.invalid_input.tolist() == [False, False] and out.frames.tolist() == [2, 1]
+    assert torch.equal(out.mel, expected.mel) and torch.isfinite(out.mel).all()
