@@ -193,11 +193,7 @@ class ChunkedTimeline:
         self.ended = self.ended & ~streams
 
 
-@dataclass(frozen=True)
-class CacheSnapshot:
-    store: KVStore
-    queries: ChunkedTimeline
-    keys: ChunkedTimeline | None  # the cross-attention cache's encoder timeline
+CacheSnapshot = dict[str, "KVStore | ChunkedTimeline"]  # attribute name -> a shallow copy
 
 
 class _StreamingAttention:
@@ -288,19 +284,17 @@ class _StreamingAttention:
 
     def snapshot(self) -> CacheSnapshot:
         """The cache's state by reference: a step replaces these tensors or writes past the held
-        keys, never into what is held, so `restore` undoes a step that failed half way."""
-        keys = getattr(self, "keys", None)
-        return CacheSnapshot(
-            dataclasses.replace(self.store),
-            dataclasses.replace(self.queries),
-            None if keys is None else dataclasses.replace(keys),
-        )
+        keys, never into what is held, so `restore` undoes a step that failed half way (the key
+        store and every timeline, the cross-attention cache's encoder timeline included)."""
+        return {
+            name: dataclasses.replace(value)
+            for name, value in vars(self).items()
+            if isinstance(value, KVStore | ChunkedTimeline)
+        }
 
     def restore(self, snapshot: CacheSnapshot) -> None:
-        self.store = dataclasses.replace(snapshot.store)
-        self.queries = dataclasses.replace(snapshot.queries)
-        if snapshot.keys is not None:
-            self.keys = dataclasses.replace(snapshot.keys)
+        for name, value in snapshot.items():
+            setattr(self, name, dataclasses.replace(value))
 
     def _streams(self, streams) -> torch.Tensor:
         device = self.queries.positions.device

@@ -90,7 +90,7 @@ class DuplexDataModule(lightning.LightningDataModule):
         self.corpus = corpus
         self.task = task
         self.datasets: dict[str, DialogueDataset] = {}
-        self._device_features: BatchFeatures | None = None
+        self._device_features = BatchFeatures(self.log_mel, user_pitch)  # features_on="device"
 
     def corpus_config(self) -> CorpusConfig:
         if isinstance(self.corpus, CorpusConfig):
@@ -185,8 +185,6 @@ class DuplexDataModule(lightning.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With features_on="device": the batch's features, computed where Lightning moved it."""
         if self.with_features and self.features_on == "device" and isinstance(batch, DialogueBatch):
-            if self._device_features is None:
-                self._device_features = BatchFeatures(self.log_mel, self.user_pitch)
             batch = self._device_features(batch)
         return batch
 

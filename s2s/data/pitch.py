@@ -93,18 +93,16 @@ def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
         # A GPU computes the silent windows too, for less than a host round trip would cost: no
         # sync, so a training batch's features are queued behind the previous step.
         heard_voicing, lag = _periodicity(windows, config)
-        zero = torch.zeros((), dtype=torch.float64, device=padded.device)
-        voicing = torch.where(voiced, heard_voicing.clamp(0.0, 1.0).double(), zero)
-        log_f0 = torch.where(voiced, torch.log2(config.sample_rate / lag), zero)
-        return torch.stack([voicing, log_f0], dim=1).reshape(batch, frames, 2)
-    # On a CPU only windows loud enough to be voiced need the autocorrelation: a dialogue's user
-    # channel is silent much of the time (the system's turns), and each window's figures are its own.
-    voicing = torch.zeros(batch * frames, dtype=torch.float64, device=padded.device)
-    log_f0 = torch.zeros(batch * frames, dtype=torch.float64, device=padded.device)
-    if bool(voiced.any()):
-        heard_voicing, lag = _periodicity(windows[voiced], config)
-        voicing[voiced] = heard_voicing.clamp(0.0, 1.0).double()
-        log_f0[voiced] = torch.log2(config.sample_rate / lag)
+    else:
+        # On a CPU only windows loud enough to be voiced need the autocorrelation: a dialogue's user
+        # channel is silent much of the time (the system's turns), and each window's figures are its own.
+        heard_voicing = windows.new_zeros(batch * frames)
+        lag = torch.ones(batch * frames, dtype=torch.float64)
+        if bool(voiced.any()):
+            heard_voicing[voiced], lag[voiced] = _periodicity(windows[voiced], config)
+    zero = torch.zeros((), dtype=torch.float64, device=padded.device)
+    voicing = torch.where(voiced, heard_voicing.clamp(0.0, 1.0).double(), zero)
+    log_f0 = torch.where(voiced, torch.log2(config.sample_rate / lag), zero)
     return torch.stack([voicing, log_f0], dim=1).reshape(batch, frames, 2)
 
 

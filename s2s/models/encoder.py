@@ -37,16 +37,13 @@ class Encoder(nn.Module):
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
     def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None = None) -> torch.Tensor:
-        x = self._residual(x)
+        x = residual_stream(x, self.norm)
         for block in self.blocks:
             x = block(x, positions, spec, layout)
         return self.norm(x)
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        return residual_stream(x, self.norm)
-
     def step(self, x, positions, caches: list[SelfAttentionCache], counts, final) -> torch.Tensor:
-        x = self._residual(x)
+        x = residual_stream(x, self.norm)
         for block, cache in zip(self.blocks, caches, strict=True):
             x = block.step(x, positions, cache, counts, final)
         return self.norm(x)

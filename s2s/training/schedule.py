@@ -59,7 +59,8 @@ def adamw_warmup_cosine(model: torch.nn.Module, config: OptimizerConfig, max_ste
     scripts/bench_train.py times the step; Lightning moves the model before asking for this)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    on_gpu = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
+    parameters = decay + no_decay
+    on_gpu = bool(parameters) and all(p.is_cuda for p in parameters)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
