@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import lightning
 import torch
 
 from s2s.recognizer.decode import greedy_ctc_decode
 from s2s.recognizer.model import CTCRecognizer, RecognizerConfig
 from s2s.recognizer.vocabulary import Vocabulary
 from s2s.streaming.content import score_reply, summarize_replies
+from s2s.training.fused_clipping import FusedOptimizerClipping
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
 
 
-class RecognizerModule(lightning.LightningModule):
+class RecognizerModule(FusedOptimizerClipping):
     def __init__(
         self,
         model: dict,

@@ -15,6 +15,7 @@ import torch
 
 from s2s.data.batching import DialogueBatch
 from s2s.models.duplex import DuplexModel, DuplexOutput
+from s2s.training.fused_clipping import FusedOptimizerClipping
 from s2s.training.safe_loading import SafeCheckpointLoading, built_model
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, schedule_steps
 
@@ -26,7 +27,7 @@ class Losses:
     total: torch.Tensor
 
 
-class DuplexLightningModule(SafeCheckpointLoading):
+class DuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
     def __init__(
         self,
         model: DuplexModel | Mapping,

@@ -18,6 +18,7 @@ from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
 from s2s.training.augment import AugmentConfig, mask_frequencies
+from s2s.training.fused_clipping import FusedOptimizerClipping
 from s2s.training.safe_loading import SafeCheckpointLoading, built_model
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, schedule_steps
 from s2s.training.turn_end_separability import OnsetScores, onset_scores
@@ -104,7 +105,7 @@ class TokenLosses:
     token_accuracy: torch.Tensor  # on frames whose reference token is not PAD
 
 
-class TokenDuplexLightningModule(SafeCheckpointLoading):
+class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
     def __init__(
         self,
         model: TokenDuplexModel | Mapping,
