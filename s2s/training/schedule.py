@@ -29,6 +29,7 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = 200
     min_lr_ratio: float = 0.1
+    fused: bool | None = None  # None: torch's fused AdamW kernel where every parameter is on a GPU
 
     @classmethod
     def from_mapping(cls, values: Mapping | None) -> OptimizerConfig:
@@ -55,8 +56,9 @@ def schedule_steps(trainer) -> int:
 def adamw_warmup_cosine(model: torch.nn.Module, config: OptimizerConfig, max_steps: int) -> dict:
     """Lightning's optimizer dict: weight decay on matrices only (not biases, norms or embeddings'
     scalars), the schedule stepped per optimizer step over `max_steps` (`schedule_steps(trainer)`;
-    10,000 when unlimited). On a GPU the fused AdamW kernel (one launch for all parameters, as
-    scripts/bench_train.py times the step; Lightning moves the model before asking for this)."""
+    10,000 when unlimited). On a GPU the fused AdamW kernel unless `config.fused` says otherwise (one
+    launch for all parameters, as scripts/bench_train.py times the step; Lightning moves the model
+    before asking for this)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     parameters = decay + no_decay
@@ -65,7 +67,7 @@ def adamw_warmup_cosine(model: torch.nn.Module, config: OptimizerConfig, max_ste
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
         betas=tuple(config.betas),
-        fused=True if on_gpu else None,
+        fused=on_gpu if config.fused is None else config.fused,
     )
     total = max_steps if max_steps and max_steps > 0 else 10_000
     schedule = torch.optim.lr_scheduler.LambdaLR(
