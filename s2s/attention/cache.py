@@ -16,7 +16,7 @@ import torch
 from s2s.attention.api import chunk_attention
 from s2s.attention.mask import chunk_index
 from s2s.attention.spec import ChunkSpec
-from s2s.attention.stream_selection import stream_flags
+from s2s.attention.stream_selection import final_flags, stream_flags
 
 ChunkSize = int | torch.Tensor
 
@@ -137,16 +137,6 @@ def _first_needed_key(
 
 def _as_stream_tensor(value: ChunkSize, device: torch.device) -> ChunkSize:
     return value.to(device=device, dtype=torch.int64) if isinstance(value, torch.Tensor) else value
-
-
-def _stream_flags(flags: bool | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    if isinstance(flags, torch.Tensor):
-        if flags.shape != (batch,):
-            raise ValueError(
-                f"final must be a bool or one bool per stream ({batch},), got {tuple(flags.shape)}"
-            )
-        return flags.to(device=device, dtype=torch.bool)
-    return torch.full((batch,), bool(flags), dtype=torch.bool, device=device)
 
 
 def _stream_list(mask: torch.Tensor) -> list[int]:
@@ -344,7 +334,7 @@ class SelfAttentionCache(_StreamingAttention):
         if k.shape[:2] != q.shape[:2]:
             raise ValueError(f"q and k must cover the same frames, got {tuple(q.shape)} and {tuple(k.shape)}")
         counts = _stream_lengths(lengths, self.batch, q.shape[1], q.device)
-        final = _stream_flags(final, self.batch, q.device)
+        final = final_flags(final, self.batch, q.device)
         end = self.queries.check_step(counts, final)
         self.store.append(k, v, counts)
         return self._attend(q, counts, end, final, softmax_scale)
@@ -382,7 +372,7 @@ class CrossAttentionCache(_StreamingAttention):
         """Add the encoder's next frames (B, n, Hk, D), whole chunks; ``lengths`` (B,) real frames
         per stream; ``final`` marks the encoder stream's end (it may end on a short chunk)."""
         counts = _stream_lengths(lengths, self.batch, k.shape[1], k.device)
-        final = _stream_flags(final, self.batch, k.device)
+        final = final_flags(final, self.batch, k.device)
         end = self.keys.check_step(counts, final)
         self.store.append(k, v, counts)
         self.keys.advance(end, counts, final)
@@ -397,7 +387,7 @@ class CrossAttentionCache(_StreamingAttention):
         """Decoder queries (B, n, Hq, D) for its next frames against the encoder frames held."""
         self._check_queries(q)
         counts = _stream_lengths(lengths, self.batch, q.shape[1], q.device)
-        final = _stream_flags(final, self.batch, q.device)
+        final = final_flags(final, self.batch, q.device)
         end = self.queries.check_step(counts, final)
         last_chunk = chunk_index(end - 1, self.chunk_q, 0)
         needed = (last_chunk + 1) * self.chunk_k

@@ -1,8 +1,9 @@
-"""Which streams of a batched session a call applies to (the session's and the caches' `reset`).
+"""Which streams of a batched session a call applies to: `reset`'s selection and a step's `final`.
 
 Two forms, told apart by type, never by value: boolean flags, exactly one per stream, or stream
 indices (an int, a list of ints, an integer tensor). Converting indices to flags with `.bool()`
 silently resets the wrong streams (`[0, 1]` -> `[False, True]`), so anything else is refused.
+A step's `final` is narrower: one bool for every stream, or one bool flag per stream.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def stream_flags(selection, streams: int, device: torch.device | str | None = No
     raise TypeError(
         f"streams are selected by ({streams},) bool flags or integer indices, got {type(selection).__name__}"
     )
+
+
+def final_flags(
+    final: bool | torch.Tensor, batch: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """`final` of a step: one bool for every stream, or a bool tensor (batch,). Any other tensor is
+    refused rather than cast (`.bool()` of indices or 0/1 floats would end the wrong streams)."""
+    if isinstance(final, torch.Tensor):
+        if final.dtype != torch.bool or final.shape != (batch,):
+            raise ValueError(
+                f"final must be a bool or a bool tensor with one flag per stream ({batch},), got a "
+                f"{final.dtype} tensor of shape {tuple(final.shape)}"
+            )
+        return final.to(device=device)
+    return torch.full((batch,), bool(final), dtype=torch.bool, device=device)
 
 
 def _flags_from_indices(indices: list[int], streams: int, device) -> torch.Tensor:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from s2s.attention import CrossAttentionCache, SelfAttentionCache
-from s2s.attention.stream_selection import stream_flags
+from s2s.attention.stream_selection import final_flags, stream_flags
 from s2s.data.features import LogMel, LogMelConfig
 from s2s.data.pitch import PitchConfig, PitchState, pitch_initial_state, pitch_stream
 from s2s.models.duplex import DuplexModel, DuplexOutput
@@ -275,10 +275,7 @@ class StreamingSession:
         )
         counts = samples // c.frame_samples  # samples that do not fill a model frame are dropped
         counts = torch.where(invalid, 0, counts)
-        if isinstance(final, torch.Tensor):
-            final = final.to(device=self.device, dtype=torch.bool)
-        else:
-            final = torch.full((self.batch,), bool(final), dtype=torch.bool, device=self.device)
+        final = final_flags(final, self.batch, self.device)
         short = (counts < self.chunk) & (samples > 0) & ~final & ~invalid
         if bool(short.any()):
             raise ValueError(

@@ -146,6 +146,20 @@ def test_steps_must_cover_whole_chunks():
     cache.step(q, kv, kv, final=True)
 
 
+def test_final_takes_bool_flags_only():
+    """Indices or 0/1 numbers as `final` would end the wrong streams if cast: refused, nothing changes."""
+    cache = SelfAttentionCache(2, HEADS_K, DIM, 4)
+    q, kv = torch.randn(2, 3, HEADS_Q, DIM), torch.randn(2, 3, HEADS_K, DIM)
+    for wrong in (torch.tensor([0, 1]), torch.tensor([1.0, 0.0]), torch.tensor([True, False, True])):
+        with pytest.raises(
+            ValueError, match=r"final must be a bool or a bool tensor with one flag per stream \(2,\)"
+        ):
+            cache.step(q, kv, kv, final=wrong, lengths=torch.tensor([3, 0]))
+        assert int(cache.store.lengths.max()) == 0
+    cache.step(q, kv, kv, final=torch.tensor([True, False]), lengths=torch.tensor([3, 0]))
+    assert cache.store.lengths.tolist() == [3, 0]
+
+
 def test_decoder_cannot_run_ahead_of_the_encoder():
     cache = CrossAttentionCache(1, HEADS_K, DIM, chunk_q=2, chunk_k=4)
     cache.append(torch.randn(1, 4, HEADS_K, DIM), torch.randn(1, 4, HEADS_K, DIM))

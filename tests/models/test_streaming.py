@@ -134,6 +134,8 @@ def test_bad_input_is_named(generator):
         session.step(torch.zeros(2, session.chunk_samples, dtype=torch.int16))
     with pytest.raises(ValueError, match=r"stream\(s\) \[1\] got less than a whole chunk without final=True"):
         session.step(good, lengths=torch.tensor([2560, 1280]))
+    with pytest.raises(ValueError, match=r"bool tensor with one flag per stream \(2,\)"):
+        session.step(good, lengths=torch.tensor([2560, 1280]), final=torch.tensor([0, 1]))
     session.step(good, lengths=torch.tensor([2560, 1280]), final=torch.tensor([False, True]))
     with pytest.raises(ValueError, match="reset"):
         session.step(good)
