@@ -156,6 +156,16 @@ def markdown_table(result: dict) -> str:
         label = f"missed, turns ending {span} s into the dialogue"
         cells = [f"{b['missed']} / {b['turns']} ({num(b['missed_rate'])})" for b in (bucket_p, bucket_e)]
         rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    buckets = zip(p.get("takeovers_by_pause_length", []), e.get("takeovers_by_pause_length", []), strict=True)
+    for bucket_p, bucket_e in buckets:
+        start = f"{bucket_p['from_s']:.2f}"
+        span = f"{start}+" if bucket_p["to_s"] is None else f"{start}-{bucket_p['to_s']:.2f}"
+        label = f"take-overs in pauses of {span} s (onset into the pause p50)"
+        cells = [
+            f"{b['takeovers']} / {b['pauses']} ({num(b['takeover_rate'])}; {ms(b['onset_into_pause_p50_s'])})"
+            for b in (bucket_p, bucket_e)
+        ]
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
     rows.append(f"| turns / barge-ins / pauses | {p['turns']} / {p['barge_ins']} / {p['pauses']} | |")
     words = result.get("content")
     if words and words.get("model"):

@@ -88,6 +88,8 @@ class DuplexScores:
     talk_overs: int = 0  # system onsets while the user speaks a turn
     # (user end of turn, answered within the window) per turn: where in a dialogue replies go missing
     turn_outcomes: list[tuple[float, bool]] = field(default_factory=list)
+    # (pause length, seconds into the pause of the system's onset or None) per internal pause
+    pause_outcomes: list[tuple[float, float | None]] = field(default_factory=list)
 
     @property
     def turns(self) -> int:
@@ -120,9 +122,11 @@ def score_dialogue(
             ignored += 1
         else:
             stops.append(stop - onset)
-    false_takeovers = sum(
-        first_onset_after(active, frame_seconds, start, end) is not None for start, end in events.pauses
-    )
+    pause_outcomes = []
+    for start, end in events.pauses:
+        onset = first_onset_after(active, frame_seconds, start, end)
+        pause_outcomes.append((end - start, None if onset is None else max(0.0, onset - start)))
+    false_takeovers = sum(onset is not None for _, onset in pause_outcomes)
     return DuplexScores(
         latencies,
         missed,
@@ -133,6 +137,7 @@ def score_dialogue(
         len(events.pauses),
         talk_overs(active, frame_seconds, events.user_speech),
         outcomes,
+        pause_outcomes,
     )
 
 
@@ -156,6 +161,33 @@ def missed_by_turn_end(
                 "turns": len(inside),
                 "missed": missed,
                 "missed_rate": missed / len(inside) if inside else None,
+            }
+        )
+    return rows
+
+
+PAUSE_LENGTH_BUCKETS = (0.0, 0.55)  # seconds: the corpus's pauses last 0.3-0.8 s, its reply gap 0.2-0.6 s
+
+
+def takeovers_by_pause_length(
+    outcomes: list[tuple[float, float | None]], starts: tuple[float, ...] = PAUSE_LENGTH_BUCKETS
+) -> list[dict]:
+    """False take-overs by how long the user paused, one row per bucket [start, next start), with
+    when in the pause the system started (p50): take-overs late in long pauses are a wait that is
+    too short (the reply gap is 0.2-0.6 s), early ones a pause heard as an end of turn."""
+    rows = []
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        onsets = [onset for length, onset in outcomes if start <= length < stop]
+        taken = [onset for onset in onsets if onset is not None]
+        rows.append(
+            {
+                "from_s": start,
+                "to_s": None if stop == float("inf") else stop,
+                "pauses": len(onsets),
+                "takeovers": len(taken),
+                "takeover_rate": len(taken) / len(onsets) if onsets else None,
+                "onset_into_pause_p50_s": float(np.median(taken)) if taken else None,
             }
         )
     return rows

@@ -72,6 +72,9 @@ def turn_taking(
             "talk_overs": sum(s.talk_overs for s in scores),
             "turns": turns,
             "missed_by_turn_end": metrics.missed_by_turn_end([x for s in scores for x in s.turn_outcomes]),
+            "takeovers_by_pause_length": metrics.takeovers_by_pause_length(
+                [x for s in scores for x in s.pause_outcomes]
+            ),
             "barge_ins": len(stops) + ignored + silent,
             "pauses": pauses,
         }

@@ -12,6 +12,7 @@ from s2s.streaming.metrics import (
     onsets,
     score_dialogue,
     summarize,
+    takeovers_by_pause_length,
 )
 
 FRAME = 0.04  # 25 Hz model frames
@@ -151,3 +152,23 @@ def test_missed_responses_are_counted_by_when_the_turn_ended():
     assert rows[2]["missed_rate"] == 1.0 and rows[0]["missed_rate"] == 0.0
     assert missed_by_turn_end([])[0]["missed_rate"] is None
     assert sum(r["turns"] for r in missed_by_turn_end(scores.turn_outcomes, (0.0, 10.0, 50.0))) == 4
+
+
+def test_take_overs_are_counted_by_pause_length_with_when_in_the_pause():
+    """Pauses of 0.4, 0.5 and 0.7 s (40 ms frames): the system starts 0.32 s into the first and
+    0.52 s into the third, never in the second; short bucket 1 of 2 at 320 ms, long 1 of 1 at
+    520 ms; every pause lands in exactly one bucket and the counts add up to false_takeovers."""
+    pauses = [(2.0, 2.4), (5.0, 5.5), (8.0, 8.7)]
+    events = EventTimes(turn_ends=[], next_user_starts=[], barge_ins=[], pauses=pauses)
+    scores = score_dialogue(_active(12.0, [(2.32, 2.6), (8.52, 9.0)]), FRAME, events)
+    lengths = [round(length, 6) for length, _ in scores.pause_outcomes]
+    onsets = [None if o is None else round(o, 6) for _, o in scores.pause_outcomes]
+    assert lengths == [0.4, 0.5, 0.7] and onsets == [0.32, None, 0.52]
+    rows = takeovers_by_pause_length(scores.pause_outcomes)
+    got = [(r["from_s"], r["to_s"], r["pauses"], r["takeovers"]) for r in rows]
+    assert got == [(0.0, 0.55, 2, 1), (0.55, None, 1, 1)]
+    assert rows[0]["takeover_rate"] == 0.5 and abs(rows[0]["onset_into_pause_p50_s"] - 0.32) < 1e-6
+    assert abs(rows[1]["onset_into_pause_p50_s"] - 0.52) < 1e-6
+    assert sum(r["takeovers"] for r in rows) == scores.false_takeovers == 2
+    empty = takeovers_by_pause_length([])
+    assert empty[0]["takeover_rate"] is None and empty[0]["onset_into_pause_p50_s"] is None

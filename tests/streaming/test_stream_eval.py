@@ -62,6 +62,10 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
         assert sum(b["turns"] for b in buckets) == duplex["turns"]
         missed = sum(b["missed"] for b in buckets)
         assert abs(missed / duplex["turns"] - duplex["missed_response_rate"]) < 1e-12
+        by_length = duplex["takeovers_by_pause_length"]  # every pause in one bucket, take-overs adding up
+        assert sum(b["pauses"] for b in by_length) == duplex["pauses"]
+        taken = sum(b["takeovers"] for b in by_length)
+        assert abs(taken / duplex["pauses"] - duplex["false_takeovers_per_pause"]) < 1e-12
     assert report["compute"]["chunk_ms"] == 80 and report["compute"]["real_time_factor"] > 0
     assert report["streaming_vs_offline_max_abs"] < 1e-4
     windows = [
@@ -85,6 +89,9 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     assert (out / "stream_eval.log").stat().st_size > 0, "the evaluation logs through logging, not print"
     assert "| response latency mean |" in (out / "metrics.md").read_text()
     assert "| missed, turns ending 40+ s into the dialogue |" in (out / "metrics.md").read_text()
+    assert (
+        "| take-overs in pauses of 0.55+ s (onset into the pause p50) |" in (out / "metrics.md").read_text()
+    )
     pngs, wavs = sorted(out.glob("*.png")), sorted(out.glob("*.wav"))
     assert len(pngs) == 1 and len(wavs) == 1
     image = matplotlib.image.imread(pngs[0])
