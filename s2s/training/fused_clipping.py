@@ -4,6 +4,8 @@ Lightning's mixed-precision plugin refuses to clip for an optimizer that unscale
 its step (fused AdamW), because under fp16 a GradScaler's gradients are still scaled when clipping
 runs. bf16-mixed and fp32 have no scaler: the gradients are already true, so they are clipped here
 with torch directly. With a scaler (fp16) Lightning's own path runs (and refuses a fused optimizer).
+Under DDP the gradients are already all-reduced when the hook runs, so every rank clips alike; a
+sharded strategy (FSDP, not configured here) would need its own clipping.
 """
 
 from __future__ import annotations
