@@ -93,7 +93,8 @@ def test_padded_batch_gradients_equal_the_dialogues_alone_on_the_cpu(generator):
     assert len(padded) == len(list(model.parameters())), "every parameter gets a gradient"
     assert all(torch.isfinite(g).all() for g in padded.values())
     name, error = _worst(padded, alone)
-    assert error < 5e-4, f"seed {seed}: {name} padded vs alone, relative error {error:.2e}"  # 25 seeds: <= 6e-5
+    # float32 summation order only: <= 6e-5 over 25 seeds; a frame on the wrong row gives O(1)
+    assert error < 5e-4, f"seed {seed}: {name} padded vs alone, relative error {error:.2e}"
 
 
 @pytest.mark.gpu
