@@ -125,6 +125,7 @@ def test_base_model_padded_gradients_on_cute_equal_the_dialogues_alone_on_the_re
     padded, alone = _padded_and_alone(model, twin, mel, tokens, reads, lengths, chunks, cuda, True)
     assert all(torch.isfinite(g).all() for g in padded.values())
     name, error = _worst(padded, alone)
-    assert error < 5e-2, (
+    # bf16 rounding of activations and gradients against float32; a frame on the wrong row gives O(1)
+    assert error < 1e-1, (
         f"seed {seed}: {name} padded bf16 cute vs alone float32 reference, rel. error {error:.2e}"
     )
