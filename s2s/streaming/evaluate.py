@@ -148,24 +148,25 @@ def markdown_table(result: dict) -> str:
         ("talk-overs per user turn", "talk_overs_per_turn"),
     ):
         rows.append(f"| {label} | {num(p[key])} | {num(e[key])} |")
+
+    def span(bucket, digits):
+        start = f"{bucket['from_s']:.{digits}f}"
+        return f"{start}+" if bucket["to_s"] is None else f"{start}-{bucket['to_s']:.{digits}f}"
+
     # (a metrics.json written before 2026-12-04 has no buckets: a model card still renders it)
-    buckets = zip(p.get("missed_by_turn_end", []), e.get("missed_by_turn_end", []), strict=True)
-    for bucket_p, bucket_e in buckets:
-        start = f"{bucket_p['from_s']:.0f}"
-        span = f"{start}+" if bucket_p["to_s"] is None else f"{start}-{bucket_p['to_s']:.0f}"
-        label = f"missed, turns ending {span} s into the dialogue"
-        cells = [f"{b['missed']} / {b['turns']} ({num(b['missed_rate'])})" for b in (bucket_p, bucket_e)]
-        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
-    buckets = zip(p.get("takeovers_by_pause_length", []), e.get("takeovers_by_pause_length", []), strict=True)
-    for bucket_p, bucket_e in buckets:
-        start = f"{bucket_p['from_s']:.2f}"
-        span = f"{start}+" if bucket_p["to_s"] is None else f"{start}-{bucket_p['to_s']:.2f}"
-        label = f"take-overs in pauses of {span} s (onset into the pause p50)"
-        cells = [
-            f"{b['takeovers']} / {b['pauses']} ({num(b['takeover_rate'])}; {ms(b['onset_into_pause_p50_s'])})"
-            for b in (bucket_p, bucket_e)
-        ]
-        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    for key, label, digits, cell in (
+        (
+            "missed_by_turn_end", "missed, turns ending {} s into the dialogue", 0,
+            lambda b: f"{b['missed']} / {b['turns']} ({num(b['missed_rate'])})",
+        ),
+        (
+            "takeovers_by_pause_length", "take-overs in pauses of {} s (onset into the pause p50)", 2,
+            lambda b: f"{b['takeovers']} / {b['pauses']} ({num(b['takeover_rate'])}; "
+            f"{ms(b['onset_into_pause_p50_s'])})",
+        ),
+    ):  # fmt: skip
+        for bucket_p, bucket_e in zip(p.get(key, []), e.get(key, []), strict=True):
+            rows.append(f"| {label.format(span(bucket_p, digits))} | {cell(bucket_p)} | {cell(bucket_e)} |")
     rows.append(f"| turns / barge-ins / pauses | {p['turns']} / {p['barge_ins']} / {p['pauses']} | |")
     words = result.get("content")
     if words and words.get("model"):

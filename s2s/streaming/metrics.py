@@ -142,6 +142,16 @@ def score_dialogue(
 
 
 TURN_END_BUCKETS = (0.0, 20.0, 40.0)  # seconds into the dialogue: training windows were 40 s long
+PAUSE_LENGTH_BUCKETS = (0.0, 0.55)  # seconds: the corpus's pauses last 0.3-0.8 s, its reply gap 0.2-0.6 s
+
+
+def _bucketed(outcomes: list[tuple[float, object]], starts: tuple[float, ...]):
+    """Per bucket [start, next start) of the outcomes' keys: the bucket's bounds as reported (the
+    last one open: None) and the values of the outcomes whose key falls in it."""
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        values = [value for key, value in outcomes if start <= key < stop]
+        yield {"from_s": start, "to_s": None if stop == float("inf") else stop}, values
 
 
 def missed_by_turn_end(
@@ -150,23 +160,17 @@ def missed_by_turn_end(
     """Missed responses by when the user's turn ended, one row per bucket [start, next start): a
     model that fails past the length of its training windows shows it here, not in the mean."""
     rows = []
-    for i, start in enumerate(starts):
-        stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
-        inside = [answered for end, answered in outcomes if start <= end < stop]
+    for bounds, inside in _bucketed(outcomes, starts):
         missed = sum(not answered for answered in inside)
         rows.append(
             {
-                "from_s": start,
-                "to_s": None if stop == float("inf") else stop,
+                **bounds,
                 "turns": len(inside),
                 "missed": missed,
                 "missed_rate": missed / len(inside) if inside else None,
             }
         )
     return rows
-
-
-PAUSE_LENGTH_BUCKETS = (0.0, 0.55)  # seconds: the corpus's pauses last 0.3-0.8 s, its reply gap 0.2-0.6 s
 
 
 def takeovers_by_pause_length(
@@ -176,14 +180,11 @@ def takeovers_by_pause_length(
     when in the pause the system started (p50): take-overs late in long pauses are a wait that is
     too short (the reply gap is 0.2-0.6 s), early ones a pause heard as an end of turn."""
     rows = []
-    for i, start in enumerate(starts):
-        stop = starts[i + 1] if i + 1 < len(starts) else float("inf")
-        onsets = [onset for length, onset in outcomes if start <= length < stop]
+    for bounds, onsets in _bucketed(outcomes, starts):
         taken = [onset for onset in onsets if onset is not None]
         rows.append(
             {
-                "from_s": start,
-                "to_s": None if stop == float("inf") else stop,
+                **bounds,
                 "pauses": len(onsets),
                 "takeovers": len(taken),
                 "takeover_rate": len(taken) / len(onsets) if onsets else None,
