@@ -102,15 +102,20 @@ def dialogue_targets(row: int, length: int, config: TokenDuplexConfig, targets: 
 
 
 def make_batch(
-    config: TokenDuplexConfig, dialogues: int, frames: int, generator: torch.Generator
+    config: TokenDuplexConfig,
+    dialogues: int,
+    frames: int,
+    generator: torch.Generator,
+    equal_lengths: bool = False,
 ) -> tuple[DialogueBatch, torch.Tensor]:
-    """A DialogueBatch of `dialogues` x `frames` model frames (half of them shorter) and the chunk
-    size of each dialogue."""
+    """A DialogueBatch of `dialogues` x `frames` model frames (half of them shorter, unless
+    `equal_lengths`: then no padding, the dense attention path) and the chunk size of each dialogue."""
     r = config.mel_per_frame
     lengths = torch.full((dialogues,), frames)
-    lengths[dialogues // 2 :] = torch.randint(
-        frames // 2, frames + 1, (dialogues - dialogues // 2,), generator=generator
-    )
+    if not equal_lengths:
+        lengths[dialogues // 2 :] = torch.randint(
+            frames // 2, frames + 1, (dialogues - dialogues // 2,), generator=generator
+        )
     chunks = torch.tensor([1, 2, 4, 8])[torch.randint(0, 4, (dialogues,), generator=generator)]
     targets = {
         "system_tokens": torch.full((dialogues, frames), PAD),
@@ -320,6 +325,12 @@ def main() -> None:
     parser.add_argument("--model", choices=["base", "tiny"], default="base")
     parser.add_argument("--dialogues", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--equal-lengths",
+        action="store_true",
+        help="every dialogue --seconds long: no padding, so attention takes the dense path (as a batch "
+        "of crops of experiment=base_gpu's 40 s windows), not the packed one",
+    )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke run)")
@@ -337,7 +348,9 @@ def main() -> None:
         raise SystemExit("bench_train.py needs a CUDA GPU (or --device cpu for a smoke run)")
     generator = torch.Generator().manual_seed(0)
     frames = int(args.seconds * FRAMES_PER_SECOND)
-    batch, chunks = make_batch(preset_config(args.model), args.dialogues, frames, generator)
+    batch, chunks = make_batch(
+        preset_config(args.model), args.dialogues, frames, generator, args.equal_lengths
+    )
     batch, chunks = batch.to(device), chunks.to(device)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     peak, peak_source = args.peak_tflops, "--peak-tflops"
@@ -362,6 +375,7 @@ def main() -> None:
     results = {run.backend: run.frames_per_second for run in runs}
     print(
         f"\ntraining step, {args.model} model, {args.dialogues} dialogues x {args.seconds:g} s "
+        f"({'all of that length' if args.equal_lengths else 'half of them shorter'}) "
         f"({runs[0].flops.frames} frames), bf16 autocast, {gpu}, {datetime.date.today()}"
     )
     print("| backend | model frames/s | vs flex |\n| --- | --- | --- |")

@@ -52,31 +52,39 @@ def _gradients(model, loss):
     }
 
 
-def _padded_and_alone(model, twin, mel, tokens, reads, lengths, chunks, device, autocast):
-    """Gradients of `model` on the padded batch, and of `twin` summed over the dialogues alone."""
+def _padded(model, mel, tokens, reads, lengths, chunks, device, autocast):
+    """Gradients of `model` on the padded batch (the packed attention path)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         out = model(
             mel.to(device), tokens.to(device), lengths=torch.tensor(lengths, device=device),
             chunk=torch.tensor(chunks, dtype=torch.int32, device=device),
         )  # fmt: skip
-        padded = _gradients(model, _loss(out, reads, lengths))
-    alone: dict[str, torch.Tensor] = {}
+        return _gradients(model, _loss(out, reads, lengths))
+
+
+def _alone(model, mel, tokens, reads, lengths, chunks, device, autocast):
+    """Gradients of `model` summed over each dialogue run alone (the dense attention path)."""
+    total: dict[str, torch.Tensor] = {}
     for row, (n, chunk) in enumerate(zip(lengths, chunks, strict=True)):
-        one_mel = mel[row : row + 1, : n * twin.config.mel_per_frame].to(device)
-        single = twin(one_mel, tokens[row : row + 1, :n].to(device), chunk=chunk)
-        one_reads = {name: (rows, read[row : row + 1]) for name, (rows, read) in reads.items()}
-        grads = _gradients(twin, _loss(single, one_reads, [n]))
+        one_mel = mel[row : row + 1, : n * model.config.mel_per_frame].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            single = model(one_mel, tokens[row : row + 1, :n].to(device), chunk=chunk)
+            one_reads = {name: (rows, read[row : row + 1]) for name, (rows, read) in reads.items()}
+            grads = _gradients(model, _loss(single, one_reads, [n]))
         for name, grad in grads.items():
-            alone[name] = alone.get(name, 0) + grad
-    return padded, alone
+            total[name] = total.get(name, 0) + grad
+    return total
+
+
+def _errors(got, want):
+    assert got.keys() == want.keys()
+    return {
+        name: ((got[name] - want[name]).norm() / want[name].norm().clamp(min=1e-30)).item() for name in want
+    }
 
 
 def _worst(padded, alone):
-    assert padded.keys() == alone.keys()
-    errors = {
-        name: ((padded[name] - alone[name]).norm() / alone[name].norm().clamp(min=1e-30)).item()
-        for name in alone
-    }
+    errors = _errors(padded, alone)
     name = max(errors, key=errors.get)
     return name, errors[name]
 
@@ -87,9 +95,9 @@ def test_padded_batch_gradients_equal_the_dialogues_alone_on_the_cpu(generator):
     model = TokenDuplexModel(SMALL).eval()
     lengths, chunks = [40, 27, 33], [4, 2, 1]
     mel, tokens, reads = _inputs(SMALL, lengths, generator)
-    padded, alone = _padded_and_alone(
-        model, model, mel, tokens, reads, lengths, chunks, torch.device("cpu"), False
-    )
+    cpu = torch.device("cpu")
+    padded = _padded(model, mel, tokens, reads, lengths, chunks, cpu, False)
+    alone = _alone(model, mel, tokens, reads, lengths, chunks, cpu, False)
     assert len(padded) == len(list(model.parameters())), "every parameter gets a gradient"
     assert all(torch.isfinite(g).all() for g in padded.values())
     name, error = _worst(padded, alone)
@@ -122,10 +130,19 @@ def test_base_model_padded_gradients_on_cute_equal_the_dialogues_alone_on_the_re
     twin.load_state_dict(model.state_dict())
     lengths, chunks = [1443, 1000], [4, 2]
     mel, tokens, reads = _inputs(config, lengths, generator)
-    padded, alone = _padded_and_alone(model, twin, mel, tokens, reads, lengths, chunks, cuda, True)
+    padded = _padded(model, mel, tokens, reads, lengths, chunks, cuda, True)
     assert all(torch.isfinite(g).all() for g in padded.values())
-    name, error = _worst(padded, alone)
-    # bf16 rounding of activations and gradients against float32; a frame on the wrong row gives O(1)
-    assert error < 1e-1, (
-        f"seed {seed}: {name} padded bf16 cute vs alone float32 reference, rel. error {error:.2e}"
+    reference = _alone(twin, mel, tokens, reads, lengths, chunks, cuda, False)
+    # the same bf16 kernel on each dialogue alone (the dense path): the rounding the packed path
+    # is allowed, parameter by parameter
+    floor = _errors(_alone(model, mel, tokens, reads, lengths, chunks, cuda, True), reference)
+    errors = _errors(padded, reference)
+    excess = {name: errors[name] - 2 * floor[name] for name in errors}
+    name = max(excess, key=excess.get)
+    worst = sorted(errors, key=errors.get)[-3:]
+    # a frame on the wrong row, or a gradient written to the wrong place, gives O(1)
+    assert excess[name] < 2e-2, (
+        f"seed {seed}: {name}: packed bf16 cute vs float32 reference rel. error {errors[name]:.2e}, "
+        f"the dense bf16 cute path's {floor[name]:.2e}; largest: "
+        + ", ".join(f"{n} {errors[n]:.2e} (dense {floor[n]:.2e})" for n in worst)
     )
