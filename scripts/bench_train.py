@@ -6,6 +6,7 @@ MFU and where the step's GPU time goes.
     python scripts/bench_train.py --backends cute flex --seconds 60 --dialogues 8
     # cute-deterministic: cute under torch.use_deterministic_algorithms (its deterministic backward)
     python scripts/bench_train.py --no-profile --peak-tflops 989    # MFU only, against a given peak
+    python scripts/bench_train.py --backends cute cute+compile      # each block torch.compile'd
     python scripts/bench_train.py --device cpu --model tiny --backends sdpa --dialogues 2 --seconds 2 \\
         --warmup 1 --steps 1 --profile-steps 1                      # the script's own smoke run
 
@@ -43,6 +44,7 @@ from s2s.data.batching import DialogueBatch
 from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD, SPECIALS, speaking_from_tokens
 from s2s.models import config as presets
+from s2s.models import regional_compile
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from s2s.training.augment import AugmentConfig
 from s2s.training.step_profile import (
@@ -229,13 +231,25 @@ class BackendRun:
     attention_calls: int
     breakdown: StepBreakdown | None = None
     profile_error: str | None = None
+    compile_note: str | None = None  # "+compile" runs: compile time and graphs
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) -> BackendRun:
     """Model frames per second of training steps, the step's FLOPs and (unless --no-profile) its
     breakdown. ``cute-deterministic`` is cute with torch.use_deterministic_algorithms on
-    (Lightning's deterministic=True): its backward runs the two-kernel deterministic path."""
+    (Lightning's deterministic=True): its backward runs the two-kernel deterministic path. A
+    ``+compile`` suffix (``cute+compile``) compiles each transformer block (module.compile_blocks)."""
     name = backend
+    backend, _, suffix = backend.partition("+")
+    if suffix not in ("", "compile"):
+        raise SystemExit(f"unknown backend suffix +{suffix} in {name!r}: the one suffix is +compile")
     deterministic = backend == "cute-deterministic"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     backend = "cute" if deterministic else backend
@@ -249,12 +263,29 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     with count_attention_flops() as counted:  # in grad mode, as training runs: no extra compiles
         losses(module, batch, chunks)
     flops = StepFlops(multiplied_parameters(module.model), frames, counted.flops)
+    compile_note = None
+    if suffix == "compile":
+        regional_compile.compile_blocks(module.model)
+        graphs, start = compiled_graphs(), time.perf_counter()
+        train_step(module, optimizer, batch, chunks)
+        synchronize(device)
+        compile_note = f"first step (compiling) {time.perf_counter() - start:.1f} s"
     for _ in range(args.warmup):
         loss = train_step(module, optimizer, batch, chunks)
     if not torch.isfinite(loss):
         raise RuntimeError(f"{backend}: non-finite loss {loss.item()}")
     seconds = seconds_per_call(lambda: train_step(module, optimizer, batch, chunks), args.steps, device)
-    run = BackendRun(name, seconds, frames / seconds, flops, counted.calls)
+    if suffix == "compile":
+        # another batch shape, as the next training batch brings: dynamic shapes need no new graph
+        dialogues, length = batch.system_tokens.shape
+        shape = (max(2, dialogues // 2), max(8, 3 * length // 4))
+        other, other_chunks = make_batch(module.model.config, *shape, torch.Generator().manual_seed(1))
+        built = compiled_graphs()
+        train_step(module, optimizer, other.to(device), other_chunks.to(device))
+        compile_note += (
+            f", {built - graphs} graphs; another batch shape built {compiled_graphs() - built} more"
+        )
+    run = BackendRun(name, seconds, frames / seconds, flops, counted.calls, compile_note=compile_note)
     if args.profile_steps > 0:
         try:
             run.breakdown = profile_steps(module, optimizer, batch, chunks, args.profile_steps)
@@ -368,6 +399,8 @@ def main() -> None:
         runs.append(run)
         print(f"{backend}: {run.frames_per_second:,.0f} model frames/s", flush=True)
         print("  " + mfu_line(run, peak, gemm), flush=True)
+        if run.compile_note:
+            print(f"  compile: {run.compile_note}", flush=True)
         if run.breakdown is not None:
             print("  " + breakdown_line(run.breakdown), flush=True)
         elif run.profile_error:

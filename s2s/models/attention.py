@@ -12,6 +12,7 @@ from s2s.models.layers import apply_rotary, rotary_angles
 from s2s.models.packing import PackedLayout
 
 
+@torch.compiler.disable  # an opaque call inside compiled blocks (s2s/models/regional_compile.py)
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -16,6 +16,7 @@ import torch
 from s2s.data.batching import DialogueBatch
 from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD
+from s2s.models import regional_compile
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
 from s2s.training.augment import AugmentConfig, mask_frequencies
 from s2s.training.fused_clipping import FusedOptimizerClipping
@@ -113,9 +114,11 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         weights: TokenLossWeights | Mapping | None = None,
         augment: AugmentConfig | Mapping | None = None,
         model_class: str | None = None,
+        compile_blocks: bool = False,
     ):
         """`model` is a TokenDuplexModel, or its config as a dict with `model_class`, as
-        `load_from_checkpoint` passes the saved hyperparameters."""
+        `load_from_checkpoint` passes the saved hyperparameters. `compile_blocks`: `torch.compile`
+        each transformer block when fitting starts (s2s/models/regional_compile.py)."""
         super().__init__()
         model = built_model(model, model_class)
         if not isinstance(model, TokenDuplexModel):
@@ -130,6 +133,9 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         if not isinstance(augment, AugmentConfig):
             augment = AugmentConfig(**dict(augment or {"freq_masks": 0}))
         self.optimizer_config, self.weights, self.augment = optimizer, weights, augment
+        if not isinstance(compile_blocks, bool):
+            raise TypeError(f"compile_blocks must be true or false, got {compile_blocks!r}")
+        self.compile_blocks = compile_blocks
         self.save_hyperparameters(
             {
                 "model_class": MODEL_CLASS,
@@ -137,12 +143,18 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
                 "optimizer": asdict(optimizer),
                 "weights": asdict(weights),
                 "augment": asdict(augment),
+                "compile_blocks": compile_blocks,
             }
         )
         # The first validation batch and its teacher-forced output: the samples callback draws them.
         self.last_validation: tuple[DialogueBatch, TokenDuplexOutput] | None = None
         # Pause-versus-turn-end scores at the user's silence onsets over a validation epoch.
         self.onset_scores = OnsetScores()
+
+    def on_fit_start(self) -> None:
+        # at fit only: a checkpoint loaded for evaluation or streaming runs eager
+        if self.compile_blocks:
+            regional_compile.compile_blocks(self.model)
 
     def setup(self, stage: str) -> None:
         """Refuse a corpus whose task's vocabularies are not the model's (the data module is set up
