@@ -11,7 +11,8 @@ A barge-in may end a reply at any frame: EOS is always allowed inside a reply.
 
 The knobs are Moshi's and NeMo DuplexS2S's: temperature (0 = greedy), top-k, and additive logit
 biases for PAD, BOS and EOS (a positive BOS bias answers sooner, a positive EOS bias stops sooner).
-`greedy_words` samples when to say a word but takes the most likely word.
+`greedy_words` samples when to say a word but takes the most likely word; `onset_temperature`
+gives the decision to start a reply (PAD or BOS, outside a reply) its own temperature.
 Biases apply before the mask, the top-k and the temperature, in greedy decoding too. One more,
 `state_gain`, lets the encoder's user-state head veto a reply, as Freeze-Omni's state classifier
 decides: BOS's logit gets `state_gain * log P(ended | ended or pause)` of the frame (a per-frame
@@ -49,10 +50,18 @@ class SamplingConfig:
     # True: whether a frame holds a word is sampled as above, which word it is is the most likely
     # one (a reply's words are fixed by the task: sampling among them only adds wrong words).
     greedy_words: bool = False
+    # The temperature of the one decision outside a reply, PAD or BOS (None: `temperature`; 0: BOS
+    # only where it is more likely than PAD). Sampled at 0.7, a long pause gives a reply onset
+    # a fresh chance every frame; the base model's false take-overs all fell in pauses >= 0.55 s.
+    onset_temperature: float | None = None
 
     def __post_init__(self):
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.onset_temperature is not None and not self.onset_temperature >= 0:
+            raise ValueError(
+                f"onset_temperature must be >= 0 (0 = greedy onsets) or None, got {self.onset_temperature}"
+            )
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = all tokens), got {self.top_k}")
         if not self.state_gain >= 0:
@@ -161,10 +170,18 @@ def sample_frames(
         if greedy:
             token = masked.argmax(dim=-1)
         else:
-            token = _inverse_cdf(_top_k(masked, config.top_k) / config.temperature, noise[:, frame])
+            kept = _top_k(masked, config.top_k)
+            token = _inverse_cdf(kept / config.temperature, noise[:, frame])
             if config.greedy_words:
                 best_word = masked[:, len(SPECIALS) :].argmax(dim=-1) + len(SPECIALS)
                 token = torch.where(token >= len(SPECIALS), best_word, token)
+            if config.onset_temperature is not None:
+                onset = (
+                    masked.argmax(dim=-1)
+                    if config.onset_temperature == 0
+                    else _inverse_cdf(kept / config.onset_temperature, noise[:, frame])
+                )
+                token = torch.where(state, token, onset)
         tokens = torch.cat([tokens.to(token.device), token[:, None]], dim=1)
         state = torch.where(token == BOS, True, torch.where(token == EOS, False, state))
     start = in_reply.to(tokens.device)

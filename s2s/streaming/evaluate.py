@@ -218,7 +218,7 @@ def markdown_table(result: dict) -> str:
             f"| sampling | temperature {sampled['temperature']}, top-k {sampled['top_k']}, biases PAD "
             f"{sampled['pad_bias']} / BOS {sampled['bos_bias']} / EOS {sampled['eos_bias']}, state gain "
             f"{sampled['state_gain']:g} ({sampled['state_gain_source']}), greedy words "
-            f"{sampled['greedy_words']} |"
+            f"{sampled['greedy_words']}, onset temperature {sampled.get('onset_temperature')} |"
         )
     return "\n".join(rows) + "\n"
 

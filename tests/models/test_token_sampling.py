@@ -148,6 +148,36 @@ def test_greedy_words_sample_when_and_take_the_best_word(generator):
     assert int(words.sum()) > 20, f"seed {seed}: too few word frames to test"
 
 
+def test_onset_temperature_decides_reply_onsets_alone(generator):
+    """onset_temperature: outside a reply the PAD / BOS choice follows its own temperature (0: BOS
+    exactly where its biased logit beats PAD's); inside a reply the tokens are plain sampling's."""
+    seed = generator.initial_seed()
+    streams = 4000
+    logits, in_reply, seeds = _draw(generator, streams, 1)
+    noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), 1)
+    plain = sample_tokens(logits, in_reply, SamplingConfig(state_gain=0.0, bos_bias=0.5), noise).tokens[:, 0]
+    greedy = SamplingConfig(state_gain=0.0, bos_bias=0.5, onset_temperature=0.0)
+    onsets = sample_tokens(logits, in_reply, greedy, noise).tokens[:, 0]
+    assert torch.equal(onsets[in_reply], plain[in_reply]), f"seed {seed}: a reply's tokens changed"
+    outside = ~in_reply
+    want = torch.where(logits[:, 0, BOS] + 0.5 > logits[:, 0, PAD], BOS, PAD)
+    assert torch.equal(onsets[outside], want[outside]), f"seed {seed}: onsets not the greedy choice"
+    # at temperature 1.5 the BOS frequency follows softmax([PAD, BOS] / 1.5), not / 0.7
+    pad, bos = 0.3, -0.4
+    fixed = torch.zeros(streams, 1, V)
+    fixed[..., PAD], fixed[..., BOS] = pad, bos
+    silent = torch.zeros(streams, dtype=torch.bool)
+    noise = frame_noise(seeds, torch.arange(streams), 1)
+    warm = sample_tokens(fixed, silent, SamplingConfig(state_gain=0.0, onset_temperature=1.5), noise)
+    p = 1 / (1 + math.exp((pad - bos) / 1.5))
+    count = int((warm.tokens == BOS).sum())
+    assert abs(count - streams * p) < 5 * math.sqrt(streams * p * (1 - p)), (
+        f"seed {seed}: {count} BOS of {streams}, expected {streams * p:.0f}"
+    )
+    with pytest.raises(ValueError, match="onset_temperature must be >= 0"):
+        SamplingConfig(onset_temperature=-1.0)
+
+
 def test_sampled_frequencies_follow_the_masked_softmax(generator):
     """One frame, many streams with the same logits: token counts match the masked, tempered, top-k
     distribution (an independent computation) within 5 standard deviations."""
