@@ -21,7 +21,7 @@ from torch import nn
 
 def compiled_blocks(model: nn.Module) -> list[nn.Module]:
     """The encoder and decoder blocks of `model` (a DuplexModel or TokenDuplexModel)."""
-    blocks = [*getattr(model.encoder, "blocks", ()), *getattr(model.decoder, "blocks", ())]
+    blocks = [*model.encoder.blocks, *model.decoder.blocks]
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no encoder or decoder blocks to compile")
     return blocks

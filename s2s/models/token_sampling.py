@@ -170,18 +170,16 @@ def sample_frames(
         if greedy:
             token = masked.argmax(dim=-1)
         else:
-            kept = _top_k(masked, config.top_k)
-            token = _inverse_cdf(kept / config.temperature, noise[:, frame])
+            onset = config.onset_temperature
+            temperature = config.temperature
+            if onset:  # streams outside a reply sample at their own temperature, in the same pass
+                temperature = torch.where(state, temperature, onset).unsqueeze(-1).to(masked.dtype)
+            token = _inverse_cdf(_top_k(masked, config.top_k) / temperature, noise[:, frame])
+            if onset == 0:  # greedy onsets
+                token = torch.where(state, token, masked.argmax(dim=-1))
             if config.greedy_words:
                 best_word = masked[:, len(SPECIALS) :].argmax(dim=-1) + len(SPECIALS)
                 token = torch.where(token >= len(SPECIALS), best_word, token)
-            if config.onset_temperature is not None:
-                onset = (
-                    masked.argmax(dim=-1)
-                    if config.onset_temperature == 0
-                    else _inverse_cdf(kept / config.onset_temperature, noise[:, frame])
-                )
-                token = torch.where(state, token, onset)
         tokens = torch.cat([tokens.to(token.device), token[:, None]], dim=1)
         state = torch.where(token == BOS, True, torch.where(token == EOS, False, state))
     start = in_reply.to(tokens.device)
