@@ -1,7 +1,10 @@
 """Audio file I/O with soundfile and resampling with torchaudio, with errors that say what to fix.
 
 torchaudio's own file I/O now needs torchcodec and ffmpeg; soundfile (libsndfile) reads and writes
-wav/flac everywhere pip runs. Audio is float32 in [-1, 1], shaped (channels, samples).
+wav/flac everywhere pip runs. Audio is float32 in [-1, 1], shaped (channels, samples); training
+reads may keep a 16-bit PCM file's int16 samples instead (`keep_pcm16`: half the bytes through the
+loader workers, shared memory, pinning and the copy to the GPU) and turn them into float where the
+features are computed (`audio_as_float`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,21 @@ import torchaudio
 
 class AudioError(ValueError):
     """An audio file or signal that s2s cannot use, with the reason and the fix in the message."""
+
+
+# Subtypes whose samples are integers: decoding them cannot give NaN or infinity.
+INTEGER_SUBTYPES = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32"})
+PCM16_SCALE = 32768.0  # libsndfile's float reading of 16-bit PCM divides by 2**15
+
+
+def audio_as_float(audio: torch.Tensor) -> torch.Tensor:
+    """float32 samples in [-1, 1) from int16 PCM (as `load_audio(keep_pcm16=True)` may give), or
+    float audio as float32: the same numbers `load_audio` gives for the file either way."""
+    if audio.dtype == torch.int16:
+        return audio.float() / PCM16_SCALE
+    if not audio.is_floating_point():
+        raise AudioError(f"audio must be float or int16 PCM, got {audio.dtype}")
+    return audio.float()
 
 
 def audio_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
@@ -72,11 +90,14 @@ def load_audio(
     channels: int | None = None,
     start: int = 0,
     frames: int = -1,
+    keep_pcm16: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Read `path` as float32 (channels, samples), resampled to `sample_rate` when given.
 
     `start`/`frames` select a span in the file's own sample rate. `channels` checks the channel
     count. NaN or infinite samples (a float file gone bad) are refused, not passed on.
+    `keep_pcm16`: a 16-bit PCM file read at its own rate comes back as its int16 samples, exactly
+    (`audio_as_float` of them is the float32 this would return); any other file as float32.
     """
     path = Path(path)
     info = audio_info(path)
@@ -85,9 +106,10 @@ def load_audio(
             f"{path} has {info.channels} channel(s) but {channels} are expected"
             + (" (a duplex dialogue is stereo: channel 0 user, channel 1 system)" if channels == 2 else "")
         )
+    as_int16 = keep_pcm16 and info.subtype == "PCM_16" and sample_rate in (None, info.samplerate)
     try:
         data, file_rate = soundfile.read(
-            str(path), start=start, frames=frames, dtype="float32", always_2d=True
+            str(path), start=start, frames=frames, dtype="int16" if as_int16 else "float32", always_2d=True
         )
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise AudioError(f"cannot decode {path}: {error}") from error
@@ -97,7 +119,8 @@ def load_audio(
             "the file is truncated or changed while being read; re-make or re-export it"
         )
     audio = torch.from_numpy(np.ascontiguousarray(data.T))
-    check_finite(audio, str(path))
+    if info.subtype not in INTEGER_SUBTYPES:
+        check_finite(audio, str(path))
     if sample_rate is not None and file_rate != sample_rate:
         audio = resample(audio, file_rate, sample_rate)
         file_rate = sample_rate

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from s2s.data.audio import audio_as_float
 from s2s.data.features import LogMel, LogMelConfig
 from s2s.data.pitch import PitchConfig, pitch_features
 
@@ -37,10 +38,11 @@ class BatchFeatures:
             log_mel = self._log_mels[device] = LogMel(self.log_mel_config).to(device)
         # float32 features whatever precision the step runs in (bf16 autocast would round the spectra)
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            batch.user_mel = log_mel(batch.user_audio.float())
-            batch.system_mel = log_mel(batch.system_audio.float())
+            user_audio = audio_as_float(batch.user_audio)  # int16 PCM travels as such up to here
+            batch.user_mel = log_mel(user_audio)
+            batch.system_mel = log_mel(audio_as_float(batch.system_audio))
             if self.user_pitch:
-                batch.user_pitch = pitch_features(batch.user_audio.float(), self.pitch_config)
+                batch.user_pitch = pitch_features(user_audio, self.pitch_config)
         return batch
 
     def __getstate__(self):  # loader workers get the settings, not modules built for another device

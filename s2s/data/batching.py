@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from s2s.data.audio import audio_as_float
 from s2s.data.batch_features import BatchFeatures
 from s2s.data.dataset import Crop
 from s2s.data.features import LogMelConfig
@@ -207,7 +208,8 @@ class _EpochHandle:
 
 @dataclass
 class DialogueBatch:
-    """A padded batch. Audio is (B, T) at 16 kHz; frames are 10 ms, (B, F) or (B, F, n_mels), F = T // hop."""
+    """A padded batch. Audio is (B, T) at 16 kHz (float32, or int16 PCM: `audio_as_float`); frames
+    are 10 ms, (B, F) or (B, F, n_mels), F = T // hop."""
 
     names: list[str]
     user_audio: torch.Tensor
@@ -275,15 +277,19 @@ class DialogueCollate:
         frames = padded // hop
 
         def stack(key: str, size: int) -> torch.Tensor:
-            return torch.stack(
-                [torch.nn.functional.pad(item[key], (0, size - item[key].shape[0])) for item in items]
-            )
+            return stack_padded([item[key] for item in items], size)
+
+        def stack_audio(key: str) -> torch.Tensor:
+            audio = [item[key] for item in items]
+            if len({a.dtype for a in audio}) > 1:  # int16 PCM beside float files: all float32
+                audio = [audio_as_float(a) for a in audio]
+            return stack_padded(audio, padded)
 
         frame_lengths = lengths // hop
         batch = DialogueBatch(
             names=[item["name"] for item in items],
-            user_audio=stack("user", padded),
-            system_audio=stack("system", padded),
+            user_audio=stack_audio("user"),
+            system_audio=stack_audio("system"),
             audio_lengths=lengths,
             frame_lengths=frame_lengths,
             frame_mask=torch.arange(frames)[None, :] < frame_lengths[:, None],
@@ -301,7 +307,7 @@ def _add_token_targets(batch: DialogueBatch, targets: list[FrameTargets], frames
     """Stack per-item token targets, padded to `frames` model frames (PAD / SILENT past the end)."""
 
     def stack(tensors: list[torch.Tensor], size: int, value: int = PAD) -> torch.Tensor:
-        return torch.stack([torch.nn.functional.pad(t, (0, size - t.shape[0]), value=value) for t in tensors])
+        return stack_padded(tensors, size, value)
 
     batch.system_tokens = stack([t.system_tokens for t in targets], frames)
     batch.in_reply_at_start = torch.tensor([t.in_reply_at_start for t in targets], dtype=torch.bool)
@@ -309,3 +315,20 @@ def _add_token_targets(batch: DialogueBatch, targets: list[FrameTargets], frames
     counts = [t.user_words.shape[0] for t in targets]
     batch.user_words = stack([t.user_words for t in targets], max(1, max(counts)))
     batch.user_word_counts = torch.tensor(counts, dtype=torch.int64)
+
+
+def stack_padded(tensors: list[torch.Tensor], size: int, value: float = 0) -> torch.Tensor:
+    """(len(tensors), size, ...) with each tensor at the start of its row and `value` after it.
+
+    One copy of each item into the batch: padding each item first and stacking the copies moved
+    every 40 s window's audio twice (most of a 32-window batch's time in a loader worker)."""
+    first = tensors[0]
+    out = torch.full((len(tensors), size, *first.shape[1:]), value, dtype=first.dtype)
+    for row, tensor in enumerate(tensors):
+        if tensor.shape[0] > size or tensor.shape[1:] != first.shape[1:] or tensor.dtype != first.dtype:
+            raise ValueError(
+                f"item {row} of shape {tuple(tensor.shape)} ({tensor.dtype}) does not fit a batch row of "
+                f"{size} x {tuple(first.shape[1:])} ({first.dtype})"
+            )
+        out[row, : tensor.shape[0]] = tensor
+    return out

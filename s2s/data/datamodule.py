@@ -56,8 +56,11 @@ class DuplexDataModule(lightning.LightningDataModule):
         channels: ChannelRoles | Mapping | None = None,
         user_pitch: bool = False,
         features_on: str = "workers",
+        int16_audio: bool = False,
     ):
         super().__init__()
+        # 16-bit PCM audio travels as int16 from the file to where the features are computed
+        self.int16_audio = int16_audio
         if features_on not in FEATURES_ON:
             raise ValueError(
                 f"data.features_on={features_on!r}: use 'workers' (log-mel and pitch computed by the "
@@ -140,6 +143,7 @@ class DuplexDataModule(lightning.LightningDataModule):
                     vocabularies=vocabularies,
                     channels=self.channels,
                     corpus_root=self.root,
+                    int16_audio=self.int16_audio,
                 )
                 if vocabularies is not None:
                     _check_manifests(self.datasets[split])

@@ -1,6 +1,7 @@
 """A folder of stereo dialogues (one channel the user, the other the system), synthesized or recorded.
 
-Each item is a crop of one dialogue: both channels at the dataset's sample rate and, per 10 ms
+Each item is a crop of one dialogue: both channels at the dataset's sample rate (float32, or a
+16-bit file's int16 samples with `int16_audio`) and, per 10 ms
 frame, whether the user and the system are speaking. Speaking flags come from the manifest beside
 the wav when there is one (exact), otherwise from the channel's energy (recordings without labels).
 Which channel is which comes from the data (corpus.json, s2s manifests) or the `channels` setting
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2s.data.audio import AudioError, audio_info, load_audio
+from s2s.data.audio import AudioError, audio_as_float, audio_info, load_audio
 from s2s.data.channels import S2S_LAYOUT, ChannelRoles, resolve_roles
 from s2s.data.corpus import RECORD_NAME, read_record
 from s2s.data.manifest import SYSTEM, USER, Manifest, ManifestError, load_manifest
@@ -81,8 +82,12 @@ class DialogueDataset(torch.utils.data.Dataset):
         vocabularies: TokenVocabularies | None = None,
         channels: ChannelRoles | Mapping | None = None,
         corpus_root: str | os.PathLike | None = None,
+        int16_audio: bool = False,
     ):
         self.folder = Path(folder)
+        # items carry 16-bit PCM files' samples as int16 (s2s.data.audio.audio_as_float turns them into
+        # the float32 they would otherwise be): half the bytes on the way to the training device
+        self.int16_audio = int16_audio
         self.vocabularies = vocabularies
         self.sample_rate = sample_rate
         self.hop = hop
@@ -151,7 +156,7 @@ class DialogueDataset(torch.utils.data.Dataset):
             user = self._flags_from_manifest(file, crop, USER, frames)
             system = self._flags_from_manifest(file, crop, SYSTEM, frames)
         else:
-            user, system = (self._flags_from_energy(audio[channel], frames) for channel in (0, 1))
+            user, system = (self._flags_from_energy(audio_as_float(audio[c]), frames) for c in (0, 1))
         item = {
             "name": file.name,
             "user": audio[0],
@@ -175,7 +180,9 @@ class DialogueDataset(torch.utils.data.Dataset):
 
     def _read(self, file: DialogueFile, crop: Crop) -> torch.Tensor:
         if file.file_rate == self.sample_rate:
-            audio, _ = load_audio(file.audio_path, start=crop.start, frames=crop.length)
+            audio, _ = load_audio(
+                file.audio_path, start=crop.start, frames=crop.length, keep_pcm16=self.int16_audio
+            )
         else:
             # Read a margin around the span for the resampling filter, starting on a sample where
             # the two rates' grids coincide so that the crop lands on the whole file's output grid.

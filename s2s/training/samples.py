@@ -16,7 +16,7 @@ import lightning
 import numpy as np
 import torch
 
-from s2s.data.audio import save_audio
+from s2s.data.audio import audio_as_float, save_audio
 from s2s.data.tokens import BOS, EOS
 from s2s.models.token_duplex import TokenDuplexOutput
 from s2s.models.vocoder import GriffinLimVocoder
@@ -59,8 +59,8 @@ class ValidationSamples(lightning.Callback):
             model_mel = out.mel[row : row + 1, :frames].float().cpu()
             model_audio = self.vocoder(model_mel)[0]
             tracks = {
-                "user": batch.user_audio[row, :samples].cpu(),
-                "reference": batch.system_audio[row, :samples].cpu(),
+                "user": audio_as_float(batch.user_audio[row, :samples]).cpu(),
+                "reference": audio_as_float(batch.system_audio[row, :samples]).cpu(),
                 "model": model_audio,
             }
             name = batch.names[row]
