@@ -13,8 +13,9 @@ required for stereo input), stereo_out=true|false, device=cpu, threads=N (CPU in
 default 1, as a chunk's tensors are too small to share; two threads on a busy 2-core machine made a
 10 s recording take 21.7 s instead of 1.1 s), seed=N, temperature=T, top_k=K, bos_bias=B,
 eos_bias=B, pad_bias=B, state_gain=G (default: the gain the run chose on validation, else 4),
-greedy_words=true|false, onset_temperature=T (model v2's sampling),
-timeline=PATH (default out.json).
+greedy_words=true|false, onset_temperature=T (model v2's sampling), history_seconds=S (how far back
+attention reaches, inf: unlimited; default: the history the run's checkpoint was chosen with, else
+the model's), timeline=PATH (default out.json).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from s2s.data.audio import AudioError, load_audio, resample, save_audio
 from s2s.data.tokens import BOS, EOS, SPECIALS, TokenVocabulary
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
-from s2s.pretrained import PretrainedError, chosen_state_gain, load_artifact
+from s2s.pretrained import PretrainedError, chosen_state_gain, load_artifact, validated_history
 from s2s.streaming.cpu_threads import cpu_threads
+from s2s.streaming.history import left_chunks_for_history
 from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
 from s2s.training.checkpoints import CheckpointError
@@ -55,6 +57,9 @@ class InferOptions:
     threads: int = 1  # torch's CPU threads while streaming (small per-chunk tensors: 1 is fastest)
     seed: int = 0  # model v2: the sampling seed of the stream
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # seconds of history attention reaches back (inf: unlimited); None: the model's left_chunks (main()
+    # gives the history the run's checkpoint was chosen with, s2s/streaming/history.py)
+    history_seconds: float | None = None
 
     def __post_init__(self):
         if (
@@ -69,6 +74,8 @@ class InferOptions:
             raise OptionError(f"device={self.device} but no CUDA GPU is visible here; use device=cpu")
         if self.threads < 1:
             raise OptionError(f"threads must be >= 1 (CPU threads while streaming), got {self.threads}")
+        if self.history_seconds is not None and not self.history_seconds > 0:
+            raise OptionError(f"history_seconds must be > 0 (inf: unlimited), got {self.history_seconds}")
 
 
 @dataclass(frozen=True)
@@ -171,12 +178,19 @@ def infer_file(
 
 def _session(model, options: InferOptions) -> StreamingSession:
     device = next(model.parameters()).device
+    config = model.config
+    left_chunks = config.left_chunks
+    if options.history_seconds is not None:
+        chunk = config.chunk if options.chunk is None else options.chunk
+        left_chunks = left_chunks_for_history(
+            options.history_seconds, chunk * config.frame_samples / config.sample_rate
+        )
     if isinstance(model, TokenDuplexModel):
         return TokenStreamingSession(
-            model, chunk=options.chunk, device=device, sampling=options.sampling,
+            model, chunk=options.chunk, left_chunks=left_chunks, device=device, sampling=options.sampling,
             seeds=torch.tensor([options.seed]),
         )  # fmt: skip
-    return StreamingSession(model, chunk=options.chunk, device=device)
+    return StreamingSession(model, chunk=options.chunk, left_chunks=left_chunks, device=device)
 
 
 def timeline(
@@ -223,7 +237,8 @@ def _replies(tokens: list[int], names: list[str] | None, frame_seconds: float) -
 USAGE = (
     "usage: python -m s2s.infer IN.wav OUT.wav [model=DIR_or_CKPT] [chunk=FRAMES] [channel=0|1|mix] "
     "[stereo_out=true] [device=cpu] [threads=1] [seed=0] [temperature=0.7] [top_k=0] [bos_bias=0] "
-    "[eos_bias=0] [pad_bias=0] [state_gain=4] [greedy_words=false] [onset_temperature=T] [timeline=OUT.json]"
+    "[eos_bias=0] [pad_bias=0] [state_gain=4] [greedy_words=false] [onset_temperature=T] "
+    "[history_seconds=S] [timeline=OUT.json]"
 )
 SAMPLING_KEYS = {
     "temperature": float, "top_k": int, "pad_bias": float, "bos_bias": float, "eos_bias": float,
@@ -239,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parsers = {
         "model": str, "chunk": optional(int), "channel": optional(_channel), "stereo_out": boolean,
-        "device": str, "threads": int, "seed": int, "timeline": optional(str), **SAMPLING_KEYS,
+        "device": str, "threads": int, "seed": int, "timeline": optional(str), "history_seconds": float,
+        **SAMPLING_KEYS,
     }  # fmt: skip
     try:
         positional, values = parse_options(argv, parsers, USAGE)
@@ -262,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = chosen_state_gain(pretrained.provenance)
         if "state_gain" not in given and chosen is not None:  # the gain the run chose on validation
             options = dataclasses.replace(options, sampling=dataclasses.replace(sampling, state_gain=chosen))
+        validated = validated_history(pretrained.provenance)
+        if options.history_seconds is None and validated is not None:  # as the run's checkpoint was chosen
+            options = dataclasses.replace(options, history_seconds=validated)
         vocabularies = pretrained.provenance.vocabularies
         result = infer_file(
             pretrained.model, in_path, positional[1], options, timeline_path,

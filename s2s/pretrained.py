@@ -444,6 +444,7 @@ def _read_checkpoint(path: Path, corpus: Path | None = None) -> tuple[Model, Pro
         "epoch": state.get("epoch"),
         "commit": state.get(TRAINING_COMMIT_KEY),  # the code of the launch that wrote the checkpoint
         "state_gain": _chosen_state_gain(state),  # sampling's gain chosen on validation, or None
+        "history_seconds": _validated_history(state),  # the history it was chosen streaming with
     }
     return model, Provenance(task=task, vocabularies=vocabularies, recipe=recipe, training=training)
 
@@ -454,6 +455,26 @@ def _chosen_state_gain(state: Mapping) -> float | None:
     callbacks = state.get("callbacks")
     record = callbacks.get("FreeRunningValidation") if isinstance(callbacks, Mapping) else None
     return _gain_or_none(record.get("state_gain") if isinstance(record, Mapping) else None)
+
+
+def _validated_history(state: Mapping) -> float | None:
+    """The streaming history (seconds) the free-running validation attended to, as its callback
+    state keeps it; None if unbounded by it (the model's left_chunks applied)."""
+    callbacks = state.get("callbacks")
+    record = callbacks.get("FreeRunningValidation") if isinstance(callbacks, Mapping) else None
+    return _history_or_none(record.get("history_seconds") if isinstance(record, Mapping) else None)
+
+
+def validated_history(provenance: Provenance) -> float | None:
+    """The streaming history in seconds a model's checkpoint was chosen with (free-running
+    validation's `history_seconds`), or None: then the model's own left_chunks apply."""
+    return _history_or_none((provenance.training or {}).get("history_seconds"))
+
+
+def _history_or_none(seconds) -> float | None:
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 < seconds < math.inf:
+        return float(seconds)
+    return None
 
 
 def chosen_state_gain(provenance: Provenance) -> float | None:

@@ -25,8 +25,9 @@ from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
 from s2s.plots import Curve, Marks, save_dialogue_figure
-from s2s.pretrained import chosen_state_gain, load_artifact, run_checkpoint
+from s2s.pretrained import chosen_state_gain, load_artifact, run_checkpoint, validated_history
 from s2s.streaming import metrics, report
+from s2s.streaming.history import history_of, left_chunks_for_history
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
 
@@ -54,6 +55,9 @@ class EvalOptions:
     # model v2's user-state gain; None: the gain the run chose on validation (free-running
     # validation with state_gains), else sampling.state_gain
     state_gain: float | None = None
+    # how far back the streams attend, in seconds (inf: unlimited); None: the history the run's
+    # free-running validation streamed with, else the model's left_chunks (s2s/streaming/history.py)
+    history_seconds: float | None = None
 
     def __post_init__(self):
         if self.streams < 1:
@@ -66,6 +70,13 @@ class EvalOptions:
             raise ValueError(f"chunk must be >= 1 model frame, or null for the model's, got {self.chunk}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, or null for torch's default, got {self.threads}")
+        if self.history_seconds is not None and not self.history_seconds > 0:
+            raise ValueError(
+                "history_seconds must be > 0 (inf: unlimited), or null for the run's own, got "
+                f"{self.history_seconds}"
+            )
+        if self.history_seconds is not None and self.left_chunks is not ...:
+            raise ValueError("give history_seconds or left_chunks, not both: they set the same limit")
         if self.state_gain is not None and not self.state_gain >= 0:
             raise ValueError(f"state_gain must be >= 0, or null for the run's own, got {self.state_gain}")
         if self.window <= 0 or self.mcd_seconds <= 0 or self.examples < 0:
@@ -89,6 +100,20 @@ def resolved_sampling(options: EvalOptions, chosen: float | None) -> tuple[Sampl
     if chosen is not None:
         return dataclasses.replace(options.sampling, state_gain=chosen), "chosen on validation by the run"
     return options.sampling, "default"
+
+
+def resolved_history(
+    options: EvalOptions, model_left_chunks: int | None, chunk_seconds: float, validated: float | None
+) -> tuple[int | None, str]:
+    """The left_chunks to stream with and where it came from: the options' (left_chunks or
+    history_seconds), else the history the run's checkpoint was chosen with, else the model's."""
+    if options.left_chunks is not ...:
+        return options.left_chunks, "given as left_chunks"
+    if options.history_seconds is not None:
+        return left_chunks_for_history(options.history_seconds, chunk_seconds), "given"
+    if validated is not None:
+        return left_chunks_for_history(validated, chunk_seconds), "the run's free-running validation"
+    return model_left_chunks, "the model's"
 
 
 def recorded_task(data_dir: Path) -> dict | None:
@@ -207,6 +232,7 @@ def markdown_table(result: dict) -> str:
         f"| step latency p50 / p95 / p99 | {c['step_ms_p50']:.1f} / {c['step_ms_p95']:.1f} / "
         f"{c['step_ms_p99']:.1f} ms |",
         f"| real-time factor | {c['real_time_factor']:.3f} |",
+        f"| attention history | {_history_text(c)} |",
         f"| mel L1 vs reference | {num(q['mel_l1'])} nats |",
         f"| MCD (mel cepstra 1-24, 5 ms frames, DTW) | {num(q['mcd_db'], 2)} dB |",
         f"| streaming vs offline max deviation | {result['streaming_vs_offline_max_abs']:.2e} |",
@@ -286,7 +312,10 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     model = model.to(streaming_dtype(options.precision, options.device))
     config = model.config
     chunk = config.chunk if options.chunk is None else int(options.chunk)
-    left_chunks = config.left_chunks if options.left_chunks is ... else options.left_chunks
+    chunk_seconds = chunk * config.frame_samples / config.sample_rate
+    left_chunks, history_source = resolved_history(
+        options, config.left_chunks, chunk_seconds, validated_history(pretrained.provenance)
+    )
     dataset = DialogueDataset(data_dir, sample_rate=config.sample_rate, hop=config.hop)
     recognizer = None
     if options.recognizer is not None:
@@ -307,7 +336,6 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         sampling=sampling,
     )  # fmt: skip
     dialogues = run.dialogues
-    chunk_seconds = chunk * config.frame_samples / config.sample_rate
     steps = np.asarray(run.step_seconds)
     device = torch.device(options.device)
     result = {
@@ -331,6 +359,9 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
             "step_ms_p95": float(np.percentile(steps, 95) * 1000),
             "step_ms_p99": float(np.percentile(steps, 99) * 1000),
             "real_time_factor": float(steps.mean() / chunk_seconds),
+            "left_chunks": left_chunks,  # None: unlimited
+            "history_seconds": None if left_chunks is None else history_of(left_chunks, chunk_seconds),
+            "history_source": history_source,
         },
     }
     if recognizer is not None:
@@ -353,3 +384,12 @@ def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
+
+
+def _history_text(compute: dict) -> str:
+    """'40.0 s (249 chunks before the current one; the run's ...)', or 'unlimited (...)'."""
+    left = compute.get("left_chunks")
+    source = compute.get("history_source", "the model's")
+    if left is None:
+        return f"unlimited ({source})"
+    return f"{compute['history_seconds']:.1f} s ({left} chunks before the current one; {source})"

@@ -14,6 +14,10 @@ batched session, and the gain whose arm scores best is the operating point of th
 The gain is kept in the callback's state, so the checkpoint of that validation carries it
 (s2s.pretrained reads it back; `stream_eval` uses it unless told a gain). The gain is thus chosen
 on the validation split, per run: a model whose head is surer or less sure gets its own.
+
+`history_seconds` bounds how far back the streams attend (s2s/streaming/history.py: a recipe sets
+its training window), kept in the state the same way, so the checkpoint is chosen and later judged
+streaming with the same history.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.cpu_threads import cpu_threads
+from s2s.streaming.history import left_chunks_for_history
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.report import free_running_summary
 from s2s.streaming.runner import StreamRun, stream_dialogues
@@ -56,6 +61,7 @@ class FreeRunningValidation(lightning.Callback):
         cpu_threads: int | None = 1,
         sampling: SamplingConfig | dict | None = None,
         state_gains: list[float] | None = None,
+        history_seconds: float | None = None,
     ):
         if every_n_validations < 1 or dialogues < 1 or streams < 1:
             raise ValueError(
@@ -84,12 +90,24 @@ class FreeRunningValidation(lightning.Callback):
                     f"{state_gains}"
                 )
         self.state_gains = state_gains
+        if history_seconds is not None and not 0 < float(history_seconds) < math.inf:
+            raise ValueError(
+                f"history_seconds must be a finite number of seconds > 0 (null: the model's left_chunks), "
+                f"got {history_seconds}"
+            )
+        # the most history the streams attend to (None: the model's left_chunks); kept with the run so
+        # that stream_eval streams its checkpoints as they were chosen (s2s/streaming/history.py)
+        self.history_seconds = None if history_seconds is None else float(history_seconds)
         self.state_gain: float | None = None  # the gain the latest validation chose
         self.validations = 0
         self._recognizer = None
 
     def state_dict(self) -> dict:
-        return {"validations": self.validations, "state_gain": self.state_gain}
+        return {
+            "validations": self.validations,
+            "state_gain": self.state_gain,
+            "history_seconds": self.history_seconds,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.validations = int(state_dict.get("validations", 0))
@@ -121,10 +139,19 @@ class FreeRunningValidation(lightning.Callback):
         dataset = trainer.datamodule.datasets["val"]
         model = self._streaming_model(module.model)
         arms = 1 if self.state_gains is None else len(self.state_gains)
+        config = model.config
+        left_chunks = (
+            config.left_chunks
+            if self.history_seconds is None
+            else left_chunks_for_history(
+                self.history_seconds, config.chunk * config.frame_samples / config.sample_rate
+            )
+        )
         run = stream_dialogues(
             model,
             dataset,
             indices=range(min(self.dialogues, len(dataset))),
+            left_chunks=left_chunks,
             streams=self.streams * arms,
             max_seconds=self.seconds,
             vocoder=self.recognizer_path is not None,

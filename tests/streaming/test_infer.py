@@ -217,3 +217,28 @@ def test_infer_streams_with_the_gain_the_run_chose_unless_given_one(tmp_path):
     assert json.loads((tmp_path / "a.json").read_text())["sampling"]["state_gain"] == 1.5
     assert main([str(user), str(tmp_path / "b.wav"), f"model={chosen}", "threads=1", "state_gain=0"]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["sampling"]["state_gain"] == 0.0
+
+
+def test_history_seconds_bounds_the_sessions_caches():
+    """history_seconds=S streams with the left_chunks that spans S at the streaming chunk, for both
+    models; the model's own left_chunks otherwise; a history <= 0 is refused before anything loads."""
+    from s2s.infer import InferOptions, OptionError, _session
+
+    token_model = TokenDuplexModel(
+        TokenDuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1)
+    )
+    v1_model = DuplexModel(
+        DuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, left_chunks=7)
+    )
+    for model in (token_model, v1_model):
+        chunk_seconds = model.config.chunk * model.config.frame_samples / model.config.sample_rate
+        assert _session(model, InferOptions()).left_chunks == model.config.left_chunks
+        bounded = _session(model, InferOptions(history_seconds=40 * chunk_seconds))
+        assert bounded.left_chunks == 39
+        halved = _session(
+            model, InferOptions(history_seconds=40 * chunk_seconds, chunk=model.config.chunk * 2)
+        )
+        assert halved.left_chunks == 19  # the same seconds in chunks twice as long
+        assert _session(model, InferOptions(history_seconds=math.inf)).left_chunks is None
+    with pytest.raises(OptionError, match="history_seconds must be > 0"):
+        InferOptions(history_seconds=0.0)

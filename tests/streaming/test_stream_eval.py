@@ -89,6 +89,8 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     assert (out / "stream_eval.log").stat().st_size > 0, "the evaluation logs through logging, not print"
     assert "| response latency mean |" in (out / "metrics.md").read_text()
     assert "| missed, turns ending 40+ s into the dialogue |" in (out / "metrics.md").read_text()
+    assert "| attention history | unlimited (the model's) |" in (out / "metrics.md").read_text()
+    assert report["compute"]["left_chunks"] is None and report["compute"]["history_source"] == "the model's"
     assert (
         "| take-overs in pauses of 0.55+ s (onset into the pause p50) |" in (out / "metrics.md").read_text()
     )
@@ -134,3 +136,21 @@ def test_the_state_gain_is_the_given_one_else_the_runs_choice_else_the_default()
     assert (default.state_gain, source) == (SamplingConfig().state_gain, "default")
     with pytest.raises(ValueError, match="state_gain"):
         EvalOptions(state_gain=-1.0)
+
+
+def test_the_history_is_the_given_one_else_the_runs_else_the_models():
+    import math
+
+    from s2s.streaming.evaluate import EvalOptions, resolved_history
+
+    at_160ms = 0.16
+    assert resolved_history(EvalOptions(history_seconds=8.0), 3, at_160ms, 40.0) == (49, "given")
+    assert resolved_history(EvalOptions(history_seconds=math.inf), 3, at_160ms, 40.0) == (None, "given")
+    assert resolved_history(EvalOptions(left_chunks=5), 3, at_160ms, 40.0) == (5, "given as left_chunks")
+    assert resolved_history(EvalOptions(), 3, at_160ms, 40.0) == (249, "the run's free-running validation")
+    assert resolved_history(EvalOptions(), 3, at_160ms, None) == (3, "the model's")
+    assert resolved_history(EvalOptions(), None, at_160ms, None) == (None, "the model's")
+    with pytest.raises(ValueError, match="not both"):
+        EvalOptions(history_seconds=8.0, left_chunks=5)
+    with pytest.raises(ValueError, match="history_seconds must be > 0"):
+        EvalOptions(history_seconds=0.0)

@@ -105,16 +105,31 @@ def test_bad_settings_are_named():
         FreeRunningValidation(every_n_validations=0)
     with pytest.raises(ValueError, match="seconds"):
         FreeRunningValidation(seconds=-1.0)
+    for bad in (0.0, -2.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="history_seconds must be a finite number"):
+            FreeRunningValidation(history_seconds=bad)
 
 
-def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(tiny_corpus, tmp_path):
+def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
+    tiny_corpus, tmp_path, monkeypatch
+):
     """Model v2 with state_gains: each validation streams every dialogue once per gain in one batch,
     logs every arm's score (equal to streaming that gain alone), takes the best arm's figures and
-    gain, and the checkpoint of the best validation carries that gain to s2s.pretrained."""
+    gain, and the checkpoint of the best validation carries that gain to s2s.pretrained; the same for
+    the streaming history (2 s at chunk 4 = 160 ms: 11 chunks before the current one)."""
+    import s2s.training.free_running as free_running_module
     from s2s.data.tokens import BOS, EOS
     from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
     from s2s.models.token_sampling import SamplingConfig
-    from s2s.pretrained import chosen_state_gain, load_artifact
+    from s2s.pretrained import chosen_state_gain, load_artifact, validated_history
+
+    streamed_with = []
+
+    def recording_stream(*args, **kwargs):
+        streamed_with.append(kwargs.get("left_chunks", ...))
+        return stream_dialogues(*args, **kwargs)
+
+    monkeypatch.setattr(free_running_module, "stream_dialogues", recording_stream)
     from s2s.training.checkpoint_callback import RunCheckpoint
     from s2s.training.token_module import TokenDuplexLightningModule
 
@@ -129,7 +144,9 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(tiny_
         module.model.token_head.bias[BOS] += 2.0
         module.model.token_head.bias[EOS] += 1.0
     gains = [0.0, 3.0]
-    callback = FreeRunningValidation(dialogues=2, streams=1, seconds=8.0, state_gains=gains)
+    callback = FreeRunningValidation(
+        dialogues=2, streams=1, seconds=8.0, state_gains=gains, history_seconds=2.0
+    )
     checkpoint = RunCheckpoint(
         dirpath=tmp_path / "checkpoints", monitor="free/score", mode="max", save_top_k=1, save_last=True,
         filename="best-step{step}-score{free/score:.3f}", auto_insert_metric_name=False,
@@ -151,7 +168,7 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(tiny_
     for gain in gains:  # each arm as a run of that gain alone
         run = stream_dialogues(
             model, data.datasets["val"], indices=[0, 1], streams=2, max_seconds=8.0, vocoder=False,
-            sampling=SamplingConfig(state_gain=gain),
+            sampling=SamplingConfig(state_gain=gain), left_chunks=11,
         )  # fmt: skip
         alone[gain] = free_running_summary(run, model.config, window=3.0)
         assert scores[gain] == pytest.approx(alone[gain]["score"], abs=1e-6), (gain, scores, alone[gain])
@@ -162,6 +179,9 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(tiny_
     best = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert chosen_state_gain(load_artifact(best).provenance) == chosen
     assert callback.state_dict()["state_gain"] == chosen
+    assert streamed_with == [11], streamed_with  # one validation, streamed with 2 s of history
+    assert validated_history(load_artifact(best).provenance) == 2.0
+    assert callback.state_dict()["history_seconds"] == 2.0
 
 
 def test_state_gains_are_checked():

@@ -1,0 +1,38 @@
+"""How far back a stream's attention reaches, in seconds, and the `left_chunks` that gives it.
+
+A model trained on windows of W seconds has never attended to more than W seconds of history; a
+dialogue streamed for longer hands every layer keys further back than any it learned from (the
+base model missed 12-16% of the turns ending past 40 s against 5-11% before, docs/results.md).
+Streaming with at most W seconds of history keeps every query inside what training showed it, the
+way a sliding window does (WeNet's `num_decoding_left_chunks`).
+
+The limit is in seconds because `left_chunks` counts chunks of the streaming chunk size: 249 chunks
+are 40 s at 160 ms and 10 s at 40 ms.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def left_chunks_for_history(history_seconds: float, chunk_seconds: float) -> int | None:
+    """The `left_chunks` whose window (the current chunk and the ones before it) spans at most
+    `history_seconds`; None (unlimited) for an infinite history."""
+    if not chunk_seconds > 0:
+        raise ValueError(f"chunk_seconds must be > 0, got {chunk_seconds}")
+    if math.isinf(history_seconds) and history_seconds > 0:
+        return None
+    if not history_seconds > 0:
+        raise ValueError(f"history_seconds must be > 0 (or inf for unlimited history), got {history_seconds}")
+    chunks = math.floor(history_seconds / chunk_seconds + 1e-9)  # 40 / 0.16 is 249.99999...
+    if chunks < 1:
+        raise ValueError(
+            f"history_seconds={history_seconds} is shorter than one chunk ({chunk_seconds * 1000:.0f} ms): "
+            "a query always sees its own chunk; give at least the chunk's length"
+        )
+    return chunks - 1
+
+
+def history_of(left_chunks: int | None, chunk_seconds: float) -> float:
+    """The seconds of history `left_chunks` leaves at this chunk size (inf when unlimited)."""
+    return math.inf if left_chunks is None else (left_chunks + 1) * chunk_seconds
