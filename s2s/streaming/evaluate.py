@@ -27,6 +27,7 @@ from s2s.models.token_sampling import SamplingConfig
 from s2s.plots import Curve, Marks, save_dialogue_figure
 from s2s.pretrained import chosen_state_gain, load_artifact, run_checkpoint, validated_history
 from s2s.streaming import metrics, report
+from s2s.streaming.by_voice import by_user_voice, by_voice_rows
 from s2s.streaming.history import history_of, left_chunks_for_history
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
@@ -193,6 +194,7 @@ def markdown_table(result: dict) -> str:
         for bucket_p, bucket_e in zip(p.get(key, []), e.get(key, []), strict=True):
             rows.append(f"| {label.format(span(bucket_p, digits))} | {cell(bucket_p)} | {cell(bucket_e)} |")
     rows.append(f"| turns / barge-ins / pauses | {p['turns']} / {p['barge_ins']} / {p['pauses']} | |")
+    rows += by_voice_rows(result.get("by_user_voice") or {})
     words = result.get("content")
     if words and words.get("model"):
         m, r = words["model"], words["reference"]
@@ -369,6 +371,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         vocabularies = pretrained.provenance.vocabularies  # model v2's own, from its task record
         words = None if vocabularies is None else vocabularies["system"].words
         result["content"] = report.reply_content(dialogues, config, recognizer, words)
+    result["by_user_voice"] = by_user_voice(dialogues, config, options.window, result.get("content"))
     log.info("scoring audio quality (mel L1, MCD)")
     result["quality"] = report.quality(dialogues, options.mcd_seconds)
     result["streaming_vs_offline_max_abs"] = offline_deviation(model, dialogues[0], chunk, left_chunks)

@@ -90,6 +90,15 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     assert "| response latency mean |" in (out / "metrics.md").read_text()
     assert "| missed, turns ending 40+ s into the dialogue |" in (out / "metrics.md").read_text()
     assert "| attention history | unlimited (the model's) |" in (out / "metrics.md").read_text()
+    # the tiny corpus gives every test dialogue a held-out voice: one group, the whole split's figures
+    split = report["by_user_voice"]
+    assert list(split) == ["held_out"] and split["held_out"]["dialogues"] == report["dialogues"]
+    overall = report["duplex"]["probability"]
+    assert split["held_out"]["turns"] == overall["turns"] and split["held_out"]["pauses"] == overall["pauses"]
+    assert split["held_out"]["missed_response_rate"] == overall["missed_response_rate"]
+    assert split["held_out"]["complete_replies"] == content["model"]["complete"]
+    assert split["held_out"]["exact_replies"] == content["model"]["exact"]
+    assert "| held-out | " in (out / "metrics.md").read_text()
     assert report["compute"]["left_chunks"] is None and report["compute"]["history_source"] == "the model's"
     assert (
         "| take-overs in pauses of 0.55+ s (onset into the pause p50) |" in (out / "metrics.md").read_text()
