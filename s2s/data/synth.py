@@ -67,7 +67,10 @@ class UserVoices:
 
     `held_out_variants` never speak in train or val; a `test_held_out_fraction` of the test
     dialogues (every other one by default) take their user voice from them, so test measures
-    generalization to unseen speakers next to seen ones.
+    generalization to unseen speakers next to seen ones. `val_held_out_variants` (none by default)
+    never speak in train or test; a `val_held_out_fraction` of the val dialogues take theirs from
+    them, so what is chosen on val (the checkpoint, the state gain) meets unseen speakers as test
+    does, without meeting test's.
     """
 
     languages: tuple[str, ...] = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
@@ -82,16 +85,32 @@ class UserVoices:
         "m7", "f5", "klatt4", "Andrea", "aunty", "boris", "gustave", "iven2", "steph2", "michel",
     )  # fmt: skip
     test_held_out_fraction: float = 0.5
+    val_held_out_variants: tuple[str, ...] = ()
+    val_held_out_fraction: float = 0.0
     rate: tuple[int, int] = (140, 210)
     pitch: tuple[int, int] = (25, 75)
     pitch_range: tuple[int, int] = (30, 80)
     level_db: tuple[float, float] = (-12.0, -2.0)  # peak level of each user phrase, dBFS
 
     def __post_init__(self):
-        overlap = set(self.variants) & set(self.held_out_variants)
+        overlap = set(self.variants) & (set(self.held_out_variants) | set(self.val_held_out_variants))
         if overlap:
             raise ValueError(
                 f"voices held out of training may not also be training voices: {sorted(overlap)}"
+            )
+        shared = set(self.held_out_variants) & set(self.val_held_out_variants)
+        if shared:
+            raise ValueError(
+                f"val's held-out voices may not also be test's: {sorted(shared)} (test would no longer be "
+                "unseen by the choices made on val)"
+            )
+        for split in ("test", "val"):
+            fraction = getattr(self, f"{split}_held_out_fraction")
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"{split}_held_out_fraction must be in [0, 1], got {fraction}")
+        if self.val_held_out_fraction > 0 and not self.val_held_out_variants:
+            raise ValueError(
+                "val_held_out_fraction > 0 needs val_held_out_variants (voices in neither train nor test)"
             )
         if not self.languages or not self.variants:
             raise ValueError("the user voice pool needs at least one language and one variant")
@@ -163,6 +182,9 @@ class CorpusConfig:
         del record["out_dir"]
         if not record["split_timing"]:
             del record["split_timing"]  # corpora made before per-split timing keep their recipe
+        if not record["voices"]["val_held_out_fraction"] and not record["voices"]["val_held_out_variants"]:
+            del record["voices"]["val_held_out_fraction"]  # nor do those made before val's held-out voices
+            del record["voices"]["val_held_out_variants"]
         return _jsonable(record)
 
 
@@ -253,14 +275,14 @@ class DialogueSynthesizer:
 
     def _user_voice(self, rng: np.random.Generator, job: DialogueJob) -> tuple[Voice, bool]:
         voices = self.config.voices
-        # Exactly `test_held_out_fraction` of test dialogues (spread evenly by index) get an unseen voice.
-        fraction = voices.test_held_out_fraction
-        held_out = (
-            job.split == "test"
-            and bool(voices.held_out_variants)
-            and int((job.index + 1) * fraction) > int(job.index * fraction)
+        # Exactly `<split>_held_out_fraction` of test (val) dialogues, spread evenly by index, get a
+        # voice unseen in training, from the split's own held-out variants.
+        unseen = {"test": voices.held_out_variants, "val": voices.val_held_out_variants}.get(job.split, ())
+        fraction = {"test": voices.test_held_out_fraction, "val": voices.val_held_out_fraction}.get(
+            job.split, 0.0
         )
-        variants = voices.held_out_variants if held_out else voices.variants
+        held_out = bool(unseen) and int((job.index + 1) * fraction) > int(job.index * fraction)
+        variants = unseen if held_out else voices.variants
         name = (
             f"{voices.languages[rng.integers(len(voices.languages))]}+{variants[rng.integers(len(variants))]}"
         )

@@ -1,5 +1,6 @@
 """The synthetic corpus: byte determinism, manifests that agree with the audio, turn-taking timing."""
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -7,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from tiny_corpus import TINY_TIMING, tiny_config
+from tiny_corpus import TINY_TIMING, TINY_VOICES, tiny_config
 
 from s2s.data.corpus import CorpusError, generate_corpus, read_record
 from s2s.data.espeak import Espeak, EspeakError, Voice
@@ -244,3 +245,46 @@ def test_default_test_split_alternates_seen_and_held_out_voices():
     held_out = set(UserVoices().held_out_variants)
     assert all((voice.name.split("+")[1] in held_out) == flag for voice, flag in flags)
     assert not any(synthesizer._user_voice(rng, DialogueJob("val", i, 30.0))[1] for i in range(10))
+
+
+VAL_UNSEEN = ("m8", "klatt5", "Gene2")
+
+
+def test_val_held_out_voices_come_from_their_own_pool_and_leave_test_and_train_alone(tmp_path):
+    """Val's held-out voices: the given fraction of val dialogues, from val's pool only; the train
+    and test splits are byte-identical to a corpus without them; the recipe records them, and a
+    recipe without them is unchanged."""
+    voices = UserVoices(val_held_out_variants=VAL_UNSEEN, val_held_out_fraction=0.5)
+    synthesizer = DialogueSynthesizer(CorpusConfig(voices=voices), say_in_german())
+    rng = np.random.default_rng()
+    flags = [synthesizer._user_voice(rng, DialogueJob("val", i, 30.0)) for i in range(10)]
+    assert [held_out for _, held_out in flags] == [False, True] * 5
+    assert all((voice.name.split("+")[1] in VAL_UNSEEN) == flag for voice, flag in flags)
+    test_voices = [synthesizer._user_voice(rng, DialogueJob("test", i, 30.0))[0] for i in range(10)]
+    assert not any(v.name.split("+")[1] in VAL_UNSEEN for v in test_voices)
+    assert not any(synthesizer._user_voice(rng, DialogueJob("train", i, 30.0))[1] for i in range(10))
+
+    hours = {"train": 0.012, "val": 0.012, "test": 0.012}
+    plain = generate_corpus(tiny_config(tmp_path / "plain", hours=hours), say_in_german(), progress=False)
+    unseen_val = tiny_config(tmp_path / "unseen", hours=hours, voices=dataclasses.replace(TINY_VOICES, **{
+        "val_held_out_variants": VAL_UNSEEN, "val_held_out_fraction": 1.0}))  # fmt: skip
+    changed = generate_corpus(unseen_val, say_in_german(), progress=False)
+    for split in ("train", "test"):
+        assert _digests(plain.out_dir / split) == _digests(changed.out_dir / split) != {}, split
+    for path in (changed.out_dir / "val").glob("*.json"):
+        voice = load_manifest(path).info["user_voice"]
+        assert voice["held_out"] and voice["name"].split("+")[1] in VAL_UNSEEN, path
+    recorded = read_record(changed.out_dir)["recipe"]["config"]["voices"]
+    assert recorded["val_held_out_variants"] == list(VAL_UNSEEN) and recorded["val_held_out_fraction"] == 1.0
+    assert "val_held_out_variants" not in read_record(plain.out_dir)["recipe"]["config"]["voices"]
+
+
+def test_val_held_out_voices_are_checked():
+    with pytest.raises(ValueError, match="may not also be test's"):
+        UserVoices(val_held_out_variants=("m7",))
+    with pytest.raises(ValueError, match="held out of training"):
+        UserVoices(val_held_out_variants=("m1",))
+    with pytest.raises(ValueError, match="needs val_held_out_variants"):
+        UserVoices(val_held_out_fraction=0.5)
+    with pytest.raises(ValueError, match=r"val_held_out_fraction must be in \[0, 1\]"):
+        UserVoices(val_held_out_variants=VAL_UNSEEN, val_held_out_fraction=1.5)
