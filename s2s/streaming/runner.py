@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s2s.data.audio import audio_as_float
 from s2s.data.dataset import Crop, DialogueDataset
 from s2s.data.manifest import Manifest
 from s2s.models.duplex import DuplexModel
@@ -138,11 +139,17 @@ def _item(dataset: DialogueDataset, index: int, max_seconds: float | None) -> di
     length = dataset.files[index].num_samples
     if max_seconds is not None:
         length = min(length, int(max_seconds * dataset.sample_rate))
-    return dataset[Crop(index, 0, length)]
+    item = dataset[Crop(index, 0, length)]
+    # a training data module's dataset may carry int16 PCM (data.int16_audio); sessions take float
+    return {**item, "user": audio_as_float(item["user"]), "system": audio_as_float(item["system"])}
 
 
 def _stream_group(session: StreamingSession, users: list[torch.Tensor]) -> tuple[list[dict], list[float]]:
     """Step the session over every stream's audio (short streams go idle); per stream its outputs."""
+    if any(not user.is_floating_point() for user in users):  # int16 would be cast unscaled below
+        raise TypeError(
+            "streamed audio must be float samples in [-1, 1]; int16 PCM: s2s.data.audio.audio_as_float"
+        )
     config = session.model.config
     size, device = session.chunk_samples, session.device
     lengths = [user.shape[0] for user in users]

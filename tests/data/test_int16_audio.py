@@ -95,3 +95,37 @@ def test_stack_padded_writes_every_row_and_refuses_misfits(generator):
         stack_padded([torch.zeros(3), torch.zeros(9)], 8)
     with pytest.raises(ValueError, match="does not fit a batch row"):
         stack_padded([torch.zeros(3), torch.zeros(3, dtype=torch.int16)], 8)
+
+
+def test_streaming_an_int16_dataset_gives_the_float_datasets_run(tiny_corpus):
+    """The free-running validation streams the training data module's val split, which carries int16
+    PCM: the runner turns it into the float samples the session takes, so the run is the same bit for
+    bit (unscaled int16 would have streamed audio 32768 times too loud)."""
+    from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+    from s2s.streaming.runner import stream_dialogues
+
+    torch.manual_seed(0)
+    model = TokenDuplexModel(
+        TokenDuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1)
+    )
+    model.eval()
+    folder = tiny_corpus.out_dir / "val"
+    runs = [
+        stream_dialogues(
+            model, DialogueDataset(folder, int16_audio=flag), streams=2, max_seconds=4.0, vocoder=False
+        )
+        for flag in (False, True)
+    ]
+    assert len(runs[0].dialogues) == len(runs[1].dialogues) > 0
+    for plain, pcm in zip(runs[0].dialogues, runs[1].dialogues, strict=True):
+        assert pcm.user.dtype == np.float32 and np.array_equal(plain.user, pcm.user)
+        assert np.array_equal(plain.reference, pcm.reference)
+        assert np.array_equal(plain.mel, pcm.mel) and np.array_equal(plain.speaking, pcm.speaking), plain.name
+        assert torch.equal(plain.feedback, pcm.feedback), plain.name
+
+
+def test_the_runner_refuses_integer_audio():
+    from s2s.streaming.runner import _stream_group
+
+    with pytest.raises(TypeError, match="audio_as_float"):
+        _stream_group(None, [torch.zeros(640, dtype=torch.int16)])
