@@ -356,7 +356,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
             else f"CPU ({torch.get_num_threads()} threads)",
             "precision": options.precision,
             "chunk_ms": chunk_seconds * 1000,
-            "streams": options.streams,
+            "streams": min(options.streams, count),  # streamed at once (not more than there are dialogues)
             "step_ms_p50": float(np.percentile(steps, 50) * 1000),
             "step_ms_p95": float(np.percentile(steps, 95) * 1000),
             "step_ms_p99": float(np.percentile(steps, 99) * 1000),
