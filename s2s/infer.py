@@ -37,7 +37,7 @@ from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
 from s2s.pretrained import PretrainedError, chosen_state_gain, load_artifact, validated_history
 from s2s.streaming.cpu_threads import cpu_threads
-from s2s.streaming.history import left_chunks_for_history
+from s2s.streaming.history import resolve_left_chunks
 from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
 from s2s.training.checkpoints import CheckpointError
@@ -179,12 +179,10 @@ def infer_file(
 def _session(model, options: InferOptions) -> StreamingSession:
     device = next(model.parameters()).device
     config = model.config
-    left_chunks = config.left_chunks
-    if options.history_seconds is not None:
-        chunk = config.chunk if options.chunk is None else options.chunk
-        left_chunks = left_chunks_for_history(
-            options.history_seconds, chunk * config.frame_samples / config.sample_rate
-        )
+    chunk = config.chunk if options.chunk is None else options.chunk
+    left_chunks, _ = resolve_left_chunks(
+        config.left_chunks, chunk / config.frame_rate, options.history_seconds
+    )
     if isinstance(model, TokenDuplexModel):
         return TokenStreamingSession(
             model, chunk=options.chunk, left_chunks=left_chunks, device=device, sampling=options.sampling,

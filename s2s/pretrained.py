@@ -452,17 +452,20 @@ def _read_checkpoint(path: Path, corpus: Path | None = None) -> tuple[Model, Pro
 def _chosen_state_gain(state: Mapping) -> float | None:
     """The user-state gain the free-running validation chose at this checkpoint's validation
     (s2s.training.free_running, `state_gains`), kept in its callback state; None if it chose none."""
-    callbacks = state.get("callbacks")
-    record = callbacks.get("FreeRunningValidation") if isinstance(callbacks, Mapping) else None
-    return _gain_or_none(record.get("state_gain") if isinstance(record, Mapping) else None)
+    return _gain_or_none(_free_running_record(state).get("state_gain"))
 
 
 def _validated_history(state: Mapping) -> float | None:
     """The streaming history (seconds) the free-running validation attended to, as its callback
     state keeps it; None if unbounded by it (the model's left_chunks applied)."""
+    return _history_or_none(_free_running_record(state).get("history_seconds"))
+
+
+def _free_running_record(state: Mapping) -> Mapping:
+    """The free-running validation callback's state in a checkpoint ({} if it has none)."""
     callbacks = state.get("callbacks")
     record = callbacks.get("FreeRunningValidation") if isinstance(callbacks, Mapping) else None
-    return _history_or_none(record.get("history_seconds") if isinstance(record, Mapping) else None)
+    return record if isinstance(record, Mapping) else {}
 
 
 def validated_history(provenance: Provenance) -> float | None:

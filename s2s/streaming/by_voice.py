@@ -1,9 +1,10 @@
 """The judged figures split by the user's voice: voices seen in training against held-out ones.
 
-The synthetic test split gives half its dialogues a user voice that never speaks in train or val
-(s2s/data/synth.py, `UserVoices`); the validation split has seen voices only. So the operating point
-chosen on val can be right for seen voices and wrong for unseen ones (a take-over rate of 0.041 on
-val became 0.143 on test for one base model): this split says whether the gap is the voices.
+The synthetic test split gives half its dialogues a user voice that never speaks in training
+(s2s/data/synth.py, `UserVoices`); the validation split has seen voices only unless the recipe holds
+out val voices of its own. So the operating point chosen on val can be right for seen voices and
+wrong for unseen ones (a take-over rate of 0.041 on val became 0.143 on test for one base model):
+this split says whether the gap is the voices.
 Dialogues whose manifest does not say (recordings) are left out of both groups.
 """
 

@@ -28,7 +28,7 @@ from s2s.plots import Curve, Marks, save_dialogue_figure
 from s2s.pretrained import chosen_state_gain, load_artifact, run_checkpoint, validated_history
 from s2s.streaming import metrics, report
 from s2s.streaming.by_voice import by_user_voice, by_voice_rows
-from s2s.streaming.history import history_of, left_chunks_for_history
+from s2s.streaming.history import history_of, resolve_left_chunks
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
 
@@ -110,11 +110,7 @@ def resolved_history(
     history_seconds), else the history the run's checkpoint was chosen with, else the model's."""
     if options.left_chunks is not ...:
         return options.left_chunks, "given as left_chunks"
-    if options.history_seconds is not None:
-        return left_chunks_for_history(options.history_seconds, chunk_seconds), "given"
-    if validated is not None:
-        return left_chunks_for_history(validated, chunk_seconds), "the run's free-running validation"
-    return model_left_chunks, "the model's"
+    return resolve_left_chunks(model_left_chunks, chunk_seconds, options.history_seconds, validated)
 
 
 def recorded_task(data_dir: Path) -> dict | None:
@@ -314,7 +310,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     model = model.to(streaming_dtype(options.precision, options.device))
     config = model.config
     chunk = config.chunk if options.chunk is None else int(options.chunk)
-    chunk_seconds = chunk * config.frame_samples / config.sample_rate
+    chunk_seconds = chunk / config.frame_rate
     left_chunks, history_source = resolved_history(
         options, config.left_chunks, chunk_seconds, validated_history(pretrained.provenance)
     )

@@ -36,3 +36,18 @@ def left_chunks_for_history(history_seconds: float, chunk_seconds: float) -> int
 def history_of(left_chunks: int | None, chunk_seconds: float) -> float:
     """The seconds of history `left_chunks` leaves at this chunk size (inf when unlimited)."""
     return math.inf if left_chunks is None else (left_chunks + 1) * chunk_seconds
+
+
+def resolve_left_chunks(
+    model_left_chunks: int | None,
+    chunk_seconds: float,
+    given_seconds: float | None = None,
+    validated_seconds: float | None = None,
+) -> tuple[int | None, str]:
+    """The left_chunks to stream with and where it came from: a given history, else the one the
+    run's checkpoint was chosen with (free-running validation), else the model's own left_chunks."""
+    if given_seconds is not None:
+        return left_chunks_for_history(given_seconds, chunk_seconds), "given"
+    if validated_seconds is not None:
+        return left_chunks_for_history(validated_seconds, chunk_seconds), "the run's free-running validation"
+    return model_left_chunks, "the model's"

@@ -32,7 +32,7 @@ import torch
 
 from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.cpu_threads import cpu_threads
-from s2s.streaming.history import left_chunks_for_history
+from s2s.streaming.history import resolve_left_chunks
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.report import free_running_summary
 from s2s.streaming.runner import StreamRun, stream_dialogues
@@ -140,12 +140,8 @@ class FreeRunningValidation(lightning.Callback):
         model = self._streaming_model(module.model)
         arms = 1 if self.state_gains is None else len(self.state_gains)
         config = model.config
-        left_chunks = (
-            config.left_chunks
-            if self.history_seconds is None
-            else left_chunks_for_history(
-                self.history_seconds, config.chunk * config.frame_samples / config.sample_rate
-            )
+        left_chunks, _ = resolve_left_chunks(
+            config.left_chunks, config.chunk / config.frame_rate, self.history_seconds
         )
         run = stream_dialogues(
             model,
