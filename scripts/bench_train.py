@@ -7,6 +7,8 @@ MFU and where the step's GPU time goes.
     # cute-deterministic: cute under torch.use_deterministic_algorithms (its deterministic backward)
     python scripts/bench_train.py --no-profile --peak-tflops 989    # MFU only, against a given peak
     python scripts/bench_train.py --backends cute cute+compile      # each block torch.compile'd
+    python scripts/bench_train.py --backends cute cute+graphs --seconds 40 --dialogues 32 --length-multiple 8
+                                                                    # the blocks as CUDA graphs
     python scripts/bench_train.py --device cpu --model tiny --backends sdpa --dialogues 2 --seconds 2 \\
         --warmup 1 --steps 1 --profile-steps 1                      # the script's own smoke run
 
@@ -45,6 +47,7 @@ from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD, SPECIALS, speaking_from_tokens
 from s2s.models import config as presets
 from s2s.models import regional_compile
+from s2s.models.cuda_graphs import use_cuda_graphs
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from s2s.training.augment import AugmentConfig
 from s2s.training.step_profile import (
@@ -109,15 +112,19 @@ def make_batch(
     frames: int,
     generator: torch.Generator,
     equal_lengths: bool = False,
+    length_multiple: int = 1,
 ) -> tuple[DialogueBatch, torch.Tensor]:
     """A DialogueBatch of `dialogues` x `frames` model frames (half of them shorter, unless
-    `equal_lengths`: then no padding, the dense attention path) and the chunk size of each dialogue."""
+    `equal_lengths`: then no padding, the dense attention path) and the chunk size of each dialogue.
+    `length_multiple`: the shorter ones cut to a multiple of it (as data.crop_multiple_frames cuts
+    training crops: with 8, the longest chunk, the padded batch runs attention unpacked)."""
     r = config.mel_per_frame
     lengths = torch.full((dialogues,), frames)
     if not equal_lengths:
         lengths[dialogues // 2 :] = torch.randint(
             frames // 2, frames + 1, (dialogues - dialogues // 2,), generator=generator
         )
+        lengths = torch.clamp(lengths // length_multiple * length_multiple, min=length_multiple)
     chunks = torch.tensor([1, 2, 4, 8])[torch.randint(0, 4, (dialogues,), generator=generator)]
     targets = {
         "system_tokens": torch.full((dialogues, frames), PAD),
@@ -145,6 +152,8 @@ def make_batch(
         user_state=targets["user_state"],
         user_words=targets["user_words"][:, : max(1, int(targets["user_word_counts"].max()))],
         user_word_counts=targets["user_word_counts"],
+        host_frame_lengths=tuple(frame_lengths.tolist()),  # as the collate gives them: no device reads
+        host_user_word_counts=tuple(targets["user_word_counts"].tolist()),
     )
     return batch, chunks.to(torch.int32)
 
@@ -245,11 +254,13 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     """Model frames per second of training steps, the step's FLOPs and (unless --no-profile) its
     breakdown. ``cute-deterministic`` is cute with torch.use_deterministic_algorithms on
     (Lightning's deterministic=True): its backward runs the two-kernel deterministic path. A
-    ``+compile`` suffix (``cute+compile``) compiles each transformer block (module.compile_blocks)."""
+    ``+compile`` suffix (``cute+compile``) compiles each transformer block (module.compile_blocks);
+    ``+graphs`` replays the encoder's and decoder's blocks as CUDA graphs (module.cuda_graphs: the
+    batch must run unpacked, --equal-lengths or --length-multiple 8)."""
     name = backend
     backend, _, suffix = backend.partition("+")
-    if suffix not in ("", "compile"):
-        raise SystemExit(f"unknown backend suffix +{suffix} in {name!r}: the one suffix is +compile")
+    if suffix not in ("", "compile", "graphs"):
+        raise SystemExit(f"unknown backend suffix +{suffix} in {name!r}: the suffixes are +compile, +graphs")
     deterministic = backend == "cute-deterministic"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     backend = "cute" if deterministic else backend
@@ -270,6 +281,17 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
         train_step(module, optimizer, batch, chunks)
         synchronize(device)
         compile_note = f"first step (compiling) {time.perf_counter() - start:.1f} s"
+    if suffix == "graphs":
+        use_cuda_graphs(module.model)
+        start = time.perf_counter()
+        train_step(module, optimizer, batch, chunks)
+        synchronize(device)
+        graphs = module.model.encoder.graphs
+        if not graphs.graphs:
+            raise SystemExit(
+                f"{name}: the batch took no graph (it is packed): pass --equal-lengths or --length-multiple 8"
+            )
+        compile_note = f"first step (warm-up and capture) {time.perf_counter() - start:.1f} s"
     for _ in range(args.warmup):
         loss = train_step(module, optimizer, batch, chunks)
     if not torch.isfinite(loss):
@@ -285,6 +307,8 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
         compile_note += (
             f", {built - graphs} graphs; another batch shape built {compiled_graphs() - built} more"
         )
+    if suffix == "graphs":
+        compile_note += f", {module.model.encoder.graphs.replays} encoder replays"
     run = BackendRun(name, seconds, frames / seconds, flops, counted.calls, compile_note=compile_note)
     if args.profile_steps > 0:
         try:
@@ -362,6 +386,13 @@ def main() -> None:
         help="every dialogue --seconds long: no padding, so attention takes the dense path (as a batch "
         "of crops of experiment=base_gpu's 40 s windows), not the packed one",
     )
+    parser.add_argument(
+        "--length-multiple",
+        type=int,
+        default=1,
+        help="cut the shorter dialogues to a multiple of this many frames (8: as data.crop_multiple_frames=8 "
+        "crops, padded batches then run attention unpacked, and +graphs can replay them)",
+    )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke run)")
@@ -380,9 +411,9 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     frames = int(args.seconds * FRAMES_PER_SECOND)
     batch, chunks = make_batch(
-        preset_config(args.model), args.dialogues, frames, generator, args.equal_lengths
+        preset_config(args.model), args.dialogues, frames, generator, args.equal_lengths, args.length_multiple
     )
-    batch, chunks = batch.to(device), chunks.to(device)
+    batch = batch.to(device)  # the chunk sizes stay on the host, as training draws them
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     peak, peak_source = args.peak_tflops, "--peak-tflops"
     if peak is None and device.type == "cuda":

@@ -7,11 +7,12 @@ contiguous run whose middle is fully visible and whose ends (at most a tile or t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from s2s.attention.spec import SequenceChunks
+from s2s.attention.spec import HostChunks, SequenceChunks
 
 HIDDEN, PARTIAL, FULL = 0, 1, 2
 
@@ -44,6 +45,46 @@ def key_is_visible(
     return chunk_is_visible(
         chunk_index(q_pos, chunk_q, q_offset), chunk_index(k_pos, chunk_k, k_offset), left_chunks
     )
+
+
+def sees_padded_keys(
+    chunk_q: int,
+    chunk_k: int,
+    q_offset: int,
+    k_offset: int,
+    left_chunks: int | None,
+    length_q: int,
+    length_k: int,
+    frames_k: int,
+) -> bool:
+    """Whether some query of a sequence's first ``length_q`` sees one of its padded keys
+    ``[length_k, frames_k)`` (host ints, no loop over queries). A query's range [lo, hi) never
+    moves back, so the first query whose range ends past ``length_k`` has the lowest start of all
+    that do: the padding is seen iff that query exists and starts before ``frames_k``."""
+    if length_q <= 0 or length_k >= frames_k:
+        return False
+    first_chunk = (length_k + k_offset) // chunk_k  # the first query chunk whose keys end past length_k
+    first_query = max(0, first_chunk * chunk_q - q_offset)
+    if first_query >= length_q:
+        return False
+    if left_chunks is None:
+        return True
+    q_chunk = (q_offset + first_query) // chunk_q
+    return max(0, (q_chunk - left_chunks) * chunk_k - k_offset) < frames_k
+
+
+def padding_is_hidden(
+    chunks: HostChunks, lengths_q: Sequence[int], lengths_k: Sequence[int], frames_k: int
+) -> bool:
+    """True when no query inside its sequence sees a key past its sequence's end in a batch padded
+    to ``frames_k`` keys: the padded batch then computes every real query's output exactly, with no
+    packing (each length a multiple of its chunk, or the full padded length, suffices)."""
+    for b, (length_q, length_k) in enumerate(zip(lengths_q, lengths_k, strict=True)):
+        q_offset, k_offset = chunks.q_offset[b], chunks.k_offset[b]
+        sequence = (chunks.chunk_q[b], chunks.chunk_k[b], q_offset, k_offset, chunks.left_chunks)
+        if sees_padded_keys(*sequence, length_q, length_k, frames_k):
+            return False
+    return True
 
 
 def dense_mask(

@@ -36,6 +36,18 @@ class SequenceChunks:
         return self.chunk_q.shape[0]
 
 
+@dataclass(frozen=True)
+class HostChunks:
+    """The same values as SequenceChunks, as host ints (one per sequence): what host-side decisions
+    (which attention path a padded batch takes) read without waiting for the device."""
+
+    chunk_q: tuple[int, ...]
+    chunk_k: tuple[int, ...]
+    q_offset: tuple[int, ...]
+    k_offset: tuple[int, ...]
+    left_chunks: int | None
+
+
 def _check_scalar(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
@@ -102,39 +114,71 @@ class ChunkSpec:
     def resolve(self, batch: int, device: torch.device | str = "cpu") -> SequenceChunks:
         """Expand every field to one int64 value per sequence, checking per-sequence tensors (once
         per batch size and device: a spec's tensors are read as they were at the first call)."""
+        return self._resolve_both(batch, device)[0]
+
+    def resolve_host(self, batch: int, device: torch.device | str = "cpu") -> HostChunks:
+        """The values of ``resolve(batch, device)`` as host ints, from the same single read."""
+        host = self._resolve_both(batch, device)[1]
+        if host is None:
+            raise ValueError(
+                "this ChunkSpec was made from device values (ChunkSpec.from_resolved) and has no host "
+                "copy of them; ask the spec it was resolved from"
+            )
+        return host
+
+    @classmethod
+    def from_resolved(cls, chunks: SequenceChunks) -> ChunkSpec:
+        """A spec for values already resolved and checked (by the spec they came from): `resolve`
+        returns them as they are, reading nothing, so it can be built where the device must not be
+        read, inside a CUDA graph capture. It has no host values (`resolve_host` refuses)."""
+        spec = cls(chunks.chunk_q, chunks.chunk_k, chunks.left_chunks, chunks.q_offset, chunks.k_offset)
+        spec._resolved[(chunks.batch, chunks.chunk_q.device)] = (chunks, None)
+        return spec
+
+    def _resolve_both(
+        self, batch: int, device: torch.device | str
+    ) -> tuple[SequenceChunks, HostChunks | None]:
         key = (batch, torch.device(device))
         if key not in self._resolved:
             self._resolved[key] = self._resolve(batch, key[1])
         return self._resolved[key]
 
-    def _resolve(self, batch: int, device: torch.device) -> SequenceChunks:
+    def _resolve(self, batch: int, device: torch.device) -> tuple[SequenceChunks, HostChunks]:
         fields = {
             "chunk_q": (self.chunk_q, 1),
             "chunk_k": (self.effective_chunk_k, 1),
             "q_offset": (self.q_offset, 0),
             "k_offset": (self.k_offset, 0),
         }
-        resolved, checked = {}, {}
+        resolved, host, checked = {}, {}, {}
         for name, (value, minimum) in fields.items():
-            if isinstance(value, torch.Tensor) and checked.get(id(value), (None, -1))[1] >= minimum:
-                resolved[name] = checked[id(value)][0]  # chunk_k is chunk_q (self-attention): checked
+            if isinstance(value, torch.Tensor) and checked.get(id(value), (None, None, -1))[2] >= minimum:
+                # chunk_k is chunk_q (self-attention): already read and checked
+                resolved[name], host[name] = checked[id(value)][:2]
             elif isinstance(value, torch.Tensor):
                 if value.shape[0] != batch:
                     raise ValueError(
                         f"ChunkSpec.{name} has {value.shape[0]} values but the batch has {batch} "
                         f"sequences; give one value per sequence"
                     )
-                tensor = value.to(device=device, dtype=torch.int64)
-                if batch > 0 and int(tensor.min()) < minimum:
+                # the one read of the values (no wait for the device when the tensor is on the host)
+                values = tuple(int(x) for x in value.tolist())
+                if batch > 0 and min(values) < minimum:
                     rule = "positive" if minimum == 1 else "non-negative"
                     raise ValueError(
-                        f"ChunkSpec.{name} must be {rule} for every sequence, got min {int(tensor.min())}"
+                        f"ChunkSpec.{name} must be {rule} for every sequence, got min {min(values)}"
                     )
-                resolved[name] = tensor
-                checked[id(value)] = (tensor, minimum)
+                # not blocking: a blocking copy to a GPU would wait for all the work queued before it
+                resolved[name] = value.to(device=device, dtype=torch.int64, non_blocking=True)
+                host[name] = values
+                checked[id(value)] = (resolved[name], values, minimum)
             else:
                 resolved[name] = torch.full((batch,), value, dtype=torch.int64, device=device)
-        return SequenceChunks(left_chunks=self.left_chunks, **resolved)
+                host[name] = (value,) * batch
+        return (
+            SequenceChunks(left_chunks=self.left_chunks, **resolved),
+            HostChunks(left_chunks=self.left_chunks, **host),
+        )
 
     # The three views of the mask that backends and kernels consume.
 

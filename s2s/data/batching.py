@@ -38,10 +38,15 @@ class DurationBatchSampler(torch.utils.data.Sampler):
     """Yields lists of `Crop`s whose padded duration (items x longest) is at most `batch_seconds`.
 
     Each dialogue is cut to at most `max_seconds` (a random window when `shuffle`, its start
-    otherwise; starts and lengths are multiples of `hop` samples). Under DDP each rank takes every
-    `world_size`-th batch of the same list, in equal counts: training drops the remainder; with
-    `repeat_to_share` (evaluation, where every batch counts and one val batch must serve two ranks)
-    the first batches are repeated instead, as torch's DistributedSampler pads. Rank and world size
+    otherwise; starts and lengths are multiples of `hop` samples), and with `length_multiple` to a
+    whole multiple of that many samples (training crops on the chunk grid: a padded batch then runs
+    attention unpacked, s2s.models.attention.attend). With `static_batch` every batch holds
+    `batch_seconds // max_seconds` crops in random order instead of being packed by length, so that
+    with the collate's `pad_to` every training batch has one shape (what a CUDA graph replays).
+    Under DDP each rank takes every `world_size`-th batch of the same list, in equal counts:
+    training drops the remainder; with `repeat_to_share` (evaluation, where every batch counts and
+    one val batch must serve two ranks) the first batches are repeated instead, as torch's
+    DistributedSampler pads. Rank and world size
     come from torch.distributed when not given. `state_dict()` / `load_state_dict()` carry the epoch
     and the position within it across a resume (see `SamplerState`).
     """
@@ -59,6 +64,8 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         rank: int | None = None,
         world_size: int | None = None,
         repeat_to_share: bool = False,
+        length_multiple: int | None = None,
+        static_batch: bool = False,
     ):
         if not lengths:
             raise ValueError("the batch sampler needs at least one dialogue")
@@ -77,6 +84,21 @@ class DurationBatchSampler(torch.utils.data.Sampler):
                 f"max_seconds={max_seconds} is longer than batch_seconds={batch_seconds}: "
                 "one crop would not fit a batch; raise batch_seconds or lower max_seconds"
             )
+        if length_multiple is not None and (
+            isinstance(length_multiple, bool) or not isinstance(length_multiple, int) or length_multiple <= 0
+        ):
+            raise ValueError(f"length_multiple must be a positive number of samples, got {length_multiple!r}")
+        # crops are whole multiples of this many samples (a dialogue shorter than one stays whole)
+        self.length_multiple = length_multiple
+        if self.max_samples is not None and length_multiple is not None:
+            self.max_samples = max(length_multiple, self.max_samples // length_multiple * length_multiple)
+        if static_batch and self.max_samples is None:
+            raise ValueError(
+                "static_batch (data.static_shapes) needs max_seconds: every batch holds "
+                "batch_seconds // max_seconds crops padded to max_seconds"
+            )
+        # every batch exactly `static_size` crops (the collate pads them to max_samples): one shape
+        self.static_size = self.budget // self.max_samples if static_batch else None
         short = [i for i, n in enumerate(self.lengths) if n < hop]
         if short:
             raise ValueError(f"dialogue(s) {short[:5]} are shorter than one {hop}-sample frame")
@@ -147,6 +169,8 @@ class DurationBatchSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         crops = [self._crop(index, length, rng) for index, length in enumerate(self.lengths)]
         order = rng.permutation(len(crops)) if self.shuffle else np.arange(len(crops))
+        if self.static_size is not None:
+            return self._static_batches([crops[i] for i in order])
         pool_size = max(1, self.sort_pool * max(1, self.budget // max(c.length for c in crops)))
         batches: list[list[Crop]] = []
         for begin in range(0, len(order), pool_size):
@@ -163,13 +187,25 @@ class DurationBatchSampler(torch.utils.data.Sampler):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
+    def _static_batches(self, crops: list[Crop]) -> list[list[Crop]]:
+        """Consecutive groups of `static_size` crops in the given order; training drops the last,
+        smaller group (its shape would differ), evaluation keeps it."""
+        size = self.static_size
+        batches = [crops[i : i + size] for i in range(0, len(crops), size)]
+        if self.shuffle and len(batches) > 1 and len(batches[-1]) < size:
+            batches.pop()
+        return batches
+
     def _crop(self, index: int, length: int, rng: np.random.Generator) -> Crop:
-        if self.max_samples is None or length <= self.max_samples:
+        kept = length if self.max_samples is None else min(length, self.max_samples)
+        if self.length_multiple is not None and kept >= self.length_multiple:
+            kept = kept // self.length_multiple * self.length_multiple
+        if kept == length:
             return Crop(index, 0, length)
         start = 0
         if self.shuffle:
-            start = int(rng.integers(0, (length - self.max_samples) // self.hop + 1)) * self.hop
-        return Crop(index, start, self.max_samples)
+            start = int(rng.integers(0, (length - kept) // self.hop + 1)) * self.hop
+        return Crop(index, start, kept)
 
     def _world(self) -> tuple[int, int]:
         """(rank, world size): as given, else from torch.distributed, else (0, 1)."""
@@ -228,6 +264,10 @@ class DialogueBatch:
     user_state: torch.Tensor | None = None  # (B, T) int64 UserState (SILENT past the end)
     user_words: torch.Tensor | None = None  # (B, W) int64 the user's words in the crop (CTC), PAD-padded
     user_word_counts: torch.Tensor | None = None  # (B,) int64
+    # The same lengths as host ints (they stay on the host when the batch moves): the training step
+    # packs attention and runs the CTC loss from them without reading the device (a sync per read)
+    host_frame_lengths: tuple[int, ...] | None = None
+    host_user_word_counts: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -259,6 +299,7 @@ class DialogueCollate:
         with_features: bool = True,
         pad_multiple: int = 640,
         user_pitch: bool = False,
+        pad_to: int | None = None,
     ):
         self.log_mel_config = log_mel or LogMelConfig()
         if pad_multiple % self.log_mel_config.hop:
@@ -267,13 +308,16 @@ class DialogueCollate:
             )
         self.with_features = with_features  # False: the batch leaves without features (features_on=device)
         self.pad_multiple = pad_multiple
+        if pad_to is not None and (pad_to <= 0 or pad_to % pad_multiple):
+            raise ValueError(f"pad_to {pad_to} must be a positive multiple of pad_multiple {pad_multiple}")
+        self.pad_to = pad_to  # batches are padded to at least this many samples (one shape per run)
         self.user_pitch = user_pitch  # also the user's pitch_features (a model with user_pitch reads them)
         self._features = BatchFeatures(self.log_mel_config, user_pitch)
 
     def __call__(self, items: list[dict]) -> DialogueBatch:
         hop = self.log_mel_config.hop
         lengths = torch.tensor([item["user"].shape[0] for item in items], dtype=torch.int64)
-        padded = -(-int(lengths.max()) // self.pad_multiple) * self.pad_multiple
+        padded = max(-(-int(lengths.max()) // self.pad_multiple) * self.pad_multiple, self.pad_to or 0)
         frames = padded // hop
 
         def stack(key: str, size: int) -> torch.Tensor:
@@ -295,6 +339,7 @@ class DialogueCollate:
             frame_mask=torch.arange(frames)[None, :] < frame_lengths[:, None],
             user_speaking=stack("user_speaking", frames),
             system_speaking=stack("system_speaking", frames),
+            host_frame_lengths=tuple(frame_lengths.tolist()),
         )
         if "targets" in items[0]:
             _add_token_targets(batch, [item["targets"] for item in items], padded // self.pad_multiple)
@@ -315,6 +360,7 @@ def _add_token_targets(batch: DialogueBatch, targets: list[FrameTargets], frames
     counts = [t.user_words.shape[0] for t in targets]
     batch.user_words = stack([t.user_words for t in targets], max(1, max(counts)))
     batch.user_word_counts = torch.tensor(counts, dtype=torch.int64)
+    batch.host_user_word_counts = tuple(counts)
 
 
 def stack_padded(tensors: list[torch.Tensor], size: int, value: float = 0) -> torch.Tensor:

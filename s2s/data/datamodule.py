@@ -57,8 +57,24 @@ class DuplexDataModule(lightning.LightningDataModule):
         user_pitch: bool = False,
         features_on: str = "workers",
         int16_audio: bool = False,
+        crop_multiple_frames: int | None = None,
+        static_shapes: bool = False,
     ):
         super().__init__()
+        # every training batch batch_seconds // max_seconds crops padded to max_seconds: one shape
+        self.static_shapes = static_shapes
+        if crop_multiple_frames is not None and (
+            isinstance(crop_multiple_frames, bool)
+            or not isinstance(crop_multiple_frames, int)
+            or crop_multiple_frames <= 0
+        ):
+            raise ValueError(
+                f"data.crop_multiple_frames={crop_multiple_frames!r}: give a positive number of model "
+                "frames (the longest training chunk, e.g. 8) or null"
+            )
+        # training crops are whole multiples of this many model frames: with the longest training
+        # chunk, no real query's chunk reaches a padded frame and attention skips packing
+        self.crop_multiple_frames = crop_multiple_frames
         # 16-bit PCM audio travels as int16 from the file to where the features are computed
         self.int16_audio = int16_audio
         if features_on not in FEATURES_ON:
@@ -170,7 +186,16 @@ class DuplexDataModule(lightning.LightningDataModule):
             seed=self.seed,
             hop=self.log_mel.hop,
             repeat_to_share=split != "train",
+            length_multiple=(
+                self.crop_multiple_frames * self.frame_samples
+                if split == "train" and self.crop_multiple_frames
+                else None
+            ),
+            static_batch=self.static_shapes and split == "train",
         )
+        pad_to = None
+        if sampler.static_size is not None:
+            pad_to = -(-sampler.max_samples // self.pad_multiple) * self.pad_multiple
         return ResumableDataLoader(
             dataset,
             batch_sampler=sampler,
@@ -179,6 +204,7 @@ class DuplexDataModule(lightning.LightningDataModule):
                 with_features=self.with_features and self.features_on == "workers",
                 pad_multiple=self.pad_multiple,
                 user_pitch=self.user_pitch,
+                pad_to=pad_to,
             ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -9,7 +9,7 @@ from torch import nn
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache, chunk_attention
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import apply_rotary, rotary_angles
-from s2s.models.packing import PackedLayout
+from s2s.models.packing import AlignedLayout, PackedLayout
 
 
 @torch.compiler.disable  # an opaque call inside compiled blocks (s2s/models/regional_compile.py)
@@ -18,14 +18,16 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     spec: ChunkSpec,
-    layout: PackedLayout | None,
+    layout: PackedLayout | AlignedLayout | None,
     backend: str,
 ) -> torch.Tensor:
     """Chunk-causal attention over a padded batch (B, T, H, D) whose valid frames are `layout`'s.
 
-    Padded frames must never be keys (a query in a sequence's last, short chunk would see them),
-    so a batch with padding is packed into variable-length form; padded rows come back as zeros.
-    The layout's host offsets go along, so packing and checking never wait for the device.
+    Padded frames must never be keys (a query in a sequence's last, short chunk would see them).
+    When the chunks already hide them (every length a multiple of its chunk, as training crops
+    with data.crop_multiple_frames are), the padded batch runs as it is; otherwise it is packed into
+    variable-length form. Either way padded rows come back as zeros. The layout's host offsets go
+    along, so choosing, packing and checking never wait for the device.
     """
     if layout is not None and not (layout.batch, layout.frames) == q.shape[:2] == k.shape[:2]:
         raise ValueError(
@@ -34,6 +36,9 @@ def attend(
         )
     if layout is None or not layout.has_padding:
         return chunk_attention(q, k, v, spec, backend=backend)
+    if layout.padding_hidden(spec):
+        out = chunk_attention(q, k, v, spec, backend=backend)
+        return torch.where(layout.valid[:, :, None, None], out, 0.0)
     packed = chunk_attention(
         *(t.flatten(0, 1).index_select(0, layout.indices) for t in (q, k, v)),
         spec,

@@ -41,6 +41,9 @@ class DecoderBlock(nn.Module):
 
 
 class Decoder(nn.Module):
+    # s2s.models.cuda_graphs.GraphedBlocks once use_cuda_graphs() is called: tried before the loop
+    graphs = None
+
     def __init__(self, config: DuplexConfig):
         super().__init__()
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
@@ -56,6 +59,10 @@ class Decoder(nn.Module):
         layout: PackedLayout | None = None,
     ) -> torch.Tensor:
         x = residual_stream(x, self.norm)
+        if self.graphs is not None and cross_spec is spec:
+            graphed = self.graphs(x, positions, spec, layout, encoded=encoded)
+            if graphed is not None:
+                return self.norm(graphed)
         for block in self.blocks:
             x = block(x, positions, encoded, spec, cross_spec, layout)
         return self.norm(x)

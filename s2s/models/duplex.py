@@ -34,10 +34,18 @@ class DuplexOutput:
         return torch.sigmoid(self.speaking_logit)
 
 
+def chunk_sizes_on(chunk: ChunkSize, device: torch.device, batch: int) -> torch.Tensor:
+    """The chunk size(s) as (batch,) int64 on `device`. Sizes drawn on the host (a training step's)
+    are copied without blocking: a blocking copy to a GPU waits for all the work queued before it."""
+    if isinstance(chunk, torch.Tensor):
+        return chunk.to(device=device, dtype=torch.int64, non_blocking=True).expand(batch)
+    return torch.full((batch,), int(chunk), dtype=torch.int64, device=device)
+
+
 def shift_by_chunk(frames: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
     """(B, T, F) -> frame t holds frames[t - C] (zeros for t < C); C per sequence or shared."""
     batch, length, width = frames.shape
-    chunk = torch.as_tensor(chunk, device=frames.device).to(torch.int64).expand(batch)
+    chunk = chunk_sizes_on(chunk, frames.device, batch)
     source = torch.arange(length, device=frames.device)[None, :] - chunk[:, None]
     gathered = frames.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, width))
     return gathered * (source >= 0)[..., None].to(frames.dtype)
@@ -98,10 +106,9 @@ class ChunkedDuplexBase(nn.Module):
         batch, frames, _ = x.shape
         layout = None
         if lengths is not None:
-            # One layout for every attention layer of the pass: the lengths are read once.
-            layout = PackedLayout.from_lengths(
-                lengths.to(device=x.device, dtype=torch.int64).clamp(max=frames), frames
-            )
+            # One layout for every attention layer of the pass: the lengths are read once (host
+            # lengths, as the training step passes them, need no wait for the device).
+            layout = PackedLayout.from_lengths(lengths.to(torch.int64).clamp(max=frames), frames, x.device)
         spec = self.spec(chunk, left_chunks)
         positions = torch.arange(frames, device=x.device).expand(batch, frames)
         return EncodedPass(self.encoder(x, positions, spec, layout), positions, spec, layout, chunk)

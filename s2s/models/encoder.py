@@ -31,6 +31,9 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
+    # s2s.models.cuda_graphs.GraphedBlocks once use_cuda_graphs() is called: tried before the loop
+    graphs = None
+
     def __init__(self, config: DuplexConfig):
         super().__init__()
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
@@ -38,6 +41,9 @@ class Encoder(nn.Module):
 
     def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None = None) -> torch.Tensor:
         x = residual_stream(x, self.norm)
+        graphed = None if self.graphs is None else self.graphs(x, positions, spec, layout)
+        if graphed is not None:
+            return self.norm(graphed)
         for block in self.blocks:
             x = block(x, positions, spec, layout)
         return self.norm(x)

@@ -9,11 +9,12 @@ layer has to read the device again.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from s2s.attention.mask import packed_positions
+from s2s.attention.mask import packed_positions, padding_is_hidden
+from s2s.attention.spec import ChunkSpec
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,10 +26,26 @@ class PackedLayout:
     indices: torch.Tensor  # (total,) int64, on the device: the valid frames' rows of (B * T), in order
     cu_seqlens: torch.Tensor  # (B + 1,) int32, on the device: 0, len0, len0 + len1, ...
     offsets: tuple[int, ...]  # cu_seqlens on the host
+    valid: torch.Tensor  # (B, T) bool, on the device: the frames inside their sequence
+    # padding_hidden()'s answers by spec: a forward's layers share one spec, so it is worked out once
+    _hidden: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def batch(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in itertools.pairwise(self.offsets))
+
+    def padding_hidden(self, spec: ChunkSpec) -> bool:
+        """True when `spec` lets no query inside its sequence see a padded key (every length a
+        multiple of its chunk, or T): attention then runs on the padded batch as it is, unpacked,
+        and gives every real frame the packed result (host ints only: no wait for the device)."""
+        if spec not in self._hidden:
+            chunks = spec.resolve_host(self.batch, self.indices.device)
+            self._hidden[spec] = padding_is_hidden(chunks, self.lengths, self.lengths, self.frames)
+        return self._hidden[spec]
 
     @property
     def total(self) -> int:
@@ -36,9 +53,12 @@ class PackedLayout:
         return self.offsets[-1]
 
     @classmethod
-    def from_lengths(cls, lengths: torch.Tensor, frames: int) -> PackedLayout:
+    def from_lengths(
+        cls, lengths: torch.Tensor, frames: int, device: torch.device | str | None = None
+    ) -> PackedLayout:
         """The layout of sequences ``lengths`` (B,) long, padded to ``frames``; the device tensors
-        live on ``lengths``' device. Reads ``lengths`` on the host once (a sync if on a GPU)."""
+        live on ``device`` (by default ``lengths``' device). Reads ``lengths`` on the host once: no
+        wait when they are on the host already, a sync when they are on a GPU."""
         if not isinstance(lengths, torch.Tensor):
             raise TypeError(f"lengths must be an integer tensor (B,), got {type(lengths).__name__}")
         if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
@@ -47,7 +67,9 @@ class PackedLayout:
             raise ValueError(
                 f"lengths must be 1-D (one length per sequence), got shape {tuple(lengths.shape)}"
             )
-        values = lengths.tolist()  # the one host sync
+        values = lengths.tolist()  # the one host read
+        # host lengths go to the device without blocking (a blocking copy waits for queued GPU work)
+        lengths = lengths.to(device=device or lengths.device, dtype=torch.int64, non_blocking=True)
         if any(n < 0 or n > frames for n in values):
             raise ValueError(f"lengths must lie in [0, {frames}] (the padded length T), got {values}")
         offsets = (0, *itertools.accumulate(values))
@@ -59,4 +81,28 @@ class PackedLayout:
             indices=sequence * frames + local,  # both int64, on lengths' device
             cu_seqlens=cu_seqlens,
             offsets=offsets,
+            valid=torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None],
         )
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedLayout:
+    """A padded (B, T) batch whose padding no real query sees (checked on the host beforehand, by
+    PackedLayout.padding_hidden), described by device tensors only: where lengths must not be read
+    (inside a CUDA graph), `attend` runs it unpacked and zeroes the padded rows, as with a
+    PackedLayout whose padding is hidden."""
+
+    valid: torch.Tensor  # (B, T) bool, on the device
+
+    has_padding = True
+
+    @property
+    def batch(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def frames(self) -> int:
+        return self.valid.shape[1]
+
+    def padding_hidden(self, spec: ChunkSpec) -> bool:
+        return True

@@ -236,27 +236,35 @@ class AttentionFlopCounter:
 @contextlib.contextmanager
 def count_attention_flops() -> Iterator[AttentionFlopCounter]:
     """Count the attention FLOPs of model code run inside: 4 * head_dim * query heads * visible
-    pairs of each call's own mask (its ChunkSpec, lengths and packing).
+    pairs of each call's own mask (its ChunkSpec and its sequences' lengths; the work a padded batch
+    does on its padded rows is not counted).
 
-    The model's layers call ``chunk_attention`` through s2s.models.attention, so that name is
-    wrapped for the duration; each call is counted, then run as before.
+    The model's layers call ``attend`` through s2s.models.attention, so that name is wrapped for the
+    duration; each call is counted, then run as before.
     """
+    import torch
+
     import s2s.models.attention as layers
     from s2s.attention.mask import visible_pair_count
-    from s2s.attention.problem import make_problem
+    from s2s.models.packing import PackedLayout
 
     counter = AttentionFlopCounter()
-    original = layers.chunk_attention
+    original = layers.attend
 
-    def counting(q, k, v, spec, **kwargs):
-        problem = make_problem(q, k, v, spec, kwargs.get("cu_seqlens_q"), kwargs.get("cu_seqlens_k"))
-        pairs = visible_pair_count(problem.chunks, problem.seqlens_q, problem.seqlens_k)
-        counter.flops += 4 * problem.head_dim * problem.heads_q * pairs
+    def counting(q, k, v, spec, layout, backend):
+        batch, frames_q, frames_k = q.shape[0], q.shape[1], k.shape[1]
+        chunks = spec.resolve(batch, q.device)
+        if isinstance(layout, PackedLayout) and layout.has_padding:
+            lengths_q = lengths_k = torch.tensor(layout.lengths, device=q.device)
+        else:
+            lengths_q = torch.full((batch,), frames_q, device=q.device)
+            lengths_k = torch.full((batch,), frames_k, device=q.device)
+        counter.flops += 4 * q.shape[-1] * q.shape[-2] * visible_pair_count(chunks, lengths_q, lengths_k)
         counter.calls += 1
-        return original(q, k, v, spec, **kwargs)
+        return original(q, k, v, spec, layout, backend)
 
-    layers.chunk_attention = counting
+    layers.attend = counting
     try:
         yield counter
     finally:
-        layers.chunk_attention = original
+        layers.attend = original

@@ -17,6 +17,7 @@ from s2s.data.batching import DialogueBatch
 from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD
 from s2s.models import regional_compile
+from s2s.models.cuda_graphs import use_cuda_graphs
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
 from s2s.training.augment import AugmentConfig, mask_frequencies
 from s2s.training.fused_clipping import FusedOptimizerClipping
@@ -115,10 +116,13 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         augment: AugmentConfig | Mapping | None = None,
         model_class: str | None = None,
         compile_blocks: bool = False,
+        cuda_graphs: bool = False,
     ):
         """`model` is a TokenDuplexModel, or its config as a dict with `model_class`, as
         `load_from_checkpoint` passes the saved hyperparameters. `compile_blocks`: `torch.compile`
-        each transformer block when fitting starts (s2s/models/regional_compile.py)."""
+        each transformer block when fitting starts (s2s/models/regional_compile.py). `cuda_graphs`:
+        replay the encoder's and decoder's blocks as CUDA graphs in training steps that allow it
+        (s2s/models/cuda_graphs.py)."""
         super().__init__()
         model = built_model(model, model_class)
         if not isinstance(model, TokenDuplexModel):
@@ -136,6 +140,14 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         if not isinstance(compile_blocks, bool):
             raise TypeError(f"compile_blocks must be true or false, got {compile_blocks!r}")
         self.compile_blocks = compile_blocks
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be true or false, got {cuda_graphs!r}")
+        if cuda_graphs and compile_blocks:
+            raise ValueError(
+                "module.cuda_graphs and module.compile_blocks exclude each other (a graph captures "
+                "the blocks as they run); set one of them to false"
+            )
+        self.cuda_graphs = cuda_graphs
         self.save_hyperparameters(
             {
                 "model_class": MODEL_CLASS,
@@ -144,6 +156,7 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
                 "weights": asdict(weights),
                 "augment": asdict(augment),
                 "compile_blocks": compile_blocks,
+                "cuda_graphs": cuda_graphs,
             }
         )
         # The first validation batch and its teacher-forced output: the samples callback draws them.
@@ -155,6 +168,8 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         # at fit only: a checkpoint loaded for evaluation or streaming runs eager
         if self.compile_blocks:
             regional_compile.compile_blocks(self.model)
+        if self.cuda_graphs:
+            use_cuda_graphs(self.model)
 
     def setup(self, stage: str) -> None:
         """Refuse a corpus whose task's vocabularies are not the model's (the data module is set up
@@ -191,12 +206,19 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         frames = batch.user_mel.shape[1] // r
         lengths = batch.frame_lengths // r
         mask = torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+        # host copies where the batch has them: packing and the CTC loss then never wait for the device
+        host_lengths = (
+            lengths if batch.host_frame_lengths is None else torch.tensor(batch.host_frame_lengths) // r
+        )
+        word_counts = batch.user_word_counts
+        if batch.host_user_word_counts is not None:
+            word_counts = torch.tensor(batch.host_user_word_counts)
         tokens = batch.system_tokens[:, :frames]
         user_mel = batch.user_mel
         if augment:
             user_mel = mask_frequencies(user_mel, self.augment, fill=c.mel_mean)
         user_mel = self.model.user_input(user_mel, batch.user_pitch)
-        out = self.model(user_mel, tokens, batch.system_mel, lengths=lengths, chunk=chunk)
+        out = self.model(user_mel, tokens, batch.system_mel, lengths=host_lengths, chunk=chunk)
         real = mask.sum().clamp(min=1)
 
         ce = torch.nn.functional.cross_entropy(
@@ -214,7 +236,7 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
 
         log_probs = out.user_ctc_logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
         user_ctc = torch.nn.functional.ctc_loss(
-            log_probs, batch.user_words, lengths, batch.user_word_counts, blank=PAD, reduction="sum",
+            log_probs, batch.user_words, host_lengths, word_counts, blank=PAD, reduction="sum",
             zero_infinity=True,
         ) / real  # fmt: skip
 
@@ -230,8 +252,11 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         return out, TokenLosses(token_ce, mel_l1, user_ctc, user_state_ce, total, accuracy)
 
     def draw_chunks(self, batch_size: int) -> torch.Tensor:
+        """One training chunk size per dialogue, on the host: the chunk spec reads them there (to
+        check them and to choose the attention path) without waiting for the device, and the model
+        moves them to it."""
         sizes = torch.tensor(self.model.config.train_chunks, dtype=torch.int32)
-        return sizes[torch.randint(len(sizes), (batch_size,))].to(self.device)
+        return sizes[torch.randint(len(sizes), (batch_size,))]
 
     def _log(self, stage: str, losses: TokenLosses, size: int) -> None:
         sync = stage == "val"

@@ -7,6 +7,7 @@ from s2s.attention import FULL, HIDDEN, PARTIAL, ChunkSpec
 from s2s.attention.mask import (
     packed_dense_mask,
     packed_visible_key_bounds,
+    padding_is_hidden,
     visible_key_bounds,
     visible_pair_count,
 )
@@ -157,3 +158,30 @@ def test_packed_block_mask_classes_match_brute_force(generator):
     dense = packed_dense_mask(spec.resolve(3), cu_q, cu_k).unsqueeze(0)
     expected = brute_force_classes(dense, [33], [31], 8, 8)
     assert torch.equal(block_classes_of(bm, 5, 4), expected)
+
+
+def test_padding_is_hidden_exactly_when_no_real_query_sees_a_padded_key(generator):
+    """padding_is_hidden (host ints) against the dense rule: over frames_k padded keys, some query
+    inside its sequence sees a key at or past its sequence's end iff it answers False."""
+    start = int(torch.randint(0, 2**31 - 300, (1,), generator=generator))
+    answers = set()
+    for seed in range(start, start + 300):
+        g = torch.Generator().manual_seed(seed)
+        batch = int(torch.randint(1, 4, (1,), generator=g))
+        spec = random_spec(g, batch)
+        frames = int(torch.randint(1, 40, (1,), generator=g))
+        chunk = spec.resolve_host(batch).chunk_q
+        # aligned lengths half the time (multiples of the chunk), else anything in [0, frames]
+        lengths = [
+            min(frames, c * int(torch.randint(0, frames // c + 1, (1,), generator=g)))
+            if seed % 2
+            else int(torch.randint(0, frames + 1, (1,), generator=g))
+            for c in chunk
+        ]
+        full = torch.full((batch,), frames, dtype=torch.int64)
+        mask = spec.dense_mask(full, full)  # every pair of the padded batch, by the rule
+        sees_padding = any(bool(mask[b, : lengths[b], lengths[b] :].any()) for b in range(batch))
+        got = padding_is_hidden(spec.resolve_host(batch), lengths, lengths, frames)
+        assert got == (not sees_padding), f"seed {seed}: {spec}, lengths {lengths}, frames {frames}"
+        answers.add(got)
+    assert answers == {True, False}, f"seeds from {start}: both answers occur"

@@ -167,15 +167,18 @@ def test_a_spec_is_resolved_once_per_batch_and_device(monkeypatch):
     offsets = torch.tensor([0, 3, 5], dtype=torch.int32)
     spec = ChunkSpec(chunks, q_offset=offsets, k_offset=offsets)
     reads = []
-    original_min = torch.Tensor.min
+    original_tolist = torch.Tensor.tolist
     monkeypatch.setattr(
-        torch.Tensor, "min", lambda self, *a, **k: reads.append(1) or original_min(self, *a, **k)
+        torch.Tensor, "tolist", lambda self, *a, **k: reads.append(1) or original_tolist(self, *a, **k)
     )
     first = spec.resolve(3)
-    assert len(reads) == 2, "chunk_q (= chunk_k) and the offsets tensor are each checked once"
+    assert len(reads) == 2, "chunk_q (= chunk_k) and the offsets tensor are each read once"
     assert spec.resolve(3) is first and spec.resolve(3, "cpu") is first and len(reads) == 2
+    host = spec.resolve_host(3)
+    assert len(reads) == 2, "the host values come from the same read"
+    assert host.chunk_q == host.chunk_k == (2, 4, 1) and host.q_offset == host.k_offset == (0, 3, 5)
     assert first.chunk_k is first.chunk_q and first.q_offset is first.k_offset
-    assert first.chunk_q.tolist() == [2, 4, 1] and first.k_offset.tolist() == [0, 3, 5]
+    assert original_tolist(first.chunk_q) == [2, 4, 1] and original_tolist(first.k_offset) == [0, 3, 5]
     with pytest.raises(ValueError, match="one value per sequence"):
         spec.resolve(2)
     bad_offset = ChunkSpec(4, q_offset=torch.tensor([0, -1], dtype=torch.int32))
@@ -188,3 +191,9 @@ def test_a_tensor_shared_by_an_offset_and_a_chunk_is_checked_for_each_rule():
     shared = torch.tensor([0, 2], dtype=torch.int32)  # a fine offset, a bad chunk size
     with pytest.raises(ValueError, match="chunk_k must be positive"):
         ChunkSpec(4, chunk_k=shared, q_offset=shared).resolve(2)
+
+
+def test_host_values_of_scalar_fields_repeat_per_sequence():
+    host = ChunkSpec(3, chunk_k=5, left_chunks=2, q_offset=1).resolve_host(4)
+    assert host.chunk_q == (3,) * 4 and host.chunk_k == (5,) * 4
+    assert host.q_offset == (1,) * 4 and host.k_offset == (0,) * 4 and host.left_chunks == 2

@@ -49,6 +49,33 @@ def test_sampler_packs_by_duration_and_covers_every_dialogue_once():
     assert len({c.index for s in shards for b in s for c in b}) == sum(len(b) for s in shards for b in s)
 
 
+def test_sampler_crops_on_the_chunk_grid_with_a_length_multiple():
+    """Every crop a whole multiple of the given samples (a dialogue shorter than one stays whole),
+    inside its dialogue, starting on a hop; without the multiple the crops are the plain ones."""
+    rng = np.random.default_rng()
+    seed = int(rng.integers(1_000_000))
+    lengths = [int(n) for n in rng.integers(100, 9 * 16000, size=80)] + [3000, 5120, 16000 * 7]
+    multiple = 5120  # 8 model frames of 640 samples
+    aligned = DurationBatchSampler(lengths, 16000, 24.0, 6.1, seed=seed, length_multiple=multiple)
+    plain = DurationBatchSampler(lengths, 16000, 24.0, 6.1, seed=seed)
+    crops = [c for b in aligned.batches() for c in b]
+    assert sorted(c.index for c in crops) == list(range(len(lengths))), f"seed {seed}"
+    assert aligned.max_samples == 6.1 * 16000 // multiple * multiple, f"seed {seed}"
+    for crop in crops:
+        n = lengths[crop.index]
+        where = f"seed {seed}: crop {crop} of a {n}-sample dialogue"
+        if n < multiple:
+            assert (crop.start, crop.length) == (0, n), where
+        else:
+            assert crop.length == min(n, aligned.max_samples) // multiple * multiple, where
+        assert crop.start % 160 == 0 and 0 <= crop.start <= n - crop.length, where
+    for crop in (c for b in plain.batches() for c in b):
+        assert crop.length == min(lengths[crop.index], plain.max_samples), f"seed {seed}: {crop}"
+    for bad in (0, -640, 2.5, True):
+        with pytest.raises(ValueError, match="length_multiple must be a positive number of samples"):
+            DurationBatchSampler(lengths, 16000, 24.0, 6.1, length_multiple=bad)
+
+
 def test_sampler_rejects_crops_larger_than_a_batch():
     with pytest.raises(ValueError, match="longer than batch_seconds"):
         DurationBatchSampler([16000 * 30], 16000, batch_seconds=10.0, max_seconds=20.0)
@@ -110,6 +137,61 @@ def test_loader_workers_do_not_change_batches(tiny_corpus):
     assert [b.names for b in single] == [b.names for b in parallel]
     for a, b in zip(single, parallel, strict=True):
         assert torch.equal(a.user_audio, b.user_audio) and torch.equal(a.system_mel, b.system_mel)
+
+
+def test_training_crops_on_the_chunk_grid_reach_the_model_frames(tiny_corpus):
+    """data.crop_multiple_frames: every training item's model frames a multiple of N (what lets
+    attention skip packing); validation keeps whole dialogues; a bad value is refused by name."""
+    module = DuplexDataModule(
+        root=tiny_corpus.out_dir, max_seconds=5.0, batch_seconds=12.0, num_workers=0, seed=5,
+        generate_if_missing=False, crop_multiple_frames=8, eval_max_seconds=None,
+    )  # fmt: skip
+    module.setup("fit")
+    frames = [int(n) // 640 for b in _all_batches(module.train_dataloader()) for n in b.audio_lengths]
+    assert frames and all(f % 8 == 0 for f in frames), frames
+    assert all(int(n) % 640 == 0 for b in _all_batches(module.train_dataloader()) for n in b.audio_lengths)
+    val = sorted(int(n) for b in _all_batches(module.val_dataloader()) for n in b.audio_lengths)
+    assert val == sorted(module.datasets["val"].lengths)
+    for bad in (0, -8, 2.0):
+        with pytest.raises(ValueError, match="crop_multiple_frames"):
+            DuplexDataModule(root=tiny_corpus.out_dir, crop_multiple_frames=bad, generate_if_missing=False)
+
+
+def test_static_batches_hold_a_fixed_count_in_random_order():
+    """static_batch: batch_seconds // max_seconds crops a batch, every dialogue at most once, the
+    smaller last group dropped in training and kept in evaluation."""
+    rng = np.random.default_rng()
+    seed = int(rng.integers(1_000_000))
+    lengths = [int(n) for n in rng.integers(16000, 9 * 16000, size=47)]
+    train = DurationBatchSampler(lengths, 16000, 20.0, 6.0, seed=seed, static_batch=True)
+    batches = train.batches()
+    assert train.static_size == 3 and len(batches) == 15, f"seed {seed}"
+    assert all(len(b) == 3 for b in batches), f"seed {seed}"
+    indices = [c.index for b in batches for c in b]
+    assert len(set(indices)) == 45 and indices != sorted(indices), f"seed {seed}"
+    evaluation = DurationBatchSampler(lengths, 16000, 20.0, 6.0, shuffle=False, static_batch=True)
+    assert [len(b) for b in evaluation.batches()] == [3] * 15 + [2]
+    with pytest.raises(ValueError, match="static_shapes"):
+        DurationBatchSampler(lengths, 16000, 8.0, None, static_batch=True)
+
+
+def test_static_shapes_give_every_training_batch_one_shape(tiny_corpus):
+    """data.static_shapes: every training batch padded to max_seconds, crops on the chunk grid."""
+    seed = int(np.random.default_rng().integers(1_000_000))
+    dialogues = len(DialogueDataset(tiny_corpus.out_dir / "train"))
+    module = DuplexDataModule(
+        root=tiny_corpus.out_dir, max_seconds=2.56, batch_seconds=2.56 * dialogues, num_workers=0,
+        seed=seed, generate_if_missing=False, crop_multiple_frames=8, static_shapes=True,
+    )  # fmt: skip
+    module.setup("fit")
+    for _ in range(2):
+        batches = _all_batches(module.train_dataloader())
+        shapes = {(tuple(b.user_audio.shape), tuple(b.system_speaking.shape)) for b in batches}
+        assert shapes == {((dialogues, 40960), (dialogues, 256))}, f"seed {seed}: {shapes}"
+        for b in batches:
+            assert (b.audio_lengths <= 40960).all() and (b.audio_lengths % 5120 == 0).all(), f"seed {seed}"
+    with pytest.raises(ValueError, match="pad_to"):
+        DialogueCollate(pad_to=1000)
 
 
 def test_validation_batches_are_whole_dialogues_from_the_start(tiny_corpus):

@@ -42,6 +42,20 @@ class NoHostReads(torch.Tensor):
         return super().__torch_function__(func, types, args, kwargs)
 
 
+def record_attention_paths(monkeypatch) -> list[str]:
+    """Patch the model layers' chunk_attention to record, per call, whether it ran "packed" or
+    "dense" (the list fills as the model runs; monkeypatch undoes the patch)."""
+    calls: list[str] = []
+    original = layers.chunk_attention
+
+    def recording(*args, **kwargs):
+        calls.append("packed" if kwargs.get("cu_seqlens_q") is not None else "dense")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "chunk_attention", recording)
+    return calls
+
+
 def random_lengths(generator: torch.Generator, batch: int, frames: int) -> torch.Tensor:
     """Lengths in [0, frames] with one full-length and one empty sequence among them."""
     lengths = torch.randint(0, frames + 1, (batch,), generator=generator)
@@ -151,6 +165,7 @@ def test_attend_with_a_layout_never_reads_the_device():
         indices=layout.indices.as_subclass(NoHostReads),
         cu_seqlens=layout.cu_seqlens.as_subclass(NoHostReads),
         offsets=layout.offsets,
+        valid=layout.valid.as_subclass(NoHostReads),
     )
     q, k, v = (t.detach() for t in _qkv(g, 3, 5))
     for backend in ("reference", "sdpa"):
@@ -249,9 +264,9 @@ def test_a_model_forward_builds_one_layout_for_every_attention_call(monkeypatch)
     built, calls = [], []
     original_build, original_attention = PackedLayout.from_lengths.__func__, layers.chunk_attention
 
-    def build(cls, lengths, frames):
+    def build(cls, lengths, frames, device=None):
         built.append(lengths.tolist())
-        return original_build(cls, lengths, frames)
+        return original_build(cls, lengths, frames, device)
 
     def attention(q, k, v, spec, **kwargs):
         calls.append(kwargs.get("cu_seqlens_q_host"))
@@ -268,3 +283,52 @@ def test_a_model_forward_builds_one_layout_for_every_attention_call(monkeypatch)
         model(mel, feedback, lengths=torch.tensor([10, 7]), chunk=2)
     assert built == [[10, 7]]
     assert calls == [(0, 10, 17)] * 6  # encoder self, decoder self and cross attention
+
+
+def test_attend_runs_an_aligned_padded_batch_unpacked_with_the_packed_result(generator, monkeypatch):
+    """Lengths that are multiples of each sequence's chunk hide every padded key, so `attend`
+    makes one dense call (no cu_seqlens) and still equals the packing: outputs, zero padded rows,
+    and gradients; a length off the chunk grid falls back to the packed call."""
+    calls = record_attention_paths(monkeypatch)
+    for seed in fresh_seeds(generator):
+        g = torch.Generator().manual_seed(seed)
+        batch, frames = 4, 24
+        chunk = torch.tensor([1, 2, 4, 8], dtype=torch.int32)[torch.randperm(4, generator=g)]
+        spec = ChunkSpec(chunk_q=chunk, left_chunks=None if seed % 2 else 2)
+        multiples = torch.randint(0, 4, (batch,), generator=g)
+        lengths = torch.minimum(chunk.long() * multiples, torch.tensor(frames))
+        lengths[int(torch.randint(batch, (1,), generator=g))] = frames - 8  # padding in every batch
+        for aligned in (True, False):
+            if not aligned:  # one sequence's length off its chunk grid (chunk > 1): packing needed
+                b = int((chunk > 1).nonzero()[0])
+                lengths[b] = int(chunk[b]) * 2 + 1
+            q, k, v = _qkv(g, batch, frames)
+            weights = torch.randn(batch, frames, 4, 8, generator=g, dtype=torch.float64)
+            calls.clear()
+            out = attend(q, k, v, spec, PackedLayout.from_lengths(lengths, frames), "reference")
+            where = f"seed {seed}, lengths {lengths.tolist()}, chunk {chunk.tolist()}, aligned {aligned}"
+            assert calls == ["dense" if aligned else "packed"], where
+            grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+            expected = masked_attend(q, k, v, spec, lengths, "reference")
+            expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+            torch.testing.assert_close(
+                out, expected, rtol=1e-12, atol=1e-12, msg=lambda m, w=where: f"{w}: {m}"
+            )
+            padded = torch.arange(frames)[None, :] >= lengths[:, None]
+            assert torch.isfinite(out).all() and (out[padded] == 0).all(), where
+            for name, got, want in zip("qkv", grads, expected_grads, strict=True):
+                torch.testing.assert_close(
+                    got, want, rtol=1e-12, atol=1e-12, msg=lambda m, n=name, w=where: f"{w}: d{n}: {m}"
+                )
+
+
+def test_host_lengths_build_the_layout_on_the_device_without_reading_it():
+    """Lengths on the host (as the training step passes them) give the same layout as device
+    lengths, with its tensors on the requested device; the device copy is never read back."""
+    host = torch.tensor([7, 12, 0, 9])
+    layout = PackedLayout.from_lengths(host, 12, device="cpu")
+    reference = PackedLayout.from_lengths(host.clone(), 12)
+    assert layout.offsets == reference.offsets == (0, 7, 19, 19, 28)
+    assert torch.equal(layout.indices, reference.indices) and torch.equal(layout.valid, reference.valid)
+    assert layout.lengths == (7, 12, 0, 9) and layout.valid.shape == (4, 12)
+    assert layout.valid.sum(dim=1).tolist() == [7, 12, 0, 9]

@@ -1,9 +1,10 @@
 """Training gradients of model v2 from a padded batch equal the sum of each dialogue's alone.
 
-A padded batch runs every attention through the packed (variable-length) path; a dialogue alone
-runs the dense one. Every loss reads per-frame outputs (the user CTC head, the token logits, the
-user-state head), so a frame that lands on the wrong row in packing or unpacking, or a gradient the
-packed backward writes to the wrong place, shows here. The GPU case runs the base model on the CuTe
+A padded batch runs attention through the packed (variable-length) path, or, when every length is
+a multiple of its chunk, unpacked on the padded batch; a dialogue alone runs the dense one. Every
+loss reads per-frame outputs (the user CTC head, the token logits, the user-state head), so a
+frame that lands on the wrong row in packing or unpacking, or a gradient the packed backward writes
+to the wrong place, shows here. The GPU case runs the base model on the CuTe
 kernel in bf16 against the float32 reference backend: the 60 s training windows (every batch
 padded) left the user CTC untrained on the H200 while 40 s windows (mostly unpadded) did not.
 """
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from tests.models.test_packing import record_attention_paths
 
 SMALL = TokenDuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2, dropout=0.0)
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -89,14 +91,24 @@ def _worst(padded, alone):
     return name, errors[name]
 
 
-def test_padded_batch_gradients_equal_the_dialogues_alone_on_the_cpu(generator):
+@pytest.mark.parametrize(
+    "lengths, path",
+    [([40, 27, 33], "packed"), ([40, 28, 33], "dense")],
+    ids=["off-the-chunk-grid", "on-the-chunk-grid"],
+)
+def test_padded_batch_gradients_equal_the_dialogues_alone_on_the_cpu(lengths, path, generator, monkeypatch):
+    """27 frames at chunk 2 leave a padded key in a real query's chunk: the batch is packed; 28 do
+    not (every length a multiple of its chunk): the padded batch runs unpacked. Both are exact."""
     seed = generator.initial_seed()
     torch.manual_seed(seed)
     model = TokenDuplexModel(SMALL).eval()
-    lengths, chunks = [40, 27, 33], [4, 2, 1]
+    chunks = [4, 2, 1]
     mel, tokens, reads = _inputs(SMALL, lengths, generator)
     cpu = torch.device("cpu")
+    calls = record_attention_paths(monkeypatch)
     padded = _padded(model, mel, tokens, reads, lengths, chunks, cpu, False)
+    assert calls and set(calls) == {path}, f"seed {seed}: attention calls {calls}"
+    monkeypatch.undo()
     alone = _alone(model, mel, tokens, reads, lengths, chunks, cpu, False)
     assert len(padded) == len(list(model.parameters())), "every parameter gets a gradient"
     assert all(torch.isfinite(g).all() for g in padded.values())

@@ -164,7 +164,7 @@ def test_datasheet_peaks_by_device_name():
 
 def test_attention_flops_of_a_forward_pass_by_hand():
     """The tiny model (4 heads of 32, 4 encoder and 4 decoder layers: 4 + 4 self and 4 cross
-    attention calls) on two dialogues of 12 and 8 frames, chunk 4 (packed: lengths differ).
+    attention calls) on two dialogues of 12 and 8 frames, chunk 4 (padded: lengths differ).
 
     Visible pairs of a 12-frame sequence under chunk 4: rows 0-3 see 4 keys, 4-7 see 8, 8-11 see
     12: 4 * (4 + 8 + 12) = 96; of the 8-frame one: 4 * (4 + 8) = 48. Per call:
@@ -181,6 +181,6 @@ def test_attention_flops_of_a_forward_pass_by_hand():
     assert counted.flops == 12 * 4 * 32 * 4 * (96 + 48)
     # Counting leaves the model's attention as it was.
     import s2s.models.attention as layers
-    from s2s.attention import chunk_attention
+    from s2s.models.attention import attend
 
-    assert layers.chunk_attention is chunk_attention
+    assert layers.attend is attend

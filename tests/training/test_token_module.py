@@ -219,3 +219,34 @@ def test_frames_near_a_silence_onset_are_found_and_weighted(generator):
     for bad in ({"user_onset": 0.0}, {"user_pause": -1.0}, {"onset_frames": 0}, {"onset_frames": 2.5}):
         with pytest.raises(ValueError, match=r"module\.weights"):
             TokenLossWeights(**bad)
+
+
+def test_the_training_step_never_reads_lengths_from_the_device(tiny_corpus, generator):
+    """The step packs attention and runs the CTC loss from the batch's host copies of the lengths:
+    with the device tensors guarded against host reads it runs, and gives the losses it gives when
+    only the device tensors are there to read."""
+    import dataclasses
+
+    from tests.models.test_packing import NoHostReads
+
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+    torch.manual_seed(seed)
+    config = TokenDuplexConfig(dim=32, heads=2, kv_heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0)
+    module = TokenDuplexLightningModule(TokenDuplexModel(config).train())
+    batch = next(iter(_data(tiny_corpus).train_dataloader()))
+    assert batch.host_frame_lengths == tuple(batch.frame_lengths.tolist()), f"seed {seed}"
+    assert batch.host_user_word_counts == tuple(batch.user_word_counts.tolist()), f"seed {seed}"
+    chunks = torch.tensor([4, 2, 1])[torch.randint(3, (len(batch),))].to(torch.int32)
+    guarded = dataclasses.replace(
+        batch,
+        frame_lengths=batch.frame_lengths.as_subclass(NoHostReads),
+        user_word_counts=batch.user_word_counts.as_subclass(NoHostReads),
+    )
+    _, losses = module.run(guarded, chunks)
+    _, want = module.run(
+        dataclasses.replace(batch, host_frame_lengths=None, host_user_word_counts=None), chunks
+    )
+    for name in ("token_ce", "mel_l1", "user_ctc", "user_state_ce", "total"):
+        got = getattr(losses, name).as_subclass(torch.Tensor)
+        assert torch.isfinite(got), f"seed {seed}: {name}"
+        torch.testing.assert_close(got, getattr(want, name), msg=lambda m, n=name: f"seed {seed}: {n}: {m}")

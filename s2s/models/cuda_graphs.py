@@ -1,0 +1,152 @@
+"""CUDA graphs of the encoder's and the decoder's blocks in training: each step replays a captured
+forward and backward graph per stack instead of launching every kernel of every block from Python.
+
+The base model's training step on an H200 is host-bound: two thirds of it no kernel runs while the
+host dispatches ~3,000 operators a forward, nearly all of them inside the blocks (docs/benchmarks.md).
+A graph replays the same kernels on the same buffers, so what changes from step to step must arrive
+in tensors: the frames, the per-sequence chunk sizes and which frames are padding. What would need
+the host inside the stacks is settled before a replay, on the host: the stacks take a graph only for
+a batch without padding or whose padding no real query sees (every length a multiple of its chunk:
+data.crop_multiple_frames), where attention runs unpacked (s2s.models.packing.AlignedLayout).
+Anything else runs eagerly, as it would without graphs.
+
+One graph pair is captured per batch shape (torch.cuda.make_graphed_callables: warm-up on a side
+stream, then capture) and replayed whenever that shape returns; data.static_shapes gives a run a
+single shape. Autocast's weight cache is off while capturing: a cast cached in warm-up would freeze
+the weights of that moment into the graph.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from s2s.attention.spec import ChunkSpec, SequenceChunks
+from s2s.models.packing import AlignedLayout
+
+
+class EncoderBlocks(nn.Module):
+    """The encoder's blocks as one callable of tensors (what a graph captures)."""
+
+    def __init__(self, blocks: nn.ModuleList, left_chunks: int | None):
+        super().__init__()
+        self.blocks = blocks
+        self.left_chunks = left_chunks
+
+    def forward(self, x, positions, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
+        layout = AlignedLayout(valid)
+        for block in self.blocks:
+            x = block(x, positions, spec, layout)
+        return x
+
+
+class DecoderBlocks(EncoderBlocks):
+    """The decoder's blocks as one callable of tensors; self- and cross-attention share the spec."""
+
+    def forward(self, x, positions, encoded, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
+        layout = AlignedLayout(valid)
+        for block in self.blocks:
+            x = block(x, positions, encoded, spec, spec, layout)
+        return x
+
+
+@dataclass(frozen=True)
+class GraphKey:
+    """What a captured graph is fixed to: shapes, dtypes, autocast and the history limit."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    encoded: tuple[tuple[int, ...], torch.dtype, bool] | None
+    autocast: torch.dtype | None
+    left_chunks: int | None
+
+
+def chunk_table(chunks: SequenceChunks) -> torch.Tensor:
+    """(4, B) int64 on the device: chunk_q, chunk_k, q_offset, k_offset of each sequence."""
+    return torch.stack([chunks.chunk_q, chunks.chunk_k, chunks.q_offset, chunks.k_offset])
+
+
+def runs_unpacked(spec: ChunkSpec, layout) -> bool:
+    """Whether attention runs this batch as it is, unpacked: no padding, or padding that no real
+    query sees (host ints only: nothing waits for the device)."""
+    if layout is None or not layout.has_padding:
+        return True
+    return layout.padding_hidden(spec)
+
+
+def graphable(x: torch.Tensor, blocks: EncoderBlocks, spec: ChunkSpec, layout) -> bool:
+    """Whether this call can replay a graph: training with gradients on a CUDA device, unpacked."""
+    training = x.is_cuda and blocks.blocks.training and torch.is_grad_enabled() and x.requires_grad
+    return training and runs_unpacked(spec, layout)
+
+
+class GraphedBlocks:
+    """Replays `blocks` (an EncoderBlocks or DecoderBlocks) as CUDA graphs, one pair per batch shape,
+    at most `max_shapes` of them (a run with more shapes runs the rest eagerly, with a warning)."""
+
+    def __init__(self, blocks: EncoderBlocks, max_shapes: int = 4, warmup_steps: int = 3):
+        if max_shapes < 1:
+            raise ValueError(f"max_shapes must be at least 1, got {max_shapes}")
+        self.blocks = blocks
+        self.max_shapes = max_shapes
+        self.warmup_steps = warmup_steps
+        self.graphs: dict[GraphKey, nn.Module] = {}
+        self.replays = 0
+        self._warned = False
+
+    def __call__(self, x, positions, spec: ChunkSpec, layout, encoded=None) -> torch.Tensor | None:
+        """The stack's output through a graph, or None where this call must run eagerly."""
+        if not graphable(x, self.blocks, spec, layout) or spec.left_chunks != self.blocks.left_chunks:
+            return None
+        batch, frames = x.shape[:2]
+        if layout is None:
+            valid = torch.ones(batch, frames, dtype=torch.bool, device=x.device)
+        else:
+            valid = layout.valid
+        table = chunk_table(spec.resolve(batch, x.device))
+        autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        key = GraphKey(
+            tuple(x.shape), x.dtype,
+            None if encoded is None else (tuple(encoded.shape), encoded.dtype, encoded.requires_grad),
+            autocast, spec.left_chunks,
+        )  # fmt: skip
+        inputs = (x, positions, table, valid) if encoded is None else (x, positions, encoded, table, valid)
+        graphed = self.graphs.get(key)
+        if graphed is None:
+            if len(self.graphs) >= self.max_shapes:
+                if not self._warned:
+                    warnings.warn(
+                        f"CUDA graphs: {self.max_shapes} batch shapes captured already; batches of "
+                        f"other shapes (this one {tuple(x.shape)}) run eagerly (data.static_shapes "
+                        "gives a run one shape)",
+                        stacklevel=2,
+                    )
+                    self._warned = True
+                return None
+            graphed = self._capture(inputs, autocast)
+            self.graphs[key] = graphed
+        self.replays += 1
+        return graphed(*inputs)
+
+    def _capture(self, inputs: tuple[torch.Tensor, ...], autocast: torch.dtype | None) -> nn.Module:
+        """Warm up and capture a fresh wrapper of the same blocks (make_graphed_callables patches the
+        module it is given, so each shape gets its own) on copies of this call's inputs."""
+        wrapper = type(self.blocks)(self.blocks.blocks, self.blocks.left_chunks)
+        samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
+        dtype = autocast or torch.bfloat16
+        with torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False):
+            return torch.cuda.make_graphed_callables(wrapper, samples, num_warmup_iters=self.warmup_steps)
+
+
+def use_cuda_graphs(model: nn.Module, max_shapes: int = 4) -> nn.Module:
+    """Give `model`'s encoder and decoder graphed block stacks (their `forward` then tries a graph
+    first); returns `model`. Parameters and state_dict are unchanged."""
+    left = model.config.left_chunks
+    model.encoder.graphs = GraphedBlocks(EncoderBlocks(model.encoder.blocks, left), max_shapes)
+    model.decoder.graphs = GraphedBlocks(DecoderBlocks(model.decoder.blocks, left), max_shapes)
+    return model

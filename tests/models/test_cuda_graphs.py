@@ -1,0 +1,174 @@
+"""CUDA graphs of the block stacks: the tensor-only stacks a graph captures equal the model's own
+loop and never read the device on the host (CPU), and graphed training steps equal eager ones (GPU)."""
+
+import dataclasses
+import importlib.util
+
+import pytest
+import torch
+
+from s2s.attention import ChunkSpec
+from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table, runs_unpacked, use_cuda_graphs
+from s2s.models.packing import AlignedLayout, PackedLayout
+from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from tests.models.test_packing import NoHostReads
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+SMALL = TokenDuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2, dropout=0.0)
+
+
+def _batch(g: torch.Generator, config, frames: int, lengths: list[int], chunks: list[int]):
+    batch = len(lengths)
+    x = torch.randn(batch, frames, config.dim, generator=g, dtype=torch.float64)
+    encoded = torch.randn(batch, frames, config.dim, generator=g, dtype=torch.float64)
+    positions = torch.arange(frames).expand(batch, frames).contiguous()
+    spec = ChunkSpec(torch.tensor(chunks, dtype=torch.int32), left_chunks=config.left_chunks)
+    layout = PackedLayout.from_lengths(torch.tensor(lengths), frames)
+    return x, encoded, positions, spec, layout
+
+
+def test_the_tensor_only_stacks_equal_the_model_loop_and_never_read_the_device(generator):
+    """EncoderBlocks / DecoderBlocks (what a graph captures: tensors in, spec and layout made inside
+    from device values) give the blocks' outputs and gradients of the eager loop on an aligned padded
+    batch, with every tensor input guarded against host reads."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    model = TokenDuplexModel(SMALL).double().train()
+    x, encoded, positions, spec, layout = _batch(generator, SMALL, 24, [24, 16, 8], [4, 8, 2])
+    assert layout.has_padding and layout.padding_hidden(spec), f"seed {seed}"
+    weights = torch.randn(3, 24, SMALL.dim, generator=generator, dtype=torch.float64)
+
+    def eager(x, encoded):
+        h = x
+        for block in model.encoder.blocks:
+            h = block(h, positions, spec, layout)
+        d = encoded
+        for block in model.decoder.blocks:
+            d = block(d, positions, h, spec, spec, layout)
+        return h, d
+
+    table = chunk_table(spec.resolve(3))
+
+    def stacked(x, encoded):
+        guard = [t.as_subclass(NoHostReads) for t in (x, positions, table, layout.valid)]
+        h = EncoderBlocks(model.encoder.blocks, SMALL.left_chunks)(*guard)
+        d = DecoderBlocks(model.decoder.blocks, SMALL.left_chunks)(
+            encoded.as_subclass(NoHostReads), guard[1], h, *guard[2:]
+        )
+        return h.as_subclass(torch.Tensor), d.as_subclass(torch.Tensor)
+
+    results = []
+    for run in (eager, stacked):
+        a, b = x.clone().requires_grad_(), encoded.clone().requires_grad_()
+        h, d = run(a, b)
+        model.zero_grad(set_to_none=True)
+        ((h * weights).sum() + (d * weights).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((h.detach(), d.detach(), a.grad, b.grad, grads))
+    names = ("encoder", "decoder", "dx", "dencoded")
+    for name, got, want in zip(names, results[1][:4], results[0][:4], strict=True):
+        torch.testing.assert_close(
+            got, want, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"seed {seed}: {n}: {m}"
+        )
+    assert results[1][4].keys() == results[0][4].keys() and len(results[0][4]) > 0
+    for name, grad in results[0][4].items():
+        torch.testing.assert_close(
+            results[1][4][name], grad, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"seed {seed}: {n}: {m}"
+        )
+
+
+def test_only_unpacked_batches_can_take_a_graph():
+    spec = ChunkSpec(torch.tensor([4, 2], dtype=torch.int32))
+    assert runs_unpacked(spec, None)
+    assert runs_unpacked(spec, PackedLayout.from_lengths(torch.tensor([12, 12]), 12))  # no padding
+    assert runs_unpacked(spec, PackedLayout.from_lengths(torch.tensor([12, 6]), 12))  # on the chunk grid
+    assert not runs_unpacked(spec, PackedLayout.from_lengths(torch.tensor([12, 7]), 12))  # 7 % 2 != 0
+    assert not runs_unpacked(spec, PackedLayout.from_lengths(torch.tensor([10, 6]), 12))  # 10 % 4 != 0
+    assert runs_unpacked(spec, AlignedLayout(torch.ones(2, 12, dtype=torch.bool)))
+
+
+def test_a_spec_made_from_device_values_reads_nothing_and_has_no_host_copy():
+    chunks = ChunkSpec(torch.tensor([4, 2], dtype=torch.int32), left_chunks=3).resolve(2)
+    guarded = type(chunks)(*(t.as_subclass(NoHostReads) for t in (
+        chunks.chunk_q, chunks.chunk_k, chunks.q_offset, chunks.k_offset)), left_chunks=3)  # fmt: skip
+    spec = ChunkSpec.from_resolved(guarded)
+    assert spec.resolve(2) is guarded and spec.left_chunks == 3
+    with pytest.raises(ValueError, match="no host copy"):
+        spec.resolve_host(2)
+
+
+def test_graphs_leave_cpu_training_as_it_was(generator):
+    """On the CPU the graphed stacks decline every call: the same outputs, no graph captured."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    model = TokenDuplexModel(SMALL).train()
+    twin = TokenDuplexModel(SMALL).train()
+    twin.load_state_dict(model.state_dict())
+    use_cuda_graphs(twin)
+    mel = torch.randn(2, 16 * SMALL.mel_per_frame, SMALL.n_mels, generator=generator)
+    tokens = torch.randint(0, SMALL.system_vocab, (2, 16), generator=generator)
+    lengths, chunk = torch.tensor([16, 8]), torch.tensor([4, 8], dtype=torch.int32)
+    out = model(mel, tokens, lengths=lengths, chunk=chunk)
+    again = twin(mel, tokens, lengths=lengths, chunk=chunk)
+    torch.testing.assert_close(again.token_logits, out.token_logits, rtol=0, atol=0, msg=f"seed {seed}")
+    assert twin.encoder.graphs.graphs == {} and twin.encoder.graphs.replays == 0
+    assert twin.state_dict().keys() == model.state_dict().keys()
+
+
+def _train_steps(model, batches, steps_per_batch: int = 2):
+    """Losses and final parameters of SGD steps over `batches` (each twice) under bf16 autocast."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for mel, tokens, lengths, chunk in batches:
+        for _ in range(steps_per_batch):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(mel, tokens, lengths=lengths, chunk=chunk)
+                mask = (torch.arange(tokens.shape[1], device="cuda")[None, :] < lengths[:, None]).float()
+                loss = (out.token_logits.float().logsumexp(-1) * mask).sum() / mask.sum()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not HOPPER or importlib.util.find_spec("cutlass") is None,
+    reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl",
+)
+def test_graphed_training_steps_equal_eager_ones(generator):
+    """Steps through captured graphs follow the eager steps on the CuTe kernel (weights updated
+    between replays, new inputs copied in, a second shape captured, an unaligned batch run eagerly)."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    config = dataclasses.replace(SMALL, dim=128, heads=2, kv_heads=1, attention_backend="cute")
+    eager = TokenDuplexModel(config).cuda().train()
+    graphed = TokenDuplexModel(config).cuda().train()
+    graphed.load_state_dict(eager.state_dict())
+    use_cuda_graphs(graphed)
+
+    def batch(frames, lengths, chunks):
+        mel = torch.randn(len(lengths), frames * config.mel_per_frame, config.n_mels, generator=generator)
+        tokens = torch.randint(0, config.system_vocab, (len(lengths), frames), generator=generator)
+        return (mel.cuda(), tokens.cuda(), torch.tensor(lengths).cuda(),
+                torch.tensor(chunks, dtype=torch.int32))  # fmt: skip
+
+    batches = [
+        batch(32, [32, 24, 16], [8, 4, 2]),
+        batch(32, [32, 32, 8], [2, 8, 4]),  # same shape: replayed with new values
+        batch(24, [24, 16], [4, 8]),  # another shape: captured
+        batch(32, [32, 27, 16], [8, 2, 2]),  # 27 % 2 != 0: packed, eager
+    ]
+    want_losses, want = _train_steps(eager, batches)
+    got_losses, got = _train_steps(graphed, batches)
+    assert len(graphed.encoder.graphs.graphs) == 2 and len(graphed.decoder.graphs.graphs) == 2, f"seed {seed}"
+    assert graphed.encoder.graphs.replays == 6, f"seed {seed}: {graphed.encoder.graphs.replays} replays"
+    torch.testing.assert_close(
+        torch.tensor(got_losses), torch.tensor(want_losses), rtol=2e-2, atol=2e-2,
+        msg=lambda m: f"seed {seed}: losses {got_losses} vs eager {want_losses}: {m}",
+    )  # fmt: skip
+    for name, value in want.items():
+        assert torch.isfinite(got[name]).all(), f"seed {seed}: {name}"
+        error = ((got[name] - value).norm() / value.norm().clamp(min=1e-12)).item()
+        assert error < 2e-2, f"seed {seed}: {name} after 8 steps differs from eager by {error:.2e}"
