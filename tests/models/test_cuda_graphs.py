@@ -6,6 +6,7 @@ import importlib.util
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2s.attention import ChunkSpec
 from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table, runs_unpacked, use_cuda_graphs
@@ -75,6 +76,45 @@ def test_the_tensor_only_stacks_equal_the_model_loop_and_never_read_the_device(g
         torch.testing.assert_close(
             results[1][4][name], grad, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"seed {seed}: {n}: {m}"
         )
+
+
+class HostWaits(TorchDispatchMode):
+    """Records the operators that make a CUDA host wait for the device (not allowed in a capture)."""
+
+    WAITING = frozenset(
+        {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "_unique2", "equal"}
+    )
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.WAITING:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "reference"])
+def test_the_stacks_forward_and_backward_never_wait_for_the_device(backend, generator):
+    """Forward and backward of both stacks (with dropout) contain no operator that reads a value
+    back to the host: what a graph capture refuses."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    config = dataclasses.replace(SMALL, dropout=0.1, attention_backend=backend)
+    model = TokenDuplexModel(config).train()
+    x, encoded, positions, spec, layout = _batch(generator, config, 24, [24, 16, 8], [4, 8, 2])
+    x, encoded = x.float().requires_grad_(), encoded.float().requires_grad_()
+    table = chunk_table(spec.resolve(3))
+    waits = HostWaits()
+    with waits:
+        h = EncoderBlocks(model.encoder.blocks, config.left_chunks)(x, positions, table, layout.valid)
+        d = DecoderBlocks(model.decoder.blocks, config.left_chunks)(
+            encoded, positions, h, table, layout.valid
+        )
+        (h.sum() + d.sum()).backward()
+    assert waits.seen == [], f"seed {seed}, {backend}: {waits.seen}"
+    assert x.grad is not None and encoded.grad is not None and torch.isfinite(x.grad).all(), f"seed {seed}"
 
 
 def test_only_unpacked_batches_can_take_a_graph():
