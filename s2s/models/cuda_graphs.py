@@ -99,6 +99,11 @@ class GraphedBlocks:
         self.replays = 0
         self._warned = False
 
+    def __reduce__(self):
+        """A copy of the model (the free-running validation streams a deep copy) or a pickled one has
+        no graphs and runs eagerly: the graphs replay on this model's own buffers."""
+        return (_no_graphs, ())
+
     def __call__(self, x, positions, spec: ChunkSpec, layout, encoded=None) -> torch.Tensor | None:
         """The stack's output through a graph, or None where this call must run eagerly."""
         if not graphable(x, self.blocks, spec, layout) or spec.left_chunks != self.blocks.left_chunks:
@@ -141,6 +146,10 @@ class GraphedBlocks:
         dtype = autocast or torch.bfloat16
         with torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False):
             return torch.cuda.make_graphed_callables(wrapper, samples, num_warmup_iters=self.warmup_steps)
+
+
+def _no_graphs() -> None:
+    return None
 
 
 def use_cuda_graphs(model: nn.Module, max_shapes: int = 4) -> nn.Module:

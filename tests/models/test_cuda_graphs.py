@@ -1,8 +1,10 @@
 """CUDA graphs of the block stacks: the tensor-only stacks a graph captures equal the model's own
 loop and never read the device on the host (CPU), and graphed training steps equal eager ones (GPU)."""
 
+import copy
 import dataclasses
 import importlib.util
+import pickle
 
 import pytest
 import torch
@@ -153,6 +155,11 @@ def test_graphs_leave_cpu_training_as_it_was(generator):
     torch.testing.assert_close(again.token_logits, out.token_logits, rtol=0, atol=0, msg=f"seed {seed}")
     assert twin.encoder.graphs.graphs == {} and twin.encoder.graphs.replays == 0
     assert twin.state_dict().keys() == model.state_dict().keys()
+    # a copy (the free-running validation streams one) or a pickle runs eagerly, without graphs
+    copied = copy.deepcopy(twin)
+    assert copied.encoder.graphs is None and copied.decoder.graphs is None
+    assert twin.encoder.graphs is not None and twin.decoder.graphs is not None
+    assert pickle.loads(pickle.dumps(twin)).encoder.graphs is None
 
 
 def _train_steps(model, batches, steps_per_batch: int = 2):
@@ -212,3 +219,5 @@ def test_graphed_training_steps_equal_eager_ones(generator):
         assert torch.isfinite(got[name]).all(), f"seed {seed}: {name}"
         error = ((got[name] - value).norm() / value.norm().clamp(min=1e-12)).item()
         assert error < 2e-2, f"seed {seed}: {name} after 8 steps differs from eager by {error:.2e}"
+    copied = copy.deepcopy(graphed).eval()  # as the free-running validation streams a copy
+    assert copied.encoder.graphs is None and len(graphed.encoder.graphs.graphs) == 2, f"seed {seed}"
