@@ -288,9 +288,8 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
         synchronize(device)
         graphs = module.model.encoder.graphs
         if not graphs.graphs:
-            raise SystemExit(
-                f"{name}: the batch took no graph (it is packed): pass --equal-lengths or --length-multiple 8"
-            )
+            why = graphs.failure or "the batch is packed: pass --equal-lengths or --length-multiple 8"
+            raise SystemExit(f"{name}: the step took no graph ({why})")
         compile_note = f"first step (warm-up and capture) {time.perf_counter() - start:.1f} s"
     for _ in range(args.warmup):
         loss = train_step(module, optimizer, batch, chunks)

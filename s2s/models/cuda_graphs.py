@@ -98,6 +98,7 @@ class GraphedBlocks:
         self.graphs: dict[GraphKey, nn.Module] = {}
         self.replays = 0
         self._warned = False
+        self.failure: str | None = None  # why capturing failed: the run goes on eagerly
 
     def __reduce__(self):
         """A copy of the model (the free-running validation streams a deep copy) or a pickled one has
@@ -106,7 +107,9 @@ class GraphedBlocks:
 
     def __call__(self, x, positions, spec: ChunkSpec, layout, encoded=None) -> torch.Tensor | None:
         """The stack's output through a graph, or None where this call must run eagerly."""
-        if not graphable(x, self.blocks, spec, layout) or spec.left_chunks != self.blocks.left_chunks:
+        if self.failure is not None or spec.left_chunks != self.blocks.left_chunks:
+            return None
+        if not graphable(x, self.blocks, spec, layout):
             return None
         batch, frames = x.shape[:2]
         if layout is None:
@@ -133,7 +136,18 @@ class GraphedBlocks:
                     )
                     self._warned = True
                 return None
-            graphed = self._capture(inputs, autocast)
+            try:
+                graphed = self._capture(inputs, autocast)
+            except Exception as error:  # any failure to capture leaves the run on the eager path
+                first_line = str(error).splitlines()[0] if str(error) else ""
+                self.failure = f"{type(error).__name__}: {first_line}"
+                stack = type(self.blocks).__name__
+                warnings.warn(
+                    f"CUDA graphs are off for the rest of this run: capturing the {stack} for "
+                    f"{tuple(x.shape)} failed ({self.failure}); the steps run eagerly",
+                    stacklevel=2,
+                )
+                return None
             self.graphs[key] = graphed
         self.replays += 1
         return graphed(*inputs)

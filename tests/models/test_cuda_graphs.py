@@ -119,6 +119,32 @@ def test_the_stacks_forward_and_backward_never_wait_for_the_device(backend, gene
     assert x.grad is not None and encoded.grad is not None and torch.isfinite(x.grad).all(), f"seed {seed}"
 
 
+def test_a_failed_capture_leaves_the_run_eager_with_the_reason(monkeypatch, generator):
+    """A capture that fails (an operation the graph cannot hold) warns once with the reason and
+    hands every later call back to the eager loop, without trying again."""
+    import s2s.models.cuda_graphs as cuda_graphs
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(cuda_graphs, "graphable", lambda *args: True)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", refuse)
+    model = TokenDuplexModel(SMALL).train()
+    use_cuda_graphs(model)
+    x, _, positions, spec, layout = _batch(generator, SMALL, 16, [16, 8], [4, 8])
+    x = x.float().requires_grad_()
+    with pytest.warns(
+        UserWarning, match="CUDA graphs are off.*operation not permitted when stream is capturing\\)"
+    ):
+        assert model.encoder.graphs(x, positions, spec, layout) is None
+    assert model.encoder.graphs(x, positions, spec, layout) is None and len(attempts) == 1
+    assert model.encoder.graphs.failure == "RuntimeError: operation not permitted when stream is capturing"
+    assert model.encoder.graphs.graphs == {}
+
+
 def test_only_unpacked_batches_can_take_a_graph():
     spec = ChunkSpec(torch.tensor([4, 2], dtype=torch.int32))
     assert runs_unpacked(spec, None)
