@@ -13,9 +13,9 @@ required for stereo input), stereo_out=true|false, device=cpu, threads=N (CPU in
 default 1, as a chunk's tensors are too small to share; two threads on a busy 2-core machine made a
 10 s recording take 21.7 s instead of 1.1 s), seed=N, temperature=T, top_k=K, bos_bias=B,
 eos_bias=B, pad_bias=B, state_gain=G (default: the gain the run chose on validation, else 4),
-greedy_words=true|false, onset_temperature=T (model v2's sampling), history_seconds=S (how far back
-attention reaches, inf: unlimited; default: the history the run's checkpoint was chosen with, else
-the model's), timeline=PATH (default out.json).
+greedy_words=true|false, onset_temperature=T, onset_quantile=Q (model v2's sampling),
+history_seconds=S (how far back attention reaches, inf: unlimited; default: the history the run's
+checkpoint was chosen with, else the model's), timeline=PATH (default out.json).
 """
 
 from __future__ import annotations
@@ -235,12 +235,12 @@ def _replies(tokens: list[int], names: list[str] | None, frame_seconds: float) -
 USAGE = (
     "usage: python -m s2s.infer IN.wav OUT.wav [model=DIR_or_CKPT] [chunk=FRAMES] [channel=0|1|mix] "
     "[stereo_out=true] [device=cpu] [threads=1] [seed=0] [temperature=0.7] [top_k=0] [bos_bias=0] "
-    "[eos_bias=0] [pad_bias=0] [state_gain=4] [greedy_words=false] [onset_temperature=T] "
+    "[eos_bias=0] [pad_bias=0] [state_gain=4] [greedy_words=false] [onset_temperature=T] [onset_quantile=Q] "
     "[history_seconds=S] [timeline=OUT.json]"
 )
 SAMPLING_KEYS = {
     "temperature": float, "top_k": int, "pad_bias": float, "bos_bias": float, "eos_bias": float,
-    "state_gain": float, "greedy_words": boolean, "onset_temperature": float,
+    "state_gain": float, "greedy_words": boolean, "onset_temperature": float, "onset_quantile": float,
 }  # fmt: skip
 
 

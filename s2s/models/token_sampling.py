@@ -12,7 +12,13 @@ A barge-in may end a reply at any frame: EOS is always allowed inside a reply.
 The knobs are Moshi's and NeMo DuplexS2S's: temperature (0 = greedy), top-k, and additive logit
 biases for PAD, BOS and EOS (a positive BOS bias answers sooner, a positive EOS bias stops sooner).
 `greedy_words` samples when to say a word but takes the most likely word; `onset_temperature`
-gives the decision to start a reply (PAD or BOS, outside a reply) its own temperature.
+gives the decision to start a reply (PAD or BOS, outside a reply) its own temperature, and
+`onset_quantile` makes that decision without drawing: the frame-by-frame BOS probabilities of a
+silence describe when a draw would start the reply (a distribution over onset times); the reply
+starts where that distribution reaches the quantile, the same frame on every run. A draw gives a
+long pause a fresh chance at every frame; the quantile starts a reply only once the model's own
+onset distribution has put that much mass behind it. The mass restarts when a reply ends and while
+the user-state head hears the user speak.
 Biases apply before the mask, the top-k and the temperature, in greedy decoding too. One more,
 `state_gain`, lets the encoder's user-state head veto a reply, as Freeze-Omni's state classifier
 decides: BOS's logit gets `state_gain * log P(ended | ended or pause)` of the frame (a per-frame
@@ -54,6 +60,10 @@ class SamplingConfig:
     # only where it is more likely than PAD). Sampled at 0.7, a long pause gives a reply onset
     # a fresh chance every frame; the base model's false take-overs all fell in pauses >= 0.55 s.
     onset_temperature: float | None = None
+    # In (0, 1): start a reply, outside one, exactly when the probability that sampling (at the onset
+    # temperature, or 1 when greedy) would have started it during the current silence reaches this
+    # quantile; None: the onset is drawn.
+    onset_quantile: float | None = None
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -61,6 +71,11 @@ class SamplingConfig:
         if self.onset_temperature is not None and not self.onset_temperature >= 0:
             raise ValueError(
                 f"onset_temperature must be >= 0 (0 = greedy onsets) or None, got {self.onset_temperature}"
+            )
+        if self.onset_quantile is not None and not 0.0 < self.onset_quantile < 1.0:
+            raise ValueError(
+                f"onset_quantile must lie strictly between 0 and 1 (0.5: the median onset), or be None, "
+                f"got {self.onset_quantile}"
             )
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = all tokens), got {self.top_k}")
@@ -75,6 +90,9 @@ class SampledTokens:
     tokens: torch.Tensor  # (B, C) int64
     in_reply: torch.Tensor  # (B,) bool: the state after the chunk, carried to the next
     speaking: torch.Tensor  # (B, C) bool: frames strictly between BOS and EOS
+    # (B,) float32: the probability that no reply would have been drawn yet in the current silence
+    # (onset_quantile), carried to the next chunk; 1 inside a reply
+    onset_survival: torch.Tensor | None = None
 
 
 def allowed_tokens(in_reply: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -90,17 +108,23 @@ def sample_tokens(
     config: SamplingConfig,
     noise: torch.Tensor | None = None,
     bos_shift: torch.Tensor | None = None,
+    onset_survival: torch.Tensor | None = None,
+    user_speaking: torch.Tensor | None = None,
 ) -> SampledTokens:
     """Sample a token per frame of `logits` (B, C, V), frame after frame, under the grammar.
 
     `in_reply` (B,) bool is the state before the chunk; `noise` (B, C) uniforms in [0, 1)
     (`frame_noise`, `generator_noise`), unused and optional when `config.temperature` is 0;
-    `bos_shift` (B, C) is added to BOS's logit (`state_bos_shift`).
+    `bos_shift` (B, C) is added to BOS's logit (`state_bos_shift`); `onset_survival` and
+    `user_speaking` as in `sample_frames` (config.onset_quantile).
     """
     if logits.dim() != 3 or logits.shape[-1] <= max(PAD, BOS, EOS):
         raise ValueError(f"logits must be (streams, frames, vocabulary > 3), got {tuple(logits.shape)}")
     frames = logits.shape[1]
-    return sample_frames(lambda frame, before: logits[:, frame], frames, in_reply, config, noise, bos_shift)
+    return sample_frames(
+        lambda frame, before: logits[:, frame], frames, in_reply, config, noise, bos_shift,
+        onset_survival, user_speaking,
+    )  # fmt: skip
 
 
 def turn_end_log_odds(user_state_logits: torch.Tensor) -> torch.Tensor:
@@ -132,11 +156,15 @@ def sample_frames(
     config: SamplingConfig,
     noise: torch.Tensor | None = None,
     bos_shift: torch.Tensor | None = None,
+    onset_survival: torch.Tensor | None = None,
+    user_speaking: torch.Tensor | None = None,
 ) -> SampledTokens:
     """Sample `frames` tokens one after the other: `frame_logits(c, tokens)` gives the (B, V) logits
     of frame c once the (B, c) tokens of the frames before it in the chunk are sampled (the model's
     heads read them), so each token knows the ones before it. `bos_shift` (B, frames): added to
-    BOS's logit of each frame, after the biases."""
+    BOS's logit of each frame, after the biases. With `config.onset_quantile`: `onset_survival` (B,)
+    is the previous chunk's (None: 1, a fresh stream) and `user_speaking` (B, frames) bool, if
+    given, restarts it on frames where the user speaks."""
     streams = in_reply.shape[0] if in_reply.dim() == 1 else -1
     if in_reply.dim() != 1 or in_reply.dtype != torch.bool:
         raise ValueError(f"in_reply must be a bool tensor of shape (streams,), got {in_reply.dtype} "
@@ -153,6 +181,18 @@ def sample_frames(
         )
     state = in_reply
     tokens = torch.zeros(streams, 0, dtype=torch.int64, device=in_reply.device)
+    quantile = config.onset_quantile
+    survival = None
+    if quantile is not None:
+        survival = torch.ones(streams, device=in_reply.device) if onset_survival is None else onset_survival
+        if survival.shape != (streams,):
+            raise ValueError(f"onset_survival must be ({streams},), got {tuple(survival.shape)}")
+        survival = survival.float()
+        if user_speaking is not None and user_speaking.shape != (streams, frames):
+            raise ValueError(
+                f"user_speaking must be (streams={streams}, frames={frames}), "
+                f"got {tuple(user_speaking.shape)}"
+            )
     for frame in range(frames):
         logits = frame_logits(frame, tokens)
         if logits.dim() != 2 or logits.shape[0] != streams or logits.shape[-1] <= max(PAD, BOS, EOS):
@@ -180,10 +220,37 @@ def sample_frames(
             if config.greedy_words:
                 best_word = masked[:, len(SPECIALS) :].argmax(dim=-1) + len(SPECIALS)
                 token = torch.where(token >= len(SPECIALS), best_word, token)
+        if quantile is not None:
+            speaking = None if user_speaking is None else user_speaking[:, frame].to(masked.device)
+            token, survival = _onset_by_quantile(
+                masked, state, token, survival.to(masked.device), config, speaking
+            )
         tokens = torch.cat([tokens.to(token.device), token[:, None]], dim=1)
         state = torch.where(token == BOS, True, torch.where(token == EOS, False, state))
     start = in_reply.to(tokens.device)
-    return SampledTokens(tokens, state.to(tokens.device), speaking_from_tokens(tokens, start))
+    return SampledTokens(tokens, state.to(tokens.device), speaking_from_tokens(tokens, start), survival)
+
+
+def _onset_by_quantile(
+    masked: torch.Tensor,
+    in_reply: torch.Tensor,
+    token: torch.Tensor,
+    survival: torch.Tensor,
+    config: SamplingConfig,
+    user_speaking: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame of `onset_quantile`: outside a reply, BOS exactly when 1 - survival x P(PAD) reaches
+    the quantile (P at the onset temperature), else PAD; inside one, `token` as drawn. Returns the
+    frame's tokens and the survival after it (1 inside a reply and where the user speaks)."""
+    outside = ~in_reply
+    if user_speaking is not None:
+        survival = torch.where(user_speaking & outside, 1.0, survival)
+    temperature = config.onset_temperature if config.onset_temperature is not None else config.temperature
+    probabilities = torch.softmax(masked / (temperature or 1.0), dim=-1)  # outside: over PAD and BOS
+    remaining = survival * (1.0 - probabilities[:, BOS])
+    start = outside & (1.0 - remaining >= config.onset_quantile)
+    token = torch.where(outside, torch.where(start, BOS, PAD), token)
+    return token, torch.where(outside & ~start, remaining, 1.0)
 
 
 def _biased(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:

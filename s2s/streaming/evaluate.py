@@ -242,7 +242,8 @@ def markdown_table(result: dict) -> str:
             f"| sampling | temperature {sampled['temperature']}, top-k {sampled['top_k']}, biases PAD "
             f"{sampled['pad_bias']} / BOS {sampled['bos_bias']} / EOS {sampled['eos_bias']}, state gain "
             f"{sampled['state_gain']:g} ({sampled['state_gain_source']}), greedy words "
-            f"{sampled['greedy_words']}, onset temperature {sampled.get('onset_temperature')} |"
+            f"{sampled['greedy_words']}, onset temperature {sampled.get('onset_temperature')}, onset "
+            f"quantile {sampled.get('onset_quantile')} |"
         )
     return "\n".join(rows) + "\n"
 

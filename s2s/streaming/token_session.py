@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from s2s.data.token_targets import UserState
 from s2s.data.tokens import PAD
 from s2s.models.token_duplex import TokenDuplexModel, recent_windows
 from s2s.models.token_sampling import SamplingConfig, frame_noise, sample_frames, state_bos_shift
@@ -25,6 +26,8 @@ class TokenFeedback:
     recent: torch.Tensor  # (B, recent_tokens - 1) int64: the last tokens sampled, the heads read them
     in_reply: torch.Tensor  # (B,) bool: a reply is open after them
     mel: torch.Tensor | None  # (B, C, r * n_mels) the previous chunk's normalized mel (prenet models)
+    # (B,) float32: sampling.onset_quantile's probability that no reply would have been drawn yet
+    onset_survival: torch.Tensor | None = None
 
 
 @dataclass
@@ -86,6 +89,7 @@ class TokenStreamingSession(StreamingSession):
             recent=self.model.no_tokens_before(self.batch, self.device),
             in_reply=torch.zeros(self.batch, dtype=torch.bool, device=self.device),
             mel=mel,
+            onset_survival=torch.ones(self.batch, device=self.device),
         )
 
     def _decoder_input(self, feedback: TokenFeedback) -> torch.Tensor:
@@ -96,11 +100,16 @@ class TokenStreamingSession(StreamingSession):
     ):
         model = self.model
         noise = frame_noise(self.seeds, positions, self.chunk) if self.sampling.temperature > 0 else None
-        bos_shift = None
+        bos_shift, user_speaking = None, None
+        user_states = None
+        if self.state_gains is not None or self.sampling.state_gain > 0 or self.sampling.onset_quantile:
+            user_states = model.user_state_head(encoded)
         if self.state_gains is not None:
-            bos_shift = state_bos_shift(model.user_state_head(encoded), self.state_gains)
+            bos_shift = state_bos_shift(user_states, self.state_gains)
         elif self.sampling.state_gain > 0:
-            bos_shift = state_bos_shift(model.user_state_head(encoded), self.sampling.state_gain)
+            bos_shift = state_bos_shift(user_states, self.sampling.state_gain)
+        if self.sampling.onset_quantile is not None:  # the onset mass restarts while the user speaks
+            user_speaking = user_states.argmax(dim=-1) == UserState.SPEAKING
         placeholder = torch.full((hidden.shape[0], 1), PAD, device=hidden.device)  # the token to sample
         per_frame = []  # each frame's logits, as sampled (the raw output: no second pass of the head)
 
@@ -110,7 +119,10 @@ class TokenStreamingSession(StreamingSession):
             return per_frame[-1][:, 0]
 
         lags = feedback.recent.shape[1]
-        sampled = sample_frames(frame_logits, self.chunk, feedback.in_reply, self.sampling, noise, bos_shift)
+        sampled = sample_frames(
+            frame_logits, self.chunk, feedback.in_reply, self.sampling, noise, bos_shift,
+            onset_survival=feedback.onset_survival, user_speaking=user_speaking,
+        )  # fmt: skip
         logits = torch.cat(per_frame, dim=1)
         mel = model.mel_for(hidden, recent_windows(sampled.tokens, feedback.recent))
         history = torch.cat([feedback.recent, sampled.tokens], dim=1)
@@ -119,6 +131,9 @@ class TokenStreamingSession(StreamingSession):
             recent=_last(history, lags),
             in_reply=sampled.in_reply,
             mel=None if feedback.mel is None else model.mel_frames(mel, self.chunk),
+            onset_survival=feedback.onset_survival
+            if sampled.onset_survival is None
+            else sampled.onset_survival,
         )
         return mel, sampled.speaking.to(mel.dtype), TokenStep(logits, sampled.tokens), following
 
@@ -128,6 +143,7 @@ class TokenStreamingSession(StreamingSession):
             recent=_where(keep, new.recent, old.recent),
             in_reply=torch.where(keep, new.in_reply, old.in_reply),
             mel=None if new.mel is None else _where(keep, new.mel, old.mel),
+            onset_survival=torch.where(keep, new.onset_survival, old.onset_survival),
         )
 
 

@@ -323,3 +323,84 @@ def test_allowed_tokens_and_bad_calls():
         sample_tokens(logits, torch.tensor([0, 1]), SamplingConfig(temperature=0.0))
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         SamplingConfig(temperature=-1.0)
+
+
+def _quantile_reference(logits, in_reply, user_speaking, quantile, temperature, bos_bias, drawn):
+    """Independent float64 walk of onset_quantile over every frame of every stream: outside a reply
+    the survival is multiplied by P(PAD) at `temperature` (1 where the user speaks), and BOS comes
+    exactly when 1 - survival reaches `quantile`; inside a reply the token is taken from `drawn`
+    (the tokens under test: a reply's tokens are drawn, the walk checks the onsets and the states)."""
+    tokens = []
+    for b in range(logits.shape[0]):
+        state, survival, row = bool(in_reply[b]), 1.0, []
+        for t in range(logits.shape[1]):
+            if state:
+                token = int(drawn[b, t])
+                survival = 1.0
+            else:
+                if user_speaking[b, t]:
+                    survival = 1.0
+                pad, bos = float(logits[b, t, PAD]), float(logits[b, t, BOS]) + bos_bias
+                p_bos = 1.0 / (1.0 + math.exp((pad - bos) / temperature))
+                remaining = survival * (1.0 - p_bos)
+                token = BOS if 1.0 - remaining >= quantile else PAD
+                survival = 1.0 if token == BOS else remaining
+            row.append(token)
+            state = token == BOS or (state and token != EOS)
+        tokens.append(row)
+    return torch.tensor(tokens)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 12])
+def test_onset_quantile_starts_replies_where_the_onset_distribution_reaches_it(chunk, generator):
+    """onset_quantile against a float64 walk over 12 frames, streamed in chunks of 1, 3 or 12 frames
+    (the survival carried between chunks): onsets where 1 - prod P(PAD) reaches the quantile,
+    restarted after a reply and where the user speaks; replies' tokens as drawn; the grammar kept."""
+    seed = generator.initial_seed()
+    streams, frames = 300, 12
+    logits = torch.randn(streams, frames, V, generator=generator) * 2
+    logits[..., BOS] -= 2.0  # onsets spread over the frames
+    in_reply = torch.randint(0, 2, (streams,), generator=generator).bool()
+    seeds = torch.randint(-(2**62), 2**62, (streams,), generator=generator)
+    user_speaking = torch.rand(streams, frames, generator=generator) < 0.1
+    config = SamplingConfig(state_gain=0.0, bos_bias=0.3, onset_quantile=0.6, temperature=0.7)
+    plain = SamplingConfig(state_gain=0.0, bos_bias=0.3, temperature=0.7)
+    state, survival, got = in_reply, None, []
+    for start in range(0, frames, chunk):
+        part = logits[:, start : start + chunk]
+        noise = frame_noise(seeds, torch.full((streams,), start), part.shape[1])
+        out = sample_tokens(
+            part, state, config, noise, onset_survival=survival,
+            user_speaking=user_speaking[:, start : start + chunk],
+        )  # fmt: skip
+        if chunk == 1:  # inside a reply a frame's token is what a draw from the same state gives
+            drawn = sample_tokens(part, state, plain, noise).tokens
+            assert torch.equal(out.tokens[state], drawn[state]), f"seed {seed}: frame {start}"
+        got.append(out.tokens)
+        state, survival = out.in_reply, out.onset_survival
+        assert survival.shape == (streams,) and ((survival > 0) & (survival <= 1)).all(), f"seed {seed}"
+    tokens = torch.cat(got, dim=1)
+    want = _quantile_reference(logits, in_reply, user_speaking, 0.6, 0.7, 0.3, tokens)
+    assert torch.equal(tokens, want), f"seed {seed}, chunk {chunk}: {(tokens != want).sum()} frames differ"
+    assert all(_walk(tokens[b].tolist(), bool(in_reply[b]))[0] for b in range(streams)), f"seed {seed}"
+    assert (tokens == BOS).any() and (tokens == PAD).any(), f"seed {seed}: both decisions occur"
+
+
+def test_onset_quantile_is_the_same_frame_for_any_seed(generator):
+    """The onset is a decision, not a draw: other seeds give the same first BOS frame."""
+    seed = generator.initial_seed()
+    streams, frames = 64, 20
+    logits = torch.randn(1, frames, V, generator=generator).expand(streams, -1, -1) * 2
+    silent = torch.zeros(streams, dtype=torch.bool)
+    seeds = torch.randint(-(2**62), 2**62, (streams,), generator=generator)
+    noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), frames)
+    config = SamplingConfig(state_gain=0.0, onset_quantile=0.5)
+    tokens = sample_tokens(logits, silent, config, noise).tokens
+    first = torch.where((tokens == BOS).any(dim=1), (tokens == BOS).int().argmax(dim=1), frames)
+    assert (first == first[0]).all(), f"seed {seed}: first onsets {first.unique().tolist()}"
+    drawn = sample_tokens(logits, silent, SamplingConfig(state_gain=0.0), noise).tokens
+    firsts = torch.where((drawn == BOS).any(dim=1), (drawn == BOS).int().argmax(dim=1), frames)
+    assert firsts.unique().numel() > 1 or frames == 1, f"seed {seed}: drawn onsets did not vary"
+    for bad in (0.0, 1.0, -0.5, 2.0):
+        with pytest.raises(ValueError, match="onset_quantile must lie strictly between 0 and 1"):
+            SamplingConfig(onset_quantile=bad)

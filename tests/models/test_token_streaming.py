@@ -200,3 +200,30 @@ def test_user_pitch_reads_the_pitch_channels_and_off_reads_the_log_mel_alone(gen
         model(mel, tokens)
     off = _model(5)
     assert off.front_end.subsample.conv.in_channels == 80 and off.user_input(mel, pitch) is mel
+
+
+def test_onset_quantile_streams_onsets_independent_of_the_seed_and_equal_to_offline(generator):
+    """With onset_quantile the streams' first reply opens on the same frame whatever their seed (the
+    onset is decided, not drawn), replies reset and reopen across chunks, the survival of a reset
+    stream restarts, and the offline pass given the streamed tokens reproduces the logits."""
+    seed = int(torch.randint(1000, (1,), generator=generator))
+    model = _model(seed)
+    audio = _dialogue(16000 * 3, generator).expand(4, -1).contiguous()
+    sampling = SamplingConfig(temperature=0.8, state_gain=0.0, onset_quantile=0.5)
+    session = TokenStreamingSession(
+        model, batch=4, chunk=2, vocoder=False, sampling=sampling, seeds=torch.tensor([1, 2, 3, 4])
+    )
+    tokens, _, _, logits = _stream(session, audio)
+    assert (tokens == BOS).any(dim=1).all(), f"seed {seed}: a stream opened no reply"
+    first = (tokens == BOS).int().argmax(dim=1)
+    assert (first == first[0]).all(), f"seed {seed}: first onsets {first.tolist()} differ by seed"
+    assert not grammar_errors(tokens, False).any(), f"seed {seed}: tokens break the grammar"
+    with torch.no_grad():
+        offline = model(_offline_input(model, audio), tokens, chunk=2)
+    error = (offline.token_logits - logits).abs().max().item()
+    assert error <= 1e-4, (seed, error)
+    survival = session.state.feedback.onset_survival
+    assert survival.shape == (4,) and ((survival > 0) & (survival <= 1)).all(), f"seed {seed}"
+    session.reset(torch.tensor([True, False, False, False]))
+    assert session.state.feedback.onset_survival[0] == 1.0, f"seed {seed}: a reset stream restarts"
+    assert torch.equal(session.state.feedback.onset_survival[1:], survival[1:]), f"seed {seed}"
