@@ -13,7 +13,8 @@ required for stereo input), stereo_out=true|false, device=cpu, threads=N (CPU in
 default 1, as a chunk's tensors are too small to share; two threads on a busy 2-core machine made a
 10 s recording take 21.7 s instead of 1.1 s), seed=N, temperature=T, top_k=K, bos_bias=B,
 eos_bias=B, pad_bias=B, state_gain=G (default: the gain the run chose on validation, else 4),
-greedy_words=true|false, onset_temperature=T, onset_quantile=Q (model v2's sampling),
+greedy_words=true|false, onset_temperature=T, onset_quantile=Q|drawn (default: as the run was
+validated; model v2's sampling),
 history_seconds=S (how far back attention reaches, inf: unlimited; default: the history the run's
 checkpoint was chosen with, else the model's), timeline=PATH (default out.json).
 """
@@ -34,8 +35,14 @@ from s2s.cli_options import OptionError, boolean, optional, parse_options
 from s2s.data.audio import AudioError, load_audio, resample, save_audio
 from s2s.data.tokens import BOS, EOS, SPECIALS, TokenVocabulary
 from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import SamplingConfig
-from s2s.pretrained import PretrainedError, chosen_state_gain, load_artifact, validated_history
+from s2s.models.token_sampling import DRAWN, SamplingConfig, parse_onset_quantile
+from s2s.pretrained import (
+    PretrainedError,
+    chosen_state_gain,
+    load_artifact,
+    validated_history,
+    validated_onset_quantile,
+)
 from s2s.streaming.cpu_threads import cpu_threads
 from s2s.streaming.history import resolve_left_chunks
 from s2s.streaming.session import StreamingSession
@@ -235,12 +242,13 @@ def _replies(tokens: list[int], names: list[str] | None, frame_seconds: float) -
 USAGE = (
     "usage: python -m s2s.infer IN.wav OUT.wav [model=DIR_or_CKPT] [chunk=FRAMES] [channel=0|1|mix] "
     "[stereo_out=true] [device=cpu] [threads=1] [seed=0] [temperature=0.7] [top_k=0] [bos_bias=0] "
-    "[eos_bias=0] [pad_bias=0] [state_gain=4] [greedy_words=false] [onset_temperature=T] [onset_quantile=Q] "
-    "[history_seconds=S] [timeline=OUT.json]"
+    "[eos_bias=0] [pad_bias=0] [state_gain=4] [greedy_words=false] [onset_temperature=T] "
+    "[onset_quantile=Q|drawn] [history_seconds=S] [timeline=OUT.json]"
 )
 SAMPLING_KEYS = {
     "temperature": float, "top_k": int, "pad_bias": float, "bos_bias": float, "eos_bias": float,
-    "state_gain": float, "greedy_words": boolean, "onset_temperature": float, "onset_quantile": float,
+    "state_gain": float, "greedy_words": boolean, "onset_temperature": float,
+    "onset_quantile": lambda text: DRAWN if text.strip() == DRAWN else float(text),
 }  # fmt: skip
 
 
@@ -260,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(positional) != 2:
             raise OptionError(f"expected an input and an output wav, got {positional}\n{USAGE}")
         given = {k: values.pop(k) for k in SAMPLING_KEYS if k in values}
-        sampling = SamplingConfig(**given)
+        onset = parse_onset_quantile(given.pop("onset_quantile", None))  # None: as the run was validated
+        sampling = SamplingConfig(**given, onset_quantile=None if onset in (None, DRAWN) else onset)
         model_path = Path(values.pop("model", DEFAULT_MODEL))
         timeline_path = values.pop("timeline", None)
         options = InferOptions(sampling=sampling, **values)
@@ -276,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen = chosen_state_gain(pretrained.provenance)
         if "state_gain" not in given and chosen is not None:  # the gain the run chose on validation
             options = dataclasses.replace(options, sampling=dataclasses.replace(sampling, state_gain=chosen))
+        quantile = validated_onset_quantile(pretrained.provenance)
+        if onset is None and quantile is not None:  # decode onsets as the run's validation did
+            options = dataclasses.replace(
+                options, sampling=dataclasses.replace(options.sampling, onset_quantile=quantile)
+            )
         validated = validated_history(pretrained.provenance)
         if options.history_seconds is None and validated is not None:  # as the run's checkpoint was chosen
             options = dataclasses.replace(options, history_seconds=validated)

@@ -445,6 +445,7 @@ def _read_checkpoint(path: Path, corpus: Path | None = None) -> tuple[Model, Pro
         "commit": state.get(TRAINING_COMMIT_KEY),  # the code of the launch that wrote the checkpoint
         "state_gain": _chosen_state_gain(state),  # sampling's gain chosen on validation, or None
         "history_seconds": _validated_history(state),  # the history it was chosen streaming with
+        "onset_quantile": _quantile_or_none(_free_running_record(state).get("onset_quantile")),
     }
     return model, Provenance(task=task, vocabularies=vocabularies, recipe=recipe, training=training)
 
@@ -477,6 +478,18 @@ def validated_history(provenance: Provenance) -> float | None:
 def _history_or_none(seconds) -> float | None:
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 < seconds < math.inf:
         return float(seconds)
+    return None
+
+
+def validated_onset_quantile(provenance: Provenance) -> float | None:
+    """The onset quantile (sampling.onset_quantile) a model's checkpoint was chosen decoding with, or
+    None: it was chosen with drawn onsets (or the checkpoint does not say)."""
+    return _quantile_or_none((provenance.training or {}).get("onset_quantile"))
+
+
+def _quantile_or_none(value) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 < value < 1.0:
+        return float(value)
     return None
 
 

@@ -32,8 +32,11 @@ def main(cfg: DictConfig) -> None:
             precision=cfg.precision, threads=cfg.threads, recognizer=cfg.recognizer,
             energy_threshold_db=cfg.energy_threshold_db, window=cfg.window, mcd_seconds=cfg.mcd_seconds,
             examples=cfg.examples, progress=cfg.progress,
-            sampling=SamplingConfig(**{k: v for k, v in cfg.sampling.items() if k != "state_gain"}),
-            state_gain=cfg.sampling.state_gain, history_seconds=cfg.history_seconds,
+            sampling=SamplingConfig(
+                **{k: v for k, v in cfg.sampling.items() if k not in ("state_gain", "onset_quantile")}
+            ),
+            state_gain=cfg.sampling.state_gain, onset_quantile=cfg.sampling.get("onset_quantile"),
+            history_seconds=cfg.history_seconds,
         )  # fmt: skip
         report = evaluate(cfg.checkpoint, cfg.data_dir, out_dir, options)
     except BaseException:

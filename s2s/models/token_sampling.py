@@ -85,6 +85,21 @@ class SamplingConfig:
             )
 
 
+DRAWN = "drawn"
+
+
+def parse_onset_quantile(value) -> float | str | None:
+    """An onset rule as given: a quantile strictly between 0 and 1, "drawn", or None (the run's)."""
+    if value is None or value == DRAWN:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 < value < 1.0:
+        return float(value)
+    raise ValueError(
+        f"onset_quantile must be a quantile strictly between 0 and 1 (0.5: the median onset), "
+        f"'{DRAWN}' (sampled onsets), or null (the rule the run was validated with), got {value!r}"
+    )
+
+
 @dataclass(frozen=True)
 class SampledTokens:
     tokens: torch.Tensor  # (B, C) int64

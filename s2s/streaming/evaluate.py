@@ -23,9 +23,15 @@ from s2s.data.pitch import PitchConfig, pitch_features
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import SamplingConfig
+from s2s.models.token_sampling import DRAWN, SamplingConfig, parse_onset_quantile
 from s2s.plots import Curve, Marks, save_dialogue_figure
-from s2s.pretrained import chosen_state_gain, load_artifact, run_checkpoint, validated_history
+from s2s.pretrained import (
+    chosen_state_gain,
+    load_artifact,
+    run_checkpoint,
+    validated_history,
+    validated_onset_quantile,
+)
 from s2s.streaming import metrics, report
 from s2s.streaming.by_voice import by_user_voice, by_voice_rows
 from s2s.streaming.history import history_of, resolve_left_chunks
@@ -56,6 +62,9 @@ class EvalOptions:
     # model v2's user-state gain; None: the gain the run chose on validation (free-running
     # validation with state_gains), else sampling.state_gain
     state_gain: float | None = None
+    # model v2's onset rule: a quantile in (0, 1), "drawn", or None: the rule the run's free-running
+    # validation decoded with (drawn if none)
+    onset_quantile: float | str | None = None
     # how far back the streams attend, in seconds (inf: unlimited); None: the history the run's
     # free-running validation streamed with, else the model's left_chunks (s2s/streaming/history.py)
     history_seconds: float | None = None
@@ -80,6 +89,7 @@ class EvalOptions:
             raise ValueError("give history_seconds or left_chunks, not both: they set the same limit")
         if self.state_gain is not None and not self.state_gain >= 0:
             raise ValueError(f"state_gain must be >= 0, or null for the run's own, got {self.state_gain}")
+        parse_onset_quantile(self.onset_quantile)  # names the choices
         if self.window <= 0 or self.mcd_seconds <= 0 or self.examples < 0:
             raise ValueError("window and mcd_seconds must be > 0 and examples >= 0")
         device = torch.device(self.device)
@@ -93,14 +103,20 @@ class EvalOptions:
             )
 
 
-def resolved_sampling(options: EvalOptions, chosen: float | None) -> tuple[SamplingConfig, str]:
+def resolved_sampling(
+    options: EvalOptions, chosen: float | None, validated_quantile: float | None = None
+) -> tuple[SamplingConfig, str]:
     """The sampling to stream with and where its state gain came from: the options' gain if given,
-    else the one the run chose on validation, else sampling's own."""
+    else the one the run chose on validation, else sampling's own. The onset rule: the options' if
+    given ("drawn" or a quantile), else the one the run's validation decoded with."""
+    given = parse_onset_quantile(options.onset_quantile)
+    quantile = validated_quantile if given is None else (None if given == DRAWN else given)
+    sampling = dataclasses.replace(options.sampling, onset_quantile=quantile)
     if options.state_gain is not None:
-        return dataclasses.replace(options.sampling, state_gain=options.state_gain), "given"
+        return dataclasses.replace(sampling, state_gain=options.state_gain), "given"
     if chosen is not None:
-        return dataclasses.replace(options.sampling, state_gain=chosen), "chosen on validation by the run"
-    return options.sampling, "default"
+        return dataclasses.replace(sampling, state_gain=chosen), "chosen on validation by the run"
+    return sampling, "default"
 
 
 def resolved_history(
@@ -243,7 +259,8 @@ def markdown_table(result: dict) -> str:
             f"{sampled['pad_bias']} / BOS {sampled['bos_bias']} / EOS {sampled['eos_bias']}, state gain "
             f"{sampled['state_gain']:g} ({sampled['state_gain_source']}), greedy words "
             f"{sampled['greedy_words']}, onset temperature {sampled.get('onset_temperature')}, onset "
-            f"quantile {sampled.get('onset_quantile')} |"
+            f"quantile {sampled.get('onset_quantile') or 'none (drawn)'} "
+            f"({sampled.get('onset_quantile_source', 'given')}) |"
         )
     return "\n".join(rows) + "\n"
 
@@ -307,7 +324,10 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         torch.set_num_threads(options.threads)
     pretrained = load_artifact(checkpoint, options.device)
     model = pretrained.model
-    sampling, gain_source = resolved_sampling(options, chosen_state_gain(pretrained.provenance))
+    provenance = pretrained.provenance
+    sampling, gain_source = resolved_sampling(
+        options, chosen_state_gain(provenance), validated_onset_quantile(provenance)
+    )
     model = model.to(streaming_dtype(options.precision, options.device))
     config = model.config
     chunk = config.chunk if options.chunk is None else int(options.chunk)
@@ -342,7 +362,13 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         "data": str(data_dir),
         "dialogues": len(dialogues),
         "sampling": (
-            {**dataclasses.asdict(sampling), "state_gain_source": gain_source}
+            {
+                **dataclasses.asdict(sampling),
+                "state_gain_source": gain_source,
+                "onset_quantile_source": (
+                    "as the run was validated" if options.onset_quantile is None else "given"
+                ),
+            }
             if isinstance(model, TokenDuplexModel)
             else None
         ),

@@ -107,6 +107,8 @@ class FreeRunningValidation(lightning.Callback):
             "validations": self.validations,
             "state_gain": self.state_gain,
             "history_seconds": self.history_seconds,
+            # the onset rule the arms streamed with (None: drawn): evaluation decodes the same way
+            "onset_quantile": self.sampling.onset_quantile,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -219,6 +219,27 @@ def test_infer_streams_with_the_gain_the_run_chose_unless_given_one(tmp_path):
     assert json.loads((tmp_path / "b.json").read_text())["sampling"]["state_gain"] == 0.0
 
 
+def test_infer_decodes_onsets_as_the_run_was_validated_unless_told(tmp_path):
+    """An artifact validated with onset_quantile 0.5: infer decides onsets at 0.5 by default,
+    onset_quantile=0.3 or =drawn win, and a bad value is refused by name."""
+    validated = save_pretrained(
+        _model("v2", 8), tmp_path / "validated", task=say_in_german().describe(),
+        training={"checkpoint": "x.ckpt", "global_step": 1, "onset_quantile": 0.5},
+    )  # fmt: skip
+    user = _write(tmp_path / "user.wav", np.zeros(16000, np.float32), 16000)
+    for name, extra, want in (
+        ("a", [], 0.5),
+        ("b", ["onset_quantile=0.3"], 0.3),
+        ("c", ["onset_quantile=drawn"], None),
+    ):
+        args = [str(user), str(tmp_path / f"{name}.wav"), f"model={validated}", "threads=1", *extra]
+        assert main(args) == 0, extra
+        assert json.loads((tmp_path / f"{name}.json").read_text())["sampling"]["onset_quantile"] == want, (
+            extra
+        )
+    assert main([str(user), str(tmp_path / "d.wav"), f"model={validated}", "onset_quantile=1.5"]) == 1
+
+
 def test_history_seconds_bounds_the_sessions_caches():
     """history_seconds=S streams with the left_chunks that spans S at the streaming chunk, for both
     models; the model's own left_chunks otherwise; a history <= 0 is refused before anything loads."""

@@ -147,6 +147,23 @@ def test_the_state_gain_is_the_given_one_else_the_runs_choice_else_the_default()
         EvalOptions(state_gain=-1.0)
 
 
+def test_the_onset_rule_is_the_given_one_else_the_one_the_run_was_validated_with():
+    from s2s.models.token_sampling import SamplingConfig
+    from s2s.streaming.evaluate import EvalOptions, resolved_sampling
+
+    base = SamplingConfig(temperature=0.5)
+    assert resolved_sampling(EvalOptions(sampling=base), None, 0.5)[0].onset_quantile == 0.5
+    assert resolved_sampling(EvalOptions(sampling=base), None, None)[0].onset_quantile is None
+    assert (
+        resolved_sampling(EvalOptions(sampling=base, onset_quantile=0.3), None, 0.5)[0].onset_quantile == 0.3
+    )
+    drawn = resolved_sampling(EvalOptions(sampling=base, onset_quantile="drawn"), 2.0, 0.5)[0]
+    assert drawn.onset_quantile is None and drawn.state_gain == 2.0 and drawn.temperature == 0.5
+    for bad in (0.0, 1.0, "median", True):
+        with pytest.raises(ValueError, match="onset_quantile must be"):
+            EvalOptions(onset_quantile=bad)
+
+
 def test_the_history_is_the_given_one_else_the_runs_else_the_models():
     import math
 

@@ -121,7 +121,7 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
     from s2s.data.tokens import BOS, EOS
     from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
     from s2s.models.token_sampling import SamplingConfig
-    from s2s.pretrained import chosen_state_gain, load_artifact, validated_history
+    from s2s.pretrained import chosen_state_gain, load_artifact, validated_history, validated_onset_quantile
 
     streamed_with = []
 
@@ -145,8 +145,9 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
         module.model.token_head.bias[EOS] += 1.0
     gains = [0.0, 3.0]
     callback = FreeRunningValidation(
-        dialogues=2, streams=1, seconds=8.0, state_gains=gains, history_seconds=2.0
-    )
+        dialogues=2, streams=1, seconds=8.0, state_gains=gains, history_seconds=2.0,
+        sampling={"onset_quantile": 0.4},  # the arms decide onsets at a quantile; the checkpoint says so
+    )  # fmt: skip
     checkpoint = RunCheckpoint(
         dirpath=tmp_path / "checkpoints", monitor="free/score", mode="max", save_top_k=1, save_last=True,
         filename="best-step{step}-score{free/score:.3f}", auto_insert_metric_name=False,
@@ -168,7 +169,7 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
     for gain in gains:  # each arm as a run of that gain alone
         run = stream_dialogues(
             model, data.datasets["val"], indices=[0, 1], streams=2, max_seconds=8.0, vocoder=False,
-            sampling=SamplingConfig(state_gain=gain), left_chunks=11,
+            sampling=SamplingConfig(state_gain=gain, onset_quantile=0.4), left_chunks=11,
         )  # fmt: skip
         alone[gain] = free_running_summary(run, model.config, window=3.0)
         assert scores[gain] == pytest.approx(alone[gain]["score"], abs=1e-6), (gain, scores, alone[gain])
@@ -182,6 +183,7 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
     assert streamed_with == [11], streamed_with  # one validation, streamed with 2 s of history
     assert validated_history(load_artifact(best).provenance) == 2.0
     assert callback.state_dict()["history_seconds"] == 2.0
+    assert validated_onset_quantile(load_artifact(best).provenance) == 0.4
 
 
 def test_state_gains_are_checked():
