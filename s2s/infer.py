@@ -35,7 +35,7 @@ from s2s.cli_options import OptionError, boolean, optional, parse_options
 from s2s.data.audio import AudioError, load_audio, resample, save_audio
 from s2s.data.tokens import BOS, EOS, SPECIALS, TokenVocabulary
 from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import DRAWN, SamplingConfig, parse_onset_quantile
+from s2s.models.token_sampling import DRAWN, SamplingConfig, parse_onset_quantile, resolve_onset_quantile
 from s2s.pretrained import (
     PretrainedError,
     chosen_state_gain,
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             raise OptionError(f"expected an input and an output wav, got {positional}\n{USAGE}")
         given = {k: values.pop(k) for k in SAMPLING_KEYS if k in values}
         onset = parse_onset_quantile(given.pop("onset_quantile", None))  # None: as the run was validated
-        sampling = SamplingConfig(**given, onset_quantile=None if onset in (None, DRAWN) else onset)
+        sampling = SamplingConfig(**given)
         model_path = Path(values.pop("model", DEFAULT_MODEL))
         timeline_path = values.pop("timeline", None)
         options = InferOptions(sampling=sampling, **values)
@@ -285,11 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         chosen = chosen_state_gain(pretrained.provenance)
         if "state_gain" not in given and chosen is not None:  # the gain the run chose on validation
             options = dataclasses.replace(options, sampling=dataclasses.replace(sampling, state_gain=chosen))
-        quantile = validated_onset_quantile(pretrained.provenance)
-        if onset is None and quantile is not None:  # decode onsets as the run's validation did
-            options = dataclasses.replace(
-                options, sampling=dataclasses.replace(options.sampling, onset_quantile=quantile)
-            )
+        quantile = resolve_onset_quantile(onset, validated_onset_quantile(pretrained.provenance))
+        options = dataclasses.replace(
+            options, sampling=dataclasses.replace(options.sampling, onset_quantile=quantile)
+        )
         validated = validated_history(pretrained.provenance)
         if options.history_seconds is None and validated is not None:  # as the run's checkpoint was chosen
             options = dataclasses.replace(options, history_seconds=validated)

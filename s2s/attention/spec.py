@@ -162,7 +162,7 @@ class ChunkSpec:
                         f"sequences; give one value per sequence"
                     )
                 # the one read of the values (no wait for the device when the tensor is on the host)
-                values = tuple(int(x) for x in value.tolist())
+                values = tuple(value.tolist())
                 if batch > 0 and min(values) < minimum:
                     rule = "positive" if minimum == 1 else "non-negative"
                     raise ValueError(

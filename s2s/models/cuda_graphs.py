@@ -37,19 +37,22 @@ class EncoderBlocks(nn.Module):
         self.left_chunks = left_chunks
 
     def forward(self, x, positions, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
-        layout = AlignedLayout(valid)
+        spec, layout = self.attention_inputs(chunks, valid)
         for block in self.blocks:
             x = block(x, positions, spec, layout)
         return x
+
+    def attention_inputs(self, chunks: torch.Tensor, valid: torch.Tensor) -> tuple[ChunkSpec, AlignedLayout]:
+        """The spec and layout of the (4, B) chunk table and (B, T) valid mask, reading neither."""
+        spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
+        return spec, AlignedLayout(valid)
 
 
 class DecoderBlocks(EncoderBlocks):
     """The decoder's blocks as one callable of tensors; self- and cross-attention share the spec."""
 
     def forward(self, x, positions, encoded, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
-        layout = AlignedLayout(valid)
+        spec, layout = self.attention_inputs(chunks, valid)
         for block in self.blocks:
             x = block(x, positions, encoded, spec, spec, layout)
         return x

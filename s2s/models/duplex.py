@@ -34,18 +34,10 @@ class DuplexOutput:
         return torch.sigmoid(self.speaking_logit)
 
 
-def chunk_sizes_on(chunk: ChunkSize, device: torch.device, batch: int) -> torch.Tensor:
-    """The chunk size(s) as (batch,) int64 on `device`. Sizes drawn on the host (a training step's)
-    are copied without blocking: a blocking copy to a GPU waits for all the work queued before it."""
-    if isinstance(chunk, torch.Tensor):
-        return chunk.to(device=device, dtype=torch.int64, non_blocking=True).expand(batch)
-    return torch.full((batch,), int(chunk), dtype=torch.int64, device=device)
-
-
 def shift_by_chunk(frames: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
     """(B, T, F) -> frame t holds frames[t - C] (zeros for t < C); C per sequence or shared."""
     batch, length, width = frames.shape
-    chunk = chunk_sizes_on(chunk, frames.device, batch)
+    chunk = torch.as_tensor(chunk, device=frames.device).to(torch.int64).expand(batch)
     source = torch.arange(length, device=frames.device)[None, :] - chunk[:, None]
     gathered = frames.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, width))
     return gathered * (source >= 0)[..., None].to(frames.dtype)
@@ -111,7 +103,7 @@ class ChunkedDuplexBase(nn.Module):
             layout = PackedLayout.from_lengths(lengths.to(torch.int64).clamp(max=frames), frames, x.device)
         spec = self.spec(chunk, left_chunks)
         positions = torch.arange(frames, device=x.device).expand(batch, frames)
-        return EncodedPass(self.encoder(x, positions, spec, layout), positions, spec, layout, chunk)
+        return EncodedPass(self.encoder(x, positions, spec, layout), positions, spec, layout)
 
 
 @dataclass
@@ -120,11 +112,16 @@ class EncodedPass:
     positions: torch.Tensor  # (B, T)
     spec: ChunkSpec
     layout: PackedLayout | None  # the valid frames of `lengths` (None: no lengths given)
-    chunk: ChunkSize
 
     @property
     def frames(self) -> int:
         return self.encoded.shape[1]
+
+    @property
+    def chunk_sizes(self) -> torch.Tensor:
+        """(B,) int64 on the device: each sequence's chunk, from the spec's one resolution (the
+        attention layers resolved it already: no second copy to the device)."""
+        return self.spec.resolve(self.encoded.shape[0], self.encoded.device).chunk_q
 
 
 class DuplexModel(ChunkedDuplexBase):
@@ -187,6 +184,6 @@ class DuplexModel(ChunkedDuplexBase):
                 f"feedback must be (B={batch}, >= {frames}, {c.feedback_dim}) for {user_mel.shape[1]} "
                 f"mel frames, got {tuple(feedback.shape)}; build it with feedback_from(mel, speaking)"
             )
-        decoder_in = self.feedback_in(shift_by_chunk(feedback[:, :frames], p.chunk))
+        decoder_in = self.feedback_in(shift_by_chunk(feedback[:, :frames], p.chunk_sizes))
         hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.layout)
         return self.heads(hidden)

@@ -31,7 +31,7 @@ from torch import nn
 from s2s.data.tokens import PAD
 from s2s.models.config import DuplexConfig
 from s2s.models.decoder import Decoder
-from s2s.models.duplex import ChunkedDuplexBase, ChunkSize, chunk_sizes_on, shift_by_chunk
+from s2s.models.duplex import ChunkedDuplexBase, ChunkSize, shift_by_chunk
 from s2s.models.encoder import Encoder
 from s2s.models.frontend import ConvFrontEnd
 
@@ -79,7 +79,7 @@ class TokenDuplexOutput:
 def shift_tokens(tokens: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
     """(B, T) -> frame t holds tokens[t - C] (PAD for t < C, as a stream starts); C per sequence or shared."""
     batch, length = tokens.shape
-    chunk = chunk_sizes_on(chunk, tokens.device, batch)
+    chunk = torch.as_tensor(chunk, device=tokens.device).to(torch.int64).expand(batch)
     source = torch.arange(length, device=tokens.device)[None, :] - chunk[:, None]
     shifted = tokens.gather(1, source.clamp(min=0))
     return torch.where(source >= 0, shifted, torch.full_like(shifted, PAD))
@@ -212,8 +212,8 @@ class TokenDuplexModel(ChunkedDuplexBase):
                 raise ValueError(
                     "this model reads back the previous chunk's mel (mel_prenet > 0): pass system_mel"
                 )
-            mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), p.chunk)
-        decoder_in = self.decoder_input(shift_tokens(tokens, p.chunk), mel_frames)
+            mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), p.chunk_sizes)
+        decoder_in = self.decoder_input(shift_tokens(tokens, p.chunk_sizes), mel_frames)
         hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.layout)
         windows = recent_windows(tokens, self.no_tokens_before(batch, tokens.device))
         return TokenDuplexOutput(

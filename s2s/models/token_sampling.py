@@ -100,6 +100,15 @@ def parse_onset_quantile(value) -> float | str | None:
     )
 
 
+def resolve_onset_quantile(given, validated: float | None) -> float | None:
+    """The quantile to decode onsets with (None: drawn): the given rule (a quantile, or "drawn"),
+    else the one the run's free-running validation decoded with."""
+    given = parse_onset_quantile(given)
+    if given is None:
+        return validated
+    return None if given == DRAWN else given
+
+
 @dataclass(frozen=True)
 class SampledTokens:
     tokens: torch.Tensor  # (B, C) int64

@@ -23,7 +23,7 @@ from s2s.data.pitch import PitchConfig, pitch_features
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import DRAWN, SamplingConfig, parse_onset_quantile
+from s2s.models.token_sampling import SamplingConfig, parse_onset_quantile, resolve_onset_quantile
 from s2s.plots import Curve, Marks, save_dialogue_figure
 from s2s.pretrained import (
     chosen_state_gain,
@@ -109,8 +109,7 @@ def resolved_sampling(
     """The sampling to stream with and where its state gain came from: the options' gain if given,
     else the one the run chose on validation, else sampling's own. The onset rule: the options' if
     given ("drawn" or a quantile), else the one the run's validation decoded with."""
-    given = parse_onset_quantile(options.onset_quantile)
-    quantile = validated_quantile if given is None else (None if given == DRAWN else given)
+    quantile = resolve_onset_quantile(options.onset_quantile, validated_quantile)
     sampling = dataclasses.replace(options.sampling, onset_quantile=quantile)
     if options.state_gain is not None:
         return dataclasses.replace(sampling, state_gain=options.state_gain), "given"
