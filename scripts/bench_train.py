@@ -256,11 +256,16 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     (Lightning's deterministic=True): its backward runs the two-kernel deterministic path. A
     ``+compile`` suffix (``cute+compile``) compiles each transformer block (module.compile_blocks);
     ``+graphs`` replays the encoder's and decoder's blocks as CUDA graphs (module.cuda_graphs: the
-    batch must run unpacked, --equal-lengths or --length-multiple 8)."""
+    batch must run unpacked, --equal-lengths or --length-multiple 8); ``+compile+graphs`` captures
+    the compiled blocks (attention inside them as the s2s::chunk_attention operator)."""
     name = backend
-    backend, _, suffix = backend.partition("+")
-    if suffix not in ("", "compile", "graphs"):
-        raise SystemExit(f"unknown backend suffix +{suffix} in {name!r}: the suffixes are +compile, +graphs")
+    backend, *suffixes = backend.split("+")
+    unknown = set(suffixes) - {"compile", "graphs"}
+    if unknown or len(set(suffixes)) != len(suffixes):
+        raise SystemExit(
+            f"bad backend suffixes in {name!r}: the suffixes are +compile, +graphs, each at most once"
+        )
+    compiled, graphed = "compile" in suffixes, "graphs" in suffixes
     deterministic = backend == "cute-deterministic"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     backend = "cute" if deterministic else backend
@@ -275,38 +280,38 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
         losses(module, batch, chunks)
     flops = StepFlops(multiplied_parameters(module.model), frames, counted.flops)
     compile_note = None
-    if suffix == "compile":
-        regional_compile.compile_blocks(module.model)
+    if compiled or graphed:
+        if compiled:  # as module.compile_blocks: static first under graphs, dynamic without
+            regional_compile.compile_blocks(module.model, dynamic=None if graphed else True)
+        if graphed:
+            use_cuda_graphs(module.model)
         graphs, start = compiled_graphs(), time.perf_counter()
         train_step(module, optimizer, batch, chunks)
         synchronize(device)
-        compile_note = f"first step (compiling) {time.perf_counter() - start:.1f} s"
-    if suffix == "graphs":
-        use_cuda_graphs(module.model)
-        start = time.perf_counter()
-        train_step(module, optimizer, batch, chunks)
-        synchronize(device)
-        graphs = module.model.encoder.graphs
-        if not graphs.graphs:
-            why = graphs.failure or "the batch is packed: pass --equal-lengths or --length-multiple 8"
-            raise SystemExit(f"{name}: the step took no graph ({why})")
-        compile_note = f"first step (warm-up and capture) {time.perf_counter() - start:.1f} s"
+        first_step = time.perf_counter() - start
+        what = " and ".join(w for w, on in (("compiling", compiled), ("warm-up and capture", graphed)) if on)
+        compile_note = f"first step ({what}) {first_step:.1f} s"
+        if graphed:
+            stack = module.model.encoder.graphs
+            if not stack.graphs:
+                why = stack.failure or "the batch is packed: pass --equal-lengths or --length-multiple 8"
+                raise SystemExit(f"{name}: the step took no graph ({why})")
+        if compiled:
+            compile_note += f", {compiled_graphs() - graphs} compiled graphs"
     for _ in range(args.warmup):
         loss = train_step(module, optimizer, batch, chunks)
     if not torch.isfinite(loss):
         raise RuntimeError(f"{backend}: non-finite loss {loss.item()}")
     seconds = seconds_per_call(lambda: train_step(module, optimizer, batch, chunks), args.steps, device)
-    if suffix == "compile":
+    if compiled and not graphed:
         # another batch shape, as the next training batch brings: dynamic shapes need no new graph
         dialogues, length = batch.system_tokens.shape
         shape = (max(2, dialogues // 2), max(8, 3 * length // 4))
         other, other_chunks = make_batch(module.model.config, *shape, torch.Generator().manual_seed(1))
         built = compiled_graphs()
         train_step(module, optimizer, other.to(device), other_chunks.to(device))
-        compile_note += (
-            f", {built - graphs} graphs; another batch shape built {compiled_graphs() - built} more"
-        )
-    if suffix == "graphs":
+        compile_note += f"; another batch shape built {compiled_graphs() - built} more"
+    if graphed:
         compile_note += f", {module.model.encoder.graphs.replays} encoder replays"
     run = BackendRun(name, seconds, frames / seconds, flops, counted.calls, compile_note=compile_note)
     if args.profile_steps > 0:

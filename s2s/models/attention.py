@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache, chunk_attention
+from s2s.attention.custom_op import OPERATOR_BACKENDS, attention_operator
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import apply_rotary, rotary_angles
 from s2s.models.packing import AlignedLayout, PackedLayout
 
 
-@torch.compiler.disable  # an opaque call inside compiled blocks (s2s/models/regional_compile.py)
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -28,7 +28,29 @@ def attend(
     with data.crop_multiple_frames are), the padded batch runs as it is; otherwise it is packed into
     variable-length form. Either way padded rows come back as zeros. The layout's host offsets go
     along, so choosing, packing and checking never wait for the device.
+
+    Under torch.compile, a batch that runs unpacked with the chunk rule in device tensors (what the
+    graphed block stacks pass: an AlignedLayout) goes through the registered operator
+    (s2s.attention.custom_op), so the block compiles into one graph around it; other calls take the
+    eager path, where the compiled graph splits.
     """
+    if torch.compiler.is_compiling() and isinstance(layout, AlignedLayout) and backend in OPERATOR_BACKENDS:
+        out = attention_operator(q, k, v, spec, backend)
+        return torch.where(layout.valid[:, :, None, None], out, 0.0)
+    return _attend_eager(q, k, v, spec, layout, backend)
+
+
+@torch.compiler.disable  # an opaque call inside compiled blocks (s2s/models/regional_compile.py)
+def _attend_eager(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: ChunkSpec,
+    layout: PackedLayout | AlignedLayout | None,
+    backend: str,
+) -> torch.Tensor:
+    """The eager path of `attend` (opaque to torch.compile: a packed layout and its host offsets
+    would become guards)."""
     if layout is not None and not (layout.batch, layout.frames) == q.shape[:2] == k.shape[:2]:
         raise ValueError(
             f"the packing layout is for (B, T) = {(layout.batch, layout.frames)}, "

@@ -122,7 +122,7 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         `load_from_checkpoint` passes the saved hyperparameters. `compile_blocks`: `torch.compile`
         each transformer block when fitting starts (s2s/models/regional_compile.py). `cuda_graphs`:
         replay the encoder's and decoder's blocks as CUDA graphs in training steps that allow it
-        (s2s/models/cuda_graphs.py)."""
+        (s2s/models/cuda_graphs.py); with both, the graphs capture the compiled blocks."""
         super().__init__()
         model = built_model(model, model_class)
         if not isinstance(model, TokenDuplexModel):
@@ -142,11 +142,6 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         self.compile_blocks = compile_blocks
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be true or false, got {cuda_graphs!r}")
-        if cuda_graphs and compile_blocks:
-            raise ValueError(
-                "module.cuda_graphs and module.compile_blocks exclude each other (a graph captures "
-                "the blocks as they run); set one of them to false"
-            )
         self.cuda_graphs = cuda_graphs
         self.save_hyperparameters(
             {
@@ -167,7 +162,8 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
     def on_fit_start(self) -> None:
         # at fit only: a checkpoint loaded for evaluation or streaming runs eager
         if self.compile_blocks:
-            regional_compile.compile_blocks(self.model)
+            # under graphs the captured shape compiles static; other shapes then compile dynamic
+            regional_compile.compile_blocks(self.model, dynamic=None if self.cuda_graphs else True)
         if self.cuda_graphs:
             use_cuda_graphs(self.model)
 

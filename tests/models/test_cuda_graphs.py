@@ -11,6 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2s.attention import ChunkSpec
+from s2s.models import regional_compile
 from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table, runs_unpacked, use_cuda_graphs
 from s2s.models.packing import AlignedLayout, PackedLayout
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
@@ -78,6 +79,43 @@ def test_the_tensor_only_stacks_equal_the_model_loop_and_never_read_the_device(g
         torch.testing.assert_close(
             results[1][4][name], grad, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"seed {seed}: {n}: {m}"
         )
+
+
+def test_compiled_stacks_hold_attention_inside_one_graph_per_block(generator):
+    """With every block compiled whole (fullgraph: a split at attention would be an error), the
+    stacks a graph captures give the eager loop's outputs and gradients: attention reaches the
+    compiler as the s2s::chunk_attention operator (module.compile_blocks with module.cuda_graphs)."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    config = dataclasses.replace(SMALL, attention_backend="reference")
+    eager = TokenDuplexModel(config).train()
+    compiled = TokenDuplexModel(config).train()
+    compiled.load_state_dict(eager.state_dict())
+    for block in [*compiled.encoder.blocks, *compiled.decoder.blocks]:
+        block.compile(fullgraph=True, dynamic=False)
+    x, encoded, positions, spec, layout = _batch(generator, config, 24, [24, 16, 8], [4, 8, 2])
+    x, encoded = x.float(), encoded.float()
+    table = chunk_table(spec.resolve(3))
+    results = []
+    for model in (eager, compiled):
+        a, b = x.clone().requires_grad_(), encoded.clone().requires_grad_()
+        h = EncoderBlocks(model.encoder.blocks, config.left_chunks)(a, positions, table, layout.valid)
+        d = DecoderBlocks(model.decoder.blocks, config.left_chunks)(b, positions, h, table, layout.valid)
+        model.zero_grad(set_to_none=True)
+        (h.square().sum() + d.square().sum()).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((h.detach(), d.detach(), a.grad, b.grad, grads))
+    for name, got, want in zip(
+        ("encoder", "decoder", "dx", "dencoded"), results[1], results[0], strict=False
+    ):
+        assert torch.isfinite(got).all(), f"seed {seed}: {name}"
+        torch.testing.assert_close(
+            got, want, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"seed {seed}: {n}: {m}"
+        )
+    assert results[1][4].keys() == results[0][4].keys() and len(results[0][4]) > 0
+    for name, want in results[0][4].items():
+        error = ((results[1][4][name] - want).norm() / want.norm().clamp(min=1e-12)).item()
+        assert error < 1e-4, f"seed {seed}: {name}: gradient off by {error:.2e}"
 
 
 class HostWaits(TorchDispatchMode):
@@ -210,15 +248,19 @@ def _train_steps(model, batches, steps_per_batch: int = 2):
     not HOPPER or importlib.util.find_spec("cutlass") is None,
     reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl",
 )
-def test_graphed_training_steps_equal_eager_ones(generator):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-blocks", "compiled-blocks"])
+def test_graphed_training_steps_equal_eager_ones(compiled, generator):
     """Steps through captured graphs follow the eager steps on the CuTe kernel (weights updated
-    between replays, new inputs copied in, a second shape captured, an unaligned batch run eagerly)."""
+    between replays, new inputs copied in, a second shape captured, an unaligned batch run eagerly);
+    also with the blocks compiled, attention inside them as the s2s::chunk_attention operator."""
     seed = generator.initial_seed()
     torch.manual_seed(seed)
     config = dataclasses.replace(SMALL, dim=128, heads=2, kv_heads=1, attention_backend="cute")
     eager = TokenDuplexModel(config).cuda().train()
     graphed = TokenDuplexModel(config).cuda().train()
     graphed.load_state_dict(eager.state_dict())
+    if compiled:
+        regional_compile.compile_blocks(graphed, dynamic=None)
     use_cuda_graphs(graphed)
 
     def batch(frames, lengths, chunks):

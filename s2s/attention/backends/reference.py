@@ -32,6 +32,48 @@ def dense_attention(
     return out, lse
 
 
+def dense_attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    grad_out: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dQ, dK, dV of ``dense_attention`` from its output and LSE (B, Hq, Sq), in float64 and cast
+    to the inputs' dtypes: the flash-attention backward written out densely (P from the LSE,
+    dS = P (dP - rowsum(dO O))), for callers that run the forward outside autograd."""
+    batch, _, heads_q, _ = q.shape
+    heads_k = k.shape[2]
+    group = heads_q // heads_k
+    q64, k64, v64, o64, do64 = (t.to(torch.float64).transpose(1, 2) for t in (q, k, v, out, grad_out))
+    k64 = k64.repeat_interleave(group, dim=1)
+    v64 = v64.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q64, k64.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    lse64 = lse.to(torch.float64)
+    finite_lse = torch.where(torch.isinf(lse64), torch.zeros_like(lse64), lse64)
+    probs = torch.exp(scores - finite_lse.unsqueeze(-1))
+    grad_v = torch.matmul(probs.transpose(-1, -2), do64)
+    grad_probs = torch.matmul(do64, v64.transpose(-1, -2))
+    delta = (do64 * o64).sum(dim=-1, keepdim=True)
+    grad_scores = probs * (grad_probs - delta) * scale
+    grad_q = torch.matmul(grad_scores, k64)
+    grad_k = torch.matmul(grad_scores.transpose(-1, -2), q64)
+
+    def per_kv_head(t: torch.Tensor) -> torch.Tensor:
+        """Sum the query heads of each K/V head (the group repeat_interleave made)."""
+        return t.view(batch, heads_k, group, *t.shape[2:]).sum(dim=2)
+
+    return (
+        grad_q.transpose(1, 2).to(q.dtype),
+        per_kv_head(grad_k).transpose(1, 2).to(k.dtype),
+        per_kv_head(grad_v).transpose(1, 2).to(v.dtype),
+    )
+
+
 def _slice_chunks(chunks: SequenceChunks, index: int) -> SequenceChunks:
     one = slice(index, index + 1)
     return SequenceChunks(
