@@ -10,7 +10,7 @@ from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache, ch
 from s2s.attention.custom_op import OPERATOR_BACKENDS, attention_operator
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import apply_rotary, rotary_angles
-from s2s.models.packing import AlignedLayout, PackedLayout
+from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
 
 
 def attend(
@@ -56,11 +56,11 @@ def _attend_eager(
             f"the packing layout is for (B, T) = {(layout.batch, layout.frames)}, "
             f"but q is {tuple(q.shape)} and k {tuple(k.shape)}; build it from this batch's lengths"
         )
-    if layout is None or not layout.has_padding:
-        return chunk_attention(q, k, v, spec, backend=backend)
-    if layout.padding_hidden(spec):
+    if runs_unpacked(spec, layout):
         out = chunk_attention(q, k, v, spec, backend=backend)
-        return torch.where(layout.valid[:, :, None, None], out, 0.0)
+        if layout is None or not layout.has_padding:
+            return out
+        return torch.where(layout.valid[:, :, None, None], out, 0.0)  # padded rows: zeros
     packed = chunk_attention(
         *(t.flatten(0, 1).index_select(0, layout.indices) for t in (q, k, v)),
         spec,

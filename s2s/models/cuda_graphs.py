@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from s2s.attention.spec import ChunkSpec, SequenceChunks
-from s2s.models.packing import AlignedLayout
+from s2s.models.packing import AlignedLayout, runs_unpacked
 
 
 class EncoderBlocks(nn.Module):
@@ -72,14 +72,6 @@ class GraphKey:
 def chunk_table(chunks: SequenceChunks) -> torch.Tensor:
     """(4, B) int64 on the device: chunk_q, chunk_k, q_offset, k_offset of each sequence."""
     return torch.stack([chunks.chunk_q, chunks.chunk_k, chunks.q_offset, chunks.k_offset])
-
-
-def runs_unpacked(spec: ChunkSpec, layout) -> bool:
-    """Whether attention runs this batch as it is, unpacked: no padding, or padding that no real
-    query sees (host ints only: nothing waits for the device)."""
-    if layout is None or not layout.has_padding:
-        return True
-    return layout.padding_hidden(spec)
 
 
 def graphable(x: torch.Tensor, blocks: EncoderBlocks, spec: ChunkSpec, layout) -> bool:

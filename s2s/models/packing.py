@@ -106,3 +106,11 @@ class AlignedLayout:
 
     def padding_hidden(self, spec: ChunkSpec) -> bool:
         return True
+
+
+def runs_unpacked(spec: ChunkSpec, layout: PackedLayout | AlignedLayout | None) -> bool:
+    """Whether attention runs this batch as it is, unpacked: no padding, or padding that no real
+    query sees (host ints only: nothing waits for the device)."""
+    if layout is None or not layout.has_padding:
+        return True
+    return layout.padding_hidden(spec)

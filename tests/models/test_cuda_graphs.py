@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2s.attention import ChunkSpec
 from s2s.models import regional_compile
-from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table, runs_unpacked, use_cuda_graphs
-from s2s.models.packing import AlignedLayout, PackedLayout
+from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table, use_cuda_graphs
+from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from tests.models.test_packing import NoHostReads
 
