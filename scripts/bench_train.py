@@ -281,10 +281,10 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     flops = StepFlops(multiplied_parameters(module.model), frames, counted.flops)
     compile_note = None
     if compiled or graphed:
-        if compiled:  # as module.compile_blocks: static first under graphs, dynamic without
-            regional_compile.compile_blocks(module.model, dynamic=None if graphed else True)
-        if graphed:
-            use_cuda_graphs(module.model)
+        if graphed:  # as training does: with +compile, the blocks are compiled inside the graphs
+            use_cuda_graphs(module.model, compiled=compiled)
+        else:
+            regional_compile.compile_blocks(module.model)
         graphs, start = compiled_graphs(), time.perf_counter()
         train_step(module, optimizer, batch, chunks)
         synchronize(device)

@@ -84,10 +84,13 @@ class GraphedBlocks:
     """Replays `blocks` (an EncoderBlocks or DecoderBlocks) as CUDA graphs, one pair per batch shape,
     at most `max_shapes` of them (a run with more shapes runs the rest eagerly, with a warning)."""
 
-    def __init__(self, blocks: EncoderBlocks, max_shapes: int = 4, warmup_steps: int = 3):
+    def __init__(
+        self, blocks: EncoderBlocks, max_shapes: int = 4, warmup_steps: int = 3, compiled: bool = False
+    ):
         if max_shapes < 1:
             raise ValueError(f"max_shapes must be at least 1, got {max_shapes}")
         self.blocks = blocks
+        self.compiled = compiled
         self.max_shapes = max_shapes
         self.warmup_steps = warmup_steps
         self.graphs: dict[GraphKey, nn.Module] = {}
@@ -150,7 +153,7 @@ class GraphedBlocks:
     def _capture(self, inputs: tuple[torch.Tensor, ...], autocast: torch.dtype | None) -> nn.Module:
         """Warm up and capture a fresh wrapper of the same blocks (make_graphed_callables patches the
         module it is given, so each shape gets its own) on copies of this call's inputs."""
-        wrapper = type(self.blocks)(self.blocks.blocks, self.blocks.left_chunks)
+        wrapper = stack_for_capture(self.blocks, self.compiled)
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         dtype = autocast or torch.bfloat16
         with torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False):
@@ -161,10 +164,26 @@ def _no_graphs() -> None:
     return None
 
 
-def use_cuda_graphs(model: nn.Module, max_shapes: int = 4) -> nn.Module:
+def stack_for_capture(stack: EncoderBlocks, compiled: bool) -> EncoderBlocks:
+    """A fresh wrapper of the same blocks for one capture. `compiled`: each block torch.compile'd
+    whole for this shape (fullgraph, static: attention inside as the s2s::chunk_attention operator,
+    s2s.attention.custom_op), in the wrapper only, so the model's own blocks stay eager for every
+    call that takes no graph (packed batches, validation, streaming) and nothing else recompiles."""
+    blocks = stack.blocks
+    if compiled:
+        blocks = nn.ModuleList([torch.compile(block, fullgraph=True, dynamic=False) for block in blocks])
+    return type(stack)(blocks, stack.left_chunks)
+
+
+def use_cuda_graphs(model: nn.Module, max_shapes: int = 4, compiled: bool = False) -> nn.Module:
     """Give `model`'s encoder and decoder graphed block stacks (their `forward` then tries a graph
-    first); returns `model`. Parameters and state_dict are unchanged."""
+    first), with `compiled` blocks inside the graphs; returns `model`. Parameters and state_dict are
+    unchanged."""
     left = model.config.left_chunks
-    model.encoder.graphs = GraphedBlocks(EncoderBlocks(model.encoder.blocks, left), max_shapes)
-    model.decoder.graphs = GraphedBlocks(DecoderBlocks(model.decoder.blocks, left), max_shapes)
+    model.encoder.graphs = GraphedBlocks(
+        EncoderBlocks(model.encoder.blocks, left), max_shapes, compiled=compiled
+    )
+    model.decoder.graphs = GraphedBlocks(
+        DecoderBlocks(model.decoder.blocks, left), max_shapes, compiled=compiled
+    )
     return model

@@ -12,9 +12,10 @@ Only `forward` (training, offline passes) is compiled; the streaming `step` stay
 
 Measured on an H200 (docs/benchmarks.md): elementwise time fell by a third, but the host work at the
 graph boundaries grew as much, so the step is no faster; it is off by default (module.compile_blocks).
-With CUDA graphs as well (module.cuda_graphs), the graphed stacks' batches reach attention through a
-registered operator (s2s.attention.custom_op): each block is one compiled graph, and the CUDA graph
-replays it without the host work at its boundaries.
+With CUDA graphs as well (module.cuda_graphs), the blocks are compiled inside the graphs instead
+(s2s.models.cuda_graphs.stack_for_capture): attention reaches the compiler there as a registered
+operator (s2s.attention.custom_op), each block is one compiled graph, and the CUDA graph replays it
+without the host work at its boundaries.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ def compiled_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def compile_blocks(model: nn.Module, dynamic: bool | None = True) -> nn.Module:
-    """Compile every block's forward in place (state_dict keys unchanged) and return `model`.
-    `dynamic` as torch.compile's (None: static first, dynamic once a second shape comes)."""
+def compile_blocks(model: nn.Module, dynamic: bool = True) -> nn.Module:
+    """Compile every block's forward in place (state_dict keys unchanged) and return `model`."""
     for block in compiled_blocks(model):
         block.compile(dynamic=dynamic)
     return model

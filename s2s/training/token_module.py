@@ -122,7 +122,8 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         `load_from_checkpoint` passes the saved hyperparameters. `compile_blocks`: `torch.compile`
         each transformer block when fitting starts (s2s/models/regional_compile.py). `cuda_graphs`:
         replay the encoder's and decoder's blocks as CUDA graphs in training steps that allow it
-        (s2s/models/cuda_graphs.py); with both, the graphs capture the compiled blocks."""
+        (s2s/models/cuda_graphs.py); with both, the graphs capture compiled blocks (the model's own
+        blocks stay eager)."""
         super().__init__()
         model = built_model(model, model_class)
         if not isinstance(model, TokenDuplexModel):
@@ -161,11 +162,10 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
 
     def on_fit_start(self) -> None:
         # at fit only: a checkpoint loaded for evaluation or streaming runs eager
-        if self.compile_blocks:
-            # under graphs the captured shape compiles static; other shapes then compile dynamic
-            regional_compile.compile_blocks(self.model, dynamic=None if self.cuda_graphs else True)
-        if self.cuda_graphs:
-            use_cuda_graphs(self.model)
+        if self.cuda_graphs:  # with compile_blocks, the blocks are compiled inside the graphs only
+            use_cuda_graphs(self.model, compiled=self.compile_blocks)
+        elif self.compile_blocks:
+            regional_compile.compile_blocks(self.model)
 
     def setup(self, stage: str) -> None:
         """Refuse a corpus whose task's vocabularies are not the model's (the data module is set up

@@ -11,8 +11,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2s.attention import ChunkSpec
-from s2s.models import regional_compile
-from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table, use_cuda_graphs
+from s2s.models.cuda_graphs import (
+    DecoderBlocks,
+    EncoderBlocks,
+    chunk_table,
+    stack_for_capture,
+    use_cuda_graphs,
+)
 from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from tests.models.test_packing import NoHostReads
@@ -82,29 +87,33 @@ def test_the_tensor_only_stacks_equal_the_model_loop_and_never_read_the_device(g
 
 
 def test_compiled_stacks_hold_attention_inside_one_graph_per_block(generator):
-    """With every block compiled whole (fullgraph: a split at attention would be an error), the
-    stacks a graph captures give the eager loop's outputs and gradients: attention reaches the
-    compiler as the s2s::chunk_attention operator (module.compile_blocks with module.cuda_graphs)."""
+    """The stacks a graph captures with every block compiled whole (module.compile_blocks with
+    module.cuda_graphs; fullgraph: a split at attention would be an error) give the eager stacks'
+    outputs and gradients: attention reaches the compiler as the s2s::chunk_attention operator. The
+    model's own blocks stay uncompiled."""
     seed = generator.initial_seed()
     torch.manual_seed(seed)
     config = dataclasses.replace(SMALL, attention_backend="reference")
-    eager = TokenDuplexModel(config).train()
-    compiled = TokenDuplexModel(config).train()
-    compiled.load_state_dict(eager.state_dict())
-    for block in [*compiled.encoder.blocks, *compiled.decoder.blocks]:
-        block.compile(fullgraph=True, dynamic=False)
+    model = TokenDuplexModel(config).train()
     x, encoded, positions, spec, layout = _batch(generator, config, 24, [24, 16, 8], [4, 8, 2])
     x, encoded = x.float(), encoded.float()
     table = chunk_table(spec.resolve(3))
+    stacks = (
+        EncoderBlocks(model.encoder.blocks, config.left_chunks),
+        DecoderBlocks(model.decoder.blocks, config.left_chunks),
+    )
     results = []
-    for model in (eager, compiled):
+    for compiled in (False, True):
+        encoder, decoder = (stack_for_capture(stack, compiled) for stack in stacks)
         a, b = x.clone().requires_grad_(), encoded.clone().requires_grad_()
-        h = EncoderBlocks(model.encoder.blocks, config.left_chunks)(a, positions, table, layout.valid)
-        d = DecoderBlocks(model.decoder.blocks, config.left_chunks)(b, positions, h, table, layout.valid)
+        h = encoder(a, positions, table, layout.valid)
+        d = decoder(b, positions, h, table, layout.valid)
         model.zero_grad(set_to_none=True)
         (h.square().sum() + d.square().sum()).backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         results.append((h.detach(), d.detach(), a.grad, b.grad, grads))
+    blocks = [*model.encoder.blocks, *model.decoder.blocks]
+    assert all(block._compiled_call_impl is None for block in blocks), "the model's blocks stay eager"
     for name, got, want in zip(
         ("encoder", "decoder", "dx", "dencoded"), results[1], results[0], strict=False
     ):
@@ -259,9 +268,7 @@ def test_graphed_training_steps_equal_eager_ones(compiled, generator):
     eager = TokenDuplexModel(config).cuda().train()
     graphed = TokenDuplexModel(config).cuda().train()
     graphed.load_state_dict(eager.state_dict())
-    if compiled:
-        regional_compile.compile_blocks(graphed, dynamic=None)
-    use_cuda_graphs(graphed)
+    use_cuda_graphs(graphed, compiled=compiled)
 
     def batch(frames, lengths, chunks):
         mel = torch.randn(len(lengths), frames * config.mel_per_frame, config.n_mels, generator=generator)

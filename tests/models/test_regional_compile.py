@@ -82,3 +82,15 @@ def test_training_module_compiles_its_blocks_when_fitting_starts():
     assert all(block._compiled_call_impl is not None for block in blocks)
     with pytest.raises(TypeError, match="compile_blocks must be true or false"):
         TokenDuplexLightningModule(TokenDuplexModel(CONFIG), compile_blocks="yes")
+
+
+def test_with_cuda_graphs_the_blocks_are_compiled_inside_the_graphs_only():
+    """module.compile_blocks with module.cuda_graphs: the graphed stacks compile their captures, the
+    model's own blocks (packed batches, validation, streaming) stay eager."""
+    module = TokenDuplexLightningModule(TokenDuplexModel(CONFIG), compile_blocks=True, cuda_graphs=True)
+    module.on_fit_start()
+    assert module.model.encoder.graphs.compiled and module.model.decoder.graphs.compiled
+    assert all(block._compiled_call_impl is None for block in regional_compile.compiled_blocks(module.model))
+    graphs_only = TokenDuplexLightningModule(TokenDuplexModel(CONFIG), cuda_graphs=True)
+    graphs_only.on_fit_start()
+    assert not graphs_only.model.encoder.graphs.compiled
