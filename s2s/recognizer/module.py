@@ -9,6 +9,7 @@ from s2s.recognizer.model import CTCRecognizer, RecognizerConfig
 from s2s.recognizer.vocabulary import Vocabulary
 from s2s.streaming.content import score_reply, summarize_replies
 from s2s.training.fused_clipping import FusedOptimizerClipping
+from s2s.training.progress_bar import losses_in_progress_bar
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine
 
 
@@ -38,7 +39,8 @@ class RecognizerModule(FusedOptimizerClipping):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _, _ = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["lengths"].shape[0])
+        in_bar = losses_in_progress_bar(self.device)  # a per-step read on a GPU waits for the step
+        self.log("train/loss", loss, prog_bar=in_bar, batch_size=batch["lengths"].shape[0])
         return loss
 
     def on_validation_epoch_start(self) -> None:

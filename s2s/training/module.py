@@ -16,6 +16,7 @@ import torch
 from s2s.data.batching import DialogueBatch
 from s2s.models.duplex import DuplexModel, DuplexOutput
 from s2s.training.fused_clipping import FusedOptimizerClipping
+from s2s.training.progress_bar import losses_in_progress_bar
 from s2s.training.safe_loading import SafeCheckpointLoading, built_model
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, schedule_steps
 
@@ -98,8 +99,9 @@ class DuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
     def training_step(self, batch: DialogueBatch, batch_index: int) -> torch.Tensor:
         _, losses = self.run(batch, self.draw_chunks(len(batch)))
         size = len(batch)
-        self.log("train/loss", losses.total, prog_bar=True, batch_size=size)
-        self.log("train/mel_l1", losses.mel_l1, prog_bar=True, batch_size=size)
+        in_bar = losses_in_progress_bar(self.device)  # a per-step read on a GPU waits for the step
+        self.log("train/loss", losses.total, prog_bar=in_bar, batch_size=size)
+        self.log("train/mel_l1", losses.mel_l1, prog_bar=in_bar, batch_size=size)
         self.log("train/speaking_bce", losses.speaking_bce, batch_size=size)
         return losses.total
 

@@ -21,6 +21,7 @@ from s2s.models.cuda_graphs import use_cuda_graphs
 from s2s.models.token_duplex import TokenDuplexModel, TokenDuplexOutput
 from s2s.training.augment import AugmentConfig, mask_frequencies
 from s2s.training.fused_clipping import FusedOptimizerClipping
+from s2s.training.progress_bar import losses_in_progress_bar
 from s2s.training.safe_loading import SafeCheckpointLoading, built_model
 from s2s.training.schedule import OptimizerConfig, adamw_warmup_cosine, schedule_steps
 from s2s.training.turn_end_separability import OnsetScores, onset_scores
@@ -256,10 +257,12 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
 
     def _log(self, stage: str, losses: TokenLosses, size: int) -> None:
         sync = stage == "val"
+        in_bar = sync or losses_in_progress_bar(self.device)  # a per-step read on a GPU waits
         for name in ("total", "token_ce", "mel_l1", "user_ctc", "user_state_ce", "token_accuracy"):
             key = f"{stage}/{'loss' if name == 'total' else name}"
             value = getattr(losses, name)
-            self.log(key, value, prog_bar=name in ("total", "token_ce"), batch_size=size, sync_dist=sync)
+            bar = in_bar and name in ("total", "token_ce")
+            self.log(key, value, prog_bar=bar, batch_size=size, sync_dist=sync)
 
     def training_step(self, batch: DialogueBatch, batch_index: int) -> torch.Tensor:
         _, losses = self.run(batch, self.draw_chunks(len(batch)), augment=True)
