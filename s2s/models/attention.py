@@ -30,12 +30,15 @@ def attend(
     along, so choosing, packing and checking never wait for the device.
 
     Under torch.compile, a batch that runs unpacked with the chunk rule in device tensors (what the
-    graphed block stacks pass: an AlignedLayout) goes through the registered operator
-    (s2s.attention.custom_op), so the block compiles into one graph around it; other calls take the
-    eager path, where the compiled graph splits.
+    graphed block stacks pass: an AlignedLayout) stays inside the compiled graph: the CuTe kernel
+    (and the reference) through the registered operator (s2s.attention.custom_op), FlexAttention
+    and SDPA traced as they are. Other calls take the eager path, where the compiled graph splits.
     """
-    if torch.compiler.is_compiling() and isinstance(layout, AlignedLayout) and backend in OPERATOR_BACKENDS:
-        out = attention_operator(q, k, v, spec, backend)
+    if torch.compiler.is_compiling() and isinstance(layout, AlignedLayout):
+        if backend in OPERATOR_BACKENDS:
+            out = attention_operator(q, k, v, spec, backend)
+        else:
+            out = chunk_attention(q, k, v, spec, backend=backend)
         return torch.where(layout.valid[:, :, None, None], out, 0.0)
     return _attend_eager(q, k, v, spec, layout, backend)
 

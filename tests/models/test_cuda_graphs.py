@@ -86,14 +86,16 @@ def test_the_tensor_only_stacks_equal_the_model_loop_and_never_read_the_device(g
         )
 
 
-def test_compiled_stacks_hold_attention_inside_one_graph_per_block(generator):
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_compiled_stacks_hold_attention_inside_one_graph_per_block(backend, generator):
     """The stacks a graph captures with every block compiled whole (module.compile_blocks with
     module.cuda_graphs; fullgraph: a split at attention would be an error) give the eager stacks'
-    outputs and gradients: attention reaches the compiler as the s2s::chunk_attention operator. The
-    model's own blocks stay uncompiled."""
+    outputs and gradients: attention reaches the compiler as the s2s::chunk_attention operator (the
+    CuTe kernel's path; the reference stands in for it here) or traced (SDPA). The model's own
+    blocks stay uncompiled."""
     seed = generator.initial_seed()
     torch.manual_seed(seed)
-    config = dataclasses.replace(SMALL, attention_backend="reference")
+    config = dataclasses.replace(SMALL, attention_backend=backend)
     model = TokenDuplexModel(config).train()
     x, encoded, positions, spec, layout = _batch(generator, config, 24, [24, 16, 8], [4, 8, 2])
     x, encoded = x.float(), encoded.float()
@@ -125,6 +127,27 @@ def test_compiled_stacks_hold_attention_inside_one_graph_per_block(generator):
     for name, want in results[0][4].items():
         error = ((results[1][4][name] - want).norm() / want.norm().clamp(min=1e-12)).item()
         assert error < 1e-4, f"seed {seed}: {name}: gradient off by {error:.2e}"
+
+
+def test_flex_attention_stays_inside_the_compiled_blocks(generator):
+    """FlexAttention calls of the graphed stacks are traced into the compiled block (fullgraph: no
+    split). Forward only, through AOT autograd without Inductor: on the CPU FlexAttention has no
+    backward and Inductor no lowering for it (on a GPU stack_for_capture lowers it)."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    config = dataclasses.replace(SMALL, attention_backend="flex")
+    model = TokenDuplexModel(config).eval()
+    x, _, positions, spec, layout = _batch(generator, config, 32, [32, 16], [4, 8])
+    table = chunk_table(spec.resolve(2))
+    stack = EncoderBlocks(model.encoder.blocks, config.left_chunks)
+    traced = torch.nn.ModuleList(
+        [torch.compile(block, fullgraph=True, dynamic=False, backend="aot_eager") for block in stack.blocks]
+    )
+    with torch.no_grad():
+        want = stack(x.float(), positions, table, layout.valid)
+        got = EncoderBlocks(traced, config.left_chunks)(x.float(), positions, table, layout.valid)
+    assert torch.isfinite(got).all(), f"seed {seed}"
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
 
 
 class HostWaits(TorchDispatchMode):

@@ -145,21 +145,24 @@ class FlexBackend(AttentionBackend):
             total_q=problem.rows_q,
             total_k=problem.rows_k,
         )
-        attend = _compiled_flex_attention() if problem.device.type == "cuda" else flex_attention
-        with warnings.catch_warnings():
-            # On CPU the eager (unfused) path is the intent: compiling costs more than it saves
-            # at the sizes a CPU runs.
-            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            out, aux = attend(
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                block_mask=block_mask,
-                scale=problem.softmax_scale,
-                enable_gqa=problem.heads_q != problem.heads_k,
-                return_aux=AuxRequest(lse=True),
-            )
-        out, lse = out.transpose(1, 2), aux.lse
+        arguments = dict(
+            block_mask=block_mask,
+            scale=problem.softmax_scale,
+            enable_gqa=problem.heads_q != problem.heads_k,
+            return_aux=AuxRequest(lse=True) if return_lse else None,
+        )
+        inputs = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        if torch.compiler.is_compiling():  # inside a compiled block: the compiler lowers it itself
+            result = flex_attention(*inputs, **arguments)
+        else:
+            attend = _compiled_flex_attention() if problem.device.type == "cuda" else flex_attention
+            with warnings.catch_warnings():
+                # On CPU the eager (unfused) path is the intent: compiling costs more than it saves
+                # at the sizes a CPU runs.
+                warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+                result = attend(*inputs, **arguments)
+        out, lse = (result[0], result[1].lse) if return_lse else (result, None)
+        out = out.transpose(1, 2)
         if problem.is_varlen:
-            out, lse = out[0], lse[0]
-        return out, (lse if return_lse else None)
+            out, lse = out[0], (None if lse is None else lse[0])
+        return out, lse
