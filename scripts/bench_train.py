@@ -7,8 +7,9 @@ MFU and where the step's GPU time goes.
     # cute-deterministic: cute under torch.use_deterministic_algorithms (its deterministic backward)
     python scripts/bench_train.py --no-profile --peak-tflops 989    # MFU only, against a given peak
     python scripts/bench_train.py --backends cute cute+compile      # each block torch.compile'd
-    python scripts/bench_train.py --backends cute cute+graphs --seconds 40 --dialogues 32 --length-multiple 8
-                                                                    # the blocks as CUDA graphs
+    python scripts/bench_train.py --backends cute cute+graphs cute+compile+graphs flex+compile+graphs \
+        --seconds 40 --dialogues 32 --length-multiple 8             # the blocks as CUDA graphs (of
+                                                                    # compiled blocks: +compile+graphs)
     python scripts/bench_train.py --device cpu --model tiny --backends sdpa --dialogues 2 --seconds 2 \\
         --warmup 1 --steps 1 --profile-steps 1                      # the script's own smoke run
 
