@@ -8,6 +8,7 @@ encoder and cross-entropy of the user's state per frame (speaking / pause / ende
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -163,7 +164,15 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
 
     def on_fit_start(self) -> None:
         # at fit only: a checkpoint loaded for evaluation or streaming runs eager
-        if self.cuda_graphs:  # with compile_blocks, the blocks are compiled inside the graphs only
+        processes = self._trainer.world_size if self._trainer is not None else 1
+        if self.cuda_graphs and processes > 1:
+            warnings.warn(
+                f"module.cuda_graphs (with the blocks compiled inside them) is off in this "
+                f"{processes}-process run: the graphed blocks are tested on one GPU only (DDP's "
+                "gradient hooks around a replayed backward are not); the steps run eagerly",
+                stacklevel=2,
+            )
+        elif self.cuda_graphs:  # with compile_blocks, the blocks are compiled inside the graphs only
             use_cuda_graphs(self.model, compiled=self.compile_blocks)
         elif self.compile_blocks:
             regional_compile.compile_blocks(self.model)

@@ -94,3 +94,12 @@ def test_with_cuda_graphs_the_blocks_are_compiled_inside_the_graphs_only():
     graphs_only = TokenDuplexLightningModule(TokenDuplexModel(CONFIG), cuda_graphs=True)
     graphs_only.on_fit_start()
     assert not graphs_only.model.encoder.graphs.compiled
+
+
+def test_a_multi_process_run_leaves_graphs_and_compiled_blocks_off_with_a_warning(monkeypatch):
+    module = TokenDuplexLightningModule(TokenDuplexModel(CONFIG), compile_blocks=True, cuda_graphs=True)
+    monkeypatch.setattr(module, "_trainer", type("Trainer", (), {"world_size": 2})())
+    with pytest.warns(UserWarning, match="module.cuda_graphs .* is off in this 2-process run"):
+        module.on_fit_start()
+    assert module.model.encoder.graphs is None and module.model.decoder.graphs is None
+    assert all(block._compiled_call_impl is None for block in regional_compile.compiled_blocks(module.model))
