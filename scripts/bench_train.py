@@ -214,8 +214,11 @@ def measured_gemm_tflops(size: int = 8192, calls: int = 50) -> float:
     return 2 * size**3 / seconds / 1e12
 
 
-def profile_steps(module, optimizer, batch: DialogueBatch, chunks, steps: int) -> StepBreakdown:
-    """Run ``steps`` training steps under torch.profiler and sort their GPU time."""
+def profile_steps(
+    module, optimizer, batch: DialogueBatch, chunks, steps: int, top_kernels: int = 3
+) -> StepBreakdown:
+    """Run ``steps`` training steps under torch.profiler and sort their GPU time (the
+    ``top_kernels`` longest kernels of each category kept by name)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     device = batch.user_mel.device
@@ -227,7 +230,7 @@ def profile_steps(module, optimizer, batch: DialogueBatch, chunks, steps: int) -
                 train_step(module, optimizer, batch, chunks)
         synchronize(device)  # inside, so the last step's kernels are recorded
     kernels, window = kernels_and_window(prof.events(), STEP_RANGE)
-    return breakdown(kernels, window, steps)
+    return breakdown(kernels, window, steps, top=top_kernels)
 
 
 @dataclasses.dataclass
@@ -317,7 +320,9 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     run = BackendRun(name, seconds, frames / seconds, flops, counted.calls, compile_note=compile_note)
     if args.profile_steps > 0:
         try:
-            run.breakdown = profile_steps(module, optimizer, batch, chunks, args.profile_steps)
+            run.breakdown = profile_steps(
+                module, optimizer, batch, chunks, args.profile_steps, args.top_kernels
+            )
         except Exception as error:  # the throughput and MFU stand without the profile
             run.profile_error = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
     return run
@@ -406,8 +411,13 @@ def main() -> None:
     )
     parser.add_argument("--profile-steps", type=int, default=3, help="steps profiled for the breakdown")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler breakdown")
+    parser.add_argument(
+        "--top-kernels", type=int, default=3, help="longest kernels listed per category of the breakdown"
+    )
     parser.add_argument("--no-gemm", action="store_true", help="skip timing the reference bf16 GEMM")
     args = parser.parse_args()
+    if args.top_kernels < 1:
+        raise SystemExit(f"--top-kernels must be at least 1, got {args.top_kernels}")
     if args.no_profile:
         args.profile_steps = 0
     device = torch.device(args.device)
