@@ -71,7 +71,7 @@ def test_run_backend_counts_the_batch_masks(bench):
     batch, chunks = bench.make_batch(
         config, dialogues=3, frames=20, generator=torch.Generator().manual_seed(1)
     )
-    args = argparse.Namespace(model="tiny", warmup=1, steps=1, profile_steps=1)
+    args = argparse.Namespace(model="tiny", warmup=1, steps=1, profile_steps=1, top_kernels=3)
     run = bench.run_backend("sdpa", args, batch, chunks)
 
     lengths = (batch.frame_lengths // 4).tolist()
