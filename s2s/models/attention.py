@@ -36,22 +36,20 @@ def attend(
     """
     if torch.compiler.is_compiling() and isinstance(layout, AlignedLayout):
         if backend in OPERATOR_BACKENDS:
-            out = attention_operator(q, k, v, spec, backend)
-        else:
-            out = chunk_attention(q, k, v, spec, backend=backend)
-        return torch.where(layout.valid[:, :, None, None], out, 0.0)
+            return _padding_zeroed(attention_operator(q, k, v, spec, backend), layout)
+        return _padding_zeroed(chunk_attention(q, k, v, spec, backend=backend), layout)
     return _attend_eager(q, k, v, spec, layout, backend)
 
 
+def _padding_zeroed(out: torch.Tensor, layout: PackedLayout | AlignedLayout | None) -> torch.Tensor:
+    """An unpacked result with the layout's padded rows set to zeros (as is without padding)."""
+    if layout is None or not layout.has_padding:
+        return out
+    return torch.where(layout.valid[:, :, None, None], out, 0.0)
+
+
 @torch.compiler.disable  # an opaque call inside compiled blocks (s2s/models/regional_compile.py)
-def _attend_eager(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    spec: ChunkSpec,
-    layout: PackedLayout | AlignedLayout | None,
-    backend: str,
-) -> torch.Tensor:
+def _attend_eager(q, k, v, spec: ChunkSpec, layout, backend: str) -> torch.Tensor:
     """The eager path of `attend` (opaque to torch.compile: a packed layout and its host offsets
     would become guards)."""
     if layout is not None and not (layout.batch, layout.frames) == q.shape[:2] == k.shape[:2]:
@@ -60,10 +58,7 @@ def _attend_eager(
             f"but q is {tuple(q.shape)} and k {tuple(k.shape)}; build it from this batch's lengths"
         )
     if runs_unpacked(spec, layout):
-        out = chunk_attention(q, k, v, spec, backend=backend)
-        if layout is None or not layout.has_padding:
-            return out
-        return torch.where(layout.valid[:, :, None, None], out, 0.0)  # padded rows: zeros
+        return _padding_zeroed(chunk_attention(q, k, v, spec, backend=backend), layout)
     packed = chunk_attention(
         *(t.flatten(0, 1).index_select(0, layout.indices) for t in (q, k, v)),
         spec,
