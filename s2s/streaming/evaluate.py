@@ -34,6 +34,7 @@ from s2s.pretrained import (
 )
 from s2s.streaming import metrics, report
 from s2s.streaming.by_voice import by_user_voice, by_voice_rows
+from s2s.streaming.events import dialogue_events
 from s2s.streaming.history import history_of, resolve_left_chunks
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
@@ -394,6 +395,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         words = None if vocabularies is None else vocabularies["system"].words
         result["content"] = report.reply_content(dialogues, config, recognizer, words)
     result["by_user_voice"] = by_user_voice(dialogues, config, options.window, result.get("content"))
+    result["events"] = dialogue_events(dialogues, config, options.window)
     log.info("scoring audio quality (mel L1, MCD)")
     result["quality"] = report.quality(dialogues, options.mcd_seconds)
     result["streaming_vs_offline_max_abs"] = offline_deviation(model, dialogues[0], chunk, left_chunks)

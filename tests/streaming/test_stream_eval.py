@@ -99,6 +99,10 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     assert split["held_out"]["complete_replies"] == content["model"]["complete"]
     assert split["held_out"]["exact_replies"] == content["model"]["exact"]
     assert "| held-out | " in (out / "metrics.md").read_text()
+    events = report["events"]  # one row per dialogue, its turns and pauses adding up to the totals
+    assert len(events) == report["dialogues"]
+    assert sum(len(r["turns"]) for r in events) == overall["turns"]
+    assert sum(len(r["pauses"]) for r in events) == overall["pauses"]
     assert report["compute"]["left_chunks"] is None and report["compute"]["history_source"] == "the model's"
     assert (
         "| take-overs in pauses of 0.55+ s (onset into the pause p50) |" in (out / "metrics.md").read_text()

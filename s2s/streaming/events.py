@@ -1,0 +1,53 @@
+"""Every judged event of every dialogue, one by one: which turn was missed, which pause taken over.
+
+The rates in metrics.json say how often; these rows say where (dialogue, time, voice, pause length,
+how long the model waited), so a researcher can open the dialogue's audio at the spot instead of
+re-streaming the split to find it. Read from the speaking probability, as the headline rates are.
+"""
+
+from __future__ import annotations
+
+from s2s.models.config import DuplexConfig
+from s2s.streaming import metrics
+from s2s.streaming.report import activity
+from s2s.streaming.runner import StreamedDialogue
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, window: float) -> list[dict]:
+    """Per dialogue with a manifest: its user voice, each turn end (answered after how long, or
+    missed) and each internal pause (its length and, if the model took it over, how far in)."""
+    frame_seconds = config.frame_samples / config.sample_rate
+    rows = []
+    for dialogue in dialogues:
+        if dialogue.manifest is None:
+            continue
+        events = metrics.events_from_manifest(dialogue.manifest)
+        active = activity(dialogue, config, "probability", energy_db=-40.0)
+        scores = metrics.score_dialogue(active, frame_seconds, events, window)
+        latencies = iter(scores.response_latencies)
+        turns = []
+        for end, answered in scores.turn_outcomes:
+            turns.append(
+                {"end_s": _rounded(end), "latency_s": _rounded(next(latencies)) if answered else None}
+            )
+        pauses = [
+            {"start_s": _rounded(start), "length_s": _rounded(length), "taken_over_after_s": _rounded(onset)}
+            for (start, _), (length, onset) in zip(events.pauses, scores.pause_outcomes, strict=True)
+        ]
+        info = dialogue.manifest.info if isinstance(dialogue.manifest.info, dict) else {}
+        voice = info.get("user_voice") if isinstance(info.get("user_voice"), dict) else {}
+        rows.append(
+            {
+                "dialogue": dialogue.name,
+                "user_voice": {k: v for k, v in voice.items() if k != "held_out"} or None,
+                "held_out_voice": voice.get("held_out"),
+                "state_gain": dialogue.state_gain,
+                "turns": turns,
+                "pauses": pauses,
+            }
+        )
+    return rows

@@ -1,0 +1,70 @@
+"""Per-event rows: each turn end and pause of a dialogue, scored where the headline rates score it."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from s2s.data.manifest import Manifest, Segment
+from s2s.models.config import DuplexConfig
+from s2s.streaming.events import dialogue_events
+from s2s.streaming.report import turn_taking
+
+RATE = 16000
+
+
+def _dialogue(generator, name: str, held_out: bool, config: DuplexConfig):
+    """Three exchanges (turn with a pause, reply) at random times; the speaking probability random."""
+    frame = config.frame_samples
+    segments, cursor = [], int(torch.randint(0, 8, (1,), generator=generator)) * frame
+    for exchange in range(3):
+        lengths = [int(x) * frame for x in torch.randint(5, 20, (4,), generator=generator)]
+        first, pause, second, gap = lengths
+        segments.append(
+            Segment("user", "turn", cursor, cursor + first + pause + second, "a b", exchange, RATE)
+        )
+        segments.append(Segment("user", "pause", cursor + first, cursor + first + pause, "", exchange, RATE))
+        cursor += first + pause + second + gap
+        segments.append(Segment("system", "reply", cursor, cursor + 10 * frame, "c", exchange, RATE))
+        cursor += 12 * frame
+    frames = cursor // frame + 40
+    voice = {"name": "en-us+f3", "rate": 170, "pitch": 50, "pitch_range": 50, "held_out": held_out}
+    manifest = Manifest(name, RATE, frames * frame, tuple(sorted(segments, key=lambda s: s.start_sample)),
+                        info={"user_voice": voice})  # fmt: skip
+    speaking = (torch.rand(frames, generator=generator) < 0.3).float().numpy()
+    return SimpleNamespace(name=name, manifest=manifest, speaking=speaking, audio=None, state_gain=2.0)
+
+
+def test_rows_add_up_to_the_rates_and_name_each_event(generator):
+    seed = generator.initial_seed()
+    config = DuplexConfig()
+    dialogues = [_dialogue(generator, f"d{i}", i % 2 == 0, config) for i in range(6)]
+    dialogues.append(SimpleNamespace(name="no_manifest", manifest=None))
+    rows = dialogue_events(dialogues, config, window=3.0)
+    totals = turn_taking(dialogues, config, 3.0, sources=("probability",))["probability"]
+    assert [r["dialogue"] for r in rows] == [f"d{i}" for i in range(6)], seed
+    turns = [t for r in rows for t in r["turns"]]
+    pauses = [p for r in rows for p in r["pauses"]]
+    assert len(turns) == totals["turns"] == 18 and len(pauses) == totals["pauses"] == 18, seed
+    missed = sum(t["latency_s"] is None for t in turns)
+    assert np.isclose(missed / len(turns), totals["missed_response_rate"]), seed
+    taken = sum(p["taken_over_after_s"] is not None for p in pauses)
+    assert np.isclose(taken / len(pauses), totals["false_takeovers_per_pause"]), seed
+    latencies = sorted(t["latency_s"] for t in turns if t["latency_s"] is not None)
+    assert np.isclose(np.median(latencies), totals["response_latency_s"]["p50"], atol=1e-3), seed
+    frame_seconds = config.frame_samples / RATE
+    for row, dialogue in zip(rows, dialogues, strict=False):
+        assert row["held_out_voice"] == (row["dialogue"] in ("d0", "d2", "d4")), seed
+        assert row["user_voice"] == {"name": "en-us+f3", "rate": 170, "pitch": 50, "pitch_range": 50}, seed
+        user_pauses = [s for s in dialogue.manifest.segments if s.kind == "pause"]
+        for pause, segment in zip(row["pauses"], user_pauses, strict=True):
+            assert np.isclose(pause["start_s"], segment.start, atol=1e-3), seed
+            assert np.isclose(pause["length_s"], segment.end - segment.start, atol=1e-3), seed
+            first = int(np.ceil(segment.start / frame_seconds - 1e-9))
+            last = int(np.ceil(segment.end / frame_seconds))
+            onsets = [
+                f
+                for f in range(first, last)
+                if dialogue.speaking[f] >= 0.5 and (f == 0 or dialogue.speaking[f - 1] < 0.5)
+            ]
+            assert (pause["taken_over_after_s"] is None) == (not onsets), seed
