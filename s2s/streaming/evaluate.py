@@ -34,7 +34,7 @@ from s2s.pretrained import (
 )
 from s2s.streaming import metrics, report
 from s2s.streaming.by_voice import by_user_voice, by_voice_rows
-from s2s.streaming.events import dialogue_events
+from s2s.streaming.events import dialogue_events, failure_rows
 from s2s.streaming.history import history_of, resolve_left_chunks
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
@@ -262,6 +262,7 @@ def markdown_table(result: dict) -> str:
             f"quantile {sampled.get('onset_quantile') or 'none (drawn)'} "
             f"({sampled.get('onset_quantile_source', 'given')}) |"
         )
+    rows += failure_rows(result.get("events") or [])  # (absent from a metrics.json before 2026-12-05)
     return "\n".join(rows) + "\n"
 
 

@@ -51,3 +51,26 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
             }
         )
     return rows
+
+
+def failure_rows(rows: list[dict]) -> list[str]:
+    """Markdown: one line per missed turn and per pause taken over (where to listen), [] if none."""
+    lines = []
+    for row in rows:
+        voice = "held-out" if row["held_out_voice"] else "seen" if row["held_out_voice"] is False else "?"
+        name = (row["user_voice"] or {}).get("name", "?")
+        for turn in row["turns"]:
+            if turn["latency_s"] is None:
+                lines.append(
+                    f"| {row['dialogue']} | missed turn | {turn['end_s']:.2f} s | | {name} ({voice}) |"
+                )
+        for pause in row["pauses"]:
+            if pause["taken_over_after_s"] is not None:
+                lines.append(
+                    f"| {row['dialogue']} | take-over | {pause['start_s']:.2f} s | {pause['length_s']:.2f} s "
+                    f"pause, onset {pause['taken_over_after_s'] * 1000:.0f} ms in | {name} ({voice}) |"
+                )
+    if not lines:
+        return []
+    header = "| dialogue | event | at (turn end / pause start) | detail | user voice |"
+    return ["", header, "| --- | --- | --- | --- | --- |", *lines]

@@ -7,7 +7,7 @@ import torch
 
 from s2s.data.manifest import Manifest, Segment
 from s2s.models.config import DuplexConfig
-from s2s.streaming.events import dialogue_events
+from s2s.streaming.events import dialogue_events, failure_rows
 from s2s.streaming.report import turn_taking
 
 RATE = 16000
@@ -68,3 +68,7 @@ def test_rows_add_up_to_the_rates_and_name_each_event(generator):
                 if dialogue.speaking[f] >= 0.5 and (f == 0 or dialogue.speaking[f - 1] < 0.5)
             ]
             assert (pause["taken_over_after_s"] is None) == (not onsets), seed
+    lines = failure_rows(rows)
+    assert sum("| missed turn |" in line for line in lines) == missed, seed
+    assert sum("| take-over |" in line for line in lines) == taken, seed
+    assert failure_rows([{**r, "turns": [], "pauses": []} for r in rows]) == [], seed
