@@ -17,6 +17,21 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
+def _words_around_pauses(manifest) -> list[tuple[int | None, int | None]]:
+    """Per user pause, in start order (as metrics.events_from_manifest lists them): how many of its
+    turn's words end before it and how many the turn has; None where the manifest has no word times."""
+    user = [s for s in manifest.segments if s.speaker == "user"]
+    result = []
+    for pause in sorted((s for s in user if s.kind == "pause"), key=lambda s: s.start):
+        turns = [s for s in user if s.kind == "turn" and s.start_sample <= pause.start_sample < s.end_sample]
+        if not turns or turns[0].words is None:
+            result.append((None, None))
+            continue
+        words = turns[0].words
+        result.append((sum(w.end_sample <= pause.start_sample for w in words), len(words)))
+    return result
+
+
 def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, window: float) -> list[dict]:
     """Per dialogue with a manifest: its user voice, each turn end (answered after how long, or
     missed) and each internal pause (its length and, if the model took it over, how far in)."""
@@ -34,9 +49,18 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
             turns.append(
                 {"end_s": _rounded(end), "latency_s": _rounded(next(latencies)) if answered else None}
             )
+        words = _words_around_pauses(dialogue.manifest)
         pauses = [
-            {"start_s": _rounded(start), "length_s": _rounded(length), "taken_over_after_s": _rounded(onset)}
-            for (start, _), (length, onset) in zip(events.pauses, scores.pause_outcomes, strict=True)
+            {
+                "start_s": _rounded(start),
+                "length_s": _rounded(length),
+                "taken_over_after_s": _rounded(onset),
+                "words_before": before,  # of the turn's words, how many ended before the pause
+                "turn_words": total,
+            }
+            for (start, _), (length, onset), (before, total) in zip(
+                events.pauses, scores.pause_outcomes, words, strict=True
+            )
         ]
         info = dialogue.manifest.info if isinstance(dialogue.manifest.info, dict) else {}
         voice = info.get("user_voice") if isinstance(info.get("user_voice"), dict) else {}
@@ -68,7 +92,8 @@ def failure_rows(rows: list[dict]) -> list[str]:
             if pause["taken_over_after_s"] is not None:
                 lines.append(
                     f"| {row['dialogue']} | take-over | {pause['start_s']:.2f} s | {pause['length_s']:.2f} s "
-                    f"pause, onset {pause['taken_over_after_s'] * 1000:.0f} ms in | {name} ({voice}) |"
+                    f"pause after word {pause.get('words_before', '?')} of {pause.get('turn_words', '?')}, "
+                    f"onset {pause['taken_over_after_s'] * 1000:.0f} ms in | {name} ({voice}) |"
                 )
     if not lines:
         return []

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from s2s.data.manifest import Manifest, Segment
+from s2s.data.manifest import Manifest, Segment, Word
 from s2s.models.config import DuplexConfig
 from s2s.streaming.events import dialogue_events, failure_rows
 from s2s.streaming.report import turn_taking
@@ -17,22 +17,35 @@ def _dialogue(generator, name: str, held_out: bool, config: DuplexConfig):
     """Three exchanges (turn with a pause, reply) at random times; the speaking probability random."""
     frame = config.frame_samples
     segments, cursor = [], int(torch.randint(0, 8, (1,), generator=generator)) * frame
+    expected_words = []
     for exchange in range(3):
         lengths = [int(x) * frame for x in torch.randint(5, 20, (4,), generator=generator)]
         first, pause, second, gap = lengths
-        segments.append(
-            Segment("user", "turn", cursor, cursor + first + pause + second, "a b", exchange, RATE)
+        before, after = (int(x) for x in torch.randint(1, 4, (2,), generator=generator))
+        words = tuple(  # `before` words inside the first part, `after` inside the second
+            Word("w", start, start + frame)
+            for start in [cursor + i * frame for i in range(before)]
+            + [cursor + first + pause + i * frame for i in range(after)]
         )
-        segments.append(Segment("user", "pause", cursor + first, cursor + first + pause, "", exchange, RATE))
-        cursor += first + pause + second + gap
-        segments.append(Segment("system", "reply", cursor, cursor + 10 * frame, "c", exchange, RATE))
+        expected_words.append((before, before + after))
+        end = cursor + first + pause + second
+        text = " ".join(w.text for w in words)
+        segments.append(Segment("user", "turn", cursor, end, text, exchange, RATE, words))
+        segments.append(
+            Segment("user", "pause", cursor + first, cursor + first + pause, "", exchange, RATE, ())
+        )
+        cursor = end + gap
+        reply = (Word("c", cursor, cursor + 5 * frame),)
+        segments.append(Segment("system", "reply", cursor, cursor + 10 * frame, "c", exchange, RATE, reply))
         cursor += 12 * frame
     frames = cursor // frame + 40
     voice = {"name": "en-us+f3", "rate": 170, "pitch": 50, "pitch_range": 50, "held_out": held_out}
     manifest = Manifest(name, RATE, frames * frame, tuple(sorted(segments, key=lambda s: s.start_sample)),
                         info={"user_voice": voice})  # fmt: skip
     speaking = (torch.rand(frames, generator=generator) < 0.3).float().numpy()
-    return SimpleNamespace(name=name, manifest=manifest, speaking=speaking, audio=None, state_gain=2.0)
+    return SimpleNamespace(
+        name=name, manifest=manifest, speaking=speaking, audio=None, state_gain=2.0, words=expected_words
+    )
 
 
 def test_rows_add_up_to_the_rates_and_name_each_event(generator):
@@ -57,7 +70,8 @@ def test_rows_add_up_to_the_rates_and_name_each_event(generator):
         assert row["held_out_voice"] == (row["dialogue"] in ("d0", "d2", "d4")), seed
         assert row["user_voice"] == {"name": "en-us+f3", "rate": 170, "pitch": 50, "pitch_range": 50}, seed
         user_pauses = [s for s in dialogue.manifest.segments if s.kind == "pause"]
-        for pause, segment in zip(row["pauses"], user_pauses, strict=True):
+        for pause, segment, words in zip(row["pauses"], user_pauses, dialogue.words, strict=True):
+            assert (pause["words_before"], pause["turn_words"]) == words, seed
             assert np.isclose(pause["start_s"], segment.start, atol=1e-3), seed
             assert np.isclose(pause["length_s"], segment.end - segment.start, atol=1e-3), seed
             first = int(np.ceil(segment.start / frame_seconds - 1e-9))
