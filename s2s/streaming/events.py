@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from s2s.models.config import DuplexConfig
 from s2s.streaming import metrics
+from s2s.streaming.by_voice import user_voice_group
 from s2s.streaming.report import activity
 from s2s.streaming.runner import StreamedDialogue
 
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), 3)
+
+
+def _known(value) -> str:
+    return "?" if value is None else str(value)
 
 
 def _words_around_pauses(manifest) -> list[tuple[int | None, int | None]]:
@@ -44,11 +49,10 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
         active = activity(dialogue, config, "probability", energy_db=-40.0)
         scores = metrics.score_dialogue(active, frame_seconds, events, window)
         latencies = iter(scores.response_latencies)
-        turns = []
-        for end, answered in scores.turn_outcomes:
-            turns.append(
-                {"end_s": _rounded(end), "latency_s": _rounded(next(latencies)) if answered else None}
-            )
+        turns = [
+            {"end_s": _rounded(end), "latency_s": _rounded(next(latencies)) if answered else None}
+            for end, answered in scores.turn_outcomes
+        ]
         words = _words_around_pauses(dialogue.manifest)
         pauses = [
             {
@@ -64,11 +68,12 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
         ]
         info = dialogue.manifest.info if isinstance(dialogue.manifest.info, dict) else {}
         voice = info.get("user_voice") if isinstance(info.get("user_voice"), dict) else {}
+        group = user_voice_group(dialogue)
         rows.append(
             {
                 "dialogue": dialogue.name,
                 "user_voice": {k: v for k, v in voice.items() if k != "held_out"} or None,
-                "held_out_voice": voice.get("held_out"),
+                "held_out_voice": None if group is None else group == "held_out",
                 "state_gain": dialogue.state_gain,
                 "turns": turns,
                 "pauses": pauses,
@@ -90,9 +95,10 @@ def failure_rows(rows: list[dict]) -> list[str]:
                 )
         for pause in row["pauses"]:
             if pause["taken_over_after_s"] is not None:
+                after = f"{_known(pause.get('words_before'))} of {_known(pause.get('turn_words'))}"
                 lines.append(
                     f"| {row['dialogue']} | take-over | {pause['start_s']:.2f} s | {pause['length_s']:.2f} s "
-                    f"pause after word {pause.get('words_before', '?')} of {pause.get('turn_words', '?')}, "
+                    f"pause after word {after}, "
                     f"onset {pause['taken_over_after_s'] * 1000:.0f} ms in | {name} ({voice}) |"
                 )
     if not lines:

@@ -86,3 +86,16 @@ def test_rows_add_up_to_the_rates_and_name_each_event(generator):
     assert sum("| missed turn |" in line for line in lines) == missed, seed
     assert sum("| take-over |" in line for line in lines) == taken, seed
     assert failure_rows([{**r, "turns": [], "pauses": []} for r in rows]) == [], seed
+
+
+def test_rows_of_a_recording_without_voice_or_word_times_say_unknown():
+    pause = {
+        "start_s": 1.0,
+        "length_s": 0.5,
+        "taken_over_after_s": 0.2,
+        "words_before": None,
+        "turn_words": None,
+    }
+    row = {"dialogue": "rec", "user_voice": None, "held_out_voice": None, "turns": [], "pauses": [pause]}
+    (line,) = failure_rows([row])[3:]
+    assert "after word ? of ?" in line and "200 ms in" in line and line.endswith("| ? (?) |")
