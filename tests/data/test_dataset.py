@@ -52,9 +52,10 @@ def test_sampler_packs_by_duration_and_covers_every_dialogue_once():
 def test_sampler_crops_on_the_chunk_grid_with_a_length_multiple():
     """Every crop a whole multiple of the given samples (a dialogue shorter than one stays whole),
     inside its dialogue, starting on a hop; without the multiple the crops are the plain ones."""
-    rng = np.random.default_rng()
-    seed = int(rng.integers(1_000_000))
-    lengths = [int(n) for n in rng.integers(100, 9 * 16000, size=80)] + [3000, 5120, 16000 * 7]
+    seed = int(np.random.default_rng().integers(1_000_000))
+    rng = np.random.default_rng(seed)  # the lengths too: a failure reproduces from its seed
+    # from one 160-sample frame up: the sampler refuses shorter dialogues (a test of its own)
+    lengths = [int(n) for n in rng.integers(160, 9 * 16000, size=80)] + [3000, 5120, 16000 * 7]
     multiple = 5120  # 8 model frames of 640 samples
     aligned = DurationBatchSampler(lengths, 16000, 24.0, 6.1, seed=seed, length_multiple=multiple)
     plain = DurationBatchSampler(lengths, 16000, 24.0, 6.1, seed=seed)
@@ -74,6 +75,11 @@ def test_sampler_crops_on_the_chunk_grid_with_a_length_multiple():
     for bad in (0, -640, 2.5, True):
         with pytest.raises(ValueError, match="length_multiple must be a positive number of samples"):
             DurationBatchSampler(lengths, 16000, 24.0, 6.1, length_multiple=bad)
+
+
+def test_sampler_refuses_dialogues_shorter_than_a_frame():
+    with pytest.raises(ValueError, match=r"dialogue\(s\) \[1\] are shorter than one 160-sample frame"):
+        DurationBatchSampler([16000, 159, 160], 16000, batch_seconds=10.0, max_seconds=5.0)
 
 
 def test_sampler_rejects_crops_larger_than_a_batch():
