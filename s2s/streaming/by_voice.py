@@ -16,11 +16,17 @@ from s2s.streaming.runner import StreamedDialogue
 GROUPS = ("seen", "held_out")
 
 
-def user_voice_group(dialogue: StreamedDialogue) -> str | None:
-    """'held_out' or 'seen' as the dialogue's manifest records its user voice; None if it does not."""
+def user_voice_record(dialogue: StreamedDialogue) -> dict:
+    """The user voice the dialogue's manifest records (synth.py: espeak name, rate, pitch, pitch
+    range, held_out); {} where it records none (recordings)."""
     info = dialogue.manifest.info if dialogue.manifest is not None else {}
     voice = info.get("user_voice") if isinstance(info, dict) else None
-    held_out = voice.get("held_out") if isinstance(voice, dict) else None
+    return voice if isinstance(voice, dict) else {}
+
+
+def user_voice_group(dialogue: StreamedDialogue) -> str | None:
+    """'held_out' or 'seen' as the dialogue's manifest records its user voice; None if it does not."""
+    held_out = user_voice_record(dialogue).get("held_out")
     if not isinstance(held_out, bool):
         return None
     return "held_out" if held_out else "seen"

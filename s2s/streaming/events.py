@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from s2s.models.config import DuplexConfig
 from s2s.streaming import metrics
-from s2s.streaming.by_voice import user_voice_group
+from s2s.streaming.by_voice import user_voice_group, user_voice_record
 from s2s.streaming.report import activity
 from s2s.streaming.runner import StreamedDialogue
 
@@ -66,8 +66,7 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
                 events.pauses, scores.pause_outcomes, words, strict=True
             )
         ]
-        info = dialogue.manifest.info if isinstance(dialogue.manifest.info, dict) else {}
-        voice = info.get("user_voice") if isinstance(info.get("user_voice"), dict) else {}
+        voice = user_voice_record(dialogue)
         group = user_voice_group(dialogue)
         rows.append(
             {
@@ -95,7 +94,7 @@ def failure_rows(rows: list[dict]) -> list[str]:
                 )
         for pause in row["pauses"]:
             if pause["taken_over_after_s"] is not None:
-                after = f"{_known(pause.get('words_before'))} of {_known(pause.get('turn_words'))}"
+                after = f"{_known(pause['words_before'])} of {_known(pause['turn_words'])}"
                 lines.append(
                     f"| {row['dialogue']} | take-over | {pause['start_s']:.2f} s | {pause['length_s']:.2f} s "
                     f"pause after word {after}, "
