@@ -9,7 +9,7 @@ from torch import nn
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache, chunk_attention
 from s2s.attention.custom_op import OPERATOR_BACKENDS, attention_operator
 from s2s.models.config import DuplexConfig
-from s2s.models.layers import apply_rotary, rotary_angles
+from s2s.models.layers import Rotation
 from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
 
 
@@ -94,18 +94,17 @@ class _Projections(nn.Module):
 class SelfAttention(_Projections):
     """Chunk-causal multi-head self-attention with rotary positions and grouped K/V heads."""
 
-    def _project(self, x: torch.Tensor, positions: torch.Tensor):
+    def _project(self, x: torch.Tensor, rotation: Rotation):
         k, v = self._keys_values(x)
-        cos, sin = rotary_angles(positions, self.config.head_dim, self.config.rope_base)
-        return apply_rotary(self._queries(x), cos, sin), apply_rotary(k, cos, sin), v.contiguous()
+        return rotation.apply(self._queries(x)), rotation.apply(k), v.contiguous()
 
-    def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
-        q, k, v = self._project(x, positions)
+    def forward(self, x, rotation: Rotation, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
+        q, k, v = self._project(x, rotation)
         out = attend(q, k, v, spec, layout, self.config.attention_backend)
         return self.out(out.flatten(2))
 
-    def step(self, x, positions, cache: SelfAttentionCache, counts: torch.Tensor, final) -> torch.Tensor:
-        q, k, v = self._project(x, positions)
+    def step(self, x, rotation: Rotation, cache: SelfAttentionCache, counts, final) -> torch.Tensor:
+        q, k, v = self._project(x, rotation)
         out = cache.step(q, k, v, lengths=counts, final=final)
         return self.out(out.flatten(2))
 

@@ -29,36 +29,46 @@ import torch
 from torch import nn
 
 from s2s.attention.spec import ChunkSpec, SequenceChunks
+from s2s.models.config import DuplexConfig
+from s2s.models.layers import Rotation
 from s2s.models.packing import AlignedLayout, runs_unpacked
 
 
 class EncoderBlocks(nn.Module):
     """The encoder's blocks as one callable of tensors (what a graph captures)."""
 
-    def __init__(self, blocks: nn.ModuleList, left_chunks: int | None):
+    def __init__(self, blocks: nn.ModuleList, config: DuplexConfig):
         super().__init__()
         self.blocks = blocks
-        self.left_chunks = left_chunks
+        self.config = config
+
+    @property
+    def left_chunks(self) -> int | None:
+        return self.config.left_chunks
 
     def forward(self, x, positions, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        spec, layout = self.attention_inputs(chunks, valid)
+        rotation, spec, layout = self.block_inputs(positions, chunks, valid)
         for block in self.blocks:
-            x = block(x, positions, spec, layout)
+            x = block(x, rotation, spec, layout)
         return x
 
-    def attention_inputs(self, chunks: torch.Tensor, valid: torch.Tensor) -> tuple[ChunkSpec, AlignedLayout]:
-        """The spec and layout of the (4, B) chunk table and (B, T) valid mask, reading neither."""
+    def block_inputs(
+        self, positions: torch.Tensor, chunks: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[Rotation, ChunkSpec, AlignedLayout]:
+        """The rotation of the (B, T) positions, and the spec and layout of the (4, B) chunk table and
+        (B, T) valid mask, reading none of them on the host."""
+        rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
         spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
-        return spec, AlignedLayout(valid)
+        return rotation, spec, AlignedLayout(valid)
 
 
 class DecoderBlocks(EncoderBlocks):
     """The decoder's blocks as one callable of tensors; self- and cross-attention share the spec."""
 
     def forward(self, x, positions, encoded, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        spec, layout = self.attention_inputs(chunks, valid)
+        rotation, spec, layout = self.block_inputs(positions, chunks, valid)
         for block in self.blocks:
-            x = block(x, positions, encoded, spec, spec, layout)
+            x = block(x, rotation, encoded, spec, spec, layout)
         return x
 
 
@@ -176,18 +186,18 @@ def stack_for_capture(stack: EncoderBlocks, compiled: bool) -> EncoderBlocks:
     blocks = stack.blocks
     if compiled:
         blocks = nn.ModuleList([torch.compile(block, fullgraph=True, dynamic=False) for block in blocks])
-    return type(stack)(blocks, stack.left_chunks)
+    return type(stack)(blocks, stack.config)
 
 
 def use_cuda_graphs(model: nn.Module, max_shapes: int = 4, compiled: bool = False) -> nn.Module:
     """Give `model`'s encoder and decoder graphed block stacks (their `forward` then tries a graph
     first), with `compiled` blocks inside the graphs; returns `model`. Parameters and state_dict are
     unchanged."""
-    left = model.config.left_chunks
+    config = model.config
     model.encoder.graphs = GraphedBlocks(
-        EncoderBlocks(model.encoder.blocks, left), max_shapes, compiled=compiled
+        EncoderBlocks(model.encoder.blocks, config), max_shapes, compiled=compiled
     )
     model.decoder.graphs = GraphedBlocks(
-        DecoderBlocks(model.decoder.blocks, left), max_shapes, compiled=compiled
+        DecoderBlocks(model.decoder.blocks, config), max_shapes, compiled=compiled
     )
     return model

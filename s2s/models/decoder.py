@@ -10,7 +10,7 @@ from torch import nn
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache
 from s2s.models.attention import CrossAttention, SelfAttention
 from s2s.models.config import DuplexConfig
-from s2s.models.layers import FeedForward, residual_stream
+from s2s.models.layers import FeedForward, Rotation, residual_stream
 from s2s.models.packing import PackedLayout
 
 
@@ -26,16 +26,28 @@ class DecoderBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x, positions, encoded, spec: ChunkSpec, cross_spec: ChunkSpec, layout: PackedLayout | None
+        self,
+        x,
+        rotation: Rotation,
+        encoded,
+        spec: ChunkSpec,
+        cross_spec: ChunkSpec,
+        layout: PackedLayout | None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attention(self.self_attention_norm(x), positions, spec, layout))
+        x = x + self.dropout(self.self_attention(self.self_attention_norm(x), rotation, spec, layout))
         x = x + self.dropout(self.cross_attention(self.cross_attention_norm(x), encoded, cross_spec, layout))
         return x + self.feed_forward(self.feed_forward_norm(x))
 
     def step(
-        self, x, positions, self_cache: SelfAttentionCache, cross_cache: CrossAttentionCache, counts, final
+        self,
+        x,
+        rotation: Rotation,
+        self_cache: SelfAttentionCache,
+        cross_cache: CrossAttentionCache,
+        counts,
+        final,
     ) -> torch.Tensor:
-        x = x + self.self_attention.step(self.self_attention_norm(x), positions, self_cache, counts, final)
+        x = x + self.self_attention.step(self.self_attention_norm(x), rotation, self_cache, counts, final)
         x = x + self.cross_attention.step(self.cross_attention_norm(x), cross_cache, counts, final)
         return x + self.feed_forward(self.feed_forward_norm(x))
 
@@ -46,6 +58,7 @@ class Decoder(nn.Module):
 
     def __init__(self, config: DuplexConfig):
         super().__init__()
+        self.config = config
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.decoder_layers))
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
@@ -63,12 +76,14 @@ class Decoder(nn.Module):
             graphed = self.graphs(x, positions, spec, layout, encoded=encoded)
             if graphed is not None:
                 return self.norm(graphed)
+        rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
         for block in self.blocks:
-            x = block(x, positions, encoded, spec, cross_spec, layout)
+            x = block(x, rotation, encoded, spec, cross_spec, layout)
         return self.norm(x)
 
     def step(self, x, positions, self_caches, cross_caches, counts, final) -> torch.Tensor:
         x = residual_stream(x, self.norm)
+        rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
         for block, self_cache, cross_cache in zip(self.blocks, self_caches, cross_caches, strict=True):
-            x = block.step(x, positions, self_cache, cross_cache, counts, final)
+            x = block.step(x, rotation, self_cache, cross_cache, counts, final)
         return self.norm(x)

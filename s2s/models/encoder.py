@@ -8,7 +8,7 @@ from torch import nn
 from s2s.attention import ChunkSpec, SelfAttentionCache
 from s2s.models.attention import SelfAttention
 from s2s.models.config import DuplexConfig
-from s2s.models.layers import FeedForward, residual_stream
+from s2s.models.layers import FeedForward, Rotation, residual_stream
 from s2s.models.packing import PackedLayout
 
 
@@ -21,12 +21,12 @@ class EncoderBlock(nn.Module):
         self.feed_forward = FeedForward(config.dim, int(config.mlp_ratio * config.dim), config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), positions, spec, layout))
+    def forward(self, x, rotation: Rotation, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), rotation, spec, layout))
         return x + self.feed_forward(self.feed_forward_norm(x))
 
-    def step(self, x, positions, cache: SelfAttentionCache, counts, final) -> torch.Tensor:
-        x = x + self.attention.step(self.attention_norm(x), positions, cache, counts, final)
+    def step(self, x, rotation: Rotation, cache: SelfAttentionCache, counts, final) -> torch.Tensor:
+        x = x + self.attention.step(self.attention_norm(x), rotation, cache, counts, final)
         return x + self.feed_forward(self.feed_forward_norm(x))
 
 
@@ -36,6 +36,7 @@ class Encoder(nn.Module):
 
     def __init__(self, config: DuplexConfig):
         super().__init__()
+        self.config = config
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
@@ -44,12 +45,14 @@ class Encoder(nn.Module):
         graphed = None if self.graphs is None else self.graphs(x, positions, spec, layout)
         if graphed is not None:
             return self.norm(graphed)
+        rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
         for block in self.blocks:
-            x = block(x, positions, spec, layout)
+            x = block(x, rotation, spec, layout)
         return self.norm(x)
 
     def step(self, x, positions, caches: list[SelfAttentionCache], counts, final) -> torch.Tensor:
         x = residual_stream(x, self.norm)
+        rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
         for block, cache in zip(self.blocks, caches, strict=True):
-            x = block.step(x, positions, cache, counts, final)
+            x = block.step(x, rotation, cache, counts, final)
         return self.norm(x)

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 
-def rotary_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin (B, n, 1, head_dim/2) for absolute positions (B, n): caches keep working because a
-    frame's rotation depends on its position on the stream, not on where a call started."""
-    half = head_dim // 2
-    frequencies = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    angles = positions.to(torch.float32)[..., None] * frequencies
-    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+@dataclass(frozen=True)
+class Rotation:
+    """cos/sin (B, n, 1, head_dim/2) of the rotary angles of absolute positions (B, n).
 
+    Computed once per stack and pass, not per attention layer: every self-attention layer of a stack
+    rotates by the same angles, and the float32 cos/sin of large angles was the most expensive
+    elementwise kernel of the compiled training step (2.8 ms of 81 on an H200, docs/benchmarks.md).
+    Absolute positions keep caches working: a frame's rotation depends on its position on the
+    stream, not on where a call started.
+    """
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[i], x[i + D/2]) of x (B, n, H, D) by the position's angles."""
-    first, second = x.float().chunk(2, dim=-1)
-    rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
-    return rotated.to(x.dtype)
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @classmethod
+    def at(cls, positions: torch.Tensor, head_dim: int, base: float) -> Rotation:
+        half = head_dim // 2
+        frequencies = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+        angles = positions.to(torch.float32)[..., None] * frequencies
+        return cls(angles.cos()[:, :, None, :], angles.sin()[:, :, None, :])
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate pairs (x[i], x[i + D/2]) of x (B, n, H, D) by each frame's angles."""
+        first, second = x.float().chunk(2, dim=-1)
+        cos, sin = self.cos, self.sin
+        rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
+        return rotated.to(x.dtype)
 
 
 class FeedForward(nn.Module):

@@ -18,6 +18,7 @@ from s2s.models.cuda_graphs import (
     stack_for_capture,
     use_cuda_graphs,
 )
+from s2s.models.layers import Rotation
 from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from tests.models.test_packing import NoHostReads
@@ -49,19 +50,20 @@ def test_the_tensor_only_stacks_equal_the_model_loop_and_never_read_the_device(g
 
     def eager(x, encoded):
         h = x
+        rotation = Rotation.at(positions, SMALL.head_dim, SMALL.rope_base)
         for block in model.encoder.blocks:
-            h = block(h, positions, spec, layout)
+            h = block(h, rotation, spec, layout)
         d = encoded
         for block in model.decoder.blocks:
-            d = block(d, positions, h, spec, spec, layout)
+            d = block(d, rotation, h, spec, spec, layout)
         return h, d
 
     table = chunk_table(spec.resolve(3))
 
     def stacked(x, encoded):
         guard = [t.as_subclass(NoHostReads) for t in (x, positions, table, layout.valid)]
-        h = EncoderBlocks(model.encoder.blocks, SMALL.left_chunks)(*guard)
-        d = DecoderBlocks(model.decoder.blocks, SMALL.left_chunks)(
+        h = EncoderBlocks(model.encoder.blocks, SMALL)(*guard)
+        d = DecoderBlocks(model.decoder.blocks, SMALL)(
             encoded.as_subclass(NoHostReads), guard[1], h, *guard[2:]
         )
         return h.as_subclass(torch.Tensor), d.as_subclass(torch.Tensor)
@@ -101,8 +103,8 @@ def test_compiled_stacks_hold_attention_inside_one_graph_per_block(backend, gene
     x, encoded = x.float(), encoded.float()
     table = chunk_table(spec.resolve(3))
     stacks = (
-        EncoderBlocks(model.encoder.blocks, config.left_chunks),
-        DecoderBlocks(model.decoder.blocks, config.left_chunks),
+        EncoderBlocks(model.encoder.blocks, config),
+        DecoderBlocks(model.decoder.blocks, config),
     )
     results = []
     for compiled in (False, True):
@@ -139,13 +141,13 @@ def test_flex_attention_stays_inside_the_compiled_blocks(generator):
     model = TokenDuplexModel(config).eval()
     x, _, positions, spec, layout = _batch(generator, config, 32, [32, 16], [4, 8])
     table = chunk_table(spec.resolve(2))
-    stack = EncoderBlocks(model.encoder.blocks, config.left_chunks)
+    stack = EncoderBlocks(model.encoder.blocks, config)
     traced = torch.nn.ModuleList(
         [torch.compile(block, fullgraph=True, dynamic=False, backend="aot_eager") for block in stack.blocks]
     )
     with torch.no_grad():
         want = stack(x.float(), positions, table, layout.valid)
-        got = EncoderBlocks(traced, config.left_chunks)(x.float(), positions, table, layout.valid)
+        got = EncoderBlocks(traced, config)(x.float(), positions, table, layout.valid)
     assert torch.isfinite(got).all(), f"seed {seed}"
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
 
@@ -180,10 +182,8 @@ def test_the_stacks_forward_and_backward_never_wait_for_the_device(backend, gene
     table = chunk_table(spec.resolve(3))
     waits = HostWaits()
     with waits:
-        h = EncoderBlocks(model.encoder.blocks, config.left_chunks)(x, positions, table, layout.valid)
-        d = DecoderBlocks(model.decoder.blocks, config.left_chunks)(
-            encoded, positions, h, table, layout.valid
-        )
+        h = EncoderBlocks(model.encoder.blocks, config)(x, positions, table, layout.valid)
+        d = DecoderBlocks(model.decoder.blocks, config)(encoded, positions, h, table, layout.valid)
         (h.sum() + d.sum()).backward()
     assert waits.seen == [], f"seed {seed}, {backend}: {waits.seen}"
     assert x.grad is not None and encoded.grad is not None and torch.isfinite(x.grad).all(), f"seed {seed}"

@@ -12,10 +12,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import s2s.models.config as presets
+from s2s.attention import ChunkSpec
 from s2s.data.features import LogMel
 from s2s.models.config import DuplexConfig, base, tiny
 from s2s.models.duplex import DuplexModel, shift_by_chunk
-from s2s.models.layers import CausalConv1d, apply_rotary, rotary_angles
+from s2s.models.layers import CausalConv1d, Rotation
 from s2s.models.token_duplex import TokenDuplexConfig
 from s2s.models.vocoder import GriffinLimVocoder
 
@@ -149,9 +150,9 @@ def test_rotary_scores_depend_only_on_relative_position(generator):
     k = torch.randn(1, 1, 1, 16, generator=generator)
 
     def score(p_q, p_k):
-        cq, sq = rotary_angles(torch.tensor([[p_q]]), 16, 10000.0)
-        ck, sk = rotary_angles(torch.tensor([[p_k]]), 16, 10000.0)
-        return float((apply_rotary(q, cq, sq) * apply_rotary(k, ck, sk)).sum())
+        rotate_q = Rotation.at(torch.tensor([[p_q]]), 16, 10000.0)
+        rotate_k = Rotation.at(torch.tensor([[p_k]]), 16, 10000.0)
+        return float((rotate_q.apply(q) * rotate_k.apply(k)).sum())
 
     # complex-number reference in float64: pairs (x_i, x_{i+8}) rotate by p * base^(-i/8)
     zq = q.flatten()[:8].double() + 1j * q.flatten()[8:].double()
@@ -160,6 +161,49 @@ def test_rotary_scores_depend_only_on_relative_position(generator):
     expected = float((zq * zk.conj() * torch.exp(1j * 5 * frequencies)).real.sum())
     assert math.isclose(score(7, 2), expected, abs_tol=1e-4)
     assert math.isclose(score(107, 102), expected, abs_tol=1e-3)
+
+
+def test_each_stack_computes_its_rotary_angles_once(generator):
+    """The encoder and decoder rotate every self-attention layer by one set of cos/sin per pass
+    (Rotation.at in the stack), not one per layer: counted as aten cos/sin dispatches of each stack's
+    forward and of the CUDA-graph stacks' forward (what a graph captures), at 3 layers per stack."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table
+    from s2s.models.packing import PackedLayout
+
+    class Trig(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func.overloadpacket in (torch.ops.aten.cos, torch.ops.aten.sin)
+            return func(*args, **(kwargs or {}))
+
+    config = dataclasses.replace(SMALL, encoder_layers=3, decoder_layers=3)
+    model = DuplexModel(config).eval()
+    batch, frames = 2, 12
+    x = torch.randn(batch, frames, config.dim, generator=generator)
+    positions = torch.arange(frames).expand(batch, frames)
+    spec = ChunkSpec(4)
+    for name, run in (
+        ("encoder", lambda: model.encoder(x, positions, spec)),
+        ("decoder", lambda: model.decoder(x, positions, x, spec, spec)),
+    ):
+        with Trig() as trig:
+            run()
+        assert trig.calls == 2, f"{name}: {trig.calls} cos/sin dispatches for 3 layers (want one of each)"
+
+    table = chunk_table(spec.resolve(batch))
+    valid = PackedLayout.from_lengths(torch.tensor([frames, frames]), frames).valid
+    for name, run in (
+        ("encoder stack", lambda: EncoderBlocks(model.encoder.blocks, config)(x, positions, table, valid)),
+        ("decoder stack", lambda: DecoderBlocks(model.decoder.blocks, config)(x, positions, x, table, valid)),
+    ):
+        with Trig() as trig:
+            run()
+        assert trig.calls == 2, f"{name}: {trig.calls} cos/sin dispatches for 3 layers (want one of each)"
 
 
 def test_griffin_lim_vocoder_reconstructs_a_harmonic_tone():
