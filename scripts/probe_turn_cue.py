@@ -9,6 +9,9 @@ for corpora whose held-out splits have few pauses). Prints the counts, the seeds
 protocol, ROC AUC, the pause-detection rate when at most 5/10/20% of turn ends are called pauses,
 and the false-alarm rate at 95% detection, each with a 95% bootstrap interval. These are probe
 figures of the corpus, an upper-bound-style diagnostic for a model's take-over / late-reply trade-off.
+`--hardest N` also lists, per held-out probe, the N pauses and N turn ends it confuses most (the share
+of the other class it ranks on their wrong side), with dialogue, time, silence, words and user voice:
+the rows to set beside `stream_eval`'s take-over and missed-turn rows of the same split.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import time
 import numpy as np
 import torch
 
+from s2s.data.manifest import load_manifest
 from s2s.data.turn_cue_classifier import (
     ProbeTraining,
+    confusable_shares,
     cross_validated_scores,
     held_out_scores,
     probe_figures,
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=ProbeTraining.epochs)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--hardest", type=int, default=0, help="list the N most confused held-out pauses and turn ends"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -88,10 +96,60 @@ def main(argv: list[str] | None = None) -> list[dict]:
             }
             rows.append(row | {"intervals": figures.intervals, "window": vars(window), "seed": args.seed})
             print(_line(row, figures.intervals))
+            if args.hardest > 0 and protocol == "held-out":
+                hardest = hardest_onsets(
+                    held, scores, split_folders(args.corpus, tuple(args.eval_splits)), args.hardest
+                )
+                rows[-1]["hardest"] = hardest
+                print("\n".join(_onset_line(r) for r in hardest))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(rows, out, indent=1)
     return rows
+
+
+def hardest_onsets(examples, scores: np.ndarray, folders: list, count: int) -> list[dict]:
+    """The `count` pauses and `count` turn ends with the highest confusable share (most confused
+    first), each with where it is and who speaks: dialogue, onset time, silence, the turn's words up
+    to the onset and after it, and the manifest's user voice."""
+    shares = confusable_shares(scores, examples.labels.numpy())
+    manifests = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            manifests[path.stem] = path
+    rows = []
+    for label, kind in ((1, "pause"), (0, "turn end")):
+        chosen = [i for i in np.argsort(-shares, kind="stable") if examples.labels[i] == label][:count]
+        for i in chosen:
+            onset = examples.onsets[i]
+            manifest = load_manifest(manifests[onset.dialogue])
+            turn = next(
+                s for s in manifest.segments
+                if s.speaker == "user" and s.kind == "turn" and s.start_sample <= onset.sample <= s.end_sample
+            )  # fmt: skip
+            words = [w.text for w in turn.words or ()]
+            before = sum(w.end_sample <= onset.sample for w in turn.words or ())
+            voice = manifest.info.get("user_voice", {})
+            rows.append({
+                "kind": kind, "dialogue": onset.dialogue,
+                "time_s": round(onset.sample / manifest.sample_rate, 2),
+                "silence_s": round(onset.silence / manifest.sample_rate, 2), "share": float(shares[i]),
+                "score": float(scores[i]), "words_before": words[:before], "words_after": words[before:],
+                "voice": voice.get("name"), "held_out": voice.get("held_out"),
+                "pitch_range": voice.get("pitch_range"),
+            })  # fmt: skip
+    return rows
+
+
+def _onset_line(row: dict) -> str:
+    other = "turn ends" if row["kind"] == "pause" else "pauses"
+    words = " ".join(row["words_before"]) + " | " + " ".join(row["words_after"])
+    group = {True: "held-out", False: "seen"}.get(row["held_out"], "?")
+    return (
+        f"  {row['kind']:>8} {row['dialogue']} {row['time_s']:7.2f} s  silence {row['silence_s']:.2f} s  "
+        f"confused with {row['share']:.0%} of {other}  [{words}]  {row['voice']} ({group}, pitch range "
+        f"{row['pitch_range']})"
+    )
 
 
 def _describe(examples) -> str:

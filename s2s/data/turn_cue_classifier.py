@@ -193,6 +193,23 @@ def probe_figures(
     )
 
 
+def confusable_shares(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per example, the share of the other class that the probe finds at least as much like this
+    example's class's opposite: for a pause (label 1), the share of turn ends scoring >= it (turn ends
+    that look more like a pause than this pause does); for a turn end, the share of pauses scoring
+    <= it. 0 for an example the probe always ranks right; a pause with a high share is one a model
+    would take over at almost any operating point. Needs both classes."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    pauses, ends = np.sort(scores[labels == 1]), np.sort(scores[labels == 0])
+    if len(pauses) == 0 or len(ends) == 0:
+        raise ValueError(
+            f"confusable shares need pauses and turn ends, got {len(pauses)} pauses and {len(ends)} turn ends"
+        )
+    ends_at_or_above = len(ends) - np.searchsorted(ends, scores, side="left")
+    pauses_at_or_below = np.searchsorted(pauses, scores, side="right")
+    return np.where(labels == 1, ends_at_or_above / len(ends), pauses_at_or_below / len(pauses))
+
+
 def held_out_scores(train: ProbeExamples, test: ProbeExamples, config: ProbeTraining) -> np.ndarray:
     """Fit on `train`, score `test`."""
     return fit_probe(train, config)(test.features)

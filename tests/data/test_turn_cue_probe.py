@@ -10,7 +10,12 @@ import torch
 from s2s.data.audio import load_audio
 from s2s.data.features import LogMel
 from s2s.data.manifest import Manifest, Segment
-from s2s.data.turn_cue_classifier import ProbeTraining, cross_validated_scores, probe_figures
+from s2s.data.turn_cue_classifier import (
+    ProbeTraining,
+    confusable_shares,
+    cross_validated_scores,
+    probe_figures,
+)
 from s2s.data.turn_cue_probe import (
     PAUSE,
     TURN_END,
@@ -133,6 +138,27 @@ def test_roc_figures_equal_a_brute_force_reference(trial):
         assert roc.false_alarm_at(detection) == pytest.approx(alarm, abs=1e-12), (
             f"seed {seed} det {detection}"
         )
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_confusable_shares_equal_a_pairwise_count(trial):
+    """Each pause's share of turn ends scoring >= it and each turn end's share of pauses scoring <= it,
+    against an explicit count over all pairs (ties included: rounded scores)."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.r_[np.ones(rng.integers(1, 40)), np.zeros(rng.integers(1, 120))].astype(int))
+    scores = np.round(rng.normal(labels * 1.5, 1.0), 1)
+    shares = confusable_shares(scores, labels)
+    pauses, ends = scores[labels == 1], scores[labels == 0]
+    for score, label, share in zip(scores, labels, shares, strict=True):
+        count = (
+            sum(e >= score for e in ends) / len(ends)
+            if label == 1
+            else sum(p <= score for p in pauses) / len(pauses)
+        )
+        assert share == pytest.approx(count, abs=1e-12), f"seed {seed}"
+    with pytest.raises(ValueError, match="pauses and turn ends"):
+        confusable_shares(scores[labels == 1], labels[labels == 1])
 
 
 def test_probe_figures_report_the_point_estimate_inside_its_interval():

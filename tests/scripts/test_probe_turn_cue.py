@@ -32,3 +32,44 @@ def test_probe_reports_counts_and_figures_of_both_protocols(load_script, tiny_co
         assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["fa@detect95"] <= 1.0
         assert row["detect@fa5"] <= row["detect@fa10"] <= row["detect@fa20"]
     assert "seed 0" in capsys.readouterr().out
+
+
+def test_probe_lists_the_hardest_held_out_onsets_from_the_manifests(load_script, tiny_corpus, capsys):
+    """--hardest N: N pauses then N turn ends of the held-out splits, most confused first, each with
+    its manifest's words around the onset and user voice."""
+    script = load_script("probe_turn_cue")
+    rows = script.main(
+        [
+            str(tiny_corpus.out_dir),
+            "--probes",
+            "logistic",
+            "--protocol",
+            "held-out",
+            "--before",
+            "0.5",
+            "--hardest",
+            "2",
+        ]
+    )
+    hardest = rows[0]["hardest"]
+    kinds = [r["kind"] for r in hardest]
+    assert kinds == ["pause"] * kinds.count("pause") + ["turn end"] * kinds.count("turn end")
+    assert 1 <= kinds.count("pause") <= 2 and kinds.count("turn end") == 2
+    for kind in ("pause", "turn end"):
+        shares = [r["share"] for r in hardest if r["kind"] == kind]
+        assert shares == sorted(shares, reverse=True)
+    for row in hardest:
+        split = row["dialogue"].split("_")[0]
+        record = json.loads((tiny_corpus.out_dir / split / f"{row['dialogue']}.json").read_text())
+        rate = record["sample_rate"]
+        turn = next(
+            s for s in record["segments"]
+            if s["speaker"] == "user" and s["kind"] == "turn"
+            and s["start_sample"] <= row["time_s"] * rate + 1 and row["time_s"] * rate - 1 <= s["end_sample"]
+        )  # fmt: skip
+        assert " ".join(row["words_before"] + row["words_after"]) == turn["text"]
+        assert row["voice"] == record["user_voice"]["name"]
+        if row["kind"] == "turn end":
+            assert row["words_after"] == []
+    out = capsys.readouterr().out
+    assert out.count("confused with") == len(hardest)
