@@ -23,7 +23,8 @@ def _example() -> str:
 
 
 def test_the_readme_example_streams_what_infer_writes(tmp_path, monkeypatch, generator):
-    torch.manual_seed(int(torch.randint(10**6, (1,), generator=generator)))
+    seed = int(torch.randint(10**6, (1,), generator=generator))
+    torch.manual_seed(seed)
     model = TokenDuplexModel(TokenDuplexConfig(dim=32, heads=2, kv_heads=1, encoder_layers=1,
                                                decoder_layers=1, chunk=2))  # fmt: skip
     save_pretrained(model, tmp_path / "models" / "tiny")
@@ -39,6 +40,12 @@ def test_the_readme_example_streams_what_infer_writes(tmp_path, monkeypatch, gen
     expected, expected_rate = sf.read("out.wav", dtype="float32")
     frame = model.config.frame_samples
     assert reply_rate == expected_rate == model.config.sample_rate
-    assert len(reply) % frame == 0 and 0 <= len(reply) - len(expected) < frame, "one padded frame at most"
-    assert abs(reply[: len(expected)] - expected).max() <= 1 / 32768, "the same audio, up to 16-bit rounding"
-    assert abs(expected).max() > 100 / 32768, "near-silence would hide a mismatch"
+    assert len(reply) % frame == 0 and 0 <= len(reply) - len(expected) < frame, (
+        f"seed {seed}: one padded frame at most"
+    )
+    # Each file rounds to 16 bits on its own, after float paths that differ by float32 noise (the
+    # example resamples inside session.stream, infer while reading; Griffin-Lim amplifies the
+    # difference a little): 1 LSB each way, so 2 apart (seen once in 60 seeds: 117 vs 119)
+    deviation = abs(reply[: len(expected)] - expected).max() * 32768
+    assert deviation <= 3, f"seed {seed}: the same audio up to 16-bit rounding, got {deviation:.0f} LSB apart"
+    assert abs(expected).max() > 100 / 32768, f"seed {seed}: near-silence would hide a mismatch"
