@@ -34,7 +34,7 @@ from s2s.pretrained import (
 )
 from s2s.streaming import metrics, report
 from s2s.streaming.by_voice import by_user_voice, by_voice_rows
-from s2s.streaming.events import dialogue_events, failure_rows
+from s2s.streaming.events import dialogue_events, failure_rows, state_separability
 from s2s.streaming.history import history_of, resolve_left_chunks
 from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.runner import StreamedDialogue, stream_dialogues
@@ -206,6 +206,12 @@ def markdown_table(result: dict) -> str:
         for bucket_p, bucket_e in zip(p.get(key, []), e.get(key, []), strict=True):
             rows.append(f"| {label.format(span(bucket_p, digits))} | {cell(bucket_p)} | {cell(bucket_e)} |")
     rows.append(f"| turns / barge-ins / pauses | {p['turns']} / {p['barge_ins']} / {p['pauses']} | |")
+    state = result.get("turn_end_state")  # model v2 from 2026-12-05
+    if state:
+        rows.append(
+            f"| user-state head at silence onsets: ROC AUC turn ends vs pauses "
+            f"({state['turn_ends']} / {state['pauses']}) | {num(state['auc'])} | |"
+        )
     rows += by_voice_rows(result.get("by_user_voice") or {})
     words = result.get("content")
     if words and words.get("model"):
@@ -397,6 +403,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
         result["content"] = report.reply_content(dialogues, config, recognizer, words)
     result["by_user_voice"] = by_user_voice(dialogues, config, options.window, result.get("content"))
     result["events"] = dialogue_events(dialogues, config, options.window)
+    result["turn_end_state"] = state_separability(result["events"])
     log.info("scoring audio quality (mel L1, MCD)")
     result["quality"] = report.quality(dialogues, options.mcd_seconds)
     result["streaming_vs_offline_max_abs"] = offline_deviation(model, dialogues[0], chunk, left_chunks)

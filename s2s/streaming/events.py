@@ -3,15 +3,30 @@
 The rates in metrics.json say how often; these rows say where (dialogue, time, voice, pause length,
 how long the model waited), so a researcher can open the dialogue's audio at the spot instead of
 re-streaming the split to find it. Read from the speaking probability, as the headline rates are.
+
+Model v2 rows also carry what the user-state head believed at each silence onset (its log-odds of
+"the turn has ended" against "a pause", over the frames validation reads them at), and
+`state_separability` scores the whole split as validation's teacher-forced val/turn_end_state_auc does
+(the encoder hears only the user, so streamed and teacher-forced heads agree). A take-over with the
+head sure of a pause is the decoder's doing; one with the head sure of an end is the head's.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
+from s2s.data.turn_cue_classifier import confusable_shares
 from s2s.models.config import DuplexConfig
 from s2s.streaming import metrics
 from s2s.streaming.by_voice import user_voice_group, user_voice_record
+from s2s.streaming.detection import roc_auc
 from s2s.streaming.report import activity
 from s2s.streaming.runner import StreamedDialogue
+from s2s.training.turn_end_separability import OnsetWindows
+
+STATE_WINDOW = OnsetWindows().state_window  # frames after a silence onset, as validation averages them
 
 
 def _rounded(value: float | None) -> float | None:
@@ -37,9 +52,23 @@ def _words_around_pauses(manifest) -> list[tuple[int | None, int | None]]:
     return result
 
 
+def onset_log_odds(log_odds: np.ndarray | None, onset: float, frame_seconds: float) -> float | None:
+    """The mean state log-odds over STATE_WINDOW frames from the first frame whose centre lies at or
+    after `onset` seconds (the first frame the targets label PAUSE or ENDED); None without the head's
+    outputs or where the dialogue ends first."""
+    if log_odds is None:
+        return None
+    first = math.ceil(onset / frame_seconds - 0.5)
+    start, end = first + STATE_WINDOW[0], first + STATE_WINDOW[1]
+    if start < 0 or end > len(log_odds):
+        return None
+    return float(np.mean(log_odds[start:end], dtype=np.float64))
+
+
 def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, window: float) -> list[dict]:
     """Per dialogue with a manifest: its user voice, each turn end (answered after how long, or
-    missed) and each internal pause (its length and, if the model took it over, how far in)."""
+    missed) and each internal pause (its length and, if the model took it over, how far in), each with
+    the user-state head's log-odds at the onset (model v2; None for v1)."""
     frame_seconds = config.frame_samples / config.sample_rate
     rows = []
     for dialogue in dialogues:
@@ -49,8 +78,13 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
         active = activity(dialogue, config, "probability", energy_db=-40.0)
         scores = metrics.score_dialogue(active, frame_seconds, events, window)
         latencies = iter(scores.response_latencies)
+        log_odds = getattr(dialogue, "turn_end_log_odds", None)
         turns = [
-            {"end_s": _rounded(end), "latency_s": _rounded(next(latencies)) if answered else None}
+            {
+                "end_s": _rounded(end),
+                "latency_s": _rounded(next(latencies)) if answered else None,
+                "state_log_odds": _rounded(onset_log_odds(log_odds, end, frame_seconds)),
+            }
             for end, answered in scores.turn_outcomes
         ]
         words = _words_around_pauses(dialogue.manifest)
@@ -61,6 +95,7 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
                 "taken_over_after_s": _rounded(onset),
                 "words_before": before,  # of the turn's words, how many ended before the pause
                 "turn_words": total,
+                "state_log_odds": _rounded(onset_log_odds(log_odds, start, frame_seconds)),
             }
             for (start, _), (length, onset), (before, total) in zip(
                 events.pauses, scores.pause_outcomes, words, strict=True
@@ -81,24 +116,66 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
     return rows
 
 
+def state_separability(rows: list[dict]) -> dict | None:
+    """The user-state head's ROC AUC at the split's silence onsets (turn ends positive, pauses
+    negative, scored by the log-odds at each onset), with the counts; None where the rows carry no
+    log-odds (model v1) or lack either class."""
+    ends = [t["state_log_odds"] for r in rows for t in r["turns"] if t.get("state_log_odds") is not None]
+    pauses = [p["state_log_odds"] for r in rows for p in r["pauses"] if p.get("state_log_odds") is not None]
+    if not ends or not pauses:
+        return None
+    return {
+        "auc": roc_auc(np.asarray(ends), np.asarray(pauses)),
+        "turn_ends": len(ends),
+        "pauses": len(pauses),
+    }
+
+
+def _confusion(rows: list[dict]) -> dict[tuple[str, int, str], float]:
+    """(dialogue, index, "turn" | "pause") -> the share of the other class the state head ranked on
+    this onset's wrong side (turn ends it found less ended-like than a pause; pauses it found more)."""
+    keys, scores, labels = [], [], []
+    for row in rows:
+        for kind, label in (("turns", 0), ("pauses", 1)):
+            for index, event in enumerate(row[kind]):
+                if event.get("state_log_odds") is not None:
+                    keys.append((row["dialogue"], index, kind))
+                    scores.append(-event["state_log_odds"])  # pause-like scores high, as for the probe
+                    labels.append(label)
+    if 0 not in labels or 1 not in labels:
+        return {}
+    return dict(zip(keys, confusable_shares(np.asarray(scores), np.asarray(labels)), strict=True))
+
+
+def _state_text(event: dict, share: float | None, other: str) -> str:
+    if event.get("state_log_odds") is None:
+        return ""
+    value = event["state_log_odds"]
+    return f"; state head ended-vs-pause log-odds {value:+.2f} (wrong side of {share:.0%} of {other})"
+
+
 def failure_rows(rows: list[dict]) -> list[str]:
     """Markdown: one line per missed turn and per pause taken over (where to listen), [] if none."""
     lines = []
+    confusion = _confusion(rows)
     for row in rows:
         voice = "held-out" if row["held_out_voice"] else "seen" if row["held_out_voice"] is False else "?"
         name = (row["user_voice"] or {}).get("name", "?")
-        for turn in row["turns"]:
+        for index, turn in enumerate(row["turns"]):
             if turn["latency_s"] is None:
+                state = _state_text(turn, confusion.get((row["dialogue"], index, "turns")), "pauses")
                 lines.append(
-                    f"| {row['dialogue']} | missed turn | {turn['end_s']:.2f} s | | {name} ({voice}) |"
+                    f"| {row['dialogue']} | missed turn | {turn['end_s']:.2f} s | {state.lstrip('; ')} | "
+                    f"{name} ({voice}) |"
                 )
-        for pause in row["pauses"]:
+        for index, pause in enumerate(row["pauses"]):
             if pause["taken_over_after_s"] is not None:
                 after = f"{_known(pause['words_before'])} of {_known(pause['turn_words'])}"
+                state = _state_text(pause, confusion.get((row["dialogue"], index, "pauses")), "turn ends")
                 lines.append(
                     f"| {row['dialogue']} | take-over | {pause['start_s']:.2f} s | {pause['length_s']:.2f} s "
                     f"pause after word {after}, "
-                    f"onset {pause['taken_over_after_s'] * 1000:.0f} ms in | {name} ({voice}) |"
+                    f"onset {pause['taken_over_after_s'] * 1000:.0f} ms in{state} | {name} ({voice}) |"
                 )
     if not lines:
         return []

@@ -34,6 +34,8 @@ class StreamedDialogue:
     manifest: Manifest | None  # cropped to the streamed span
     sample_rate: int
     state_gain: float | None = None  # the stream's own state gain, when stream_dialogues was given several
+    # (frames,) model v2: the user-state head's log-odds of a turn end against a pause (None for v1)
+    turn_end_log_odds: np.ndarray | None = None
 
     @property
     def seconds(self) -> float:
@@ -173,6 +175,8 @@ def _stream_group(session: StreamingSession, users: list[torch.Tensor]) -> tuple
         mel, speaking = out.mel.float().cpu(), out.speaking.float().cpu()
         audio_out = None if out.audio is None else out.audio.cpu()
         feedback = out.raw.feedback.cpu()
+        log_odds = getattr(out.raw, "turn_end_log_odds", None)
+        log_odds = None if log_odds is None else log_odds.cpu()
         for row in range(len(users)):
             n = int(frames[row])
             if n:
@@ -182,17 +186,19 @@ def _stream_group(session: StreamingSession, users: list[torch.Tensor]) -> tuple
                         speaking[row, :n],
                         None if audio_out is None else audio_out[row, : n * config.frame_samples],
                         feedback[row, :n],
+                        None if log_odds is None else log_odds[row, :n],
                     )
                 )
     outputs = []
     for row in range(len(users)):
-        mel, speaking, audio, feedback = zip(*pieces[row], strict=True)
+        mel, speaking, audio, feedback, log_odds = zip(*pieces[row], strict=True)
         outputs.append(
             {
                 "mel": torch.cat(mel).numpy(),
                 "speaking": torch.cat(speaking).numpy(),
                 "audio": None if audio[0] is None else torch.cat(audio).float().numpy(),
                 "feedback": torch.cat(feedback),
+                "turn_end_log_odds": None if log_odds[0] is None else torch.cat(log_odds).numpy(),
             }
         )
     return outputs, step_seconds

@@ -16,7 +16,13 @@ import torch
 from s2s.data.token_targets import UserState
 from s2s.data.tokens import PAD
 from s2s.models.token_duplex import TokenDuplexModel, recent_windows
-from s2s.models.token_sampling import SamplingConfig, frame_noise, sample_frames, state_bos_shift
+from s2s.models.token_sampling import (
+    SamplingConfig,
+    frame_noise,
+    sample_frames,
+    state_bos_shift,
+    turn_end_log_odds,
+)
 from s2s.streaming.session import StreamingSession, _where
 
 
@@ -36,6 +42,9 @@ class TokenStep:
 
     token_logits: torch.Tensor  # (B, C, V)
     feedback: torch.Tensor  # (B, C) int64 sampled tokens
+    # (B, C) float32: the user-state head's log-odds of "the turn has ended" against "a pause inside
+    # it" (what the state gain adds to BOS, and what stream_eval reads at each silence onset)
+    turn_end_log_odds: torch.Tensor | None = None
 
 
 class TokenStreamingSession(StreamingSession):
@@ -101,9 +110,7 @@ class TokenStreamingSession(StreamingSession):
         model = self.model
         noise = frame_noise(self.seeds, positions, self.chunk) if self.sampling.temperature > 0 else None
         bos_shift, user_speaking = None, None
-        user_states = None
-        if self.state_gains is not None or self.sampling.state_gain > 0 or self.sampling.onset_quantile:
-            user_states = model.user_state_head(encoded)
+        user_states = model.user_state_head(encoded)  # one linear layer: read every chunk for the report
         if self.state_gains is not None:
             bos_shift = state_bos_shift(user_states, self.state_gains)
         elif self.sampling.state_gain > 0:
@@ -135,7 +142,8 @@ class TokenStreamingSession(StreamingSession):
             if sampled.onset_survival is None
             else sampled.onset_survival,
         )
-        return mel, sampled.speaking.to(mel.dtype), TokenStep(logits, sampled.tokens), following
+        raw = TokenStep(logits, sampled.tokens, turn_end_log_odds(user_states).float())
+        return mel, sampled.speaking.to(mel.dtype), raw, following
 
     def _keep_feedback(self, keep: torch.Tensor, new: TokenFeedback, old: TokenFeedback) -> TokenFeedback:
         return TokenFeedback(

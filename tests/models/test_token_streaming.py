@@ -8,7 +8,7 @@ from s2s.data.features import LogMel
 from s2s.data.pitch import pitch_features
 from s2s.data.tokens import BOS, EOS, grammar_errors, reply_states, speaking_from_tokens
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel, shift_tokens
-from s2s.models.token_sampling import SamplingConfig
+from s2s.models.token_sampling import SamplingConfig, turn_end_log_odds
 from s2s.streaming.token_session import TokenStreamingSession
 
 CONFIG = TokenDuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2)
@@ -33,14 +33,21 @@ def _offline_input(model: TokenDuplexModel, audio: torch.Tensor) -> torch.Tensor
     return model.user_input(LogMel()(audio), pitch_features(audio) if model.config.user_pitch else None)
 
 
-def _stream(session, audio: torch.Tensor):
-    """Feed (B, samples) audio; returns (tokens, mel, speaking, logits) concatenated over steps."""
+def _steps(session, audio: torch.Tensor) -> list:
+    """Feed (B, samples) audio chunk by chunk; the session's output of every step."""
     size, outs = session.chunk_samples, []
     for start in range(0, audio.shape[1], size):
         piece = audio[:, start : start + size]
         last = start + size >= audio.shape[1]
         padded = torch.nn.functional.pad(piece, (0, size - piece.shape[1]))
         outs.append(session.step(padded, lengths=torch.full((audio.shape[0],), piece.shape[1]), final=last))
+    return outs
+
+
+def _stream(session, audio: torch.Tensor, outs: list | None = None):
+    """(tokens, mel, speaking, logits) of streaming (B, samples) audio, concatenated over steps
+    (`outs`: the steps, if already run)."""
+    outs = _steps(session, audio) if outs is None else outs
     frames = audio.shape[1] // 640
     cat = lambda name: torch.cat([getattr(o, name) for o in outs], dim=1)
     tokens = torch.cat([o.raw.feedback for o in outs], dim=1)[:, :frames]
@@ -77,7 +84,9 @@ def test_token_streaming_equals_offline_with_the_streamed_tokens(
     session = TokenStreamingSession(
         model, batch=2, chunk=chunk, left_chunks=left_chunks, vocoder=False, sampling=sampling
     )
-    tokens, mel, speaking, logits = _stream(session, audio)
+    steps = _steps(session, audio)
+    tokens, mel, speaking, logits = _stream(session, audio, steps)
+    log_odds = torch.cat([o.raw.turn_end_log_odds for o in steps], dim=1)[:, : tokens.shape[1]]
     assert (tokens == BOS).any(), f"seed {seed}: no reply opened; the check below would be vacuous"
     assert not grammar_errors(tokens, False).any(), f"seed {seed}: tokens break the grammar"
     assert torch.equal(speaking.bool(), speaking_from_tokens(tokens, False)), f"seed {seed}"
@@ -86,6 +95,9 @@ def test_token_streaming_equals_offline_with_the_streamed_tokens(
     mel_error = (offline.mel - mel).abs().max().item()
     logit_error = (offline.token_logits - logits).abs().max().item()
     assert mel_error <= 1e-4 and logit_error <= 1e-4, (seed, mel_error, logit_error)
+    # what stream_eval reads at silence onsets: the user-state head's log-odds, as offline
+    state_error = (turn_end_log_odds(offline.user_state_logits) - log_odds).abs().max().item()
+    assert state_error <= 1e-4, (seed, state_error)
     # The comparison can fail: the offline pass with tokens one chunk off is far from the stream.
     with torch.no_grad():
         wrong = model(

@@ -3,11 +3,12 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from s2s.data.manifest import Manifest, Segment, Word
 from s2s.models.config import DuplexConfig
-from s2s.streaming.events import dialogue_events, failure_rows
+from s2s.streaming.events import STATE_WINDOW, dialogue_events, failure_rows, state_separability
 from s2s.streaming.report import turn_taking
 
 RATE = 16000
@@ -99,3 +100,53 @@ def test_rows_of_a_recording_without_voice_or_word_times_say_unknown():
     row = {"dialogue": "rec", "user_voice": None, "held_out_voice": None, "turns": [], "pauses": [pause]}
     (line,) = failure_rows([row])[3:]
     assert "after word ? of ?" in line and "200 ms in" in line and line.endswith("| ? (?) |")
+
+
+def test_state_log_odds_at_each_onset_and_their_auc(generator):
+    """Model v2 rows carry the user-state head's log-odds averaged over validation's onset window
+    (from the first frame centred at or after the onset), the split's AUC equals a pairwise count,
+    and each failure row says on the wrong side of how many of the other class the head put it."""
+    seed = generator.initial_seed()
+    config = DuplexConfig()
+    dialogues = [_dialogue(generator, f"d{i}", i % 2 == 0, config) for i in range(6)]
+    for dialogue in dialogues:
+        frames = len(dialogue.speaking)
+        dialogue.turn_end_log_odds = torch.randn(frames, generator=generator).numpy().astype(np.float32) * 3
+    rows = dialogue_events(dialogues, config, window=3.0)
+    frame = config.frame_samples
+    centres = np.arange(len(dialogues[0].speaking) * 2) * frame + frame // 2
+    a, b = STATE_WINDOW
+    ends, pauses = [], []
+    for row, dialogue in zip(rows, dialogues, strict=True):
+        user = dialogue.manifest.segments
+        turn_ends = sorted(s.end_sample for s in user if s.kind == "turn")
+        pause_starts = sorted(s.start_sample for s in user if s.kind == "pause")
+        for events, onsets, into in ((row["turns"], turn_ends, ends), (row["pauses"], pause_starts, pauses)):
+            for event, onset in zip(events, onsets, strict=True):
+                first = int(np.searchsorted(centres, onset))
+                want = float(np.mean(dialogue.turn_end_log_odds[first + a : first + b], dtype=np.float64))
+                assert event["state_log_odds"] == pytest.approx(want, abs=1e-3), seed
+                into.append(event["state_log_odds"])
+    pairs = [(e > p) + 0.5 * (e == p) for e in ends for p in pauses]
+    state = state_separability(rows)
+    assert state["auc"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-12), seed
+    assert (state["turn_ends"], state["pauses"]) == (len(ends), len(pauses)), seed
+    lines = failure_rows(rows)
+    for row in rows:
+        for kind, others, label in (("pauses", ends, "take-over"), ("turns", pauses, "missed turn")):
+            for event in row[kind]:
+                failed = (
+                    event.get("taken_over_after_s") is not None
+                    if kind == "pauses"
+                    else event["latency_s"] is None
+                )
+                if not failed:
+                    continue
+                value = event["state_log_odds"]
+                wrong = [o for o in others if (o <= value if kind == "pauses" else o >= value)]
+                text = f"log-odds {value:+.2f} (wrong side of {len(wrong) / len(others):.0%} of "
+                at = event["start_s"] if kind == "pauses" else event["end_s"]
+                assert any(f"| {label} | {at:.2f} s" in line and text in line for line in lines), seed
+    for dialogue in dialogues:
+        del dialogue.turn_end_log_odds
+    assert state_separability(dialogue_events(dialogues, config, window=3.0)) is None, seed
