@@ -7,8 +7,9 @@ come out byte-identical.
 
 An exchange: the user speaks a request (sometimes with an internal pause, phrased with a rising
 "continue" comma so the pause is audibly not an end of turn); 0.2-0.6 s after the turn ends the
-system answers; sometimes the user barges in during the answer and the system falls silent within
-a fraction of a second; the next exchange follows after a gap.
+system answers (in a recipe's `late_reply_probability` of exchanges later, 0.8-1.5 s); sometimes
+the user barges in during the answer and the system falls silent within a fraction of a second;
+the next exchange follows after a gap.
 
 Every word's start comes from espeak's word events, carried through resampling, trimming and
 placement; a word ends where the next one starts or where its phrase's audio ends. A cut-off reply
@@ -37,6 +38,14 @@ class DialogueTiming:
     seconds: tuple[float, float] = (20.0, 60.0)  # dialogue length
     lead_in: tuple[float, float] = (0.3, 1.5)  # silence before the first user turn
     reply_delay: tuple[float, float] = (0.2, 0.6)  # user end of turn -> system reply onset
+    # Replies that start late, from `late_reply_delay` instead. Why: when every reply starts within
+    # 0.6 s, a silence that outlasts 0.6 s with no reply begun is always a pause inside the turn, and a
+    # model trained on that data learns never to answer once it has let 0.6 s pass (the trap its own
+    # missed onsets lead it into, free-running). A few late replies, starting only once the longest
+    # pause would have ended, teach it to answer then instead without making a pause look like an
+    # end. 0 (the default) draws nothing: corpora and splits without it stay byte-identical.
+    late_reply_probability: float = 0.0
+    late_reply_delay: tuple[float, float] = (0.8, 1.5)  # from the longest pause on: no new ambiguity
     pause_probability: float = 0.25  # turns of >= 2 words with an internal pause
     pause: tuple[float, float] = (0.3, 0.8)
     barge_in_probability: float = 0.15  # replies the user interrupts
@@ -52,7 +61,7 @@ class DialogueTiming:
                 raise ValueError(
                     f"timing.{name} must be a range (low, high) with 0 <= low <= high, got {value}"
                 )
-        for name in ("pause_probability", "barge_in_probability"):
+        for name in ("pause_probability", "barge_in_probability", "late_reply_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"timing.{name} must be a probability, got {getattr(self, name)}")
         if self.stop_reaction[1] + self.fade > 0.25:
@@ -185,6 +194,9 @@ class CorpusConfig:
         if not record["voices"]["val_held_out_fraction"] and not record["voices"]["val_held_out_variants"]:
             del record["voices"]["val_held_out_fraction"]  # nor do those made before val's held-out voices
             del record["voices"]["val_held_out_variants"]
+        if not record["timing"]["late_reply_probability"]:
+            del record["timing"]["late_reply_probability"]  # nor do those made before late replies
+            del record["timing"]["late_reply_delay"]
         return _jsonable(record)
 
 
@@ -329,7 +341,9 @@ class DialogueSynthesizer:
         )
 
         # The system's reply, possibly cut off by a barge-in.
-        reply_start = turn_end + self._samples(rng.uniform(*timing.reply_delay))
+        late = timing.late_reply_probability > 0 and rng.random() < timing.late_reply_probability
+        delay = timing.late_reply_delay if late else timing.reply_delay
+        reply_start = turn_end + self._samples(rng.uniform(*delay))
         reply_text = " ".join(words.reply_words)
         spoken = self._phrase(
             reply_text + ".", words.reply_words, self.task.system_voice, self.config.system_level_db

@@ -288,3 +288,30 @@ def test_val_held_out_voices_are_checked():
         UserVoices(val_held_out_fraction=0.5)
     with pytest.raises(ValueError, match=r"val_held_out_fraction must be in \[0, 1\]"):
         UserVoices(val_held_out_variants=VAL_UNSEEN, val_held_out_fraction=1.5)
+
+
+def test_late_replies_start_in_their_own_range_in_their_split_only(tmp_path):
+    """late_reply_probability 1 in train: every train reply starts late_reply_delay after its turn;
+    test stays byte-identical to a corpus without late replies, and a corpus without them keeps the
+    recipe it was made with (no late-reply keys in corpus.json)."""
+    hours = {"train": 0.012, "test": 0.012}
+    plain = generate_corpus(tiny_config(tmp_path / "plain", hours=hours), say_in_german(), progress=False)
+    late = tiny_config(
+        tmp_path / "late", hours=hours, split_timing={"train": {"late_reply_probability": 1.0}}
+    )
+    changed = generate_corpus(late, say_in_german(), progress=False)
+    assert _digests(plain.out_dir / "test") == _digests(changed.out_dir / "test")
+    low, high = DialogueTiming().late_reply_delay
+    tolerance = 1.5 / 16000
+    delays = []
+    for path in sorted((changed.out_dir / "train").glob("*.json")):
+        manifest = load_manifest(path)
+        turns = {s.exchange: s for s in manifest.segments if s.kind == "turn"}
+        for reply in (s for s in manifest.segments if s.speaker == SYSTEM):
+            delays.append(reply.start - turns[reply.exchange].end)
+    assert delays and all(low - tolerance <= d <= high + tolerance for d in delays), delays
+    assert "late_reply_probability" not in read_record(plain.out_dir)["recipe"]["config"]["timing"]
+    with pytest.raises(ValueError, match="late_reply_probability must be a probability"):
+        DialogueTiming(late_reply_probability=1.5)
+    with pytest.raises(ValueError, match=r"timing\.late_reply_delay"):
+        DialogueTiming(late_reply_delay=(1.5, 0.6))

@@ -72,4 +72,19 @@ def test_probe_lists_the_hardest_held_out_onsets_from_the_manifests(load_script,
         if row["kind"] == "turn end":
             assert row["words_after"] == []
     out = capsys.readouterr().out
-    assert out.count("confused with") == len(hardest)
+    assert out.count(" s  confused with ") == len(hardest)
+    # the voice groups count every held-out onset once (the tiny corpus: val seen, test held out)
+    groups = rows[0]["confused_by_voice"]
+    pauses = turn_ends = 0
+    for split in ("val", "test"):
+        for path in (tiny_corpus.out_dir / split).glob("*.json"):
+            segments = [s for s in json.loads(path.read_text())["segments"] if s["speaker"] == "user"]
+            pauses += sum(s["kind"] == "pause" for s in segments)
+            turn_ends += sum(s["kind"] == "turn" for s in segments)
+    assert sum(g["pauses"] for g in groups.values()) == pauses
+    assert sum(g["turn_ends"] for g in groups.values()) == turn_ends
+    shares_listed = [r for r in hardest if r["share"] >= 0.1]
+    for kind, key in (("pause", "pauses_confused"), ("turn end", "turn_ends_confused")):
+        listed = sum(r["kind"] == kind for r in shares_listed)
+        assert sum(g[key] for g in groups.values()) >= listed  # every listed confused one is counted
+    assert out.count(" voices: ") == len(groups)
