@@ -97,15 +97,48 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row | {"intervals": figures.intervals, "window": vars(window), "seed": args.seed})
             print(_line(row, figures.intervals))
             if args.hardest > 0 and protocol == "held-out":
-                hardest = hardest_onsets(
-                    held, scores, split_folders(args.corpus, tuple(args.eval_splits)), args.hardest
-                )
-                rows[-1]["hardest"] = hardest
+                folders = split_folders(args.corpus, tuple(args.eval_splits))
+                hardest = hardest_onsets(held, scores, folders, args.hardest)
+                groups = confused_by_voice(held, scores, folders)
+                rows[-1] |= {"hardest": hardest, "confused_by_voice": groups}
                 print("\n".join(_onset_line(r) for r in hardest))
+                for group, n in groups.items():
+                    print(
+                        f"  {group} voices: {n['pauses_confused']} of {n['pauses']} pauses confused with "
+                        f">= {CONFUSED:.0%} of turn ends, {n['turn_ends_confused']} of {n['turn_ends']} "
+                        f"turn ends with >= {CONFUSED:.0%} of pauses"
+                    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(rows, out, indent=1)
     return rows
+
+
+CONFUSED = 0.1  # an onset counts as confused when the probe puts >= this share of the other class past it
+
+
+def _manifest_paths(folders: list) -> dict:
+    return {path.stem: path for folder in folders for path in sorted(folder.glob("*.json"))}
+
+
+def confused_by_voice(examples, scores: np.ndarray, folders: list) -> dict[str, dict[str, int]]:
+    """Per user-voice group of the manifests (seen / held-out in training; recordings: unknown): how
+    many pauses and turn ends there are and how many of each have a confusable share >= CONFUSED."""
+    shares = confusable_shares(scores, examples.labels.numpy())
+    held_out = {
+        name: load_manifest(path).info.get("user_voice", {}).get("held_out")
+        for name, path in _manifest_paths(folders).items()
+    }
+    groups: dict[str, dict[str, int]] = {}
+    for onset, label, share in zip(examples.onsets, examples.labels.tolist(), shares, strict=True):
+        group = {True: "held-out", False: "seen"}.get(held_out.get(onset.dialogue), "unknown")
+        kind = "pauses" if label == 1 else "turn_ends"
+        counts = groups.setdefault(
+            group, {"pauses": 0, "pauses_confused": 0, "turn_ends": 0, "turn_ends_confused": 0}
+        )
+        counts[kind] += 1
+        counts[f"{kind}_confused"] += bool(share >= CONFUSED)
+    return dict(sorted(groups.items()))
 
 
 def hardest_onsets(examples, scores: np.ndarray, folders: list, count: int) -> list[dict]:
@@ -113,10 +146,7 @@ def hardest_onsets(examples, scores: np.ndarray, folders: list, count: int) -> l
     first), each with where it is and who speaks: dialogue, onset time, silence, the turn's words up
     to the onset and after it, and the manifest's user voice."""
     shares = confusable_shares(scores, examples.labels.numpy())
-    manifests = {}
-    for folder in folders:
-        for path in sorted(folder.glob("*.json")):
-            manifests[path.stem] = path
+    manifests = _manifest_paths(folders)
     rows = []
     for label, kind in ((1, "pause"), (0, "turn end")):
         chosen = [i for i in np.argsort(-shares, kind="stable") if examples.labels[i] == label][:count]
