@@ -164,9 +164,13 @@ class TokenDuplexModel(ChunkedDuplexBase):
         return torch.full((batch, self.config.recent_tokens - 1), PAD, dtype=torch.int64, device=device)
 
     def _read_recent(self, table: nn.Embedding, windows: torch.Tensor) -> torch.Tensor:
+        """The sum of the (lag, token) rows of each frame's window (B, n, W) -> (B, n, dim), as one
+        embedding bag: a gather then sum would write and read back (B, n, W, dim) float32 (W x the
+        output) in the forward and again in the backward, outside the compiled blocks."""
         vocab = self.config.system_vocab
         rows = windows.long() + vocab * torch.arange(windows.shape[-1], device=windows.device)
-        return table(rows).sum(dim=-2)
+        summed = nn.functional.embedding_bag(rows.reshape(-1, rows.shape[-1]), table.weight, mode="sum")
+        return summed.view(*rows.shape[:-1], table.embedding_dim)
 
     def token_logits(self, hidden: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """Token logits of frames (B, n, dim) given their `recent_windows` (B, n, W); the frame's own

@@ -46,3 +46,25 @@ def test_heads_read_exactly_the_recent_tokens(recent, generator):
 def test_recent_tokens_must_be_positive():
     with pytest.raises(ValueError, match="recent_tokens must be >= 1"):
         TokenDuplexConfig(recent_tokens=0)
+
+
+@pytest.mark.parametrize("recent", [1, 3, 4])
+def test_recent_rows_are_summed_as_each_lag_and_token_row(recent, generator):
+    """The heads' window read (one embedding bag) equals the sum over lags of row lag x vocab + token
+    of the table, with the same gradients for the table, in float64 on random windows."""
+    seed = int(torch.randint(10**6, (1,), generator=generator))
+    torch.manual_seed(seed)
+    model = TokenDuplexModel(TokenDuplexConfig(**{**CONFIG.__dict__, "recent_tokens": recent})).double()
+    vocab = model.config.system_vocab
+    windows = torch.randint(vocab, (3, 7, recent), generator=generator)
+    upstream = torch.randn(3, 7, model.config.dim, generator=generator, dtype=torch.float64)
+    got = model._read_recent(model.mel_recent, windows)
+    (got * upstream).sum().backward()
+    table = model.mel_recent.weight.detach().clone().requires_grad_(True)
+    want = sum(table[lag * vocab + windows[..., lag]] for lag in range(recent))
+    (want * upstream).sum().backward()
+    assert got.shape == want.shape == (3, 7, model.config.dim), f"seed {seed}"
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12, msg=f"seed {seed}")
+    torch.testing.assert_close(
+        model.mel_recent.weight.grad, table.grad, rtol=0, atol=1e-12, msg=f"seed {seed}"
+    )
