@@ -81,11 +81,11 @@ def _track(padded: torch.Tensor, config: PitchConfig) -> torch.Tensor:
     frames = (padded.shape[1] - (config.window - config.hop)) // config.hop
     if frames <= 0:
         return padded.new_zeros(batch, 0, 2)
-    used = padded[:, : frames * config.hop + config.window - config.hop]
-    windows = used.unfold(1, config.window, config.hop)
     # float32 from here on: the float64 FFT of a 640 s batch took 7 s of a data worker (1 s in float32
-    # at the power-of-two length); the peak picking below does not need more.
-    windows = windows.reshape(batch * frames, config.window).float()
+    # at the power-of-two length); the peak picking below does not need more. Cast before the windows
+    # are cut: they overlap window / hop = 4 times, so the copy that cuts them is then a float32 one.
+    used = padded[:, : frames * config.hop + config.window - config.hop].float()
+    windows = used.unfold(1, config.window, config.hop).reshape(batch * frames, config.window)
     windows = windows - windows.mean(dim=1, keepdim=True)
     rms_db = 10 * torch.log10(windows.pow(2).mean(dim=1) + 1e-12)
     voiced = rms_db > config.silence_db
