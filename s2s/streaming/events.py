@@ -131,15 +131,16 @@ def state_separability(rows: list[dict]) -> dict | None:
     }
 
 
-def _confusion(rows: list[dict]) -> dict[tuple[str, int, str], float]:
-    """(dialogue, index, "turn" | "pause") -> the share of the other class the state head ranked on
-    this onset's wrong side (turn ends it found less ended-like than a pause; pauses it found more)."""
+def _confusion(rows: list[dict]) -> dict[tuple[int, str, int], float]:
+    """(row, "turns" | "pauses", index) -> the share of the other class the state head ranked on this
+    onset's wrong side (turn ends it found less ended-like than a pause; pauses it found more); {}
+    without log-odds for both classes."""
     keys, scores, labels = [], [], []
-    for row in rows:
+    for number, row in enumerate(rows):
         for kind, label in (("turns", 0), ("pauses", 1)):
             for index, event in enumerate(row[kind]):
                 if event.get("state_log_odds") is not None:
-                    keys.append((row["dialogue"], index, kind))
+                    keys.append((number, kind, index))
                     scores.append(-event["state_log_odds"])  # pause-like scores high, as for the probe
                     labels.append(label)
     if 0 not in labels or 1 not in labels:
@@ -150,20 +151,20 @@ def _confusion(rows: list[dict]) -> dict[tuple[str, int, str], float]:
 def _state_text(event: dict, share: float | None, other: str) -> str:
     if event.get("state_log_odds") is None:
         return ""
-    value = event["state_log_odds"]
-    return f"; state head ended-vs-pause log-odds {value:+.2f} (wrong side of {share:.0%} of {other})"
+    text = f"; state head ended-vs-pause log-odds {event['state_log_odds']:+.2f}"
+    return text if share is None else f"{text} (wrong side of {share:.0%} of {other})"
 
 
 def failure_rows(rows: list[dict]) -> list[str]:
     """Markdown: one line per missed turn and per pause taken over (where to listen), [] if none."""
     lines = []
     confusion = _confusion(rows)
-    for row in rows:
+    for number, row in enumerate(rows):
         voice = "held-out" if row["held_out_voice"] else "seen" if row["held_out_voice"] is False else "?"
         name = (row["user_voice"] or {}).get("name", "?")
         for index, turn in enumerate(row["turns"]):
             if turn["latency_s"] is None:
-                state = _state_text(turn, confusion.get((row["dialogue"], index, "turns")), "pauses")
+                state = _state_text(turn, confusion.get((number, "turns", index)), "pauses")
                 lines.append(
                     f"| {row['dialogue']} | missed turn | {turn['end_s']:.2f} s | {state.lstrip('; ')} | "
                     f"{name} ({voice}) |"
@@ -171,7 +172,7 @@ def failure_rows(rows: list[dict]) -> list[str]:
         for index, pause in enumerate(row["pauses"]):
             if pause["taken_over_after_s"] is not None:
                 after = f"{_known(pause['words_before'])} of {_known(pause['turn_words'])}"
-                state = _state_text(pause, confusion.get((row["dialogue"], index, "pauses")), "turn ends")
+                state = _state_text(pause, confusion.get((number, "pauses", index)), "turn ends")
                 lines.append(
                     f"| {row['dialogue']} | take-over | {pause['start_s']:.2f} s | {pause['length_s']:.2f} s "
                     f"pause after word {after}, "

@@ -147,6 +147,13 @@ def test_state_log_odds_at_each_onset_and_their_auc(generator):
                 text = f"log-odds {value:+.2f} (wrong side of {len(wrong) / len(others):.0%} of "
                 at = event["start_s"] if kind == "pauses" else event["end_s"]
                 assert any(f"| {label} | {at:.2f} s" in line and text in line for line in lines), seed
+    # a split without pauses (a recording, another corpus): log-odds, no AUC, no share
+    pauseless = [{**r, "pauses": [], "turns": [{**t, "latency_s": None} for t in r["turns"]]} for r in rows]
+    assert state_separability(pauseless) is None, seed
+    missed_lines = [line for line in failure_rows(pauseless) if "| missed turn |" in line]
+    assert missed_lines and all("log-odds" in line and "wrong side" not in line for line in missed_lines), (
+        seed
+    )
     for dialogue in dialogues:
         del dialogue.turn_end_log_odds
     assert state_separability(dialogue_events(dialogues, config, window=3.0)) is None, seed
