@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from s2s.streaming.intervals import wilson_interval
+
 
 @dataclass(frozen=True)
 class WordErrors:
@@ -140,6 +142,7 @@ class ContentSummary:
     complete: int
     exact: int
     exact_match_rate: float | None
+    exact_match_interval: tuple[float, float] | None  # 95% Wilson interval (s2s/streaming/intervals.py)
     expected_words: int  # in complete replies
     word_errors: int  # substitutions + deletions + insertions over complete replies
     word_error_rate: float | None  # word_errors / expected_words
@@ -169,6 +172,7 @@ def summarize_replies(replies: Iterable[ReplyScore]) -> ContentSummary:
         complete=len(complete),
         exact=exact,
         exact_match_rate=exact / len(complete) if complete else None,
+        exact_match_interval=wilson_interval(exact, len(complete)),
         expected_words=expected_words,
         word_errors=errors,
         word_error_rate=errors / expected_words if expected_words else None,

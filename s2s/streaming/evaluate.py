@@ -179,13 +179,22 @@ def markdown_table(result: dict) -> str:
     ):
         for stat in ("mean", "p50", "p90"):
             rows.append(f"| {label} {stat} | {ms(p[key][stat])} | {ms(e[key][stat])} |")
+
+    def with_interval(figures, key, interval_key=None):
+        """The rate and its 95% interval (a metrics.json before 2026-12-05 has none)."""
+        if interval_key is None:
+            interval = (figures.get("intervals") or {}).get(key)
+        else:
+            interval = figures.get(interval_key)
+        return num(figures[key]) + ("" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]")
+
     for label, key in (
-        ("missed response rate", "missed_response_rate"),
-        ("ignored barge-in rate", "ignored_barge_in_rate"),
-        ("false take-overs per pause", "false_takeovers_per_pause"),
+        ("missed response rate [95% interval]", "missed_response_rate"),
+        ("ignored barge-in rate [95% interval]", "ignored_barge_in_rate"),
+        ("false take-overs per pause [95% interval]", "false_takeovers_per_pause"),
         ("talk-overs per user turn", "talk_overs_per_turn"),
     ):
-        rows.append(f"| {label} | {num(p[key])} | {num(e[key])} |")
+        rows.append(f"| {label} | {with_interval(p, key)} | {with_interval(e, key)} |")
 
     def span(bucket, digits):
         start = f"{bucket['from_s']:.{digits}f}"
@@ -220,8 +229,9 @@ def markdown_table(result: dict) -> str:
             "",
             "| what it said (recognizer) | model output | reference channel (ceiling) |",
             "| --- | --- | --- |",
-            f"| reply exact match ({m['complete']} complete replies) | {num(m['exact_match_rate'])} | "
-            f"{num(r['exact_match_rate'])} |",
+            f"| reply exact match ({m['complete']} complete replies) [95% interval] | "
+            f"{with_interval(m, 'exact_match_rate', 'exact_match_interval')} | "
+            f"{with_interval(r, 'exact_match_rate', 'exact_match_interval')} |",
             f"| word error rate | {num(m['word_error_rate'])} | {num(r['word_error_rate'])} |",
             f"| substitutions / deletions / insertions | {m['substitutions']} / {m['deletions']} / "
             f"{m['insertions']} | {r['substitutions']} / {r['deletions']} / {r['insertions']} |",
@@ -235,7 +245,8 @@ def markdown_table(result: dict) -> str:
                 "",
                 "| what it chose to say (its sampled tokens, before mel and vocoder) | model tokens |",
                 "| --- | --- |",
-                f"| reply exact match ({t['complete']} complete replies) | {num(t['exact_match_rate'])} |",
+                f"| reply exact match ({t['complete']} complete replies) [95% interval] | "
+                f"{with_interval(t, 'exact_match_rate', 'exact_match_interval')} |",
                 f"| word error rate | {num(t['word_error_rate'])} |",
                 f"| substitutions / deletions / insertions | {t['substitutions']} / {t['deletions']} / "
                 f"{t['insertions']} |",

@@ -15,6 +15,7 @@ from s2s.data.features import LogMel
 from s2s.data.tokens import SPECIALS
 from s2s.models.config import DuplexConfig
 from s2s.streaming import content, metrics
+from s2s.streaming.intervals import wilson_interval
 from s2s.streaming.mcd import mel_cepstral_distortion
 from s2s.streaming.runner import StreamedDialogue, StreamRun
 
@@ -61,15 +62,26 @@ def turn_taking(
         ignored = sum(s.ignored_barge_ins for s in scores)
         silent = sum(s.barge_ins_while_silent for s in scores)
         pauses = sum(s.pauses for s in scores)
+        takeovers = sum(s.false_takeovers for s in scores)
+        talk_overs = sum(s.talk_overs for s in scores)
         report[source] = {
             "response_latency_s": metrics.summarize(latencies),
             "missed_response_rate": _rate(missed, turns),
             "barge_in_stop_latency_s": metrics.summarize(stops),
             "ignored_barge_in_rate": _rate(ignored, len(stops) + ignored),
             "barge_ins_while_silent": silent,
-            "false_takeovers_per_pause": _rate(sum(s.false_takeovers for s in scores), pauses),
-            "talk_overs_per_turn": _rate(sum(s.talk_overs for s in scores), turns),
-            "talk_overs": sum(s.talk_overs for s in scores),
+            "false_takeovers_per_pause": _rate(takeovers, pauses),
+            "talk_overs_per_turn": _rate(talk_overs, turns),
+            "talk_overs": talk_overs,
+            "missed_responses": missed,
+            "false_takeovers": takeovers,
+            # 95% Wilson intervals of the shares above (s2s/streaming/intervals.py); None without
+            # events. Not for talk-overs: they count onsets, several of which may fall in one turn.
+            "intervals": {
+                "missed_response_rate": wilson_interval(missed, turns),
+                "ignored_barge_in_rate": wilson_interval(ignored, len(stops) + ignored),
+                "false_takeovers_per_pause": wilson_interval(takeovers, pauses),
+            },
             "turns": turns,
             "missed_by_turn_end": metrics.missed_by_turn_end([x for s in scores for x in s.turn_outcomes]),
             "takeovers_by_pause_length": metrics.takeovers_by_pause_length(

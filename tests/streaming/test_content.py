@@ -32,6 +32,9 @@ def test_right_wrong_missing_and_extra_words():
 
     summary = summarize_replies([right, wrong, missing, extra])
     assert summary.complete == 4 and summary.exact == 1 and summary.exact_match_rate == 0.25
+    # 1 of 4 exact: the Wilson 95% interval, (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    low, high = summary.exact_match_interval
+    assert low == pytest.approx(0.0456, abs=1e-4) and high == pytest.approx(0.6994, abs=1e-4)
     assert summary.expected_words == 16 and summary.word_errors == 3
     assert summary.word_error_rate == pytest.approx(3 / 16)
     assert (summary.substitutions, summary.deletions, summary.insertions) == (1, 1, 1)

@@ -9,6 +9,7 @@ import torch
 from s2s.data.manifest import Manifest, Segment, Word
 from s2s.models.config import DuplexConfig
 from s2s.streaming.events import STATE_WINDOW, dialogue_events, failure_rows, state_separability
+from s2s.streaming.intervals import wilson_interval
 from s2s.streaming.report import turn_taking
 
 RATE = 16000
@@ -64,6 +65,10 @@ def test_rows_add_up_to_the_rates_and_name_each_event(generator):
     assert np.isclose(missed / len(turns), totals["missed_response_rate"]), seed
     taken = sum(p["taken_over_after_s"] is not None for p in pauses)
     assert np.isclose(taken / len(pauses), totals["false_takeovers_per_pause"]), seed
+    intervals = totals["intervals"]  # the rates' 95% intervals come from the same counts
+    assert intervals["false_takeovers_per_pause"] == wilson_interval(taken, len(pauses)), seed
+    assert intervals["missed_response_rate"] == wilson_interval(missed, len(turns)), seed
+    assert (totals["false_takeovers"], totals["missed_responses"]) == (taken, missed), seed
     latencies = sorted(t["latency_s"] for t in turns if t["latency_s"] is not None)
     assert np.isclose(np.median(latencies), totals["response_latency_s"]["p50"], atol=1e-3), seed
     frame_seconds = config.frame_samples / RATE

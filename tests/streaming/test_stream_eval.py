@@ -86,6 +86,11 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
     assert report["duplex"]["probability"]["talk_overs_per_turn"] is not None
     assert report["quality"]["mcd_db"] > 0
     assert "reply exact match" in (out / "metrics.md").read_text()
+    for source in ("probability", "energy"):  # each judged share with its 95% interval
+        figures = report["duplex"][source]
+        low, high = figures["intervals"]["missed_response_rate"]
+        assert low <= figures["missed_response_rate"] <= high
+    assert "| missed response rate [95% interval] | " in (out / "metrics.md").read_text()
     assert (out / "stream_eval.log").stat().st_size > 0, "the evaluation logs through logging, not print"
     assert "| response latency mean |" in (out / "metrics.md").read_text()
     assert "| missed, turns ending 40+ s into the dialogue |" in (out / "metrics.md").read_text()
