@@ -44,7 +44,7 @@ from s2s.pretrained import (
     validated_onset_quantile,
 )
 from s2s.streaming.cpu_threads import cpu_threads
-from s2s.streaming.history import resolve_left_chunks
+from s2s.streaming.history import history_of, resolve_left_chunks
 from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
 from s2s.training.checkpoints import CheckpointError
@@ -291,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         validated = validated_history(pretrained.provenance)
         if options.history_seconds is None and validated is not None:  # as the run's checkpoint was chosen
-            options = dataclasses.replace(options, history_seconds=validated)
+            config = pretrained.model.config  # never past the model's own left_chunks (trained with)
+            chunk_seconds = (options.chunk or config.chunk) / config.frame_rate
+            trained = history_of(config.left_chunks, chunk_seconds)
+            options = dataclasses.replace(options, history_seconds=min(validated, trained))
         vocabularies = pretrained.provenance.vocabularies
         result = infer_file(
             pretrained.model, in_path, positional[1], options, timeline_path,

@@ -45,9 +45,18 @@ def resolve_left_chunks(
     validated_seconds: float | None = None,
 ) -> tuple[int | None, str]:
     """The left_chunks to stream with and where it came from: a given history, else the one the
-    run's checkpoint was chosen with (free-running validation), else the model's own left_chunks."""
+    run's checkpoint was chosen with (free-running validation; never more than the model's own
+    left_chunks, which training used), else the model's own left_chunks."""
     if given_seconds is not None:
         return left_chunks_for_history(given_seconds, chunk_seconds), "given"
     if validated_seconds is not None:
-        return left_chunks_for_history(validated_seconds, chunk_seconds), "the run's free-running validation"
+        validated = tighter(left_chunks_for_history(validated_seconds, chunk_seconds), model_left_chunks)
+        return validated, "the run's free-running validation"
     return model_left_chunks, "the model's"
+
+
+def tighter(left_chunks: int | None, other: int | None) -> int | None:
+    """The shorter of two histories in chunks (None: unlimited)."""
+    if left_chunks is None or other is None:
+        return other if left_chunks is None else left_chunks
+    return min(left_chunks, other)

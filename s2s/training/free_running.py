@@ -142,8 +142,9 @@ class FreeRunningValidation(lightning.Callback):
         model = self._streaming_model(module.model)
         arms = 1 if self.state_gains is None else len(self.state_gains)
         config = model.config
+        # at most the history the model was trained with (its left_chunks), whatever the recipe asks
         left_chunks, _ = resolve_left_chunks(
-            config.left_chunks, config.chunk / config.frame_rate, self.history_seconds
+            config.left_chunks, config.chunk / config.frame_rate, None, self.history_seconds
         )
         run = stream_dialogues(
             model,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from s2s.streaming.history import history_of, left_chunks_for_history
+from s2s.streaming.history import history_of, left_chunks_for_history, resolve_left_chunks, tighter
 
 
 def test_left_chunks_is_the_largest_window_within_the_history(generator):
@@ -36,3 +36,17 @@ def test_impossible_histories_are_refused():
             left_chunks_for_history(bad, 0.16)
     with pytest.raises(ValueError, match="chunk_seconds"):
         left_chunks_for_history(10.0, 0.0)
+
+
+def test_the_validated_history_never_reaches_past_the_models_own_limit():
+    """A run validated with 40 s streams a model trained with left_chunks 16 (bounded_history) with
+    16, not 249; an unbounded model with 249; a history given explicitly is taken as given; without
+    either, the model's own."""
+    assert resolve_left_chunks(16, 0.16, None, 40.0) == (16, "the run's free-running validation")
+    assert resolve_left_chunks(None, 0.16, None, 40.0) == (249, "the run's free-running validation")
+    assert resolve_left_chunks(300, 0.16, None, 40.0)[0] == 249
+    assert resolve_left_chunks(16, 0.16, 40.0, 40.0) == (249, "given")
+    assert resolve_left_chunks(16, 0.16) == (16, "the model's")
+    assert (
+        tighter(None, None) is None and tighter(None, 3) == 3 and tighter(5, None) == 5 and tighter(5, 3) == 3
+    )

@@ -2,6 +2,7 @@
 whole frames (every frame written, the tail kept), and `python -m s2s.infer` writes the audio and the
 timeline a recording calls for."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -263,3 +264,38 @@ def test_history_seconds_bounds_the_sessions_caches():
         assert _session(model, InferOptions(history_seconds=math.inf)).left_chunks is None
     with pytest.raises(OptionError, match="history_seconds must be > 0"):
         InferOptions(history_seconds=0.0)
+
+
+def test_infer_streams_with_the_validated_history_but_never_past_the_models_own(tmp_path, monkeypatch):
+    """An artifact validated with 40 s of history: infer streams an unbounded model with 40 s, a
+    model trained with left_chunks 3 with its 3 (the validation streamed it so too), and a given
+    history_seconds as given."""
+    import s2s.infer as infer_module
+
+    seen = []
+    original = infer_module._session
+
+    def recording(model, options):
+        session = original(model, options)
+        seen.append(session.left_chunks)
+        return session
+
+    monkeypatch.setattr(infer_module, "_session", recording)
+    user = _write(tmp_path / "user.wav", np.zeros(16000, np.float32), 16000)
+    training = {"checkpoint": "x.ckpt", "global_step": 1, "history_seconds": 40.0}
+    for name, left_chunks, extra in (
+        ("open", None, []),
+        ("bounded", 3, []),
+        ("given", 3, ["history_seconds=2.0"]),
+    ):
+        model = _model("v2", 8)
+        model.config = dataclasses.replace(model.config, left_chunks=left_chunks)
+        path = save_pretrained(model, tmp_path / name, task=say_in_german().describe(), training=training)
+        assert main([str(user), str(tmp_path / f"{name}.wav"), f"model={path}", "threads=1", *extra]) == 0
+        chunk_seconds = model.config.chunk / model.config.frame_rate
+        expected = {
+            "open": math.floor(40.0 / chunk_seconds + 1e-9) - 1,
+            "bounded": 3,
+            "given": math.floor(2.0 / chunk_seconds + 1e-9) - 1,
+        }[name]
+        assert seen[-1] == expected, (name, seen[-1], expected)
