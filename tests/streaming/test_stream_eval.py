@@ -182,7 +182,10 @@ def test_the_history_is_the_given_one_else_the_runs_else_the_models():
     assert resolved_history(EvalOptions(history_seconds=8.0), 3, at_160ms, 40.0) == (49, "given")
     assert resolved_history(EvalOptions(history_seconds=math.inf), 3, at_160ms, 40.0) == (None, "given")
     assert resolved_history(EvalOptions(left_chunks=5), 3, at_160ms, 40.0) == (5, "given as left_chunks")
-    assert resolved_history(EvalOptions(), 3, at_160ms, 40.0) == (249, "the run's free-running validation")
+    # the run's history, never past the model's own left_chunks (which it trained with)
+    assert resolved_history(EvalOptions(), None, at_160ms, 40.0) == (249, "the run's free-running validation")
+    assert resolved_history(EvalOptions(), 3, at_160ms, 40.0) == (3, "the run's free-running validation")
+    assert resolved_history(EvalOptions(), 300, at_160ms, 40.0) == (249, "the run's free-running validation")
     assert resolved_history(EvalOptions(), 3, at_160ms, None) == (3, "the model's")
     assert resolved_history(EvalOptions(), None, at_160ms, None) == (None, "the model's")
     with pytest.raises(ValueError, match="not both"):
