@@ -65,6 +65,15 @@ def onset_log_odds(log_odds: np.ndarray | None, onset: float, frame_seconds: flo
     return float(np.mean(log_odds[start:end], dtype=np.float64))
 
 
+def frame_log_odds(log_odds: np.ndarray | None, time: float, frame_seconds: float) -> float | None:
+    """The state log-odds of the frame that starts at `time` seconds (an onset of the model's
+    speech lies on a frame boundary); None without the head's outputs or past the dialogue."""
+    if log_odds is None:
+        return None
+    frame = round(time / frame_seconds)
+    return float(log_odds[frame]) if 0 <= frame < len(log_odds) else None
+
+
 def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, window: float) -> list[dict]:
     """Per dialogue with a manifest: its user voice, each turn end (answered after how long, or
     missed) and each internal pause (its length and, if the model took it over, how far in), each with
@@ -96,6 +105,11 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
                 "words_before": before,  # of the turn's words, how many ended before the pause
                 "turn_words": total,
                 "state_log_odds": _rounded(onset_log_odds(log_odds, start, frame_seconds)),
+                # what the head said on the frame the model began to speak (the frame whose BOS it
+                # shifted), which may differ from its reading at the pause's onset
+                "state_log_odds_at_take_over": _rounded(
+                    None if onset is None else frame_log_odds(log_odds, start + onset, frame_seconds)
+                ),
             }
             for (start, _), (length, onset), (before, total) in zip(
                 events.pauses, scores.pause_outcomes, words, strict=True
@@ -173,6 +187,8 @@ def failure_rows(rows: list[dict]) -> list[str]:
             if pause["taken_over_after_s"] is not None:
                 after = f"{_known(pause['words_before'])} of {_known(pause['turn_words'])}"
                 state = _state_text(pause, confusion.get((number, "pauses", index)), "turn ends")
+                if pause.get("state_log_odds_at_take_over") is not None:
+                    state += f", {pause['state_log_odds_at_take_over']:+.2f} when it began"
                 lines.append(
                     f"| {row['dialogue']} | take-over | {pause['start_s']:.2f} s | {pause['length_s']:.2f} s "
                     f"pause after word {after}, "

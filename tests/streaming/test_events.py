@@ -132,6 +132,17 @@ def test_state_log_odds_at_each_onset_and_their_auc(generator):
                 want = float(np.mean(dialogue.turn_end_log_odds[first + a : first + b], dtype=np.float64))
                 assert event["state_log_odds"] == pytest.approx(want, abs=1e-3), seed
                 into.append(event["state_log_odds"])
+    for row, dialogue in zip(rows, dialogues, strict=True):
+        for pause in row["pauses"]:
+            if pause["taken_over_after_s"] is None:
+                assert pause["state_log_odds_at_take_over"] is None, seed
+                continue
+            began = round((pause["start_s"] + pause["taken_over_after_s"]) * RATE) // frame
+            assert dialogue.speaking[began] >= 0.5 and (began == 0 or dialogue.speaking[began - 1] < 0.5), (
+                seed
+            )
+            want = float(dialogue.turn_end_log_odds[began])
+            assert pause["state_log_odds_at_take_over"] == pytest.approx(want, abs=1e-3), seed
     pairs = [(e > p) + 0.5 * (e == p) for e in ends for p in pauses]
     state = state_separability(rows)
     assert state["auc"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-12), seed
