@@ -44,7 +44,7 @@ from s2s.pretrained import (
     validated_onset_quantile,
 )
 from s2s.streaming.cpu_threads import cpu_threads
-from s2s.streaming.history import history_of, resolve_left_chunks
+from s2s.streaming.history import resolve_left_chunks
 from s2s.streaming.session import StreamingSession
 from s2s.streaming.token_session import TokenStreamingSession
 from s2s.training.checkpoints import CheckpointError
@@ -64,8 +64,8 @@ class InferOptions:
     threads: int = 1  # torch's CPU threads while streaming (small per-chunk tensors: 1 is fastest)
     seed: int = 0  # model v2: the sampling seed of the stream
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # seconds of history attention reaches back (inf: unlimited); None: the model's left_chunks (main()
-    # gives the history the run's checkpoint was chosen with, s2s/streaming/history.py)
+    # seconds of history attention reaches back (inf: unlimited); None: the history the run's checkpoint
+    # was chosen with where main() knows it, else the model's left_chunks (s2s/streaming/history.py)
     history_seconds: float | None = None
 
     def __post_init__(self):
@@ -122,10 +122,13 @@ def infer_file(
     timeline_path: str | os.PathLike | None = None,
     vocabulary: TokenVocabulary | None = None,
     model_name: str | None = None,
+    validated_history: float | None = None,
 ) -> InferResult:
     """Stream the user's channel of `in_path` through `model`; write the system audio (or user |
     system) to `out_path` and the timeline JSON to `timeline_path` (default: out_path with .json).
-    `vocabulary` (the system's tokens) names the tokens in the timeline."""
+    `vocabulary` (the system's tokens) names the tokens in the timeline; `validated_history` (seconds,
+    the history the run's checkpoint was chosen with) applies where `options` give none, never past
+    the model's own left_chunks (s2s.streaming.history.resolve_left_chunks)."""
     started = time.perf_counter()
     options = options or InferOptions()
     in_path, out_path = Path(in_path), Path(out_path)
@@ -136,7 +139,7 @@ def infer_file(
         raise AudioError(f"the output would overwrite the input {in_path}: choose another out path")
     audio, rate = load_audio(in_path)  # refuses a missing, truncated or non-audio file by name
     user, channel = user_channel(audio, options.channel, in_path)
-    session = _session(model, options)
+    session = _session(model, options, validated_history)
     config = model.config
     pieces: dict[str, list] = {"audio": [], "speaking": [], "tokens": []}
     padded = 0
@@ -183,12 +186,12 @@ def infer_file(
                        time.perf_counter() - started)  # fmt: skip
 
 
-def _session(model, options: InferOptions) -> StreamingSession:
+def _session(model, options: InferOptions, validated_history: float | None = None) -> StreamingSession:
     device = next(model.parameters()).device
     config = model.config
     chunk = config.chunk if options.chunk is None else options.chunk
     left_chunks, _ = resolve_left_chunks(
-        config.left_chunks, chunk / config.frame_rate, options.history_seconds
+        config.left_chunks, chunk / config.frame_rate, options.history_seconds, validated_history
     )
     if isinstance(model, TokenDuplexModel):
         return TokenStreamingSession(
@@ -289,16 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         options = dataclasses.replace(
             options, sampling=dataclasses.replace(options.sampling, onset_quantile=quantile)
         )
-        validated = validated_history(pretrained.provenance)
-        if options.history_seconds is None and validated is not None:  # as the run's checkpoint was chosen
-            config = pretrained.model.config  # never past the model's own left_chunks (trained with)
-            chunk_seconds = (options.chunk or config.chunk) / config.frame_rate
-            trained = history_of(config.left_chunks, chunk_seconds)
-            options = dataclasses.replace(options, history_seconds=min(validated, trained))
         vocabularies = pretrained.provenance.vocabularies
         result = infer_file(
             pretrained.model, in_path, positional[1], options, timeline_path,
             vocabulary=None if vocabularies is None else vocabularies["system"], model_name=str(model_path),
+            validated_history=validated_history(pretrained.provenance),  # as the checkpoint was chosen
         )  # fmt: skip
     except (OptionError, AudioError, PretrainedError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

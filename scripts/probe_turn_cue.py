@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if held is not None:
         print(f"held-out ({'+'.join(args.eval_splits)}): {_describe(held)}")
 
-    rows = []
+    rows, manifests = [], None
     protocols = [p for p in ("held-out", "kfold") if args.protocol in (p, "both")]
     for kind in args.probes:
         config = ProbeTraining(kind=kind, seed=args.seed, epochs=args.epochs)
@@ -97,9 +97,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row | {"intervals": figures.intervals, "window": vars(window), "seed": args.seed})
             print(_line(row, figures.intervals))
             if args.hardest > 0 and protocol == "held-out":
-                folders = split_folders(args.corpus, tuple(args.eval_splits))
-                hardest = hardest_onsets(held, scores, folders, args.hardest)
-                groups = confused_by_voice(held, scores, folders)
+                if manifests is None:  # read once, for every held-out probe
+                    manifests = _manifests(split_folders(args.corpus, tuple(args.eval_splits)))
+                shares = confusable_shares(scores, held.labels.numpy())
+                hardest = hardest_onsets(held, scores, shares, manifests, args.hardest)
+                groups = confused_by_voice(held, shares, manifests)
                 rows[-1] |= {"hardest": hardest, "confused_by_voice": groups}
                 print("\n".join(_onset_line(r) for r in hardest))
                 for group, n in groups.items():
@@ -117,18 +119,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
 CONFUSED = 0.1  # an onset counts as confused when the probe puts >= this share of the other class past it
 
 
-def _manifest_paths(folders: list) -> dict:
-    return {path.stem: path for folder in folders for path in sorted(folder.glob("*.json"))}
+def _manifests(folders: list) -> dict:
+    """Dialogue id -> its manifest, for the split folders."""
+    return {path.stem: load_manifest(path) for folder in folders for path in sorted(folder.glob("*.json"))}
 
 
-def confused_by_voice(examples, scores: np.ndarray, folders: list) -> dict[str, dict[str, int]]:
+def confused_by_voice(examples, shares: np.ndarray, manifests: dict) -> dict[str, dict[str, int]]:
     """Per user-voice group of the manifests (seen / held-out in training; recordings: unknown): how
     many pauses and turn ends there are and how many of each have a confusable share >= CONFUSED."""
-    shares = confusable_shares(scores, examples.labels.numpy())
-    held_out = {
-        name: load_manifest(path).info.get("user_voice", {}).get("held_out")
-        for name, path in _manifest_paths(folders).items()
-    }
+    held_out = {name: m.info.get("user_voice", {}).get("held_out") for name, m in manifests.items()}
     groups: dict[str, dict[str, int]] = {}
     for onset, label, share in zip(examples.onsets, examples.labels.tolist(), shares, strict=True):
         group = {True: "held-out", False: "seen"}.get(held_out.get(onset.dialogue), "unknown")
@@ -141,18 +140,18 @@ def confused_by_voice(examples, scores: np.ndarray, folders: list) -> dict[str, 
     return dict(sorted(groups.items()))
 
 
-def hardest_onsets(examples, scores: np.ndarray, folders: list, count: int) -> list[dict]:
+def hardest_onsets(
+    examples, scores: np.ndarray, shares: np.ndarray, manifests: dict, count: int
+) -> list[dict]:
     """The `count` pauses and `count` turn ends with the highest confusable share (most confused
     first), each with where it is and who speaks: dialogue, onset time, silence, the turn's words up
     to the onset and after it, and the manifest's user voice."""
-    shares = confusable_shares(scores, examples.labels.numpy())
-    manifests = _manifest_paths(folders)
     rows = []
     for label, kind in ((1, "pause"), (0, "turn end")):
         chosen = [i for i in np.argsort(-shares, kind="stable") if examples.labels[i] == label][:count]
         for i in chosen:
             onset = examples.onsets[i]
-            manifest = load_manifest(manifests[onset.dialogue])
+            manifest = manifests[onset.dialogue]
             turn = next(
                 s for s in manifest.segments
                 if s.speaker == "user" and s.kind == "turn" and s.start_sample <= onset.sample <= s.end_sample

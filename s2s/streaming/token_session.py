@@ -142,7 +142,7 @@ class TokenStreamingSession(StreamingSession):
             if sampled.onset_survival is None
             else sampled.onset_survival,
         )
-        raw = TokenStep(logits, sampled.tokens, turn_end_log_odds(user_states).float())
+        raw = TokenStep(logits, sampled.tokens, turn_end_log_odds(user_states))  # float32
         return mel, sampled.speaking.to(mel.dtype), raw, following
 
     def _keep_feedback(self, keep: torch.Tensor, new: TokenFeedback, old: TokenFeedback) -> TokenFeedback:

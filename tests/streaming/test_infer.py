@@ -275,8 +275,8 @@ def test_infer_streams_with_the_validated_history_but_never_past_the_models_own(
     seen = []
     original = infer_module._session
 
-    def recording(model, options):
-        session = original(model, options)
+    def recording(model, options, validated_history=None):
+        session = original(model, options, validated_history)
         seen.append(session.left_chunks)
         return session
 
