@@ -48,8 +48,19 @@ class TokenLossWeights:
     # head's probabilities calibrated.
     user_onset: float = 1.0
     onset_frames: int = 20  # 0.8 s at 25 Hz: the corpus's longest pause
+    # True: the token cross-entropy is logit-adjusted as the user-state loss is (of logits + log w):
+    # the class weights above still move the gradient, but the trained decoder's probabilities stay
+    # the corpus's. False (as trained until 2026-12-05): its optimum is P(token) x weight, so BOS's
+    # odds against PAD come out bos / pad = 4x the corpus's, and every onset rule answers sooner
+    # than the model believes the turn ended (docs/results.md, "The token loss's class weights").
+    token_logit_adjusted: bool = False
 
     def __post_init__(self):
+        if self.token_logit_adjusted and not min(self.pad, self.bos, self.eos) > 0:
+            raise ValueError(
+                "module.weights.token_logit_adjusted takes the log of the class weights: pad, bos and eos "
+                f"must be > 0, got {self.pad}, {self.bos}, {self.eos}"
+            )
         for name in ("user_pause", "user_onset"):  # class and place weights: a weight of 0 drops frames
             if not getattr(self, name) > 0:
                 raise ValueError(f"module.weights.{name} must be > 0, got {getattr(self, name)}")
@@ -87,6 +98,29 @@ def user_state_loss(
         place = torch.where(near, onset_weight, 1.0)
         per_frame, frame_weights = per_frame * place, frame_weights * place
     return (per_frame * mask).sum() / frame_weights.sum().clamp(min=1e-6)
+
+
+def token_loss(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    class_weights: torch.Tensor,
+    logit_adjusted: bool = False,
+) -> torch.Tensor:
+    """The system tokens' class-weighted cross-entropy, a weighted mean over `mask`. logits (B, T, V),
+    tokens (B, T) int64, mask (B, T) bool or float, class_weights (V,).
+
+    `logit_adjusted` takes it of logits + log w (Menon et al., 2021), whose optimum is the tokens'
+    own distribution: the weights then change how much each class's errors pull, not the
+    probabilities that sampling and the onset rules read."""
+    logits = logits.float()
+    if logit_adjusted:
+        logits = logits + class_weights.log()
+    ce = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), tokens, weight=class_weights, reduction="none"
+    )
+    frame_weights = class_weights[tokens] * mask
+    return (ce * mask).sum() / frame_weights.sum().clamp(min=1e-6)
 
 
 def near_silence_onset(states: torch.Tensor, frames: int) -> torch.Tensor:
@@ -227,12 +261,13 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         out = self.model(user_mel, tokens, batch.system_mel, lengths=host_lengths, chunk=chunk)
         real = mask.sum().clamp(min=1)
 
-        ce = torch.nn.functional.cross_entropy(
-            out.token_logits.float().transpose(1, 2), tokens, weight=self._class_weights(tokens.device),
-            reduction="none",
-        )  # fmt: skip
-        frame_weights = self._class_weights(tokens.device)[tokens] * mask
-        token_ce = (ce * mask).sum() / frame_weights.sum().clamp(min=1e-6)
+        token_ce = token_loss(
+            out.token_logits,
+            tokens,
+            mask,
+            self._class_weights(tokens.device),
+            self.weights.token_logit_adjusted,
+        )
 
         target_mel = batch.system_mel[:, : frames * r].float()
         mel_mask = mask.repeat_interleave(r, dim=1)[..., None]

@@ -103,6 +103,22 @@ def test_losses_equal_a_float64_computation(tiny_corpus, generator):
         assert torch.isfinite(got)
         assert abs(float(got) - float(want)) <= 1e-4 * max(1.0, abs(float(want))), (seed, name, got, want)
 
+    adjusted = TokenDuplexLightningModule(
+        module.model,
+        weights={"pad": pad, "bos": bos, "eos": eos, "user_pause": pause, "token_logit_adjusted": True},
+    )
+    with torch.no_grad():
+        _, adjusted_losses = adjusted.run(batch, 4)
+    log_p = (out.token_logits.double() + weights.log()).log_softmax(-1)
+    want = (-log_p.gather(-1, tokens[..., None])[..., 0] * w).sum() / w.sum()
+    got = adjusted_losses.token_ce
+    assert abs(float(got) - float(want)) <= 1e-4 * max(1.0, float(want)), (
+        seed,
+        "adjusted token_ce",
+        got,
+        want,
+    )
+
 
 def test_a_few_steps_fit_one_batch(tiny_corpus):
     torch.manual_seed(0)
@@ -175,6 +191,62 @@ def _fit_state_logits(states: torch.Tensor, mask: torch.Tensor, weight: float) -
 
     optimizer.step(closure)
     return logits.detach()[0, 0].softmax(-1)
+
+
+def test_the_logit_adjusted_token_loss_leaves_the_decoder_calibrated(generator):
+    """Free token logits fitted to frames of known token frequencies: under the logit-adjusted loss
+    their softmax is the frequencies whatever the class weights; under the plain weighted loss it is
+    weight x frequency, renormalised (BOS's odds against PAD raised by bos / pad). And the adjusted
+    loss on random logits against a float64 computation written out by hand."""
+    from s2s.training.token_module import TokenLossWeights, token_loss
+
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+    g = torch.Generator().manual_seed(seed)
+    vocab = 7
+    frequencies = torch.rand(vocab, generator=g) + 0.05
+    frequencies = frequencies / frequencies.sum()
+    counts = (frequencies * 4000).round().long()
+    tokens = torch.repeat_interleave(torch.arange(vocab), counts)[None]
+    tokens = tokens[:, torch.randperm(tokens.shape[1], generator=g)]
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    empirical = counts.double() / counts.sum()
+    weights = torch.ones(vocab, dtype=torch.float64)
+    weights[PAD], weights[BOS], weights[EOS] = 0.5, 2.0, 3.0
+    for adjusted in (True, False):
+        fitted = _fit_token_logits(tokens, mask, weights.float(), adjusted)
+        want = empirical if adjusted else empirical * weights / (empirical * weights).sum()
+        assert torch.allclose(fitted, want, atol=2e-3), (seed, adjusted, fitted, want)
+        odds = (fitted[BOS] / fitted[PAD]) / (empirical[BOS] / empirical[PAD])
+        assert float(odds) == pytest.approx(1.0 if adjusted else 4.0, rel=0.02), (seed, adjusted, float(odds))
+
+    logits = torch.randn(3, 50, vocab, generator=g, dtype=torch.float64)
+    tokens = torch.randint(0, vocab, (3, 50), generator=g)
+    mask = torch.rand(3, 50, generator=g) > 0.2
+    log_p = (logits + weights.log()).log_softmax(-1)
+    nll = -log_p.gather(-1, tokens[..., None])[..., 0]
+    w = weights[tokens] * mask
+    reference = (nll * w).sum() / w.sum()
+    got = token_loss(logits, tokens, mask, weights.float(), logit_adjusted=True)
+    assert abs(float(got) - float(reference)) <= 1e-5 * float(reference), (seed, float(got), float(reference))
+    with pytest.raises(ValueError, match=r"token_logit_adjusted.*must be > 0"):
+        TokenLossWeights(pad=0.0, token_logit_adjusted=True)
+
+
+def _fit_token_logits(tokens: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, adjusted: bool):
+    """One free token logit vector shared by all frames, fitted by L-BFGS; its softmax."""
+    from s2s.training.token_module import token_loss
+
+    logits = torch.zeros(1, 1, weights.shape[0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = token_loss(logits.expand(1, tokens.shape[1], -1), tokens, mask, weights, adjusted)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return logits.detach()[0, 0].double().softmax(-1)
 
 
 def test_frames_near_a_silence_onset_are_found_and_weighted(generator):
