@@ -212,6 +212,17 @@ class DuplexDataModule(lightning.LightningDataModule):
             worker_init_fn=_single_thread_worker,
         )
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A DialogueBatch moves with non-blocking copies from its pinned memory. Lightning passes
+        `non_blocking` to bare tensors only, so each of a batch's tensors was a blocking copy: the host
+        waited for the GPU to finish the queued step before every copy (33 ms a step of
+        experiment=base_gpu on the H200, profiled 2026-12-05, docs/benchmarks.md). The copies are
+        ordered on the current stream before the step that reads them, and PyTorch keeps the pinned
+        source alive until they are done."""
+        if isinstance(batch, DialogueBatch):
+            return batch.to(device, non_blocking=torch.device(device).type == "cuda")
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With features_on="device": the batch's features, computed where Lightning moved it."""
         if self.with_features and self.features_on == "device" and isinstance(batch, DialogueBatch):
