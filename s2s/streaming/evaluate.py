@@ -191,10 +191,12 @@ def markdown_table(result: dict) -> str:
     for label, key in (
         ("missed response rate [95% interval]", "missed_response_rate"),
         ("ignored barge-in rate [95% interval]", "ignored_barge_in_rate"),
+        ("barge-ins stopped within 300 ms [95% interval]", "barge_ins_stopped_within_300ms"),
         ("false take-overs per pause [95% interval]", "false_takeovers_per_pause"),
         ("talk-overs per user turn", "talk_overs_per_turn"),
     ):
-        rows.append(f"| {label} | {with_interval(p, key)} | {with_interval(e, key)} |")
+        if key in p:  # a metrics.json before 2026-12-05 has no barge-ins stopped within 300 ms
+            rows.append(f"| {label} | {with_interval(p, key)} | {with_interval(e, key)} |")
 
     def span(bucket, digits):
         start = f"{bucket['from_s']:.{digits}f}"

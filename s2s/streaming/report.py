@@ -34,6 +34,9 @@ def activity(dialogue: StreamedDialogue, config: DuplexConfig, source: str, ener
     return metrics.activity_from_energy(dialogue.audio, config.frame_samples, energy_db)
 
 
+STOP_WITHIN_S = 0.3  # a barge-in counts as stopped in time when the model fell silent within this
+
+
 def turn_taking(
     dialogues: list[StreamedDialogue],
     config: DuplexConfig,
@@ -64,11 +67,14 @@ def turn_taking(
         pauses = sum(s.pauses for s in scores)
         takeovers = sum(s.false_takeovers for s in scores)
         talk_overs = sum(s.talk_overs for s in scores)
+        stopped_in_time = sum(x <= STOP_WITHIN_S for x in stops)
         report[source] = {
             "response_latency_s": metrics.summarize(latencies),
             "missed_response_rate": _rate(missed, turns),
             "barge_in_stop_latency_s": metrics.summarize(stops),
             "ignored_barge_in_rate": _rate(ignored, len(stops) + ignored),
+            # issue 16's barge-in bar: the share of barge-ins (while it spoke) stopped within 300 ms
+            "barge_ins_stopped_within_300ms": _rate(stopped_in_time, len(stops) + ignored),
             "barge_ins_while_silent": silent,
             "false_takeovers_per_pause": _rate(takeovers, pauses),
             "talk_overs_per_turn": _rate(talk_overs, turns),
@@ -80,6 +86,7 @@ def turn_taking(
             "intervals": {
                 "missed_response_rate": wilson_interval(missed, turns),
                 "ignored_barge_in_rate": wilson_interval(ignored, len(stops) + ignored),
+                "barge_ins_stopped_within_300ms": wilson_interval(stopped_in_time, len(stops) + ignored),
                 "false_takeovers_per_pause": wilson_interval(takeovers, pauses),
             },
             "turns": turns,
