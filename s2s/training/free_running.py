@@ -11,6 +11,8 @@ the one that behaves best.
 With `state_gains` (model v2) the dialogues are streamed once per user-state gain, all in one
 batched session, and the gain whose arm scores best is the operating point of that validation:
 `free/*` are its figures, `free/state_gain` the gain, `free/score_at_gain_<g>` every arm's score.
+With `gain_score_tolerance` the largest gain scoring within it of the best is chosen instead (arms
+the validation cannot tell apart: the one that vetoes replies in pauses hardest).
 The gain is kept in the callback's state, so the checkpoint of that validation carries it
 (s2s.pretrained reads it back; `stream_eval` uses it unless told a gain). The gain is thus chosen
 on the validation split, per run: a model whose head is surer or less sure gets its own.
@@ -62,6 +64,7 @@ class FreeRunningValidation(lightning.Callback):
         sampling: SamplingConfig | dict | None = None,
         state_gains: list[float] | None = None,
         history_seconds: float | None = None,
+        gain_score_tolerance: float | None = None,
     ):
         if every_n_validations < 1 or dialogues < 1 or streams < 1:
             raise ValueError(
@@ -90,6 +93,15 @@ class FreeRunningValidation(lightning.Callback):
                     f"{state_gains}"
                 )
         self.state_gains = state_gains
+        if gain_score_tolerance is not None and not 0 <= float(gain_score_tolerance) < 1:
+            raise ValueError(
+                f"gain_score_tolerance must be a score difference in [0, 1) (null: the best score's gain), "
+                f"got {gain_score_tolerance}"
+            )
+        # None: the best-scoring gain. A number: the strongest veto (largest gain) among the arms that
+        # score within it of the best: one validation event moves the score by ~0.005-0.015, so arms
+        # within that are not told apart, and the bar that binds is the take-overs' (docs/results.md)
+        self.gain_score_tolerance = None if gain_score_tolerance is None else float(gain_score_tolerance)
         if history_seconds is not None and not 0 < float(history_seconds) < math.inf:
             raise ValueError(
                 f"history_seconds must be a finite number of seconds > 0 (null: the model's left_chunks), "
@@ -179,6 +191,9 @@ class FreeRunningValidation(lightning.Callback):
             arm = StreamRun(dialogues, run.step_seconds)
             arms[gain] = free_running_summary(arm, config, self.window, recognizer)
         best = max(self.state_gains, key=lambda g: _finite(arms[g]["score"]))  # first of equals
+        if self.gain_score_tolerance is not None and math.isfinite(_finite(arms[best]["score"])):
+            floor = _finite(arms[best]["score"]) - self.gain_score_tolerance
+            best = max(g for g in self.state_gains if _finite(arms[g]["score"]) >= floor)
         summary = dict(arms[best])
         summary["state_gain"] = best
         for gain, figures in arms.items():

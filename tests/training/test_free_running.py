@@ -211,3 +211,26 @@ def test_the_best_scoring_gain_wins_and_the_first_of_equals(monkeypatch):
     assert [summary[f"score_at_gain_{g:g}"] for g in scores] == list(scores.values())
     scores.update({0.0: float("nan"), 1.0: None, 2.0: None, 4.0: 0.0})
     assert callback._best_gain(run, None, None)["state_gain"] == 4.0
+
+
+def test_a_score_tolerance_chooses_the_strongest_veto_among_the_near_best(monkeypatch):
+    """gain_score_tolerance: the largest gain whose score is within the tolerance of the best; arms
+    below it, and undefined scores, never chosen; an out-of-range tolerance refused."""
+    from types import SimpleNamespace
+
+    import s2s.training.free_running as free_running
+
+    scores = {1.0: 0.906, 2.0: 0.906, 4.0: 0.903, 8.0: 0.890, 16.0: None}
+    monkeypatch.setattr(
+        free_running, "free_running_summary",
+        lambda run, config, window, recognizer: {"score": scores[run.dialogues[0].state_gain]},
+    )  # fmt: skip
+    run = SimpleNamespace(dialogues=[SimpleNamespace(state_gain=g) for g in scores], step_seconds=[])
+    for tolerance, want in ((None, 1.0), (0.0, 2.0), (0.005, 4.0), (0.02, 8.0)):
+        callback = FreeRunningValidation(state_gains=list(scores), gain_score_tolerance=tolerance)
+        summary = callback._best_gain(run, None, None)
+        assert summary["state_gain"] == want == callback.state_gain, (tolerance, summary)
+        assert summary["score"] == scores[want], (tolerance, summary)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="gain_score_tolerance"):
+            FreeRunningValidation(state_gains=[1.0], gain_score_tolerance=bad)
