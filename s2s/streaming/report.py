@@ -68,13 +68,14 @@ def turn_taking(
         takeovers = sum(s.false_takeovers for s in scores)
         talk_overs = sum(s.talk_overs for s in scores)
         stopped_in_time = sum(x <= STOP_WITHIN_S for x in stops)
+        spoken_over = len(stops) + ignored  # barge-ins that came while the model spoke
         report[source] = {
             "response_latency_s": metrics.summarize(latencies),
             "missed_response_rate": _rate(missed, turns),
             "barge_in_stop_latency_s": metrics.summarize(stops),
-            "ignored_barge_in_rate": _rate(ignored, len(stops) + ignored),
+            "ignored_barge_in_rate": _rate(ignored, spoken_over),
             # issue 16's barge-in bar: the share of barge-ins (while it spoke) stopped within 300 ms
-            "barge_ins_stopped_within_300ms": _rate(stopped_in_time, len(stops) + ignored),
+            "barge_ins_stopped_within_300ms": _rate(stopped_in_time, spoken_over),
             "barge_ins_while_silent": silent,
             "false_takeovers_per_pause": _rate(takeovers, pauses),
             "talk_overs_per_turn": _rate(talk_overs, turns),
@@ -85,8 +86,8 @@ def turn_taking(
             # events. Not for talk-overs: they count onsets, several of which may fall in one turn.
             "intervals": {
                 "missed_response_rate": wilson_interval(missed, turns),
-                "ignored_barge_in_rate": wilson_interval(ignored, len(stops) + ignored),
-                "barge_ins_stopped_within_300ms": wilson_interval(stopped_in_time, len(stops) + ignored),
+                "ignored_barge_in_rate": wilson_interval(ignored, spoken_over),
+                "barge_ins_stopped_within_300ms": wilson_interval(stopped_in_time, spoken_over),
                 "false_takeovers_per_pause": wilson_interval(takeovers, pauses),
             },
             "turns": turns,
@@ -94,7 +95,7 @@ def turn_taking(
             "takeovers_by_pause_length": metrics.takeovers_by_pause_length(
                 [x for s in scores for x in s.pause_outcomes]
             ),
-            "barge_ins": len(stops) + ignored + silent,
+            "barge_ins": spoken_over + silent,
             "pauses": pauses,
         }
     return report

@@ -191,9 +191,11 @@ class FreeRunningValidation(lightning.Callback):
             arm = StreamRun(dialogues, run.step_seconds)
             arms[gain] = free_running_summary(arm, config, self.window, recognizer)
         best = max(self.state_gains, key=lambda g: _finite(arms[g]["score"]))  # first of equals
-        if self.gain_score_tolerance is not None and math.isfinite(_finite(arms[best]["score"])):
-            floor = _finite(arms[best]["score"]) - self.gain_score_tolerance
-            best = max(g for g in self.state_gains if _finite(arms[g]["score"]) >= floor)
+        top = _finite(arms[best]["score"])
+        if self.gain_score_tolerance is not None and math.isfinite(top):
+            best = max(
+                g for g in self.state_gains if _finite(arms[g]["score"]) >= top - self.gain_score_tolerance
+            )
         summary = dict(arms[best])
         summary["state_gain"] = best
         for gain, figures in arms.items():

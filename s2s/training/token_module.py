@@ -88,16 +88,29 @@ def user_state_loss(
     """
     weights = torch.ones(logits.shape[-1], device=logits.device)
     weights[UserState.PAUSE] = pause_weight
-    adjusted = logits.float() + weights.log()
-    per_frame = torch.nn.functional.cross_entropy(
-        adjusted.transpose(1, 2), states, weight=weights, reduction="none"
-    )
-    frame_weights = weights[states] * mask
+    per_frame, frame_weights = class_weighted_ce(logits, states, weights, logit_adjusted=True)
+    frame_weights = frame_weights * mask
     if onset_weight != 1.0:
         near = near_silence_onset(states, onset_frames)
         place = torch.where(near, onset_weight, 1.0)
         per_frame, frame_weights = per_frame * place, frame_weights * place
     return (per_frame * mask).sum() / frame_weights.sum().clamp(min=1e-6)
+
+
+def class_weighted_ce(
+    logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor, logit_adjusted: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame: the cross-entropy weighted by its target's class weight, and that weight.
+    logits (B, T, V), targets (B, T) int64, class_weights (V,). `logit_adjusted` takes it of
+    logits + log w (Menon et al., 2021), whose optimum is the targets' own distribution: the weights
+    then change how much each class's errors pull, not the probabilities the heads report."""
+    logits = logits.float()
+    if logit_adjusted:
+        logits = logits + class_weights.log()
+    per_frame = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), targets, weight=class_weights, reduction="none"
+    )
+    return per_frame, class_weights[targets]
 
 
 def token_loss(
@@ -108,19 +121,10 @@ def token_loss(
     logit_adjusted: bool = False,
 ) -> torch.Tensor:
     """The system tokens' class-weighted cross-entropy, a weighted mean over `mask`. logits (B, T, V),
-    tokens (B, T) int64, mask (B, T) bool or float, class_weights (V,).
-
-    `logit_adjusted` takes it of logits + log w (Menon et al., 2021), whose optimum is the tokens'
-    own distribution: the weights then change how much each class's errors pull, not the
-    probabilities that sampling and the onset rules read."""
-    logits = logits.float()
-    if logit_adjusted:
-        logits = logits + class_weights.log()
-    ce = torch.nn.functional.cross_entropy(
-        logits.transpose(1, 2), tokens, weight=class_weights, reduction="none"
-    )
-    frame_weights = class_weights[tokens] * mask
-    return (ce * mask).sum() / frame_weights.sum().clamp(min=1e-6)
+    tokens (B, T) int64, mask (B, T) bool or float, class_weights (V,); `logit_adjusted` keeps the
+    decoder's probabilities the corpus's (class_weighted_ce)."""
+    per_frame, frame_weights = class_weighted_ce(logits, tokens, class_weights, logit_adjusted)
+    return (per_frame * mask).sum() / (frame_weights * mask).sum().clamp(min=1e-6)
 
 
 def near_silence_onset(states: torch.Tensor, frames: int) -> torch.Tensor:
