@@ -22,6 +22,8 @@ blocks first, and the graph replays Inductor's fused kernels: 114 ms (eager, pac
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -170,8 +172,43 @@ class GraphedBlocks:
         wrapper = stack_for_capture(self.blocks, self.compiled)
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         dtype = autocast or torch.bfloat16
-        with torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False):
-            return torch.cuda.make_graphed_callables(wrapper, samples, num_warmup_iters=self.warmup_steps)
+        with (
+            torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False),
+            rng_restored_on_failure(samples[0].device),
+        ):
+            return torch.cuda.make_graphed_callables(
+                wrapper, samples, num_warmup_iters=self.warmup_steps, **THREAD_LOCAL_CAPTURE
+            )
+
+
+# Capture in thread-local mode: in the default global mode any CUDA call another thread makes while
+# a capture runs (the DataLoader's pin-memory thread pinning the next batch) invalidates the capture.
+# Whether it hit depended on timing: a run whose kernels and Inductor code came from the disk caches
+# reached its first capture while the loader was still pinning, and failed (H200, 2026-12-05).
+THREAD_LOCAL_CAPTURE = (
+    {"capture_error_mode": "thread_local"}
+    if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
+    else {}
+)
+
+
+@contextlib.contextmanager
+def rng_restored_on_failure(device: torch.device):
+    """If a capture fails, put back the CUDA generator's state from before it: a failed capture leaves
+    the default generator marked as capturing, and every later dropout on the eager path then fails
+    ("Offset increment outside graph capture encountered unexpectedly")."""
+    if device.type != "cuda":
+        yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    generator = torch.cuda.default_generators[index]
+    saved = torch.Generator(device=generator.device)
+    saved.set_state(generator.get_state())
+    try:
+        yield
+    except BaseException:
+        generator.graphsafe_set_state(saved.graphsafe_get_state())
+        raise
 
 
 def _no_graphs() -> None:

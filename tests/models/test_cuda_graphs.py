@@ -319,3 +319,57 @@ def test_graphed_training_steps_equal_eager_ones(compiled, generator):
         assert error < 2e-2, f"seed {seed}: {name} after 8 steps differs from eager by {error:.2e}"
     copied = copy.deepcopy(graphed).eval()  # as the free-running validation streams a copy
     assert copied.encoder.graphs is None and len(graphed.encoder.graphs.graphs) == 2, f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_failed_capture_leaves_dropout_working(generator):
+    """A capture that fails after a dropout inside it registered the CUDA generator leaves that
+    generator usable: eager dropout afterwards runs and keeps or scales every element."""
+    from s2s.models.cuda_graphs import rng_restored_on_failure
+
+    seed = generator.initial_seed()
+    x = torch.randn(64, 256, generator=generator).cuda()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError), rng_restored_on_failure(x.device), torch.cuda.graph(graph):
+        torch.nn.functional.dropout(x, 0.5, training=True)
+        torch.cuda.synchronize()  # not allowed while capturing: the capture fails
+    y = torch.nn.functional.dropout(x, 0.5, training=True)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], 2 * x[kept], msg=lambda m: f"seed {seed}: {m}")
+    assert 0.3 < kept.float().mean().item() < 0.7, f"seed {seed}: {kept.float().mean().item()} kept"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_capture_survives_another_thread_pinning_memory(generator):
+    """The DataLoader's pin-memory thread keeps pinning batches while the first step captures; the
+    capture (thread-local mode) must not fail because of it, and its replay equals float64 math."""
+    import threading
+
+    from s2s.models.cuda_graphs import THREAD_LOCAL_CAPTURE
+
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    layer = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256)).cuda()
+    sample = torch.randn(32, 256, generator=generator).cuda().requires_grad_()
+    stop, pinned = threading.Event(), []
+
+    def pin_forever():
+        while not stop.is_set():
+            pinned.append(torch.empty(1 << 20, dtype=torch.uint8).pin_memory().sum().item())
+
+    thread = threading.Thread(target=pin_forever, daemon=True)
+    thread.start()
+    try:
+        while not pinned:  # the thread is pinning before the capture begins
+            pass
+        graphed = torch.cuda.make_graphed_callables(layer, (sample,), **THREAD_LOCAL_CAPTURE)
+    finally:
+        stop.set()
+        thread.join()
+    x = torch.randn(32, 256, generator=generator).cuda()
+    got = graphed(x)
+    want = layer.double()(x.double())
+    assert torch.isfinite(got).all(), f"seed {seed}"
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
