@@ -355,9 +355,10 @@ def test_a_capture_survives_another_thread_pinning_memory(generator):
     sample = torch.randn(32, 256, generator=generator).cuda().requires_grad_()
     stop, pinned = threading.Event(), []
 
-    def pin_forever():
+    def pin_forever():  # kept alive, so each pin is a fresh page-locked allocation (cudaHostAlloc)
         while not stop.is_set():
-            pinned.append(torch.empty(1 << 20, dtype=torch.uint8).pin_memory().sum().item())
+            if len(pinned) < 512:
+                pinned.append(torch.empty(1 << 20, dtype=torch.uint8).pin_memory())
 
     thread = threading.Thread(target=pin_forever, daemon=True)
     thread.start()
@@ -369,7 +370,7 @@ def test_a_capture_survives_another_thread_pinning_memory(generator):
         stop.set()
         thread.join()
     x = torch.randn(32, 256, generator=generator).cuda()
-    got = graphed(x)
-    want = layer.double()(x.double())
+    got = graphed(x).double()
+    want = copy.deepcopy(layer).double()(x.double())
     assert torch.isfinite(got).all(), f"seed {seed}"
-    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed {seed}: {m}")
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3, msg=lambda m: f"seed {seed}: {m}")
