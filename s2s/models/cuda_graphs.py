@@ -185,6 +185,7 @@ class GraphedBlocks:
 # a capture runs (the DataLoader's pin-memory thread pinning the next batch) invalidates the capture.
 # Whether it hit depended on timing: a run whose kernels and Inductor code came from the disk caches
 # reached its first capture while the loader was still pinning, and failed (H200, 2026-12-05).
+# Inductor's own CUDA graphs (torch/_inductor/cudagraph_trees.py) capture in this mode too.
 THREAD_LOCAL_CAPTURE = (
     {"capture_error_mode": "thread_local"}
     if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
