@@ -178,6 +178,11 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         if not isinstance(augment, AugmentConfig):
             augment = AugmentConfig(**dict(augment or {"freq_masks": 0}))
         self.optimizer_config, self.weights, self.augment = optimizer, weights, augment
+        # the token loss's class weights, built once and moved with the module (not saved: the
+        # weights' config is); a buffer so no step rebuilds them on the device
+        class_weights = torch.ones(model.config.system_vocab)
+        class_weights[PAD], class_weights[BOS], class_weights[EOS] = weights.pad, weights.bos, weights.eos
+        self.register_buffer("token_class_weights", class_weights, persistent=False)
         if not isinstance(compile_blocks, bool):
             raise TypeError(f"compile_blocks must be true or false, got {compile_blocks!r}")
         self.compile_blocks = compile_blocks
@@ -232,11 +237,6 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
                 f"user tokens): train with model.config.system_vocab={system} model.config.user_vocab={user}"
             )
 
-    def _class_weights(self, device) -> torch.Tensor:
-        w = torch.ones(self.model.config.system_vocab, device=device)
-        w[PAD], w[BOS], w[EOS] = self.weights.pad, self.weights.bos, self.weights.eos
-        return w
-
     def run(
         self, batch: DialogueBatch, chunk, augment: bool = False
     ) -> tuple[TokenDuplexOutput, TokenLosses]:
@@ -269,7 +269,7 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
             out.token_logits,
             tokens,
             mask,
-            self._class_weights(tokens.device),
+            self.token_class_weights.float(),
             self.weights.token_logit_adjusted,
         )
 
