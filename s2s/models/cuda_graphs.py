@@ -175,22 +175,40 @@ class GraphedBlocks:
         with (
             torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False),
             rng_restored_on_failure(samples[0].device),
+            thread_local_capture() as capture_mode,
         ):
             return torch.cuda.make_graphed_callables(
-                wrapper, samples, num_warmup_iters=self.warmup_steps, **THREAD_LOCAL_CAPTURE
+                wrapper, samples, num_warmup_iters=self.warmup_steps, **capture_mode
             )
 
 
-# Capture in thread-local mode: in the default global mode any CUDA call another thread makes while
-# a capture runs (the DataLoader's pin-memory thread pinning the next batch) invalidates the capture.
-# Whether it hit depended on timing: a run whose kernels and Inductor code came from the disk caches
-# reached its first capture while the loader was still pinning, and failed (H200, 2026-12-05).
-# Inductor's own CUDA graphs (torch/_inductor/cudagraph_trees.py) capture in this mode too.
-THREAD_LOCAL_CAPTURE = (
-    {"capture_error_mode": "thread_local"}
-    if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
-    else {}
-)
+@contextlib.contextmanager
+def thread_local_capture():
+    """Capture in thread-local mode; yields the keyword arguments for make_graphed_callables.
+
+    In the default global mode any CUDA call another thread makes while a capture runs (the
+    DataLoader's pin-memory thread pinning the next batch) invalidates the capture. Whether it hit
+    depended on timing: a run whose kernels and Inductor code came from the disk caches reached its
+    first capture while the loader was still pinning, and failed (H200, torch 2.11, 2026-12-05).
+    Inductor's own CUDA graphs (torch/_inductor/cudagraph_trees.py) capture in this mode too.
+    make_graphed_callables takes the mode from torch 2.12 on (pytorch PR 188832); before that it
+    builds its captures with `torch.cuda.graph(...)`, whose default mode is swapped here for the
+    duration of the capture (one capture runs at a time in a process, so nothing else sees it)."""
+    if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
+        yield {"capture_error_mode": "thread_local"}
+        return
+    global_mode_graph, module_graph = torch.cuda.graph, torch.cuda.graphs.graph
+
+    class ThreadLocalGraph(global_mode_graph):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("capture_error_mode", "thread_local")
+            super().__init__(*args, **kwargs)
+
+    torch.cuda.graph = torch.cuda.graphs.graph = ThreadLocalGraph
+    try:
+        yield {}
+    finally:
+        torch.cuda.graph, torch.cuda.graphs.graph = global_mode_graph, module_graph
 
 
 @contextlib.contextmanager

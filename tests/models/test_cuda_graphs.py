@@ -215,6 +215,42 @@ def test_a_failed_capture_leaves_the_run_eager_with_the_reason(monkeypatch, gene
     assert model.encoder.graphs.graphs == {}
 
 
+def test_captures_run_in_thread_local_mode_on_every_torch(monkeypatch):
+    """Where make_graphed_callables has no capture_error_mode (torch < 2.12), the captures it builds
+    with torch.cuda.graph default to thread-local mode while the context is open, an explicit mode
+    still wins, and the original class is back afterwards, also when the capture raised."""
+    from s2s.models.cuda_graphs import thread_local_capture
+
+    built = []
+
+    class RecordingGraph:
+        def __init__(self, cuda_graph, pool=None, stream=None, capture_error_mode="global"):
+            built.append(capture_error_mode)
+
+    def without_mode(callables, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
+        return torch.cuda.graph(object(), pool=pool)
+
+    monkeypatch.setattr(torch.cuda, "graph", RecordingGraph)
+    monkeypatch.setattr(torch.cuda.graphs, "graph", RecordingGraph)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", without_mode)
+    with pytest.raises(RuntimeError, match="capture failed"), thread_local_capture() as capture_mode:
+        assert capture_mode == {}
+        torch.cuda.make_graphed_callables(None, ())
+        torch.cuda.graph(object(), capture_error_mode="relaxed")
+        assert torch.cuda.graphs.graph is torch.cuda.graph
+        raise RuntimeError("capture failed")
+    assert built == ["thread_local", "relaxed"]
+    assert torch.cuda.graph is RecordingGraph and torch.cuda.graphs.graph is RecordingGraph
+
+    def with_mode(callables, sample_args, capture_error_mode="global"):
+        return capture_error_mode
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", with_mode)
+    with thread_local_capture() as capture_mode:
+        assert torch.cuda.make_graphed_callables(None, (), **capture_mode) == "thread_local"
+        assert torch.cuda.graph is RecordingGraph
+
+
 def test_only_unpacked_batches_can_take_a_graph():
     spec = ChunkSpec(torch.tensor([4, 2], dtype=torch.int32))
     assert runs_unpacked(spec, None)
@@ -347,7 +383,7 @@ def test_a_capture_survives_another_thread_pinning_memory(generator):
     capture (thread-local mode) must not fail because of it, and its replay equals float64 math."""
     import threading
 
-    from s2s.models.cuda_graphs import THREAD_LOCAL_CAPTURE
+    from s2s.models.cuda_graphs import thread_local_capture
 
     seed = generator.initial_seed()
     torch.manual_seed(seed)
@@ -365,7 +401,8 @@ def test_a_capture_survives_another_thread_pinning_memory(generator):
     try:
         while not pinned:  # the thread is pinning before the capture begins
             pass
-        graphed = torch.cuda.make_graphed_callables(layer, (sample,), **THREAD_LOCAL_CAPTURE)
+        with thread_local_capture() as capture_mode:
+            graphed = torch.cuda.make_graphed_callables(layer, (sample,), **capture_mode)
     finally:
         stop.set()
         thread.join()
