@@ -1,4 +1,5 @@
-"""Every judged event of every dialogue, one by one: which turn was missed, which pause taken over.
+"""Every judged event of every dialogue, one by one: which turn was missed, which pause taken over,
+which barge-in was stopped late or not at all.
 
 The rates in metrics.json say how often; these rows say where (dialogue, time, voice, pause length,
 how long the model waited), so a researcher can open the dialogue's audio at the spot instead of
@@ -22,7 +23,7 @@ from s2s.models.config import DuplexConfig
 from s2s.streaming import metrics
 from s2s.streaming.by_voice import user_voice_group, user_voice_record
 from s2s.streaming.detection import roc_auc
-from s2s.streaming.report import activity
+from s2s.streaming.report import STOP_WITHIN_S, activity
 from s2s.streaming.runner import StreamedDialogue
 from s2s.training.turn_end_separability import OnsetWindows
 
@@ -115,6 +116,14 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
                 events.pauses, scores.pause_outcomes, words, strict=True
             )
         ]
+        barge_ins = [
+            {
+                "at_s": _rounded(onset),
+                "while_speaking": speaking,  # False: the model was silent, nothing to stop
+                "stop_latency_s": _rounded(latency),  # None while speaking: ignored
+            }
+            for onset, speaking, latency in scores.barge_in_outcomes
+        ]
         voice = user_voice_record(dialogue)
         group = user_voice_group(dialogue)
         rows.append(
@@ -125,6 +134,7 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
                 "state_gain": dialogue.state_gain,
                 "turns": turns,
                 "pauses": pauses,
+                "barge_ins": barge_ins,
             }
         )
     return rows
@@ -170,7 +180,8 @@ def _state_text(event: dict, share: float | None, other: str) -> str:
 
 
 def failure_rows(rows: list[dict]) -> list[str]:
-    """Markdown: one line per missed turn and per pause taken over (where to listen), [] if none."""
+    """Markdown: one line per missed turn, per pause taken over and per barge-in the model did not
+    stop within STOP_WITHIN_S (where to listen), [] if none."""
     lines = []
     confusion = _confusion(rows)
     for number, row in enumerate(rows):
@@ -194,7 +205,16 @@ def failure_rows(rows: list[dict]) -> list[str]:
                     f"pause after word {after}, "
                     f"onset {pause['taken_over_after_s'] * 1000:.0f} ms in{state} | {name} ({voice}) |"
                 )
+        for barge_in in row.get("barge_ins", []):
+            latency = barge_in["stop_latency_s"]
+            if not barge_in["while_speaking"] or (latency is not None and latency <= STOP_WITHIN_S):
+                continue
+            detail = "never stopped" if latency is None else f"stopped after {latency * 1000:.0f} ms"
+            lines.append(
+                f"| {row['dialogue']} | late stop | {barge_in['at_s']:.2f} s | barge-in {detail} | "
+                f"{name} ({voice}) |"
+            )
     if not lines:
         return []
-    header = "| dialogue | event | at (turn end / pause start) | detail | user voice |"
+    header = "| dialogue | event | at (turn end / pause start / barge-in) | detail | user voice |"
     return ["", header, "| --- | --- | --- | --- | --- |", *lines]

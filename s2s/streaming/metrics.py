@@ -90,6 +90,8 @@ class DuplexScores:
     turn_outcomes: list[tuple[float, bool]] = field(default_factory=list)
     # (pause length, seconds into the pause of the system's onset or None) per internal pause
     pause_outcomes: list[tuple[float, float | None]] = field(default_factory=list)
+    # (onset, the system was speaking then, seconds until it fell silent or None: ignored) per barge-in
+    barge_in_outcomes: list[tuple[float, bool, float | None]] = field(default_factory=list)
 
     @property
     def turns(self) -> int:
@@ -111,17 +113,19 @@ def score_dialogue(
             missed += 1
         else:
             latencies.append(onset - end)
-    stops, ignored, silent = [], 0, 0
+    stops, ignored, silent, barge_in_outcomes = [], 0, 0, []
     for onset in events.barge_ins:
         frame = int(np.floor(onset / frame_seconds + 1e-9))
         if frame >= len(active) or not active[frame]:
             silent += 1
+            barge_in_outcomes.append((onset, False, None))
             continue
         stop = first_silence_after(active, frame_seconds, onset, onset + window)
         if stop is None:
             ignored += 1
         else:
             stops.append(stop - onset)
+        barge_in_outcomes.append((onset, True, None if stop is None else stop - onset))
     pause_outcomes = []
     for start, end in events.pauses:
         onset = first_onset_after(active, frame_seconds, start, end)
@@ -138,6 +142,7 @@ def score_dialogue(
         talk_overs(active, frame_seconds, events.user_speech),
         outcomes,
         pause_outcomes,
+        barge_in_outcomes,
     )
 
 

@@ -94,6 +94,45 @@ def test_rows_add_up_to_the_rates_and_name_each_event(generator):
     assert failure_rows([{**r, "turns": [], "pauses": []} for r in rows]) == [], seed
 
 
+def test_barge_in_rows_name_each_late_or_ignored_stop(generator):
+    """Each barge-in has a row with how long the model took to fall silent; the failure rows name
+    those it stopped later than 300 ms or never, and the counts agree with the headline rates."""
+    seed = generator.initial_seed()
+    config = DuplexConfig()
+    frame = config.frame_samples
+    frame_seconds = frame / RATE
+    starts = sorted(int(x) for x in torch.randperm(20, generator=generator)[:5] * 100 + 40)  # frames
+    delays = [int(x) for x in torch.randint(1, 14, (5,), generator=generator)]  # frames until silence
+    delays[int(torch.randint(0, 5, (1,), generator=generator))] = None  # one never stopped
+    silent_at = starts[-1] + 90  # one more barge-in while the model is silent
+    frames = silent_at + 60
+    speaking = np.zeros(frames, dtype=np.float32)
+    segments = []
+    for start, delay in zip(starts, delays, strict=True):
+        speaking[start - 20 : start + (80 if delay is None else delay)] = 0.9  # 80: past the window
+        segments.append(
+            Segment("system", "cut-off reply", (start - 20) * frame, (start + 5) * frame, "", 0, RATE)
+        )
+        segments.append(Segment("user", "barge-in", start * frame, (start + 10) * frame, "", 0, RATE))
+    segments.append(Segment("user", "barge-in", silent_at * frame, (silent_at + 10) * frame, "", 0, RATE))
+    manifest = Manifest("b", RATE, frames * frame, tuple(sorted(segments, key=lambda s: s.start_sample)))
+    dialogue = SimpleNamespace(name="b", manifest=manifest, speaking=speaking, audio=None, state_gain=None)
+    (row,) = dialogue_events([dialogue], config, window=3.0)
+    got = [(b["at_s"], b["while_speaking"], b["stop_latency_s"]) for b in row["barge_ins"]]
+    want = [
+        (round(s * frame_seconds, 3), True, None if d is None else round(d * frame_seconds, 3))
+        for s, d in zip(starts, delays, strict=True)
+    ] + [(round(silent_at * frame_seconds, 3), False, None)]
+    assert got == want, f"seed {seed}: {got} != {want}"
+    late = [d is None or d * frame_seconds > 0.3 + 1e-9 for d in delays]
+    lines = [line for line in failure_rows([row]) if "| late stop |" in line]
+    assert len(lines) == sum(late), f"seed {seed}: {lines}"
+    assert sum("never stopped" in line for line in lines) == 1, f"seed {seed}: {lines}"
+    totals = turn_taking([dialogue], config, 3.0, sources=("probability",))["probability"]
+    assert np.isclose(totals["barge_ins_stopped_within_300ms"], 1 - sum(late) / 5), seed
+    assert totals["barge_ins_while_silent"] == 1, seed
+
+
 def test_rows_of_a_recording_without_voice_or_word_times_say_unknown():
     pause = {
         "start_s": 1.0,

@@ -48,6 +48,17 @@ def test_a_system_that_never_stops_ignores_every_barge_in():
     stopping = score_dialogue(_active(12.0, [(0.0, 1.2), (2.0, 4.16), (5.0, 7.5)]), FRAME, events)
     assert stopping.ignored_barge_ins == 0 and stopping.barge_ins_while_silent == 0
     assert np.allclose(stopping.barge_in_stop_latencies, [0.2, 0.16, 0.0], atol=FRAME)
+    assert [(o, s, None if x is None else round(x, 6)) for o, s, x in scores.barge_in_outcomes] == [
+        (1.0, True, None),
+        (4.0, True, None),
+        (7.5, True, None),
+    ]
+    mixed = score_dialogue(_active(12.0, [(0.0, 1.2), (5.0, 12.0)]), FRAME, events)
+    assert [(o, s) for o, s, _ in mixed.barge_in_outcomes] == [(1.0, True), (4.0, False), (7.5, True)]
+    assert (
+        np.isclose(mixed.barge_in_outcomes[0][2], 0.2, atol=FRAME) and mixed.barge_in_outcomes[2][2] is None
+    )
+    assert (mixed.barge_ins_while_silent, mixed.ignored_barge_ins) == (1, 1)
 
 
 def test_false_takeovers_count_onsets_inside_pauses():
