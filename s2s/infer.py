@@ -13,8 +13,8 @@ required for stereo input), stereo_out=true|false, device=cpu, threads=N (CPU in
 default 1, as a chunk's tensors are too small to share; two threads on a busy 2-core machine made a
 10 s recording take 21.7 s instead of 1.1 s), seed=N, temperature=T, top_k=K, bos_bias=B,
 eos_bias=B, pad_bias=B, state_gain=G (default: the gain the run chose on validation, else 4),
-greedy_words=true|false, onset_temperature=T, onset_quantile=Q|drawn (default: as the run was
-validated; model v2's sampling),
+greedy_words=true|false, onset_temperature=T, onset_quantile=Q|drawn and stop_gain=G (default:
+as the run was validated; model v2's sampling),
 history_seconds=S (how far back attention reaches, inf: unlimited; default: the history the run's
 checkpoint was chosen with, else the model's), timeline=PATH (default out.json).
 """
@@ -42,6 +42,7 @@ from s2s.pretrained import (
     load_artifact,
     validated_history,
     validated_onset_quantile,
+    validated_stop_gain,
 )
 from s2s.streaming.cpu_threads import cpu_threads
 from s2s.streaming.history import resolve_left_chunks
@@ -246,12 +247,12 @@ USAGE = (
     "usage: python -m s2s.infer IN.wav OUT.wav [model=DIR_or_CKPT] [chunk=FRAMES] [channel=0|1|mix] "
     "[stereo_out=true] [device=cpu] [threads=1] [seed=0] [temperature=0.7] [top_k=0] [bos_bias=0] "
     "[eos_bias=0] [pad_bias=0] [state_gain=4] [greedy_words=false] [onset_temperature=T] "
-    "[onset_quantile=Q|drawn] [history_seconds=S] [timeline=OUT.json]"
+    "[onset_quantile=Q|drawn] [stop_gain=G] [history_seconds=S] [timeline=OUT.json]"
 )
 SAMPLING_KEYS = {
     "temperature": float, "top_k": int, "pad_bias": float, "bos_bias": float, "eos_bias": float,
     "state_gain": float, "greedy_words": boolean, "onset_temperature": float,
-    "onset_quantile": lambda text: DRAWN if text.strip() == DRAWN else float(text),
+    "onset_quantile": lambda text: DRAWN if text.strip() == DRAWN else float(text), "stop_gain": float,
 }  # fmt: skip
 
 
@@ -288,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         chosen = chosen_state_gain(pretrained.provenance)
         if "state_gain" not in given and chosen is not None:  # the gain the run chose on validation
             options = dataclasses.replace(options, sampling=dataclasses.replace(sampling, state_gain=chosen))
+        stop = validated_stop_gain(pretrained.provenance)
+        if "stop_gain" not in given and stop is not None:  # the stop gain the run was validated with
+            options = dataclasses.replace(
+                options, sampling=dataclasses.replace(options.sampling, stop_gain=stop)
+            )
         quantile = resolve_onset_quantile(onset, validated_onset_quantile(pretrained.provenance))
         options = dataclasses.replace(
             options, sampling=dataclasses.replace(options.sampling, onset_quantile=quantile)

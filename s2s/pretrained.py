@@ -446,6 +446,7 @@ def _read_checkpoint(path: Path, corpus: Path | None = None) -> tuple[Model, Pro
         "state_gain": _chosen_state_gain(state),  # sampling's gain chosen on validation, or None
         "history_seconds": _validated_history(state),  # the history it was chosen streaming with
         "onset_quantile": _quantile_or_none(_free_running_record(state).get("onset_quantile")),
+        "stop_gain": _gain_or_none(_free_running_record(state).get("stop_gain")),
     }
     return model, Provenance(task=task, vocabularies=vocabularies, recipe=recipe, training=training)
 
@@ -491,6 +492,12 @@ def _quantile_or_none(value) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 < value < 1.0:
         return float(value)
     return None
+
+
+def validated_stop_gain(provenance: Provenance) -> float | None:
+    """The stop gain (sampling.stop_gain) a model's checkpoint was chosen decoding with, or None: the
+    checkpoint does not say (it predates the gain: it was decoded without one)."""
+    return _gain_or_none((provenance.training or {}).get("stop_gain"))
 
 
 def chosen_state_gain(provenance: Provenance) -> float | None:

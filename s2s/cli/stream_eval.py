@@ -33,9 +33,11 @@ def main(cfg: DictConfig) -> None:
             energy_threshold_db=cfg.energy_threshold_db, window=cfg.window, mcd_seconds=cfg.mcd_seconds,
             examples=cfg.examples, progress=cfg.progress,
             sampling=SamplingConfig(
-                **{k: v for k, v in cfg.sampling.items() if k not in ("state_gain", "onset_quantile")}
+                **{k: v for k, v in cfg.sampling.items() if k not in ("state_gain", "onset_quantile",
+                                                                       "stop_gain")}
             ),
             state_gain=cfg.sampling.state_gain, onset_quantile=cfg.sampling.get("onset_quantile"),
+            stop_gain=cfg.sampling.get("stop_gain"),
             history_seconds=cfg.history_seconds,
         )  # fmt: skip
         report = evaluate(cfg.checkpoint, cfg.data_dir, out_dir, options)

@@ -24,6 +24,9 @@ Biases apply before the mask, the top-k and the temperature, in greedy decoding 
 decides: BOS's logit gets `state_gain * log P(ended | ended or pause)` of the frame (a per-frame
 `bos_shift`, 0 when the head is sure the turn ended, very negative when it hears a pause). The
 decoder's own BOS hardly tells a pause from a turn end; the head does better (docs/results.md).
+Its mirror, `stop_gain`, lets the head end a reply the user talks over: inside a reply, EOS's logit
+gets `stop_gain * P(speaking)` of the frame (an `eos_shift`: up to +gain while the head hears the
+user speak, ~0 while the user is silent), as Freeze-Omni's state classifier also decides when to stop.
 
 Randomness is one uniform number per (stream, frame), passed in as `noise`: `frame_noise` makes it a
 pure function of a per-stream seed and the frame's index in the stream (a counter-based generator,
@@ -33,6 +36,7 @@ per-stream `torch.Generator`s. The token is the inverse of the masked distributi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +57,9 @@ class SamplingConfig:
     # the validation split of two tiny models (0, 2, 4): take-overs 0.125-0.175 -> 0 per pause,
     # talk-overs 0.18-0.21 -> 0.03-0.04 per turn, replies ~100 ms later (docs/results.md).
     state_gain: float = 4.0
+    # >= 0: inside a reply, EOS + stop_gain * P(speaking) from the user-state head (0: the decoder
+    # alone decides when a barge-in ends a reply, as every run before 2026-12-05 did).
+    stop_gain: float = 0.0
     # True: whether a frame holds a word is sampled as above, which word it is is the most likely
     # one (a reply's words are fixed by the task: sampling among them only adds wrong words).
     greedy_words: bool = False
@@ -82,6 +89,11 @@ class SamplingConfig:
         if not self.state_gain >= 0:
             raise ValueError(
                 f"state_gain must be >= 0 (0 = the decoder alone decides), got {self.state_gain}"
+            )
+        if not (self.stop_gain >= 0 and math.isfinite(self.stop_gain)):
+            raise ValueError(
+                f"stop_gain must be a finite number >= 0 (0 = the decoder alone decides when to stop), "
+                f"got {self.stop_gain}"
             )
 
 
@@ -134,20 +146,21 @@ def sample_tokens(
     bos_shift: torch.Tensor | None = None,
     onset_survival: torch.Tensor | None = None,
     user_speaking: torch.Tensor | None = None,
+    eos_shift: torch.Tensor | None = None,
 ) -> SampledTokens:
     """Sample a token per frame of `logits` (B, C, V), frame after frame, under the grammar.
 
     `in_reply` (B,) bool is the state before the chunk; `noise` (B, C) uniforms in [0, 1)
     (`frame_noise`, `generator_noise`), unused and optional when `config.temperature` is 0;
-    `bos_shift` (B, C) is added to BOS's logit (`state_bos_shift`); `onset_survival` and
-    `user_speaking` as in `sample_frames` (config.onset_quantile).
+    `bos_shift` (B, C) is added to BOS's logit (`state_bos_shift`), `eos_shift` (B, C) to EOS's
+    (`state_eos_shift`); `onset_survival` and `user_speaking` as in `sample_frames` (config.onset_quantile).
     """
     if logits.dim() != 3 or logits.shape[-1] <= max(PAD, BOS, EOS):
         raise ValueError(f"logits must be (streams, frames, vocabulary > 3), got {tuple(logits.shape)}")
     frames = logits.shape[1]
     return sample_frames(
         lambda frame, before: logits[:, frame], frames, in_reply, config, noise, bos_shift,
-        onset_survival, user_speaking,
+        onset_survival, user_speaking, eos_shift,
     )  # fmt: skip
 
 
@@ -170,6 +183,13 @@ def state_bos_shift(user_state_logits: torch.Tensor, gain: float | torch.Tensor)
     return gain * log_ended
 
 
+def state_eos_shift(user_state_logits: torch.Tensor, gain: float) -> torch.Tensor:
+    """(B, C) `gain * P(speaking)` from the user-state head's (B, C, 4) logits: how strongly a reply
+    is pushed to end on each frame, by how sure the head is that the user speaks over it."""
+    speaking = torch.softmax(user_state_logits.float(), dim=-1)[..., UserState.SPEAKING]
+    return gain * speaking
+
+
 FrameLogits = Callable[[int, torch.Tensor], torch.Tensor]
 
 
@@ -182,13 +202,14 @@ def sample_frames(
     bos_shift: torch.Tensor | None = None,
     onset_survival: torch.Tensor | None = None,
     user_speaking: torch.Tensor | None = None,
+    eos_shift: torch.Tensor | None = None,
 ) -> SampledTokens:
     """Sample `frames` tokens one after the other: `frame_logits(c, tokens)` gives the (B, V) logits
     of frame c once the (B, c) tokens of the frames before it in the chunk are sampled (the model's
-    heads read them), so each token knows the ones before it. `bos_shift` (B, frames): added to
-    BOS's logit of each frame, after the biases. With `config.onset_quantile`: `onset_survival` (B,)
-    is the previous chunk's (None: 1, a fresh stream) and `user_speaking` (B, frames) bool, if
-    given, restarts it on frames where the user speaks."""
+    heads read them), so each token knows the ones before it. `bos_shift` and `eos_shift` (B,
+    frames): added to BOS's and EOS's logit of each frame, after the biases. With
+    `config.onset_quantile`: `onset_survival` (B,) is the previous chunk's (None: 1, a fresh stream)
+    and `user_speaking` (B, frames) bool, if given, restarts it on frames where the user speaks."""
     streams = in_reply.shape[0] if in_reply.dim() == 1 else -1
     if in_reply.dim() != 1 or in_reply.dtype != torch.bool:
         raise ValueError(f"in_reply must be a bool tensor of shape (streams,), got {in_reply.dtype} "
@@ -199,10 +220,9 @@ def sample_frames(
             f"sampling at temperature {config.temperature} needs noise of shape ({streams}, {frames}) "
             f"(frame_noise or generator_noise), got {None if noise is None else tuple(noise.shape)}"
         )
-    if bos_shift is not None and bos_shift.shape != (streams, frames):
-        raise ValueError(
-            f"bos_shift must be (streams={streams}, frames={frames}), got {tuple(bos_shift.shape)}"
-        )
+    for name, shift in (("bos_shift", bos_shift), ("eos_shift", eos_shift)):
+        if shift is not None and shift.shape != (streams, frames):
+            raise ValueError(f"{name} must be (streams={streams}, frames={frames}), got {tuple(shift.shape)}")
     state = in_reply
     tokens = torch.zeros(streams, 0, dtype=torch.int64, device=in_reply.device)
     quantile = config.onset_quantile
@@ -227,6 +247,8 @@ def sample_frames(
         scores = _biased(logits, config)
         if bos_shift is not None:
             scores[:, BOS] += bos_shift[:, frame].to(scores.device, scores.dtype)
+        if eos_shift is not None:
+            scores[:, EOS] += eos_shift[:, frame].to(scores.device, scores.dtype)
         masked = scores.masked_fill(~allowed_tokens(state, logits.shape[-1]), float("-inf"))
         # A stream whose allowed tokens are all -inf (a broken model) stays silent: PAD.
         dead = torch.isneginf(masked).all(dim=-1, keepdim=True)

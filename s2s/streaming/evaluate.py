@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from s2s.pretrained import (
     run_checkpoint,
     validated_history,
     validated_onset_quantile,
+    validated_stop_gain,
 )
 from s2s.streaming import metrics, report
 from s2s.streaming.by_voice import by_user_voice, by_voice_rows
@@ -66,6 +68,9 @@ class EvalOptions:
     # model v2's onset rule: a quantile in (0, 1), "drawn", or None: the rule the run's free-running
     # validation decoded with (drawn if none)
     onset_quantile: float | str | None = None
+    # model v2's say of the user-state head over ending a reply (sampling.stop_gain); None: the gain the
+    # run's free-running validation decoded with, else sampling.stop_gain
+    stop_gain: float | None = None
     # how far back the streams attend, in seconds (inf: unlimited); None: the history the run's
     # free-running validation streamed with, else the model's left_chunks (s2s/streaming/history.py)
     history_seconds: float | None = None
@@ -90,6 +95,10 @@ class EvalOptions:
             raise ValueError("give history_seconds or left_chunks, not both: they set the same limit")
         if self.state_gain is not None and not self.state_gain >= 0:
             raise ValueError(f"state_gain must be >= 0, or null for the run's own, got {self.state_gain}")
+        if self.stop_gain is not None and not (self.stop_gain >= 0 and math.isfinite(self.stop_gain)):
+            raise ValueError(
+                f"stop_gain must be a finite number >= 0, or null for the run's own, got {self.stop_gain}"
+            )
         parse_onset_quantile(self.onset_quantile)  # names the choices
         if self.window <= 0 or self.mcd_seconds <= 0 or self.examples < 0:
             raise ValueError("window and mcd_seconds must be > 0 and examples >= 0")
@@ -105,13 +114,19 @@ class EvalOptions:
 
 
 def resolved_sampling(
-    options: EvalOptions, chosen: float | None, validated_quantile: float | None = None
+    options: EvalOptions,
+    chosen: float | None,
+    validated_quantile: float | None = None,
+    validated_stop: float | None = None,
 ) -> tuple[SamplingConfig, str]:
     """The sampling to stream with and where its state gain came from: the options' gain if given,
-    else the one the run chose on validation, else sampling's own. The onset rule: the options' if
-    given ("drawn" or a quantile), else the one the run's validation decoded with."""
+    else the one the run chose on validation, else sampling's own. The onset rule and the stop gain:
+    the options' if given, else the ones the run's validation decoded with."""
     quantile = resolve_onset_quantile(options.onset_quantile, validated_quantile)
     sampling = dataclasses.replace(options.sampling, onset_quantile=quantile)
+    stop = options.stop_gain if options.stop_gain is not None else validated_stop
+    if stop is not None:
+        sampling = dataclasses.replace(sampling, stop_gain=stop)
     if options.state_gain is not None:
         return dataclasses.replace(sampling, state_gain=options.state_gain), "given"
     if chosen is not None:
@@ -279,7 +294,8 @@ def markdown_table(result: dict) -> str:
             f"{sampled['state_gain']:g} ({sampled['state_gain_source']}), greedy words "
             f"{sampled['greedy_words']}, onset temperature {sampled.get('onset_temperature')}, onset "
             f"quantile {sampled.get('onset_quantile') or 'none (drawn)'} "
-            f"({sampled.get('onset_quantile_source', 'given')}) |"
+            f"({sampled.get('onset_quantile_source', 'given')}), stop gain "
+            f"{sampled.get('stop_gain', 0.0):g} |"
         )
     rows += failure_rows(result.get("events") or [])  # (absent from a metrics.json before 2026-12-05)
     return "\n".join(rows) + "\n"
@@ -346,7 +362,10 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     model = pretrained.model
     provenance = pretrained.provenance
     sampling, gain_source = resolved_sampling(
-        options, chosen_state_gain(provenance), validated_onset_quantile(provenance)
+        options,
+        chosen_state_gain(provenance),
+        validated_onset_quantile(provenance),
+        validated_stop_gain(provenance),
     )
     model = model.to(streaming_dtype(options.precision, options.device))
     config = model.config

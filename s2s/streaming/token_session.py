@@ -21,6 +21,7 @@ from s2s.models.token_sampling import (
     frame_noise,
     sample_frames,
     state_bos_shift,
+    state_eos_shift,
     turn_end_log_odds,
 )
 from s2s.streaming.session import StreamingSession, _where
@@ -115,6 +116,9 @@ class TokenStreamingSession(StreamingSession):
             bos_shift = state_bos_shift(user_states, self.state_gains)
         elif self.sampling.state_gain > 0:
             bos_shift = state_bos_shift(user_states, self.sampling.state_gain)
+        eos_shift = None
+        if self.sampling.stop_gain > 0:  # the head hearing the user over a reply pushes it to end
+            eos_shift = state_eos_shift(user_states, self.sampling.stop_gain)
         if self.sampling.onset_quantile is not None:  # the onset mass restarts while the user speaks
             user_speaking = user_states.argmax(dim=-1) == UserState.SPEAKING
         placeholder = torch.full((hidden.shape[0], 1), PAD, device=hidden.device)  # the token to sample
@@ -128,7 +132,7 @@ class TokenStreamingSession(StreamingSession):
         lags = feedback.recent.shape[1]
         sampled = sample_frames(
             frame_logits, self.chunk, feedback.in_reply, self.sampling, noise, bos_shift,
-            onset_survival=feedback.onset_survival, user_speaking=user_speaking,
+            onset_survival=feedback.onset_survival, user_speaking=user_speaking, eos_shift=eos_shift,
         )  # fmt: skip
         logits = torch.cat(per_frame, dim=1)
         mel = model.mel_for(hidden, recent_windows(sampled.tokens, feedback.recent))

@@ -121,6 +121,8 @@ class FreeRunningValidation(lightning.Callback):
             "history_seconds": self.history_seconds,
             # the onset rule the arms streamed with (None: drawn): evaluation decodes the same way
             "onset_quantile": self.sampling.onset_quantile,
+            # the head's say over stopping (sampling.stop_gain) the arms streamed with: the same in evaluation
+            "stop_gain": self.sampling.stop_gain,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:

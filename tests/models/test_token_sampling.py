@@ -16,6 +16,7 @@ from s2s.models.token_sampling import (
     generator_noise,
     sample_tokens,
     state_bos_shift,
+    state_eos_shift,
 )
 
 V = 13  # PAD, BOS, EOS and ten words
@@ -259,6 +260,57 @@ def test_bos_shift_is_a_per_frame_bos_bias(generator):
     assert torch.equal(state_bos_shift(state_logits, 0.0), torch.zeros(streams, frames))
     with pytest.raises(ValueError, match="state_gain"):
         SamplingConfig(state_gain=-1.0)
+
+
+def test_eos_shift_is_a_per_frame_eos_bias_and_the_head_makes_it_from_p_speaking(generator):
+    """An eos_shift equals adding it to EOS's logit by hand; the state head's shift is gain times
+    P(speaking) in float64; a reply the head hears the user talk over ends sooner, and outside a
+    reply (EOS not allowed) the shift changes nothing."""
+    seed = generator.initial_seed()
+    streams, frames = 256, 6
+    logits = torch.randn(streams, frames, V, generator=generator)
+    seeds = torch.randint(0, 2**31, (streams,), generator=generator)
+    noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), frames)
+    shift = 3.0 * torch.rand(streams, frames, generator=generator)
+    in_reply = torch.rand(streams, generator=generator) < 0.7
+    for temperature in (0.0, 0.7):
+        config = SamplingConfig(temperature=temperature, eos_bias=-0.5)
+        shifted = sample_tokens(logits, in_reply, config, noise, eos_shift=shift)
+        by_hand = logits.clone()
+        by_hand[..., EOS] += shift
+        assert torch.equal(shifted.tokens, sample_tokens(by_hand, in_reply, config, noise).tokens), seed
+    with pytest.raises(ValueError, match="eos_shift must be"):
+        sample_tokens(logits, in_reply, SamplingConfig(), noise, eos_shift=shift[:, :2])
+
+    state_logits = torch.randn(streams, frames, 4, generator=generator) * 3
+    got = state_eos_shift(state_logits, 2.5)
+    want = 2.5 * state_logits.double().softmax(-1)[..., int(UserState.SPEAKING)]
+    assert got.shape == (streams, frames) and (got.double() - want).abs().max() < 1e-6, f"seed {seed}"
+    assert torch.equal(state_eos_shift(state_logits, 0.0), torch.zeros(streams, frames))
+
+    speaking = torch.zeros(streams, frames, 4)
+    speaking[..., int(UserState.SPEAKING)] = 20.0
+    config = SamplingConfig(temperature=0.7)
+    replying = torch.ones(streams, dtype=torch.bool)
+    alone = sample_tokens(logits, replying, config, noise)
+    pushed = sample_tokens(logits, replying, config, noise, eos_shift=state_eos_shift(speaking, 8.0))
+    first_eos = [
+        (row == EOS).float().argmax().item() if (row == EOS).any() else frames for row in alone.tokens
+    ]
+    pushed_eos = [
+        (row == EOS).float().argmax().item() if (row == EOS).any() else frames for row in pushed.tokens
+    ]
+    assert sum(pushed_eos) < sum(first_eos), f"seed {seed}: {sum(pushed_eos)} vs {sum(first_eos)}"
+    silent = torch.zeros(streams, dtype=torch.bool)
+    outside = sample_tokens(
+        logits[:, :1], silent, config, noise[:, :1], eos_shift=state_eos_shift(speaking, 8.0)[:, :1]
+    )
+    assert torch.equal(outside.tokens, sample_tokens(logits[:, :1], silent, config, noise[:, :1]).tokens), (
+        seed
+    )
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="stop_gain"):
+            SamplingConfig(stop_gain=bad)
 
 
 def test_a_pause_heard_by_the_state_head_holds_the_reply_back(generator):

@@ -6,6 +6,7 @@ import torch
 
 from s2s.data.features import LogMel
 from s2s.data.pitch import pitch_features
+from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, grammar_errors, reply_states, speaking_from_tokens
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel, shift_tokens
 from s2s.models.token_sampling import SamplingConfig, turn_end_log_odds
@@ -160,6 +161,34 @@ def test_state_gain_holds_replies_back_and_the_stream_still_equals_offline(gener
         error = (offline.token_logits - logits).abs().max().item()
         assert error <= 1e-4, (seed, gain, error)
     assert rates[1] < rates[0], (seed, rates)
+
+
+def test_stop_gain_ends_replies_the_head_hears_talked_over_and_the_stream_still_equals_offline(generator):
+    """With the user-state head sure the user speaks, a stop gain ends replies after fewer frames; the
+    raw logits stay the model's (streaming == offline with the streamed tokens)."""
+    seed = int(torch.randint(1000, (1,), generator=generator))
+    model = _model(seed)
+    with torch.no_grad():  # the head hears the user speak on every frame
+        model.user_state_head.bias[int(UserState.SPEAKING)] += 30.0
+        model.token_head.bias[EOS] -= 2.0  # replies run long unless something ends them
+    audio = torch.stack([_dialogue(16000 * 3, generator) for _ in range(4)])
+    lengths = []
+    for gain in (0.0, 8.0):
+        session = TokenStreamingSession(
+            model,
+            batch=4,
+            vocoder=False,
+            sampling=SamplingConfig(temperature=1.0, state_gain=0.0, stop_gain=gain),
+        )
+        tokens, _, speaking, logits = _stream(session, audio)
+        assert not grammar_errors(tokens, False).any(), (seed, gain)
+        replies = int((tokens == BOS).sum())
+        lengths.append(float(speaking.sum()) / max(replies, 1))
+        with torch.no_grad():
+            offline = model(_offline_input(model, audio), tokens, chunk=session.chunk)
+        error = (offline.token_logits - logits).abs().max().item()
+        assert error <= 1e-4, (seed, gain, error)
+    assert lengths[1] < lengths[0], (seed, lengths)
 
 
 def test_per_stream_state_gains_equal_sessions_of_one_gain_each(generator):

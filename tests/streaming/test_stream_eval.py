@@ -156,6 +156,20 @@ def test_the_state_gain_is_the_given_one_else_the_runs_choice_else_the_default()
         EvalOptions(state_gain=-1.0)
 
 
+def test_the_stop_gain_is_the_given_one_else_the_one_the_run_was_validated_with():
+    from s2s.models.token_sampling import SamplingConfig
+    from s2s.streaming.evaluate import EvalOptions, resolved_sampling
+
+    base = SamplingConfig(temperature=0.5, stop_gain=1.0)
+    assert resolved_sampling(EvalOptions(sampling=base), None, None, 6.0)[0].stop_gain == 6.0
+    assert resolved_sampling(EvalOptions(sampling=base), None, None, None)[0].stop_gain == 1.0
+    given = resolved_sampling(EvalOptions(sampling=base, stop_gain=0.0), 2.0, None, 6.0)[0]
+    assert given.stop_gain == 0.0 and given.state_gain == 2.0 and given.temperature == 0.5
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(ValueError, match="stop_gain must be"):
+            EvalOptions(stop_gain=bad)
+
+
 def test_the_onset_rule_is_the_given_one_else_the_one_the_run_was_validated_with():
     from s2s.models.token_sampling import SamplingConfig
     from s2s.streaming.evaluate import EvalOptions, resolved_sampling

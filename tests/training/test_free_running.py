@@ -121,7 +121,13 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
     from s2s.data.tokens import BOS, EOS
     from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
     from s2s.models.token_sampling import SamplingConfig
-    from s2s.pretrained import chosen_state_gain, load_artifact, validated_history, validated_onset_quantile
+    from s2s.pretrained import (
+        chosen_state_gain,
+        load_artifact,
+        validated_history,
+        validated_onset_quantile,
+        validated_stop_gain,
+    )
 
     streamed_with = []
 
@@ -146,7 +152,7 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
     gains = [0.0, 3.0]
     callback = FreeRunningValidation(
         dialogues=2, streams=1, seconds=8.0, state_gains=gains, history_seconds=2.0,
-        sampling={"onset_quantile": 0.4},  # the arms decide onsets at a quantile; the checkpoint says so
+        sampling={"onset_quantile": 0.4, "stop_gain": 0.5},  # the checkpoint says how the arms decoded
     )  # fmt: skip
     checkpoint = RunCheckpoint(
         dirpath=tmp_path / "checkpoints", monitor="free/score", mode="max", save_top_k=1, save_last=True,
@@ -169,7 +175,7 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
     for gain in gains:  # each arm as a run of that gain alone
         run = stream_dialogues(
             model, data.datasets["val"], indices=[0, 1], streams=2, max_seconds=8.0, vocoder=False,
-            sampling=SamplingConfig(state_gain=gain, onset_quantile=0.4), left_chunks=11,
+            sampling=SamplingConfig(state_gain=gain, onset_quantile=0.4, stop_gain=0.5), left_chunks=11,
         )  # fmt: skip
         alone[gain] = free_running_summary(run, model.config, window=3.0)
         assert scores[gain] == pytest.approx(alone[gain]["score"], abs=1e-6), (gain, scores, alone[gain])
@@ -184,6 +190,7 @@ def test_state_gains_choose_the_best_arm_and_its_checkpoint_keeps_the_gain(
     assert validated_history(load_artifact(best).provenance) == 2.0
     assert callback.state_dict()["history_seconds"] == 2.0
     assert validated_onset_quantile(load_artifact(best).provenance) == 0.4
+    assert validated_stop_gain(load_artifact(best).provenance) == 0.5
 
 
 def test_state_gains_are_checked():
