@@ -228,26 +228,32 @@ def test_biases_move_the_decisions_the_expected_way(generator, temperature):
     assert stopping[0] < stopping[1] < stopping[2], f"seed {seed}: EOS rate by EOS bias {stopping}"
 
 
-def test_bos_shift_is_a_per_frame_bos_bias(generator):
-    """A bos_shift equals adding it to BOS's logit by hand; the state head's shift is gain times
-    log P(ended | ended or pause) in float64, 0 where the head is sure of an end, and a gain of 0
-    leaves the decisions alone."""
+@pytest.mark.parametrize(("name", "token", "sign"), [("bos_shift", BOS, -1.0), ("eos_shift", EOS, 1.0)])
+def test_a_shift_is_a_per_frame_bias_of_its_token(name, token, sign, generator):
+    """A bos_shift (eos_shift) equals adding it to BOS's (EOS's) logit by hand, greedy and sampled,
+    and one of the wrong shape is refused."""
     seed = generator.initial_seed()
     streams, frames = 64, 6
     logits = torch.randn(streams, frames, V, generator=generator)
     seeds = torch.randint(0, 2**31, (streams,), generator=generator)
     noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), frames)
-    shift = -3.0 * torch.rand(streams, frames, generator=generator)
-    in_reply = torch.rand(streams, generator=generator) < 0.3
+    shift = sign * 3.0 * torch.rand(streams, frames, generator=generator)
+    in_reply = torch.rand(streams, generator=generator) < 0.5
     for temperature in (0.0, 0.7):
-        config = SamplingConfig(temperature=temperature, bos_bias=0.5)
-        shifted = sample_tokens(logits, in_reply, config, noise, bos_shift=shift)
+        config = SamplingConfig(temperature=temperature, bos_bias=0.5, eos_bias=-0.5)
+        shifted = sample_tokens(logits, in_reply, config, noise, **{name: shift})
         by_hand = logits.clone()
-        by_hand[..., BOS] += shift
+        by_hand[..., token] += shift
         assert torch.equal(shifted.tokens, sample_tokens(by_hand, in_reply, config, noise).tokens), seed
-    with pytest.raises(ValueError, match="bos_shift must be"):
-        sample_tokens(logits, in_reply, SamplingConfig(), noise, bos_shift=shift[:, :2])
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        sample_tokens(logits, in_reply, SamplingConfig(), noise, **{name: shift[:, :2]})
 
+
+def test_the_state_heads_bos_shift_is_gain_times_log_p_ended(generator):
+    """The state head's BOS shift is gain times log P(ended | ended or pause) in float64, 0 where
+    the head is sure of an end, and a gain of 0 leaves the decisions alone."""
+    seed = generator.initial_seed()
+    streams, frames = 64, 6
     state_logits = torch.randn(streams, frames, 4, generator=generator) * 3
     got = state_bos_shift(state_logits, 2.0)
     p = state_logits.double().softmax(-1)
@@ -262,26 +268,14 @@ def test_bos_shift_is_a_per_frame_bos_bias(generator):
         SamplingConfig(state_gain=-1.0)
 
 
-def test_eos_shift_is_a_per_frame_eos_bias_and_the_head_makes_it_from_p_speaking(generator):
-    """An eos_shift equals adding it to EOS's logit by hand; the state head's shift is gain times
-    P(speaking) in float64; a reply the head hears the user talk over ends sooner, and outside a
-    reply (EOS not allowed) the shift changes nothing."""
+def test_the_state_heads_eos_shift_is_gain_times_p_speaking(generator):
+    """The state head's EOS shift is gain times P(speaking) in float64; a reply the head hears the
+    user talk over ends sooner, and outside a reply (EOS not allowed) the shift changes nothing."""
     seed = generator.initial_seed()
     streams, frames = 256, 6
     logits = torch.randn(streams, frames, V, generator=generator)
     seeds = torch.randint(0, 2**31, (streams,), generator=generator)
     noise = frame_noise(seeds, torch.zeros(streams, dtype=torch.long), frames)
-    shift = 3.0 * torch.rand(streams, frames, generator=generator)
-    in_reply = torch.rand(streams, generator=generator) < 0.7
-    for temperature in (0.0, 0.7):
-        config = SamplingConfig(temperature=temperature, eos_bias=-0.5)
-        shifted = sample_tokens(logits, in_reply, config, noise, eos_shift=shift)
-        by_hand = logits.clone()
-        by_hand[..., EOS] += shift
-        assert torch.equal(shifted.tokens, sample_tokens(by_hand, in_reply, config, noise).tokens), seed
-    with pytest.raises(ValueError, match="eos_shift must be"):
-        sample_tokens(logits, in_reply, SamplingConfig(), noise, eos_shift=shift[:, :2])
-
     state_logits = torch.randn(streams, frames, 4, generator=generator) * 3
     got = state_eos_shift(state_logits, 2.5)
     want = 2.5 * state_logits.double().softmax(-1)[..., int(UserState.SPEAKING)]
@@ -294,20 +288,19 @@ def test_eos_shift_is_a_per_frame_eos_bias_and_the_head_makes_it_from_p_speaking
     replying = torch.ones(streams, dtype=torch.bool)
     alone = sample_tokens(logits, replying, config, noise)
     pushed = sample_tokens(logits, replying, config, noise, eos_shift=state_eos_shift(speaking, 8.0))
-    first_eos = [
-        (row == EOS).float().argmax().item() if (row == EOS).any() else frames for row in alone.tokens
-    ]
-    pushed_eos = [
-        (row == EOS).float().argmax().item() if (row == EOS).any() else frames for row in pushed.tokens
-    ]
-    assert sum(pushed_eos) < sum(first_eos), f"seed {seed}: {sum(pushed_eos)} vs {sum(first_eos)}"
+
+    def frames_before_eos(tokens: torch.Tensor) -> int:
+        ended = tokens == EOS
+        return int(torch.where(ended.any(-1), ended.float().argmax(-1), frames).sum())
+
+    alone_frames, pushed_frames = frames_before_eos(alone.tokens), frames_before_eos(pushed.tokens)
+    assert pushed_frames < alone_frames, f"seed {seed}: {pushed_frames} vs {alone_frames}"
     silent = torch.zeros(streams, dtype=torch.bool)
     outside = sample_tokens(
         logits[:, :1], silent, config, noise[:, :1], eos_shift=state_eos_shift(speaking, 8.0)[:, :1]
     )
-    assert torch.equal(outside.tokens, sample_tokens(logits[:, :1], silent, config, noise[:, :1]).tokens), (
-        seed
-    )
+    unshifted = sample_tokens(logits[:, :1], silent, config, noise[:, :1])
+    assert torch.equal(outside.tokens, unshifted.tokens), seed
     for bad in (-1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="stop_gain"):
             SamplingConfig(stop_gain=bad)
