@@ -207,9 +207,11 @@ def free_running_summary(run: StreamRun, config: DuplexConfig, window: float, re
     """Flat figures for training logs, read from the speaking probability, and one score.
 
     `score` (higher is better, in [0, 1]) is the product of: response rate, 1 - false take-overs
-    per pause, 1 - talk-overs per turn, barge-in stop rate and, with a recognizer, reply exact match
-    (each clipped to [0, 1]; undefined ones left out). A product, so that a model that never speaks
-    (no take-overs, no talk-overs) or one that never stops cannot score well.
+    per pause, 1 - talk-overs per turn, the share of barge-ins stopped within STOP_WITHIN_S (issue
+    16's bar; until 2026-12-05 the share stopped at all, which a late stop did not lower) and, with a
+    recognizer, reply exact match (each clipped to [0, 1]; undefined ones left out). A product, so
+    that a model that never speaks (no take-overs, no talk-overs) or one that never stops cannot
+    score well.
     """
     scores = turn_taking(run.dialogues, config, window, sources=("probability",))["probability"]
     summary = {
@@ -220,12 +222,13 @@ def free_running_summary(run: StreamRun, config: DuplexConfig, window: float, re
         "talk_overs_per_turn": scores["talk_overs_per_turn"],
         "barge_in_stop_latency_p50": scores["barge_in_stop_latency_s"]["p50"],
         "barge_in_stop_rate": _complement(scores["ignored_barge_in_rate"]),
+        "barge_ins_stopped_within_300ms": scores["barge_ins_stopped_within_300ms"],
     }
     parts = [
         summary["response_rate"],
         _complement(summary["false_takeovers_per_pause"]),
         _complement(summary["talk_overs_per_turn"]),
-        summary["barge_in_stop_rate"],
+        summary["barge_ins_stopped_within_300ms"],
     ]
     if recognizer is not None:
         words = reply_content(run.dialogues, config, recognizer)["model"]

@@ -10,7 +10,7 @@ from s2s.data.manifest import Manifest, Segment, Word
 from s2s.models.config import DuplexConfig
 from s2s.streaming.events import STATE_WINDOW, dialogue_events, failure_rows, state_separability
 from s2s.streaming.intervals import wilson_interval
-from s2s.streaming.report import turn_taking
+from s2s.streaming.report import free_running_summary, turn_taking
 
 RATE = 16000
 
@@ -131,6 +131,10 @@ def test_barge_in_rows_name_each_late_or_ignored_stop(generator):
     totals = turn_taking([dialogue], config, 3.0, sources=("probability",))["probability"]
     assert np.isclose(totals["barge_ins_stopped_within_300ms"], 1 - sum(late) / 5), seed
     assert totals["barge_ins_while_silent"] == 1, seed
+    # validation's score counts a late stop as a miss (no turns or pauses here: the share alone)
+    summary = free_running_summary(SimpleNamespace(dialogues=[dialogue]), config, 3.0)
+    assert np.isclose(summary["score"], 1 - sum(late) / 5), f"seed {seed}: {summary}"
+    assert summary["barge_in_stop_rate"] == 0.8, f"seed {seed}: {summary}"  # one never stopped
 
 
 def test_rows_of_a_recording_without_voice_or_word_times_say_unknown():
