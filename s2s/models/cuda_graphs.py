@@ -191,9 +191,9 @@ def thread_local_capture():
     depended on timing: a run whose kernels and Inductor code came from the disk caches reached its
     first capture while the loader was still pinning, and failed (H200, torch 2.11, 2026-12-05).
     Inductor's own CUDA graphs (torch/_inductor/cudagraph_trees.py) capture in this mode too.
-    make_graphed_callables takes the mode from torch 2.12 on (pytorch PR 188832); before that it
-    builds its captures with `torch.cuda.graph(...)`, whose default mode is swapped here for the
-    duration of the capture (one capture runs at a time in a process, so nothing else sees it)."""
+    make_graphed_callables takes the mode since pytorch PR 188832 (July 2026; torch 2.11 lacks it).
+    Without it, it builds its captures with `torch.cuda.graph(...)`, whose default mode is swapped
+    here for the duration of the capture (one capture runs at a time in a process)."""
     if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
         yield {"capture_error_mode": "thread_local"}
         return

@@ -216,7 +216,7 @@ def test_a_failed_capture_leaves_the_run_eager_with_the_reason(monkeypatch, gene
 
 
 def test_captures_run_in_thread_local_mode_on_every_torch(monkeypatch):
-    """Where make_graphed_callables has no capture_error_mode (torch < 2.12), the captures it builds
+    """Where make_graphed_callables has no capture_error_mode (torch 2.11), the captures it builds
     with torch.cuda.graph default to thread-local mode while the context is open, an explicit mode
     still wins, and the original class is back afterwards, also when the capture raised."""
     from s2s.models.cuda_graphs import thread_local_capture
