@@ -121,6 +121,8 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
                 "at_s": _rounded(onset),
                 "while_speaking": speaking,  # False: the model was silent, nothing to stop
                 "stop_latency_s": _rounded(latency),  # None while speaking: ignored
+                # judged on the unrounded latency, as the headline share is
+                "stopped_in_time": speaking and latency is not None and latency <= STOP_WITHIN_S,
             }
             for onset, speaking, latency in scores.barge_in_outcomes
         ]
@@ -206,9 +208,9 @@ def failure_rows(rows: list[dict]) -> list[str]:
                     f"onset {pause['taken_over_after_s'] * 1000:.0f} ms in{state} | {name} ({voice}) |"
                 )
         for barge_in in row.get("barge_ins", []):
-            latency = barge_in["stop_latency_s"]
-            if not barge_in["while_speaking"] or (latency is not None and latency <= STOP_WITHIN_S):
+            if not barge_in["while_speaking"] or barge_in["stopped_in_time"]:
                 continue
+            latency = barge_in["stop_latency_s"]
             detail = "never stopped" if latency is None else f"stopped after {latency * 1000:.0f} ms"
             lines.append(
                 f"| {row['dialogue']} | late stop | {barge_in['at_s']:.2f} s | barge-in {detail} | "

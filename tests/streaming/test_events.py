@@ -125,6 +125,7 @@ def test_barge_in_rows_name_each_late_or_ignored_stop(generator):
     ] + [(round(silent_at * frame_seconds, 3), False, None)]
     assert got == want, f"seed {seed}: {got} != {want}"
     late = [d is None or d * frame_seconds > 0.3 + 1e-9 for d in delays]
+    assert [b["stopped_in_time"] for b in row["barge_ins"]] == [not x for x in late] + [False], seed
     lines = [line for line in failure_rows([row]) if "| late stop |" in line]
     assert len(lines) == sum(late), f"seed {seed}: {lines}"
     assert sum("never stopped" in line for line in lines) == 1, f"seed {seed}: {lines}"
