@@ -35,7 +35,7 @@ from s2s.cli_options import OptionError, boolean, optional, parse_options
 from s2s.data.audio import AudioError, load_audio, resample, save_audio
 from s2s.data.tokens import BOS, EOS, SPECIALS, TokenVocabulary
 from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import DRAWN, SamplingConfig, parse_onset_quantile, resolve_onset_quantile
+from s2s.models.token_sampling import DRAWN, SamplingConfig, as_validated, parse_onset_quantile
 from s2s.pretrained import (
     PretrainedError,
     chosen_state_gain,
@@ -286,18 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                 "model=DIR (python -m s2s.pretrained export) or model=RUN/checkpoints/last.ckpt"
             )
         pretrained = load_artifact(model_path, options.device)
-        chosen = chosen_state_gain(pretrained.provenance)
-        if "state_gain" not in given and chosen is not None:  # the gain the run chose on validation
-            options = dataclasses.replace(options, sampling=dataclasses.replace(sampling, state_gain=chosen))
-        stop = validated_stop_gain(pretrained.provenance)
-        if "stop_gain" not in given and stop is not None:  # the stop gain the run was validated with
-            options = dataclasses.replace(
-                options, sampling=dataclasses.replace(options.sampling, stop_gain=stop)
-            )
-        quantile = resolve_onset_quantile(onset, validated_onset_quantile(pretrained.provenance))
-        options = dataclasses.replace(
-            options, sampling=dataclasses.replace(options.sampling, onset_quantile=quantile)
-        )
+        provenance = pretrained.provenance
+        sampling, _ = as_validated(  # what was not given: as the run was validated
+            sampling, state_gain=given.get("state_gain"), onset_quantile=onset,
+            stop_gain=given.get("stop_gain"), chosen_gain=chosen_state_gain(provenance),
+            validated_quantile=validated_onset_quantile(provenance),
+            validated_stop=validated_stop_gain(provenance),
+        )  # fmt: skip
+        options = dataclasses.replace(options, sampling=sampling)
         vocabularies = pretrained.provenance.vocabularies
         result = infer_file(
             pretrained.model, in_path, positional[1], options, timeline_path,

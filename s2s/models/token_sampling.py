@@ -36,6 +36,7 @@ per-stream `torch.Generator`s. The token is the inverse of the masked distributi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,32 @@ def resolve_onset_quantile(given, validated: float | None) -> float | None:
     if given is None:
         return validated
     return None if given == DRAWN else given
+
+
+def as_validated(
+    sampling: SamplingConfig,
+    *,
+    state_gain: float | None = None,
+    onset_quantile=None,
+    stop_gain: float | None = None,
+    chosen_gain: float | None = None,
+    validated_quantile: float | None = None,
+    validated_stop: float | None = None,
+) -> tuple[SamplingConfig, str]:
+    """The sampling to decode a trained run with (stream_eval, s2s.infer): the state gain, the onset
+    rule and the stop gain each as given, else as the run's free-running validation chose or decoded
+    with, else `sampling`'s own; and where the state gain came from."""
+    sampling = dataclasses.replace(
+        sampling, onset_quantile=resolve_onset_quantile(onset_quantile, validated_quantile)
+    )
+    stop = stop_gain if stop_gain is not None else validated_stop
+    if stop is not None:
+        sampling = dataclasses.replace(sampling, stop_gain=stop)
+    if state_gain is not None:
+        return dataclasses.replace(sampling, state_gain=state_gain), "given"
+    if chosen_gain is not None:
+        return dataclasses.replace(sampling, state_gain=chosen_gain), "chosen on validation by the run"
+    return sampling, "default"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from s2s.data.pitch import PitchConfig, pitch_features
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import SamplingConfig, parse_onset_quantile, resolve_onset_quantile
+from s2s.models.token_sampling import SamplingConfig, as_validated, parse_onset_quantile
 from s2s.plots import Curve, Marks, save_dialogue_figure
 from s2s.pretrained import (
     chosen_state_gain,
@@ -119,19 +119,12 @@ def resolved_sampling(
     validated_quantile: float | None = None,
     validated_stop: float | None = None,
 ) -> tuple[SamplingConfig, str]:
-    """The sampling to stream with and where its state gain came from: the options' gain if given,
-    else the one the run chose on validation, else sampling's own. The onset rule and the stop gain:
-    the options' if given, else the ones the run's validation decoded with."""
-    quantile = resolve_onset_quantile(options.onset_quantile, validated_quantile)
-    sampling = dataclasses.replace(options.sampling, onset_quantile=quantile)
-    stop = options.stop_gain if options.stop_gain is not None else validated_stop
-    if stop is not None:
-        sampling = dataclasses.replace(sampling, stop_gain=stop)
-    if options.state_gain is not None:
-        return dataclasses.replace(sampling, state_gain=options.state_gain), "given"
-    if chosen is not None:
-        return dataclasses.replace(sampling, state_gain=chosen), "chosen on validation by the run"
-    return sampling, "default"
+    """The sampling to stream with and where its state gain came from (token_sampling.as_validated)."""
+    return as_validated(
+        options.sampling, state_gain=options.state_gain, onset_quantile=options.onset_quantile,
+        stop_gain=options.stop_gain, chosen_gain=chosen, validated_quantile=validated_quantile,
+        validated_stop=validated_stop,
+    )  # fmt: skip
 
 
 def resolved_history(
