@@ -217,6 +217,10 @@ def markdown_table(result: dict) -> str:
             lambda b: f"{b['missed']} / {b['turns']} ({num(b['missed_rate'])})",
         ),
         (
+            "missed_by_reply_window", "missed, turns leaving {} s until the user speaks again", 1,
+            lambda b: f"{b['missed']} / {b['turns']} ({num(b['missed_rate'])})",
+        ),
+        (
             "takeovers_by_pause_length", "take-overs in pauses of {} s (onset into the pause p50)", 2,
             lambda b: f"{b['takeovers']} / {b['pauses']} ({num(b['takeover_rate'])}; "
             f"{ms(b['onset_into_pause_p50_s'])})",

@@ -92,6 +92,9 @@ class DuplexScores:
     pause_outcomes: list[tuple[float, float | None]] = field(default_factory=list)
     # (onset, the system was speaking then, seconds until it fell silent or None: ignored) per barge-in
     barge_in_outcomes: list[tuple[float, bool, float | None]] = field(default_factory=list)
+    # (seconds the turn left for a reply, answered) per turn: the window ends where the user speaks
+    # again, which after a turn the reference reply was barged in on is ~0.6 s after the turn's end
+    reply_window_outcomes: list[tuple[float, bool]] = field(default_factory=list)
 
     @property
     def turns(self) -> int:
@@ -105,10 +108,12 @@ class DuplexScores:
 def score_dialogue(
     active: np.ndarray, frame_seconds: float, events: EventTimes, window: float = 3.0
 ) -> DuplexScores:
-    latencies, missed, outcomes = [], 0, []
+    latencies, missed, outcomes, window_outcomes = [], 0, [], []
     for end, next_start in zip(events.turn_ends, events.next_user_starts, strict=True):
-        onset = first_onset_after(active, frame_seconds, end, min(next_start, end + window))
+        closes = min(next_start, end + window)
+        onset = first_onset_after(active, frame_seconds, end, closes)
         outcomes.append((end, onset is not None))
+        window_outcomes.append((closes - end, onset is not None))
         if onset is None:
             missed += 1
         else:
@@ -143,11 +148,15 @@ def score_dialogue(
         outcomes,
         pause_outcomes,
         barge_in_outcomes,
+        window_outcomes,
     )
 
 
 TURN_END_BUCKETS = (0.0, 20.0, 40.0)  # seconds into the dialogue: training windows were 40 s long
 PAUSE_LENGTH_BUCKETS = (0.0, 0.55)  # seconds: the corpus's pauses last 0.3-0.8 s, its reply gap 0.2-0.6 s
+# seconds a turn leaves for a reply: under 1 s the user speaks again at once (in the corpus, a barge-in
+# 0.1-0.3 s into a reference reply that began 0.2-0.6 s after the turn: p50 0.63 s on the test split)
+REPLY_WINDOW_BUCKETS = (0.0, 1.0)
 
 
 def _bucketed(outcomes: list[tuple[float, object]], starts: tuple[float, ...]):
@@ -163,7 +172,24 @@ def missed_by_turn_end(
     outcomes: list[tuple[float, bool]], starts: tuple[float, ...] = TURN_END_BUCKETS
 ) -> list[dict]:
     """Missed responses by when the user's turn ended, one row per bucket [start, next start): a
-    model that fails past the length of its training windows shows it here, not in the mean."""
+    model that fails past the length of its training windows shows it here, not in the mean. (On
+    the test split a quarter of the turns ending past 40 s are turns the user barges in after, a
+    tenth before: read it beside `missed_by_reply_window`.)"""
+    return _missed_rows(outcomes, starts)
+
+
+def missed_by_reply_window(
+    outcomes: list[tuple[float, bool]], starts: tuple[float, ...] = REPLY_WINDOW_BUCKETS
+) -> list[dict]:
+    """Missed responses by how long the turn left for a reply before the user spoke again (or the
+    scoring window closed). The user channel is replayed as recorded, so after a turn whose reference
+    reply the user barged in on, a model that answers later than the reference meets the barge-in
+    first: those turns are missed far more often, and where they gather (late in long dialogues, in
+    the test split) the misses do too."""
+    return _missed_rows(outcomes, starts)
+
+
+def _missed_rows(outcomes: list[tuple[float, bool]], starts: tuple[float, ...]) -> list[dict]:
     rows = []
     for bounds, inside in _bucketed(outcomes, starts):
         missed = sum(not answered for answered in inside)

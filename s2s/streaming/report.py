@@ -92,6 +92,9 @@ def turn_taking(
             },
             "turns": turns,
             "missed_by_turn_end": metrics.missed_by_turn_end([x for s in scores for x in s.turn_outcomes]),
+            "missed_by_reply_window": metrics.missed_by_reply_window(
+                [x for s in scores for x in s.reply_window_outcomes]
+            ),
             "takeovers_by_pause_length": metrics.takeovers_by_pause_length(
                 [x for s in scores for x in s.pause_outcomes]
             ),

@@ -8,6 +8,7 @@ from s2s.streaming.metrics import (
     EventTimes,
     activity_from_energy,
     events_from_manifest,
+    missed_by_reply_window,
     missed_by_turn_end,
     onsets,
     score_dialogue,
@@ -163,6 +164,25 @@ def test_missed_responses_are_counted_by_when_the_turn_ended():
     assert rows[2]["missed_rate"] == 1.0 and rows[0]["missed_rate"] == 0.0
     assert missed_by_turn_end([])[0]["missed_rate"] is None
     assert sum(r["turns"] for r in missed_by_turn_end(scores.turn_outcomes, (0.0, 10.0, 50.0))) == 4
+
+
+def test_missed_responses_are_counted_by_the_time_a_turn_left_for_a_reply():
+    """A turn the user barges in after 0.6 s (the model starts at 0.8 s: after the barge-in, missed),
+    one with 1.5 s before the next turn (answered at 0.4 s) and one with nothing after it (the 3 s
+    scoring window, missed): the short window holds its miss, the long bucket the other."""
+    events = EventTimes(
+        turn_ends=[2.0, 10.0, 20.0], next_user_starts=[2.6, 11.5, float("inf")], barge_ins=[2.6], pauses=[]
+    )
+    scores = score_dialogue(_active(30.0, [(2.8, 3.2), (10.4, 11.0)]), FRAME, events)
+    windows = [(round(w, 6), answered) for w, answered in scores.reply_window_outcomes]
+    assert windows == [(0.6, False), (1.5, True), (3.0, False)]
+    rows = missed_by_reply_window(scores.reply_window_outcomes)
+    assert [(r["from_s"], r["to_s"], r["turns"], r["missed"]) for r in rows] == [
+        (0.0, 1.0, 1, 1),
+        (1.0, None, 2, 1),
+    ]
+    assert rows[0]["missed_rate"] == 1.0 and rows[1]["missed_rate"] == 0.5
+    assert sum(r["missed"] for r in rows) == scores.missed_responses == 2
 
 
 def test_take_overs_are_counted_by_pause_length_with_when_in_the_pause():

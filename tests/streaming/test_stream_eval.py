@@ -62,6 +62,9 @@ def test_stream_eval_writes_the_report(tiny_corpus, tmp_path):
         assert sum(b["turns"] for b in buckets) == duplex["turns"]
         missed = sum(b["missed"] for b in buckets)
         assert abs(missed / duplex["turns"] - duplex["missed_response_rate"]) < 1e-12
+        by_window = duplex["missed_by_reply_window"]  # the same turns and misses, by reply window
+        assert sum(b["turns"] for b in by_window) == duplex["turns"]
+        assert sum(b["missed"] for b in by_window) == missed
         by_length = duplex["takeovers_by_pause_length"]  # every pause in one bucket, take-overs adding up
         assert sum(b["pauses"] for b in by_length) == duplex["pauses"]
         taken = sum(b["takeovers"] for b in by_length)
