@@ -93,9 +93,13 @@ def dialogue_events(dialogues: list[StreamedDialogue], config: DuplexConfig, win
             {
                 "end_s": _rounded(end),
                 "latency_s": _rounded(next(latencies)) if answered else None,
+                # until the user spoke again (or the scoring window closed): a reply must begin inside it
+                "reply_window_s": _rounded(reply_window),
                 "state_log_odds": _rounded(onset_log_odds(log_odds, end, frame_seconds)),
             }
-            for end, answered in scores.turn_outcomes
+            for (end, answered), (reply_window, _) in zip(
+                scores.turn_outcomes, scores.reply_window_outcomes, strict=True
+            )
         ]
         words = _words_around_pauses(dialogue.manifest)
         pauses = [
@@ -192,6 +196,8 @@ def failure_rows(rows: list[dict]) -> list[str]:
         for index, turn in enumerate(row["turns"]):
             if turn["latency_s"] is None:
                 state = _state_text(turn, confusion.get((number, "turns", index)), "pauses")
+                if turn.get("reply_window_s") is not None:  # metrics.json from 2026-12-05 17:00
+                    state = f"; the user spoke again {turn['reply_window_s'] * 1000:.0f} ms after{state}"
                 lines.append(
                     f"| {row['dialogue']} | missed turn | {turn['end_s']:.2f} s | {state.lstrip('; ')} | "
                     f"{name} ({voice}) |"

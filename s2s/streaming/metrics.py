@@ -148,7 +148,7 @@ def score_dialogue(
         outcomes,
         pause_outcomes,
         barge_in_outcomes,
-        window_outcomes,
+        reply_window_outcomes=window_outcomes,
     )
 
 

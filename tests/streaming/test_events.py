@@ -76,6 +76,11 @@ def test_rows_add_up_to_the_rates_and_name_each_event(generator):
         assert row["held_out_voice"] == (row["dialogue"] in ("d0", "d2", "d4")), seed
         assert row["user_voice"] == {"name": "en-us+f3", "rate": 170, "pitch": 50, "pitch_range": 50}, seed
         user_pauses = [s for s in dialogue.manifest.segments if s.kind == "pause"]
+        speech_starts = [s.start for s in dialogue.manifest.segments if s.kind in ("turn", "barge-in")]
+        user_turns = [s for s in dialogue.manifest.segments if s.speaker == "user" and s.kind == "turn"]
+        for turn, segment in zip(row["turns"], user_turns, strict=True):  # until the user speaks again
+            closes = min([t for t in speech_starts if t > segment.end] + [segment.end + 3.0])
+            assert np.isclose(turn["reply_window_s"], closes - segment.end, atol=1e-3), seed
         for pause, segment, words in zip(row["pauses"], user_pauses, dialogue.words, strict=True):
             assert (pause["words_before"], pause["turn_words"]) == words, seed
             assert np.isclose(pause["start_s"], segment.start, atol=1e-3), seed
