@@ -99,6 +99,21 @@ def corpus_recipe(config: CorpusConfig, task: DialogueTask) -> dict:
     }
 
 
+def recipe_differences(stored: object, wanted: object, path: str = "", limit: int = 8) -> list[str]:
+    """The dotted paths (at most `limit`) where two corpus recipes differ: what a message names so a
+    researcher sees which setting (`config.split_timing`, `generator`) made a folder's corpus another."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        found = []
+        for key in sorted(set(stored) | set(wanted)):
+            found += recipe_differences(
+                stored.get(key), wanted.get(key), f"{path}.{key}" if path else key, limit
+            )
+            if len(found) >= limit:
+                return found[:limit]
+        return found
+    return [] if stored == wanted else [path or "(the whole recipe)"]
+
+
 def check_task(out_dir: str | os.PathLike, task: DialogueTask) -> None:
     """Raise CorpusError when `out_dir` holds the corpus of another task (reads only, writes nothing)."""
     record = read_record(out_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +20,14 @@ import torch
 from s2s.data.batch_features import FEATURES_ON, BatchFeatures
 from s2s.data.batching import DialogueBatch, DialogueCollate, DurationBatchSampler
 from s2s.data.channels import ChannelRoles
-from s2s.data.corpus import CorpusError, check_task, generate_corpus, read_record
+from s2s.data.corpus import (
+    CorpusError,
+    check_task,
+    corpus_recipe,
+    generate_corpus,
+    read_record,
+    recipe_differences,
+)
 from s2s.data.dataset import AUDIO_SUFFIXES, DialogueDataset, TokenVocabularies
 from s2s.data.features import LogMelConfig
 from s2s.data.synth import CorpusConfig
@@ -133,6 +141,27 @@ class DuplexDataModule(lightning.LightningDataModule):
             )
             summary = generate_corpus(self.corpus_config(), task, progress=True)
             print(summary.describe())
+        elif record is not None and self.corpus is not None:
+            self._warn_if_made_otherwise(record, task)
+
+    def _warn_if_made_otherwise(self, record: dict, task: DialogueTask) -> None:
+        """A complete corpus already in root is trained on as it is, even when `corpus` (this run's
+        recipe) would make another: say so, naming the settings, so a changed recipe (more pauses in
+        train, other voices) is not silently ignored. The task is checked apart (check_task)."""
+        stored, wanted = record.get("recipe") or {}, corpus_recipe(self.corpus_config(), task)
+        differences = recipe_differences(
+            {k: stored.get(k) for k in ("generator", "config")},
+            {k: wanted[k] for k in ("generator", "config")},
+        )
+        if differences:
+            warnings.warn(
+                f"{self.root} holds a corpus made with other settings than this run's data.corpus "
+                f"(differences in: {', '.join(differences)}); training on the corpus it holds. To train on "
+                f"this run's recipe, point data.root at another folder (the corpus is synthesized there "
+                f"when empty) or remake it with the same corpus settings: python scripts/make_data.py "
+                f"corpus.out_dir={self.root} overwrite=true",
+                stacklevel=2,
+            )
 
     def vocabularies(self) -> TokenVocabularies:
         """The token vocabularies of the corpus's task (model v2's targets), from root's corpus.json."""

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -217,8 +218,20 @@ def test_data_module_generates_the_corpus_on_first_use(tmp_path):
     module.prepare_data()
     assert len(list((root / "train").glob("*.wav"))) == 1 and len(list((root / "val").glob("*.wav"))) == 1
     stamp = (root / "train" / "train_00000.wav").stat().st_mtime_ns
-    module.prepare_data()  # already there: nothing is made again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same recipe: no warning
+        module.prepare_data()  # already there: nothing is made again
     assert (root / "train" / "train_00000.wav").stat().st_mtime_ns == stamp
+    # another recipe (more pauses in train) over a complete corpus: trained on as it is, and said so
+    changed = {**corpus, "split_timing": {"train": {"pause_probability": 0.6}}}
+    other = DuplexDataModule(root=root, corpus=changed, num_workers=0, max_seconds=4.0, batch_seconds=8.0)
+    with pytest.warns(UserWarning, match=r"other settings .*differences in: config\.split_timing\)"):
+        other.prepare_data()
+    assert (root / "train" / "train_00000.wav").stat().st_mtime_ns == stamp
+    more = {**corpus, "hours": {"train": 0.01, "val": 0.005, "test": 0.0}}  # hours are not the recipe
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DuplexDataModule(root=root, corpus=more, num_workers=0).prepare_data()
     module.setup("fit")
     batch = next(iter(module.train_dataloader()))
     assert batch.user_audio.shape == (1, 4 * 16000)
