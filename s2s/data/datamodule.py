@@ -148,7 +148,8 @@ class DuplexDataModule(lightning.LightningDataModule):
         """A complete corpus already in root is trained on as it is, even when `corpus` (this run's
         recipe) would make another: say so, naming the settings, so a changed recipe (more pauses in
         train, other voices) is not silently ignored. The task is checked apart (check_task)."""
-        stored, wanted = record.get("recipe") or {}, corpus_recipe(self.corpus_config(), task)
+        stored = record.get("recipe") if isinstance(record.get("recipe"), dict) else {}
+        wanted = corpus_recipe(self.corpus_config(), task)
         differences = recipe_differences(
             {k: stored.get(k) for k in ("generator", "config")},
             {k: wanted[k] for k in ("generator", "config")},
