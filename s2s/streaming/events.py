@@ -197,7 +197,8 @@ def failure_rows(rows: list[dict]) -> list[str]:
             if turn["latency_s"] is None:
                 state = _state_text(turn, confusion.get((number, "turns", index)), "pauses")
                 if turn.get("reply_window_s") is not None:  # metrics.json from 2026-12-05 17:00
-                    state = f"; the user spoke again {turn['reply_window_s'] * 1000:.0f} ms after{state}"
+                    # until the user spoke again, or the scoring window's end if the user did not
+                    state = f"; window to reply {turn['reply_window_s'] * 1000:.0f} ms{state}"
                 lines.append(
                     f"| {row['dialogue']} | missed turn | {turn['end_s']:.2f} s | {state.lstrip('; ')} | "
                     f"{name} ({voice}) |"
