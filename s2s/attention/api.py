@@ -68,6 +68,7 @@ def chunk_attention(
     cu_seqlens_k: torch.Tensor | None = None,
     cu_seqlens_q_host: Sequence[int] | None = None,
     cu_seqlens_k_host: Sequence[int] | None = None,
+    seqused_k: torch.Tensor | None = None,
     backend: str = "auto",
     softmax_scale: float | None = None,
     return_lse: bool = False,
@@ -82,6 +83,12 @@ def chunk_attention(
     ``cu_seqlens_q_host`` / ``cu_seqlens_k_host`` (optional, as flash-attention's ``max_seqlen_q``)
     are the same offsets as host ints: given, nothing reads the cu_seqlens tensors back from the
     device, which would stall the host until the device catches up, once per call.
+
+    ``seqused_k`` (B,) int32 on q's device, batched layout only (flash-attention's): sequence b
+    uses only its first ``seqused_k[b]`` of the Sk key rows, the rest never reach the output (NaN
+    there included), and the chunk rule applies to the used keys. A KV cache preallocated per
+    stream is attended in place, without packing. Only the reference backend reads the lengths
+    on the host (to check 0 <= seqused_k[b] <= Sk); the others trust them, as flash-attention.
     """
     _check_softmax_scale(softmax_scale)
     problem = make_problem(
@@ -94,6 +101,7 @@ def chunk_attention(
         softmax_scale,
         cu_seqlens_q_host=cu_seqlens_q_host,
         cu_seqlens_k_host=cu_seqlens_k_host,
+        seqused_k=seqused_k,
     )
     chosen = select_backend(problem, backend, return_lse)
     if q.numel() == 0 or k.numel() == 0:

@@ -24,6 +24,8 @@ class AttentionProblem:
 
     Batched layout: q (B, Sq, Hq, D), k/v (B, Sk, Hk, D). Packed layout: q (total_q, Hq, D),
     k/v (total_k, Hk, D), with ``cu_seqlens_q`` / ``cu_seqlens_k`` marking the sequences.
+    With ``seqused_k`` (batched only) sequence b uses only its first ``seqused_k[b]`` keys; the
+    rest of the Sk rows are storage (a preallocated KV cache) and may hold anything, NaN too.
     """
 
     q: torch.Tensor
@@ -44,6 +46,9 @@ class AttentionProblem:
     rows_k: int
     offsets_q: tuple[int, ...] | None  # cu_seqlens_q on the host (None when not packed)
     offsets_k: tuple[int, ...] | None
+    # (B,) int32 used key lengths of the batched layout (then seqlens_k is the same, as int64);
+    # None when every key row is used. Never read on the host here.
+    seqused_k: torch.Tensor | None = None
 
     @property
     def is_varlen(self) -> bool:
@@ -72,6 +77,17 @@ class AttentionProblem:
     @property
     def dtype(self) -> torch.dtype:
         return self.q.dtype
+
+    def used_keys_and_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """k and v with every row past its sequence's ``seqused_k`` set to zero (k and v as they
+        are without ``seqused_k``). Masking the scores is not enough for dense math: a hidden key
+        still enters P @ V (and dS @ K) with weight 0, and 0 x NaN is NaN. ``torch.where``, not a
+        product, so NaN storage rows become exact zeros; it costs one copy of K and V."""
+        if self.seqused_k is None:
+            return self.k, self.v
+        used = torch.arange(self.k.shape[1], device=self.device).view(1, -1) < self.seqused_k.view(-1, 1)
+        used = used.view(*used.shape, 1, 1)
+        return torch.where(used, self.k, 0), torch.where(used, self.v, 0)
 
 
 def _check_cu_seqlens(
@@ -112,6 +128,22 @@ def _check_cu_seqlens(
     return values
 
 
+def _check_seqused_k(seqused_k: torch.Tensor, batch: int, device: torch.device) -> None:
+    """Type, shape and device only: the values stay on the device (reading them would stall the
+    host every call). Their contract, as flash-attention's: 0 <= seqused_k[b] <= Sk."""
+    if not isinstance(seqused_k, torch.Tensor):
+        raise TypeError(f"seqused_k must be an int32 tensor, got {type(seqused_k).__name__}")
+    if seqused_k.dtype != torch.int32:
+        raise TypeError(f"seqused_k must be int32 (as flash-attention), got {seqused_k.dtype}; use .int()")
+    if tuple(seqused_k.shape) != (batch,):
+        raise ValueError(
+            f"seqused_k must have shape (B,) = ({batch},), one used key length per sequence, "
+            f"got shape {tuple(seqused_k.shape)}"
+        )
+    if seqused_k.device != device:
+        raise ValueError(f"seqused_k is on {seqused_k.device} but the inputs are on {device}; move it there")
+
+
 def _host_offsets(name: str, host: Sequence[int]) -> tuple[int, ...]:
     """A list or tuple of Python ints, as a tuple."""
     ints = isinstance(host, (list, tuple)) and all(
@@ -133,11 +165,13 @@ def make_problem(
     *,
     cu_seqlens_q_host: Sequence[int] | None = None,
     cu_seqlens_k_host: Sequence[int] | None = None,
+    seqused_k: torch.Tensor | None = None,
 ) -> AttentionProblem:
     """Check the inputs of ``chunk_attention`` and resolve the spec for their batch.
 
     ``cu_seqlens_q_host`` / ``cu_seqlens_k_host``: the same offsets as the cu_seqlens tensors, as
     host ints; given, they are checked instead of reading the tensors back from the device.
+    ``seqused_k``: (B,) int32 used key lengths of the batched layout (flash-attention's).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -156,6 +190,11 @@ def make_problem(
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     if varlen and (cu_seqlens_q is None or cu_seqlens_k is None):
         raise ValueError("packed inputs need both cu_seqlens_q and cu_seqlens_k")
+    if varlen and seqused_k is not None:
+        raise ValueError(
+            "seqused_k limits the keys of the batched layout (B, Sk, H, D); packed inputs give each "
+            "sequence's keys with cu_seqlens_k: leave seqused_k out"
+        )
     if not varlen and (cu_seqlens_q_host is not None or cu_seqlens_k_host is not None):
         raise ValueError(
             "cu_seqlens_q_host / cu_seqlens_k_host describe packed inputs: pass them with "
@@ -200,7 +239,11 @@ def make_problem(
             raise ValueError(f"q and k must share the batch size, got {q.shape[0]} and {k.shape[0]}")
         batch = q.shape[0]
         seqlens_q = torch.full((batch,), q.shape[1], dtype=torch.int64, device=q.device)
-        seqlens_k = torch.full((batch,), k.shape[1], dtype=torch.int64, device=q.device)
+        if seqused_k is None:
+            seqlens_k = torch.full((batch,), k.shape[1], dtype=torch.int64, device=q.device)
+        else:
+            _check_seqused_k(seqused_k, batch, q.device)
+            seqlens_k = seqused_k.long()
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
         rows_q, rows_k = batch * q.shape[1], batch * k.shape[1]
         offsets_q = offsets_k = None
@@ -223,4 +266,5 @@ def make_problem(
         rows_k=rows_k,
         offsets_q=offsets_q,
         offsets_k=offsets_k,
+        seqused_k=seqused_k,
     )

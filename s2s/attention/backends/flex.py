@@ -52,11 +52,13 @@ def build_block_mask(
     block_size: int = DEFAULT_BLOCK_SIZE,
     total_q: int | None = None,
     total_k: int | None = None,
+    seqused_k: torch.Tensor | None = None,
 ) -> BlockMask:
     """BlockMask for (B, H, seqlen_q, seqlen_k), or for the packed (1, H, total) timeline.
 
     ``total_q`` / ``total_k``: the offsets' last entries when known on the host (None reads them
-    from the device, a host sync)."""
+    from the device, a host sync). ``seqused_k`` (B,), batched only: keys from ``seqused_k[b]``
+    on are hidden, and tiles past it never loaded."""
     device = chunks.chunk_q.device
     n_q_blocks = -(-seqlen_q // block_size)
     n_k_blocks = -(-seqlen_k // block_size)
@@ -67,15 +69,17 @@ def build_block_mask(
 
     if cu_seqlens_q is None:
         batch = chunks.batch
-        lo, hi = visible_key_bounds(
-            chunks, positions_q.view(1, -1), torch.full((batch,), seqlen_k, device=device)
-        )
         lengths_q = torch.full((batch,), seqlen_q, device=device)
+        # Tiles are classified over all seqlen_k rows, so one that holds the end of the used keys
+        # is partial (its mask_mod runs), not full.
         lengths_k = torch.full((batch,), seqlen_k, device=device)
+        used_k = lengths_k if seqused_k is None else seqused_k.to(device=device, dtype=torch.int64)
+        lo, hi = visible_key_bounds(chunks, positions_q.view(1, -1), used_k)
         q_chunk_ids = chunk_index(positions_q, chunks.chunk_q.view(-1, 1), chunks.q_offset.view(-1, 1))
         k_chunk_ids = chunk_index(positions_k, chunks.chunk_k.view(-1, 1), chunks.k_offset.view(-1, 1))
         q_seq = torch.zeros_like(q_chunk_ids)
-        k_seq = torch.zeros_like(k_chunk_ids)
+        # Unused keys get a sequence id of their own, as packed padding does.
+        k_seq = torch.where(positions_k.view(1, -1) < used_k.view(-1, 1), 0, -2)
     else:
         total_q = int(cu_seqlens_q[-1]) if total_q is None else total_q
         total_k = int(cu_seqlens_k[-1]) if total_k is None else total_k
@@ -133,7 +137,9 @@ class FlexBackend(AttentionBackend):
     def forward(
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, k, v = problem.q, problem.k, problem.v
+        # Zeroed unused rows: a hidden key of a loaded block still meets P @ V (and dS @ K in the
+        # backward) with weight 0, and 0 x NaN is NaN.
+        q, (k, v) = problem.q, problem.used_keys_and_values()
         if problem.is_varlen:
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
         block_mask = build_block_mask(
@@ -144,6 +150,7 @@ class FlexBackend(AttentionBackend):
             problem.cu_seqlens_k,
             total_q=problem.rows_q,
             total_k=problem.rows_k,
+            seqused_k=problem.seqused_k,
         )
         arguments = dict(
             block_mask=block_mask,

@@ -1,7 +1,7 @@
 """The test oracle: a dense boolean mask from the rule and float64 eager math.
 
 Slow and memory-hungry on purpose: it shares nothing with the fast paths but the rule itself.
-Packed batches run one sequence at a time.
+Packed batches, and batches with ``seqused_k``, run one sequence at a time, on its own keys only.
 """
 
 from __future__ import annotations
@@ -85,6 +85,36 @@ def _slice_chunks(chunks: SequenceChunks, index: int) -> SequenceChunks:
     )
 
 
+def _used_keys_attention(problem: AttentionProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched layout with ``seqused_k``: each sequence against its first ``seqused_k[b]`` keys
+    only (sliced, so storage rows past them, NaN too, never enter the math). The oracle may read
+    the lengths on the host, and checks them."""
+    capacity = problem.k.shape[1]
+    used = problem.seqused_k.tolist()
+    bad = [(b, n) for b, n in enumerate(used) if not 0 <= n <= capacity]
+    if bad:
+        raise ValueError(
+            f"seqused_k must lie in [0, Sk] = [0, {capacity}] for every sequence (as flash-attention), "
+            f"got (sequence, value) {bad[:4]}"
+        )
+    outs, lses = [], []
+    for b, n in enumerate(used):
+        mask = dense_mask(
+            _slice_chunks(problem.chunks, b),
+            problem.seqlens_q[b : b + 1],
+            problem.seqlens_k[b : b + 1],
+            problem.max_seqlen_q,
+            n,
+        )
+        one = slice(b, b + 1)
+        out, lse = dense_attention(
+            problem.q[one], problem.k[one, :n], problem.v[one, :n], mask, problem.softmax_scale
+        )
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs), torch.cat(lses)
+
+
 class ReferenceBackend(AttentionBackend):
     name = "reference"
 
@@ -95,6 +125,9 @@ class ReferenceBackend(AttentionBackend):
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         lse_dtype = torch.float64 if problem.dtype == torch.float64 else torch.float32
+        if problem.seqused_k is not None:
+            out, lse = _used_keys_attention(problem)
+            return out.to(problem.dtype), lse.to(lse_dtype)
         if not problem.is_varlen:
             mask = dense_mask(
                 problem.chunks,

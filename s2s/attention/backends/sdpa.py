@@ -1,7 +1,9 @@
 """PyTorch scaled_dot_product_attention with a boolean mask: CPU and GPU, forward and backward.
 
 It materializes the (Sq, Sk) mask, so it suits short sequences and streaming steps. A packed
-batch runs as one sequence under a block-diagonal mask.
+batch runs as one sequence under a block-diagonal mask. With ``seqused_k`` the unused key rows
+are also zeroed (the mask alone lets NaN through: SDPA adds -inf to a NaN score, and multiplies
+a zero probability by a NaN value row).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class SdpaBackend(AttentionBackend):
     def forward(
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, k, v = problem.q, problem.k, problem.v
+        q, (k, v) = problem.q, problem.used_keys_and_values()
         if problem.is_varlen:
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
         mask = problem_mask(problem)
