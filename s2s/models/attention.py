@@ -8,6 +8,7 @@ from torch import nn
 
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache, chunk_attention
 from s2s.attention.custom_op import OPERATOR_BACKENDS, attention_operator
+from s2s.attention.static_cache import StaticCrossAttentionCache, StaticSelfAttentionCache
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import Rotation
 from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
@@ -108,8 +109,17 @@ class SelfAttention(_Projections):
         out = cache.step(q, k, v, lengths=counts, final=final)
         return self.out(out.flatten(2))
 
-    def new_cache(self, batch: int, chunk, left_chunks, device, dtype) -> SelfAttentionCache:
+    def new_cache(
+        self, batch: int, chunk, left_chunks, device, dtype, engine: str = "packed", capacity_frames=None
+    ) -> SelfAttentionCache | StaticSelfAttentionCache:
+        """The layer's streaming cache: `engine` "static" (preallocated, read in place; a linear
+        cache holds `capacity_frames`) or "packed" (the previous engine's growing cache)."""
         c = self.config
+        if engine == "static":
+            return StaticSelfAttentionCache(
+                batch, c.kv_heads, c.head_dim, chunk, left_chunks, capacity_frames=capacity_frames,
+                dtype=dtype, device=device, backend=c.attention_backend,
+            )  # fmt: skip
         return SelfAttentionCache(
             batch,
             c.kv_heads,
@@ -140,8 +150,15 @@ class CrossAttention(_Projections):
         out = cache.attend(self._queries(x), lengths=counts, final=final)
         return self.out(out.flatten(2))
 
-    def new_cache(self, batch: int, chunk, left_chunks, device, dtype) -> CrossAttentionCache:
+    def new_cache(
+        self, batch: int, chunk, left_chunks, device, dtype, engine: str = "packed", capacity_frames=None
+    ) -> CrossAttentionCache | StaticCrossAttentionCache:
         c = self.config
+        if engine == "static":
+            return StaticCrossAttentionCache(
+                batch, c.kv_heads, c.head_dim, chunk, chunk, left_chunks, capacity_frames=capacity_frames,
+                dtype=dtype, device=device, backend=c.attention_backend,
+            )  # fmt: skip
         return CrossAttentionCache(
             batch, c.kv_heads, c.head_dim, chunk, chunk, left_chunks, dtype=dtype, device=device,
             backend=c.attention_backend,

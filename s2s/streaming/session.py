@@ -9,6 +9,13 @@ produces exactly the frames one offline pass gives for the same audio and the sa
 Many streams share a session (one row each). Each has its own length: a stream's last step may
 be short (`final`), a stream with no samples in a step is left untouched, and `reset` starts a
 new dialogue on chosen rows.
+
+Two engines hold the attention caches. "static" (the default): preallocated per stream (a mirrored
+ring of `left_chunks` chunks, or a linear buffer of the history), written in place and read in
+place by the attention kernel, every check made on host values the session keeps, so a step reads
+nothing back from the device (s2s.attention.static_cache). "packed": the previous engine, whose
+caches grow and pack every stream's keys for each call (s2s.attention.cache); kept as the baseline
+of scripts/bench_streaming.py and for per-stream chunk sizes.
 """
 
 from __future__ import annotations
@@ -59,11 +66,20 @@ class StepOutput:
     invalid_input: torch.Tensor | None = None
 
 
+ENGINES = ("static", "packed")
+# Unbounded history (left_chunks None) on the static engine without max_history_frames: the caches
+# start with 60 s of model frames per stream and grow, copied once per doubling, before a step that
+# needs more (outside a CUDA graph).
+DEFAULT_HISTORY_FRAMES = 1500
+
+
 class StreamingSession:
     """Streams `batch` dialogues through `model` in chunks of `chunk` model frames.
 
     `left_chunks` bounds every cache (default: the model's). A chunk size the model was not trained
-    with works but warns (the NeMo multi-look-ahead situation).
+    with works but warns (the NeMo multi-look-ahead situation). `engine`: "static" or "packed" (see
+    the module's docstring); with unbounded history the static caches hold `max_history_frames`
+    frames per stream and refuse a step past it, or, when it is None, start at 60 s and grow.
     """
 
     def __init__(
@@ -74,6 +90,8 @@ class StreamingSession:
         left_chunks=...,
         vocoder: GriffinLimVocoder | bool | None = True,
         device: torch.device | str | None = None,
+        engine: str = "static",
+        max_history_frames: int | None = None,
     ):
         config = model.config
         self.model = model
@@ -83,6 +101,19 @@ class StreamingSession:
             raise ValueError(f"chunk must be >= 1 model frame, got {self.chunk}")
         model.check_chunk(self.chunk)
         self.left_chunks = config.left_chunks if left_chunks is ... else left_chunks
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
+        if max_history_frames is not None and (
+            isinstance(max_history_frames, bool) or max_history_frames < 1
+        ):
+            raise ValueError(f"max_history_frames must be a positive int or None, got {max_history_frames!r}")
+        self.max_history_frames = max_history_frames
+        # Host-side facts of every stream (the static engine checks a step against them without
+        # reading the device): frames fed so far (an upper bound: a refused NaN chunk counts) and
+        # whether its final step came.
+        self._host_frames = [0] * batch
+        self._host_ended = [False] * batch
         parameter = next(model.parameters())
         self.device = torch.device(device) if device is not None else parameter.device
         self.dtype = parameter.dtype
@@ -102,17 +133,33 @@ class StreamingSession:
         """Audio samples per step: chunk * 640 at 16 kHz and x4 subsampling (chunk * 40 ms)."""
         return self.chunk * self.model.config.frame_samples
 
-    def _initial_state(self) -> SessionState:
+    def _new_caches(self) -> LayerCaches:
         model, batch, device, dtype = self.model, self.batch, self.device, self.dtype
+        capacity = None
+        if self.engine == "static" and self.left_chunks is None:
+            capacity = self.max_history_frames or DEFAULT_HISTORY_FRAMES
 
         def layer_cache(attention):
-            return attention.new_cache(batch, self.chunk, self.left_chunks, device, dtype)
+            return attention.new_cache(
+                batch,
+                self.chunk,
+                self.left_chunks,
+                device,
+                dtype,
+                engine=self.engine,
+                capacity_frames=capacity,
+            )
 
-        caches = LayerCaches(
+        return LayerCaches(
             encoder=[layer_cache(block.attention) for block in model.encoder.blocks],
             decoder=[layer_cache(block.self_attention) for block in model.decoder.blocks],
             cross=[layer_cache(block.cross_attention) for block in model.decoder.blocks],
         )
+
+    def _initial_state(self, caches: LayerCaches | None = None) -> SessionState:
+        """A fresh state; `caches` given: those (the caller resets their rows), else new ones."""
+        model, batch, device, dtype = self.model, self.batch, self.device, self.dtype
+        caches = self._new_caches() if caches is None else caches
         return SessionState(
             mel_tail=self.log_mel.initial_state(batch, device),
             front_end=model.front_end.initial_state(batch, device, dtype),
@@ -128,13 +175,17 @@ class StreamingSession:
         stream indices (an int, a list of ints, an integer tensor); see s2s.attention.stream_selection."""
         if streams is None:
             self.state = self._initial_state()
+            self._host_frames = [0] * self.batch
+            self._host_ended = [False] * self.batch
             return
         streams = stream_flags(streams, self.batch, self.device)  # checked before anything changes
-        fresh = self._initial_state()
+        fresh = self._initial_state(caches=self.state.caches)  # per-stream tensors only: caches reset below
         self.state = _select_state(streams, fresh, self.state)
         self.state.feedback = self._keep_feedback(streams, fresh.feedback, self.state.feedback)
         for cache in self.state.caches.all():
             cache.reset(streams)
+        for row in streams.nonzero().flatten().tolist():
+            self._host_frames[row], self._host_ended[row] = 0, False
 
     def stream(self, waveform, sample_rate: int):
         """Stream a whole recording from a fresh state (the session is reset first): a generator of
@@ -154,9 +205,14 @@ class StreamingSession:
         """Feed (B, chunk_samples) user audio (a 1-D chunk when B is 1); returns this chunk's output.
 
         `lengths` (B,) real samples per stream (default all): a stream with 0 is idle this step;
-        fewer than chunk_samples is allowed only on a stream's `final` step.
+        fewer than chunk_samples is allowed only on a stream's `final` step. The static engine
+        checks `lengths` and `final` on the host: pass them as lists or CPU tensors (device tensors
+        are copied back, which waits for the device).
         """
-        audio, counts, final, invalid = self._check(audio, lengths, final, sample_rate)
+        if self.engine == "static":
+            audio, counts, final, invalid, host = self._check_static(audio, lengths, final, sample_rate)
+        else:
+            audio, counts, final, invalid = self._check(audio, lengths, final, sample_rate)
         # A step is atomic: the caches are restored if anything fails half way (the rest of the
         # session's state is replaced only at the end).
         snapshots = [(cache, cache.snapshot()) for cache in self.state.caches.all()]
@@ -166,8 +222,72 @@ class StreamingSession:
             for cache, snapshot in snapshots:
                 cache.restore(snapshot)
             raise
+        if self.engine == "static":
+            self._host_frames, self._host_ended = host
         output.invalid_input = invalid
         return output
+
+    def _check_static(self, audio, lengths, final, sample_rate):
+        """The static engine's checks, on host values only (lengths and final as given, or read
+        once if the caller passed device tensors); returns the device inputs of the step and the
+        host facts to keep once it has run."""
+        c = self.model.config
+        audio = self._check_audio(audio, sample_rate)
+        if lengths is None:
+            samples = [self.chunk_samples] * self.batch
+        else:
+            samples = torch.as_tensor(lengths).to("cpu", torch.int64)
+            if samples.shape != (self.batch,) or bool(
+                (samples < 0).any() | (samples > self.chunk_samples).any()
+            ):
+                raise ValueError(
+                    f"lengths must be ({self.batch},) sample counts in [0, {self.chunk_samples}], "
+                    f"got {samples.tolist()}"
+                )
+            samples = samples.tolist()
+        final_host = final_flags(
+            final.cpu() if isinstance(final, torch.Tensor) else final, self.batch
+        ).tolist()
+        frames = [n // c.frame_samples for n in samples]  # samples that do not fill a model frame are dropped
+        short = [
+            row for row, n in enumerate(frames) if n < self.chunk and samples[row] > 0 and not final_host[row]
+        ]
+        if short:
+            raise ValueError(
+                f"stream(s) {short} got less than a whole chunk without final=True; only a stream's "
+                "last step may be short"
+            )
+        ended = [row for row, n in enumerate(frames) if n > 0 and self._host_ended[row]]
+        if ended:
+            raise ValueError(
+                f"stream(s) {ended} already had their final step; reset() them before feeding more"
+            )
+        after = [done + n for done, n in zip(self._host_frames, frames, strict=True)]
+        needed = max(after, default=0)
+        if self.left_chunks is None and needed > self._history_capacity():
+            if self.max_history_frames is not None:
+                over = [row for row, n in enumerate(after) if n > self.max_history_frames]
+                raise ValueError(
+                    f"stream(s) {over} would pass max_history_frames={self.max_history_frames} frames of "
+                    "history; reset() them, or create the session with a larger max_history_frames "
+                    "(or left_chunks to bound the history)"
+                )
+            for cache in self.state.caches.all():
+                cache.reserve(needed)
+        samples = torch.tensor(samples, dtype=torch.int64).to(self.device, non_blocking=True)
+        counts_host = torch.tensor(frames, dtype=torch.int64).to(self.device, non_blocking=True)
+        final_device = torch.tensor(final_host).to(self.device, non_blocking=True)
+        audio, invalid = _finite_input(audio, samples, self.chunk_samples)
+        counts = torch.where(invalid, 0, counts_host)
+        final_device = final_device & (counts > 0)
+        ended_after = [
+            e or (f and n > 0) for e, f, n in zip(self._host_ended, final_host, frames, strict=True)
+        ]
+        return audio, counts, final_device, invalid, (after, ended_after)
+
+    def _history_capacity(self) -> int:
+        """Key frames the static caches hold per stream (unbounded history)."""
+        return min(cache.capacity for cache in self.state.caches.all())
 
     def _step(self, audio: torch.Tensor, counts: torch.Tensor, final: torch.Tensor) -> StepOutput:
         model, state = self.model, self.state
@@ -227,7 +347,8 @@ class StreamingSession:
         """Per stream: `new` where keep[b], else `old`."""
         return _where(keep, new, old)
 
-    def _check(self, audio, lengths, final, sample_rate):
+    def _check_audio(self, audio, sample_rate) -> torch.Tensor:
+        """(B, chunk_samples) float audio on the session's device, or a clear error."""
         c = self.model.config
         if sample_rate is not None and sample_rate != c.sample_rate:
             raise ValueError(
@@ -252,7 +373,12 @@ class StreamingSession:
                 f"{c.frame_samples / c.sample_rate * 1000:.0f} ms), got {audio.shape[1]}; pad a stream's "
                 "last chunk and give its real length in `lengths` with final=True"
             )
-        audio = audio.to(self.device)
+        return audio.to(self.device)
+
+    def _check(self, audio, lengths, final, sample_rate):
+        """The packed engine's checks (device values read back on the host)."""
+        c = self.model.config
+        audio = self._check_audio(audio, sample_rate)
         if lengths is None:
             samples = torch.full((self.batch,), self.chunk_samples, dtype=torch.int64, device=self.device)
         else:
@@ -264,15 +390,7 @@ class StreamingSession:
                     f"lengths must be ({self.batch},) sample counts in [0, {self.chunk_samples}], "
                     f"got {samples.tolist()}"
                 )
-        # A stream with NaN or inf among its real samples sits the step out on zeros, and non-finite
-        # padding is zeroed: nothing non-finite enters the packed attention, where 0 x NaN would
-        # reach the other streams.
-        finite = torch.isfinite(audio)
-        real = torch.arange(self.chunk_samples, device=self.device)[None, :] < samples[:, None]
-        invalid = (~finite & real).any(dim=1)
-        audio = torch.where(
-            finite & ~invalid[:, None], audio, torch.zeros((), dtype=audio.dtype, device=self.device)
-        )
+        audio, invalid = _finite_input(audio, samples, self.chunk_samples)
         counts = samples // c.frame_samples  # samples that do not fill a model frame are dropped
         counts = torch.where(invalid, 0, counts)
         final = final_flags(final, self.batch, self.device)
@@ -284,6 +402,19 @@ class StreamingSession:
             )
         # A final step too short for even one model frame has nothing to add.
         return audio, counts, final & (counts > 0), invalid
+
+
+def _finite_input(audio: torch.Tensor, samples: torch.Tensor, chunk_samples: int):
+    """(audio with non-finite streams and padding zeroed, (B,) bool invalid). A stream with NaN or
+    inf among its real samples sits the step out on zeros, and non-finite padding is zeroed: nothing
+    non-finite enters the model, where (in packed attention) 0 x NaN would reach other streams."""
+    finite = torch.isfinite(audio)
+    real = torch.arange(chunk_samples, device=audio.device)[None, :] < samples[:, None]
+    invalid = (~finite & real).any(dim=1)
+    audio = torch.where(
+        finite & ~invalid[:, None], audio, torch.zeros((), dtype=audio.dtype, device=audio.device)
+    )
+    return audio, invalid
 
 
 def _where(keep: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:

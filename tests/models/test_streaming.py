@@ -7,7 +7,7 @@ import torch
 from s2s.data.features import LogMel
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
-from s2s.streaming.session import StreamingSession
+from s2s.streaming.session import ENGINES, StreamingSession
 
 CONFIG = DuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2)
 
@@ -40,13 +40,14 @@ def _stream(session: StreamingSession, audio: torch.Tensor):
     )
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("left_chunks", [None, 2])
 @pytest.mark.parametrize("chunk", [1, 2, 4, 8])
-def test_streaming_equals_offline(chunk, left_chunks, generator):
+def test_streaming_equals_offline(chunk, left_chunks, engine, generator):
     model = _model(int(torch.randint(1000, (1,), generator=generator)))
     audio = _dialogue(16000 * 3 + 1234, generator)  # 76 model frames: the last chunk is short
     frames = (audio.shape[0] // 160) // 4
-    session = StreamingSession(model, chunk=chunk, left_chunks=left_chunks, vocoder=False)
+    session = StreamingSession(model, chunk=chunk, left_chunks=left_chunks, vocoder=False, engine=engine)
     mel, speaking, feedback, outputs = _stream(session, audio)
     assert sum(int(o.frames) for o in outputs) == frames
     with torch.no_grad():
@@ -61,13 +62,17 @@ def test_streaming_equals_offline(chunk, left_chunks, generator):
     assert (other.mel - mel[:, : frames * 4]).abs().max() > 1e-2
 
 
-def test_batched_streams_equal_separate_sessions(generator):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_batched_streams_equal_separate_sessions(engine, generator):
     model = _model(3)
     lengths = [16000 * 2 + 700, 16000 * 1 + 320, 16000 * 3]
     dialogues = [_dialogue(n, generator) for n in lengths]
-    alone = [_stream(StreamingSession(model, chunk=4, left_chunks=3, vocoder=False), d) for d in dialogues]
+    alone = [
+        _stream(StreamingSession(model, chunk=4, left_chunks=3, vocoder=False, engine=engine), d)
+        for d in dialogues
+    ]
 
-    session = StreamingSession(model, batch=3, chunk=4, left_chunks=3, vocoder=False)
+    session = StreamingSession(model, batch=3, chunk=4, left_chunks=3, vocoder=False, engine=engine)
     size = session.chunk_samples
     mels = [[] for _ in dialogues]
     for start in range(0, max(lengths), size):
@@ -105,7 +110,7 @@ def test_reset_starts_a_new_dialogue_on_one_row(generator):
 def test_left_chunks_bound_every_cache_over_a_long_stream(generator):
     model = _model(5)
     chunk, left = 2, 3
-    session = StreamingSession(model, chunk=chunk, left_chunks=left, vocoder=False)
+    session = StreamingSession(model, chunk=chunk, left_chunks=left, vocoder=False, engine="packed")
     audio = _dialogue(session.chunk_samples * 150, generator)  # 12 s, 150 steps
     held, capacity = [], []
     for start in range(0, audio.shape[0], session.chunk_samples):
@@ -114,10 +119,33 @@ def test_left_chunks_bound_every_cache_over_a_long_stream(generator):
         capacity.append(max(c.store.capacity for c in session.state.caches.all()))
     assert max(held) <= (left + 1) * chunk and max(capacity) <= (left + 2) * chunk
     assert held[-1] == held[50]  # flat after warm-up, not growing with the stream
-    unbounded = StreamingSession(model, chunk=chunk, left_chunks=None, vocoder=False)
+    unbounded = StreamingSession(model, chunk=chunk, left_chunks=None, vocoder=False, engine="packed")
     for start in range(0, audio.shape[0], session.chunk_samples):
         unbounded.step(audio[start : start + session.chunk_samples])
     assert max(int(c.store.lengths.max()) for c in unbounded.state.caches.all()) == 300
+
+
+def test_the_static_engine_holds_fixed_storage(generator):
+    """With left_chunks every static cache is a ring of (left + 1) chunks, mirrored, allocated once:
+    the same storage from the first step to the last. Without, a linear cache of the configured
+    history; a longer stream is refused with the fix, or grows (copied once per doubling)."""
+    model = _model(5)
+    chunk, left = 2, 3
+    session = StreamingSession(model, chunk=chunk, left_chunks=left, vocoder=False)
+    audio = _dialogue(session.chunk_samples * 150, generator)  # 12 s, 150 steps
+    storage = [c.keys.data_ptr() for c in session.state.caches.all()]
+    for start in range(0, audio.shape[0], session.chunk_samples):
+        session.step(audio[start : start + session.chunk_samples])
+    assert [c.keys.data_ptr() for c in session.state.caches.all()] == storage
+    assert {c.keys.shape[1] for c in session.state.caches.all()} == {2 * (left + 1) * chunk}
+    assert {int(c.key_frames) for c in session.state.caches.all()} == {300}
+    limited = StreamingSession(model, chunk=chunk, left_chunks=None, vocoder=False, max_history_frames=20)
+    for start in range(0, 10 * limited.chunk_samples, limited.chunk_samples):
+        limited.step(audio[start : start + limited.chunk_samples])
+    with pytest.raises(ValueError, match=r"stream\(s\) \[0\] would pass max_history_frames=20"):
+        limited.step(audio[: limited.chunk_samples])
+    growing = StreamingSession(model, chunk=chunk, left_chunks=None, vocoder=False)
+    assert {c.capacity for c in growing.state.caches.all()} == {1500}
 
 
 def test_bad_input_is_named(generator):
@@ -178,15 +206,16 @@ def test_reset_by_indices_resets_exactly_those_streams(generator):
         torch.testing.assert_close(out.mel[2], expected_old.mel[2], atol=1e-5, rtol=0)
 
 
-def test_a_nan_stream_sits_the_step_out_and_never_reaches_the_others(generator):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_nan_stream_sits_the_step_out_and_never_reaches_the_others(engine, generator):
     """Stream 1 sends NaN / inf in one chunk: it is flagged in `invalid_input`, the other streams'
     outputs are bit-identical to a run where stream 1 was idle in that step, every output of theirs is
     finite, and stream 1 carries on afterwards as if it had skipped the chunk."""
     model = _model(8)
     length = 1280 * 8
     audio = [_dialogue(length, generator) for _ in range(3)]
-    poisoned = StreamingSession(model, batch=3, chunk=2, vocoder=False)
-    idle = StreamingSession(model, batch=3, chunk=2, vocoder=False)
+    poisoned = StreamingSession(model, batch=3, chunk=2, vocoder=False, engine=engine)
+    idle = StreamingSession(model, batch=3, chunk=2, vocoder=False, engine=engine)
     size = poisoned.chunk_samples
     for step, start in enumerate(range(0, length, size)):
         chunk = torch.stack([a[start : start + size] for a in audio])
@@ -202,14 +231,15 @@ def test_a_nan_stream_sits_the_step_out_and_never_reaches_the_others(generator):
         assert out.frames.tolist() == expected.frames.tolist(), step
 
 
-def test_a_step_that_fails_half_way_changes_nothing(generator, monkeypatch):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_step_that_fails_half_way_changes_nothing(engine, generator, monkeypatch):
     """The decoder fails after the encoder has appended its K/V to the cross-attention caches: every
     cache is back where it was, and the next steps equal a session that never saw the failed one."""
     model = _model(9)
     length = 1280 * 6
     audio = _dialogue(length, generator)
-    session = StreamingSession(model, chunk=2, vocoder=False)
-    clean = StreamingSession(model, chunk=2, vocoder=False)
+    session = StreamingSession(model, chunk=2, vocoder=False, engine=engine)
+    clean = StreamingSession(model, chunk=2, vocoder=False, engine=engine)
     size = session.chunk_samples
     chunks = [audio[start : start + size] for start in range(0, length, size)]
     for chunk in chunks[:2]:
@@ -217,6 +247,8 @@ def test_a_step_that_fails_half_way_changes_nothing(generator, monkeypatch):
         clean.step(chunk)
 
     def held(s):
+        if engine == "static":
+            return [(c.key_frames.tolist(), c.query_frames.tolist()) for c in s.state.caches.all()]
         return [(c.store.lengths.tolist(), c.queries.positions.tolist()) for c in s.state.caches.all()]
 
     before = held(session)
@@ -229,8 +261,7 @@ def test_a_step_that_fails_half_way_changes_nothing(generator, monkeypatch):
     with pytest.raises(RuntimeError, match="the decoder failed"):
         session.step(chunks[2])
     assert held(session) == before
-    cross = session.state.caches.cross[0]
-    assert cross.keys.positions.tolist() == clean.state.caches.cross[0].keys.positions.tolist()
+    assert held(session) == held(clean)
     monkeypatch.setattr(model.decoder, "step", real_step)
     for chunk in chunks[2:]:
         out, expected = session.step(chunk), clean.step(chunk)

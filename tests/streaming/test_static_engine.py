@@ -1,0 +1,66 @@
+"""The static engine's step reads nothing back from the device: every tensor a step carries from one
+chunk to the next is made one whose host reads fail, and a step still runs (the precondition of
+capturing the step as a CUDA graph; issue 18)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from s2s.data.tokens import BOS, EOS
+from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.models.token_sampling import SamplingConfig
+from s2s.streaming.token_session import TokenStreamingSession
+from tests.models.test_packing import NoHostReads
+
+CONFIG = TokenDuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2)
+
+
+def _guarded(value):
+    """`value` with every tensor in it (dataclasses and lists followed) turned into NoHostReads."""
+    if isinstance(value, torch.Tensor):
+        return value.as_subclass(NoHostReads)
+    if isinstance(value, list):
+        return [_guarded(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: _guarded(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
+    return value
+
+
+def _guard_session(session) -> None:
+    state = session.state
+    for field in dataclasses.fields(state):
+        if field.name != "caches":
+            setattr(state, field.name, _guarded(getattr(state, field.name)))
+    for cache in state.caches.all():
+        cache.key_frames = _guarded(cache.key_frames)
+        cache.query_frames = _guarded(cache.query_frames)
+        cache.keys, cache.values = _guarded(cache.keys), _guarded(cache.values)
+    session.seeds = _guarded(session.seeds)
+
+
+@pytest.mark.parametrize("left_chunks", [None, 2])
+@pytest.mark.parametrize("onset_quantile", [None, 0.5])
+def test_a_static_step_makes_no_host_reads(left_chunks, onset_quantile, generator):
+    torch.manual_seed(int(torch.randint(1000, (1,), generator=generator)))
+    model = TokenDuplexModel(CONFIG).eval()
+    with torch.no_grad():
+        model.token_head.bias[BOS] += 2.0
+        model.token_head.bias[EOS] += 1.0
+    sampling = SamplingConfig(state_gain=4.0, stop_gain=4.0, onset_quantile=onset_quantile)
+    session = TokenStreamingSession(
+        model, batch=3, chunk=2, left_chunks=left_chunks, vocoder=True, sampling=sampling
+    )
+    size = session.chunk_samples
+    audio = 0.2 * torch.randn(3, 6 * size, generator=generator)
+    session.step(audio[:, :size])
+    _guard_session(session)
+    for start in range(size, 6 * size, size):
+        out = session.step(audio[:, start : start + size].as_subclass(NoHostReads))
+        assert isinstance(out.mel, NoHostReads)  # the guard reached the outputs: it was in the data flow
+    lengths = torch.tensor([size, 0, 700])
+    session.step(
+        audio[:, :size].as_subclass(NoHostReads), lengths=lengths, final=torch.tensor([False, False, True])
+    )
