@@ -20,6 +20,7 @@ of scripts/bench_streaming.py and for per-stream chunk sizes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +105,13 @@ class StreamingSession:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.engine = engine
+        if engine == "static" and config.attention_backend == "cute":
+            warnings.warn(
+                "the CuTe kernel does not take the static engine's decode layout yet: this session's "
+                "attention runs on backend 'auto' (SDPA on a GPU); engine='packed' streams through the "
+                "CuTe kernel",
+                stacklevel=2,
+            )
         if max_history_frames is not None and (
             isinstance(max_history_frames, bool) or max_history_frames < 1
         ):

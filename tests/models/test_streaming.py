@@ -1,6 +1,8 @@
 """StreamingSession: chunk-by-chunk output equals the offline pass; batched streams equal separate
 sessions; bounded caches; bad input named."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -286,3 +288,16 @@ def test_non_finite_padding_after_a_short_final_chunk_is_not_an_invalid_stream(g
     expected = zeros.step(padded, lengths=lengths, final=final)
     assert out.invalid_input.tolist() == [False, False] and out.frames.tolist() == [2, 1]
     assert torch.equal(out.mel, expected.mel) and torch.isfinite(out.mel).all()
+
+
+def test_a_cute_model_streams_on_the_static_engine_with_a_warning(generator):
+    """A model configured for the CuTe backend: the static engine's decode calls cannot run on it
+    yet, so the session says so and streams on `auto`, with the same output as an `auto` model."""
+    model = _model(11)
+    torch.manual_seed(11)
+    cute_model = DuplexModel(dataclasses.replace(CONFIG, attention_backend="cute")).eval()
+    audio = _dialogue(StreamingSession(model, chunk=2, vocoder=False).chunk_samples * 3, generator)
+    with pytest.warns(UserWarning, match="CuTe kernel does not take the static engine's decode layout"):
+        session = StreamingSession(cute_model, chunk=2, vocoder=False)
+    want = _stream(StreamingSession(model, chunk=2, vocoder=False), audio)[0]
+    assert torch.equal(_stream(session, audio)[0], want)
