@@ -371,6 +371,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def decode_backends(model: TokenDuplexModel, chunk: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """The attention backend each engine's decode calls run on (what `auto` picks for the call's
+    layout): static, padded keys with used lengths; packed, every stream's keys packed."""
+    from s2s.attention import ChunkSpec
+    from s2s.attention.api import select_backend
+    from s2s.attention.problem import make_problem
+    from s2s.models.attention import static_decode_backend
+
+    c = model.config
+    q = torch.zeros(2, chunk, c.heads, c.head_dim, device=device, dtype=dtype)
+    kv = torch.zeros(2, 4 * chunk, c.kv_heads, c.head_dim, device=device, dtype=dtype)
+    spec = ChunkSpec(chunk)
+    static = make_problem(
+        q, kv, kv, spec, seqused_k=torch.full((2,), chunk, dtype=torch.int32, device=device)
+    )
+    cu = torch.tensor([0, chunk, 2 * chunk], dtype=torch.int32, device=device)
+    packed = make_problem(
+        q.flatten(0, 1), kv[:, :chunk].flatten(0, 1), kv[:, :chunk].flatten(0, 1), spec, cu, cu
+    )
+    return {
+        "static": select_backend(static, static_decode_backend(c.attention_backend), False).name,
+        "packed": select_backend(packed, c.attention_backend, False).name,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the bench, print its report; returns what --json writes."""
     args = parse_args(argv)
@@ -435,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"({chunk_ms:.0f} ms: real time is p99 below it), {args.frames} frames of history, vocoder off, "
         f"{args.warmup} warm-up steps left out"
     )
+    backends = decode_backends(model, args.chunk, device, dtype)
+    print(f"decode attention: static on {backends['static']}, packed on {backends['packed']}")
     print(f"{command}\n{device_name(device)}, torch {torch.__version__}, {date}\n")
     print(table(rows, args.chunk))
     if vocoder_rows:
@@ -449,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "chunk": args.chunk,
         "chunk_ms": chunk_ms,
         "notes": notes,
+        "decode_backends": backends,
         "rows": [dataclasses.asdict(row) for row in rows],
         "vocoder": [dataclasses.asdict(row) for row in vocoder_rows],
     }

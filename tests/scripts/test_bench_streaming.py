@@ -109,6 +109,9 @@ def test_cpu_smoke_run_reports_every_configuration(bench, tmp_path, capsys):
     assert report["command"] in out and f"torch {torch.__version__}" in out and " UTC" in out
     assert report["device"].startswith("CPU") and report["device"] in out
     assert [v["streams"] for v in report["vocoder"]] == [1, 2]
+    # on the CPU `auto` runs both engines' decode calls on SDPA
+    assert report["decode_backends"] == {"static": "sdpa", "packed": "sdpa"}
+    assert "decode attention: static on sdpa, packed on sdpa" in out
     for v in report["vocoder"]:
         assert v["error"] is None and v["p50_ms"] > 0
         assert v["per_stream_ms"] == pytest.approx(v["p50_ms"] / v["streams"])
