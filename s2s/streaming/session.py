@@ -11,11 +11,11 @@ be short (`final`), a stream with no samples in a step is left untouched, and `r
 new dialogue on chosen rows.
 
 Two engines hold the attention caches. "static" (the default): preallocated per stream (a mirrored
-ring of `left_chunks` chunks, or a linear buffer of the history), written in place and read in
-place by the attention kernel, every check made on host values the session keeps, so a step reads
-nothing back from the device (s2s.attention.static_cache). "packed": the previous engine, whose
-caches grow and pack every stream's keys for each call (s2s.attention.cache); kept as the baseline
-of scripts/bench_streaming.py and for per-stream chunk sizes.
+ring of `left_chunks + 1` chunks, or a linear buffer of the history), written in place and read in
+place by each attention call (`seqused_k`), every check made on host values the session keeps, so
+a step reads nothing back from the device (s2s.attention.static_cache). "packed": the previous
+engine, whose caches grow and pack every stream's keys for each call (s2s.attention.cache); kept as
+the baseline of scripts/bench_streaming.py.
 """
 
 from __future__ import annotations
