@@ -73,13 +73,6 @@ def _attend_eager(q, k, v, spec: ChunkSpec, layout, backend: str) -> torch.Tenso
     return out.view(q.shape)
 
 
-def static_decode_backend(backend: str) -> str:
-    """The backend of the static streaming engine's decode calls: the model's, except the CuTe
-    kernel, which does not take their layout (`seqused_k`) yet; its calls go to `auto` instead
-    (SDPA on a GPU). The session warns when it makes that swap."""
-    return "auto" if backend == "cute" else backend
-
-
 class _Projections(nn.Module):
     """Query, grouped key/value and output projections shared by both attention layers."""
 
@@ -125,7 +118,7 @@ class SelfAttention(_Projections):
         if engine == "static":
             return StaticSelfAttentionCache(
                 batch, c.kv_heads, c.head_dim, chunk, left_chunks, capacity_frames=capacity_frames,
-                dtype=dtype, device=device, backend=static_decode_backend(c.attention_backend),
+                dtype=dtype, device=device, backend=c.attention_backend,
             )  # fmt: skip
         return SelfAttentionCache(
             batch,
@@ -164,7 +157,7 @@ class CrossAttention(_Projections):
         if engine == "static":
             return StaticCrossAttentionCache(
                 batch, c.kv_heads, c.head_dim, chunk, chunk, left_chunks, capacity_frames=capacity_frames,
-                dtype=dtype, device=device, backend=static_decode_backend(c.attention_backend),
+                dtype=dtype, device=device, backend=c.attention_backend,
             )  # fmt: skip
         return CrossAttentionCache(
             batch, c.kv_heads, c.head_dim, chunk, chunk, left_chunks, dtype=dtype, device=device,

@@ -182,11 +182,9 @@ class StreamingSession:
         """Start new dialogues on the selected streams (all when None): (batch,) bool flags, or
         stream indices (an int, a list of ints, an integer tensor); see s2s.attention.stream_selection."""
         if streams is None:
-            self.state = self._initial_state()
-            self._host_frames = [0] * self.batch
-            self._host_ended = [False] * self.batch
-            return
-        streams = stream_flags(streams, self.batch, self.device)  # checked before anything changes
+            streams = torch.ones(self.batch, dtype=torch.bool, device=self.device)
+        else:
+            streams = stream_flags(streams, self.batch, self.device)  # checked before anything changes
         fresh = self._initial_state(caches=self.state.caches)  # per-stream tensors only: caches reset below
         self.state = _select_state(streams, fresh, self.state)
         self.state.feedback = self._keep_feedback(streams, fresh.feedback, self.state.feedback)
@@ -217,10 +215,8 @@ class StreamingSession:
         checks `lengths` and `final` on the host: pass them as lists or CPU tensors (device tensors
         are copied back, which waits for the device).
         """
-        if self.engine == "static":
-            audio, counts, final, invalid, host = self._check_static(audio, lengths, final, sample_rate)
-        else:
-            audio, counts, final, invalid = self._check(audio, lengths, final, sample_rate)
+        check = self._check_static if self.engine == "static" else self._check
+        audio, counts, final, invalid, host = check(audio, lengths, final, sample_rate)
         # A step is atomic: the caches are restored if anything fails half way (the rest of the
         # session's state is replaced only at the end).
         snapshots = [(cache, cache.snapshot()) for cache in self.state.caches.all()]
@@ -230,7 +226,7 @@ class StreamingSession:
             for cache, snapshot in snapshots:
                 cache.restore(snapshot)
             raise
-        if self.engine == "static":
+        if host is not None:
             self._host_frames, self._host_ended = host
         output.invalid_input = invalid
         return output
@@ -282,12 +278,12 @@ class StreamingSession:
                 )
             for cache in self.state.caches.all():
                 cache.reserve(needed)
-        samples = torch.tensor(samples, dtype=torch.int64).to(self.device, non_blocking=True)
-        counts_host = torch.tensor(frames, dtype=torch.int64).to(self.device, non_blocking=True)
-        final_device = torch.tensor(final_host).to(self.device, non_blocking=True)
-        audio, invalid = _finite_input(audio, samples, self.chunk_samples)
-        counts = torch.where(invalid, 0, counts_host)
-        final_device = final_device & (counts > 0)
+        # the step's host values in one copy to the device
+        values = torch.tensor([samples, frames, final_host], dtype=torch.int64)
+        values = values.to(self.device, non_blocking=True)
+        audio, invalid = _finite_input(audio, values[0], self.chunk_samples)
+        counts = torch.where(invalid, 0, values[1])
+        final_device = values[2].bool() & (counts > 0)
         ended_after = [
             e or (f and n > 0) for e, f, n in zip(self._host_ended, final_host, frames, strict=True)
         ]
@@ -384,7 +380,7 @@ class StreamingSession:
         return audio.to(self.device)
 
     def _check(self, audio, lengths, final, sample_rate):
-        """The packed engine's checks (device values read back on the host)."""
+        """The packed engine's checks (device values read back on the host; no host facts to keep)."""
         c = self.model.config
         audio = self._check_audio(audio, sample_rate)
         if lengths is None:
@@ -409,7 +405,7 @@ class StreamingSession:
                 "final=True; only a stream's last step may be short"
             )
         # A final step too short for even one model frame has nothing to add.
-        return audio, counts, final & (counts > 0), invalid
+        return audio, counts, final & (counts > 0), invalid, None
 
 
 def _finite_input(audio: torch.Tensor, samples: torch.Tensor, chunk_samples: int):
