@@ -6,13 +6,14 @@ fall behind. This measures what a step costs as the streams grow in number ({1 .
 history (--frames, 1500 = 60 s at 25 Hz), with the caches bounded (--left-chunks 16) or not
 (none), for each engine the session offers, measured in the same run:
 
-    static   the preallocated caches, read in place (the new engine)
+    graph    the static engine's step replayed as one CUDA graph (`cuda_graph=True`; CUDA only)
+    static   the preallocated caches, read in place (the new engine), launched eagerly
     packed   the caches packed anew each step (the previous engine: the baseline)
 
 The session picks the engine with its `engine` keyword; a session without that keyword has only
 the packed engine and is measured as "packed". For the static engine with unbounded history the
-caches hold --frames frames (`max_history_frames`). `--cuda-graph` passes `cuda_graph=True` to
-sessions that accept it.
+caches hold --frames frames (`max_history_frames`). `--backend` sets the model's attention backend
+(the decode calls' backend is printed).
 
 Per (engine, streams, left_chunks): the model is TokenDuplexModel with random (seeded) weights at
 the sizes of configs/model/<--model>.yaml, in bf16 on a GPU and float32 on the CPU; the vocoder is
@@ -34,7 +35,7 @@ stream, float32): the line under the table.
 
     python scripts/bench_streaming.py                                 # the full grid (base model, GPU)
     python scripts/bench_streaming.py --streams 1,64,1024 --left-chunks 16 --json streaming.json
-    python scripts/bench_streaming.py --engines static --cuda-graph --max-seconds 60
+    python scripts/bench_streaming.py --engines graph --backend cute --max-seconds 60
     python scripts/bench_streaming.py --device cpu --model tiny --streams 1,2 --frames 24 \\
         --left-chunks none,2                                          # the script's own smoke run
 """
@@ -65,7 +66,7 @@ from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from s2s.models.vocoder import GriffinLimVocoder
 from s2s.streaming.token_session import TokenStreamingSession
 
-ENGINES = ("static", "packed")
+ENGINES = ("graph", "static", "packed")
 WINDOW = 5  # steps whose median is the cost "near" a frame
 EARLY_FRAME = 50  # the history at which a step's cost is compared with the last one's
 NOISE = 0.05  # the input's level: quiet noise, as a line with nobody speaking
@@ -168,10 +169,10 @@ def window_near(ends: list[int], times: list[float], frame: int) -> tuple[int, f
 def make_session(model, engine: str | None, streams: int, left: int | None, args, device, options):
     kwargs = {}
     if engine is not None:  # None: the session has no `engine` keyword (its one engine, "packed")
-        kwargs["engine"] = engine
-        if engine == "static" and left is None and options["max_history_frames"]:
+        kwargs["engine"] = "static" if engine == "graph" else engine
+        if engine != "packed" and left is None and options["max_history_frames"]:
             kwargs["max_history_frames"] = args.frames
-    if args.cuda_graph and options["cuda_graph"]:
+    if engine == "graph":
         kwargs["cuda_graph"] = True
     return TokenStreamingSession(
         model, batch=streams, chunk=args.chunk, left_chunks=left, vocoder=False, device=device, **kwargs
@@ -325,7 +326,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--chunk", type=int, default=4, help="model frames per step (4 = 160 ms)")
     parser.add_argument("--model", choices=["base", "tiny"], default="base")
-    parser.add_argument("--engines", default=",".join(ENGINES), help=f"a list of {', '.join(ENGINES)}")
+    parser.add_argument(
+        "--engines",
+        default="auto",
+        help=f"a list of {', '.join(ENGINES)} (auto: all of them on a GPU, graph left out on the CPU)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "cute", "sdpa", "flex", "reference"],
+        default="auto",
+        help="the model's attention backend (the decode calls' own is printed)",
+    )
     parser.add_argument(
         "--dtype",
         choices=["auto", "bfloat16", "float16", "float32"],
@@ -343,9 +354,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="stop stepping a configuration after this many seconds (once a step past the warm-up is "
         "timed; the frame reached is reported)",
     )
-    parser.add_argument(
-        "--cuda-graph", action="store_true", help="cuda_graph=True, where the session takes it"
-    )
     parser.add_argument("--vocoder-steps", type=int, default=20, help="vocoder calls timed per stream count")
     parser.add_argument("--no-vocoder", action="store_true", help="skip timing the vocoder")
     parser.add_argument("--seed", type=int, default=0, help="of the model's random weights")
@@ -353,10 +361,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.streams = parse_list(args.streams)
     args.left_chunks = parse_list(args.left_chunks, parse_left)
+    if args.engines == "auto":
+        on_gpu = args.device.startswith("cuda")
+        args.engines = ",".join(e for e in ENGINES if on_gpu or e != "graph")
     args.engines = parse_list(args.engines, str)
     unknown = set(args.engines) - set(ENGINES)
     if unknown:
         parser.error(f"unknown engine(s) {sorted(unknown)}; the engines are {', '.join(ENGINES)}")
+    if "graph" in args.engines and not args.device.startswith("cuda"):
+        parser.error("the graph engine (CUDA graphs) needs --device cuda")
     if not args.streams or min(args.streams) < 1:
         parser.error(f"--streams must be positive counts, got {args.streams}")
     if any(left is not None and left < 0 for left in args.left_chunks):
@@ -414,11 +427,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not options["engine"]:
         notes.append("the session takes no `engine` keyword: only its one engine runs, as packed")
         engines = [None]
-    if args.cuda_graph and not options["cuda_graph"]:
-        notes.append("the session takes no `cuda_graph` keyword: --cuda-graph has no effect")
+    elif "graph" in engines and not options["cuda_graph"]:
+        notes.append("the session takes no `cuda_graph` keyword: the graph engine is left out")
+        engines = [e for e in engines if e != "graph"]
 
     torch.manual_seed(args.seed)
-    config = preset_config(args.model)
+    config = dataclasses.replace(preset_config(args.model), attention_backend=args.backend)
     model = TokenDuplexModel(config).to(device=device, dtype=dtype).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     chunk_ms = args.chunk * config.frame_samples / config.sample_rate * 1000
@@ -461,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{args.warmup} warm-up steps left out"
     )
     backends = decode_backends(model, args.chunk, device, dtype)
-    print(f"decode attention: static on {backends['static']}, packed on {backends['packed']}")
+    print(
+        f"decode attention (model backend {args.backend}): static and graph on {backends['static']}, "
+        f"packed on {backends['packed']}"
+    )
     print(f"{command}\n{device_name(device)}, torch {torch.__version__}, {date}\n")
     print(table(rows, args.chunk))
     if vocoder_rows:

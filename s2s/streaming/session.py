@@ -15,11 +15,13 @@ ring of `left_chunks + 1` chunks, or a linear buffer of the history), written in
 place by each attention call (`seqused_k`), every check made on host values the session keeps, so
 a step reads nothing back from the device (s2s.attention.static_cache). "packed": the previous
 engine, whose caches grow and pack every stream's keys for each call (s2s.attention.cache); kept as
-the baseline of scripts/bench_streaming.py.
+the baseline of scripts/bench_streaming.py. With `cuda_graph=True` the static engine's step is
+captured once as a CUDA graph and replayed every chunk (s2s.streaming.step_graph).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from s2s.data.pitch import PitchConfig, PitchState, pitch_initial_state, pitch_s
 from s2s.models.duplex import DuplexModel, DuplexOutput
 from s2s.models.frontend import FrontEndState
 from s2s.models.vocoder import GriffinLimVocoder, VocoderState
+from s2s.streaming.step_graph import StepGraph, tensor_leaves
 
 
 @dataclass
@@ -81,6 +84,9 @@ class StreamingSession:
     with works but warns (the NeMo multi-look-ahead situation). `engine`: "static" or "packed" (see
     the module's docstring); with unbounded history the static caches hold `max_history_frames`
     frames per stream and refuse a step past it, or, when it is None, start at 60 s and grow.
+    `cuda_graph=True` (static engine, CUDA) replays the step as one captured CUDA graph: a step's
+    outputs are copies the next step leaves alone; `reset` lets streams join and leave without a
+    recapture; a cache that grows recaptures.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class StreamingSession:
         device: torch.device | str | None = None,
         engine: str = "static",
         max_history_frames: int | None = None,
+        cuda_graph: bool = False,
     ):
         config = model.config
         self.model = model
@@ -135,6 +142,14 @@ class StreamingSession:
             vocoder = GriffinLimVocoder(self.log_mel.config).to(self.device)
         self.vocoder = vocoder or None
         self.state = self._initial_state()
+        if cuda_graph and engine != "static":
+            raise ValueError(
+                "cuda_graph=True needs engine='static' (the packed engine reads the device in a step)"
+            )
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, the session is on {self.device}")
+        self.cuda_graph = bool(cuda_graph)
+        self._graph: StepGraph | None = None  # captured at the first step
 
     @property
     def chunk_samples(self) -> int:
@@ -192,6 +207,8 @@ class StreamingSession:
             cache.reset(streams)
         for row in streams.nonzero().flatten().tolist():
             self._host_frames[row], self._host_ended[row] = 0, False
+        if self._graph is not None:  # the fresh rows into the tensors the graph reads
+            self._graph.adopt()
 
     def stream(self, waveform, sample_rate: int):
         """Stream a whole recording from a fresh state (the session is reset first): a generator of
@@ -215,26 +232,69 @@ class StreamingSession:
         checks `lengths` and `final` on the host: pass them as lists or CPU tensors (device tensors
         are copied back, which waits for the device).
         """
-        check = self._check_static if self.engine == "static" else self._check
-        audio, counts, final, invalid, host = check(audio, lengths, final, sample_rate)
-        # A step is atomic: the caches are restored if anything fails half way (the rest of the
-        # session's state is replaced only at the end).
+        if self.engine == "packed":
+            audio, counts, final, invalid = self._check(audio, lengths, final, sample_rate)
+            output = self._atomic(lambda: self._step(audio, counts, final))
+            output.invalid_input = invalid
+            return output
+        audio, host_values, host = self._check_static(audio, lengths, final, sample_rate)
+        if self.cuda_graph:
+            if self._graph is None:
+                self._graph = StepGraph(self)
+            output = self._graph.replay(audio, host_values)  # checked above: a replay cannot fail half way
+        else:
+            values = host_values.to(self.device, non_blocking=True)  # the step's host values in one copy
+            output = self._atomic(lambda: self.step_on_device(audio, values))
+        self._host_frames, self._host_ended = host
+        return output
+
+    def _atomic(self, step):
+        """step(), with the caches restored if anything fails half way (the rest of the session's
+        state is replaced only at the end)."""
         snapshots = [(cache, cache.snapshot()) for cache in self.state.caches.all()]
         try:
-            output = self._step(audio, counts, final)
+            return step()
         except BaseException:
             for cache, snapshot in snapshots:
                 cache.restore(snapshot)
             raise
-        if host is not None:
-            self._host_frames, self._host_ended = host
+
+    def step_on_device(self, audio: torch.Tensor, values: torch.Tensor) -> StepOutput:
+        """The static engine's step from device inputs only (what a CUDA graph captures): (B,
+        chunk_samples) audio and (3, B) int64 values (samples, frames, final) already checked."""
+        audio, invalid = _finite_input(audio, values[0], self.chunk_samples)
+        counts = torch.where(invalid, 0, values[1])
+        final = values[2].bool() & (counts > 0)
+        output = self._step(audio, counts, final)
         output.invalid_input = invalid
         return output
 
+    def carried_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a step carries to the next (state and cache frame counts, not the caches'
+        storage, which is written in place), in a fixed order."""
+        state = self.state
+        leaves = [
+            leaf
+            for field in dataclasses.fields(state)
+            if field.name != "caches"
+            for leaf in tensor_leaves(getattr(state, field.name))
+        ]
+        for cache in state.caches.all():
+            leaves += [cache.key_frames, cache.query_frames]
+        return leaves
+
+    def bind_carried(self, state: SessionState, carried: list[torch.Tensor]) -> None:
+        """Make `state` (whose tensors are `carried`) the session's state again, with each cache's
+        frame counts pointing at their tensors in `carried`."""
+        self.state = state
+        counters = carried[len(carried) - 2 * len(state.caches.all()) :]
+        for index, cache in enumerate(state.caches.all()):
+            cache.key_frames, cache.query_frames = counters[2 * index], counters[2 * index + 1]
+
     def _check_static(self, audio, lengths, final, sample_rate):
         """The static engine's checks, on host values only (lengths and final as given, or read
-        once if the caller passed device tensors); returns the device inputs of the step and the
-        host facts to keep once it has run."""
+        once if the caller passed device tensors); returns the audio on the device, the step's
+        (3, B) host values (samples, frames, final) and the host facts to keep once it has run."""
         c = self.model.config
         audio = self._check_audio(audio, sample_rate)
         if lengths is None:
@@ -278,16 +338,12 @@ class StreamingSession:
                 )
             for cache in self.state.caches.all():
                 cache.reserve(needed)
-        # the step's host values in one copy to the device
+            self._graph = None  # new storage: the next step captures again
         values = torch.tensor([samples, frames, final_host], dtype=torch.int64)
-        values = values.to(self.device, non_blocking=True)
-        audio, invalid = _finite_input(audio, values[0], self.chunk_samples)
-        counts = torch.where(invalid, 0, values[1])
-        final_device = values[2].bool() & (counts > 0)
         ended_after = [
             e or (f and n > 0) for e, f, n in zip(self._host_ended, final_host, frames, strict=True)
         ]
-        return audio, counts, final_device, invalid, (after, ended_after)
+        return audio, values, (after, ended_after)
 
     def _history_capacity(self) -> int:
         """Key frames the static caches hold per stream (unbounded history)."""
@@ -405,7 +461,7 @@ class StreamingSession:
                 "final=True; only a stream's last step may be short"
             )
         # A final step too short for even one model frame has nothing to add.
-        return audio, counts, final & (counts > 0), invalid, None
+        return audio, counts, final & (counts > 0), invalid
 
 
 def _finite_input(audio: torch.Tensor, samples: torch.Tensor, chunk_samples: int):

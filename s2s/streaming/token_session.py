@@ -68,6 +68,7 @@ class TokenStreamingSession(StreamingSession):
         state_gains: torch.Tensor | list[float] | None = None,
         engine: str = "static",
         max_history_frames: int | None = None,
+        cuda_graph: bool = False,
     ):
         if not isinstance(model, TokenDuplexModel):
             raise TypeError(
@@ -75,7 +76,9 @@ class TokenStreamingSession(StreamingSession):
                 "use StreamingSession for model v1"
             )
         self.sampling = sampling or SamplingConfig()
-        super().__init__(model, batch, chunk, left_chunks, vocoder, device, engine, max_history_frames)
+        super().__init__(
+            model, batch, chunk, left_chunks, vocoder, device, engine, max_history_frames, cuda_graph
+        )
         seeds = torch.arange(batch) if seeds is None else torch.as_tensor(seeds)
         if seeds.shape != (batch,):
             raise ValueError(f"seeds must hold one integer per stream ({batch},), got {tuple(seeds.shape)}")

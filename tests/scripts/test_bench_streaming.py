@@ -111,7 +111,7 @@ def test_cpu_smoke_run_reports_every_configuration(bench, tmp_path, capsys):
     assert [v["streams"] for v in report["vocoder"]] == [1, 2]
     # on the CPU `auto` runs both engines' decode calls on SDPA
     assert report["decode_backends"] == {"static": "sdpa", "packed": "sdpa"}
-    assert "decode attention: static on sdpa, packed on sdpa" in out
+    assert "decode attention (model backend auto): static and graph on sdpa, packed on sdpa" in out
     for v in report["vocoder"]:
         assert v["error"] is None and v["p50_ms"] > 0
         assert v["per_stream_ms"] == pytest.approx(v["p50_ms"] / v["streams"])
@@ -168,7 +168,7 @@ def test_each_engine_gets_its_keywords(bench, monkeypatch):
     monkeypatch.setattr(bench, "TokenStreamingSession", EngineSession)
     monkeypatch.setattr(EngineSession, "calls", [])
     argv = "--streams 1 --frames 12 --left-chunks none,2 --model tiny --device cpu --warmup 1 --no-vocoder"
-    report = bench.main([*argv.split(), "--cuda-graph"])
+    report = bench.main(argv.split())
     assert [(r["engine"], r["left_chunks"]) for r in report["rows"]] == [
         ("static", None),
         ("packed", None),
@@ -178,9 +178,15 @@ def test_each_engine_gets_its_keywords(bench, monkeypatch):
     assert all(r["error"] is None and r["frames_reached"] == 12 for r in report["rows"])
     # the static engine's unbounded caches hold the whole history; bounded ones need no capacity
     assert EngineSession.calls == [
-        {"engine": "static", "max_history_frames": 12, "cuda_graph": True},
-        {"engine": "packed", "max_history_frames": None, "cuda_graph": True},
-        {"engine": "static", "max_history_frames": None, "cuda_graph": True},
-        {"engine": "packed", "max_history_frames": None, "cuda_graph": True},
+        {"engine": "static", "max_history_frames": 12, "cuda_graph": False},
+        {"engine": "packed", "max_history_frames": None, "cuda_graph": False},
+        {"engine": "static", "max_history_frames": None, "cuda_graph": False},
+        {"engine": "packed", "max_history_frames": None, "cuda_graph": False},
     ]
     assert report["notes"] == []
+
+
+def test_the_graph_engine_needs_a_gpu(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--engines", "graph,static", "--device", "cpu"])
+    assert "graph" not in bench.parse_args(["--device", "cpu"]).engines
