@@ -390,7 +390,6 @@ def decode_backends(model: TokenDuplexModel, chunk: int, device: torch.device, d
     from s2s.attention import ChunkSpec
     from s2s.attention.api import select_backend
     from s2s.attention.problem import make_problem
-    from s2s.attention.static_cache import decode_backend
 
     c = model.config
     q = torch.zeros(2, chunk, c.heads, c.head_dim, device=device, dtype=dtype)
@@ -404,7 +403,7 @@ def decode_backends(model: TokenDuplexModel, chunk: int, device: torch.device, d
         q.flatten(0, 1), kv[:, :chunk].flatten(0, 1), kv[:, :chunk].flatten(0, 1), spec, cu, cu
     )
     return {
-        "static": select_backend(static, decode_backend(c.attention_backend), False).name,
+        "static": select_backend(static, c.attention_backend, False).name,
         "packed": select_backend(packed, c.attention_backend, False).name,
     }
 

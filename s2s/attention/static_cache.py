@@ -30,13 +30,6 @@ from s2s.attention.stream_selection import stream_flags
 StaticSnapshot = tuple[torch.Tensor, torch.Tensor]
 
 
-def decode_backend(backend: str) -> str:
-    """The backend a static cache's attention calls run on: the one asked for, except the CuTe
-    kernel, which does not take the padded layout (`seqused_k`) yet (its forward lets non-finite
-    storage past a stream's rows through); those calls go to `auto` (SDPA on a GPU)."""
-    return "auto" if backend == "cute" else backend
-
-
 def _int_chunk(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
@@ -71,7 +64,7 @@ class _StaticAttention:
         self.step_frames = self.chunk_q if step_frames is None else int(step_frames)
         if self.step_frames < 1:
             raise ValueError(f"step_frames must be >= 1, got {self.step_frames}")
-        self.backend = decode_backend(backend)
+        self.backend = backend
         self.ring = left_chunks is not None
         # key rows one step may append (whole query chunks, in key frames)
         step_chunks = -(-self.step_frames // self.chunk_q)

@@ -21,8 +21,8 @@ captured once as a CUDA graph and replayed every chunk (s2s.streaming.step_graph
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -112,13 +112,6 @@ class StreamingSession:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.engine = engine
-        if engine == "static" and config.attention_backend == "cute":
-            warnings.warn(
-                "the CuTe kernel does not take the static engine's decode layout yet: this session's "
-                "attention runs on backend 'auto' (SDPA on a GPU); engine='packed' streams through the "
-                "CuTe kernel",
-                stacklevel=2,
-            )
         if max_history_frames is not None and (
             isinstance(max_history_frames, bool) or max_history_frames < 1
         ):
@@ -350,6 +343,10 @@ class StreamingSession:
         return min(cache.capacity for cache in self.state.caches.all())
 
     def _step(self, audio: torch.Tensor, counts: torch.Tensor, final: torch.Tensor) -> StepOutput:
+        with _batch_invariant(self.device):
+            return self._step_streams(audio, counts, final)
+
+    def _step_streams(self, audio: torch.Tensor, counts: torch.Tensor, final: torch.Tensor) -> StepOutput:
         model, state = self.model, self.state
         active = counts > 0
 
@@ -462,6 +459,26 @@ class StreamingSession:
             )
         # A final step too short for even one model frame has nothing to add.
         return audio, counts, final & (counts > 0), invalid
+
+
+def _batch_invariant(device: torch.device):
+    """On the CPU, oneDNN picks a convolution's algorithm by batch size, so a stream's frames would
+    depend (in the last bits) on how many streams share its step; the native convolution does not
+    (the front end's convolutions are small: the cost does not show)."""
+    if device.type == "cpu":
+        return _native_convolutions()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _native_convolutions():
+    """oneDNN off for the block (torch.backends.mkldnn.flags would also set a TF32 flag, which warns)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 def _finite_input(audio: torch.Tensor, samples: torch.Tensor, chunk_samples: int):

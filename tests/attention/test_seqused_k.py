@@ -3,6 +3,8 @@ preallocated per stream needs to be attended in place. Every backend against a f
 written here from the rule, with NaN in every unused key and value row: those rows are storage
 and must never reach an output, not even as 0 x NaN."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -295,13 +297,22 @@ def test_auto_picks_a_backend_that_runs_and_is_right(generator):
     assert torch.isfinite(q.grad).all(), f"auto gradients: {case}"
 
 
-def test_the_cute_backend_says_why_it_does_not_run_it(generator):
+def test_the_cute_backend_takes_seqused_k_without_gradients_only(generator):
+    """The forward takes seqused_k (on CPU it refuses for the device and dtype, never for
+    seqused_k); a call that needs gradients is refused, with the way out."""
+    from s2s.attention.backends import BACKENDS
+
     case = Case(RULES[1], 4, (4, 2), torch.float32, generator)
-    with pytest.raises(NotImplementedError, match=r"CuTe forward lets NaN.*past seqused_k"):
-        case.attend("cute")
+    problem = make_problem(case.q, case.k, case.v, case.spec, seqused_k=case.seqused_k)
+    reason = BACKENDS["cute"].unsupported_reason(problem, False)
+    assert reason is None or "seqused_k" not in reason, reason
     case.q.requires_grad_()
-    with pytest.raises(NotImplementedError, match=r"CuTe backward does not take seqused_k"):
+    with pytest.raises(NotImplementedError, match=r"CuTe backward does not take seqused_k.*no_grad"):
         case.attend("cute")
+    with torch.no_grad():
+        problem = make_problem(case.q, case.k, case.v, case.spec, seqused_k=case.seqused_k)
+        reason = BACKENDS["cute"].unsupported_reason(problem, False)
+    assert reason is None or "seqused_k" not in reason, reason
 
 
 def test_problem_keeps_capacity_and_lengths_without_reading_them():
@@ -362,8 +373,8 @@ def test_reference_checks_the_values(used):
         chunk_attention(*small_inputs(), ChunkSpec(4), seqused_k=int32(used), backend="reference")
 
 
-# GPU: the CuTe forward kernel on a decode step of long caches, called directly (the backend
-# refuses seqused_k for now), and `auto` on CUDA. bf16, head dim 64, Sq = 4, GQA 8/2. The used
+# GPU: the CuTe forward kernel on a decode step of long caches, called directly into NaN-filled
+# output buffers, and `auto` (the CuTe kernel on Hopper) on CUDA. bf16, head dim 64, Sq = 4, GQA 8/2. The used
 # lengths cross the kernel's 128-key tiles in every way: empty, one key, just past a tile, a
 # tile's end, mid-tile, and the whole capacity; 2000 is not a multiple of 128, so a stream's last
 # tile also covers the next stream's first rows (stream 1 after stream 0: all storage).
@@ -385,28 +396,40 @@ def gpu_case(rule, generator, storage: str) -> Case:
     return case
 
 
-def cute_forward(case: Case):
-    """The kernel into NaN-filled output and LSE buffers: what comes back finite was written."""
-    from s2s.attention.cute.launch import forward
+def nan_buffers(rows: int, heads: int, head_dim: int):
+    """Output and LSE buffers for the kernel, NaN-filled: what comes back finite was written."""
+    out = torch.full((rows, heads, head_dim), NAN, dtype=torch.bfloat16, device="cuda")
+    lse = torch.full((heads, rows), NAN, dtype=torch.float32, device="cuda")
+    return out, lse
+
+
+def cute_forward(case: Case, warpgroups: int | None = None):
+    """The kernel into NaN-filled output and LSE buffers; ``warpgroups`` picks the tile shape
+    (default: the shipped one)."""
+    from s2s.attention.cute.launch import prepare, problem_layout
+    from s2s.attention.cute.tiles import ForwardTiles
 
     problem = make_problem(case.q, case.k, case.v, case.spec, seqused_k=case.seqused_k)
-    rows = case.q.shape[0] * case.q.shape[1]
-    out = torch.full((rows, 8, 64), NAN, dtype=torch.bfloat16, device="cuda")
-    lse = torch.full((8, rows), NAN, dtype=torch.float32, device="cuda")
-    got, got_lse = forward(problem, out=out, lse=lse)
+    batch, seqlen_q, heads_q, head_dim = case.q.shape
+    out, lse = nan_buffers(batch * seqlen_q, heads_q, head_dim)
+    tiles = None if warpgroups is None else ForwardTiles(head_dim=head_dim, consumer_warpgroups=warpgroups)
+    prepared = prepare(problem, out, lse, tiles=tiles)
+    prepared.launch()
     torch.cuda.synchronize()
-    return got, got_lse
+    return problem_layout(problem, prepared.out, prepared.lse)
 
 
-def check_cute(case: Case):
-    got, got_lse = cute_forward(case)
+def check_cute(case: Case, warpgroups: int | None = None):
+    got, got_lse = cute_forward(case, warpgroups)
     want, want_lse = case.oracle()
     assert not torch.isnan(got).any(), f"{int(torch.isnan(got).sum())} output elements NaN: {case}"
     assert not torch.isnan(got_lse).any(), f"{int(torch.isnan(got_lse).sum())} LSE values NaN: {case}"
     error = ((got.cpu().double() - want).norm() / want.norm()).item()
     assert error <= 1e-2, f"output relative error {error:.2e}: {case}"
-    assert (got[[1]] == 0).all(), f"the stream with no used key: {case}"
+    empty = [b for b, n in enumerate(case.used) if n == 0]
+    assert (got[empty] == 0).all(), f"the streams with no used key, {empty}: {case}"
     assert_lse_close(got_lse, want_lse, 2e-2, f"cute {case}")
+    return got, got_lse
 
 
 @pytest.mark.gpu
@@ -421,26 +444,88 @@ def test_cute_kernel_honours_used_lengths(rule, generator):
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="forward_sm90 loads whole 128-key V tiles and multiplies the rows past seqlen_k by P = 0: "
-    "0 x NaN = NaN. Once it zeroes them, drop this mark and CuteBackend's seqused_k refusal together",
-)
 @pytest.mark.parametrize("rule", GPU_RULES, ids=[r[0] for r in GPU_RULES])
 def test_cute_kernel_keeps_nan_storage_out(rule, generator):
+    """The last key tile's V rows past seqlen_k hold NaN and enter P @ V with P = 0: the kernel
+    zeroes them in shared memory first (0 x NaN would be NaN)."""
     pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')")
     check_cute(gpu_case(rule, generator, "nan"))
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("warpgroups", [2, 3], ids=["wg2", "wg3"])
+@pytest.mark.parametrize("seqlen_q", [1, 4, 16])
+@pytest.mark.parametrize("capacity", [200, 300])
+def test_cute_decode_step_on_nan_caches_matches_the_oracle(capacity, seqlen_q, warpgroups, generator):
+    """A streaming decode step (chunk 4, 1 to 16 query rows, GQA 12:4, head dim 64, bf16) on
+    caches whose capacity is no multiple of 128, every unused row NaN, used lengths across the
+    tile edges: the kernel (both tile shapes) into NaN-filled buffers against the float64
+    oracle, and the public call (backend="cute") gives the shipped kernel's bits."""
+    pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')")
+    used = [capacity, 0, 1, 127, 128, 129, capacity - 1, randint(generator, 1, capacity)]
+    case = Case(
+        RULES[1], seqlen_q, (12, 4), torch.bfloat16, generator, device="cuda", head_dim=64,
+        capacity=capacity, used=used,
+    )  # fmt: skip
+    got, got_lse = check_cute(case, warpgroups)
+    if warpgroups == 2:  # the shipped shape for these few rows
+        public, lse = case.attend("cute", return_lse=True)
+        assert torch.equal(public, got), f"chunk_attention(backend='cute') differs from the kernel: {case}"
+        assert torch.equal(lse, got_lse), f"chunk_attention(backend='cute') LSE differs: {case}"
+
+
+@pytest.mark.gpu
+@needs_hopper
+@pytest.mark.parametrize("step", ["decode", "prefill"])
+def test_cute_packed_sequences_keep_trailing_nan_storage_out(step, generator):
+    """Packed (varlen) layout: two sequences of 200 and 300 keys (no multiple of 128), then 60 NaN
+    rows of storage after the last one. Sequence 0's last key tile reads sequence 1's first
+    rows, sequence 1's reads the NaN rows (and past the tensor, TMA's zeros)."""
+    pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')")
+    from s2s.attention.cute.launch import forward
+
+    seed = generator.initial_seed()
+    heads_q, heads_k, head_dim, chunk = 12, 4, 64, 4
+    lengths_k = [200, 300]
+    lengths_q = [16, 5] if step == "decode" else lengths_k
+    k_offset = [randint(generator, 0, 20) for _ in lengths_k]
+    # A decode step's queries are the last positions of its keys; a prefill's are its keys.
+    q_offset = [ko + nk - nq for ko, nk, nq in zip(k_offset, lengths_k, lengths_q, strict=True)]
+    cu_q = [0, lengths_q[0], sum(lengths_q)]
+    cu_k = [0, lengths_k[0], sum(lengths_k)]
+    q = torch.randn(cu_q[-1], heads_q, head_dim, generator=generator).to(torch.bfloat16)
+    k = torch.randn(cu_k[-1] + 60, heads_k, head_dim, generator=generator).to(torch.bfloat16)
+    v = torch.randn(cu_k[-1] + 60, heads_k, head_dim, generator=generator).to(torch.bfloat16)
+    k[cu_k[-1] :], v[cu_k[-1] :] = NAN, NAN
+    spec = ChunkSpec(chunk, chunk, None, int32(q_offset).cuda(), int32(k_offset).cuda())
+    problem = make_problem(
+        q.cuda(), k.cuda(), v.cuda(), spec, cu_seqlens_q=int32(cu_q).cuda(), cu_seqlens_k=int32(cu_k).cuda()
+    )
+    what = f"seed {seed}: {step}, q {lengths_q}, k {lengths_k}, q_offset {q_offset}, k_offset {k_offset}"
+    out, lse = nan_buffers(cu_q[-1], heads_q, head_dim)
+    got, got_lse = forward(problem, out=out, lse=lse)
+    torch.cuda.synchronize()
+    assert not torch.isnan(got).any(), f"{int(torch.isnan(got).sum())} output elements NaN: {what}"
+    assert not torch.isnan(got_lse).any(), f"{int(torch.isnan(got_lse).sum())} LSE values NaN: {what}"
+    for b in range(2):
+        rows, keys = slice(cu_q[b], cu_q[b + 1]), slice(cu_k[b], cu_k[b + 1])
+        rule = ([chunk], [chunk], [q_offset[b]], [k_offset[b]], None)
+        want, want_lse = oracle(q[None, rows], k[None, keys], v[None, keys], [lengths_k[b]], *rule)
+        error = ((got[rows].cpu().double() - want[0]).norm() / want.norm()).item()
+        assert error <= 1e-2, f"sequence {b}: output relative error {error:.2e}: {what}"
+        assert_lse_close(got_lse[:, rows], want_lse[0], 2e-2, f"sequence {b}: {what}")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["auto", "sdpa", "flex"])
 @pytest.mark.parametrize("rule", GPU_RULES, ids=[r[0] for r in GPU_RULES])
 def test_gpu_backends_keep_nan_storage_out(rule, backend, generator):
-    """`auto` (not CuTe, for now), SDPA and compiled flex on CUDA."""
+    """`auto` (the CuTe kernel on Hopper), SDPA and compiled flex on CUDA."""
     case = gpu_case(rule, generator, "nan")
     problem = make_problem(case.q, case.k, case.v, case.spec, seqused_k=case.seqused_k)
-    assert select_backend(problem, "auto", False).name != "cute", "the CuTe forward lets NaN storage through"
+    if HOPPER and importlib.util.find_spec("cutlass") is not None:
+        assert select_backend(problem, "auto", False).name == "cute", f"auto on Hopper: {case}"
     got = case.attend(backend)
     want, _ = case.oracle()
     assert not torch.isnan(got).any(), f"{int(torch.isnan(got).sum())} output elements NaN: {case}"

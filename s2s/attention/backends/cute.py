@@ -47,14 +47,10 @@ class CuteBackend(AttentionBackend):
         inputs = (problem.q, problem.k, problem.v)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
         if problem.seqused_k is not None and needs_grad:
-            # Its dK/dV kernels leave the rows past seqused_k unwritten.
+            # The forward takes it: keys past seqused_k are masked by select, and the last key
+            # tile's V rows past it are zeroed in shared memory before P @ V, so NaN storage never
+            # reaches the output (0 x NaN would). The dK/dV kernels leave those rows unwritten.
             return "the CuTe backward does not take seqused_k (run the step under torch.no_grad())"
-        if problem.seqused_k is not None:
-            # The forward masks the scores of keys past seqused_k, but the last key tile's V rows
-            # past it still enter P @ V with weight 0, and 0 x NaN storage is NaN (flash-attention
-            # issue 2374). Lift this once forward_sm90 zeroes those rows: the GPU tests in
-            # tests/attention/test_seqused_k.py say when.
-            return "the CuTe forward lets NaN in value rows past seqused_k reach the output"
         if importlib.util.find_spec("cutlass") is None:
             return "nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')"
         from s2s.attention.cute.launch import unsupported_reason

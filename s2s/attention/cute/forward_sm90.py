@@ -14,7 +14,9 @@ Chunk sizes, offsets and lengths are runtime values read per sequence, so a new 
 length never recompiles.
 
 Sequences are packed on one timeline (flash-attention's varlen layout); a padded batch is the
-special case of equal lengths. Rows and keys beyond a sequence's end are masked or never stored.
+special case of equal lengths. Rows and keys beyond a sequence's end are masked or never stored;
+the last key tile's V rows past the end (a cache's unused rows, the next sequence's) are zeroed in
+shared memory before P @ V, so NaN there cannot reach the output as 0 x NaN.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from s2s.attention.cute.block_info import KeyTileRuns
 from s2s.attention.cute.epilogue import store_rows
 from s2s.attention.cute.fragments import accumulator_as_operand_a, as_accumulator, rows_cols
 from s2s.attention.cute.mask import ChunkMask, thread_row_bounds
+from s2s.attention.cute.named_barrier import WARPGROUP_THREADS, sync_warpgroup
 from s2s.attention.cute.pipeline import loaded_once, query_side_pipelines
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import OnlineSoftmax
@@ -370,8 +373,13 @@ class ChunkAttentionForwardSm90:
                 qk_mma, kv_consumer, order = self.overlapped_tile(
                     True, False, n, qk_mma, operands, kv_consumer, order, state
                 )
-            # The last tile's PV.
+            # The last tile's PV. Its V rows past the sequence's keys (a cache's unused rows, the
+            # next sequence's first rows) enter the GEMM with P = 0, and 0 x NaN is NaN: zero them
+            # first. Only this tile can reach past seqlen_k (``KeyTileRuns.end``).
             v_handle = kv_consumer.wait_and_advance()
+            past_end = mask.seqlen.seqlen_k - (runs.end - 1) * self.tiles.tile_n  # tile-local
+            if past_end < self.tiles.tile_n:
+                self.zero_keys_from(sV[None, None, v_handle.index], past_end, wg, thread)
             warpgroup.fence()
             for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
                 cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
@@ -393,6 +401,33 @@ class ChunkAttentionForwardSm90:
             mask,
             softmax_scale,
         )
+
+    @cute.jit
+    def zero_keys_from(self, sV: cute.Tensor, first: cutlass.Int32, wg: cutlass.Int32, thread: cutlass.Int32):
+        """Zero the keys (columns) ``first`` onward of one (D, tile_n) V stage, by the 128 threads of
+        warpgroup ``wg`` in 16-byte stores along D (V is MN-major: D is contiguous in shared
+        memory), then make the writes visible to the tensor cores (WGMMA reads shared memory
+        through the async proxy) before any thread of the warpgroup issues its GEMM. Every consumer
+        warpgroup zeroes the same stage of the last tile before its own PV GEMM; each writes the
+        same zeros, and none reads that stage before."""
+        d, n = self.tiles.head_dim, self.tiles.tile_n
+        vector = 128 // self.dtype.width
+        threads_d = d // vector  # a key's D values: threads_d threads, one 16-byte vector each
+        store = cute.make_tiled_copy_tv(
+            cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), self.dtype, num_bits_per_copy=128),
+            cute.make_ordered_layout((threads_d, WARPGROUP_THREADS // threads_d), order=(0, 1)),
+            cute.make_layout((vector, 1)),
+        )
+        thr_store = store.get_slice(thread)
+        dst = thr_store.partition_D(sV)
+        coords = thr_store.partition_D(cute.make_identity_tensor((d, n)))
+        zeros = cute.make_rmem_tensor_like(dst[None, None, 0])
+        zeros.fill(0.0)
+        for j in cutlass.range_constexpr(cute.size(dst, mode=[2])):
+            if coords[0, 0, j][1] >= first:
+                cute.copy(store, zeros, dst[None, None, j])
+        cute.arch.fence_proxy("async.shared", space="cta")
+        sync_warpgroup(wg)
 
     @cute.jit
     def overlapped_tile(

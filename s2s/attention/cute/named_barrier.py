@@ -19,7 +19,7 @@ class NamedBarrier(enum.IntEnum):
     """Ids; those ending in ``_WG`` are the first of one id per consumer warpgroup."""
 
     CTA = 0  # reserved: cute.arch.sync_threads()
-    WARPGROUP_WG = 1  # 1..3: one consumer warpgroup's 128 threads (epilogue staging, statistics)
+    WARPGROUP_WG = 1  # 1..3: one consumer warpgroup's 128 threads (epilogue staging, statistics, zeroing V)
     CONSUMERS = 4  # the backward's two consumer warpgroups together
     DQ_FULL_WG = 5  # 5..6: a warpgroup's dQ slice is staged (its 128 threads + the dQ warp)
     DQ_EMPTY_WG = 7  # 7..8: the dQ warp has sent the slice off; the staging buffer is free
