@@ -53,8 +53,13 @@ def stream_flags(selection, streams: int, device: torch.device | str | None = No
 def final_flags(
     final: bool | torch.Tensor, batch: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """`final` of a step: one bool for every stream, or a bool tensor (batch,). Any other tensor is
-    refused rather than cast (`.bool()` of indices or 0/1 floats would end the wrong streams)."""
+    """`final` of a step: one bool for every stream, or (batch,) bool flags (a bool tensor or a list
+    of bools). Anything else is refused rather than cast (`.bool()` of indices or 0/1 floats would
+    end the wrong streams, and `bool()` of a list is True for any non-empty one)."""
+    if isinstance(final, (list, tuple)):
+        if len(final) != batch or not all(isinstance(item, bool) for item in final):
+            raise ValueError(f"final must be a bool or one bool flag per stream ({batch},), got {final!r}")
+        return torch.tensor(final, dtype=torch.bool, device=device)
     if isinstance(final, torch.Tensor):
         if final.dtype != torch.bool or final.shape != (batch,):
             raise ValueError(
@@ -62,7 +67,12 @@ def final_flags(
                 f"{final.dtype} tensor of shape {tuple(final.shape)}"
             )
         return final.to(device=device)
-    return torch.full((batch,), bool(final), dtype=torch.bool, device=device)
+    if not isinstance(final, bool):
+        raise TypeError(
+            f"final must be a bool or ({batch},) bool flags, got {type(final).__name__}; a stream's "
+            "last step is final=True (one stream) or a flag per stream"
+        )
+    return torch.full((batch,), final, dtype=torch.bool, device=device)
 
 
 def _flags_from_indices(indices: list[int], streams: int, device) -> torch.Tensor:

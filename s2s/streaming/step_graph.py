@@ -70,16 +70,12 @@ class StepGraph:
     """
 
     def __init__(self, session, warmup_steps: int = 2):
-        if session.device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a CUDA device, the session is on {session.device}")
         self.session = session
-        self.audio = torch.zeros(session.batch, session.chunk_samples, device=session.device)
-        self.values = torch.zeros(3, session.batch, dtype=torch.int64, device=session.device)
-        self._host_values = torch.zeros(3, session.batch, dtype=torch.int64).pin_memory()
-        self._host_values_read = torch.cuda.Event()  # the last copy out of the pinned buffer is done
+        device = session.device
+        self.audio = torch.zeros(session.batch, session.chunk_samples, device=device)
+        self.values = torch.zeros(3, session.batch, dtype=torch.int64, device=device)
         self.carried_state = session.state
         self.carried = session.carried_tensors()
-        self.graph = torch.cuda.CUDAGraph()
         self.output = None
         self._capture(warmup_steps)
 
@@ -96,6 +92,12 @@ class StepGraph:
         stepped (a step writes only cache slots no query sees before it ends, so restoring the carried
         tensors undoes it), then capture."""
         device = self.session.device
+        if device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, the session is on {device}")
+        self.graph = torch.cuda.CUDAGraph()
+        # the step's host values go through one pinned buffer, reused once its last copy is done
+        self._host_values = torch.zeros(3, self.session.batch, dtype=torch.int64).pin_memory()
+        self._host_values_read = torch.cuda.Event()
         saved = [t.clone() for t in self.carried]
         try:
             side = torch.cuda.Stream(device)
@@ -117,14 +119,21 @@ class StepGraph:
         _copy_leaves(self.carried, self.session.carried_tensors())
         self.session.bind_carried(self.carried_state, self.carried)
 
-    def replay(self, audio: torch.Tensor, host_values: torch.Tensor):
-        """One step: the chunk's (B, chunk_samples) audio and the (3, B) host values (samples, frames,
-        final) into the buffers, one replay, and the outputs cloned (the next replay overwrites the
-        graph's own)."""
+    def _load(self, audio: torch.Tensor, host_values: torch.Tensor) -> None:
+        """The chunk's audio and (3, B) host values into the buffers the graph reads."""
         self.audio.copy_(audio, non_blocking=True)
         self._host_values_read.synchronize()
         self._host_values.copy_(host_values)
         self.values.copy_(self._host_values, non_blocking=True)
         self._host_values_read.record()
+
+    def _run(self) -> None:
         self.graph.replay()
+
+    def replay(self, audio: torch.Tensor, host_values: torch.Tensor):
+        """One step: the chunk's (B, chunk_samples) audio and the (3, B) host values (samples, frames,
+        final) into the buffers, one replay, and the outputs cloned (the next replay overwrites the
+        graph's own)."""
+        self._load(audio, host_values)
+        self._run()
         return cloned(self.output)

@@ -4,7 +4,7 @@ else refused with a message that says what to pass."""
 import pytest
 import torch
 
-from s2s.attention.stream_selection import stream_flags
+from s2s.attention.stream_selection import final_flags, stream_flags
 
 
 def test_flags_and_indices_select_the_same_streams(generator):
@@ -48,3 +48,16 @@ def test_indices_are_not_read_as_flags():
 def test_anything_else_is_refused(selection, error, message):
     with pytest.raises(error, match=message):
         stream_flags(selection, 3)
+
+
+def test_final_takes_a_list_of_bools_as_flags_not_as_one_truth_value():
+    """`bool([False, False, True])` is True: a list of flags must not end every stream."""
+    assert final_flags([False, False, True], 3).tolist() == [False, False, True]
+    assert final_flags((True, False, False), 3).tolist() == [True, False, False]
+    assert final_flags(False, 3).tolist() == [False] * 3
+
+
+@pytest.mark.parametrize("final", [[True, False], [0, 1, 0], [False, False, 1], 1, "yes", None])
+def test_final_refuses_what_is_not_one_bool_or_a_flag_per_stream(final):
+    with pytest.raises((ValueError, TypeError), match="final must be a bool"):
+        final_flags(final, 3)
