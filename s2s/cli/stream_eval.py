@@ -38,7 +38,8 @@ def main(cfg: DictConfig) -> None:
             ),
             state_gain=cfg.sampling.state_gain, onset_quantile=cfg.sampling.get("onset_quantile"),
             stop_gain=cfg.sampling.get("stop_gain"),
-            history_seconds=cfg.history_seconds,
+            history_seconds=cfg.history_seconds, engine=cfg.get("engine", "static"),
+            cuda_graph=bool(cfg.get("cuda_graph", False)),
         )  # fmt: skip
         report = evaluate(cfg.checkpoint, cfg.data_dir, out_dir, options)
     except BaseException:

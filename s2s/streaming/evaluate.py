@@ -74,6 +74,10 @@ class EvalOptions:
     # how far back the streams attend, in seconds (inf: unlimited); None: the history the run's
     # free-running validation streamed with, else the model's left_chunks (s2s/streaming/history.py)
     history_seconds: float | None = None
+    # the streaming engine (StreamingSession): "static" (caches read in place) or "packed" (the
+    # previous engine); cuda_graph: the static step replayed as one CUDA graph (device=cuda)
+    engine: str = "static"
+    cuda_graph: bool = False
 
     def __post_init__(self):
         if self.streams < 1:
@@ -106,6 +110,12 @@ class EvalOptions:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device} but no CUDA GPU is visible here; use device=cpu")
         streaming_dtype(self.precision, device)  # names the choices when the precision is unknown
+        if self.engine not in ("static", "packed"):
+            raise ValueError(f"engine must be static or packed, got {self.engine!r}")
+        if self.cuda_graph and (self.engine != "static" or device.type != "cuda"):
+            raise ValueError(
+                "cuda_graph=true needs engine=static and device=cuda (the step is captured on the GPU)"
+            )
         if self.recognizer is not None and not Path(self.recognizer).is_file():
             raise FileNotFoundError(
                 f"recognizer {self.recognizer} does not exist; train one with "
@@ -273,6 +283,8 @@ def markdown_table(result: dict) -> str:
         "| compute / quality | value |",
         "| --- | --- |",
         f"| device / precision | {c['device']} / {c['precision']} |",
+        f"| streaming engine / attention backend | {c.get('engine', 'packed')} / "
+        f"{c.get('attention_backend', '-')} |",
         f"| chunk | {c['chunk_ms']:.0f} ms x {c['streams']} streams |",
         f"| step latency p50 / p95 / p99 | {c['step_ms_p50']:.1f} / {c['step_ms_p95']:.1f} / "
         f"{c['step_ms_p99']:.1f} ms |",
@@ -388,7 +400,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
     )  # fmt: skip
     run = stream_dialogues(
         model, dataset, range(count), chunk, left_chunks, options.streams, progress=options.progress,
-        sampling=sampling,
+        sampling=sampling, engine=options.engine, cuda_graph=options.cuda_graph,
     )  # fmt: skip
     dialogues = run.dialogues
     steps = np.asarray(run.step_seconds)
@@ -414,6 +426,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path, 
             if device.type == "cuda"
             else f"CPU ({torch.get_num_threads()} threads)",
             "precision": options.precision,
+            "engine": options.engine + (" (CUDA graph)" if options.cuda_graph else ""),
+            "attention_backend": config.attention_backend,
             "chunk_ms": chunk_seconds * 1000,
             "streams": min(options.streams, count),  # streamed at once (not more than there are dialogues)
             "step_ms_p50": float(np.percentile(steps, 50) * 1000),

@@ -72,13 +72,16 @@ def stream_dialogues(
     progress: bool = False,
     sampling: SamplingConfig | None = None,
     state_gains: Sequence[float] | None = None,
+    engine: str = "static",
+    cuda_graph: bool = False,
 ) -> StreamRun:
     """Stream the dialogues `indices` of `dataset` (all by default), `streams` at a time in one
     session each group, optionally only their first `max_seconds`. Model v2 samples its tokens with
     `sampling`, each dialogue seeded by its index (a run is reproducible whatever `streams` is).
     `state_gains` (model v2): every dialogue is streamed once per gain, in place of
     `sampling.state_gain`, with the same seed (the arms differ only by the gain); the dialogues
-    come out gain after gain, each marked with its `state_gain`."""
+    come out gain after gain, each marked with its `state_gain`. `engine` and `cuda_graph` are the
+    session's (StreamingSession)."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1 (dialogues streamed at once), got {streams}")
     device = next(model.parameters()).device
@@ -97,7 +100,7 @@ def stream_dialogues(
         items = [_item(dataset, index, max_seconds) for index in group]
         session = _session(
             model, len(items), chunk, left_chunks, vocoder, device, sampling, group,
-            None if state_gains is None else group_gains,
+            None if state_gains is None else group_gains, engine=engine, cuda_graph=cuda_graph,
         )  # fmt: skip
         outputs, seconds = _stream_group(session, [item["user"] for item in items])
         step_seconds += seconds
@@ -120,15 +123,16 @@ def stream_dialogues(
 
 
 def _session(
-    model, batch, chunk, left_chunks, vocoder, device, sampling, indices, state_gains=None
+    model, batch, chunk, left_chunks, vocoder, device, sampling, indices, state_gains=None, **engine
 ) -> StreamingSession:
+    """The group's session; `engine`: StreamingSession's engine and cuda_graph keywords."""
     if isinstance(model, TokenDuplexModel):
         return TokenStreamingSession(
             model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device,
-            sampling=sampling, seeds=torch.tensor(list(indices)), state_gains=state_gains,
+            sampling=sampling, seeds=torch.tensor(list(indices)), state_gains=state_gains, **engine,
         )  # fmt: skip
     return StreamingSession(
-        model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device
+        model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device, **engine
     )
 
 

@@ -209,3 +209,15 @@ def test_the_history_is_the_given_one_else_the_runs_else_the_models():
         EvalOptions(history_seconds=8.0, left_chunks=5)
     with pytest.raises(ValueError, match="history_seconds must be > 0"):
         EvalOptions(history_seconds=0.0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"engine": "ring"}, {"cuda_graph": True}, {"engine": "packed", "cuda_graph": True}],
+    ids=["unknown-engine", "graph-on-cpu", "graph-on-packed"],
+)
+def test_eval_options_name_a_bad_engine(options):
+    from s2s.streaming.evaluate import EvalOptions
+
+    with pytest.raises(ValueError, match="engine"):
+        EvalOptions(**options)
