@@ -4,7 +4,8 @@ Unlike s2s.attention.cache (packed copies, storage grown by doubling, host-side 
 caches never read the device from the host inside a step and never move what they hold: each step
 writes its new key rows into fixed slots (a mirrored ring of ``left_chunks`` chunks when history
 is bounded, else a linear buffer) and attends each stream's queries to its own rows through
-``chunk_attention``'s padded layout (``seqused_k``). Per-stream frame counts live on the device.
+``chunk_attention``'s padded layout (``seqused_k``), the GQA group's query heads packed into rows
+(``s2s.attention.pack_gqa``). Per-stream frame counts live on the device.
 Streams never share an attention row, so one stream's garbage cannot reach another's output.
 
 The caller (the streaming session) owns the checks that need host values: whole chunks per step
@@ -24,6 +25,7 @@ from s2s.attention.cache_window import (
     ring_capacity,
     write_slots,
 )
+from s2s.attention.pack_gqa import gqa_group, pack_queries, packed_chunks, unpack_output
 from s2s.attention.spec import ChunkSpec, SequenceChunks
 from s2s.attention.stream_selection import stream_flags
 
@@ -153,15 +155,18 @@ class _StaticAttention:
             k_offset=window.k_offset,
             left_chunks=self.left_chunks,
         )
+        # The GQA group's heads as rows of one problem per key/value head (s2s.attention.pack_gqa).
+        heads_q, group = q.shape[2], gqa_group(q.shape[2], self.keys.shape[2])
         out = chunk_attention(
-            q,
+            pack_queries(q, self.keys.shape[2]),
             self.keys,
             self.values,
-            ChunkSpec.from_resolved(chunks),  # device values as they are: nothing is read back
+            ChunkSpec.from_resolved(packed_chunks(chunks, group)),  # device values: nothing is read back
             seqused_k=window.used.to(torch.int32),
             backend=self.backend,
             softmax_scale=softmax_scale,
         )
+        out = unpack_output(out, heads_q)
         self.query_frames = self.query_frames + counts
         real = torch.arange(q.shape[1], device=q.device)[None, :] < counts[:, None]
         return torch.where(real[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
