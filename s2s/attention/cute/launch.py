@@ -68,7 +68,9 @@ def sequence_table(problem: AttentionProblem) -> torch.Tensor:
         "q_offset": chunks.q_offset,
         "k_offset": chunks.k_offset,
     }
-    return torch.stack([columns[name].to(device=device, dtype=torch.int32) for name in COLUMNS], dim=1)
+    # one stack (promoting mixed int32 / int64 columns) and one cast: two kernels per call, which a
+    # streaming step makes once per attention layer
+    return torch.stack([columns[name].to(device=device) for name in COLUMNS], dim=1).to(torch.int32)
 
 
 def _packed(t: torch.Tensor, varlen: bool) -> torch.Tensor:
