@@ -1,7 +1,10 @@
-"""The model's attention layers. Offline they call chunk_attention on whole sequences; streaming
-they run one chunk against the KV caches of s2s.attention. Both paths see the same keys."""
+"""The model's attention layers: one code path for both modes. A layer projects its frames and hands
+q, k, v to the call's context (s2s.models.attention_context): offline it runs chunk_attention on
+whole sequences, streaming it runs one chunk against the layer's KV cache of s2s.attention."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,6 +15,9 @@ from s2s.attention.static_cache import StaticCrossAttentionCache, StaticSelfAtte
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import Rotation
 from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
+
+if TYPE_CHECKING:
+    from s2s.models.attention_context import AttentionContext
 
 
 def attend(
@@ -99,15 +105,8 @@ class SelfAttention(_Projections):
         k, v = self._keys_values(x)
         return rotation.apply(self._queries(x)), rotation.apply(k), v.contiguous()
 
-    def forward(self, x, rotation: Rotation, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
-        q, k, v = self._project(x, rotation)
-        out = attend(q, k, v, spec, layout, self.config.attention_backend)
-        return self.out(out.flatten(2))
-
-    def step(self, x, rotation: Rotation, cache: SelfAttentionCache, counts, final) -> torch.Tensor:
-        q, k, v = self._project(x, rotation)
-        out = cache.step(q, k, v, lengths=counts, final=final)
-        return self.out(out.flatten(2))
+    def forward(self, x, rotation: Rotation, context: AttentionContext) -> torch.Tensor:
+        return self.out(context.attend(*self._project(x, rotation)).flatten(2))
 
     def new_cache(
         self, batch: int, chunk, left_chunks, device, dtype, engine: str = "packed", capacity_frames=None
@@ -141,14 +140,10 @@ class CrossAttention(_Projections):
         k, v = self._keys_values(encoded)
         return k.contiguous(), v.contiguous()
 
-    def forward(self, x, encoded, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
-        k, v = self.memory(encoded)
-        out = attend(self._queries(x), k, v, spec, layout, self.config.attention_backend)
-        return self.out(out.flatten(2))
-
-    def step(self, x, cache: CrossAttentionCache, counts: torch.Tensor, final) -> torch.Tensor:
-        out = cache.attend(self._queries(x), lengths=counts, final=final)
-        return self.out(out.flatten(2))
+    def forward(self, x, encoded, context: AttentionContext) -> torch.Tensor:
+        """Decoder frames x attend to `encoded` (offline: the whole encoder pass; streaming: the
+        encoder's chunk, which the context adds to the cache first)."""
+        return self.out(context.attend(self._queries(x), *self.memory(encoded)).flatten(2))
 
     def new_cache(
         self, batch: int, chunk, left_chunks, device, dtype, engine: str = "packed", capacity_frames=None

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from s2s.attention.spec import ChunkSpec, SequenceChunks
+from s2s.models.attention_context import OfflineAttention
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import Rotation
 from s2s.models.packing import AlignedLayout, runs_unpacked
@@ -49,28 +50,28 @@ class EncoderBlocks(nn.Module):
         return self.config.left_chunks
 
     def forward(self, x, positions, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        rotation, spec, layout = self.block_inputs(positions, chunks, valid)
+        rotation, attention = self.block_inputs(positions, chunks, valid)
         for block in self.blocks:
-            x = block(x, rotation, spec, layout)
+            x = block(x, rotation, attention)
         return x
 
     def block_inputs(
         self, positions: torch.Tensor, chunks: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[Rotation, ChunkSpec, AlignedLayout]:
-        """The rotation of the (B, T) positions, and the spec and layout of the (4, B) chunk table and
-        (B, T) valid mask, reading none of them on the host."""
+    ) -> tuple[Rotation, OfflineAttention]:
+        """The rotation of the (B, T) positions, and the attention context (spec and layout) of the
+        (4, B) chunk table and (B, T) valid mask, reading none of them on the host."""
         rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
         spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
-        return rotation, spec, AlignedLayout(valid)
+        return rotation, OfflineAttention(spec, AlignedLayout(valid), self.config.attention_backend)
 
 
 class DecoderBlocks(EncoderBlocks):
     """The decoder's blocks as one callable of tensors; self- and cross-attention share the spec."""
 
     def forward(self, x, positions, encoded, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        rotation, spec, layout = self.block_inputs(positions, chunks, valid)
+        rotation, attention = self.block_inputs(positions, chunks, valid)
         for block in self.blocks:
-            x = block(x, rotation, encoded, spec, spec, layout)
+            x = block(x, rotation, encoded, attention, attention)
         return x
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache
 from s2s.models.attention import CrossAttention, SelfAttention
+from s2s.models.attention_context import AttentionContext, StackContexts, per_layer, streaming
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import FeedForward, Rotation, residual_stream
-from s2s.models.packing import PackedLayout
 
 
 class DecoderBlock(nn.Module):
@@ -30,25 +29,11 @@ class DecoderBlock(nn.Module):
         x,
         rotation: Rotation,
         encoded,
-        spec: ChunkSpec,
-        cross_spec: ChunkSpec,
-        layout: PackedLayout | None,
+        self_context: AttentionContext,
+        cross_context: AttentionContext,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attention(self.self_attention_norm(x), rotation, spec, layout))
-        x = x + self.dropout(self.cross_attention(self.cross_attention_norm(x), encoded, cross_spec, layout))
-        return x + self.feed_forward(self.feed_forward_norm(x))
-
-    def step(
-        self,
-        x,
-        rotation: Rotation,
-        self_cache: SelfAttentionCache,
-        cross_cache: CrossAttentionCache,
-        counts,
-        final,
-    ) -> torch.Tensor:
-        x = x + self.self_attention.step(self.self_attention_norm(x), rotation, self_cache, counts, final)
-        x = x + self.cross_attention.step(self.cross_attention_norm(x), cross_cache, counts, final)
+        x = x + self.dropout(self.self_attention(self.self_attention_norm(x), rotation, self_context))
+        x = x + self.dropout(self.cross_attention(self.cross_attention_norm(x), encoded, cross_context))
         return x + self.feed_forward(self.feed_forward_norm(x))
 
 
@@ -63,27 +48,22 @@ class Decoder(nn.Module):
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
     def forward(
-        self,
-        x,
-        positions,
-        encoded,
-        spec: ChunkSpec,
-        cross_spec: ChunkSpec,
-        layout: PackedLayout | None = None,
+        self, x, positions, encoded, self_contexts: StackContexts, cross_contexts: StackContexts
     ) -> torch.Tensor:
+        """x (B, n, dim) at absolute `positions` (B, n) over the encoder's output `encoded`; the
+        contexts: one OfflineAttention each for a whole pass (self- and cross-attention may differ
+        in spec), or one CachedSelfAttention / CachedCrossAttention per layer for a streaming chunk."""
         x = residual_stream(x, self.norm)
-        if self.graphs is not None and cross_spec is spec:
-            graphed = self.graphs(x, positions, spec, layout, encoded=encoded)
+        streams = streaming(self_contexts)
+        if self.graphs is not None and not streams and cross_contexts is self_contexts:
+            graphed = self.graphs(x, positions, self_contexts.spec, self_contexts.layout, encoded=encoded)
             if graphed is not None:
                 return self.norm(graphed)
         rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
-        for block in self.blocks:
-            x = block(x, rotation, encoded, spec, cross_spec, layout)
-        return self.norm(x)
-
-    def step(self, x, positions, self_caches, cross_caches, counts, final) -> torch.Tensor:
-        x = residual_stream(x, self.norm)
-        rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
-        for block, self_cache, cross_cache in zip(self.blocks, self_caches, cross_caches, strict=True):
-            x = block.step(x, rotation, self_cache, cross_cache, counts, final)
+        run = DecoderBlock.forward if streams else DecoderBlock.__call__
+        layers = len(self.blocks)
+        for block, self_context, cross_context in zip(
+            self.blocks, per_layer(self_contexts, layers), per_layer(cross_contexts, layers), strict=True
+        ):
+            x = run(block, x, rotation, encoded, self_context, cross_context)
         return self.norm(x)

@@ -1,7 +1,9 @@
 """The full-duplex model: user log-mel in, system log-mel and a speaking flag out, on one timeline.
 
-Offline (training) it runs whole dialogues in one pass under the chunk-causal mask; the
-StreamingSession (s2s.streaming) runs the same weights one chunk at a time and gets the same frames.
+Offline (training) it runs whole dialogues in one pass under the chunk-causal mask; `step` runs the
+same layers, through the same code, one chunk at a time against the caches of a `DuplexState`
+(`initial_state`), and gets the same frames. The StreamingSession (s2s.streaming) owns that state
+and what surrounds the model: the log-mel front end, the feedback and its sampling, the vocoder.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from torch import nn
 
 from s2s.attention import ChunkSpec
 from s2s.data.pitch import PITCH_CHANNELS
+from s2s.models.attention_context import CachedCrossAttention, CachedSelfAttention, OfflineAttention
 from s2s.models.config import DuplexConfig
 from s2s.models.decoder import Decoder
 from s2s.models.encoder import Encoder
 from s2s.models.frontend import ConvFrontEnd
 from s2s.models.packing import PackedLayout
+from s2s.models.streaming_state import DuplexState, LayerCaches
 
 ChunkSize = int | torch.Tensor
 
@@ -44,7 +48,8 @@ def shift_by_chunk(frames: torch.Tensor, chunk: ChunkSize) -> torch.Tensor:
 
 
 class ChunkedDuplexBase(nn.Module):
-    """What every duplex model shares: its config, chunk specs and the fixed mel normalization."""
+    """What every duplex model shares: its config, chunk specs, the fixed mel normalization, the
+    offline pass up to the decoder (`encode`) and the streamed step of its layers (`step`)."""
 
     config: DuplexConfig
 
@@ -94,24 +99,98 @@ class ChunkedDuplexBase(nn.Module):
             raise ValueError(
                 f"user_mel must be (B, frames, {c.user_channels}): {what}, got {tuple(user_mel.shape)}"
             )
-        x = self.front_end(user_mel)
+        x, _ = self.front_end(user_mel)
         batch, frames, _ = x.shape
         layout = None
         if lengths is not None:
             # One layout for every attention layer of the pass: the lengths are read once (host
             # lengths, as the training step passes them, need no wait for the device).
             layout = PackedLayout.from_lengths(lengths.to(torch.int64).clamp(max=frames), frames, x.device)
-        spec = self.spec(chunk, left_chunks)
+        attention = OfflineAttention(self.spec(chunk, left_chunks), layout, c.attention_backend)
         positions = torch.arange(frames, device=x.device).expand(batch, frames)
-        return EncodedPass(self.encoder(x, positions, spec, layout), positions, spec, layout)
+        return EncodedPass(self.encoder(x, positions, attention), positions, attention)
+
+    def initial_state(
+        self,
+        batch: int,
+        chunk: int,
+        left_chunks,
+        device=None,
+        dtype=None,
+        engine: str = "static",
+        capacity_frames: int | None = None,
+    ) -> DuplexState:
+        """A fresh streaming state for `batch` streams stepped `chunk` frames at a time: zero
+        front-end tails, positions 0 and a cache per attention layer (`engine` "static": preallocated,
+        a linear one holding `capacity_frames`; "packed": the previous, growing engine). `device` and
+        `dtype` default to the model's."""
+        parameter = next(self.parameters())
+        device = parameter.device if device is None else torch.device(device)
+        dtype = parameter.dtype if dtype is None else dtype
+
+        def cache(attention):
+            return attention.new_cache(
+                batch, chunk, left_chunks, device, dtype, engine=engine, capacity_frames=capacity_frames
+            )
+
+        caches = LayerCaches(
+            encoder=[cache(block.attention) for block in self.encoder.blocks],
+            decoder=[cache(block.self_attention) for block in self.decoder.blocks],
+            cross=[cache(block.cross_attention) for block in self.decoder.blocks],
+        )
+        return DuplexState(
+            front_end=self.front_end.initial_state(batch, device, dtype),
+            caches=caches,
+            positions=torch.zeros(batch, dtype=torch.int64, device=device),
+        )
+
+    def step(
+        self,
+        state: DuplexState,
+        features: torch.Tensor,
+        counts: torch.Tensor,
+        final: torch.Tensor,
+        decoder_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, DuplexState]:
+        """One chunk of every stream through the layers `forward` runs: front end, encoder (its K/V
+        into the caches), decoder (self- and cross-attention against the caches).
+
+        features (B, chunk * r, user_channels) the chunk's log-mel (+ pitch, `user_input`) in the
+        model's dtype; counts (B,) int64 real model frames per stream (0: idle, its state kept);
+        final (B,) bool a stream's last step; decoder_input (B, chunk, dim) what the decoder reads,
+        made from the previous chunk's output by the caller (who owns the feedback and its
+        sampling). Returns the decoder's hidden states and the encoder's output (B, chunk, dim) and
+        the next state. The caches are written in place; the rest of `state` is left as it was.
+        Reads nothing back from the device (the static engine's step is captured as a CUDA graph).
+        """
+        x, front_end = self.front_end(features, state.front_end)
+        positions = state.positions[:, None] + torch.arange(x.shape[1], device=x.device)
+        caches = state.caches
+        encoded = self.encoder(x, positions, [CachedSelfAttention(c, counts, final) for c in caches.encoder])
+        hidden = self.decoder(
+            decoder_input,
+            positions,
+            encoded,
+            [CachedSelfAttention(c, counts, final) for c in caches.decoder],
+            [CachedCrossAttention(c, counts, final) for c in caches.cross],
+        )
+        following = DuplexState(
+            front_end=front_end.where(counts > 0, state.front_end),
+            caches=caches,
+            positions=state.positions + counts,
+        )
+        return hidden, encoded, following
 
 
 @dataclass
 class EncodedPass:
     encoded: torch.Tensor  # (B, T, dim)
     positions: torch.Tensor  # (B, T)
-    spec: ChunkSpec
-    layout: PackedLayout | None  # the valid frames of `lengths` (None: no lengths given)
+    attention: OfflineAttention  # the pass's spec and layout (the valid frames of `lengths`, or None)
+
+    @property
+    def spec(self) -> ChunkSpec:
+        return self.attention.spec
 
     @property
     def frames(self) -> int:
@@ -185,5 +264,5 @@ class DuplexModel(ChunkedDuplexBase):
                 f"mel frames, got {tuple(feedback.shape)}; build it with feedback_from(mel, speaking)"
             )
         decoder_in = self.feedback_in(shift_by_chunk(feedback[:, :frames], p.chunk_sizes))
-        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.layout)
+        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.attention, p.attention)
         return self.heads(hidden)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from s2s.attention import ChunkSpec, SelfAttentionCache
 from s2s.models.attention import SelfAttention
+from s2s.models.attention_context import AttentionContext, StackContexts, per_layer, streaming
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import FeedForward, Rotation, residual_stream
-from s2s.models.packing import PackedLayout
 
 
 class EncoderBlock(nn.Module):
@@ -21,12 +20,8 @@ class EncoderBlock(nn.Module):
         self.feed_forward = FeedForward(config.dim, int(config.mlp_ratio * config.dim), config.dropout)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rotation: Rotation, spec: ChunkSpec, layout: PackedLayout | None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), rotation, spec, layout))
-        return x + self.feed_forward(self.feed_forward_norm(x))
-
-    def step(self, x, rotation: Rotation, cache: SelfAttentionCache, counts, final) -> torch.Tensor:
-        x = x + self.attention.step(self.attention_norm(x), rotation, cache, counts, final)
+    def forward(self, x, rotation: Rotation, context: AttentionContext) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), rotation, context))
         return x + self.feed_forward(self.feed_forward_norm(x))
 
 
@@ -40,19 +35,17 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.encoder_layers))
         self.norm = nn.RMSNorm(config.dim, eps=1e-6)
 
-    def forward(self, x, positions, spec: ChunkSpec, layout: PackedLayout | None = None) -> torch.Tensor:
+    def forward(self, x, positions, contexts: StackContexts) -> torch.Tensor:
+        """x (B, n, dim) at absolute `positions` (B, n); `contexts`: one OfflineAttention for a whole
+        pass, or one CachedSelfAttention per layer for a streaming chunk."""
         x = residual_stream(x, self.norm)
-        graphed = None if self.graphs is None else self.graphs(x, positions, spec, layout)
-        if graphed is not None:
-            return self.norm(graphed)
+        streams = streaming(contexts)
+        if self.graphs is not None and not streams:
+            graphed = self.graphs(x, positions, contexts.spec, contexts.layout)
+            if graphed is not None:
+                return self.norm(graphed)
         rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
-        for block in self.blocks:
-            x = block(x, rotation, spec, layout)
-        return self.norm(x)
-
-    def step(self, x, positions, caches: list[SelfAttentionCache], counts, final) -> torch.Tensor:
-        x = residual_stream(x, self.norm)
-        rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
-        for block, cache in zip(self.blocks, caches, strict=True):
-            x = block.step(x, rotation, cache, counts, final)
+        run = EncoderBlock.forward if streams else EncoderBlock.__call__
+        for block, context in zip(self.blocks, per_layer(contexts, len(self.blocks)), strict=True):
+            x = run(block, x, rotation, context)
         return self.norm(x)

@@ -31,6 +31,11 @@ class FrontEndState:
             torch.where(k, self.subsample, other.subsample), torch.where(k, self.mix, other.mix)
         )
 
+    def reset(self, streams: torch.Tensor) -> FrontEndState:
+        """The selected streams (B,) bool back to `initial_state` (zero tails, as a stream starts)."""
+        k = streams.view(-1, 1, 1)
+        return FrontEndState(torch.where(k, 0.0, self.subsample), torch.where(k, 0.0, self.mix))
+
 
 class ConvFrontEnd(nn.Module):
     def __init__(self, config: DuplexConfig):
@@ -50,20 +55,19 @@ class ConvFrontEnd(nn.Module):
     def frames_for(self, mel_frames: int) -> int:
         return mel_frames // self.config.mel_per_frame
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B, F, user_channels) log-mel (+ pitch) -> (B, F // r, dim); a trailing partial group is
-        dropped."""
-        usable = self.frames_for(mel.shape[1]) * self.config.mel_per_frame
-        x = nn.functional.gelu(self.subsample(self._normalize(mel[:, :usable])))
-        return self.project(nn.functional.gelu(self.mix(x)))
-
     def initial_state(self, batch: int, device=None, dtype=None) -> FrontEndState:
         return FrontEndState(
             self.subsample.initial_state(batch, device, dtype), self.mix.initial_state(batch, device, dtype)
         )
 
-    def step(self, mel: torch.Tensor, state: FrontEndState) -> tuple[torch.Tensor, FrontEndState]:
-        """A chunk of whole groups of mel frames -> its model frames and the carried state."""
-        x, subsample = self.subsample.step(self._normalize(mel), state.subsample)
-        x, mix = self.mix.step(nn.functional.gelu(x), state.mix)
+    def forward(
+        self, mel: torch.Tensor, state: FrontEndState | None = None
+    ) -> tuple[torch.Tensor, FrontEndState]:
+        """(B, F, user_channels) log-mel (+ pitch) -> (B, F // r, dim) model frames and the state to
+        carry. Offline `state` is None: the convolutions start on zeros, as a stream does, and a
+        trailing partial group is dropped; a streaming chunk is whole groups."""
+        usable = self.frames_for(mel.shape[1]) * self.config.mel_per_frame
+        subsample, mix = (None, None) if state is None else (state.subsample, state.mix)
+        x, subsample = self.subsample.step(self._normalize(mel[:, :usable]), subsample)
+        x, mix = self.mix.step(nn.functional.gelu(x), mix)
         return self.project(nn.functional.gelu(x)), FrontEndState(subsample, mix)

@@ -68,10 +68,13 @@ class CausalConv1d(nn.Module):
         return torch.zeros(batch, self.context, self.conv.in_channels, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.initial_state(x.shape[0], x.device, x.dtype)
-        return self.step(x, state)[0]
+        return self.step(x)[0]
 
-    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, n, C) after the carried input frames `state` (None: zeros, a stream's start) ->
+        (output frames, the state to carry)."""
+        if state is None:
+            state = self.initial_state(x.shape[0], x.device, x.dtype)
         if x.shape[1] % self.stride:
             raise ValueError(
                 f"causal conv input of {x.shape[1]} frames is not a multiple of its stride {self.stride}"

@@ -8,7 +8,7 @@ whole model: every encoder block runs the same code, so one compiled graph serve
 specs, losses) stays eager. Attention is excluded (`attend` is `torch.compiler.disable`d): the CuTe
 kernel is not traceable, and its per-call layout objects would otherwise become guards that
 recompile on every batch. Shapes are compiled dynamic, since batch size and length change each step.
-Only `forward` (training, offline passes) is compiled; the streaming `step` stays eager.
+Only whole passes (training, offline) run compiled; a streamed chunk runs the same forward eagerly.
 
 Measured on an H200 (docs/benchmarks.md): elementwise time fell by a third, but the host work at the
 graph boundaries grew as much, so the step is no faster; it is off by default (module.compile_blocks).

@@ -218,7 +218,7 @@ class TokenDuplexModel(ChunkedDuplexBase):
                 )
             mel_frames = shift_by_chunk(self.mel_frames(system_mel, frames), p.chunk_sizes)
         decoder_in = self.decoder_input(shift_tokens(tokens, p.chunk_sizes), mel_frames)
-        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.spec, p.spec, p.layout)
+        hidden = self.decoder(decoder_in, p.positions, p.encoded, p.attention, p.attention)
         windows = recent_windows(tokens, self.no_tokens_before(batch, tokens.device))
         return TokenDuplexOutput(
             token_logits=self.token_logits(hidden, windows),

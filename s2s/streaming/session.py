@@ -1,9 +1,11 @@
 """StreamingSession: the duplex model run as it is deployed, one chunk of audio in, one chunk out.
 
 Every cache lives in one typed state: the log-mel tail (and, for a model with `user_pitch`, the
-pitch track's tail and running reference), the front end's convolution tails, each
-encoder layer's self-attention K/V, each decoder layer's self-attention K/V and cross-attention
-encoder K/V, and the decoder's own last chunk, which it reads back as its next input. A step
+pitch track's tail and running reference), the model's own state (s2s.models.streaming_state: the
+front end's convolution tails, each encoder layer's self-attention K/V, each decoder layer's
+self-attention K/V and cross-attention encoder K/V, positions), the decoder's own last chunk, which
+it reads back as its next input, and the vocoder's context. A step is the log-mel, one
+`model.step` (the layers' own code, as the offline pass runs it), the heads and the vocoder, so it
 produces exactly the frames one offline pass gives for the same audio and the same feedback.
 
 Many streams share a session (one row each). Each has its own length: a stream's last step may
@@ -27,35 +29,31 @@ from dataclasses import dataclass
 
 import torch
 
-from s2s.attention import CrossAttentionCache, SelfAttentionCache
 from s2s.attention.stream_selection import final_flags, stream_flags
 from s2s.data.features import LogMel, LogMelConfig
 from s2s.data.pitch import PitchConfig, PitchState, pitch_initial_state, pitch_stream
 from s2s.models.duplex import DuplexModel, DuplexOutput
-from s2s.models.frontend import FrontEndState
+from s2s.models.streaming_state import DuplexState, LayerCaches
 from s2s.models.vocoder import GriffinLimVocoder, VocoderState
 from s2s.streaming.step_graph import StepGraph, tensor_leaves
 
 
 @dataclass
-class LayerCaches:
-    encoder: list[SelfAttentionCache]
-    decoder: list[SelfAttentionCache]
-    cross: list[CrossAttentionCache]
-
-    def all(self) -> list:
-        return [*self.encoder, *self.decoder, *self.cross]
-
-
-@dataclass
 class SessionState:
     mel_tail: torch.Tensor  # (B, >= 240) audio samples the log-mel front end still needs
-    front_end: FrontEndState
-    caches: LayerCaches
+    model: DuplexState  # the model's own: front-end tails, attention caches, positions
     feedback: object  # what the decoder reads back of the previous chunk (model v1: (B, C, feedback_dim))
-    positions: torch.Tensor  # (B,) int64: model frames consumed per stream
     vocoder: VocoderState | None
     pitch: PitchState | None = None  # the user's pitch track (models with user_pitch)
+
+    @property
+    def caches(self) -> LayerCaches:
+        return self.model.caches
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """(B,) int64: model frames consumed per stream."""
+        return self.model.positions
 
 
 @dataclass
@@ -149,39 +147,21 @@ class StreamingSession:
         """Audio samples per step: chunk * 640 at 16 kHz and x4 subsampling (chunk * 40 ms)."""
         return self.chunk * self.model.config.frame_samples
 
-    def _new_caches(self) -> LayerCaches:
-        model, batch, device, dtype = self.model, self.batch, self.device, self.dtype
+    def _new_model_state(self) -> DuplexState:
         capacity = None
         if self.engine == "static" and self.left_chunks is None:
             capacity = self.max_history_frames or DEFAULT_HISTORY_FRAMES
-
-        def layer_cache(attention):
-            return attention.new_cache(
-                batch,
-                self.chunk,
-                self.left_chunks,
-                device,
-                dtype,
-                engine=self.engine,
-                capacity_frames=capacity,
-            )
-
-        return LayerCaches(
-            encoder=[layer_cache(block.attention) for block in model.encoder.blocks],
-            decoder=[layer_cache(block.self_attention) for block in model.decoder.blocks],
-            cross=[layer_cache(block.cross_attention) for block in model.decoder.blocks],
+        return self.model.initial_state(
+            self.batch, self.chunk, self.left_chunks, self.device, self.dtype, self.engine, capacity
         )
 
-    def _initial_state(self, caches: LayerCaches | None = None) -> SessionState:
-        """A fresh state; `caches` given: those (the caller resets their rows), else new ones."""
-        model, batch, device, dtype = self.model, self.batch, self.device, self.dtype
-        caches = self._new_caches() if caches is None else caches
+    def _initial_state(self, model_state: DuplexState | None = None) -> SessionState:
+        """A fresh state; `model_state` given: that one (the caller resets its rows), else a new one."""
+        batch, device = self.batch, self.device
         return SessionState(
             mel_tail=self.log_mel.initial_state(batch, device),
-            front_end=model.front_end.initial_state(batch, device, dtype),
-            caches=caches,
+            model=self._new_model_state() if model_state is None else model_state,
             feedback=self._initial_feedback(),
-            positions=torch.zeros(batch, dtype=torch.int64, device=device),
             vocoder=self.vocoder.initial_state(batch, device) if self.vocoder else None,
             pitch=pitch_initial_state(batch, self.pitch, device) if self.pitch else None,
         )
@@ -193,11 +173,10 @@ class StreamingSession:
             streams = torch.ones(self.batch, dtype=torch.bool, device=self.device)
         else:
             streams = stream_flags(streams, self.batch, self.device)  # checked before anything changes
-        fresh = self._initial_state(caches=self.state.caches)  # per-stream tensors only: caches reset below
+        fresh = self._initial_state(self.state.model)  # the session's own tensors; the model's below
         self.state = _select_state(streams, fresh, self.state)
         self.state.feedback = self._keep_feedback(streams, fresh.feedback, self.state.feedback)
-        for cache in self.state.caches.all():
-            cache.reset(streams)
+        self.state.model = self.state.model.reset(streams)  # its caches' rows reset in place
         for row in streams.nonzero().flatten().tolist():
             self._host_frames[row], self._host_ended[row] = 0, False
         if self._graph is not None:  # the fresh rows into the tensors the graph reads
@@ -263,14 +242,16 @@ class StreamingSession:
         return output
 
     def carried_tensors(self) -> list[torch.Tensor]:
-        """Every tensor a step carries to the next (state and cache frame counts, not the caches'
-        storage, which is written in place), in a fixed order."""
+        """Every tensor a step carries to the next (the session's state, the model's state but its
+        caches, then the cache frame counts; not the caches' storage, which is written in place), in
+        a fixed order."""
         state = self.state
         leaves = [
             leaf
-            for field in dataclasses.fields(state)
-            if field.name != "caches"
-            for leaf in tensor_leaves(getattr(state, field.name))
+            for owner, skipped in ((state, "model"), (state.model, "caches"))
+            for field in dataclasses.fields(owner)
+            if field.name != skipped
+            for leaf in tensor_leaves(getattr(owner, field.name))
         ]
         for cache in state.caches.all():
             leaves += [cache.key_frames, cache.query_frames]
@@ -359,15 +340,8 @@ class StreamingSession:
             channels, pitch = pitch_stream(audio.float(), state.pitch, self.pitch)
             mel = torch.cat([mel, channels], dim=-1)
             pitch = pitch.where(active, state.pitch)
-        x, front_end = model.front_end.step(mel.to(self.dtype), state.front_end)
-        positions = state.positions[:, None] + torch.arange(self.chunk, device=self.device)
-        caches = state.caches
-        encoded = model.encoder.step(x, positions, caches.encoder, counts, final)
-        for block, cache in zip(model.decoder.blocks, caches.cross, strict=True):
-            k, v = block.cross_attention.memory(encoded)
-            cache.append(k, v, lengths=counts, final=final)
         decoder_in = self._decoder_input(state.feedback)
-        hidden = model.decoder.step(decoder_in, positions, caches.decoder, caches.cross, counts, final)
+        hidden, encoded, model_state = model.step(state.model, mel.to(self.dtype), counts, final, decoder_in)
         mel, speaking, raw, feedback = self._outputs(hidden, state.feedback, state.positions, encoded)
 
         output_audio, vocoder_state = None, state.vocoder
@@ -376,10 +350,8 @@ class StreamingSession:
             vocoder_state = VocoderState(_where(active, vocoder_state.context, state.vocoder.context))
         self.state = SessionState(
             mel_tail=_where(active, mel_tail, state.mel_tail),
-            front_end=front_end.where(active, state.front_end),
-            caches=caches,
+            model=model_state,
             feedback=self._keep_feedback(active, feedback, state.feedback),
-            positions=state.positions + counts,
             vocoder=vocoder_state,
             pitch=pitch,
         )
@@ -499,16 +471,15 @@ def _where(keep: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Te
 
 
 def _select_state(streams: torch.Tensor, fresh: SessionState, current: SessionState) -> SessionState:
-    """Fresh per-stream tensors on the rows marked True; the caches are reset in place by the caller."""
+    """The session's fresh per-stream tensors on the rows marked True; the model's state is reset
+    by the caller."""
     vocoder = None
     if current.vocoder is not None:
         vocoder = VocoderState(_where(streams, fresh.vocoder.context, current.vocoder.context))
     return SessionState(
         mel_tail=_where(streams, fresh.mel_tail, current.mel_tail),
-        front_end=fresh.front_end.where(streams, current.front_end),
-        caches=current.caches,
+        model=current.model,
         feedback=current.feedback,  # the session keeps its own kind of feedback per stream
-        positions=torch.where(streams, fresh.positions, current.positions),
         vocoder=vocoder,
         pitch=None if current.pitch is None else fresh.pitch.where(streams, current.pitch),
     )

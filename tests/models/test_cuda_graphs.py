@@ -11,6 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2s.attention import ChunkSpec
+from s2s.models.attention_context import OfflineAttention
 from s2s.models.cuda_graphs import (
     DecoderBlocks,
     EncoderBlocks,
@@ -51,11 +52,12 @@ def test_the_tensor_only_stacks_equal_the_model_loop_and_never_read_the_device(g
     def eager(x, encoded):
         h = x
         rotation = Rotation.at(positions, SMALL.head_dim, SMALL.rope_base)
+        attention = OfflineAttention(spec, layout, SMALL.attention_backend)
         for block in model.encoder.blocks:
-            h = block(h, rotation, spec, layout)
+            h = block(h, rotation, attention)
         d = encoded
         for block in model.decoder.blocks:
-            d = block(d, rotation, h, spec, spec, layout)
+            d = block(d, rotation, h, attention, attention)
         return h, d
 
     table = chunk_table(spec.resolve(3))

@@ -169,6 +169,7 @@ def test_each_stack_computes_its_rotary_angles_once(generator):
     forward and of the CUDA-graph stacks' forward (what a graph captures), at 3 layers per stack."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    from s2s.models.attention_context import OfflineAttention
     from s2s.models.cuda_graphs import DecoderBlocks, EncoderBlocks, chunk_table
     from s2s.models.packing import PackedLayout
 
@@ -187,9 +188,10 @@ def test_each_stack_computes_its_rotary_angles_once(generator):
     x = torch.randn(batch, frames, config.dim, generator=generator)
     positions = torch.arange(frames).expand(batch, frames)
     spec = ChunkSpec(4)
+    attention = OfflineAttention(spec, None, config.attention_backend)
     for name, run in (
-        ("encoder", lambda: model.encoder(x, positions, spec)),
-        ("decoder", lambda: model.decoder(x, positions, x, spec, spec)),
+        ("encoder", lambda: model.encoder(x, positions, attention)),
+        ("decoder", lambda: model.decoder(x, positions, x, attention, attention)),
     ):
         with Trig() as trig:
             run()
