@@ -16,6 +16,8 @@ restoring the frame counts (``snapshot`` / ``restore``) undoes a step that faile
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from s2s.attention.api import chunk_attention
@@ -39,6 +41,26 @@ def _int_chunk(name: str, value) -> int:
             "per-stream chunk sizes stream through s2s.attention.cache (engine='packed')"
         )
     return value
+
+
+@dataclass(frozen=True, eq=False)
+class StepPlan:
+    """The index math of one step: where its key rows go and how its queries read the cache.
+
+    The static caches of one model share a geometry and advance together (every step appends and
+    attends the same counts on each), so a plan is made once a step (`plan`) and used by every
+    cache, instead of each cache redoing the same ~20 small index operations (a CUDA graph's nodes).
+    """
+
+    geometry: tuple
+    rows: int  # key rows appended and query rows attended per stream
+    heads_q: int
+    write_index: torch.Tensor  # flat storage rows of the step's key rows (a ring: and their mirror)
+    spec: ChunkSpec  # the chunk rule of the GQA-packed query rows
+    used: torch.Tensor  # (B,) int32 key rows each stream's queries read
+    real: torch.Tensor  # (B, rows, 1, 1) bool: the query rows each stream really has
+    key_frames: torch.Tensor  # (B,) after the step
+    query_frames: torch.Tensor  # (B,) after the step
 
 
 class _StaticAttention:
@@ -118,58 +140,92 @@ class _StaticAttention:
                 f"{self.keys.device}; create the cache with the model's dtype and device"
             )
 
-    def _write(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write every row of k/v (B, n, Hk, D) after each stream's keys; rows past a stream's
-        real count land in slots no query sees before they are written again."""
-        self._check("k", k)
-        self._check("v", v)
-        batch, rows = k.shape[:2]
+    def _geometry(self) -> tuple:
+        """What a StepPlan's indices depend on besides the frame counts."""
+        batch, slots, heads_k, _ = self.keys.shape
+        return (batch, slots, heads_k, self.capacity, self.ring, self.chunk_q, self.chunk_k, self.left_chunks)
+
+    def _write_index(self, key_frames: torch.Tensor, rows: int) -> torch.Tensor:
+        """Flat storage rows of a step's `rows` key rows per stream, written after `key_frames`
+        (a ring: each row twice, at its slot and one capacity on)."""
         if rows > self.step_key_frames:
             raise ValueError(f"a step appends at most {self.step_key_frames} key frames, got {rows}")
-        slots = write_slots(self.key_frames, rows, self.capacity, self.ring)
-        base = torch.arange(batch, device=slots.device)[:, None] * self.slots
+        slots = write_slots(key_frames, rows, self.capacity, self.ring)
+        base = torch.arange(self.batch, device=slots.device)[:, None] * self.slots
         flat = (base + slots).flatten()
-        if self.ring:
-            flat = torch.cat([flat, flat + self.capacity])
+        return torch.cat([flat, flat + self.capacity]) if self.ring else flat
+
+    def _write_at(self, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor) -> None:
+        """Write every row of k/v (B, n, Hk, D) at `index`; rows past a stream's real count land in
+        slots no query sees before they are written again."""
+        self._check("k", k)
+        self._check("v", v)
         keys, values = k.flatten(0, 1), v.flatten(0, 1)
         if self.ring:
             keys, values = torch.cat([keys, keys]), torch.cat([values, values])
-        self.keys.view(-1, *self.keys.shape[2:]).index_copy_(0, flat, keys)
-        self.values.view(-1, *self.values.shape[2:]).index_copy_(0, flat, values)
+        if keys.shape[0] != index.shape[0]:
+            raise ValueError(f"k/v hold {k.shape[1]} rows per stream, the step's plan writes another count")
+        self.keys.view(-1, *self.keys.shape[2:]).index_copy_(0, index, keys)
+        self.values.view(-1, *self.values.shape[2:]).index_copy_(0, index, values)
 
-    def _append(self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        """Write the step's key rows and count each stream's real ones; returns those counts."""
-        counts = _counts(lengths, self.batch, k.shape[1], k.device)
-        self._write(k, v)
-        self.key_frames = self.key_frames + counts
-        return counts
-
-    def _attend(self, q: torch.Tensor, counts: torch.Tensor, softmax_scale: float | None) -> torch.Tensor:
-        """Queries of the step (B, n, Hq, D) against each stream's keys, read in place."""
-        first = first_visible_key(self.query_frames, self.chunk_q, self.chunk_k, self.left_chunks)
-        window = read_window(first, self.key_frames, self.capacity, self.ring)
+    def _read(self, key_frames, query_frames, counts, rows: int, heads_q: int):
+        """(spec, used, real) of a step's `rows` queries per stream starting at `query_frames`,
+        against keys up to `key_frames`: the GQA-packed rows' chunk rule (s2s.attention.pack_gqa),
+        the used key rows and which query rows are real."""
+        first = first_visible_key(query_frames, self.chunk_q, self.chunk_k, self.left_chunks)
+        window = read_window(first, key_frames, self.capacity, self.ring)
         chunks = SequenceChunks(
             chunk_q=self._chunks_q,
             chunk_k=self._chunks_k,
-            q_offset=self.query_frames,
+            q_offset=query_frames,
             k_offset=window.k_offset,
             left_chunks=self.left_chunks,
         )
-        # The GQA group's heads as rows of one problem per key/value head (s2s.attention.pack_gqa).
-        heads_q, group = q.shape[2], gqa_group(q.shape[2], self.keys.shape[2])
+        group = gqa_group(heads_q, self.keys.shape[2])
+        spec = ChunkSpec.from_resolved(packed_chunks(chunks, group))  # device values: nothing is read back
+        real = torch.arange(rows, device=counts.device)[None, :] < counts[:, None]
+        return spec, window.used.to(torch.int32), real[:, :, None, None]
+
+    def _attend_with(self, q, spec: ChunkSpec, used, real, softmax_scale: float | None) -> torch.Tensor:
+        """Queries of the step (B, n, Hq, D) against each stream's keys, read in place, the GQA
+        group's heads as rows of one problem per key/value head; padded rows come back as zeros."""
         out = chunk_attention(
             pack_queries(q, self.keys.shape[2]),
             self.keys,
             self.values,
-            ChunkSpec.from_resolved(packed_chunks(chunks, group)),  # device values: nothing is read back
-            seqused_k=window.used.to(torch.int32),
+            spec,
+            seqused_k=used,
             backend=self.backend,
             softmax_scale=softmax_scale,
         )
-        out = unpack_output(out, heads_q)
-        self.query_frames = self.query_frames + counts
-        real = torch.arange(q.shape[1], device=q.device)[None, :] < counts[:, None]
-        return torch.where(real[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+        out = unpack_output(out, q.shape[2])
+        return torch.where(real, out, torch.zeros((), dtype=out.dtype, device=out.device))
+
+    def plan(self, counts: torch.Tensor, rows: int, heads_q: int) -> StepPlan:
+        """The index math of a step that appends `rows` key rows per stream (`counts` (B,) int64
+        real) and then attends `rows` queries of `heads_q` heads: made once, it serves every cache
+        of the same geometry whose streams stand at the same frames."""
+        key_frames = self.key_frames + counts
+        spec, used, real = self._read(key_frames, self.query_frames, counts, rows, heads_q)
+        return StepPlan(
+            geometry=self._geometry(),
+            rows=rows,
+            heads_q=heads_q,
+            write_index=self._write_index(self.key_frames, rows),
+            spec=spec,
+            used=used,
+            real=real,
+            key_frames=key_frames,
+            query_frames=self.query_frames + counts,
+        )
+
+    def _check_plan(self, plan: StepPlan, rows: int, heads_q: int) -> None:
+        if plan.geometry != self._geometry() or (plan.rows, plan.heads_q) != (rows, heads_q):
+            raise ValueError(
+                "this step plan was made by a cache of another geometry or for another step shape "
+                f"({plan.geometry}, {plan.rows} rows, {plan.heads_q} heads vs {self._geometry()}, {rows}, "
+                f"{heads_q}); share a plan only between caches built alike and stepped together"
+            )
 
     def reserve(self, frames: int) -> None:
         """Make a linear cache hold ``frames`` key frames per stream (a host-side decision, before a
@@ -247,14 +303,24 @@ class StaticSelfAttentionCache(_StaticAttention):
         lengths: torch.Tensor | None = None,
         final=False,
         softmax_scale: float | None = None,
+        plan: StepPlan | None = None,
     ) -> torch.Tensor:
         """q (B, n, Hq, D), k/v (B, n, Hk, D): the next frames of every stream; ``lengths`` (B,)
         real frames per stream (0: idle; padded rows come back as zeros). ``final`` is the
-        session's concern (it is accepted for the packed caches' signature)."""
+        session's concern (it is accepted for the packed caches' signature). ``plan``: the step's
+        index math made by a cache built alike and standing at the same frames (its counts are the
+        step's ``lengths``); made here when not given."""
         self._check("q", q)
         if k.shape[:2] != q.shape[:2]:
             raise ValueError(f"q and k must cover the same frames, got {tuple(q.shape)} and {tuple(k.shape)}")
-        return self._attend(q, self._append(k, v, lengths), softmax_scale)
+        rows, heads_q = q.shape[1], q.shape[2]
+        if plan is None:
+            plan = self.plan(_counts(lengths, self.batch, rows, q.device), rows, heads_q)
+        self._check_plan(plan, rows, heads_q)
+        self._write_at(k, v, plan.write_index)
+        out = self._attend_with(q, plan.spec, plan.used, plan.real, softmax_scale)
+        self.key_frames, self.query_frames = plan.key_frames, plan.query_frames
+        return out
 
 
 class StaticCrossAttentionCache(_StaticAttention):
@@ -282,9 +348,24 @@ class StaticCrossAttentionCache(_StaticAttention):
         )  # fmt: skip
 
     def append(
-        self, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None, final=False
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        final=False,
+        plan: StepPlan | None = None,
     ) -> None:
-        self._append(k, v, lengths)
+        """The encoder chunk's k/v (B, n, Hk, D); with ``plan`` (a whole step's, see
+        StaticSelfAttentionCache.step), its write index, else computed here."""
+        rows = k.shape[1]
+        if plan is not None:
+            self._check_plan(plan, rows, plan.heads_q)
+            self._write_at(k, v, plan.write_index)
+            self.key_frames = plan.key_frames
+            return
+        counts = _counts(lengths, self.batch, rows, k.device)
+        self._write_at(k, v, self._write_index(self.key_frames, rows))
+        self.key_frames = self.key_frames + counts
 
     def attend(
         self,
@@ -292,7 +373,19 @@ class StaticCrossAttentionCache(_StaticAttention):
         lengths: torch.Tensor | None = None,
         final=False,
         softmax_scale: float | None = None,
+        plan: StepPlan | None = None,
     ) -> torch.Tensor:
+        """The decoder chunk's q (B, n, Hq, D) against the encoder frames held up to its own chunk;
+        with ``plan``, the one ``append`` took in the same step."""
         self._check("q", q)
-        counts = _counts(lengths, self.batch, q.shape[1], q.device)
-        return self._attend(q, counts, softmax_scale)
+        rows, heads_q = q.shape[1], q.shape[2]
+        if plan is not None:
+            self._check_plan(plan, rows, heads_q)
+            out = self._attend_with(q, plan.spec, plan.used, plan.real, softmax_scale)
+            self.query_frames = plan.query_frames
+            return out
+        counts = _counts(lengths, self.batch, rows, q.device)
+        spec, used, real = self._read(self.key_frames, self.query_frames, counts, rows, heads_q)
+        out = self._attend_with(q, spec, used, real, softmax_scale)
+        self.query_frames = self.query_frames + counts
+        return out

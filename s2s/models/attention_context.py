@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from s2s.attention import ChunkSpec, CrossAttentionCache, SelfAttentionCache
-from s2s.attention.static_cache import StaticCrossAttentionCache, StaticSelfAttentionCache
+from s2s.attention.static_cache import StaticCrossAttentionCache, StaticSelfAttentionCache, StepPlan
 from s2s.models import attention as layers
 from s2s.models.packing import AlignedLayout, PackedLayout
 
@@ -43,9 +43,11 @@ class CachedSelfAttention:
     cache: SelfAttentionCache | StaticSelfAttentionCache
     counts: torch.Tensor  # (B,) int64 real frames per stream (0: idle)
     final: torch.Tensor  # (B,) bool: a stream's last step
+    plan: StepPlan | None = None  # static caches: the step's index math, shared by the model's caches
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.cache.step(q, k, v, lengths=self.counts, final=self.final)
+        planned = {} if self.plan is None else {"plan": self.plan}
+        return self.cache.step(q, k, v, lengths=self.counts, final=self.final, **planned)
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,10 +58,12 @@ class CachedCrossAttention:
     cache: CrossAttentionCache | StaticCrossAttentionCache
     counts: torch.Tensor
     final: torch.Tensor
+    plan: StepPlan | None = None
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        self.cache.append(k, v, lengths=self.counts, final=self.final)
-        return self.cache.attend(q, lengths=self.counts, final=self.final)
+        planned = {} if self.plan is None else {"plan": self.plan}
+        self.cache.append(k, v, lengths=self.counts, final=self.final, **planned)
+        return self.cache.attend(q, lengths=self.counts, final=self.final, **planned)
 
 
 AttentionContext = OfflineAttention | CachedSelfAttention | CachedCrossAttention

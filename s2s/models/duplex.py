@@ -166,13 +166,16 @@ class ChunkedDuplexBase(nn.Module):
         x, front_end = self.front_end(features, state.front_end)
         positions = state.positions[:, None] + torch.arange(x.shape[1], device=x.device)
         caches = state.caches
-        encoded = self.encoder(x, positions, [CachedSelfAttention(c, counts, final) for c in caches.encoder])
+        plan = caches.step_plan(counts, x.shape[1], self.config.heads)  # one index plan for every cache
+        encoded = self.encoder(
+            x, positions, [CachedSelfAttention(c, counts, final, plan) for c in caches.encoder]
+        )
         hidden = self.decoder(
             decoder_input,
             positions,
             encoded,
-            [CachedSelfAttention(c, counts, final) for c in caches.decoder],
-            [CachedCrossAttention(c, counts, final) for c in caches.cross],
+            [CachedSelfAttention(c, counts, final, plan) for c in caches.decoder],
+            [CachedCrossAttention(c, counts, final, plan) for c in caches.cross],
         )
         following = DuplexState(
             front_end=front_end.where(counts > 0, state.front_end),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from s2s.attention import CrossAttentionCache, SelfAttentionCache
-from s2s.attention.static_cache import StaticCrossAttentionCache, StaticSelfAttentionCache
+from s2s.attention.static_cache import StaticCrossAttentionCache, StaticSelfAttentionCache, StepPlan
 from s2s.models.frontend import FrontEndState
 
 
@@ -26,6 +26,17 @@ class LayerCaches:
 
     def all(self) -> list:
         return [*self.encoder, *self.decoder, *self.cross]
+
+    def step_plan(self, counts: torch.Tensor, rows: int, heads_q: int) -> StepPlan | None:
+        """Static caches: the step's index math, made once for all of them (they are built alike
+        and every step appends and attends the same counts on each; each checks the geometry).
+        None for the packed engine's caches."""
+        caches = self.all()
+        if not caches or not all(
+            isinstance(c, (StaticSelfAttentionCache, StaticCrossAttentionCache)) for c in caches
+        ):
+            return None
+        return caches[0].plan(counts, rows, heads_q)
 
 
 @dataclass

@@ -226,3 +226,42 @@ def test_reset_zeroes_the_rows_it_starts_over():
     cache.reset(torch.tensor([False, True, False]))
     assert (cache.keys[1] == 0).all() and (cache.values[1] == 0).all()
     assert cache.keys[[0, 2]].isnan().all() and cache.values[[0, 2]].isnan().all()
+
+
+@pytest.mark.parametrize("left_chunks", [None, 2])
+def test_one_step_plan_serves_caches_built_alike(left_chunks, generator):
+    """A self and a cross cache stepped with the plan a third cache made give, bit for bit, what
+    each gives planning its own step; a cache of another geometry refuses the plan."""
+    seed = generator.initial_seed()
+    batch, chunk = 3, 2
+    make = dict(batch=batch, heads_k=HEADS_K, head_dim=DIM, left_chunks=left_chunks, capacity_frames=32)
+    planner = StaticSelfAttentionCache(chunk=chunk, **make)
+    planned = [
+        StaticSelfAttentionCache(chunk=chunk, **make),
+        StaticCrossAttentionCache(chunk_q=chunk, chunk_k=chunk, **make),
+    ]
+    alone = [
+        StaticSelfAttentionCache(chunk=chunk, **make),
+        StaticCrossAttentionCache(chunk_q=chunk, chunk_k=chunk, **make),
+    ]
+    for step in range(12):
+        counts = torch.tensor([chunk, 0 if step % 3 == 1 else chunk, chunk])
+        q = torch.randn(batch, chunk, HEADS_Q, DIM, generator=generator)
+        k, v = (torch.randn(batch, chunk, HEADS_K, DIM, generator=generator) for _ in range(2))
+        plan = planner.plan(counts, chunk, HEADS_Q)
+        planner.step(q, k, v, lengths=counts, plan=plan)
+        got = [planned[0].step(q, k, v, lengths=counts, plan=plan)]
+        planned[1].append(k, v, lengths=counts, plan=plan)
+        got.append(planned[1].attend(q, lengths=counts, plan=plan))
+        want = [alone[0].step(q, k, v, lengths=counts)]
+        alone[1].append(k, v, lengths=counts)
+        want.append(alone[1].attend(q, lengths=counts))
+        for name, a, b in zip(("self", "cross"), got, want, strict=True):
+            assert torch.equal(a, b), f"seed {seed}, step {step}: the {name} cache differs with a shared plan"
+    for cache, twin in zip(planned, alone, strict=True):
+        assert torch.equal(cache.key_frames, twin.key_frames) and torch.equal(
+            cache.query_frames, twin.query_frames
+        )
+    other = StaticSelfAttentionCache(chunk=chunk + 1, **make)
+    with pytest.raises(ValueError, match="another geometry"):
+        other.step(q, k, v, lengths=counts, plan=plan)
