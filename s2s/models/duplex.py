@@ -138,6 +138,7 @@ class ChunkedDuplexBase(nn.Module):
             decoder=[cache(block.self_attention) for block in self.decoder.blocks],
             cross=[cache(block.cross_attention) for block in self.decoder.blocks],
         )
+        caches.share_frames()
         return DuplexState(
             front_end=self.front_end.initial_state(batch, device, dtype),
             caches=caches,

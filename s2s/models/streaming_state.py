@@ -27,16 +27,27 @@ class LayerCaches:
     def all(self) -> list:
         return [*self.encoder, *self.decoder, *self.cross]
 
+    def _static(self) -> bool:
+        caches = self.all()
+        return bool(caches) and all(
+            isinstance(c, (StaticSelfAttentionCache, StaticCrossAttentionCache)) for c in caches
+        )
+
+    def share_frames(self) -> None:
+        """Point every static cache at the first one's frame counts (they are equal: the caches are
+        built alike and every step and reset treats them alike), so a state carries one pair of
+        counters rather than one per layer (what a CUDA graph copies back each replay)."""
+        if not self._static():
+            return
+        first = self.all()[0]
+        for cache in self.all()[1:]:
+            cache.key_frames, cache.query_frames = first.key_frames, first.query_frames
+
     def step_plan(self, counts: torch.Tensor, rows: int, heads_q: int) -> StepPlan | None:
         """Static caches: the step's index math, made once for all of them (they are built alike
         and every step appends and attends the same counts on each; each checks the geometry).
         None for the packed engine's caches."""
-        caches = self.all()
-        if not caches or not all(
-            isinstance(c, (StaticSelfAttentionCache, StaticCrossAttentionCache)) for c in caches
-        ):
-            return None
-        return caches[0].plan(counts, rows, heads_q)
+        return self.all()[0].plan(counts, rows, heads_q) if self._static() else None
 
 
 @dataclass
@@ -50,6 +61,7 @@ class DuplexState:
         positions in a new state, the caches' rows reset in place (the same cache objects)."""
         for cache in self.caches.all():
             cache.reset(streams)
+        self.caches.share_frames()
         return DuplexState(
             front_end=self.front_end.reset(streams),
             caches=self.caches,

@@ -253,17 +253,20 @@ class StreamingSession:
             if field.name != skipped
             for leaf in tensor_leaves(getattr(owner, field.name))
         ]
-        for cache in state.caches.all():
-            leaves += [cache.key_frames, cache.query_frames]
-        return leaves
+        return leaves + _distinct(t for c in state.caches.all() for t in (c.key_frames, c.query_frames))
 
     def bind_carried(self, state: SessionState, carried: list[torch.Tensor]) -> None:
         """Make `state` (whose tensors are `carried`) the session's state again, with each cache's
         frame counts pointing at their tensors in `carried`."""
         self.state = state
-        counters = carried[len(carried) - 2 * len(state.caches.all()) :]
-        for index, cache in enumerate(state.caches.all()):
-            cache.key_frames, cache.query_frames = counters[2 * index], counters[2 * index + 1]
+        caches = state.caches.all()
+        current = _distinct(t for c in caches for t in (c.key_frames, c.query_frames))
+        counters = dict(zip(map(id, current), carried[len(carried) - len(current) :], strict=True))
+        for cache in caches:
+            cache.key_frames, cache.query_frames = (
+                counters[id(cache.key_frames)],
+                counters[id(cache.query_frames)],
+            )
 
     def _check_static(self, audio, lengths, final, sample_rate):
         """The static engine's checks, on host values only (lengths and final as given, or read
@@ -431,6 +434,17 @@ class StreamingSession:
             )
         # A final step too short for even one model frame has nothing to add.
         return audio, counts, final & (counts > 0), invalid
+
+
+def _distinct(tensors) -> list[torch.Tensor]:
+    """Each tensor once (by identity), in order of first appearance: the caches' frame counts, which
+    a model's static caches share."""
+    seen, distinct = set(), []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            distinct.append(t)
+    return distinct
 
 
 def _batch_invariant(device: torch.device):

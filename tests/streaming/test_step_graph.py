@@ -129,6 +129,11 @@ def test_the_graph_runner_keeps_one_set_of_carried_tensors_and_the_eager_results
     want = _run(eager, steps)
     got = _run(graph, steps, after_step=same_tensors)
     assert all(a == addresses[0] for a in addresses), f"seed {seed}: the carried tensors moved"
+    caches = graph.state.caches.all()
+    shared = {id(t) for c in caches for t in (c.key_frames, c.query_frames)}
+    assert len(shared) == 2, (
+        f"seed {seed}: the {len(caches)} caches carry {len(shared)} frame counters, not one pair"
+    )
     for index, (w, g) in enumerate(zip(want, got, strict=True)):
         for a, b in zip(tensor_leaves(w), tensor_leaves(g), strict=True):
             assert torch.equal(a, b), f"seed {seed}, step {index}: the graph runner differs from eager"
