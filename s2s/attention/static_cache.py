@@ -58,7 +58,7 @@ class StepPlan:
     write_index: torch.Tensor  # flat storage rows of the step's key rows (a ring: and their mirror)
     spec: ChunkSpec  # the chunk rule of the GQA-packed query rows
     used: torch.Tensor  # (B,) int32 key rows each stream's queries read
-    real: torch.Tensor  # (B, rows, 1, 1) bool: the query rows each stream really has
+    padding: torch.Tensor  # (B, rows, 1, 1) bool: the query rows past each stream's real ones
     key_frames: torch.Tensor  # (B,) after the step
     query_frames: torch.Tensor  # (B,) after the step
 
@@ -169,9 +169,9 @@ class _StaticAttention:
         self.values.view(-1, *self.values.shape[2:]).index_copy_(0, index, values)
 
     def _read(self, key_frames, query_frames, counts, rows: int, heads_q: int):
-        """(spec, used, real) of a step's `rows` queries per stream starting at `query_frames`,
+        """(spec, used, padding) of a step's `rows` queries per stream starting at `query_frames`,
         against keys up to `key_frames`: the GQA-packed rows' chunk rule (s2s.attention.pack_gqa),
-        the used key rows and which query rows are real."""
+        the used key rows and which query rows are padding."""
         first = first_visible_key(query_frames, self.chunk_q, self.chunk_k, self.left_chunks)
         window = read_window(first, key_frames, self.capacity, self.ring)
         chunks = SequenceChunks(
@@ -183,10 +183,10 @@ class _StaticAttention:
         )
         group = gqa_group(heads_q, self.keys.shape[2])
         spec = ChunkSpec.from_resolved(packed_chunks(chunks, group))  # device values: nothing is read back
-        real = torch.arange(rows, device=counts.device)[None, :] < counts[:, None]
-        return spec, window.used.to(torch.int32), real[:, :, None, None]
+        padding = torch.arange(rows, device=counts.device)[None, :] >= counts[:, None]
+        return spec, window.used.to(torch.int32), padding[:, :, None, None]
 
-    def _attend_with(self, q, spec: ChunkSpec, used, real, softmax_scale: float | None) -> torch.Tensor:
+    def _attend_with(self, q, spec: ChunkSpec, used, padding, softmax_scale: float | None) -> torch.Tensor:
         """Queries of the step (B, n, Hq, D) against each stream's keys, read in place, the GQA
         group's heads as rows of one problem per key/value head; padded rows come back as zeros."""
         out = chunk_attention(
@@ -199,14 +199,14 @@ class _StaticAttention:
             softmax_scale=softmax_scale,
         )
         out = unpack_output(out, q.shape[2])
-        return torch.where(real, out, torch.zeros((), dtype=out.dtype, device=out.device))
+        return out.masked_fill(padding, 0)
 
     def plan(self, counts: torch.Tensor, rows: int, heads_q: int) -> StepPlan:
         """The index math of a step that appends `rows` key rows per stream (`counts` (B,) int64
         real) and then attends `rows` queries of `heads_q` heads: made once, it serves every cache
         of the same geometry whose streams stand at the same frames."""
         key_frames = self.key_frames + counts
-        spec, used, real = self._read(key_frames, self.query_frames, counts, rows, heads_q)
+        spec, used, padding = self._read(key_frames, self.query_frames, counts, rows, heads_q)
         return StepPlan(
             geometry=self._geometry(),
             rows=rows,
@@ -214,7 +214,7 @@ class _StaticAttention:
             write_index=self._write_index(self.key_frames, rows),
             spec=spec,
             used=used,
-            real=real,
+            padding=padding,
             key_frames=key_frames,
             query_frames=self.query_frames + counts,
         )
@@ -318,7 +318,7 @@ class StaticSelfAttentionCache(_StaticAttention):
             plan = self.plan(_counts(lengths, self.batch, rows, q.device), rows, heads_q)
         self._check_plan(plan, rows, heads_q)
         self._write_at(k, v, plan.write_index)
-        out = self._attend_with(q, plan.spec, plan.used, plan.real, softmax_scale)
+        out = self._attend_with(q, plan.spec, plan.used, plan.padding, softmax_scale)
         self.key_frames, self.query_frames = plan.key_frames, plan.query_frames
         return out
 
@@ -381,11 +381,11 @@ class StaticCrossAttentionCache(_StaticAttention):
         rows, heads_q = q.shape[1], q.shape[2]
         if plan is not None:
             self._check_plan(plan, rows, heads_q)
-            out = self._attend_with(q, plan.spec, plan.used, plan.real, softmax_scale)
+            out = self._attend_with(q, plan.spec, plan.used, plan.padding, softmax_scale)
             self.query_frames = plan.query_frames
             return out
         counts = _counts(lengths, self.batch, rows, q.device)
-        spec, used, real = self._read(self.key_frames, self.query_frames, counts, rows, heads_q)
-        out = self._attend_with(q, spec, used, real, softmax_scale)
+        spec, used, padding = self._read(self.key_frames, self.query_frames, counts, rows, heads_q)
+        out = self._attend_with(q, spec, used, padding, softmax_scale)
         self.query_frames = self.query_frames + counts
         return out
