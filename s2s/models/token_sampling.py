@@ -331,9 +331,12 @@ def _biased(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     certain (softmax of inf is NaN)."""
     scores = logits.float().clamp(max=1e30)
     scores = scores.masked_fill(scores.isnan(), float("-inf"))
-    bias = torch.zeros(scores.shape[-1], device=scores.device)
-    bias[PAD], bias[BOS], bias[EOS] = config.pad_bias, config.bos_bias, config.eos_bias
-    return scores + bias
+    # Python scalars added in place: no tensor is made from host values inside a step (a CUDA graph
+    # cannot capture a host-to-device copy)
+    for token, bias in ((PAD, config.pad_bias), (BOS, config.bos_bias), (EOS, config.eos_bias)):
+        if bias:
+            scores[..., token] += bias
+    return scores
 
 
 def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

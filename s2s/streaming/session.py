@@ -214,6 +214,8 @@ class StreamingSession:
             if self._graph is None:
                 self._graph = StepGraph(self)
             output = self._graph.replay(audio, host_values)  # checked above: a replay cannot fail half way
+            if self.vocoder is not None:  # outside the graph: torch.istft reads the device (a check)
+                output.audio = self._vocode_in_place(output.mel, output.frames > 0)
         else:
             values = host_values.to(self.device, non_blocking=True)  # the step's host values in one copy
             output = self._atomic(lambda: self.step_on_device(audio, values))
@@ -231,13 +233,14 @@ class StreamingSession:
                 cache.restore(snapshot)
             raise
 
-    def step_on_device(self, audio: torch.Tensor, values: torch.Tensor) -> StepOutput:
+    def step_on_device(self, audio: torch.Tensor, values: torch.Tensor, vocode: bool = True) -> StepOutput:
         """The static engine's step from device inputs only (what a CUDA graph captures): (B,
-        chunk_samples) audio and (3, B) int64 values (samples, frames, final) already checked."""
+        chunk_samples) audio and (3, B) int64 values (samples, frames, final) already checked.
+        `vocode=False` leaves the vocoder out (its audio None, its state as it was)."""
         audio, invalid = _finite_input(audio, values[0], self.chunk_samples)
         counts = torch.where(invalid, 0, values[1])
         final = values[2].bool() & (counts > 0)
-        output = self._step(audio, counts, final)
+        output = self._step(audio, counts, final, vocode)
         output.invalid_input = invalid
         return output
 
@@ -326,11 +329,11 @@ class StreamingSession:
         """Key frames the static caches hold per stream (unbounded history)."""
         return min(cache.capacity for cache in self.state.caches.all())
 
-    def _step(self, audio: torch.Tensor, counts: torch.Tensor, final: torch.Tensor) -> StepOutput:
+    def _step(self, audio: torch.Tensor, counts: torch.Tensor, final: torch.Tensor, vocode: bool = True):
         with _batch_invariant(self.device):
-            return self._step_streams(audio, counts, final)
+            return self._step_streams(audio, counts, final, vocode)
 
-    def _step_streams(self, audio: torch.Tensor, counts: torch.Tensor, final: torch.Tensor) -> StepOutput:
+    def _step_streams(self, audio, counts: torch.Tensor, final: torch.Tensor, vocode: bool) -> StepOutput:
         model, state = self.model, self.state
         active = counts > 0
 
@@ -348,9 +351,8 @@ class StreamingSession:
         mel, speaking, raw, feedback = self._outputs(hidden, state.feedback, state.positions, encoded)
 
         output_audio, vocoder_state = None, state.vocoder
-        if self.vocoder is not None:
-            output_audio, vocoder_state = self.vocoder.stream(mel, state.vocoder)
-            vocoder_state = VocoderState(_where(active, vocoder_state.context, state.vocoder.context))
+        if self.vocoder is not None and vocode:
+            output_audio, vocoder_state = self._vocode(mel, active, state.vocoder)
         self.state = SessionState(
             mel_tail=_where(active, mel_tail, state.mel_tail),
             model=model_state,
@@ -359,6 +361,18 @@ class StreamingSession:
             pitch=pitch,
         )
         return StepOutput(mel=mel, speaking=speaking, audio=output_audio, frames=counts, raw=raw)
+
+    def _vocode(self, mel: torch.Tensor, active: torch.Tensor, state: VocoderState):
+        """(audio, next vocoder state) of a chunk's mel; idle streams keep their state."""
+        audio, following = self.vocoder.stream(mel, state)
+        return audio, VocoderState(_where(active, following.context, state.context))
+
+    def _vocode_in_place(self, mel: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The vocoder after a graph replay: its state is updated in place (it stays the tensor the
+        graph's carried state holds, which `reset` writes fresh rows into)."""
+        audio, following = self._vocode(mel, active, self.state.vocoder)
+        self.state.vocoder.context.copy_(following.context)
+        return audio
 
     # -- what the decoder reads back: model v1's mel and speaking probability ----------------------
 

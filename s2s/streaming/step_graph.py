@@ -4,8 +4,10 @@ A step of the base model launches ~2,000 kernels from Python; for a few streams 
 GPU, sets the pace (35 ms a step on an H100 for one stream, docs/benchmarks.md). The static engine
 reads nothing back from the device inside a step and keeps its caches where they are, so the whole
 step can be captured once and replayed: the graph reads the chunk's audio and per-stream values
-from fixed input buffers, and writes the carried state (front-end tails, feedback, positions,
-vocoder context, cache frame counts) back into the same tensors it read them from.
+from fixed input buffers, and writes the carried state (front-end tails, feedback, positions, cache
+frame counts) back into the same tensors it read them from. The vocoder stays outside: torch.istft
+reads the device to check its window, which a capture refuses; the session runs it after each
+replay, its state updated in place.
 
 What changes between steps arrives in those buffers; what changes the graph's shape is settled on
 the host before a replay: the session's checks refuse a bad step before anything runs (so a
@@ -82,7 +84,7 @@ class StepGraph:
     def _body(self):
         """The step the graph records: inputs from the buffers, the carried state updated in place."""
         session = self.session
-        output = session.step_on_device(self.audio, self.values)
+        output = session.step_on_device(self.audio, self.values, vocode=False)  # the session vocodes
         _copy_leaves(self.carried, session.carried_tensors())
         session.bind_carried(self.carried_state, self.carried)
         return output

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from s2s.data.tokens import BOS, EOS
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
@@ -64,3 +65,44 @@ def test_a_static_step_makes_no_host_reads(left_chunks, onset_quantile, generato
     session.step(
         audio[:, :size].as_subclass(NoHostReads), lengths=lengths, final=torch.tensor([False, False, True])
     )
+
+
+# Operators a CUDA graph cannot capture: a read of a device value on the host (item, equal,
+# nonzero, a bool of a tensor) or a tensor made from host data (torch.tensor(...) on the device is a
+# host-to-device copy). A CPU run sees them all, before any GPU does.
+UNCAPTURABLE = {"_local_scalar_dense", "item", "equal", "is_nonzero", "nonzero", "lift_fresh", "allclose"}
+
+
+class UncapturableOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in UNCAPTURABLE:
+            self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("left_chunks", [None, 2])
+@pytest.mark.parametrize("sampling", ["defaults", "biased-quantile-gains"])
+def test_the_graphed_step_has_no_operator_a_cuda_graph_cannot_capture(left_chunks, sampling, generator):
+    """What StepGraph records (step_on_device without the vocoder): every aten operator it runs,
+    through the model, the caches, the attention call and the sampling, is one a capture takes."""
+    torch.manual_seed(int(torch.randint(1000, (1,), generator=generator)))
+    model = TokenDuplexModel(CONFIG).eval()
+    config = SamplingConfig()
+    if sampling != "defaults":
+        config = SamplingConfig(
+            pad_bias=0.5, bos_bias=1.0, eos_bias=-0.5, state_gain=4.0, stop_gain=4.0, onset_quantile=0.5
+        )
+    session = TokenStreamingSession(
+        model, batch=3, chunk=2, left_chunks=left_chunks, sampling=config, state_gains=[0.0, 2.0, 4.0]
+    )
+    size = session.chunk_samples
+    for _ in range(2):
+        session.step(0.2 * torch.randn(3, size, generator=generator))
+    values = torch.tensor([[size, 0, 700], [2, 0, 1], [0, 0, 1]])
+    with torch.no_grad(), UncapturableOps() as spy:
+        session.step_on_device(0.2 * torch.randn(3, size, generator=generator), values, vocode=False)
+    assert not spy.seen, f"a captured step would run {sorted(set(spy.seen))}"
