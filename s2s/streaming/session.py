@@ -123,6 +123,12 @@ class StreamingSession:
         parameter = next(model.parameters())
         self.device = torch.device(device) if device is not None else parameter.device
         self.dtype = parameter.dtype
+        if cuda_graph and engine != "static":  # before any cache is allocated
+            raise ValueError(
+                "cuda_graph=True needs engine='static' (the packed engine reads the device in a step)"
+            )
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs a CUDA device, the session is on {self.device}")
         self.log_mel = LogMel(
             LogMelConfig(sample_rate=config.sample_rate, n_mels=config.n_mels, hop=config.hop)
         ).to(self.device)
@@ -133,12 +139,6 @@ class StreamingSession:
             vocoder = GriffinLimVocoder(self.log_mel.config).to(self.device)
         self.vocoder = vocoder or None
         self.state = self._initial_state()
-        if cuda_graph and engine != "static":
-            raise ValueError(
-                "cuda_graph=True needs engine='static' (the packed engine reads the device in a step)"
-            )
-        if cuda_graph and self.device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a CUDA device, the session is on {self.device}")
         self.cuda_graph = bool(cuda_graph)
         self._graph: StepGraph | None = None  # captured at the first step
 
