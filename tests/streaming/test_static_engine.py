@@ -106,3 +106,20 @@ def test_the_graphed_step_has_no_operator_a_cuda_graph_cannot_capture(left_chunk
     with torch.no_grad(), UncapturableOps() as spy:
         session.step_on_device(0.2 * torch.randn(3, size, generator=generator), values, vocode=False)
     assert not spy.seen, f"a captured step would run {sorted(set(spy.seen))}"
+
+
+def test_model_v1s_graphed_step_has_no_operator_a_cuda_graph_cannot_capture(generator):
+    """The same for model v1 (StreamingSession: mel and speaking fed back, no sampling)."""
+    from s2s.models.config import DuplexConfig
+    from s2s.models.duplex import DuplexModel
+    from s2s.streaming.session import StreamingSession
+
+    torch.manual_seed(int(torch.randint(1000, (1,), generator=generator)))
+    model = DuplexModel(DuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2)).eval()
+    session = StreamingSession(model, batch=2, chunk=2, left_chunks=2)
+    size = session.chunk_samples
+    session.step(0.2 * torch.randn(2, size, generator=generator))
+    values = torch.tensor([[size, 700], [2, 1], [0, 1]])
+    with torch.no_grad(), UncapturableOps() as spy:
+        session.step_on_device(0.2 * torch.randn(2, size, generator=generator), values, vocode=False)
+    assert not spy.seen, f"a captured step would run {sorted(set(spy.seen))}"
