@@ -73,12 +73,13 @@ class _StaticAttention:
         head_dim: int,
         chunk_q: int,
         chunk_k: int,
-        left_chunks: int | None,
-        capacity_frames: int | None,
-        step_frames: int | None,
-        dtype: torch.dtype,
-        device: torch.device | str,
-        backend: str,
+        left_chunks: int | None = None,
+        *,
+        capacity_frames: int | None = None,
+        step_frames: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        backend: str = "auto",
     ) -> None:
         self.chunk_q = _int_chunk("chunk_q", chunk_q)
         self.chunk_k = _int_chunk("chunk_k", chunk_k)
@@ -283,17 +284,11 @@ class StaticSelfAttentionCache(_StaticAttention):
         head_dim: int,
         chunk: int,
         left_chunks: int | None = None,
-        *,
-        capacity_frames: int | None = None,
-        step_frames: int | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        backend: str = "auto",
+        **options,
     ) -> None:
-        super().__init__(
-            batch, heads_k, head_dim, chunk, chunk, left_chunks, capacity_frames, step_frames,
-            dtype, device, backend,
-        )  # fmt: skip
+        """One chunk size for queries and keys; `options`: capacity_frames, step_frames, dtype,
+        device, backend (as the cross-attention cache)."""
+        super().__init__(batch, heads_k, head_dim, chunk, chunk, left_chunks, **options)
 
     def step(
         self,
@@ -316,7 +311,8 @@ class StaticSelfAttentionCache(_StaticAttention):
         rows, heads_q = q.shape[1], q.shape[2]
         if plan is None:
             plan = self.plan(_counts(lengths, self.batch, rows, q.device), rows, heads_q)
-        self._check_plan(plan, rows, heads_q)
+        else:
+            self._check_plan(plan, rows, heads_q)
         self._write_at(k, v, plan.write_index)
         out = self._attend_with(q, plan.spec, plan.used, plan.padding, softmax_scale)
         self.key_frames, self.query_frames = plan.key_frames, plan.query_frames
@@ -326,26 +322,6 @@ class StaticSelfAttentionCache(_StaticAttention):
 class StaticCrossAttentionCache(_StaticAttention):
     """Streaming chunk-causal cross-attention over encoder K/V in a static cache: the encoder
     ``append``s each chunk, the decoder's chunk then ``attend``s to encoder chunks up to its own."""
-
-    def __init__(
-        self,
-        batch: int,
-        heads_k: int,
-        head_dim: int,
-        chunk_q: int,
-        chunk_k: int,
-        left_chunks: int | None = None,
-        *,
-        capacity_frames: int | None = None,
-        step_frames: int | None = None,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(
-            batch, heads_k, head_dim, chunk_q, chunk_k, left_chunks, capacity_frames, step_frames,
-            dtype, device, backend,
-        )  # fmt: skip
 
     def append(
         self,
@@ -358,14 +334,14 @@ class StaticCrossAttentionCache(_StaticAttention):
         """The encoder chunk's k/v (B, n, Hk, D); with ``plan`` (a whole step's, see
         StaticSelfAttentionCache.step), its write index, else computed here."""
         rows = k.shape[1]
-        if plan is not None:
+        if plan is None:
+            index = self._write_index(self.key_frames, rows)
+            key_frames = self.key_frames + _counts(lengths, self.batch, rows, k.device)
+        else:
             self._check_plan(plan, rows, plan.heads_q)
-            self._write_at(k, v, plan.write_index)
-            self.key_frames = plan.key_frames
-            return
-        counts = _counts(lengths, self.batch, rows, k.device)
-        self._write_at(k, v, self._write_index(self.key_frames, rows))
-        self.key_frames = self.key_frames + counts
+            index, key_frames = plan.write_index, plan.key_frames
+        self._write_at(k, v, index)
+        self.key_frames = key_frames
 
     def attend(
         self,
@@ -379,13 +355,13 @@ class StaticCrossAttentionCache(_StaticAttention):
         with ``plan``, the one ``append`` took in the same step."""
         self._check("q", q)
         rows, heads_q = q.shape[1], q.shape[2]
-        if plan is not None:
+        if plan is None:
+            counts = _counts(lengths, self.batch, rows, q.device)
+            spec, used, padding = self._read(self.key_frames, self.query_frames, counts, rows, heads_q)
+            query_frames = self.query_frames + counts
+        else:
             self._check_plan(plan, rows, heads_q)
-            out = self._attend_with(q, plan.spec, plan.used, plan.padding, softmax_scale)
-            self.query_frames = plan.query_frames
-            return out
-        counts = _counts(lengths, self.batch, rows, q.device)
-        spec, used, padding = self._read(self.key_frames, self.query_frames, counts, rows, heads_q)
+            spec, used, padding, query_frames = plan.spec, plan.used, plan.padding, plan.query_frames
         out = self._attend_with(q, spec, used, padding, softmax_scale)
-        self.query_frames = self.query_frames + counts
+        self.query_frames = query_frames
         return out
