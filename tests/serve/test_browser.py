@@ -293,7 +293,8 @@ async def drive(
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (scripts/install_chromium.sh installs one)")
 def test_the_page_talks_to_the_model_in_a_real_browser(tiny_artifact, tmp_path):
     wav = _user_wav(tmp_path / "user.wav")
-    server = Server([f"model={tiny_artifact}", "port=0", "device=cpu", "max_connections=2"])
+    model = os.environ.get("S2S_BROWSER_MODEL", tiny_artifact)  # for the docs: a trained model
+    server = Server([f"model={model}", "port=0", "device=cpu", "max_connections=2"])
     browser = None
     try:
         url = server.wait_ready(SERVER_READY_SECONDS)
