@@ -99,6 +99,17 @@ class HubStats:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class PlannedChunk:
+    """A stream's chunk in this step, numbered when its audio was taken: a reset or an overflow
+    while the step runs changes the stream, not what this reply says about this chunk."""
+
+    stream: Stream
+    chunk: int
+    consumed: int
+    dropped: int
+
+
 @dataclass
 class StepResult:
     """A step's outputs for the rows that stepped, on the CPU (made in the worker thread)."""
@@ -181,13 +192,15 @@ class ServeHub:
                 self.stats.late_steps += 1
                 tick = loop.time()  # no burst of catch-up steps: the backlogs hold the audio meanwhile
             tick += period
+            self._flush_notices()  # a reset asked between steps goes out before the new dialogue's replies
             batch = self._gather()
             if batch is None:
-                self._flush_notices()
                 continue
-            audio, lengths, resets, rows = batch
+            audio, lengths, resets, planned = batch
+            rows = [chunk.stream.row for chunk in planned]
             result = await loop.run_in_executor(self._executor, self._step, audio, lengths, resets, rows)
-            self._deliver(result)
+            self._deliver(planned, result)
+            self._flush_notices()  # one asked during the step goes out after that step's replies
 
     def stop(self) -> None:
         self._stopping.set()
@@ -196,7 +209,7 @@ class ServeHub:
         self._executor.shutdown(wait=True)
 
     def _gather(self):
-        """The step's inputs: (B, chunk_samples) audio, lengths, reset flags and the stepping rows."""
+        """The step's inputs: (B, chunk_samples) audio, lengths, reset flags and the planned chunks."""
         limit = self.limits.max_dialogue_frames
         chunk_frames = self.session.chunk
         rows = []
@@ -212,11 +225,14 @@ class ServeHub:
         audio = np.zeros((self.capacity, self.chunk_samples), dtype=np.float32)
         lengths = [0] * self.capacity
         resets = [False] * self.capacity
+        planned = []
         for stream in rows:
             audio[stream.row] = stream.take(self.chunk_samples)
             lengths[stream.row] = self.chunk_samples
             resets[stream.row], stream.fresh = stream.fresh, False
-        return audio, lengths, resets, [stream.row for stream in rows]
+            planned.append(PlannedChunk(stream, stream.chunks, stream.position, stream.dropped))
+            stream.chunks += 1
+        return audio, lengths, resets, planned
 
     @torch.no_grad()
     def _step(self, audio: np.ndarray, lengths: list[int], resets: list[bool], rows: list[int]) -> StepResult:
@@ -236,25 +252,22 @@ class ServeHub:
         tokens = None if tokens is None else tokens.index_select(0, index).cpu().numpy()
         return StepResult(rows, pcm, speaking, tokens, (time.perf_counter() - started) * 1000.0)
 
-    def _deliver(self, result: StepResult) -> None:
+    def _deliver(self, planned: list[PlannedChunk], result: StepResult) -> None:
         self.stats.steps += 1
-        self.stats.stepped_chunks += len(result.rows)
+        self.stats.stepped_chunks += len(planned)
         self.stats.step_ms.append(result.milliseconds)
         silence = np.zeros(self.chunk_samples, dtype=np.int16)
-        for i, row in enumerate(result.rows):
-            stream = self.streams[row]
-            if stream is None or stream.closed:
-                continue  # left while its chunk was stepping
+        for i, chunk in enumerate(planned):
+            if chunk.stream.closed:
+                continue  # left while its chunk was stepping (its row may already serve someone else)
             tokens = None if result.tokens is None else [int(t) for t in result.tokens[i]]
             reply = ChunkReply(
-                chunk=stream.chunks, consumed=stream.position, dropped=stream.dropped,
+                chunk=chunk.chunk, consumed=chunk.consumed, dropped=chunk.dropped,
                 speaking=result.speaking[i].tolist(),
                 audio=silence if result.audio is None else result.audio[i],
                 tokens=tokens, words=self._words(tokens), step_ms=result.milliseconds,
             )  # fmt: skip
-            stream.chunks += 1
-            self._send(stream, reply)
-        self._flush_notices()
+            self._send(chunk.stream, reply)
 
     def _flush_notices(self) -> None:
         for stream in self.streams:
