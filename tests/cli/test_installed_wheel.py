@@ -90,3 +90,15 @@ def test_each_console_script_composes_what_a_clone_composes(installed, tmp_path,
 def test_infer_script_is_installed(installed, tmp_path):
     result = _run([installed / "s2s-infer"], tmp_path)
     assert result.returncode == 1 and "usage: python -m s2s.infer" in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_serve_script_is_installed_with_its_page(installed, tmp_path):
+    result = _run([installed / "s2s-serve", f"model={tmp_path / 'missing'}"], tmp_path)
+    assert result.returncode == 1 and "does not exist" in result.stderr, result.stderr
+    listing = _run([installed / "python", "-c", "import importlib.resources as r; "
+                    "print(' '.join(sorted(p.name for p in (r.files('s2s.serve') / 'static').iterdir())))"],
+                   tmp_path)  # fmt: skip
+    shipped = set(listing.stdout.split())
+    expected = {p.name for p in (ROOT / "s2s" / "serve" / "static").iterdir() if p.is_file()}
+    assert expected and shipped == expected, listing.stderr or f"wheel: {shipped}, tree: {expected}"

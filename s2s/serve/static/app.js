@@ -274,6 +274,7 @@ function openSocket(current) {
           current.serverError = `server: ${message.message}`;
           reportError(current.serverError);
         } else if (message.type === "reset") {
+          current.awaitingReset = false;
           s2s.resets += 1;
           timeline.marks.push({ t: s2s.sentSamples / rate(), label: "new dialogue" });
           if (message.reason) showNotice(`New dialogue: ${message.reason}.`);
@@ -429,7 +430,9 @@ function receiveReply(current, buffer) {
     samples[k] = pcm[k] / 32768;
   }
   s2s.nonSilentReplySamples += loud;
-  if (current.playback && pcm.length) {
+  // After Reset, the old dialogue's replies still in flight are not played: the server sends its
+  // reset notice after them, so everything before the notice belongs to the dialogue left behind.
+  if (current.playback && pcm.length && !current.awaitingReset) {
     const out = current.down.process(samples);
     current.playback.port.postMessage(out, [out.buffer]);
   }
@@ -470,6 +473,7 @@ function resetDialogue() {
   const current = session;
   if (!current || !current.socket || current.socket.readyState !== WebSocket.OPEN) return;
   current.socket.send(JSON.stringify({ type: "reset" }));
+  current.awaitingReset = true; // until the server's reset notice: see receiveReply
   if (current.playback) current.playback.port.postMessage({ type: "flush" });
   s2s.words = [];
   const transcript = $("transcript");
