@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import math
 import time
 from collections import deque
@@ -28,6 +29,8 @@ import torch
 from s2s.data.tokens import SPECIALS
 from s2s.serve.protocol import ChunkReply
 from s2s.streaming.token_session import TokenStep
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +88,8 @@ class HubStats:
     dropped_samples: int = 0
     dropped_connections: int = 0  # clients dropped for not reading
     refused_connections: int = 0  # server full
+    failed_steps: int = 0
+    last_error: str | None = None
     step_ms: deque = field(default_factory=lambda: deque(maxlen=2000))
 
     def summary(self, connections: int, capacity: int) -> dict:
@@ -94,7 +99,8 @@ class HubStats:
             "connections": connections, "capacity": capacity, "steps": self.steps,
             "late_steps": self.late_steps, "stepped_chunks": self.stepped_chunks,
             "dropped_samples": self.dropped_samples, "dropped_connections": self.dropped_connections,
-            "refused_connections": self.refused_connections, "step_ms_p50": quantile(0.5),
+            "refused_connections": self.refused_connections, "failed_steps": self.failed_steps,
+            "last_error": self.last_error, "step_ms_p50": quantile(0.5),
             "step_ms_p99": quantile(0.99),
         }  # fmt: skip
 
@@ -198,7 +204,11 @@ class ServeHub:
                 continue
             audio, lengths, resets, planned = batch
             rows = [chunk.stream.row for chunk in planned]
-            result = await loop.run_in_executor(self._executor, self._step, audio, lengths, resets, rows)
+            try:
+                result = await loop.run_in_executor(self._executor, self._step, audio, lengths, resets, rows)
+            except Exception as error:  # a refused step changes no stream's state (the session is atomic)
+                self._refused(planned, error)
+                continue
             self._deliver(planned, result)
             self._flush_notices()  # one asked during the step goes out after that step's replies
 
@@ -268,6 +278,19 @@ class ServeHub:
                 tokens=tokens, words=self._words(tokens), step_ms=result.milliseconds,
             )  # fmt: skip
             self._send(chunk.stream, reply)
+
+    def _refused(self, planned: list[PlannedChunk], error: Exception) -> None:
+        """A step that failed (out of memory, say): its streams hear why and their dialogues start
+        afresh; the server goes on stepping the next chunk."""
+        self.stats.failed_steps += 1
+        self.stats.last_error = f"{type(error).__name__}: {error}"[:300]
+        logger.exception("s2s.serve: a step of %d stream(s) failed", len(planned))
+        message = f"the model's step failed: {self.stats.last_error}; the dialogue starts afresh"
+        for chunk in planned:
+            if not chunk.stream.closed:
+                chunk.stream.notices.append({"type": "error", "message": message})
+                self.restart(chunk.stream, "the previous step failed")
+        self._flush_notices()
 
     def _flush_notices(self) -> None:
         for stream in self.streams:

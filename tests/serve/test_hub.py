@@ -2,6 +2,8 @@
 (not to a newcomer on the same row), numbered as it was taken; a reset asked while a step runs is
 announced after that step's reply; a backlog drops its oldest audio past its limit."""
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -72,3 +74,36 @@ def test_a_backlog_past_its_limit_drops_the_oldest_audio_and_counts_it(hub):
     assert stream.waiting == limit and stream.dropped == 1000 and stream.position == 1000
     assert stream.take(5).tolist() == samples[1000:1005].tolist()
     assert hub.stats.dropped_samples == 1000
+
+
+def test_a_failed_step_tells_its_streams_restarts_them_and_the_clock_goes_on(hub, monkeypatch):
+    stream = hub.join()
+    _feed(hub, stream, 3, seed=5)
+    failing = {"left": 1}
+    real_step = hub._step
+
+    def step(*args):
+        if failing["left"]:
+            failing["left"] -= 1
+            raise RuntimeError("CUDA out of memory (a stand-in)")
+        return real_step(*args)
+
+    monkeypatch.setattr(hub, "_step", step)
+
+    async def two_ticks():
+        hub.chunk_seconds = 0.01
+        runner = asyncio.create_task(hub.run())
+        fed = False
+        while hub.stats.steps < 1:  # the failed step, then the next chunk's (fed after the restart)
+            if hub.stats.failed_steps and not fed:
+                _feed(hub, stream, 1, seed=6)
+                fed = True
+            await asyncio.sleep(0.005)
+        hub.stop()
+        await runner
+
+    asyncio.run(two_ticks())
+    items = _queued(stream)
+    kinds = [i.chunk if isinstance(i, ChunkReply) else i["type"] for i in items]
+    assert kinds == ["error", "reset", 0], kinds
+    assert "out of memory" in items[0]["message"] and hub.stats.failed_steps == 1
