@@ -6,125 +6,21 @@
 // int16 PCM) -> resampled to the context's rate -> playback worklet (jitter buffer). A canvas draws
 // the last seconds: the user's level, the system's level and speaking probability, its words.
 //
+// This module holds the state, the buttons, the websocket and the audio graph; resampler.js,
+// wire.js, round-trip.js, timeline.js and view.js hold the rest.
+//
 // Everything a test needs is plain data on `window.s2s` (JSON-serializable).
 
-const TIMELINE_SECONDS = 10;
+import { Resampler } from "./resampler.js";
+import { decodeReply, littleEndianBytes, toInt16 } from "./wire.js";
+import { recordRoundTrip, takeRoundTrip } from "./round-trip.js";
+import { Timeline } from "./timeline.js";
+import {
+  $, clearErrors, clearTranscript, showError, showHello, showNotice, showState, showStats, showWord,
+} from "./view.js";
+
 const CAPTURE_BLOCK_SECONDS = 0.021; // ~20 ms of microphone audio per message
 const NON_SILENT = 33; // |int16| at or above this (-60 dBFS) counts a reply sample as non-silent
-const KEEP_ROUND_TRIPS = 2000;
-
-// ----------------------------------------------------------------------------------------------
-// A streaming windowed-sinc resampler (Blackman window, `zeros` zero crossings each side of the
-// lower rate's cutoff). It keeps the input history and the fractional read position across calls,
-// so a stream cut into blocks resamples exactly as one piece (no clicks at the block edges); its
-// delay is the kernel's half width (under 1 ms at the rates used here).
-
-export class Resampler {
-  constructor(inRate, outRate, { zeros = 12, rolloff = 0.92, resolution = 256 } = {}) {
-    this.inRate = inRate;
-    this.outRate = outRate;
-    this.identity = inRate === outRate;
-    this.step = inRate / outRate; // input samples per output sample
-    this.cutoff = Math.min(1, outRate / inRate) * rolloff; // in cycles per 2 input samples
-    this.half = Math.ceil(zeros / this.cutoff); // kernel half width, input samples
-    this.resolution = resolution;
-    const table = new Float32Array(this.half * resolution + 2);
-    for (let i = 0; i < table.length; i++) {
-      const t = i / resolution;
-      if (t >= this.half) break;
-      const x = Math.PI * this.cutoff * t;
-      const sinc = t === 0 ? 1 : Math.sin(x) / x;
-      const a = (Math.PI * t) / this.half;
-      const blackman = 0.42 + 0.5 * Math.cos(a) + 0.08 * Math.cos(2 * a);
-      table[i] = this.cutoff * sinc * blackman;
-    }
-    this.table = table;
-    this.buffer = new Float32Array(2 * this.half + 4096);
-    this.length = this.half; // the history starts as `half` zeros
-    this.position = this.half; // where the next output sample sits, in buffer samples
-  }
-
-  kernel(t) {
-    const u = Math.abs(t) * this.resolution;
-    const i = Math.floor(u);
-    if (i >= this.table.length - 1) return 0;
-    const f = u - i;
-    return this.table[i] + f * (this.table[i + 1] - this.table[i]);
-  }
-
-  process(input) {
-    if (this.identity) return Float32Array.from(input);
-    if (this.length + input.length > this.buffer.length) {
-      const grown = new Float32Array(2 * (this.length + input.length));
-      grown.set(this.buffer.subarray(0, this.length));
-      this.buffer = grown;
-    }
-    this.buffer.set(input, this.length);
-    this.length += input.length;
-    const buffer = this.buffer, half = this.half;
-    const count = Math.max(0, Math.floor((this.length - 1 - half - this.position) / this.step) + 1);
-    const out = new Float32Array(count);
-    let position = this.position;
-    for (let n = 0; n < count; n++) {
-      const first = Math.max(0, Math.ceil(position - half));
-      const last = Math.min(this.length - 1, Math.floor(position + half));
-      let sum = 0;
-      for (let k = first; k <= last; k++) sum += buffer[k] * this.kernel(position - k);
-      out[n] = sum;
-      position += this.step;
-    }
-    // Keep only the history the next output still needs.
-    const keepFrom = Math.max(0, Math.floor(position - half) - 1);
-    buffer.copyWithin(0, keepFrom, this.length);
-    this.length -= keepFrom;
-    this.position = position - keepFrom;
-    return out;
-  }
-}
-
-export function toInt16(samples) {
-  const pcm = new Int16Array(samples.length);
-  for (let i = 0; i < samples.length; i++) {
-    const s = Math.round(samples[i] * 32767);
-    pcm[i] = s > 32767 ? 32767 : s < -32768 ? -32768 : s;
-  }
-  return pcm;
-}
-
-function littleEndianBytes(pcm) {
-  const bytes = new ArrayBuffer(pcm.length * 2);
-  const view = new DataView(bytes);
-  for (let i = 0; i < pcm.length; i++) view.setInt16(2 * i, pcm[i], true);
-  return bytes;
-}
-
-// One binary ChunkReply: {header, pcm (Int16Array)}; throws on a malformed message.
-export function decodeReply(buffer) {
-  if (buffer.byteLength < 4) throw new Error(`a chunk reply of ${buffer.byteLength} bytes has no header length`);
-  const view = new DataView(buffer);
-  const length = view.getUint32(0, true);
-  const end = 4 + length;
-  if (end > buffer.byteLength || (buffer.byteLength - end) % 2) {
-    throw new Error(`malformed chunk reply: a ${length}-byte header in a ${buffer.byteLength}-byte message`);
-  }
-  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
-  const pcm = new Int16Array((buffer.byteLength - end) / 2);
-  for (let i = 0; i < pcm.length; i++) pcm[i] = view.getInt16(end + 2 * i, true);
-  return { header, pcm };
-}
-
-export function percentile(values, q) {
-  if (!values.length) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
-}
-
-function rmsDb(samples, scale = 1) {
-  let sum = 0;
-  for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
-  const rms = Math.sqrt(sum / Math.max(1, samples.length)) / scale;
-  return 20 * Math.log10(rms + 1e-9);
-}
 
 // ----------------------------------------------------------------------------------------------
 // The state a test reads: plain data only.
@@ -158,36 +54,22 @@ const s2s = {
 if (typeof window !== "undefined") window.s2s = s2s;
 
 // What the timeline draws, on the connection's own clock (seconds of user audio sent so far).
-const timeline = { input: [], output: [], speaking: [], words: [], marks: [] };
+const timeline = new Timeline();
 
 let session = null; // {context, socket, stream, capture, playback, ...} while started
 
-function $(id) {
-  return document.getElementById(id);
-}
-
 function setState(state, detail = "") {
   s2s.state = state;
-  const label = $("state");
-  if (label) {
-    label.textContent = detail ? `${state}: ${detail}` : state;
-    label.dataset.state = state;
-  }
-  const running = state === "starting" || state === "running";
-  if ($("start")) $("start").disabled = running;
-  if ($("stop")) $("stop").disabled = !running;
-  if ($("reset")) $("reset").disabled = state !== "running";
+  showState(state, detail);
 }
 
 function reportError(message) {
   s2s.errors.push(String(message));
-  const list = $("errors");
-  if (list) {
-    const item = document.createElement("li");
-    item.textContent = String(message);
-    list.append(item);
-    list.hidden = false;
-  }
+  showError(message);
+}
+
+function renderStats() {
+  showStats(s2s, rate());
 }
 
 function resetStats() {
@@ -198,8 +80,17 @@ function resetStats() {
     roundTrip: { latest: null, p50: null, p99: null, count: 0 }, words: [], resets: 0, closeCode: null,
     closeReason: null,
   });
-  for (const key of Object.keys(timeline)) timeline[key] = [];
+  timeline.clear();
   renderStats();
+}
+
+// The connection's clock: seconds of user audio sent so far.
+function now() {
+  return s2s.sentSamples / rate();
+}
+
+function rate() {
+  return (s2s.hello && s2s.hello.sample_rate) || 16000;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -215,8 +106,7 @@ async function start() {
   if (session) return;
   resetStats();
   s2s.errors = [];
-  $("errors").replaceChildren();
-  $("errors").hidden = true;
+  clearErrors();
   showNotice("");
   setState("starting", "opening the microphone and the connection");
   // The AudioContext is made inside the click, so the browser lets it play.
@@ -276,7 +166,7 @@ function openSocket(current) {
         } else if (message.type === "reset") {
           current.awaitingReset = false;
           s2s.resets += 1;
-          timeline.marks.push({ t: s2s.sentSamples / rate(), label: "new dialogue" });
+          timeline.addMark(now(), "new dialogue");
           if (message.reason) showNotice(`New dialogue: ${message.reason}.`);
         } // other types: from a newer server, nothing this page needs
       } else {
@@ -304,10 +194,6 @@ function openSocket(current) {
       }
     };
   });
-}
-
-function rate() {
-  return (s2s.hello && s2s.hello.sample_rate) || 16000;
 }
 
 function connectAudio(current, hello) {
@@ -358,7 +244,7 @@ function connectAudio(current, hello) {
       const piece = samples.subarray(from, Math.min(samples.length, from + maxSamples));
       if (!piece.length) continue;
       const pcm = toInt16(piece);
-      timeline.input.push({ t: s2s.sentSamples / serverRate, d: piece.length / serverRate, db: rmsDb(piece) });
+      timeline.addInput(s2s.sentSamples / serverRate, piece.length / serverRate, piece);
       socket.send(littleEndianBytes(pcm));
       s2s.sentSamples += pcm.length;
       s2s.sentMessages += 1;
@@ -370,7 +256,7 @@ function connectAudio(current, hello) {
 }
 
 function receiveReply(current, buffer) {
-  const now = performance.now();
+  const arrived = performance.now();
   let reply;
   try {
     reply = decodeReply(buffer);
@@ -387,21 +273,8 @@ function receiveReply(current, buffer) {
   s2s.stepMs = header.step_ms;
 
   // Round trip: from sending the message that held user sample `consumed` until now.
-  const sent = current.sent;
-  let i = 0;
-  while (i < sent.length && sent[i].end < header.consumed) i++;
-  if (header.consumed > 0 && i < sent.length) {
-    const ms = now - sent[i].time;
-    s2s.roundTripMs.push(Math.round(ms * 10) / 10);
-    if (s2s.roundTripMs.length > KEEP_ROUND_TRIPS) s2s.roundTripMs.shift();
-    s2s.roundTrip = {
-      latest: Math.round(ms),
-      p50: Math.round(percentile(s2s.roundTripMs, 0.5)),
-      p99: Math.round(percentile(s2s.roundTripMs, 0.99)),
-      count: s2s.roundTrip.count + 1,
-    };
-  }
-  if (i > 0) sent.splice(0, i);
+  const ms = takeRoundTrip(current.sent, header.consumed, arrived);
+  if (ms !== null) recordRoundTrip(s2s, ms);
 
   // The reply's frames sit on the connection's clock just before `consumed`.
   const frames = header.speaking || [];
@@ -409,18 +282,16 @@ function receiveReply(current, buffer) {
   const frameStart = (k) => (header.consumed - (frames.length - k) * frameSamples) / serverRate;
   const frameSeconds = frameSamples / serverRate;
   frames.forEach((p, k) => {
-    const piece = pcm.subarray(k * frameSamples, (k + 1) * frameSamples);
-    timeline.speaking.push({ t: frameStart(k), d: frameSeconds, p });
-    timeline.output.push({ t: frameStart(k), d: frameSeconds, db: piece.length ? rmsDb(piece, 32768) : -180 });
+    timeline.addFrame(frameStart(k), frameSeconds, p, pcm.subarray(k * frameSamples, (k + 1) * frameSamples));
   });
   (header.words || []).forEach((word, k) => {
     if (word === null || word === undefined || word === "") return;
-    timeline.words.push({ t: frameStart(k), word });
+    timeline.addWord(frameStart(k), word);
     s2s.words.push(word);
     if (s2s.words.length > 50) s2s.words.shift();
     showWord(word);
   });
-  prune();
+  timeline.prune(now());
 
   s2s.replyAudioSamples += pcm.length;
   let loud = 0;
@@ -437,16 +308,6 @@ function receiveReply(current, buffer) {
     current.playback.port.postMessage(out, [out.buffer]);
   }
   renderStats();
-}
-
-function prune() {
-  const oldest = s2s.sentSamples / rate() - TIMELINE_SECONDS - 1;
-  for (const key of Object.keys(timeline)) {
-    const series = timeline[key];
-    let i = 0;
-    while (i < series.length && series[i].t < oldest) i++;
-    if (i) series.splice(0, i);
-  }
 }
 
 async function stop(state = "stopped", detail = "") {
@@ -476,155 +337,15 @@ function resetDialogue() {
   current.awaitingReset = true; // until the server's reset notice: see receiveReply
   if (current.playback) current.playback.port.postMessage({ type: "flush" });
   s2s.words = [];
-  const transcript = $("transcript");
-  if (transcript) transcript.textContent = "";
+  clearTranscript();
 }
 
 // ----------------------------------------------------------------------------------------------
-// What the page shows.
-
-function showHello(message) {
-  $("model").textContent = message.model ?? "?";
-  $("stream").textContent = message.stream ?? "?";
-  const chunkMs = Math.round((message.chunk_samples / message.sample_rate) * 1000);
-  $("format").textContent = `${message.sample_rate / 1000} kHz, ${chunkMs} ms chunks`;
-}
-
-function showNotice(text) {
-  const notice = $("notice");
-  if (notice) notice.textContent = text;
-}
-
-function showWord(word) {
-  const transcript = $("transcript");
-  if (!transcript) return;
-  transcript.textContent = `${transcript.textContent} ${word}`.trim().split(" ").slice(-40).join(" ");
-}
-
-function ms(value) {
-  return value === null || value === undefined ? "–" : `${Math.round(value)} ms`;
-}
-
-function renderStats() {
-  if (typeof document === "undefined" || !$("rtt-latest")) return;
-  $("rtt-latest").textContent = ms(s2s.roundTrip.latest);
-  $("rtt-p50").textContent = ms(s2s.roundTrip.p50);
-  $("rtt-p99").textContent = ms(s2s.roundTrip.p99);
-  $("rtt-count").textContent = String(s2s.roundTrip.count);
-  const serverRate = rate();
-  $("sent").textContent = `${(s2s.sentSamples / serverRate).toFixed(1)} s`;
-  $("received").textContent = `${s2s.repliesReceived} (${(s2s.replyAudioSamples / serverRate).toFixed(1)} s)`;
-  $("played").textContent = `${s2s.playedSeconds.toFixed(1)} s`;
-  $("underruns").textContent = String(s2s.underruns);
-  $("dropped").textContent = `${(s2s.dropped / serverRate).toFixed(2)} s`;
-  $("step").textContent = ms(s2s.stepMs);
-}
-
-// ----------------------------------------------------------------------------------------------
-// The timeline: lanes for the user's level, the system's level, its speaking probability and words,
-// over the last TIMELINE_SECONDS of the connection's clock (the user's audio sent so far).
-
-function cssColor(name, fallback) {
-  const value = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-  return value || fallback;
-}
-
-function draw() {
-  const canvas = $("timeline");
-  const ratio = window.devicePixelRatio || 1;
-  const width = Math.max(1, Math.round(canvas.clientWidth * ratio));
-  const height = Math.max(1, Math.round(canvas.clientHeight * ratio));
-  if (canvas.width !== width || canvas.height !== height) {
-    canvas.width = width;
-    canvas.height = height;
-  }
-  const g = canvas.getContext("2d");
-  const colors = {
-    background: cssColor("--canvas", "#fff"), grid: cssColor("--grid", "#ddd"), text: cssColor("--text", "#222"),
-    muted: cssColor("--muted", "#666"), user: cssColor("--user", "#2b6cb0"), system: cssColor("--system", "#c05621"),
-    speaking: cssColor("--speaking", "#2f855a"),
-  };
-  g.fillStyle = colors.background;
-  g.fillRect(0, 0, width, height);
-
-  const gutter = 92 * ratio;
-  const now = s2s.sentSamples / rate();
-  const left = Math.max(0, now - TIMELINE_SECONDS); // fills from the left, then scrolls
-  const x = (t) => gutter + ((t - left) / TIMELINE_SECONDS) * (width - gutter);
-  const lanes = [
-    { name: "you", top: 0.0, bottom: 0.25 },
-    { name: "model audio", top: 0.27, bottom: 0.5 },
-    { name: "speaking p", top: 0.52, bottom: 0.75 },
-    { name: "words", top: 0.77, bottom: 1.0 },
-  ].map((lane) => ({ ...lane, y0: lane.top * height, y1: lane.bottom * height - 2 * ratio }));
-
-  g.font = `${12 * ratio}px system-ui, sans-serif`;
-  g.textBaseline = "middle";
-  for (const lane of lanes) {
-    g.fillStyle = colors.grid;
-    g.fillRect(gutter, lane.y1, width - gutter, 1 * ratio);
-    g.fillStyle = colors.muted;
-    g.fillText(lane.name, 6 * ratio, (lane.y0 + lane.y1) / 2);
-  }
-  // A tick every second of the connection's clock.
-  g.fillStyle = colors.grid;
-  for (let t = Math.ceil(left); t <= left + TIMELINE_SECONDS; t++) g.fillRect(x(t), 0, 1 * ratio, height);
-
-  const level = (lane, series, color) => {
-    g.fillStyle = color;
-    for (const point of series) {
-      if (point.t + point.d < left) continue;
-      const v = Math.min(1, Math.max(0, (point.db + 60) / 60)); // -60..0 dBFS
-      const h = v * (lane.y1 - lane.y0);
-      g.fillRect(x(point.t), lane.y1 - h, Math.max(1, x(point.t + point.d) - x(point.t)), h);
-    }
-  };
-  level(lanes[0], timeline.input, colors.user);
-  level(lanes[1], timeline.output, colors.system);
-
-  const lane = lanes[2];
-  g.fillStyle = colors.grid;
-  g.fillRect(gutter, (lane.y0 + lane.y1) / 2, width - gutter, 1 * ratio); // p = 0.5
-  g.fillStyle = colors.speaking;
-  for (const point of timeline.speaking) {
-    if (point.t + point.d < left) continue;
-    const h = Math.min(1, Math.max(0, point.p)) * (lane.y1 - lane.y0);
-    g.fillRect(x(point.t), lane.y1 - h, Math.max(1, x(point.t + point.d) - x(point.t) - ratio), h);
-  }
-
-  // Each word at its frame: a tick, and its name on the first of three rows with room for it.
-  const words = lanes[3];
-  const rows = 3;
-  const rowEnds = new Array(rows).fill(-Infinity);
-  g.font = `${13 * ratio}px system-ui, sans-serif`;
-  for (const point of timeline.words) {
-    if (point.t < left) continue;
-    const px = x(point.t);
-    g.fillStyle = colors.muted;
-    g.fillRect(px, words.y0, 1 * ratio, 5 * ratio);
-    const row = rowEnds.findIndex((end) => end <= px);
-    if (row < 0) continue; // no room: the tick alone (the transcript below the canvas has every word)
-    g.fillStyle = colors.text;
-    g.fillText(point.word, px + 2 * ratio, words.y0 + ((row + 0.5) * (words.y1 - words.y0)) / rows + 3 * ratio);
-    rowEnds[row] = px + g.measureText(point.word).width + 8 * ratio;
-  }
-  g.fillStyle = colors.muted;
-  for (const mark of timeline.marks) {
-    if (mark.t < left) continue;
-    g.fillRect(x(mark.t), 0, 2 * ratio, height);
-    g.fillText(mark.label, x(mark.t) + 4 * ratio, 8 * ratio);
-  }
-  g.fillStyle = colors.text;
-  g.fillRect(x(now), 0, 1 * ratio, height); // now: the user's latest audio
-  g.textAlign = "right";
-  g.fillStyle = colors.muted;
-  g.fillText(`${now.toFixed(1)} s`, width - 4 * ratio, height - 8 * ratio);
-  g.textAlign = "left";
-}
+// The timeline, redrawn every animation frame.
 
 function frame() {
   try {
-    draw();
+    timeline.draw($("timeline"), now());
   } catch (error) {
     reportError(`timeline: ${error.message}`);
     return; // stop drawing rather than repeat the error every frame
