@@ -174,6 +174,9 @@ async def serve(options: ServeOptions) -> None:
     warm_up(hub)
     served = await start(options, hub)
     print(f"s2s.serve: {described}\ns2s.serve: open {served.url} (Ctrl+C stops)", flush=True)
+    if options.host not in LOOPBACK:
+        print(f"s2s.serve: warning: listening on {options.host}, not loopback: anyone who can reach this "
+              "port can talk to the model (there is no authentication)", flush=True)  # fmt: skip
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,6 +184,8 @@ async def serve(options: ServeOptions) -> None:
     await stopped.wait()
     await served.stop()
 
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 USAGE = (
     "usage: python -m s2s.serve [model=DIR_or_CKPT] [host=127.0.0.1] [port=8765] [device=cpu] "
