@@ -256,3 +256,25 @@ def test_the_module_serves_the_page_and_stats_until_interrupted(tiny_artifact):
     finally:
         process.send_signal(2)
         assert process.wait(timeout=30) == 0
+
+
+def test_a_model_v1_is_served_too_without_tokens(tmp_path):
+    from s2s.models.config import DuplexConfig
+    from s2s.models.duplex import DuplexModel
+    from s2s.pretrained import save_pretrained
+
+    torch.manual_seed(3)
+    sizes = {"dim": 32, "heads": 2, "kv_heads": 1, "encoder_layers": 1, "decoder_layers": 1}
+    artifact = save_pretrained(DuplexModel(DuplexConfig(**sizes)).eval(), tmp_path / "v1")
+
+    async def scenario():
+        async with _serving(artifact, max_connections=1, backlog_seconds=5.0) as served:
+            return await talk(served.url, _voice(1.0, 8), listen_seconds=0.0, speed=4.0)
+
+    conversation = asyncio.run(scenario())
+    chunk = conversation.hello["chunk_samples"]
+    assert len(conversation.replies) == conversation.sent_samples // chunk > 0
+    for reply in conversation.replies:
+        assert reply.tokens is None and reply.words is None and reply.audio.shape == (chunk,)
+        assert len(reply.speaking) == conversation.hello["chunk_frames"]
+        assert all(0.0 <= p <= 1.0 for p in reply.speaking)
