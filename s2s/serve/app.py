@@ -83,9 +83,10 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     transport = request.transport
     stream.drop = lambda: transport.abort() if transport is not None else None
     _bound_send_buffers(transport)
-    await websocket.send_json({**hello, "stream": stream.row})
-    sender = asyncio.create_task(_send_replies(websocket, stream))
-    try:
+    sender = None
+    try:  # from here on the row is this connection's: whatever happens, `finally` gives it back
+        await websocket.send_json({**hello, "stream": stream.row})
+        sender = asyncio.create_task(_send_replies(websocket, stream))
         async for message in websocket:
             if message.type == WSMsgType.BINARY:
                 hub.receive(stream, decode_audio(message.data, limit))
@@ -98,9 +99,10 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
         await websocket.close(code=error.close_code, message=str(error).encode()[:120])
     finally:
         hub.leave(stream)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
     return websocket
 
 
