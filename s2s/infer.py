@@ -35,19 +35,18 @@ from s2s.cli_options import OptionError, boolean, optional, parse_options
 from s2s.data.audio import AudioError, load_audio, resample, save_audio
 from s2s.data.tokens import BOS, EOS, SPECIALS, TokenVocabulary
 from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import DRAWN, SamplingConfig, as_validated, parse_onset_quantile
+from s2s.models.token_sampling import DRAWN, SamplingConfig, parse_onset_quantile
 from s2s.pretrained import (
     PretrainedError,
-    chosen_state_gain,
     load_artifact,
+    require_model,
     validated_history,
-    validated_onset_quantile,
-    validated_stop_gain,
+    validated_sampling,
 )
 from s2s.streaming.cpu_threads import cpu_threads
 from s2s.streaming.history import resolve_left_chunks
 from s2s.streaming.session import StreamingSession
-from s2s.streaming.token_session import TokenStreamingSession
+from s2s.streaming.token_session import streaming_session
 from s2s.training.checkpoints import CheckpointError
 
 DEFAULT_MODEL = "outputs/train/tiny-synth-auto"  # README command 1's run: the checkpoint it chose
@@ -194,12 +193,10 @@ def _session(model, options: InferOptions, validated_history: float | None = Non
     left_chunks, _ = resolve_left_chunks(
         config.left_chunks, chunk / config.frame_rate, options.history_seconds, validated_history
     )
-    if isinstance(model, TokenDuplexModel):
-        return TokenStreamingSession(
-            model, chunk=options.chunk, left_chunks=left_chunks, device=device, sampling=options.sampling,
-            seeds=torch.tensor([options.seed]),
-        )  # fmt: skip
-    return StreamingSession(model, chunk=options.chunk, left_chunks=left_chunks, device=device)
+    return streaming_session(
+        model, chunk=options.chunk, left_chunks=left_chunks, device=device, sampling=options.sampling,
+        seeds=torch.tensor([options.seed]),
+    )  # fmt: skip
 
 
 def timeline(
@@ -280,18 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         in_path = Path(positional[0])
         if not in_path.is_file():
             raise AudioError(f"input {in_path} does not exist; pass a wav or flac file")
-        if not model_path.exists():
-            raise PretrainedError(
-                f"model {model_path} does not exist; train one (python scripts/train.py) or pass "
-                "model=DIR (python -m s2s.pretrained export) or model=RUN/checkpoints/last.ckpt"
-            )
-        pretrained = load_artifact(model_path, options.device)
-        provenance = pretrained.provenance
-        sampling, _ = as_validated(  # what was not given: as the run was validated
-            sampling, state_gain=given.get("state_gain"), onset_quantile=onset,
-            stop_gain=given.get("stop_gain"), chosen_gain=chosen_state_gain(provenance),
-            validated_quantile=validated_onset_quantile(provenance),
-            validated_stop=validated_stop_gain(provenance),
+        pretrained = load_artifact(require_model(model_path), options.device)
+        sampling = validated_sampling(  # what was not given: as the run was validated
+            sampling, pretrained.provenance, state_gain=given.get("state_gain"), onset_quantile=onset,
+            stop_gain=given.get("stop_gain"),
         )  # fmt: skip
         options = dataclasses.replace(options, sampling=sampling)
         vocabularies = pretrained.provenance.vocabularies

@@ -41,6 +41,7 @@ from s2s.data.words import VocabularyError
 from s2s.models.config import DuplexConfig
 from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
+from s2s.models.token_sampling import SamplingConfig, as_validated
 from s2s.training.checkpoints import CheckpointError, load_checkpoint
 from s2s.training.code_record import TRAINING_COMMIT_KEY
 
@@ -504,6 +505,36 @@ def chosen_state_gain(provenance: Provenance) -> float | None:
     """The user-state gain a model's training chose on validation (a checkpoint, or an artifact
     exported from one), or None: then sampling's default applies."""
     return _gain_or_none((provenance.training or {}).get("state_gain"))
+
+
+def validated_sampling(
+    sampling: SamplingConfig,
+    provenance: Provenance,
+    *,
+    state_gain: float | None = None,
+    onset_quantile=None,
+    stop_gain: float | None = None,
+) -> SamplingConfig:
+    """`sampling` with each decoding rule (state gain, onset rule, stop gain) as given, else as the
+    loaded model's run chose or validated it (token_sampling.as_validated): what `s2s.infer` and
+    `s2s.serve` decode with."""
+    decoded, _ = as_validated(
+        sampling, state_gain=state_gain, onset_quantile=onset_quantile, stop_gain=stop_gain,
+        chosen_gain=chosen_state_gain(provenance), validated_quantile=validated_onset_quantile(provenance),
+        validated_stop=validated_stop_gain(provenance),
+    )  # fmt: skip
+    return decoded
+
+
+def require_model(path: str | os.PathLike) -> Path:
+    """`path` if it exists, else the error that says how to get a model there."""
+    path = Path(path)
+    if not path.exists():
+        raise PretrainedError(
+            f"model {path} does not exist; train one (python scripts/train.py) or pass "
+            "model=DIR (python -m s2s.pretrained export) or model=RUN/checkpoints/last.ckpt"
+        )
+    return path
 
 
 def _gain_or_none(gain) -> float | None:

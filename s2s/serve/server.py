@@ -19,22 +19,19 @@ from aiohttp import web
 
 from s2s.cli_options import OptionError, boolean, optional, parse_options
 from s2s.infer import DEFAULT_MODEL, SAMPLING_KEYS
-from s2s.models.token_duplex import TokenDuplexModel
-from s2s.models.token_sampling import SamplingConfig, as_validated, parse_onset_quantile
+from s2s.models.token_sampling import SamplingConfig, parse_onset_quantile
 from s2s.pretrained import (
     PretrainedError,
-    chosen_state_gain,
     load_artifact,
+    require_model,
     validated_history,
-    validated_onset_quantile,
-    validated_stop_gain,
+    validated_sampling,
 )
 from s2s.serve.app import make_app
 from s2s.serve.hub import HubLimits, ServeHub, dialogue_frame_limit
 from s2s.streaming.history import history_of, resolve_left_chunks
 from s2s.streaming.precision import streaming_dtype
-from s2s.streaming.session import StreamingSession
-from s2s.streaming.token_session import TokenStreamingSession
+from s2s.streaming.token_session import streaming_session
 from s2s.training.checkpoints import CheckpointError
 
 
@@ -112,21 +109,15 @@ def build_hub(options: ServeOptions) -> tuple[ServeHub, str]:
     )
     frame_limit = dialogue_frame_limit(left_chunks, options.max_dialogue_seconds, config.frame_rate)
     cuda_graph = device.type == "cuda" if options.cuda_graph is None else options.cuda_graph
-    common = dict(
-        batch=options.max_connections, chunk=chunk, left_chunks=left_chunks, device=device,
+    session = streaming_session(
+        model, batch=options.max_connections, chunk=chunk, left_chunks=left_chunks, device=device,
         max_history_frames=frame_limit, cuda_graph=cuda_graph,
+        sampling=validated_sampling(
+            options.sampling, provenance, state_gain=options.state_gain,
+            onset_quantile=options.onset_quantile, stop_gain=options.stop_gain,
+        ),
+        seeds=torch.arange(options.max_connections) + options.seed,
     )  # fmt: skip
-    if isinstance(model, TokenDuplexModel):
-        sampling, _ = as_validated(
-            options.sampling, state_gain=options.state_gain, onset_quantile=options.onset_quantile,
-            stop_gain=options.stop_gain, chosen_gain=chosen_state_gain(provenance),
-            validated_quantile=validated_onset_quantile(provenance),
-            validated_stop=validated_stop_gain(provenance),
-        )  # fmt: skip
-        seeds = torch.arange(options.max_connections) + options.seed
-        session = TokenStreamingSession(model, sampling=sampling, seeds=seeds, **common)
-    else:
-        session = StreamingSession(model, **common)
     vocabularies = provenance.vocabularies
     limits = HubLimits(
         backlog_samples=max(session.chunk_samples, int(options.backlog_seconds * config.sample_rate)),
@@ -215,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         options = parse(argv)
-        if not Path(options.model).exists():
-            raise PretrainedError(
-                f"model {options.model} does not exist; train one (python scripts/train.py) or pass "
-                "model=DIR (python -m s2s.pretrained export) or model=RUN/checkpoints/last.ckpt"
-            )
+        require_model(options.model)
         asyncio.run(serve(options))
     except (OptionError, PretrainedError, CheckpointError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -19,7 +19,7 @@ from s2s.models.duplex import DuplexModel
 from s2s.models.token_duplex import TokenDuplexModel
 from s2s.models.token_sampling import SamplingConfig
 from s2s.streaming.session import StreamingSession
-from s2s.streaming.token_session import TokenStreamingSession
+from s2s.streaming.token_session import streaming_session
 
 
 @dataclass
@@ -126,14 +126,10 @@ def _session(
     model, batch, chunk, left_chunks, vocoder, device, sampling, indices, state_gains=None, **engine
 ) -> StreamingSession:
     """The group's session; `engine`: StreamingSession's engine and cuda_graph keywords."""
-    if isinstance(model, TokenDuplexModel):
-        return TokenStreamingSession(
-            model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device,
-            sampling=sampling, seeds=torch.tensor(list(indices)), state_gains=state_gains, **engine,
-        )  # fmt: skip
-    return StreamingSession(
-        model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device, **engine
-    )
+    return streaming_session(
+        model, batch=batch, chunk=chunk, left_chunks=left_chunks, vocoder=vocoder, device=device,
+        sampling=sampling, seeds=torch.tensor(list(indices)), state_gains=state_gains, **engine,
+    )  # fmt: skip
 
 
 def _cropped(manifest: Manifest, item: dict, sample_rate: int) -> Manifest:

@@ -166,3 +166,15 @@ class TokenStreamingSession(StreamingSession):
 
 def _last(tokens: torch.Tensor, count: int) -> torch.Tensor:
     return tokens[:, tokens.shape[1] - count :]
+
+
+def streaming_session(
+    model, *, sampling: SamplingConfig | None = None, seeds=None, state_gains=None, **options
+) -> StreamingSession:
+    """The session a model streams through: TokenStreamingSession for model v2 (with its sampling,
+    seeds and state gains), StreamingSession for model v1; `options`: the keywords both take."""
+    if isinstance(model, TokenDuplexModel):
+        return TokenStreamingSession(
+            model, sampling=sampling, seeds=seeds, state_gains=state_gains, **options
+        )
+    return StreamingSession(model, **options)
