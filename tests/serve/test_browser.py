@@ -10,12 +10,9 @@ AudioContext advances without a sound card; its fake capture device reads the wa
 import asyncio
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from base64 import b64decode
 from pathlib import Path
@@ -25,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from server_process import ServerProcess, stop_process
 
 from s2s.data.audio import resample
 from s2s.data.espeak import Espeak, Voice
@@ -53,52 +51,6 @@ def _user_wav(path: Path) -> Path:
         audio = np.pad(audio, (0, 3 * RATE - len(audio)))
     soundfile.write(str(path), audio, RATE, subtype="PCM_16")
     return path
-
-
-class Server:
-    """`python -m s2s.serve` as a subprocess; `url` once it prints that it is serving."""
-
-    def __init__(self, args: list[str]):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "s2s.serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-        self.found = threading.Event()
-        self.url: str | None = None
-        threading.Thread(target=self._read, daemon=True).start()  # drained to the end: never blocks
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            match = re.search(r"http://127\.0\.0\.1:\d+/", line)
-            if match and self.url is None:
-                self.url = match.group(0)
-                self.found.set()
-        self.found.set()
-
-    def output(self) -> str:
-        return "\n".join(self.lines[-60:])
-
-    def wait_ready(self, timeout: float) -> str:
-        self.found.wait(timeout)
-        assert self.url, (
-            f"the server printed no http://127.0.0.1:PORT/ line within {timeout:.0f} s "
-            f"(exit code {self.process.poll()}); its output:\n{self.output()}"
-        )
-        return self.url
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 class Browser:
@@ -137,13 +89,7 @@ class Browser:
         raise AssertionError(f"chromium wrote no {path} within {timeout} s:\n{self.output()}")
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -294,7 +240,7 @@ async def drive(
 def test_the_page_talks_to_the_model_in_a_real_browser(tiny_artifact, tmp_path):
     wav = _user_wav(tmp_path / "user.wav")
     model = os.environ.get("S2S_BROWSER_MODEL", tiny_artifact)  # for the docs: a trained model
-    server = Server([f"model={model}", "port=0", "device=cpu", "max_connections=2"])
+    server = ServerProcess([f"model={model}", "port=0", "device=cpu", "max_connections=2"])
     browser = None
     try:
         url = server.wait_ready(SERVER_READY_SECONDS)

@@ -6,14 +6,12 @@ import asyncio
 import contextlib
 import socket
 import struct
-import subprocess
-import sys
-import time
 
 import aiohttp
 import numpy as np
 import pytest
 import torch
+from server_process import ServerProcess
 
 from s2s.serve import server
 from s2s.serve.client import talk
@@ -229,18 +227,9 @@ def test_the_command_refuses_bad_options_by_name(tmp_path, capsys):
 
 
 def test_the_module_serves_the_page_and_stats_until_interrupted(tiny_artifact):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "s2s.serve", f"model={tiny_artifact}", "port=0", "max_connections=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    server = ServerProcess([f"model={tiny_artifact}", "port=0", "max_connections=2"])
     try:
-        lines, url, deadline = [], None, time.time() + 120
-        while url is None and time.time() < deadline:
-            line = process.stdout.readline()
-            lines.append(line)
-            if "http://127.0.0.1:" in line:
-                url = line.split("open ")[1].split()[0]
-        assert url, "".join(lines)
+        url = server.wait_ready(120)
 
         async def fetch():
             async with (
@@ -254,8 +243,8 @@ def test_the_module_serves_the_page_and_stats_until_interrupted(tiny_artifact):
         assert status == 200 and "<html" in page.lower()
         assert stats["capacity"] == 2 and stats["connections"] == 0
     finally:
-        process.send_signal(2)
-        assert process.wait(timeout=30) == 0
+        code = server.interrupt()
+        assert code == 0, server.output()
 
 
 def test_a_model_v1_is_served_too_without_tokens(tmp_path):
