@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from s2s.serve.client import speech_like, talk
+
 RATE = 16000
 
 
@@ -62,20 +64,8 @@ class LoadRow:
     real_time: bool = False
 
 
-def speech_like(seconds: float, seed: int) -> np.ndarray:
-    """Voiced bursts with a gliding pitch and pauses between them: a stand-in for a talking user."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    pitch = rng.uniform(100, 180) + 40 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / RATE
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
-    envelope = (np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 6)) > -0.3).astype(np.float64)
-    return (0.2 * voiced * envelope + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
-
-
 def client_batch(url: str, seeds: list[int], seconds: float, chunk_seconds: float, skip_seconds: float):
     """In a worker process: these clients, concurrently; their figures as plain data."""
-    from s2s.serve.client import talk
 
     async def run():
         async def one(index: int, seed: int):

@@ -40,6 +40,18 @@ class Conversation:
         return np.concatenate([reply.audio for reply in self.replies]).astype(np.float32) / 32768.0
 
 
+def speech_like(seconds: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
+    """Voiced bursts with a gliding pitch and pauses between them, float32 in [-1, 1]: a stand-in
+    for a talking user (load tests, tests), different for every seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    pitch = rng.uniform(100, 180) + 40 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = (np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 6)) > -0.3).astype(np.float64)
+    return (0.2 * voiced * envelope + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
 async def talk(
     url: str,
     waveform: np.ndarray,

@@ -14,22 +14,11 @@ import torch
 from server_process import ServerProcess
 
 from s2s.serve import server
-from s2s.serve.client import talk
+from s2s.serve.client import speech_like, talk
 from s2s.serve.protocol import ChunkReply, ProtocolError, decode_audio, decode_control, encode_audio
 from s2s.streaming.token_session import TokenStreamingSession
 
 RATE = 16000
-
-
-def _voice(seconds: float, seed: int) -> np.ndarray:
-    """A speech-like user turn: pitch-gliding harmonic bursts between pauses, then silence."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    pitch = 120 + 40 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / RATE
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
-    envelope = (np.sin(2 * np.pi * rng.uniform(2, 4) * t) > -0.2).astype(np.float64)
-    return (0.2 * voiced * envelope + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
 
 
 def _offline(hub, row: int, waveform: np.ndarray) -> dict:
@@ -82,7 +71,7 @@ async def _serving(artifact, **changes):
 
 def test_each_client_gets_what_the_model_streams_offline_for_its_audio(tiny_artifact):
     seed = 11
-    turns = [_voice(2.3, seed), _voice(1.7, seed + 1)]
+    turns = [speech_like(2.3, seed), speech_like(1.7, seed + 1)]
 
     async def scenario():
         async with _serving(tiny_artifact, max_connections=3, backlog_seconds=10.0) as served:
@@ -100,7 +89,7 @@ def test_each_client_gets_what_the_model_streams_offline_for_its_audio(tiny_arti
 
 def test_a_malformed_client_is_closed_alone_and_the_others_stream_as_if_it_were_not_there(tiny_artifact):
     seed = 12
-    turn = _voice(2.0, seed)
+    turn = speech_like(2.0, seed)
 
     async def bad(url, payload, text=False):
         async with aiohttp.ClientSession() as session, session.ws_connect(url.rstrip("/") + "/ws") as ws:
@@ -131,9 +120,9 @@ def test_a_malformed_client_is_closed_alone_and_the_others_stream_as_if_it_were_
 def test_a_full_server_refuses_the_next_connection_with_try_again_later(tiny_artifact):
     async def scenario():
         async with _serving(tiny_artifact, max_connections=1) as served:
-            first = asyncio.create_task(talk(served.url, _voice(1.0, 0), listen_seconds=0.2, speed=2.0))
+            first = asyncio.create_task(talk(served.url, speech_like(1.0, 0), listen_seconds=0.2, speed=2.0))
             await asyncio.sleep(0.3)
-            second = await talk(served.url, _voice(0.5, 1))
+            second = await talk(served.url, speech_like(0.5, 1))
             return await first, second, served.hub.stats.refused_connections
 
     first, second, refused = asyncio.run(scenario())
@@ -172,7 +161,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(tiny_artifa
     async def scenario():
         limits = {"max_pending_replies": 4, "backlog_seconds": 0.5}
         async with _serving(tiny_artifact, max_connections=2, **limits) as s:
-            good = asyncio.create_task(talk(s.url, _voice(4.0, 3), listen_seconds=0.2, speed=1.0))
+            good = asyncio.create_task(talk(s.url, speech_like(4.0, 3), listen_seconds=0.2, speed=1.0))
             hung_up = await stalled(s.url)
             return hung_up, await good, s.hub.stats
 
@@ -184,8 +173,9 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(tiny_artifa
 def test_reset_starts_a_new_dialogue_and_a_bursty_client_loses_only_its_own_oldest_audio(tiny_artifact):
     async def scenario():
         async with _serving(tiny_artifact, max_connections=2, backlog_seconds=0.5) as served:
-            reset = talk(served.url, _voice(2.0, 4), listen_seconds=0.2, speed=2.0, reset_after_samples=16000)
-            burst = talk(served.url, _voice(3.0, 5), listen_seconds=0.0, speed=50.0)
+            user = speech_like(2.0, 4)
+            reset = talk(served.url, user, listen_seconds=0.2, speed=2.0, reset_after_samples=16000)
+            burst = talk(served.url, speech_like(3.0, 5), listen_seconds=0.0, speed=50.0)
             return await asyncio.gather(reset, burst)
 
     reset, burst = asyncio.run(scenario())
@@ -258,7 +248,7 @@ def test_a_model_v1_is_served_too_without_tokens(tmp_path):
 
     async def scenario():
         async with _serving(artifact, max_connections=1, backlog_seconds=5.0) as served:
-            return await talk(served.url, _voice(1.0, 8), listen_seconds=0.0, speed=4.0)
+            return await talk(served.url, speech_like(1.0, 8), listen_seconds=0.0, speed=4.0)
 
     conversation = asyncio.run(scenario())
     chunk = conversation.hello["chunk_samples"]
