@@ -34,10 +34,8 @@ import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from s2s.serve.client import speech_like, talk
+from s2s.serve.process import ServerProcess
 
 RATE = 16000
 
@@ -93,35 +92,23 @@ def client_batch(url: str, seeds: list[int], seconds: float, chunk_seconds: floa
     return results
 
 
-def start_server(args, model: str, clients: int) -> tuple[subprocess.Popen, str]:
-    command = [
-        sys.executable, "-m", "s2s.serve", f"model={model}", "port=0", f"device={args.device}",
-        f"max_connections={clients}", f"backlog_seconds={args.backlog_seconds}", *args.server_option,
-    ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, deadline = [], time.time() + args.start_timeout
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
-        lines.append(line)
-        if "open http" in line:
-            return process, line.split("open ")[1].split()[0]
-    process.kill()
-    raise RuntimeError("the server did not start:\n" + "".join(lines[-20:]))
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.send_signal(2)
+def start_server(args, model: str, clients: int) -> ServerProcess:
+    server = ServerProcess([
+        f"model={model}", "port=0", f"device={args.device}", f"max_connections={clients}",
+        f"backlog_seconds={args.backlog_seconds}", *args.server_option,
+    ])  # fmt: skip
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        server.wait_ready(args.start_timeout)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
 
 
 def run_load(args, model: str, clients: int) -> LoadRow:
     row = LoadRow(clients)
-    process, url = start_server(args, model, clients)
+    server = start_server(args, model, clients)
+    url = server.url
     try:
         chunk_seconds = 0.16
         workers = max(1, min(args.client_processes, clients))
@@ -133,7 +120,7 @@ def run_load(args, model: str, clients: int) -> LoadRow:
         with urllib.request.urlopen(url + "stats", timeout=10) as response:
             stats = json.load(response)
     finally:
-        stop_server(process)
+        server.interrupt()
     errors = [r["error"] for r in results if "error" in r]
     row.refused = sum(r.get("refused", 0) for r in results)
     talked = [r for r in results if "replies" in r]

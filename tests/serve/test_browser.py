@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from server_process import ServerProcess, stop_process
 
 from s2s.data.audio import resample
 from s2s.data.espeak import Espeak, Voice
+from s2s.serve.process import ServerProcess, stop_process
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 SERVER_READY_SECONDS = 120

@@ -11,10 +11,10 @@ import aiohttp
 import numpy as np
 import pytest
 import torch
-from server_process import ServerProcess
 
 from s2s.serve import server
 from s2s.serve.client import speech_like, talk
+from s2s.serve.process import ServerProcess
 from s2s.serve.protocol import ChunkReply, ProtocolError, decode_audio, decode_control, encode_audio
 from s2s.streaming.token_session import TokenStreamingSession
 
