@@ -8,6 +8,11 @@ graph of the step is never recaptured for a new dialogue. A backlog is capped (t
 dropped and counted), and replies go into a bounded queue per connection that the connection's
 sender drains: when a client stops reading, its queue fills and the hub drops the connection.
 
+The clock may tick several times per chunk (`ticks_per_chunk`): a chunk then waits at most
+chunk / ticks for its step instead of up to a whole chunk, which shortens what a person hears as the
+reply's delay, at the price of more steps (a step of a batched session costs the whole batch, however
+few rows have a chunk waiting). Each stream still steps once per chunk of its audio.
+
 The step itself runs in a worker thread, so the event loop keeps receiving audio while the model
 works; everything else (backlogs, resets, replies) happens on the loop between steps.
 """
@@ -83,7 +88,7 @@ class HubStats:
     """What the server reports at /stats."""
 
     steps: int = 0
-    late_steps: int = 0  # steps that started more than one chunk after their tick
+    late_steps: int = 0  # steps that started more than one tick period after their tick
     stepped_chunks: int = 0  # stream-chunks stepped (a step of 8 active streams counts 8)
     dropped_samples: int = 0
     dropped_connections: int = 0  # clients dropped for not reading
@@ -130,8 +135,11 @@ class StepResult:
 class ServeHub:
     """Owns `session` (a StreamingSession of `session.batch` rows) for the server's connections."""
 
-    def __init__(self, session, limits: HubLimits, vocabulary=None):
+    def __init__(self, session, limits: HubLimits, vocabulary=None, ticks_per_chunk: int = 1):
+        if not isinstance(ticks_per_chunk, int) or ticks_per_chunk < 1:
+            raise ValueError(f"ticks_per_chunk must be an integer >= 1, got {ticks_per_chunk!r}")
         self.session = session
+        self.ticks_per_chunk = ticks_per_chunk
         self.limits = limits
         self.vocabulary = vocabulary
         self.chunk_samples = session.chunk_samples
@@ -184,9 +192,10 @@ class ServeHub:
         stream.notices.append({"type": "reset", "chunk": 0, "reason": reason})
 
     async def run(self) -> None:
-        """Step every stream with a whole chunk waiting, once per chunk duration, until stop()."""
+        """Step every stream with a whole chunk waiting, `ticks_per_chunk` times per chunk duration,
+        until stop()."""
         loop = asyncio.get_running_loop()
-        period = self.chunk_seconds
+        period = self.chunk_seconds / self.ticks_per_chunk
         tick = loop.time() + period
         while not self._stopping.is_set():
             try:

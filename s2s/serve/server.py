@@ -49,6 +49,9 @@ class ServeOptions:
     chunk: int | None = None  # model frames per step (None: the model's)
     history_seconds: float | None = None  # None: as the run was validated, else the model's
     max_dialogue_seconds: float = 600.0  # unbounded history only: a dialogue restarts after this
+    # the server's clock ticks this often per chunk, stepping the streams with a whole chunk waiting:
+    # more ticks, a shorter wait for the step (at most chunk / ticks), more steps of the whole batch
+    ticks_per_chunk: int = 1
     backlog_seconds: float = 1.0  # user audio a connection may queue before the oldest is dropped
     max_pending_replies: int = 32  # replies queued for a client that does not read, before it is dropped
     max_message_bytes: int = 32000  # one client audio message (1 s of int16 at 16 kHz)
@@ -72,6 +75,8 @@ class ServeOptions:
         for name in ("backlog_seconds", "max_dialogue_seconds"):
             if not getattr(self, name) > 0:
                 raise OptionError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.ticks_per_chunk < 1:
+            raise OptionError(f"ticks_per_chunk must be >= 1 got {self.ticks_per_chunk!r}")
         if self.max_pending_replies < 1 or self.max_message_bytes < 2 or self.threads < 1:
             raise OptionError("max_pending_replies and threads must be >= 1, max_message_bytes >= 2")
         if self.history_seconds is not None and not self.history_seconds > 0:
@@ -123,13 +128,15 @@ def build_hub(options: ServeOptions) -> tuple[ServeHub, str]:
         backlog_samples=max(session.chunk_samples, int(options.backlog_seconds * config.sample_rate)),
         max_pending_replies=options.max_pending_replies, max_dialogue_frames=frame_limit,
     )  # fmt: skip
-    hub = ServeHub(session, limits, None if vocabularies is None else vocabularies["system"])
+    vocabulary = None if vocabularies is None else vocabularies["system"]
+    hub = ServeHub(session, limits, vocabulary, ticks_per_chunk=options.ticks_per_chunk)
     history = history_of(left_chunks, chunk_seconds)
     described = (
         f"{options.model} ({type(model).__name__}, {precision} on {device}, "
         f"{options.max_connections} streams, "
         f"chunk {chunk_seconds * 1000:.0f} ms, history {history:.1f} s ({source})"
-        f"{', CUDA graph' if cuda_graph else ''})"
+        f"{', CUDA graph' if cuda_graph else ''}"
+        f"{f', {options.ticks_per_chunk} ticks per chunk' if options.ticks_per_chunk > 1 else ''})"
     )
     return hub, described
 
@@ -181,8 +188,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 USAGE = (
     "usage: python -m s2s.serve [model=DIR_or_CKPT] [host=127.0.0.1] [port=8765] [device=cpu] "
     "[max_connections=8] [precision=fp32|bf16] [cuda_graph=true|false] [chunk=FRAMES] [history_seconds=S] "
-    "[max_dialogue_seconds=600] [backlog_seconds=1] [max_pending_replies=32] [max_message_bytes=32000] "
-    "[threads=1] [seed=0] [temperature=T] [top_k=K] [state_gain=G] ..."
+    "[max_dialogue_seconds=600] [ticks_per_chunk=1] [backlog_seconds=1] [max_pending_replies=32] "
+    "[max_message_bytes=32000] [threads=1] [seed=0] [temperature=T] [top_k=K] [state_gain=G] ..."
 )
 
 
@@ -190,7 +197,8 @@ def parse(argv: list[str]) -> ServeOptions:
     parsers = {
         "model": str, "host": str, "port": int, "device": str, "max_connections": int,
         "precision": optional(str), "cuda_graph": optional(boolean), "chunk": optional(int),
-        "history_seconds": float, "max_dialogue_seconds": float, "backlog_seconds": float,
+        "history_seconds": float, "max_dialogue_seconds": float, "ticks_per_chunk": int,
+        "backlog_seconds": float,
         "max_pending_replies": int, "max_message_bytes": int, "threads": int, "seed": int, **SAMPLING_KEYS,
     }  # fmt: skip
     positional, values = parse_options(argv, parsers, USAGE)

@@ -69,12 +69,16 @@ async def _serving(artifact, **changes):
         await served.stop()
 
 
-def test_each_client_gets_what_the_model_streams_offline_for_its_audio(tiny_artifact):
+@pytest.mark.parametrize("ticks_per_chunk", [1, 4])
+def test_each_client_gets_what_the_model_streams_offline_for_its_audio(tiny_artifact, ticks_per_chunk):
+    """Also with the clock ticking 4 times a chunk: each stream still steps once per chunk of its audio."""
     seed = 11
     turns = [speech_like(2.3, seed), speech_like(1.7, seed + 1)]
 
     async def scenario():
-        async with _serving(tiny_artifact, max_connections=3, backlog_seconds=10.0) as served:
+        async with _serving(
+            tiny_artifact, max_connections=3, backlog_seconds=10.0, ticks_per_chunk=ticks_per_chunk
+        ) as served:
             talks = [talk(served.url, turn, listen_seconds=0.5, speed=4.0) for turn in turns]
             return await asyncio.gather(*talks), served.hub
 
@@ -212,6 +216,8 @@ def test_the_command_refuses_bad_options_by_name(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert server.main(["port=70000"]) == 1
     assert "port must be" in capsys.readouterr().err
+    assert server.main(["ticks_per_chunk=0"]) == 1
+    assert "ticks_per_chunk must be >= 1" in capsys.readouterr().err
     assert server.main(["colour=blue"]) == 1
     assert "unknown option 'colour'" in capsys.readouterr().err
 
