@@ -75,9 +75,3 @@ class ServerProcess:
 
     def stop(self) -> None:
         stop_process(self.process)
-
-    def __enter__(self) -> ServerProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

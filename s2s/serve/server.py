@@ -76,7 +76,7 @@ class ServeOptions:
             if not getattr(self, name) > 0:
                 raise OptionError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.ticks_per_chunk < 1:
-            raise OptionError(f"ticks_per_chunk must be >= 1 got {self.ticks_per_chunk!r}")
+            raise OptionError(f"ticks_per_chunk must be >= 1, got {self.ticks_per_chunk!r}")
         if self.max_pending_replies < 1 or self.max_message_bytes < 2 or self.threads < 1:
             raise OptionError("max_pending_replies and threads must be >= 1, max_message_bytes >= 2")
         if self.history_seconds is not None and not self.history_seconds > 0:
@@ -198,8 +198,8 @@ def parse(argv: list[str]) -> ServeOptions:
         "model": str, "host": str, "port": int, "device": str, "max_connections": int,
         "precision": optional(str), "cuda_graph": optional(boolean), "chunk": optional(int),
         "history_seconds": float, "max_dialogue_seconds": float, "ticks_per_chunk": int,
-        "backlog_seconds": float,
-        "max_pending_replies": int, "max_message_bytes": int, "threads": int, "seed": int, **SAMPLING_KEYS,
+        "backlog_seconds": float, "max_pending_replies": int, "max_message_bytes": int, "threads": int,
+        "seed": int, **SAMPLING_KEYS,
     }  # fmt: skip
     positional, values = parse_options(argv, parsers, USAGE)
     if positional:
