@@ -34,6 +34,8 @@ from s2s.streaming.precision import streaming_dtype
 from s2s.streaming.token_session import streaming_session
 from s2s.training.checkpoints import CheckpointError
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # hosts only this machine reaches: no warning
+
 
 @dataclass(frozen=True)
 class ServeOptions:
@@ -131,14 +133,15 @@ def build_hub(options: ServeOptions) -> tuple[ServeHub, str]:
     vocabulary = None if vocabularies is None else vocabularies["system"]
     hub = ServeHub(session, limits, vocabulary, ticks_per_chunk=options.ticks_per_chunk)
     history = history_of(left_chunks, chunk_seconds)
-    described = (
-        f"{options.model} ({type(model).__name__}, {precision} on {device}, "
-        f"{options.max_connections} streams, "
-        f"chunk {chunk_seconds * 1000:.0f} ms, history {history:.1f} s ({source})"
-        f"{', CUDA graph' if cuda_graph else ''}"
-        f"{f', {options.ticks_per_chunk} ticks per chunk' if options.ticks_per_chunk > 1 else ''})"
-    )
-    return hub, described
+    traits = [
+        type(model).__name__, f"{precision} on {device}", f"{options.max_connections} streams",
+        f"chunk {chunk_seconds * 1000:.0f} ms", f"history {history:.1f} s ({source})",
+    ]  # fmt: skip
+    if cuda_graph:
+        traits.append("CUDA graph")
+    if options.ticks_per_chunk > 1:
+        traits.append(f"{options.ticks_per_chunk} ticks per chunk")
+    return hub, f"{options.model} ({', '.join(traits)})"
 
 
 def warm_up(hub: ServeHub) -> None:
@@ -182,8 +185,6 @@ async def serve(options: ServeOptions) -> None:
     await stopped.wait()
     await served.stop()
 
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 USAGE = (
     "usage: python -m s2s.serve [model=DIR_or_CKPT] [host=127.0.0.1] [port=8765] [device=cpu] "
