@@ -1,6 +1,7 @@
 """Time tile-shape variants of the CuTe forward kernel on the GPU, to choose ``default_tiles``.
 
     python scripts/tune_cute_forward.py --kv-stages 2 3 4 5 6
+    python scripts/tune_cute_forward.py --dims 128 --tile-n 128 160 --kv-stages 2 4 --warpgroups 2
 
 Each variant is compiled, checked against float32 math on a few rows and timed (median).
 """
@@ -28,17 +29,26 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--kv-stages", type=int, nargs="+", default=[2, 3, 4, 5, 6])
     parser.add_argument("--warpgroups", type=int, nargs="+", default=[2, 3], help="consumer warpgroups")
+    parser.add_argument("--tile-n", type=int, nargs="+", default=[128], help="keys per K/V tile")
     args = parser.parse_args()
     from triton.testing import do_bench
 
-    print("| d | S | warpgroups | kv stages | TFLOP/s | rel. error |\n| --- | --- | --- | --- | --- | --- |")
-    variants = [(d, g, s) for d in args.dims for g in args.warpgroups for s in args.kv_stages]
-    for head_dim, groups, stages in variants:
-        tiles = dataclasses.replace(default_tiles(head_dim), kv_stages=stages, consumer_warpgroups=groups)
+    print(
+        "| d | S | C | warpgroups | tile_n | kv stages | TFLOP/s | rel. error |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    variants = [
+        (d, g, n, s) for d in args.dims for g in args.warpgroups for n in args.tile_n for s in args.kv_stages
+    ]
+    for head_dim, groups, tile_n, stages in variants:
+        tiles = dataclasses.replace(
+            default_tiles(head_dim), kv_stages=stages, consumer_warpgroups=groups, tile_n=tile_n
+        )
+        shape = f"{groups} | {tile_n} | {stages}"
         try:
             compiled = compile_forward(torch.bfloat16, tiles)
         except Exception as error:  # e.g. too much shared memory for this shape
-            print(f"| {head_dim} | - | {groups} | {stages} | {type(error).__name__} | - |")
+            print(f"| {head_dim} | - | - | {shape} | {type(error).__name__} | - |")
             continue
         for seqlen in args.seqlens:
             batch, heads = 16384 // seqlen, 2048 // head_dim
@@ -62,7 +72,7 @@ def main() -> None:
             lengths = torch.full((batch,), seqlen, device="cuda")
             flops = 4 * head_dim * heads * visible_pair_count(problem.chunks, lengths, lengths)
             print(
-                f"| {head_dim} | {seqlen} | {groups} | {stages} | {flops / ms / 1e9:.0f} | {error:.1e} |",
+                f"| {head_dim} | {seqlen} | {args.chunk} | {shape} | {flops / ms / 1e9:.0f} | {error:.1e} |",
                 flush=True,
             )
 
