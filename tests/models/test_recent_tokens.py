@@ -50,7 +50,7 @@ def test_recent_tokens_must_be_positive():
 
 @pytest.mark.parametrize("recent", [1, 3, 4])
 def test_recent_rows_are_summed_as_each_lag_and_token_row(recent, generator):
-    """The heads' window read (one embedding bag) equals the sum over lags of row lag x vocab + token
+    """The heads' window read (row counts times the table) equals the sum over lags of row lag x vocab + token
     of the table, with the same gradients for the table, in float64 on random windows."""
     seed = int(torch.randint(10**6, (1,), generator=generator))
     torch.manual_seed(seed)
@@ -68,3 +68,18 @@ def test_recent_rows_are_summed_as_each_lag_and_token_row(recent, generator):
     torch.testing.assert_close(
         model.mel_recent.weight.grad, table.grad, rtol=0, atol=1e-12, msg=f"seed {seed}"
     )
+
+
+def test_recent_rows_keep_a_float32_table_float32_under_autocast(generator):
+    """Training runs the heads under bf16 autocast; the window read must not round a float32 table
+    to bf16 (as an embedding bag, which autocast leaves alone, did not): same values as outside it."""
+    seed = int(torch.randint(10**6, (1,), generator=generator))
+    torch.manual_seed(seed)
+    model = TokenDuplexModel(CONFIG)
+    vocab, recent = model.config.system_vocab, model.config.recent_tokens
+    windows = torch.randint(vocab, (2, 5, recent), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model._read_recent(model.mel_recent, windows)
+    want = sum(model.mel_recent.weight[lag * vocab + windows[..., lag]] for lag in range(recent))
+    assert got.dtype == torch.float32, f"seed {seed}: {got.dtype}"
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=f"seed {seed}")
