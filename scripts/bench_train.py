@@ -215,22 +215,32 @@ def measured_gemm_tflops(size: int = 8192, calls: int = 50) -> float:
 
 
 def profile_steps(
-    module, optimizer, batch: DialogueBatch, chunks, steps: int, top_kernels: int = 3
-) -> StepBreakdown:
+    module, optimizer, batch: DialogueBatch, chunks, steps: int, top_kernels: int = 3, op_rows: int = 0
+) -> tuple[StepBreakdown, str | None]:
     """Run ``steps`` training steps under torch.profiler and sort their GPU time (the
-    ``top_kernels`` longest kernels of each category kept by name)."""
+    ``top_kernels`` longest kernels of each category kept by name). With ``op_rows``, also
+    torch.profiler's table of the host operators whose own kernels take the most device time
+    (input shapes grouped): which eager operator, or which CUDA graph replay (cudaGraphLaunch),
+    launched a kernel, which its name alone does not say."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     device = batch.user_mel.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=op_rows > 0) as prof:
         for _ in range(steps):
             with record_function(STEP_RANGE):
                 train_step(module, optimizer, batch, chunks)
         synchronize(device)  # inside, so the last step's kernels are recorded
     kernels, window = kernels_and_window(prof.events(), STEP_RANGE)
-    return breakdown(kernels, window, steps, top=top_kernels)
+    table = None
+    if op_rows > 0:
+        sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        averages = prof.key_averages(group_by_input_shape=True)
+        table = averages.table(
+            sort_by=sort, row_limit=op_rows, max_name_column_width=48, max_shapes_column_width=72
+        )
+    return breakdown(kernels, window, steps, top=top_kernels), table
 
 
 @dataclasses.dataclass
@@ -245,6 +255,7 @@ class BackendRun:
     breakdown: StepBreakdown | None = None
     profile_error: str | None = None
     compile_note: str | None = None  # "+compile" runs: compile time and graphs
+    op_table: str | None = None  # --op-table: the host operators with the most device time
 
 
 def compiled_graphs() -> int:
@@ -320,8 +331,8 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     run = BackendRun(name, seconds, frames / seconds, flops, counted.calls, compile_note=compile_note)
     if args.profile_steps > 0:
         try:
-            run.breakdown = profile_steps(
-                module, optimizer, batch, chunks, args.profile_steps, args.top_kernels
+            run.breakdown, run.op_table = profile_steps(
+                module, optimizer, batch, chunks, args.profile_steps, args.top_kernels, args.op_table
             )
         except Exception as error:  # the throughput and MFU stand without the profile
             run.profile_error = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
@@ -380,6 +391,10 @@ def print_breakdowns(runs: list[BackendRun], steps: int) -> None:
         for category in CATEGORIES:
             for name, us in b.top_kernels.get(category, []):
                 print(f"  {backend} {category}: {us / b.steps / 1000:.2f} ms/step  {name[:110]}")
+    for run in runs:
+        if run.op_table:
+            print(f"\n{run.backend}: host operators by their own device time, {steps} steps (torch.profiler)")
+            print(run.op_table)
 
 
 def main() -> None:
@@ -414,10 +429,20 @@ def main() -> None:
     parser.add_argument(
         "--top-kernels", type=int, default=3, help="longest kernels listed per category of the breakdown"
     )
+    parser.add_argument(
+        "--op-table",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print the N host operators whose kernels take the most device time, with input "
+        "shapes (torch.profiler's key_averages): which eager op or CUDA graph replay launched them",
+    )
     parser.add_argument("--no-gemm", action="store_true", help="skip timing the reference bf16 GEMM")
     args = parser.parse_args()
     if args.top_kernels < 1:
         raise SystemExit(f"--top-kernels must be at least 1, got {args.top_kernels}")
+    if args.op_table < 0:
+        raise SystemExit(f"--op-table must be 0 (off) or a number of rows, got {args.op_table}")
     if args.no_profile:
         args.profile_steps = 0
     device = torch.device(args.device)

@@ -71,7 +71,7 @@ def test_run_backend_counts_the_batch_masks(bench):
     batch, chunks = bench.make_batch(
         config, dialogues=3, frames=20, generator=torch.Generator().manual_seed(1)
     )
-    args = argparse.Namespace(model="tiny", warmup=1, steps=1, profile_steps=1, top_kernels=3)
+    args = argparse.Namespace(model="tiny", warmup=1, steps=1, profile_steps=1, top_kernels=3, op_table=0)
     run = bench.run_backend("sdpa", args, batch, chunks)
 
     lengths = (batch.frame_lengths // 4).tolist()
@@ -90,7 +90,8 @@ def test_run_backend_counts_the_batch_masks(bench):
 @pytest.mark.slow
 def test_cpu_smoke_run_prints_every_table(bench, monkeypatch, capsys):
     argv = "--device cpu --model tiny --backends sdpa --dialogues 2 --seconds 1 --warmup 1 --steps 1"
-    monkeypatch.setattr(sys, "argv", ["bench_train.py", *argv.split(), "--profile-steps", "1"])
+    argv += " --profile-steps 1 --op-table 4"
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", *argv.split()])
     bench.main()
     out = capsys.readouterr().out
     assert "sdpa: " in out and " model frames/s" in out
@@ -98,3 +99,16 @@ def test_cpu_smoke_run_prints_every_table(bench, monkeypatch, capsys):
     assert "peak unknown: pass --peak-tflops" in out  # no datasheet peak for a CPU
     assert "| backend | step ms | model TFLOP/s | MFU | of measured GEMM |" in out
     assert "| run | wall ms/step | attention | matmul | optimizer | elementwise/other | idle |" in out
+    # --op-table 4: the profiler's operator table, its 4 rows with their input shapes
+    table = out.split("sdpa: host operators by their own device time, 1 steps (torch.profiler)\n")[1]
+    lines = table.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("-----")]
+    header, rows = lines[rules[0] + 1], lines[rules[1] + 1 : rules[2]]
+    assert "Self CPU" in header and "Input Shapes" in header
+    assert len(rows) == 4 and any("aten::" in row for row in rows), rows
+
+
+def test_op_table_must_not_be_negative(bench, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--device", "cpu", "--op-table", "-1"])
+    with pytest.raises(SystemExit, match="--op-table must be 0"):
+        bench.main()
