@@ -10,6 +10,8 @@ MFU and where the step's GPU time goes.
     python scripts/bench_train.py --backends cute cute+graphs cute+compile+graphs flex+compile+graphs \
         --seconds 40 --dialogues 32 --length-multiple 8             # the blocks as CUDA graphs (of
                                                                     # compiled blocks: +compile+graphs)
+    python scripts/bench_train.py --backends cute+compile+graphs --length-multiple 8 --op-table 30
+                                                                    # + which host ops launched the kernels
     python scripts/bench_train.py --device cpu --model tiny --backends sdpa --dialogues 2 --seconds 2 \\
         --warmup 1 --steps 1 --profile-steps 1                      # the script's own smoke run
 
