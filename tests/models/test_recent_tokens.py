@@ -50,8 +50,9 @@ def test_recent_tokens_must_be_positive():
 
 @pytest.mark.parametrize("recent", [1, 3, 4])
 def test_recent_rows_are_summed_as_each_lag_and_token_row(recent, generator):
-    """The heads' window read (row counts times the table) equals the sum over lags of row lag x vocab + token
-    of the table, with the same gradients for the table, in float64 on random windows."""
+    """The heads' window read (row counts times the table) equals the sum over lags of row
+    lag x vocab + token of the table, with the same gradients for the table, in float64 on random
+    windows."""
     seed = int(torch.randint(10**6, (1,), generator=generator))
     torch.manual_seed(seed)
     model = TokenDuplexModel(TokenDuplexConfig(**{**CONFIG.__dict__, "recent_tokens": recent})).double()
