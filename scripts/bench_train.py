@@ -229,20 +229,55 @@ def profile_steps(
     device = batch.user_mel.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
-    with profile(activities=activities, record_shapes=op_rows > 0) as prof:
+    with profile(activities=activities, record_shapes=op_rows > 0, with_stack=op_rows > 0) as prof:
         for _ in range(steps):
             with record_function(STEP_RANGE):
                 train_step(module, optimizer, batch, chunks)
         synchronize(device)  # inside, so the last step's kernels are recorded
     kernels, window = kernels_and_window(prof.events(), STEP_RANGE)
-    table = None
-    if op_rows > 0:
-        sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        averages = prof.key_averages(group_by_input_shape=True)
-        table = averages.table(
-            sort_by=sort, row_limit=op_rows, max_name_column_width=48, max_shapes_column_width=72
-        )
+    table = host_operator_table(prof, steps, op_rows, device.type == "cuda") if op_rows > 0 else None
     return breakdown(kernels, window, steps, top=top_kernels), table
+
+
+def host_operator_table(prof, steps: int, rows: int, on_device: bool) -> str:
+    """The ``rows`` host operators whose own kernels take the most device time (on the CPU: their
+    own time), grouped by input shapes and owner: the innermost lines of s2s/ or scripts/ that
+    called them (for the backward, the autograd node), from the profiler's Python events. Which
+    eager op, or which CUDA graph replay, launched the kernels, which their names alone do not say."""
+    from torch.autograd import DeviceType
+
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for event in prof.events():
+        if event.device_type != DeviceType.CPU or event.name.startswith(("<built-in", "torch/", STEP_RANGE)):
+            continue
+        own = event.self_device_time_total if on_device else event.self_cpu_time_total
+        if own <= 0 or ".py(" in event.name:
+            continue
+        key = (event.name, str(event.input_shapes)[:60] if event.input_shapes else "-", operator_owner(event))
+        totals = groups.setdefault(key, [0.0, 0])
+        totals[0] += own
+        totals[1] += 1
+    ranked = sorted(groups.items(), key=lambda item: item[1][0], reverse=True)[:rows]
+    lines = [
+        "| ms/step | calls/step | operator | input shapes | called from |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for (name, shapes, owner), (total, count) in ranked:
+        lines.append(f"| {total / steps / 1000:.2f} | {count / steps:g} | {name[:40]} | {shapes} | {owner} |")
+    return "\n".join(lines)
+
+
+def operator_owner(event) -> str:
+    """The two innermost project frames above a profiled operator, or its autograd node."""
+    frames, parent = [], event.cpu_parent
+    while parent is not None and len(frames) < 2:
+        name = parent.name
+        if ".py(" in name and ("s2s/" in name or "scripts/" in name):
+            frames.append(name.split("/")[-1])
+        elif name.startswith("autograd::engine::evaluate_function: ") and not frames:
+            return name.split(": ", 1)[1]
+        parent = parent.cpu_parent
+    return " < ".join(frames) or "-"
 
 
 @dataclasses.dataclass
@@ -302,6 +337,8 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
             use_cuda_graphs(module.model, compiled=compiled)
         else:
             regional_compile.compile_blocks(module.model)
+        if compiled:
+            regional_compile.compile_heads(module.model)
         graphs, start = compiled_graphs(), time.perf_counter()
         train_step(module, optimizer, batch, chunks)
         synchronize(device)
@@ -437,7 +474,8 @@ def main() -> None:
         default=0,
         metavar="N",
         help="also print the N host operators whose kernels take the most device time, with input "
-        "shapes (torch.profiler's key_averages): which eager op or CUDA graph replay launched them",
+        "shapes and the project lines (or autograd node) that called them: which eager op or CUDA "
+        "graph replay launched the kernels",
     )
     parser.add_argument("--no-gemm", action="store_true", help="skip timing the reference bf16 GEMM")
     args = parser.parse_args()

@@ -23,6 +23,7 @@ turn). The speaking flag is derived from the tokens (between BOS and EOS), never
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -112,8 +113,33 @@ class MelPrenet(nn.Module):
         return self.out(x)
 
 
+def output_heads(
+    model: TokenDuplexModel, hidden: torch.Tensor, encoded: torch.Tensor, windows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four heads of a whole pass: token logits and mel from the decoder's `hidden`, the user's
+    CTC and state logits from `encoded` (a function of tensors, for torch.compile)."""
+    return (
+        model.token_logits(hidden, windows),
+        model.mel_for(hidden, windows),
+        model.user_ctc_head(encoded),
+        model.user_state_head(encoded),
+    )
+
+
+@functools.cache
+def compiled_output_heads():
+    """`output_heads` through torch.compile, built on first use. Shapes as torch.compile's default:
+    static first (training with data.static_shapes has one), dynamic from the first other shape
+    on. Compiled dynamic from the start, the heads took over 50 s to build on an H100 (static:
+    under 1 s beside the blocks' 24 s)."""
+    return torch.compile(output_heads)
+
+
 class TokenDuplexModel(ChunkedDuplexBase):
     """Front end, encoder and decoder as model v1 (same streaming caches); token in, token and mel out."""
+
+    # s2s.models.regional_compile.compile_heads sets it: training passes run the heads compiled
+    compiled_heads = False
 
     def __init__(self, config: TokenDuplexConfig | None = None):
         super().__init__()
@@ -225,9 +251,6 @@ class TokenDuplexModel(ChunkedDuplexBase):
         decoder_in = self.decoder_input(shift_tokens(tokens, p.chunk_sizes), mel_frames)
         hidden = self.decoder(decoder_in, p.positions, p.encoded, p.attention, p.attention)
         windows = recent_windows(tokens, self.no_tokens_before(batch, tokens.device))
-        return TokenDuplexOutput(
-            token_logits=self.token_logits(hidden, windows),
-            mel=self.mel_for(hidden, windows),
-            user_ctc_logits=self.user_ctc_head(p.encoded),
-            user_state_logits=self.user_state_head(p.encoded),
-        )
+        compiled = self.compiled_heads and self.training and torch.is_grad_enabled()
+        heads = compiled_output_heads() if compiled else output_heads
+        return TokenDuplexOutput(*heads(self, hidden, p.encoded, windows))

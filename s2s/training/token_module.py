@@ -215,10 +215,13 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
                 "gradient hooks around a replayed backward are not); the steps run eagerly",
                 stacklevel=2,
             )
-        elif self.cuda_graphs:  # with compile_blocks, the blocks are compiled inside the graphs only
+            return
+        if self.cuda_graphs:  # with compile_blocks, the blocks are compiled inside the graphs only
             use_cuda_graphs(self.model, compiled=self.compile_blocks)
         elif self.compile_blocks:
             regional_compile.compile_blocks(self.model)
+        if self.compile_blocks:
+            regional_compile.compile_heads(self.model)
 
     def setup(self, stage: str) -> None:
         """Refuse a corpus whose task's vocabularies are not the model's (the data module is set up

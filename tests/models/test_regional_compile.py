@@ -1,6 +1,9 @@
 """Regional compilation: compiled blocks give the eager model's outputs and gradients, keep the
 checkpoint's keys, serve every batch shape from the graphs built once, and leave streaming eager."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -39,12 +42,33 @@ def _pass(model, mel, tokens, lengths, chunks, weights):
     return out.token_logits.detach(), grads
 
 
-def test_compiled_blocks_match_the_eager_model_on_every_batch_shape(generator):
-    seed = generator.initial_seed()
+def _assert_same_gradients(got: dict, want: dict, where: str) -> None:
+    for name, w in want.items():
+        error = (got[name] - w).norm() / w.norm().clamp(min=1e-12)
+        assert error < 1e-4, f"{where}: {name}: gradient off by {error:.2e}"
+
+
+def _built_once(before: int, built: int | None, where: str) -> int:
+    """Graphs compiled by the first batch (some), then none for later batch shapes."""
+    if built is None:
+        built = _graphs() - before
+        assert built > 0, f"{where}: nothing was compiled"
+    assert _graphs() - before == built, f"{where}: recompiled"
+    return built
+
+
+def _twin_models(seed: int) -> tuple[TokenDuplexModel, TokenDuplexModel]:
+    """Two models with the same weights: one stays eager, the other is compiled."""
     torch.manual_seed(seed)
     eager = TokenDuplexModel(CONFIG)
-    compiled = TokenDuplexModel(CONFIG)
-    compiled.load_state_dict(eager.state_dict())
+    twin = TokenDuplexModel(CONFIG)
+    twin.load_state_dict(eager.state_dict())
+    return eager, twin
+
+
+def test_compiled_blocks_match_the_eager_model_on_every_batch_shape(generator):
+    seed = generator.initial_seed()
+    eager, compiled = _twin_models(seed)
     keys = list(compiled.state_dict())
     regional_compile.compile_blocks(compiled)
     assert list(compiled.state_dict()) == keys, "compiling in place keeps the checkpoint's keys"
@@ -61,14 +85,8 @@ def test_compiled_blocks_match_the_eager_model_on_every_batch_shape(generator):
         )
         block_parameters = {n for n, _ in eager.named_parameters() if ".blocks." in n}
         assert got_grads.keys() == want_grads.keys() and block_parameters <= got_grads.keys()
-        for name, want in want_grads.items():
-            error = (got_grads[name] - want).norm() / want.norm().clamp(min=1e-12)
-            assert error < 1e-4, f"seed {seed}: {name}: gradient off by {error:.2e}, B={batch} T={frames}"
-        if built is None:
-            built = _graphs() - before
-            assert built > 0, "the blocks were not compiled"
-        else:
-            assert _graphs() - before == built, f"seed {seed}: B={batch} T={frames} recompiled"
+        _assert_same_gradients(got_grads, want_grads, f"seed {seed}, B={batch} T={frames}")
+        built = _built_once(before, built, f"seed {seed}: B={batch} T={frames}")
 
 
 def test_training_module_compiles_its_blocks_when_fitting_starts():
@@ -102,4 +120,59 @@ def test_a_multi_process_run_leaves_graphs_and_compiled_blocks_off_with_a_warnin
     with pytest.warns(UserWarning, match="module.cuda_graphs .* is off in this 2-process run"):
         module.on_fit_start()
     assert module.model.encoder.graphs is None and module.model.decoder.graphs is None
+    assert not module.model.compiled_heads
     assert all(block._compiled_call_impl is None for block in regional_compile.compiled_blocks(module.model))
+
+
+def _all_heads_pass(model, mel, tokens, lengths, chunks, weights, generator):
+    """Outputs of every head and the gradients of a loss that reads all four."""
+    model.zero_grad(set_to_none=True)
+    out = model(mel, tokens, lengths=lengths, chunk=chunks)
+    fields = (out.token_logits, out.mel, out.user_ctc_logits, out.user_state_logits)
+    probes = [torch.randn(f.shape, generator=generator) for f in fields]
+    sum((f * p).sum() for f, p in zip(fields, probes, strict=True)).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return [f.detach() for f in fields], grads
+
+
+def test_compiled_heads_match_the_eager_heads_in_training_and_stay_eager_otherwise(generator):
+    seed = generator.initial_seed()
+    eager, compiled = _twin_models(seed)
+    assert regional_compile.compile_heads(compiled) is compiled and compiled.compiled_heads
+    assert not eager.compiled_heads
+    before, built = _graphs(), []
+    for batch, frames, padded in [(2, 40, False), (3, 33, True), (4, 48, True)]:
+        inputs = _batch(generator, batch, frames, padded)
+        probe_seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+        want, want_grads = _all_heads_pass(eager, *inputs, torch.Generator().manual_seed(probe_seed))
+        got, got_grads = _all_heads_pass(compiled, *inputs, torch.Generator().manual_seed(probe_seed))
+        names = ("token_logits", "mel", "user_ctc_logits", "user_state_logits")
+        for name, g, w in zip(names, got, want, strict=True):
+            assert g.shape == w.shape and torch.isfinite(g).all(), f"seed {seed}: {name}"
+            assert (g - w).abs().max() <= 1e-4 * w.abs().max(), f"seed {seed}: {name} differs at T={frames}"
+        head_parameters = {n for n in want_grads if "head" in n or "recent" in n}
+        assert head_parameters and got_grads.keys() == want_grads.keys()
+        _assert_same_gradients(got_grads, want_grads, f"seed {seed}, T={frames}")
+        built.append(_graphs() - before)
+    # static for the first shape, dynamic from the second on: the third builds nothing
+    assert built[0] > 0 and built[2] == built[1], f"seed {seed}: graphs built after each shape {built}"
+    compiled.eval()  # evaluation (and a deep copy streamed in validation) runs the heads eagerly
+    with torch.no_grad():
+        compiled(*_batch(generator, 2, 24, False)[:2])
+    assert _graphs() - before == built[-1]
+    assert copy.deepcopy(compiled).compiled_heads and pickle.loads(pickle.dumps(compiled)).compiled_heads
+
+
+def test_the_training_module_compiles_the_heads_with_its_blocks():
+    module = TokenDuplexLightningModule(TokenDuplexModel(CONFIG), compile_blocks=True)
+    module.on_fit_start()
+    assert module.model.compiled_heads
+    graphed = TokenDuplexLightningModule(TokenDuplexModel(CONFIG), compile_blocks=True, cuda_graphs=True)
+    graphed.on_fit_start()
+    assert graphed.model.compiled_heads
+    for module in (
+        TokenDuplexLightningModule(TokenDuplexModel(CONFIG)),
+        TokenDuplexLightningModule(TokenDuplexModel(CONFIG), cuda_graphs=True),
+    ):
+        module.on_fit_start()
+        assert not module.model.compiled_heads

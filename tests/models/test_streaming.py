@@ -90,10 +90,15 @@ def test_batched_streams_equal_separate_sessions(engine, generator):
         frames = (lengths[row] // 160) // 4
         batched = torch.cat(mels[row])
         assert batched.shape[0] == frames * 4
-        if engine == "static":  # each stream attends its own rows: bit-identical in fp32 on the CPU
-            assert torch.equal(batched, mel_alone[0, : frames * 4]), f"stream {row} depends on its batch"
-        else:  # the packed engine sums over every stream's packed keys: the last bits move
-            torch.testing.assert_close(batched, mel_alone[0, : frames * 4], atol=1e-5, rtol=0)
+        # Each stream attends only its own rows (the static engine) or its own packed keys; what
+        # remains is the last bits of fp32 matmuls, where the CPU's BLAS picks its kernel by the
+        # number of rows (MKL sgemm with torch 2.14: 3 rows and 1 row differ by ~4e-6 here), so
+        # the bound is 1e-5, far below what reading another stream would give.
+        error = (batched - mel_alone[0, : frames * 4]).abs().max().item()
+        assert error <= 1e-5, (
+            f"seed {generator.initial_seed()}, {engine}: stream {row} depends on its batch "
+            f"(max difference {error:.2e})"
+        )
 
 
 def test_reset_starts_a_new_dialogue_on_one_row(generator):

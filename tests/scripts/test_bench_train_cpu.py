@@ -99,13 +99,16 @@ def test_cpu_smoke_run_prints_every_table(bench, monkeypatch, capsys):
     assert "peak unknown: pass --peak-tflops" in out  # no datasheet peak for a CPU
     assert "| backend | step ms | model TFLOP/s | MFU | of measured GEMM |" in out
     assert "| run | wall ms/step | attention | matmul | optimizer | elementwise/other | idle |" in out
-    # --op-table 4: the profiler's operator table, its 4 rows with their input shapes
+    # --op-table 4: the host operators' table, 4 rows with their input shapes and owners (the
+    # project's Python lines or the autograd node that called them)
     table = out.split("sdpa: host operators by their own device time, 1 steps (torch.profiler)\n")[1]
     lines = table.splitlines()
-    rules = [i for i, line in enumerate(lines) if line.startswith("-----")]
-    header, rows = lines[rules[0] + 1], lines[rules[1] + 1 : rules[2]]
-    assert "Self CPU" in header and "Input Shapes" in header
-    assert len(rows) == 4 and any("aten::" in row for row in rows), rows
+    assert lines[0] == "| ms/step | calls/step | operator | input shapes | called from |", lines[0]
+    rows = [line.split(" | ") for line in lines[2:6]]
+    assert len(rows) == 4 and all(len(row) == 5 for row in rows), lines[:6]
+    assert any(row[2].startswith("aten::") for row in rows), rows
+    assert any(row[4].rstrip(" |") != "-" for row in rows), f"no row names its caller: {rows}"
+    assert len(lines) == 6 or not lines[6].startswith("| "), "more rows than --op-table asked for"
 
 
 def test_op_table_must_not_be_negative(bench, monkeypatch):
