@@ -53,8 +53,12 @@ def _check_against_offline(conversation, reference: dict, chunk_samples: int, wh
         assert reply.audio.shape == (chunk_samples,), f"{what} chunk {k}: every sample written"
         assert reply.tokens == reference["tokens"][k].tolist(), f"{what} chunk {k}: tokens"
         np.testing.assert_allclose(reply.speaking, reference["speaking"][k], atol=1e-4, err_msg=f"{what} {k}")
+        # Not bit-identical: the server's batched matmuls differ from one stream's in the last bits
+        # (the CPU's BLAS picks its kernel by the number of rows: ~4e-6 in the mel), and Griffin-Lim's
+        # phase iterations carry that to a few int16 steps (at most 4 of 74 chunks on one machine,
+        # 1 on another). Another client's audio, or a chunk out of place, is thousands of steps off.
         gap = np.abs(reply.audio.astype(np.int32) - reference["audio"][k].astype(np.int32)).max()
-        assert gap <= 1, f"{what} chunk {k}: audio {gap} int16 steps from the offline stream"
+        assert gap <= 8, f"{what} chunk {k}: audio {gap} int16 steps from the offline stream"
         assert len(reply.words) == len(reply.tokens), what
 
 
