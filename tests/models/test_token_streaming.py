@@ -249,6 +249,8 @@ def test_onset_quantile_streams_onsets_independent_of_the_seed_and_equal_to_offl
     stream restarts, and the offline pass given the streamed tokens reproduces the logits."""
     seed = int(torch.randint(1000, (1,), generator=generator))
     model = _model(seed)
+    with torch.no_grad():  # BOS likelier still: with _model's bias alone 2 of 200 seeds opened no reply
+        model.token_head.bias[BOS] += 2.0  # in 3 s (and 816 in 17 of 20 dialogues); with it 0 of 1000
     audio = _dialogue(16000 * 3, generator).expand(4, -1).contiguous()
     sampling = SamplingConfig(temperature=0.8, state_gain=0.0, onset_quantile=0.5)
     session = TokenStreamingSession(
