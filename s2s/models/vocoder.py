@@ -1,4 +1,5 @@
-"""Baseline vocoder: log-mel -> linear spectrum (pseudo-inverse of the mel filterbank) -> Griffin-Lim.
+"""Baseline vocoder: log-mel -> linear spectrum (pseudo-inverse of the mel filterbank) -> Griffin-Lim
+(s2s.models.griffin_lim: torchaudio's iteration, with no host reads).
 
 It needs no training, so a model's mel output can be listened to from the first step. Streaming
 runs Griffin-Lim on each new chunk with a few frames of the previous ones as context and keeps the
@@ -19,6 +20,7 @@ import torch
 import torchaudio
 
 from s2s.data.features import LogMelConfig
+from s2s.models.griffin_lim import griffin_lim
 
 
 @dataclass
@@ -49,10 +51,7 @@ class GriffinLimVocoder(torch.nn.Module):
         power_mel = (mel.float().exp() - self.log_mel.floor).clamp(min=0.0).transpose(1, 2)
         power = torch.relu(self.inverse_mel @ power_mel)  # (B, n_stft, F)
         cfg = self.log_mel
-        audio = torchaudio.functional.griffinlim(
-            power, self.window, n_fft=cfg.window, hop_length=cfg.hop, win_length=cfg.window, power=2.0,
-            n_iter=self.iterations, momentum=0.99, length=(mel.shape[1] - 1) * cfg.hop, rand_init=False,
-        )  # fmt: skip
+        audio = griffin_lim(power, self.window, cfg.hop, self.iterations, length=(mel.shape[1] - 1) * cfg.hop)
         # Griffin-Lim centres frame t on sample t * hop; our causal frame t is centred on
         # t * hop - (window / 2 - hop). Shift by that much and pad to F * hop samples.
         shift = cfg.window // 2 - cfg.hop
