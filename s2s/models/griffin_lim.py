@@ -5,7 +5,9 @@ host (a device-to-host read) on each of its 33 inversions, and starts from a sca
 host: a streamed chunk waited for the GPU 33 times and could not be captured in a CUDA graph. Here
 the inverse STFT is an inverse real FFT, the window, and an overlap-add (`fold`), divided by the
 window's squared overlap-add computed the same way; the iteration is torchaudio's (phases from
-ones, fast Griffin-Lim momentum, the same STFT), so the audio matches it to float rounding.
+ones, fast Griffin-Lim momentum, the same STFT). In float64 the two agree within 1e-10 of the peak;
+in float32 they round differently (2.5e-6 on a vocoded chunk of model mel), which 32 phase
+normalisations can carry further on a spectrogram no signal has (random noise: up to 2e-2).
 """
 
 from __future__ import annotations
