@@ -49,8 +49,6 @@ from s2s.data.batching import DialogueBatch
 from s2s.data.token_targets import UserState
 from s2s.data.tokens import BOS, EOS, PAD, SPECIALS, speaking_from_tokens
 from s2s.models import config as presets
-from s2s.models import regional_compile
-from s2s.models.cuda_graphs import use_cuda_graphs
 from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from s2s.training.augment import AugmentConfig
 from s2s.training.step_profile import (
@@ -220,10 +218,9 @@ def profile_steps(
     module, optimizer, batch: DialogueBatch, chunks, steps: int, top_kernels: int = 3, op_rows: int = 0
 ) -> tuple[StepBreakdown, str | None]:
     """Run ``steps`` training steps under torch.profiler and sort their GPU time (the
-    ``top_kernels`` longest kernels of each category kept by name). With ``op_rows``, also
-    torch.profiler's table of the host operators whose own kernels take the most device time
-    (input shapes grouped): which eager operator, or which CUDA graph replay (cudaGraphLaunch),
-    launched a kernel, which its name alone does not say."""
+    ``top_kernels`` longest kernels of each category kept by name). With ``op_rows``, also the
+    table of the host operators whose own kernels take the most device time, by input shapes and
+    caller (`host_operator_table`: the Python tracer, ``with_stack``, gives the callers)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     device = batch.user_mel.device
@@ -248,10 +245,11 @@ def host_operator_table(prof, steps: int, rows: int, on_device: bool) -> str:
 
     groups: dict[tuple[str, str, str], list[float]] = {}
     for event in prof.events():
-        if event.device_type != DeviceType.CPU or event.name.startswith(("<built-in", "torch/", STEP_RANGE)):
+        python = event.name.startswith("<built-in") or ".py(" in event.name  # the Python tracer's own
+        if event.device_type != DeviceType.CPU or python or event.name == STEP_RANGE:
             continue
         own = event.self_device_time_total if on_device else event.self_cpu_time_total
-        if own <= 0 or ".py(" in event.name:
+        if own <= 0:
             continue
         key = (event.name, str(event.input_shapes)[:60] if event.input_shapes else "-", operator_owner(event))
         totals = groups.setdefault(key, [0.0, 0])
@@ -325,7 +323,10 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     config = dataclasses.replace(preset_config(args.model), attention_backend=backend)
     torch.manual_seed(0)
     # module v2's SpecAugment (configs/module/v2.yaml: AugmentConfig's defaults); run needs no trainer
-    module = TokenDuplexLightningModule(TokenDuplexModel(config), augment=AugmentConfig()).to(device).train()
+    module = TokenDuplexLightningModule(
+        TokenDuplexModel(config), augment=AugmentConfig(), compile_blocks=compiled, cuda_graphs=graphed
+    )
+    module = module.to(device).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=device.type == "cuda")
     frames = int((batch.frame_lengths // config.mel_per_frame).sum())
     with count_attention_flops() as counted:  # in grad mode, as training runs: no extra compiles
@@ -333,12 +334,7 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     flops = StepFlops(multiplied_parameters(module.model), frames, counted.flops)
     compile_note = None
     if compiled or graphed:
-        if graphed:  # as training does: with +compile, the blocks are compiled inside the graphs
-            use_cuda_graphs(module.model, compiled=compiled)
-        else:
-            regional_compile.compile_blocks(module.model)
-        if compiled:
-            regional_compile.compile_heads(module.model)
+        module.on_fit_start()  # as training sets up: with +graphs, the blocks compiled inside the graphs
         graphs, start = compiled_graphs(), time.perf_counter()
         train_step(module, optimizer, batch, chunks)
         synchronize(device)

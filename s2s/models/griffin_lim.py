@@ -24,15 +24,27 @@ def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
     return summed.reshape(batch, total)
 
 
-def inverse_stft(spectrum: torch.Tensor, window: torch.Tensor, hop: int, length: int) -> torch.Tensor:
+def window_envelope(window: torch.Tensor, hop: int, frames: int) -> torch.Tensor:
+    """(1, n_fft + hop * (frames - 1)): the squared window overlap-added, what an inverse STFT divides by."""
+    return overlap_add((window * window)[None, :, None].expand(1, window.shape[0], frames), hop)
+
+
+def inverse_stft(
+    spectrum: torch.Tensor,
+    window: torch.Tensor,
+    hop: int,
+    length: int,
+    envelope: torch.Tensor | None = None,
+) -> torch.Tensor:
     """torch.istft(center=True) of a onesided (B, n_fft // 2 + 1, F) spectrum, `length` samples,
     without its host-side check: the window must overlap-add to non-zero (a Hann window of n_fft
-    with hop <= n_fft / 2 does)."""
+    with hop <= n_fft / 2 does). `envelope`: `window_envelope` for these F frames, when the
+    caller inverts many spectra of one shape."""
     n_fft = window.shape[0]
     frames = torch.fft.irfft(spectrum, n=n_fft, dim=1) * window[:, None]
     audio = overlap_add(frames, hop)
-    squares = (window * window)[None, :, None].expand(1, n_fft, spectrum.shape[-1])
-    envelope = overlap_add(squares, hop)
+    if envelope is None:
+        envelope = window_envelope(window, hop, spectrum.shape[-1])
     start = n_fft // 2  # center=True: frame f is centred on sample f * hop
     audio = (audio / envelope)[:, start : start + length]
     return functional.pad(audio, (0, length - audio.shape[1]))
@@ -61,12 +73,13 @@ def griffin_lim(
     complex_dtype = torch.complex128 if magnitude.dtype == torch.float64 else torch.complex64
     angles = torch.ones_like(magnitude, dtype=complex_dtype)
     previous = torch.zeros_like(angles)
+    envelope = window_envelope(window, hop, magnitude.shape[-1])  # one for all 33 inversions
     for _ in range(iterations):
-        audio = inverse_stft(magnitude * angles, window, hop, length)
+        audio = inverse_stft(magnitude * angles, window, hop, length, envelope)
         rebuilt = torch.stft(
             audio, n_fft, hop_length=hop, window=window, center=True, pad_mode="reflect", return_complex=True
         )
         angles = rebuilt - previous * momentum
         angles = angles / (angles.abs() + 1e-16)
         previous = rebuilt
-    return inverse_stft(magnitude * angles, window, hop, length)
+    return inverse_stft(magnitude * angles, window, hop, length, envelope)
