@@ -501,13 +501,15 @@ class ChunkAttentionBackwardDkDvSm90:
         operands = (*operands, p_operand, ds_operand, acc_st_shape)
         keys = (tScS, key_base, mLSE, mDelta, stats[None, None, wg], scale_log2, softmax_scale)
         tile = cutlass.Int32(0)  # counts query tiles: with dQ it picks the dS buffer
+        # A query tile needs no mask when each of its rows sees all of the CTA's keys.
+        full_begin, full_end = self.tiles.blocks.query_tiles_seeing_all(
+            mask, key_first, key_last, m_begin, m_end
+        )
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
-                # A query tile needs no mask when each of its rows sees all of the CTA's keys.
-                full = self.tiles.blocks.query_tile_sees_all(mask, m * self.tiles.tile_m, key_first, key_last)
                 query = (m, head, mask, tile % DS_BUFFERS, wg, thread)
-                if full:
+                if m >= full_begin and m < full_end:
                     st_mma, q_consumer, order = self.tile_step(
                         False, st_mma, operands, dq_operands, q_consumer, order, keys, query
                     )
@@ -606,7 +608,8 @@ class ChunkAttentionBackwardDkDvSm90:
         acc_st = cute.make_rmem_tensor(operands[-1], cutlass.Float32)
         acc_dpt = cute.make_rmem_tensor(operands[-1], cutlass.Float32)
         handle = q_consumer.wait_and_advance()
-        order.wait()
+        if cutlass.const_expr(self.tiles.ping_pong):
+            order.wait()
         warpgroup.fence()
         for k in cutlass.range_constexpr(cute.size(tSrK, mode=[2])):
             st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
@@ -617,7 +620,8 @@ class ChunkAttentionBackwardDkDvSm90:
             st_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
             cute.gemm(st_mma, acc_dpt, tSrV[None, None, k], tSrdO[None, None, k, handle.index], acc_dpt)
         warpgroup.commit_group()
-        order.arrive()
+        if cutlass.const_expr(self.tiles.ping_pong):
+            order.arrive()
         return acc_st, acc_dpt, handle
 
     @cute.jit

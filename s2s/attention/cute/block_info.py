@@ -64,13 +64,52 @@ class BlockInfo:
             m_end = m_begin
         return m_begin, m_end
 
-    @cute.jit
-    def query_tile_sees_all(
-        self, mask: ChunkMask, row_first: cutlass.Int32, key_first: cutlass.Int32, key_last: cutlass.Int32
+    def query_tiles_seeing_all(
+        self,
+        mask: ChunkMask,
+        key_first: cutlass.Int32,
+        key_last: cutlass.Int32,
+        m_begin: cutlass.Int32,
+        m_end: cutlass.Int32,
     ):
-        """Whether every row of the query tile at ``row_first`` sees every key in
-        [key_first, key_last]: then the tile needs no mask."""
-        row_last = cutlass.min(row_first + self.tile_m, mask.seqlen.seqlen_q) - 1
-        lo_last, _ = mask.key_bounds(row_last)
-        _, hi_first = mask.key_bounds(row_first)
-        return lo_last <= key_first and hi_first > key_last
+        """The query tiles of [m_begin, m_end) every row of which sees every key of [key_first,
+        key_last] (they need no mask), as one run [begin, end): computed once per CTA, not as two
+        chunk divisions at the start of every tile (a serial chain of ~80 scalar instructions
+        before each tile's GEMMs could issue)."""
+        s = mask.seqlen
+        return full_query_tiles(
+            self.tile_m,
+            (s.seqlen_q, s.seqlen_k, s.chunk_q, s.chunk_k, s.q_offset, s.k_offset),
+            mask.left_chunks,
+            (key_first, key_last),
+            (m_begin, m_end),
+        )
+
+
+def full_query_tiles(tile_m: int, sequence: tuple, left_chunks, keys: tuple, tiles: tuple):
+    """Query tiles of ``tiles`` = [m_begin, m_end) whose every row sees every key of
+    ``keys`` = [key_first, key_last] under the chunk rule of ``sequence`` = (seqlen_q,
+    seqlen_k, chunk_q, chunk_k, q_offset, k_offset) and ``left_chunks`` (-1: unlimited): a run
+    [begin, end), since both ends of a row's visible keys never decrease with the row. A tile
+    needs its first row to see key_last (its chunk at least key_last's chunk) and, with a
+    history limit, its last row to still see key_first. Branch-free integer arithmetic on
+    non-negative values, so the same function runs on Python ints (tests) and in the kernels.
+    """
+    seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
+    key_first, key_last = keys
+    m_begin, m_end = tiles
+    # Rows r >= first_row see key_last: (r + q_offset) // chunk_q >= key_last's chunk.
+    last_key_chunk = (key_last + k_offset) // chunk_k
+    first_row = cutlass.max(last_key_chunk * chunk_q - q_offset, 0)
+    begin = (first_row + tile_m - 1) // tile_m
+    # Rows r < end_row still see key_first: their chunk is at most key_first's + left_chunks.
+    limit_chunk = (key_first + k_offset) // chunk_k + left_chunks
+    end_row = cutlass.max((limit_chunk + 1) * chunk_q - q_offset, 0)
+    end = end_row // tile_m  # tiles whose rows all lie below end_row
+    unlimited = cutlass.min(cutlass.max(-left_chunks, 0), 1)  # 1 when left_chunks < 0
+    covers_sequence = cutlass.min(cutlass.max(end_row - seqlen_q + 1, 0), 1)  # 1: the last tile too
+    end = cutlass.max(end, cutlass.max(unlimited, covers_sequence) * m_end)
+    keys_exist = cutlass.min(cutlass.max(seqlen_k - key_last, 0), 1)  # 0: key_last is past the keys
+    end = cutlass.min(end, keys_exist * m_end)
+    begin = cutlass.min(cutlass.max(begin, m_begin), m_end)
+    return begin, cutlass.min(cutlass.max(end, begin), m_end)
