@@ -93,18 +93,22 @@ def full_query_tiles(tile_m: int, sequence: tuple, left_chunks, keys: tuple, til
     [begin, end), since both ends of a row's visible keys never decrease with the row. A tile
     needs its first row to see key_last (its chunk at least key_last's chunk) and, with a
     history limit, its last row to still see key_first. Branch-free integer arithmetic on
-    non-negative values, so the same function runs on Python ints (tests) and in the kernels.
+    non-negative values, so the same function runs on Python ints (tests) and in the kernels;
+    chunk indices are capped one past the sequence's last query chunk before they are multiplied,
+    so every intermediate fits in int32 while positions (length + offset) stay below 2^30.
     """
     seqlen_q, seqlen_k, chunk_q, chunk_k, q_offset, k_offset = sequence
     key_first, key_last = keys
     m_begin, m_end = tiles
+    past_last_chunk = (seqlen_q + q_offset) // chunk_q + 1  # no query row is in this chunk or later
     # Rows r >= first_row see key_last: (r + q_offset) // chunk_q >= key_last's chunk.
-    last_key_chunk = (key_last + k_offset) // chunk_k
+    last_key_chunk = cutlass.min((key_last + k_offset) // chunk_k, past_last_chunk)
     first_row = cutlass.max(last_key_chunk * chunk_q - q_offset, 0)
     begin = (first_row + tile_m - 1) // tile_m
     # Rows r < end_row still see key_first: their chunk is at most key_first's + left_chunks.
-    limit_chunk = (key_first + k_offset) // chunk_k + left_chunks
-    end_row = cutlass.max((limit_chunk + 1) * chunk_q - q_offset, 0)
+    key_chunk = cutlass.min((key_first + k_offset) // chunk_k, past_last_chunk)
+    limit_chunk = cutlass.min(key_chunk + cutlass.min(left_chunks, past_last_chunk) + 1, past_last_chunk)
+    end_row = cutlass.max(limit_chunk * chunk_q - q_offset, 0)
     end = end_row // tile_m  # tiles whose rows all lie below end_row
     unlimited = cutlass.min(cutlass.max(-left_chunks, 0), 1)  # 1 when left_chunks < 0
     covers_sequence = cutlass.min(cutlass.max(end_row - seqlen_q + 1, 0), 1)  # 1: the last tile too
