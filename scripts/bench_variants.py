@@ -12,6 +12,9 @@ share one.
 
     python scripts/bench_variants.py --variant HEAD~1 --variant . --rounds 3 -- \\
         scripts/bench_attention.py --backward --dims 128 --seqlens 16384 --chunks 128 --backends cute
+
+Where the repository's history is not at hand (a copy of the working tree on another machine),
+export the revisions first and pass folders: ``git archive REV s2s scripts | tar -x -C DIR``.
 """
 
 from __future__ import annotations
