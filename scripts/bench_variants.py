@@ -64,17 +64,25 @@ def materialize(spec: str, workdir: Path, repo: Path = REPO) -> Variant:
     return Variant(spec, root)
 
 
-def run_once(variant: Variant, script: str, args: list[str], out: Path) -> list[dict]:
+def run_once(
+    variant: Variant, script: str, args: list[str], out: Path, timeout: float | None = None
+) -> list[dict]:
     """The benchmark's rows from one process of ``variant`` (its ``s2s`` first on the path)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(variant.root), env.get("PYTHONPATH")) if p)
     own_script = variant.root / script
     command = [sys.executable, str(own_script if own_script.exists() else script), *args, "--json", str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    out.unlink(missing_ok=True)  # never read a previous run's rows
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        raise RuntimeError(f"{variant.label}: {' '.join(command)} ran past {timeout:g} s") from expired
     if done.returncode != 0:
         raise RuntimeError(
             f"{variant.label}: {' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
+    if not out.exists():
+        raise RuntimeError(f"{variant.label}: {' '.join(command)} wrote no rows to --json {out}")
     return json.loads(out.read_text())["rows"]
 
 
@@ -133,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--variant", action="append", required=True, help="'.', a folder or a git revision")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, help="seconds one benchmark process may run")
     parser.add_argument(
         "--metric", action="append", help=f"numeric fields to compare (default: *{METRIC_SUFFIX})"
     )
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):
             by_variant = {}
             for v in variants:
-                by_variant[v.label] = run_once(v, bench[0], bench[1:], Path(tmp) / "rows.json")
+                by_variant[v.label] = run_once(v, bench[0], bench[1:], Path(tmp) / "rows.json", args.timeout)
                 print(f"round {r + 1}/{args.rounds}: {v.label} done", flush=True)
             rounds.append(by_variant)
     print(f"\n{args.rounds} interleaved rounds of: {' '.join(bench)}")

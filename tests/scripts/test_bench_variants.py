@@ -84,3 +84,14 @@ def test_a_failing_benchmark_names_the_variant(variants, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RuntimeError, match=r"(?s)a: .*failed.*boom"):
         variants.main(["--variant", str(tree), "--rounds", "1", "--", "scripts/fake_bench.py"])
+
+
+def test_a_run_past_its_timeout_or_without_rows_is_an_error(variants, tmp_path, monkeypatch):
+    tree = make_tree(tmp_path / "a", "a", 1.0)
+    monkeypatch.chdir(tmp_path)
+    (tree / "scripts" / "fake_bench.py").write_text("import time\ntime.sleep(30)\n")
+    with pytest.raises(RuntimeError, match=r"a: .* ran past 1 s"):
+        variants.main(["--variant", str(tree), "--timeout", "1", "--", "scripts/fake_bench.py"])
+    (tree / "scripts" / "fake_bench.py").write_text("print('no json written')\n")
+    with pytest.raises(RuntimeError, match="wrote no rows to --json"):
+        variants.main(["--variant", str(tree), "--", "scripts/fake_bench.py"])
