@@ -39,8 +39,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -474,6 +476,9 @@ def main() -> None:
         "graph replay launched the kernels",
     )
     parser.add_argument("--no-gemm", action="store_true", help="skip timing the reference bf16 GEMM")
+    parser.add_argument(
+        "--json", type=Path, help="also write one row per backend here (step ms, model TFLOP/s, MFU)"
+    )
     args = parser.parse_args()
     if args.top_kernels < 1:
         raise SystemExit(f"--top-kernels must be at least 1, got {args.top_kernels}")
@@ -525,6 +530,26 @@ def main() -> None:
     print_mfu_table(runs, peak, peak_source, gemm)
     if args.profile_steps > 0:
         print_breakdowns(runs, args.profile_steps)
+    if args.json:
+        rows = [json_row(run, args, peak) for run in runs]
+        args.json.write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+
+
+def json_row(run: BackendRun, args, peak: float | None) -> dict:
+    """One backend's figures for --json (what scripts/bench_variants.py compares): the batch that
+    names the row, and the step's time, model FLOP rate and MFU."""
+    rate = achieved_tflops(run.flops.total, run.seconds_per_step)
+    return {
+        "backend": run.backend,
+        "model": args.model,
+        "dialogues": args.dialogues,
+        "seconds": args.seconds,
+        "frames": run.flops.frames,
+        "step_ms": 1000 * run.seconds_per_step,
+        "frames_per_second": run.frames_per_second,
+        "model_tflops": rate,
+        "mfu": mfu(run.flops.total, run.seconds_per_step, peak) if peak else None,
+    }
 
 
 if __name__ == "__main__":

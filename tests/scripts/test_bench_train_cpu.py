@@ -3,6 +3,7 @@ count against a hand count of the batch's masks and parameters, and the smoke ru
 (throughput, MFU and breakdown tables)."""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -88,12 +89,19 @@ def test_run_backend_counts_the_batch_masks(bench):
 
 
 @pytest.mark.slow
-def test_cpu_smoke_run_prints_every_table(bench, monkeypatch, capsys):
+def test_cpu_smoke_run_prints_every_table(bench, monkeypatch, capsys, tmp_path):
     argv = "--device cpu --model tiny --backends sdpa --dialogues 2 --seconds 1 --warmup 1 --steps 1"
-    argv += " --profile-steps 1 --op-table 4"
+    argv += f" --profile-steps 1 --op-table 4 --json {tmp_path / 'rows.json'}"
     monkeypatch.setattr(sys, "argv", ["bench_train.py", *argv.split()])
     bench.main()
     out = capsys.readouterr().out
+    # --json: one row per backend, the figures the tables print (what bench_variants compares)
+    (row,) = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert (row["backend"], row["model"], row["dialogues"]) == ("sdpa", "tiny", 2)
+    step_ms = float(out.split("TFLOP per step in ")[1].split(" ms)")[0])
+    assert row["step_ms"] == pytest.approx(step_ms, abs=0.05), (row, step_ms)
+    assert row["model_tflops"] > 0 and row["mfu"] is None  # no datasheet peak for a CPU
+    assert row["frames_per_second"] == pytest.approx(row["frames"] / (row["step_ms"] / 1000))
     assert "sdpa: " in out and " model frames/s" in out
     assert "| backend | model frames/s | vs flex |" in out
     assert "peak unknown: pass --peak-tflops" in out  # no datasheet peak for a CPU
