@@ -27,6 +27,7 @@ import os
 
 import torch
 
+from s2s.attention.cute.chunk_limits import kernel_left_chunks
 from s2s.attention.cute.launch import compile_kernel, specialization_name
 from s2s.attention.problem import AttentionProblem
 
@@ -178,7 +179,7 @@ def backward(
     if problem.rows_k < k.shape[0]:  # keys outside every sequence: no kernel writes them
         dk[problem.rows_k :] = 0
         dv[problem.rows_k :] = 0
-    left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
+    left = kernel_left_chunks(problem)
     inputs = {"q": q, "k": k, "v": v, "do": grad_out, "lse": lse, "delta": delta}
     key_tiles = backward_tiles(problem.head_dim, "dkdv")
     k_tiles = max(1, -(-problem.max_seqlen_k // key_tiles.tile_n))

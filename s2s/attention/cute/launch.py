@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from s2s.attention.cute.chunk_limits import check_chunk_arithmetic, kernel_left_chunks
 from s2s.attention.problem import AttentionProblem
 
 SUPPORTED_HEAD_DIMS = (64, 128)
@@ -49,6 +50,7 @@ def sequence_table(problem: AttentionProblem) -> torch.Tensor:
         value = getattr(problem.spec, name if name != "chunk_k" else "effective_chunk_k")
         if isinstance(value, int) and value >= 2**31:
             raise ValueError(f"ChunkSpec.{name} = {value} does not fit in int32 for the CuTe kernel")
+    check_chunk_arithmetic(problem)
     if problem.is_varlen:
         q_start = problem.cu_seqlens_q[:-1]
         k_start = problem.cu_seqlens_k[:-1]
@@ -207,7 +209,7 @@ def prepare(
     tiles = tiles or default_tiles(problem.head_dim, problem.max_seqlen_q)
     tile_m = tiles.tile_m
     q_tiles = max(1, -(-problem.max_seqlen_q // tile_m))
-    left = -1 if problem.chunks.left_chunks is None else problem.chunks.left_chunks
+    left = kernel_left_chunks(problem)
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     sizes = attention_sizes(q, k, table, q_tiles, left, problem.softmax_scale)
     arguments = FORWARD.arguments({"q": q, "k": k, "v": v, "o": out, "lse": lse, **sizes}, stream)
