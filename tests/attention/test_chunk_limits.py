@@ -19,8 +19,7 @@ pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed (pip 
 
 from s2s.attention.cute import chunk_limits
 from s2s.attention.cute.launch import sequence_table
-
-INT32 = 2**31
+from tests.attention.test_block_info import Int32  # int32-checked arithmetic
 
 
 def problem_of(spec: ChunkSpec, batch: int, seqlen_q: int, seqlen_k: int):
@@ -87,24 +86,6 @@ def test_a_mixed_batch_is_judged_per_sequence_not_by_its_extremes():
     assert chunk_limits.chunk_arithmetic_overflow(
         5000, 5000, HostChunks((1,), (2**20,), (0,), (0,), None), -1
     )
-
-
-class Int32(int):
-    """An int whose arithmetic fails past int32, as the kernels' values would wrap."""
-
-    def _checked(self, value: int) -> Int32:
-        if not -INT32 <= value < INT32:
-            raise OverflowError(f"int32 overflow: {value}")
-        return Int32(value)
-
-
-for _name in ("add", "sub", "mul", "floordiv"):
-
-    def _binary(op):
-        return lambda self, other: self._checked(op(int(self), int(other)))
-
-    setattr(Int32, f"__{_name}__", _binary(getattr(int, f"__{_name}__")))
-    setattr(Int32, f"__r{_name}__", _binary(getattr(int, f"__r{_name}__")))
 
 
 def kernel_expressions(sequence, left_chunks, row, key):
