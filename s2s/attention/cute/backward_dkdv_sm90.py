@@ -59,6 +59,7 @@ from s2s.attention.cute.named_barrier import (
 from s2s.attention.cute.pipeline import WARPS_PER_WARPGROUP, loaded_once, tma_pipeline, warpgroup_order
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import LOG2_E
+from s2s.attention.cute.swizzled_store import HoistedSwizzledStore
 from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
 from s2s.attention.cute.views import rows_view, stats_view, table_view
 
@@ -483,8 +484,10 @@ class ChunkAttentionBackwardDkDvSm90:
             )
             acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((dq_rows, dq_cols)))
             dq_mma.set(warpgroup.Field.ACCUMULATE, True)  # acc_dq is zeroed per tile instead
-            tDsdQ = dq_thr.partition_C(sdQ[None, None, wg])
-            dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, tDsdQ, ds_store)
+            dq_staging = dq_thr.partition_C(sdQ[None, None, wg])
+            if cutlass.const_expr(self.tiles.hoisted_dq_staging):
+                dq_staging = HoistedSwizzledStore(dq_staging, acc_dq.layout)
+            dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, dq_staging, ds_store)
 
         key_base = n_tile * self.tiles.tile_n + wg * self.tiles.keys_per_warpgroup
         scale_log2 = softmax_scale * LOG2_E
@@ -701,9 +704,12 @@ class ChunkAttentionBackwardDkDvSm90:
     def stage_dq(self, dq_operands: tuple, wg: cutlass.Int32):
         """The finished dQ slice to shared memory for the dQ warp, once it has sent the previous
         one off."""
-        _, _, _, _, acc_dq, tDsdQ, _ = dq_operands
+        _, _, _, _, acc_dq, dq_staging, _ = dq_operands
         DqHandshake.wait(NamedBarrier.DQ_EMPTY_WG, wg)
-        cute.autovec_copy(acc_dq, tDsdQ)
+        if cutlass.const_expr(self.tiles.hoisted_dq_staging):
+            dq_staging(acc_dq)
+        else:
+            cute.autovec_copy(acc_dq, dq_staging)
         cute.arch.fence_view_async_shared()
         DqHandshake.arrive(NamedBarrier.DQ_FULL_WG, wg)
 

@@ -106,6 +106,15 @@ class KeyTiles(_WarpRoles):
         return self.tile_m >= WARPGROUP_ROWS * self.consumer_warpgroups
 
     @property
+    def hoisted_dq_staging(self) -> bool:
+        """With dQ: the slice goes to its swizzled staging buffer through 4 base addresses made
+        once (``HoistedSwizzledStore``) instead of 16 swizzled per tile. Where the slice is staged
+        after every GEMM of the tile (not ``split_commits``) that address math is on the critical
+        path: +1-4% at d64. The split order stages while dK's GEMM runs, where it is hidden, and
+        the 4 bases (rematerialised by ptxas among the exponentials) lost 1-3% at d128."""
+        return not self.split_commits
+
+    @property
     def dq_slice(self) -> tuple[int, int]:
         """(rows, columns) of the dQ slice one warpgroup computes and stages per query tile."""
         if self.dq_by_rows:
