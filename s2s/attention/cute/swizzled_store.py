@@ -7,8 +7,9 @@ them rather than hold 16 registers), about 64 integer instructions a tile. But a
 ``Sw<B, M, S>`` reads only address bits [M + S, M + S + B): adding a multiple of
 ``2^(M + S + B)`` bytes (the swizzle's span, 1024 bytes for the 128-byte swizzle) commutes with
 it. So the elements split into a few groups by their offset modulo the span; each group needs
-one swizzled base address, computed once, and its elements are that base plus a constant (an
-immediate of the store instruction).
+one swizzled base address and its elements are that base plus a constant (an immediate of the
+store instruction). The bases are made outside the loop; under register pressure ptxas still
+rematerialises them each tile, but 4 bases cost ~20 instructions where 16 addresses cost ~64.
 """
 
 from __future__ import annotations
@@ -92,10 +93,15 @@ def static_offsets(layout: cute.Layout) -> list[int]:
 class HoistedSwizzledStore:
     """Stores a thread's registers ``src`` to its partition ``dst`` of a pointer-swizzled shared
     tile with one swizzled base address per group (``plan_stores``), made where it is built
-    (outside the loop), so each store inside the loop is a base register plus an immediate."""
+    (outside the loop), so each store is a base register plus an immediate."""
 
     def __init__(self, dst: cute.Tensor, src_layout: cute.Layout, vector: int = 2):
         element_bytes = dst.element_type.width // 8
+        if dst.iterator.alignment < vector * element_bytes:
+            raise ValueError(
+                f"the destination pointer is aligned to {dst.iterator.alignment} bytes, less than a "
+                f"vector of {vector} x {element_bytes} bytes: pass a smaller vector"
+            )
         swizzle = SwizzleBits.of_pointer(dst.iterator)
         self.plan = plan_stores(
             static_offsets(dst.layout), static_offsets(src_layout), element_bytes, swizzle.span_bytes, vector
