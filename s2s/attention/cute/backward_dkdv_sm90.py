@@ -67,6 +67,14 @@ DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still 
 ROW_STATISTICS = 4  # KeyTiles.row_statistics: LSE * log2(e), delta * scale, first and past-last visible key
 
 
+def column_pair(statistics: cute.Tensor, column, value: int):
+    """Statistic ``value`` of queries ``column`` and ``column + 1`` (``column`` even, rows
+    contiguous per statistic) as one 8-byte shared-memory load."""
+    address = (statistics.iterator + statistics.layout((column, value))).toint()
+    pointer = cute.make_ptr(statistics.element_type, address, cute.AddressSpace.smem, assumed_align=8)
+    return cute.make_tensor(pointer, cute.make_layout(2)).load()
+
+
 class ChunkAttentionBackwardDkDvSm90:
     """Keys stay, query tiles stream (``KeyTiles``): four GEMMs per query tile, five
     ``with_dq``."""
@@ -190,7 +198,10 @@ class ChunkAttentionBackwardDkDvSm90:
             ]
             mmas = (st_mma, grad_mma, dq_mma)
             layouts = (sK_layout, sQ_layout, sdS_layout, sdQ_layout)
-        fields["stats"] = cute.struct.MemRange[cutlass.Float32, cute.cosize(self.statistics_layout())]
+        stats_range = cute.struct.MemRange[cutlass.Float32, cute.cosize(self.statistics_layout())]
+        if cutlass.const_expr(self.tiles.split_commits):  # 8-byte pairs of columns (row_columns)
+            stats_range = cute.struct.Align[stats_range, 16]
+        fields["stats"] = stats_range
         self.shared_storage = cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
 
         self.keys_kernel(
@@ -719,9 +730,12 @@ class ChunkAttentionBackwardDkDvSm90:
         per query (one 16-byte load): the pair, then the row's visible keys [lo, hi) relative to
         the warpgroup's first key (masked tiles only)."""
         values = ROW_STATISTICS if self.tiles.row_statistics else 2
+        # The split order reads each statistic for two adjacent columns (queries) at once: rows
+        # contiguous per statistic, so the pair is one 8-byte load.
+        row_stride, value_stride = (1, self.tiles.tile_m) if self.tiles.split_commits else (values, 1)
         return cute.make_layout(
             (self.tiles.tile_m, values, self.tiles.consumer_warpgroups),
-            stride=(values, 1, values * self.tiles.tile_m),
+            stride=(row_stride, value_stride, values * self.tiles.tile_m),
         )
 
     @cute.jit
@@ -805,17 +819,36 @@ class ChunkAttentionBackwardDkDvSm90:
         bounds = cute.make_tensor(cute.recast_ptr(stats.iterator, dtype=cutlass.Int32), stats.layout)
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
+        pairs = cutlass.const_expr(self.tiles.split_commits)
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
-            if cutlass.const_expr(probabilities):
-                lse_log2 = stats[column, 0]
-            if cutlass.const_expr(ds):
-                delta_scaled = stats[column, 1]
             lo = cutlass.Int32(0)
             hi = cutlass.Int32(0)
-            if cutlass.const_expr(masked and probabilities):
-                lo = bounds[column, 2]
-                hi = bounds[column, 3]
+            if cutlass.const_expr(pairs):
+                # Columns c and c + 1 of a thread are adjacent queries, the first even.
+                if cutlass.const_expr(c % 2 == 0):
+                    if cutlass.const_expr(probabilities):
+                        lse_pair = column_pair(stats, column, 0)
+                    if cutlass.const_expr(ds):
+                        delta_pair = column_pair(stats, column, 1)
+                    if cutlass.const_expr(masked and probabilities):
+                        lo_pair = column_pair(bounds, column, 2)
+                        hi_pair = column_pair(bounds, column, 3)
+                if cutlass.const_expr(probabilities):
+                    lse_log2 = lse_pair[c % 2]
+                if cutlass.const_expr(ds):
+                    delta_scaled = delta_pair[c % 2]
+                if cutlass.const_expr(masked and probabilities):
+                    lo = lo_pair[c % 2]
+                    hi = hi_pair[c % 2]
+            else:
+                if cutlass.const_expr(probabilities):
+                    lse_log2 = stats[column, 0]
+                if cutlass.const_expr(ds):
+                    delta_scaled = stats[column, 1]
+                if cutlass.const_expr(masked and probabilities):
+                    lo = bounds[column, 2]
+                    hi = bounds[column, 3]
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
                 if cutlass.const_expr(probabilities):
                     p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
