@@ -725,13 +725,13 @@ class ChunkAttentionBackwardDkDvSm90:
         DqHandshake.arrive(NamedBarrier.DQ_FULL_WG, wg)
 
     def statistics_layout(self):
-        """Per warpgroup, the current query tile's (LSE * log2(e), delta) pairs, interleaved so a
-        column's two values are one 8-byte shared-memory load. With 128-row tiles, four values
-        per query (one 16-byte load): the pair, then the row's visible keys [lo, hi) relative to
-        the warpgroup's first key (masked tiles only)."""
+        """Per warpgroup, the current query tile's LSE * log2(e) and delta, and with
+        ``row_statistics`` (in masked tiles) the row's visible keys [lo, hi) relative to the
+        warpgroup's first key. 64-row tiles without the split order: a row's two values
+        interleaved (one 8-byte load per column); 128-row tiles: a row's four values together
+        (one 16-byte load); the split order: rows contiguous per statistic, so a thread's two
+        adjacent columns read each statistic in one 8-byte load (``column_pair``)."""
         values = ROW_STATISTICS if self.tiles.row_statistics else 2
-        # The split order reads each statistic for two adjacent columns (queries) at once: rows
-        # contiguous per statistic, so the pair is one 8-byte load.
         row_stride, value_stride = (1, self.tiles.tile_m) if self.tiles.split_commits else (values, 1)
         return cute.make_layout(
             (self.tiles.tile_m, values, self.tiles.consumer_warpgroups),
@@ -820,6 +820,9 @@ class ChunkAttentionBackwardDkDvSm90:
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
         pairs = cutlass.const_expr(self.tiles.split_commits)
+        if cutlass.const_expr(pairs):
+            # A WGMMA accumulator holds each row's values in pairs of adjacent columns.
+            assert cute.size(st, mode=[1]) % 2 == 0 and acc_st.layout.shape[0][0] == 2, acc_st.layout
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
             lo = cutlass.Int32(0)
