@@ -67,6 +67,16 @@ DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still 
 ROW_STATISTICS = 4  # KeyTiles.row_statistics: LSE * log2(e), delta * scale, first and past-last visible key
 
 
+def transposed_scores_mma(dtype, tiles: KeyTiles) -> cute.TiledMma:
+    """The WGMMA of S^T = K Q^T and dP^T = V dO^T: a warpgroup's (keys, queries) tile, K = the
+    head dim, both operands K-major. Its accumulator's columns are the queries whose statistics
+    ``row_columns`` reads (in adjacent pairs in the split order: ``column_pair``)."""
+    k_major = cute.nvgpu.OperandMajorMode.K
+    return sm90_utils.make_trivial_tiled_mma(
+        dtype, dtype, k_major, k_major, cutlass.Float32, (1, 1, 1), (tiles.keys_per_warpgroup, tiles.tile_m)
+    )
+
+
 def column_pair(statistics: cute.Tensor, column, value: int):
     """Statistic ``value`` of queries ``column`` and ``column + 1`` (``column`` even, rows
     contiguous per statistic) as one 8-byte shared-memory load."""
@@ -134,9 +144,7 @@ class ChunkAttentionBackwardDkDvSm90:
         ds_shape = (self.tiles.tile_m, dq_cols, self.tiles.tile_n)  # dS of the whole tile: (queries, keys)
         k_major = cute.nvgpu.OperandMajorMode.K
         mn_major = cute.nvgpu.OperandMajorMode.MN
-        st_mma = sm90_utils.make_trivial_tiled_mma(
-            self.dtype, self.dtype, k_major, k_major, cutlass.Float32, (1, 1, 1), st_shape[:2]
-        )
+        st_mma = transposed_scores_mma(self.dtype, self.tiles)
         grad_mma = sm90_utils.make_trivial_tiled_mma(
             self.dtype,
             self.dtype,
