@@ -831,35 +831,25 @@ class ChunkAttentionBackwardDkDvSm90:
         if cutlass.const_expr(pairs):
             # A WGMMA accumulator holds each row's values in pairs of adjacent columns.
             assert cute.size(st, mode=[1]) % 2 == 0 and acc_st.layout.shape[0][0] == 2, acc_st.layout
+        # The statistics this pass reads, by value index: LSE, delta, first and past-last key.
+        wanted = {}
+        if cutlass.const_expr(probabilities):
+            wanted[0] = stats
+        if cutlass.const_expr(ds):
+            wanted[1] = stats
+        if cutlass.const_expr(masked and probabilities):
+            wanted[2] = bounds
+            wanted[3] = bounds
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
-            lo = cutlass.Int32(0)
-            hi = cutlass.Int32(0)
-            if cutlass.const_expr(pairs):
-                # Columns c and c + 1 of a thread are adjacent queries, the first even.
-                if cutlass.const_expr(c % 2 == 0):
-                    if cutlass.const_expr(probabilities):
-                        lse_pair = column_pair(stats, column, 0)
-                    if cutlass.const_expr(ds):
-                        delta_pair = column_pair(stats, column, 1)
-                    if cutlass.const_expr(masked and probabilities):
-                        lo_pair = column_pair(bounds, column, 2)
-                        hi_pair = column_pair(bounds, column, 3)
-                if cutlass.const_expr(probabilities):
-                    lse_log2 = lse_pair[c % 2]
-                if cutlass.const_expr(ds):
-                    delta_scaled = delta_pair[c % 2]
-                if cutlass.const_expr(masked and probabilities):
-                    lo = lo_pair[c % 2]
-                    hi = hi_pair[c % 2]
+            if cutlass.const_expr(not pairs):
+                read = {v: t[column, v] for v, t in wanted.items()}
             else:
-                if cutlass.const_expr(probabilities):
-                    lse_log2 = stats[column, 0]
-                if cutlass.const_expr(ds):
-                    delta_scaled = stats[column, 1]
-                if cutlass.const_expr(masked and probabilities):
-                    lo = bounds[column, 2]
-                    hi = bounds[column, 3]
+                if cutlass.const_expr(c % 2 == 0):  # columns c, c + 1: adjacent queries, the first even
+                    loaded = {v: column_pair(t, column, v) for v, t in wanted.items()}
+                read = {v: pair[c % 2] for v, pair in loaded.items()}
+            lse_log2, delta_scaled = read.get(0), read.get(1)
+            lo, hi = read.get(2, cutlass.Int32(0)), read.get(3, cutlass.Int32(0))
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
                 if cutlass.const_expr(probabilities):
                     p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)

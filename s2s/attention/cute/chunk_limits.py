@@ -45,13 +45,15 @@ def limit_masks_nothing(left_chunks: int, max_rows: int, chunks: HostChunks) -> 
     return all(left_chunks >= chunk_count(max_rows, cq, qoff) for cq, qoff in pairs)
 
 
-def kernel_left_chunks(problem: AttentionProblem) -> int:
+def kernel_left_chunks(problem: AttentionProblem, chunks: HostChunks | None = None) -> int:
     """``left_chunks`` as the kernels take it: -1 for unlimited history, also for a limit that
-    masks nothing (``limit_masks_nothing``), else the limit."""
+    masks nothing (``limit_masks_nothing``), else the limit. ``chunks``: the call's host values
+    when the caller has them already (else read here)."""
     left = problem.chunks.left_chunks
     if left is None:
         return -1
-    chunks = host_chunks(problem)
+    if chunks is None:
+        chunks = host_chunks(problem)
     if chunks is not None and limit_masks_nothing(left, problem.max_seqlen_q, chunks):
         return -1
     return left
@@ -110,7 +112,7 @@ def check_chunk_arithmetic(problem: AttentionProblem) -> None:
     if chunks is None:
         return
     reason = chunk_arithmetic_overflow(
-        problem.max_seqlen_q, problem.max_seqlen_k, chunks, kernel_left_chunks(problem)
+        problem.max_seqlen_q, problem.max_seqlen_k, chunks, kernel_left_chunks(problem, chunks)
     )
     if reason:
         raise ValueError(
