@@ -454,13 +454,13 @@ def test_cute_kernel_keeps_nan_storage_out(rule, generator):
 
 @pytest.mark.gpu
 @needs_hopper
-@pytest.mark.parametrize("warpgroups", [2, 3], ids=["wg2", "wg3"])
+@pytest.mark.parametrize("warpgroups", [1, 2, 3], ids=["wg1", "wg2", "wg3"])
 @pytest.mark.parametrize("seqlen_q", [1, 4, 16])
 @pytest.mark.parametrize("capacity", [200, 300])
 def test_cute_decode_step_on_nan_caches_matches_the_oracle(capacity, seqlen_q, warpgroups, generator):
     """A streaming decode step (chunk 4, 1 to 16 query rows, GQA 12:4, head dim 64, bf16) on
     caches whose capacity is no multiple of 128, every unused row NaN, used lengths across the
-    tile edges: the kernel (both tile shapes) into NaN-filled buffers against the float64
+    tile edges: the kernel (every tile shape) into NaN-filled buffers against the float64
     oracle, and the public call (backend="cute") gives the shipped kernel's bits."""
     pytest.importorskip("cutlass", reason="nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')")
     used = [capacity, 0, 1, 127, 128, 129, capacity - 1, randint(generator, 1, capacity)]
@@ -469,7 +469,7 @@ def test_cute_decode_step_on_nan_caches_matches_the_oracle(capacity, seqlen_q, w
         capacity=capacity, used=used,
     )  # fmt: skip
     got, got_lse = check_cute(case, warpgroups)
-    if warpgroups == 2:  # the shipped shape for these few rows
+    if warpgroups == 1:  # the shipped shape for these few rows at head dim 64
         public, lse = case.attend("cute", return_lse=True)
         assert torch.equal(public, got), f"chunk_attention(backend='cute') differs from the kernel: {case}"
         assert torch.equal(lse, got_lse), f"chunk_attention(backend='cute') LSE differs: {case}"

@@ -154,7 +154,10 @@ class ChunkAttentionForwardSm90:
             grid=[grid_tiles, heads_q, batch],
             block=[self.tiles.threads, 1, 1],
             stream=stream,
-            min_blocks_per_mp=1,
+            min_blocks_per_mp=self.tiles.ctas_per_sm,
+            # all 228 KB of an SM's shared memory, for every resident CTA (said here, the DSL
+            # would otherwise ask the GPU, which a CPU-only build has not)
+            preferred_smem_carveout=100 if self.tiles.ctas_per_sm > 1 else None,
         )
 
     @cute.kernel
@@ -450,7 +453,8 @@ class ChunkAttentionForwardSm90:
         if cutlass.const_expr(not first):
             v_handle = kv_consumer.wait_and_advance()  # V of tile n - 1 (the ring holds K, V, K, V, ...)
         k_handle = kv_consumer.wait_and_advance()  # K of tile n
-        order.wait()
+        if cutlass.const_expr(self.tiles.consumer_warpgroups > 1):
+            order.wait()
         warpgroup.fence()
         for k in cutlass.range_constexpr(cute.size(tSrQ, mode=[2])):
             qk_mma.set(warpgroup.Field.ACCUMULATE, k != 0)
@@ -460,7 +464,8 @@ class ChunkAttentionForwardSm90:
             for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
                 cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
             warpgroup.commit_group()
-        order.arrive()
+        if cutlass.const_expr(self.tiles.consumer_warpgroups > 1):
+            order.arrive()
         if cutlass.const_expr(first):
             warpgroup.wait_group(0)
         else:

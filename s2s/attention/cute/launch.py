@@ -122,8 +122,11 @@ def specialization_name(kind: str, dtype: torch.dtype, tiles) -> str:
     return f"{kind}_sm90_{str(dtype).removeprefix('torch.')}_{tiles.label}"
 
 
-# Sequences at least this long use 192-row tiles at head dim 64 (3 consumer warpgroups): more
-# softmax in flight per tensor-core op; shorter ones keep 128 rows (less padding, more CTAs).
+# At head dim 64, sequences at least this long use 192-row tiles (3 consumer warpgroups): more
+# softmax in flight per tensor-core op. Shorter ones use 64-row tiles, one consumer warpgroup a CTA
+# and two CTAs an SM, so one CTA's start and epilogue overlap the other's GEMMs (a CTA there walks
+# only a few key tiles): +4.5-9% at S = 1k on an H100, docs/benchmarks.md (stop 48). At head dim
+# 128 two warpgroups (128 rows) stay faster at every length.
 LONG_SEQUENCE_ROWS = 2048
 
 
@@ -131,7 +134,9 @@ def default_tiles(head_dim: int, max_seqlen_q: int = 0):
     """The tile shape we ship for a call (chosen with scripts/tune_cute_forward.py on an H100)."""
     from s2s.attention.cute.tiles import ForwardTiles
 
-    groups = 3 if head_dim == 64 and max_seqlen_q >= LONG_SEQUENCE_ROWS else 2
+    groups = 2
+    if head_dim == 64:
+        groups = 3 if max_seqlen_q >= LONG_SEQUENCE_ROWS else 1
     return ForwardTiles(head_dim=head_dim, consumer_warpgroups=groups, kv_stages=4)
 
 

@@ -25,8 +25,15 @@ class _WarpRoles:
 
     @property
     def consumer_registers(self) -> int:
-        """Per-thread registers of a consumer warpgroup."""
-        return {2: 240, 3: 160}[self.consumer_warpgroups]
+        """Per-thread registers of a consumer warpgroup (one consumer warpgroup: two CTAs share
+        an SM's 64K registers)."""
+        return {1: 232, 2: 240, 3: 160}[self.consumer_warpgroups]
+
+    @property
+    def ctas_per_sm(self) -> int:
+        """CTAs resident on one SM: two with a single consumer warpgroup, so one CTA's start and
+        epilogue overlap the other's GEMMs; otherwise the CTA takes the SM's registers alone."""
+        return 2 if self.consumer_warpgroups == 1 else 1
 
     @property
     def blocks(self) -> BlockInfo:
