@@ -1,10 +1,12 @@
 """Chunk-causal attention forward for Hopper (sm_90a), written in the CuTe DSL.
 
 One CTA computes ``tile_m`` query rows of one (sequence, query head): a producer warp streams Q once
-and K/V tiles through a multi-stage shared-memory ring with TMA; two or three consumer warpgroups
-(64 rows each) run QK^T and PV on the tensor cores (WGMMA) with an fp32 online softmax in
-registers. The warpgroups take turns issuing their GEMMs (ping-pong), and within a warpgroup the
-QK^T of one key tile is issued with the PV of the previous one, so softmax overlaps tensor work.
+and K/V tiles through a multi-stage shared-memory ring with TMA; one, two or three consumer
+warpgroups (64 rows each) run QK^T and PV on the tensor cores (WGMMA) with an fp32 online softmax in
+registers. Two or three warpgroups take turns issuing their GEMMs (ping-pong); a CTA of one
+warpgroup has a second CTA resident on its SM instead, whose GEMMs fill its start and epilogue
+(short sequences, where a CTA walks few key tiles). Within a warpgroup the QK^T of one key tile is
+issued with the PV of the previous one, so softmax overlaps tensor work.
 
 The chunk rule makes every query's visible keys one contiguous range whose ends never decrease
 with the query (``s2s.attention.mask``). So a CTA loads only the key tiles its rows can see, and

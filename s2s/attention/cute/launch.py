@@ -125,7 +125,7 @@ def specialization_name(kind: str, dtype: torch.dtype, tiles) -> str:
 # At head dim 64, sequences at least this long use 192-row tiles (3 consumer warpgroups): more
 # softmax in flight per tensor-core op. Shorter ones use 64-row tiles, one consumer warpgroup a CTA
 # and two CTAs an SM, so one CTA's start and epilogue overlap the other's GEMMs (a CTA there walks
-# only a few key tiles): +4.5-9% at S = 1k on an H100, docs/benchmarks.md (stop 48). At head dim
+# only a few key tiles): +4.7-8.6% at S = 1k on an H100, docs/benchmarks.md (stop 48). At head dim
 # 128 two warpgroups (128 rows) stay faster at every length.
 LONG_SEQUENCE_ROWS = 2048
 

@@ -1,7 +1,8 @@
 """Compile-time tile shapes: what one kernel specialization fixes.
 
 Every kernel runs one producer warpgroup (TMA loads, at ``PRODUCER_REGISTERS`` per thread) and
-two or three consumer warpgroups of 64 rows that share the rest of the 64K-register file.
+two or three consumer warpgroups of 64 rows that share the rest of the 64K-register file; a forward
+with one consumer warpgroup shares the file with a second resident CTA (``ctas_per_sm``).
 """
 
 from __future__ import annotations
