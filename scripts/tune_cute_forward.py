@@ -3,7 +3,9 @@
     python scripts/tune_cute_forward.py --kv-stages 2 3 4 5 6
     python scripts/tune_cute_forward.py --dims 128 --tile-n 128 160 --kv-stages 2 4 --warpgroups 2
 
-Each variant is compiled, checked against float32 math on a few rows and timed (median).
+Each variant is compiled, checked against float32 math on a few rows and timed (median). One
+consumer warpgroup asks for two CTAs an SM (``ForwardTiles.ctas_per_sm``); whether both fit is up
+to the shared memory of the shape (at head dim 128, four K/V stages of 128 keys do not).
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ def main() -> None:
     parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 16384])
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--kv-stages", type=int, nargs="+", default=[2, 3, 4, 5, 6])
-    parser.add_argument("--warpgroups", type=int, nargs="+", default=[2, 3], help="consumer warpgroups")
+    parser.add_argument("--warpgroups", type=int, nargs="+", default=[1, 2, 3], help="consumer warpgroups")
     parser.add_argument("--tile-n", type=int, nargs="+", default=[128], help="keys per K/V tile")
     args = parser.parse_args()
     from triton.testing import do_bench
 
     print(
-        "| d | S | C | warpgroups | tile_n | kv stages | TFLOP/s | rel. error |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| d | S | C | warpgroups | CTAs an SM (asked) | tile_n | kv stages | TFLOP/s | rel. error |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     variants = [
         (d, g, n, s) for d in args.dims for g in args.warpgroups for n in args.tile_n for s in args.kv_stages
@@ -44,7 +46,7 @@ def main() -> None:
         tiles = dataclasses.replace(
             default_tiles(head_dim), kv_stages=stages, consumer_warpgroups=groups, tile_n=tile_n
         )
-        shape = f"{groups} | {tile_n} | {stages}"
+        shape = f"{groups} | {tiles.ctas_per_sm} | {tile_n} | {stages}"
         try:
             compiled = compile_forward(torch.bfloat16, tiles)
         except Exception as error:  # e.g. too much shared memory for this shape
