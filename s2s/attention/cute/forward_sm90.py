@@ -455,7 +455,7 @@ class ChunkAttentionForwardSm90:
         if cutlass.const_expr(not first):
             v_handle = kv_consumer.wait_and_advance()  # V of tile n - 1 (the ring holds K, V, K, V, ...)
         k_handle = kv_consumer.wait_and_advance()  # K of tile n
-        if cutlass.const_expr(self.tiles.consumer_warpgroups > 1):
+        if cutlass.const_expr(self.tiles.ping_pong):
             order.wait()
         warpgroup.fence()
         for k in cutlass.range_constexpr(cute.size(tSrQ, mode=[2])):
@@ -466,7 +466,7 @@ class ChunkAttentionForwardSm90:
             for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
                 cute.gemm(pv_mma, acc_o, p_operand[None, None, k], tOrV[None, None, k, v_handle.index], acc_o)
             warpgroup.commit_group()
-        if cutlass.const_expr(self.tiles.consumer_warpgroups > 1):
+        if cutlass.const_expr(self.tiles.ping_pong):
             order.arrive()
         if cutlass.const_expr(first):
             warpgroup.wait_group(0)

@@ -31,12 +31,6 @@ class _WarpRoles:
         return {1: 232, 2: 240, 3: 160}[self.consumer_warpgroups]
 
     @property
-    def ctas_per_sm(self) -> int:
-        """CTAs resident on one SM: two with a single consumer warpgroup, so one CTA's start and
-        epilogue overlap the other's GEMMs; otherwise the CTA takes the SM's registers alone."""
-        return 2 if self.consumer_warpgroups == 1 else 1
-
-    @property
     def blocks(self) -> BlockInfo:
         """The chunk rule's tile ranges for these tile sizes."""
         return BlockInfo(tile_m=self.tile_m, tile_n=self.tile_n)
@@ -56,6 +50,18 @@ class ForwardTiles(_WarpRoles):
     @property
     def tile_m(self) -> int:
         return self.rows_per_warpgroup * self.consumer_warpgroups
+
+    @property
+    def ping_pong(self) -> bool:
+        """The consumer warpgroups take turns issuing their GEMMs (``warpgroup_order``); a single
+        warpgroup has no one to take turns with."""
+        return self.consumer_warpgroups > 1
+
+    @property
+    def ctas_per_sm(self) -> int:
+        """CTAs resident on one SM: two with a single consumer warpgroup, so one CTA's start and
+        epilogue overlap the other's GEMMs; otherwise the CTA takes the SM's registers alone."""
+        return 2 if self.consumer_warpgroups == 1 else 1
 
     @property
     def label(self) -> str:
