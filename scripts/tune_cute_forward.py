@@ -1,6 +1,6 @@
 """Time tile-shape variants of the CuTe forward kernel on the GPU, to choose ``default_tiles``.
 
-    python scripts/tune_cute_forward.py --kv-stages 2 3 4 5 6
+    python scripts/tune_cute_forward.py --kv-stages 2 3 4 5 6 --chunks 16 128
     python scripts/tune_cute_forward.py --dims 128 --tile-n 128 160 --kv-stages 2 4 --warpgroups 2
 
 Each variant is compiled, checked against float32 math on a few rows and timed (median). One
@@ -28,13 +28,11 @@ def main() -> None:
     )
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 16384])
-    parser.add_argument("--chunk", type=int, default=128)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[128], help="chunk sizes to time")
     parser.add_argument("--kv-stages", type=int, nargs="+", default=[2, 3, 4, 5, 6])
     parser.add_argument("--warpgroups", type=int, nargs="+", default=[1, 2, 3], help="consumer warpgroups")
     parser.add_argument("--tile-n", type=int, nargs="+", default=[128], help="keys per K/V tile")
     args = parser.parse_args()
-    from triton.testing import do_bench
-
     print(
         "| d | S | C | warpgroups | CTAs an SM (asked) | tile_n | kv stages | TFLOP/s | rel. error |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -53,30 +51,32 @@ def main() -> None:
             print(f"| {head_dim} | - | - | {shape} | {type(error).__name__} | - |")
             continue
         for seqlen in args.seqlens:
-            batch, heads = 16384 // seqlen, 2048 // head_dim
-            q, k, v = (
-                torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16)
-                for _ in range(3)
-            )
-            spec = ChunkSpec(args.chunk)
-            problem = make_problem(q, k, v, spec)
-            prepared = prepare(problem, compiled=compiled, tiles=tiles)
-            prepared.launch()
-            rows = slice(seqlen - 32, seqlen)
-            mask = spec.dense_mask(seqlen, seqlen, batch=1)[0, rows].cuda()
-            scores = torch.einsum("qhd,khd->hqk", q[0, rows].float(), k[0].float()) / math.sqrt(head_dim)
-            want = torch.einsum(
-                "hqk,khd->qhd", scores.masked_fill(~mask, -math.inf).softmax(-1), v[0].float()
-            )
-            got = prepared.out.view(q.shape)[0, rows].float()
-            error = ((got - want).norm() / want.norm()).item()
-            ms = do_bench(prepared.launch, warmup=50, rep=300, return_mode="median")
-            lengths = torch.full((batch,), seqlen, device="cuda")
-            flops = 4 * head_dim * heads * visible_pair_count(problem.chunks, lengths, lengths)
-            print(
-                f"| {head_dim} | {seqlen} | {args.chunk} | {shape} | {flops / ms / 1e9:.0f} | {error:.1e} |",
-                flush=True,
-            )
+            for chunk in args.chunks:
+                print(time_variant(compiled, tiles, head_dim, seqlen, chunk, shape), flush=True)
+
+
+def time_variant(compiled, tiles, head_dim: int, seqlen: int, chunk: int, shape: str) -> str:
+    """One table row: the variant checked against float32 math on a sequence's last rows, then timed."""
+    from triton.testing import do_bench
+
+    batch, heads = 16384 // seqlen, 2048 // head_dim
+    q, k, v = (
+        torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)
+    )
+    spec = ChunkSpec(chunk)
+    problem = make_problem(q, k, v, spec)
+    prepared = prepare(problem, compiled=compiled, tiles=tiles)
+    prepared.launch()
+    rows = slice(seqlen - 32, seqlen)
+    mask = spec.dense_mask(seqlen, seqlen, batch=1)[0, rows].cuda()
+    scores = torch.einsum("qhd,khd->hqk", q[0, rows].float(), k[0].float()) / math.sqrt(head_dim)
+    want = torch.einsum("hqk,khd->qhd", scores.masked_fill(~mask, -math.inf).softmax(-1), v[0].float())
+    got = prepared.out.view(q.shape)[0, rows].float()
+    error = ((got - want).norm() / want.norm()).item()
+    ms = do_bench(prepared.launch, warmup=50, rep=300, return_mode="median")
+    lengths = torch.full((batch,), seqlen, device="cuda")
+    flops = 4 * head_dim * heads * visible_pair_count(problem.chunks, lengths, lengths)
+    return f"| {head_dim} | {seqlen} | {chunk} | {shape} | {flops / ms / 1e9:.0f} | {error:.1e} |"
 
 
 if __name__ == "__main__":
