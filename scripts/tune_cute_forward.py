@@ -28,7 +28,7 @@ def main() -> None:
     )
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--seqlens", type=int, nargs="+", default=[1024, 16384])
-    parser.add_argument("--chunks", type=int, nargs="+", default=[128], help="chunk sizes to time")
+    parser.add_argument("--chunks", "--chunk", type=int, nargs="+", default=[128], help="chunk sizes to time")
     parser.add_argument("--kv-stages", type=int, nargs="+", default=[2, 3, 4, 5, 6])
     parser.add_argument("--warpgroups", type=int, nargs="+", default=[1, 2, 3], help="consumer warpgroups")
     parser.add_argument("--tile-n", type=int, nargs="+", default=[128], help="keys per K/V tile")
