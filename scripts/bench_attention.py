@@ -5,7 +5,10 @@ backward counts 2.5x the forward. The causal anchors (SDPA flash, cuDNN and Flas
 causal=True) count their own causal pairs: they show what a FLOP-matched dense-causal kernel reaches
 on this GPU. Every backend is checked against the float32 math of a few rows before it is timed
 (the first sequence's last 64 rows: outputs, and with --backward their dQ), the causal anchors
-against causal math; a wrong backend is reported, not timed.
+against causal math; a wrong backend is reported, not timed. While each pass is timed, nvidia-smi
+samples the SM clock and power (``s2s.gpu_clocks``; off with --no-clocks): under its power cap an
+H100 runs these kernels at 1200-1700 MHz, not 1980, and the clock tables show at what clock each
+figure was reached.
 
 FlashAttention-4 (``flash_attn.cute``, on the device after ``export S2S_DEVICE_FA4=1; source
 .device/setup.sh``) adds two rows when it imports: ``fa4-causal`` and ``fa4-chunk``, the chunk rule
@@ -39,6 +42,7 @@ from s2s.attention import ChunkSpec
 from s2s.attention.backends.flex import _compiled_flex_attention, build_block_mask
 from s2s.attention.mask import dense_mask, visible_pair_count
 from s2s.attention.problem import make_problem
+from s2s.gpu_clocks import ClockSampler, ClockSummary, torch_gpu_uuid
 
 BACKENDS = ("cute", "cute-deterministic", "flex", "sdpa-mask", "sdpa-flash-causal", "cudnn-causal")
 # cute-deterministic: the same forward; its backward is the two-kernel deterministic path.
@@ -53,6 +57,27 @@ def median_ms(fn: Callable[[], object]) -> float:
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def timed_with_clocks(fn: Callable[[], object], gpu_uuid: str | None) -> tuple[float, ClockSummary | None]:
+    """``median_ms`` and, with a GPU id, the SM clock and power it ran at (nvidia-smi samples)."""
+    if gpu_uuid is None:
+        return median_ms(fn), None
+    with ClockSampler(gpu_uuid, period_ms=50) as sampler:
+        ms = median_ms(fn)
+    return ms, sampler.summary
+
+
+def clock_fields(clocks: ClockSummary | None, prefix: str) -> dict:
+    """A row's clock fields: median SM MHz, median watts, share of samples under a power or thermal
+    cap (floats, so scripts/bench_variants.py reads them as measurements, not as the row's name)."""
+    if clocks is None:
+        return {}
+    return {
+        f"{prefix}mhz": float(clocks.median_mhz),
+        f"{prefix}watts": float(clocks.median_watts),
+        f"{prefix}capped": float(clocks.capped),
+    }
 
 
 def fa4_unavailable() -> str | None:
@@ -301,6 +326,7 @@ def bench_shape(
     backends,
     backward: bool = False,
     device: str = "cuda",
+    clocks: bool = True,
 ) -> list[dict]:
     """Check, then time, each backend at one shape: one row per backend (errors included)."""
     batch, heads = tokens // seqlen, width // head_dim
@@ -317,6 +343,7 @@ def bench_shape(
     flops = 4 * head_dim * visible_pair_count(chunks, lengths, lengths) * heads
     causal_flops = 4 * head_dim * batch * heads * seqlen * (seqlen + 1) // 2
     rows = []
+    gpu_uuid = torch_gpu_uuid() if device == "cuda" and clocks else None
     for name in backends:
         row = {"backend": name, "head_dim": head_dim, "seqlen": seqlen, "chunk": chunk, "batch": batch}
         counted = causal_flops if name.endswith("causal") else flops
@@ -326,8 +353,8 @@ def bench_shape(
             if not row["rel_error"] < FORWARD_TOLERANCE:
                 row["error"] = f"wrong result (relative error {row['rel_error']:.2e})"
             else:
-                ms = median_ms(launch)
-                row.update(ms=ms, tflops=counted / ms / 1e9)
+                ms, clocks = timed_with_clocks(launch, gpu_uuid)
+                row.update(ms=ms, tflops=counted / ms / 1e9, **clock_fields(clocks, ""))
         except Exception as error:  # one backend failing must not hide the others' numbers
             row["error"] = failure(name, error)
         if backward and "error" not in row:
@@ -337,8 +364,10 @@ def bench_shape(
                 if not row["bwd_rel_error"] < BACKWARD_TOLERANCE:
                     row["bwd_error"] = f"wrong dQ (relative error {row['bwd_rel_error']:.2e})"
                 else:  # backward FLOPs are 2.5x the forward's (five GEMMs to two)
-                    bwd_ms = median_ms(run)
-                    row.update(bwd_ms=bwd_ms, bwd_tflops=2.5 * counted / bwd_ms / 1e9)
+                    bwd_ms, clocks = timed_with_clocks(run, gpu_uuid)
+                    row.update(
+                        bwd_ms=bwd_ms, bwd_tflops=2.5 * counted / bwd_ms / 1e9, **clock_fields(clocks, "bwd_")
+                    )
             except Exception as error:
                 row["bwd_error"] = failure(name, error)
         rows.append(row)
@@ -383,7 +412,7 @@ def bench_call_latency(backends=("cute", "sdpa", "flex")) -> str:
 def table_cell(row: dict, key: str) -> str:
     if key in row:
         return f"{row[key]:.0f}"
-    error = row.get("bwd_error" if key == "bwd_tflops" else "error") or row.get("error")
+    error = row.get("bwd_error" if key.startswith("bwd_") else "error") or row.get("error")
     if error:
         return "n/a" if error.startswith("n/a") else "error"
     return "-"
@@ -393,11 +422,12 @@ def print_table(rows: list[dict], backends, key: str = "tflops") -> str:
     shapes = sorted({(r["head_dim"], r["seqlen"], r["chunk"]) for r in rows})
     header = "| d | S | C | " + " | ".join(backends) + " | cute / flex |"
     lines = [header, "|" + " --- |" * (len(backends) + 4)]
+    speed = key.endswith("tflops")  # other keys (clocks) get no ratio column
     for shape in shapes:
         by_name = {r["backend"]: r for r in rows if (r["head_dim"], r["seqlen"], r["chunk"]) == shape}
         cells = [table_cell(by_name.get(name, {}), key) for name in backends]
         ratio = "-"
-        if key in by_name.get("cute", {}) and key in by_name.get("flex", {}):
+        if speed and key in by_name.get("cute", {}) and key in by_name.get("flex", {}):
             ratio = f"{by_name['cute'][key] / by_name['flex'][key]:.2f}x"
         lines.append(f"| {shape[0]} | {shape[1]} | {shape[2]} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
@@ -434,6 +464,11 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true", help="also time small streaming-step calls")
     parser.add_argument("--backward", action="store_true", help="also time the backward pass (dQ, dK, dV)")
     parser.add_argument(
+        "--no-clocks",
+        action="store_true",
+        help="do not sample the SM clock and power with nvidia-smi while timing",
+    )
+    parser.add_argument(
         "--time-budget",
         type=float,
         help="seconds after which no new shape starts (the tables of the shapes done still print)",
@@ -462,7 +497,16 @@ def main() -> None:
             left = ", ".join(f"d{d} S{s} C{c}" for d, s, c in shapes[index:])
             print(f"time budget of {args.time_budget:g} s spent: not run: {left}", flush=True)
             break
-        new = bench_shape(head_dim, seqlen, chunk, args.tokens, args.width, backends, args.backward)
+        new = bench_shape(
+            head_dim,
+            seqlen,
+            chunk,
+            args.tokens,
+            args.width,
+            backends,
+            args.backward,
+            clocks=not args.no_clocks,
+        )
         rows += new
         for r in new:
             print(json.dumps(r), flush=True)
@@ -478,6 +522,12 @@ def main() -> None:
     if args.backward:
         print(f"\nbackward TFLOP/s (2.5x the forward FLOPs), same shapes, {gpu}, {datetime.date.today()}")
         print(print_table(rows, backends, key="bwd_tflops"))
+    if any("mhz" in r or "bwd_mhz" in r for r in rows):
+        print("\nSM clock while timed (MHz, median of nvidia-smi samples every 50 ms; a power cap lowers it)")
+        print(print_table(rows, backends, key="mhz"))
+        if args.backward:
+            print("\nthe same for the backward")
+            print(print_table(rows, backends, key="bwd_mhz"))
     if notes := failure_notes(rows):
         print("\n" + "\n".join(notes))
     if args.latency:

@@ -142,8 +142,9 @@ def test_main_leaves_out_fa4_with_a_reason_and_keeps_to_its_time_budget(bench, m
     clock = iter(range(0, 1000, 10))  # each reading of the clock is 10 s later
     shapes_run = []
 
-    def fake_shape(head_dim, seqlen, chunk, tokens, width, backends, backward):
+    def fake_shape(head_dim, seqlen, chunk, tokens, width, backends, backward, clocks):
         shapes_run.append((head_dim, seqlen, chunk, tuple(backends)))
+        assert clocks  # sampled unless --no-clocks
         return [
             {
                 "backend": b,
@@ -172,3 +173,26 @@ def test_main_leaves_out_fa4_with_a_reason_and_keeps_to_its_time_budget(bench, m
     assert "time budget of 15 s spent: not run: d64 S4096 C128, d64 S16384 C128" in out
     assert "| 64 | 1024 | 128 | 1 | 1 | 1 | 1 | 1 | 1 | 1.00x |" in out
     assert "| 64 | 1024 | 128 | 2 | 2 | 2 | 2 | 2 | 2 | 1.00x |" in out
+
+
+def test_clock_fields_and_table(bench):
+    """A timed pass's clock summary becomes float fields (bench_variants reads floats as
+    measurements, not as the row's name), the clock table has no speed-ratio column, and a row
+    without clocks leaves its cell blank."""
+    from s2s.gpu_clocks import ClockSummary
+
+    fields = bench.clock_fields(
+        ClockSummary(samples=7, median_mhz=1605, min_mhz=1200, median_watts=694.5, capped=0.5), "bwd_"
+    )
+    assert fields == {"bwd_mhz": 1605.0, "bwd_watts": 694.5, "bwd_capped": 0.5}
+    assert all(isinstance(v, float) for v in fields.values())
+    assert bench.clock_fields(None, "") == {}
+    rows = [
+        {"backend": "cute", "head_dim": 64, "seqlen": 1024, "chunk": 16, "mhz": 1605.0},
+        {"backend": "flex", "head_dim": 64, "seqlen": 1024, "chunk": 16, "mhz": 1980.0},
+        {"backend": "cute", "head_dim": 64, "seqlen": 1024, "chunk": 128, "bwd_error": "boom"},
+    ]
+    table = bench.print_table(rows, ["cute", "flex"], key="mhz")
+    assert "| 64 | 1024 | 16 | 1605 | 1980 | - |" in table
+    assert "| 64 | 1024 | 128 | - | - | - |" in table
+    assert "| 64 | 1024 | 128 | error | - | - |" in bench.print_table(rows, ["cute", "flex"], key="bwd_mhz")
