@@ -59,8 +59,24 @@ def median_ms(fn: Callable[[], object]) -> float:
     return do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 
-def timed_with_clocks(fn: Callable[[], object], gpu_uuid: str | None) -> tuple[float, ClockSummary | None]:
-    """``median_ms`` and, with a GPU id, the SM clock and power it ran at (nvidia-smi samples)."""
+def heat(fn: Callable[[], object], seconds: float) -> None:
+    """Run ``fn`` back to back for ``seconds``: under a power cap the clock settles over about a
+    second, so without this the first backend timed after an idle spell (compiling, checking)
+    runs cooler and faster than the ones timed after it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+
+
+def timed_with_clocks(
+    fn: Callable[[], object], gpu_uuid: str | None, heat_seconds: float = 0.0
+) -> tuple[float, ClockSummary | None]:
+    """``median_ms`` (after ``heat_seconds`` of the same work) and, with a GPU id, the SM clock
+    and power it ran at (nvidia-smi samples)."""
+    if heat_seconds > 0:
+        heat(fn, heat_seconds)
     if gpu_uuid is None:
         return median_ms(fn), None
     with ClockSampler(gpu_uuid, period_ms=50) as sampler:
@@ -327,6 +343,7 @@ def bench_shape(
     backward: bool = False,
     device: str = "cuda",
     clocks: bool = True,
+    heat_seconds: float = 0.0,
 ) -> list[dict]:
     """Check, then time, each backend at one shape: one row per backend (errors included)."""
     batch, heads = tokens // seqlen, width // head_dim
@@ -353,7 +370,7 @@ def bench_shape(
             if not row["rel_error"] < FORWARD_TOLERANCE:
                 row["error"] = f"wrong result (relative error {row['rel_error']:.2e})"
             else:
-                ms, clocks = timed_with_clocks(launch, gpu_uuid)
+                ms, clocks = timed_with_clocks(launch, gpu_uuid, heat_seconds)
                 row.update(ms=ms, tflops=counted / ms / 1e9, **clock_fields(clocks, ""))
         except Exception as error:  # one backend failing must not hide the others' numbers
             row["error"] = failure(name, error)
@@ -364,7 +381,7 @@ def bench_shape(
                 if not row["bwd_rel_error"] < BACKWARD_TOLERANCE:
                     row["bwd_error"] = f"wrong dQ (relative error {row['bwd_rel_error']:.2e})"
                 else:  # backward FLOPs are 2.5x the forward's (five GEMMs to two)
-                    bwd_ms, clocks = timed_with_clocks(run, gpu_uuid)
+                    bwd_ms, clocks = timed_with_clocks(run, gpu_uuid, heat_seconds)
                     row.update(
                         bwd_ms=bwd_ms, bwd_tflops=2.5 * counted / bwd_ms / 1e9, **clock_fields(clocks, "bwd_")
                     )
@@ -464,6 +481,13 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true", help="also time small streaming-step calls")
     parser.add_argument("--backward", action="store_true", help="also time the backward pass (dQ, dK, dV)")
     parser.add_argument(
+        "--heat",
+        type=float,
+        default=0.0,
+        help="seconds of each pass run back to back before it is timed, so every backend is timed at "
+        "the clock its own power draw settles to (default 0: timed right after its correctness check)",
+    )
+    parser.add_argument(
         "--no-clocks",
         action="store_true",
         help="do not sample the SM clock and power with nvidia-smi while timing",
@@ -506,6 +530,7 @@ def main() -> None:
             backends,
             args.backward,
             clocks=not args.no_clocks,
+            heat_seconds=args.heat,
         )
         rows += new
         for r in new:

@@ -142,9 +142,9 @@ def test_main_leaves_out_fa4_with_a_reason_and_keeps_to_its_time_budget(bench, m
     clock = iter(range(0, 1000, 10))  # each reading of the clock is 10 s later
     shapes_run = []
 
-    def fake_shape(head_dim, seqlen, chunk, tokens, width, backends, backward, clocks):
+    def fake_shape(head_dim, seqlen, chunk, tokens, width, backends, backward, clocks, heat_seconds):
         shapes_run.append((head_dim, seqlen, chunk, tuple(backends)))
-        assert clocks  # sampled unless --no-clocks
+        assert clocks and heat_seconds == 0.0  # sampled unless --no-clocks; no heat unless --heat
         return [
             {
                 "backend": b,
@@ -196,3 +196,16 @@ def test_clock_fields_and_table(bench):
     assert "| 64 | 1024 | 16 | 1605 | 1980 | - |" in table
     assert "| 64 | 1024 | 128 | - | - | - |" in table
     assert "| 64 | 1024 | 128 | error | - | - |" in bench.print_table(rows, ["cute", "flex"], key="bwd_mhz")
+
+
+def test_heat_runs_the_pass_until_its_deadline(bench, monkeypatch):
+    """--heat: the pass runs back to back in batches of 20, synchronizing after each, until the
+    deadline passes (a stubbed clock: each reading 0.25 s later)."""
+    readings = iter(x * 0.25 for x in range(100))
+    monkeypatch.setattr(bench.time, "monotonic", lambda: next(readings))
+    syncs = []
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda *a: syncs.append(1))
+    calls = []
+    bench.heat(lambda: calls.append(1), 1.0)
+    # deadline read at 0.0 -> 1.0; checks at 0.25, 0.5, 0.75 run a batch each, 1.0 stops.
+    assert len(syncs) == 3 and len(calls) == 60
