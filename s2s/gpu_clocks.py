@@ -1,6 +1,6 @@
 """The GPU's SM clock, power draw and throttle reasons, sampled while a benchmark times a kernel.
 
-Under its 700 W cap an H100 running our attention backward drops from 1980 MHz to 1200-1700 MHz
+Under its 700 W cap an H100 running our attention backward drops from 1980 MHz to 1200-1800 MHz
 (docs/benchmarks.md, stop 50), so a TFLOP/s figure says little without the clock it ran at, and
 a kernel that spends less energy per FLOP runs at a higher clock. ``nvidia-smi`` does the sampling
 (no NVML binding needed); where it is missing the sampler records nothing.

@@ -7,8 +7,9 @@ on this GPU. Every backend is checked against the float32 math of a few rows bef
 (the first sequence's last 64 rows: outputs, and with --backward their dQ), the causal anchors
 against causal math; a wrong backend is reported, not timed. While each pass is timed, nvidia-smi
 samples the SM clock and power (``s2s.gpu_clocks``; off with --no-clocks): under its power cap an
-H100 runs these kernels at 1200-1700 MHz, not 1980, and the clock tables show at what clock each
-figure was reached.
+H100 runs these kernels at 1200-1800 MHz, not 1980, and the clock tables show at what clock each
+figure was reached. ``--heat S`` runs each pass for S seconds before timing it, so that no backend
+is timed at the higher clock a card has right after an idle spell (compiling, checking).
 
 FlashAttention-4 (``flash_attn.cute``, on the device after ``export S2S_DEVICE_FA4=1; source
 .device/setup.sh``) adds two rows when it imports: ``fa4-causal`` and ``fa4-chunk``, the chunk rule
@@ -60,9 +61,10 @@ def median_ms(fn: Callable[[], object]) -> float:
 
 
 def heat(fn: Callable[[], object], seconds: float) -> None:
-    """Run ``fn`` back to back for ``seconds``: under a power cap the clock settles over about a
-    second, so without this the first backend timed after an idle spell (compiling, checking)
-    runs cooler and faster than the ones timed after it."""
+    """Run ``fn`` back to back for ``seconds``. The clock falls as the card's power reaches its
+    cap, so without this the backend timed first after an idle spell (compiling, checking) runs
+    at a higher clock than the ones timed after another backend's load (stop 50: cute at 1980 MHz
+    where FlashAttention-4 after it ran at 1665)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for _ in range(20):
@@ -370,8 +372,8 @@ def bench_shape(
             if not row["rel_error"] < FORWARD_TOLERANCE:
                 row["error"] = f"wrong result (relative error {row['rel_error']:.2e})"
             else:
-                ms, clocks = timed_with_clocks(launch, gpu_uuid, heat_seconds)
-                row.update(ms=ms, tflops=counted / ms / 1e9, **clock_fields(clocks, ""))
+                ms, clock_summary = timed_with_clocks(launch, gpu_uuid, heat_seconds)
+                row.update(ms=ms, tflops=counted / ms / 1e9, **clock_fields(clock_summary, ""))
         except Exception as error:  # one backend failing must not hide the others' numbers
             row["error"] = failure(name, error)
         if backward and "error" not in row:
@@ -381,10 +383,9 @@ def bench_shape(
                 if not row["bwd_rel_error"] < BACKWARD_TOLERANCE:
                     row["bwd_error"] = f"wrong dQ (relative error {row['bwd_rel_error']:.2e})"
                 else:  # backward FLOPs are 2.5x the forward's (five GEMMs to two)
-                    bwd_ms, clocks = timed_with_clocks(run, gpu_uuid, heat_seconds)
-                    row.update(
-                        bwd_ms=bwd_ms, bwd_tflops=2.5 * counted / bwd_ms / 1e9, **clock_fields(clocks, "bwd_")
-                    )
+                    bwd_ms, clock_summary = timed_with_clocks(run, gpu_uuid, heat_seconds)
+                    bwd_tflops = 2.5 * counted / bwd_ms / 1e9
+                    row.update(bwd_ms=bwd_ms, bwd_tflops=bwd_tflops, **clock_fields(clock_summary, "bwd_"))
             except Exception as error:
                 row["bwd_error"] = failure(name, error)
         rows.append(row)
