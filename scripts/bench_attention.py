@@ -54,35 +54,25 @@ FORWARD_TOLERANCE = 2e-2  # relative error of bf16 outputs against float32 math
 BACKWARD_TOLERANCE = 5e-2  # dQ accumulates more rounding (dP, dS in bf16)
 
 
-def median_ms(fn: Callable[[], object]) -> float:
+def median_ms(fn: Callable[[], object], warmup_ms: float = 50) -> float:
     from triton.testing import do_bench
 
-    return do_bench(fn, warmup=50, rep=300, return_mode="median")
-
-
-def heat(fn: Callable[[], object], seconds: float) -> None:
-    """Run ``fn`` back to back for ``seconds``. The clock falls as the card's power reaches its
-    cap, so without this the backend timed first after an idle spell (compiling, checking) runs
-    at a higher clock than the ones timed after another backend's load (stop 50: cute at 1980 MHz
-    where FlashAttention-4 after it ran at 1665)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
+    return do_bench(fn, warmup=warmup_ms, rep=300, return_mode="median")
 
 
 def timed_with_clocks(
     fn: Callable[[], object], gpu_uuid: str | None, heat_seconds: float = 0.0
 ) -> tuple[float, ClockSummary | None]:
-    """``median_ms`` (after ``heat_seconds`` of the same work) and, with a GPU id, the SM clock
-    and power it ran at (nvidia-smi samples)."""
-    if heat_seconds > 0:
-        heat(fn, heat_seconds)
+    """``median_ms`` and, with a GPU id, the SM clock and power it ran at (nvidia-smi samples).
+    ``heat_seconds`` lengthens the warm-up: the clock falls as the card's power reaches its cap,
+    so without it the backend timed first after an idle spell (compiling, checking) runs at a
+    higher clock than the ones timed after another backend's load (stop 50: cute at 1980 MHz
+    where FlashAttention-4 after it ran at 1665)."""
+    warmup_ms = 50 + 1000 * heat_seconds
     if gpu_uuid is None:
-        return median_ms(fn), None
+        return median_ms(fn, warmup_ms), None
     with ClockSampler(gpu_uuid, period_ms=50) as sampler:
-        ms = median_ms(fn)
+        ms = median_ms(fn, warmup_ms)
     return ms, sampler.summary
 
 

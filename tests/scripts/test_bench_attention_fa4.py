@@ -115,7 +115,7 @@ def test_bench_shape_rows_on_the_cpu(bench, monkeypatch):
     """One shape's rows end to end, timing stubbed: the masked and the causal SDPA rows pass their
     forward and dQ checks and get TFLOP/s from their own pair counts; a FlashAttention-4 row that
     cannot run reads "n/a" with its reason instead of stopping the others."""
-    monkeypatch.setattr(bench, "median_ms", lambda fn: (fn(), 2.0)[1])
+    monkeypatch.setattr(bench, "median_ms", lambda fn, warmup_ms=50: (fn(), 2.0)[1])
     if importlib.util.find_spec("flash_attn") is None:
         backends = ["sdpa-mask", "fa4-chunk", "sdpa-flash-causal"]
     else:  # where it imports it still needs a GPU: the row fails all the same
@@ -198,14 +198,13 @@ def test_clock_fields_and_table(bench):
     assert "| 64 | 1024 | 128 | error | - | - |" in bench.print_table(rows, ["cute", "flex"], key="bwd_mhz")
 
 
-def test_heat_runs_the_pass_until_its_deadline(bench, monkeypatch):
-    """--heat: the pass runs back to back in batches of 20, synchronizing after each, until the
-    deadline passes (a stubbed clock: each reading 0.25 s later)."""
-    readings = iter(x * 0.25 for x in range(100))
-    monkeypatch.setattr(bench.time, "monotonic", lambda: next(readings))
-    syncs = []
-    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda *a: syncs.append(1))
-    calls = []
-    bench.heat(lambda: calls.append(1), 1.0)
-    # deadline read at 0.0 -> 1.0; checks at 0.25, 0.5, 0.75 run a batch each, 1.0 stops.
-    assert len(syncs) == 3 and len(calls) == 60
+def test_heat_lengthens_the_timed_warm_up(bench, monkeypatch):
+    """--heat S: the pass runs S seconds more in do_bench's warm-up before it is timed (50 ms
+    without), with and without clock sampling."""
+    warmups = []
+    monkeypatch.setattr(bench, "median_ms", lambda fn, warmup_ms=50: (warmups.append(warmup_ms), 2.0)[1])
+    assert bench.timed_with_clocks(lambda: None, None, 1.5) == (2.0, None)
+    assert bench.timed_with_clocks(lambda: None, None) == (2.0, None)
+    monkeypatch.setenv("PATH", "")  # no nvidia-smi: the sampler records nothing
+    assert bench.timed_with_clocks(lambda: None, "GPU-1234", 0.25) == (2.0, None)
+    assert warmups == [1550, 50, 300]
