@@ -56,8 +56,9 @@ def main() -> None:
 
 
 def time_variant(compiled, tiles, head_dim: int, seqlen: int, chunk: int, shape: str) -> str:
-    """One table row: the variant checked against float32 math on a sequence's last rows, then timed."""
-    from triton.testing import do_bench
+    """One table row: the variant checked against float32 math on a sequence's last rows (the
+    check and timing of scripts/bench_attention.py, beside this script), then timed."""
+    from bench_attention import check_rows, median_ms
 
     batch, heads = 16384 // seqlen, 2048 // head_dim
     q, k, v = (
@@ -66,14 +67,13 @@ def time_variant(compiled, tiles, head_dim: int, seqlen: int, chunk: int, shape:
     spec = ChunkSpec(chunk)
     problem = make_problem(q, k, v, spec)
     prepared = prepare(problem, compiled=compiled, tiles=tiles)
-    prepared.launch()
-    rows = slice(seqlen - 32, seqlen)
-    mask = spec.dense_mask(seqlen, seqlen, batch=1)[0, rows].cuda()
-    scores = torch.einsum("qhd,khd->hqk", q[0, rows].float(), k[0].float()) / math.sqrt(head_dim)
-    want = torch.einsum("hqk,khd->qhd", scores.masked_fill(~mask, -math.inf).softmax(-1), v[0].float())
-    got = prepared.out.view(q.shape)[0, rows].float()
-    error = ((got - want).norm() / want.norm()).item()
-    ms = do_bench(prepared.launch, warmup=50, rep=300, return_mode="median")
+
+    def launch() -> torch.Tensor:
+        prepared.launch()
+        return prepared.out.view(q.shape)
+
+    error = check_rows("cute", launch, q, k, v, spec, 1 / math.sqrt(head_dim))
+    ms = median_ms(prepared.launch)
     lengths = torch.full((batch,), seqlen, device="cuda")
     flops = 4 * head_dim * heads * visible_pair_count(problem.chunks, lengths, lengths)
     return f"| {head_dim} | {seqlen} | {chunk} | {shape} | {flops / ms / 1e9:.0f} | {error:.1e} |"
