@@ -50,6 +50,7 @@ BACKENDS = ("cute", "cute-deterministic", "flex", "sdpa-mask", "sdpa-flash-causa
 FA4_BACKENDS = ("fa4-causal", "fa4-chunk")  # present when flash_attn.cute imports
 FA4_SPARSE_BLOCK = 128  # FA4's sm90 block sparsity wants 128 x 128 blocks (backward tiles divide it)
 CHECK_ROWS = 64
+CLOCK_PERIOD_MS = 50  # nvidia-smi's sampling period while a pass is timed
 FORWARD_TOLERANCE = 2e-2  # relative error of bf16 outputs against float32 math
 BACKWARD_TOLERANCE = 5e-2  # dQ accumulates more rounding (dP, dS in bf16)
 
@@ -71,7 +72,7 @@ def timed_with_clocks(
     warmup_ms = 50 + 1000 * heat_seconds
     if gpu_uuid is None:
         return median_ms(fn, warmup_ms), None
-    with ClockSampler(gpu_uuid, period_ms=50) as sampler:
+    with ClockSampler(gpu_uuid, period_ms=CLOCK_PERIOD_MS) as sampler:
         ms = median_ms(fn, warmup_ms)
     return ms, sampler.summary
 
@@ -539,7 +540,10 @@ def main() -> None:
         print(f"\nbackward TFLOP/s (2.5x the forward FLOPs), same shapes, {gpu}, {datetime.date.today()}")
         print(print_table(rows, backends, key="bwd_tflops"))
     if any("mhz" in r or "bwd_mhz" in r for r in rows):
-        print("\nSM clock while timed (MHz, median of nvidia-smi samples every 50 ms; a power cap lowers it)")
+        print(
+            f"\nSM clock while timed (MHz, median of nvidia-smi samples every {CLOCK_PERIOD_MS} ms; "
+            "a power cap lowers it)"
+        )
         print(print_table(rows, backends, key="mhz"))
         if args.backward:
             print("\nthe same for the backward")

@@ -27,7 +27,7 @@ def test_summary_of_busy_samples_against_a_direct_count(seed):
         ClockSample(
             rng.randrange(300, 2000),
             rng.uniform(60, 700),
-            rng.choice([0x0, IDLE, 0x4, 0x8, 0x40, 0x4 | 0x80]),
+            rng.choice(REASONS),
         )
         for _ in range(rng.randrange(5, 60))
     ]
