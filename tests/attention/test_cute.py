@@ -264,6 +264,66 @@ def test_backward_writes_every_gradient(case, deterministic, tiling, generator, 
 
 @pytest.mark.gpu
 @needs_hopper
+@pytest.mark.parametrize(
+    ("lengths", "total_q", "head_dim", "dtype"),
+    [
+        # odd starts, an empty sequence, and 3 rows past the last sequence
+        ((301, 0, 377, 96), 777, 64, torch.float16),
+        ((1000,), 1000, 128, torch.bfloat16),
+        ((250, 250, 250, 250), 1000, 64, torch.bfloat16),
+    ],
+)
+def test_prologue_row_statistics_match_float64(lengths, total_q, head_dim, dtype, generator):
+    """The prologue's delta = rowsum(dO * O), and the row statistics the dK/dV kernels copy by
+    TMA: LSE * log2(e) and delta * scale per (head, row), each sequence's rows from its
+    16-byte-aligned start (q start rounded down to 4, plus 4 a sequence); every element of a
+    sequence's rows written (the buffers' memory is NaN-poisoned first)."""
+    import math
+
+    import cuda.bindings.driver as cuda
+
+    from s2s.attention.cute.backward import prologue
+    from s2s.attention.cute.seqlen_info import COLUMNS
+    from s2s.attention.cute.views import ROW_STATISTICS, row_stats_rows
+
+    seed = generator.initial_seed()
+    heads, scale, batch = 3, 1 / math.sqrt(head_dim), len(lengths)
+    out, grad_out = (
+        torch.randn(total_q, heads, head_dim, generator=generator).to("cuda", dtype) for _ in "od"
+    )
+    lse = (torch.randn(heads, total_q, generator=generator) * 4).cuda()
+    starts = [sum(lengths[:b]) for b in range(batch)]
+    table = torch.zeros(batch, len(COLUMNS), dtype=torch.int32)
+    table[:, COLUMNS.index("q_start")] = torch.tensor(starts)
+    table[:, COLUMNS.index("seqlen_q")] = torch.tensor(lengths)
+    padded = row_stats_rows(total_q, batch)
+    # Freed NaN blocks of the sizes the prologue allocates: its buffers reuse them.
+    poison = [torch.full((heads, n), float("nan"), device="cuda") for n in (total_q, ROW_STATISTICS * padded)]
+    del poison
+    stream = cuda.CUstream(torch.cuda.current_stream().cuda_stream)
+    delta, row_stats, dq_accum = prologue(out, grad_out, lse, table.cuda(), scale, True, stream)
+    torch.cuda.synchronize()
+    want_delta = (out.double() * grad_out.double()).sum(-1).T  # (heads, total_q)
+    assert row_stats.shape == (heads, ROW_STATISTICS, padded) and padded % 4 == 0
+    torch.testing.assert_close(delta.double(), want_delta, rtol=1e-5, atol=1e-4, msg=f"seed {seed}: delta")
+    previous_end = 0
+    for b, (first, length) in enumerate(zip(starts, lengths, strict=True)):
+        begin = first - first % 4 + 4 * b  # aligned for TMA, clear of the sequence before
+        assert begin % 4 == 0 and begin >= previous_end and begin + length <= padded, (b, begin)
+        previous_end = begin + length
+        got = row_stats[:, :, begin : begin + length].double()
+        assert not torch.isnan(got).any(), f"seed {seed}: sequence {b}'s statistics never written"
+        rows = slice(first, first + length)
+        want_lse = lse[:, rows].double() * math.log2(math.e)
+        msg = f"seed {seed}, sequence {b}"
+        torch.testing.assert_close(got[:, 0], want_lse, rtol=1e-6, atol=1e-6, msg=f"{msg}: LSE * log2(e)")
+        want = want_delta[:, rows] * scale
+        torch.testing.assert_close(got[:, 1], want, rtol=1e-5, atol=1e-4, msg=f"{msg}: delta * scale")
+    assert torch.equal(dq_accum, torch.zeros_like(dq_accum)), f"seed {seed}: dQ buffer not zeroed"
+
+
+@pytest.mark.gpu
+@needs_hopper
 def test_auto_picks_cute_for_inference_and_training(generator):
     from s2s.attention.api import select_backend
 

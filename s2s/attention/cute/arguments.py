@@ -32,15 +32,10 @@ SIZES = (
     ("left_chunks", INT32),  # -1: unlimited history
     ("softmax_scale", FLOAT32),
 )
-# The backward kernels' inputs.
-GRADIENT_INPUTS = (
-    ("q", INPUT),
-    ("k", INPUT),
-    ("v", INPUT),
-    ("do", INPUT),
-    ("lse", FLOAT32),
-    ("delta", FLOAT32),
-)
+# The backward kernels' inputs: the dQ kernel reads the LSE and delta as the forward and the
+# prologue wrote them; the dK/dV kernels read the prologue's per-row statistics instead.
+TENSOR_INPUTS = (("q", INPUT), ("k", INPUT), ("v", INPUT), ("do", INPUT))
+GRADIENT_INPUTS = (*TENSOR_INPUTS, ("lse", FLOAT32), ("delta", FLOAT32))
 
 
 @dataclass(frozen=True)
@@ -94,12 +89,27 @@ FORWARD = KernelSignature(
 BACKWARD_DQ = KernelSignature(pointers=(*GRADIENT_INPUTS, ("dq", INPUT), *TABLE), scalars=SIZES)
 # The dK/dV kernel and the fused backward; only the fused one reads dq_accum.
 BACKWARD_DKDV = KernelSignature(
-    pointers=(*GRADIENT_INPUTS, ("dq_accum", FLOAT32), ("dk", INPUT), ("dv", INPUT), *TABLE),
+    pointers=(
+        *TENSOR_INPUTS,
+        ("row_stats", FLOAT32),
+        ("dq_accum", FLOAT32),
+        ("dk", INPUT),
+        ("dv", INPUT),
+        *TABLE,
+    ),
     scalars=SIZES,
 )
 PROLOGUE = KernelSignature(
-    pointers=(("o", INPUT), ("do", INPUT), ("delta", FLOAT32), ("dq_accum", FLOAT32)),
-    scalars=(("total_q", INT32), ("heads_q", INT32)),
+    pointers=(
+        ("o", INPUT),
+        ("do", INPUT),
+        ("lse", FLOAT32),
+        ("delta", FLOAT32),
+        ("row_stats", FLOAT32),
+        ("dq_accum", FLOAT32),
+        *TABLE,
+    ),
+    scalars=(("total_q", INT32), ("heads_q", INT32), ("batch", INT32), ("softmax_scale", FLOAT32)),
 )
 
 

@@ -124,25 +124,46 @@ def compiled_prologue(dtype: torch.dtype, head_dim: int, zero_dq: bool):
     return load_or_build(name, lambda: compile_prologue(dtype, head_dim, zero_dq))
 
 
-def prologue(out: torch.Tensor, grad_out: torch.Tensor, zero_dq: bool, stream):
-    """delta (Hq, total_q) = rowsum(dO * O) in float32, and a zeroed float32 dQ buffer (or None)."""
+def prologue(
+    out: torch.Tensor,
+    grad_out: torch.Tensor,
+    lse: torch.Tensor,
+    table: torch.Tensor,
+    softmax_scale: float,
+    zero_dq: bool,
+    stream,
+):
+    """delta (Hq, total_q) = rowsum(dO * O) in float32, the row statistics (Hq, 2,
+    ``row_stats_rows(total_q, batch)``: LSE * log2(e) and delta * scale, each sequence's rows
+    from ``row_stats_start``; the rows between sequences are not written) and a zeroed float32
+    dQ buffer (or None)."""
     from s2s.attention.cute.arguments import PROLOGUE
+    from s2s.attention.cute.views import ROW_STATISTICS, row_stats_rows
 
     total_q, heads = out.shape[:2]
+    batch = table.shape[0]
     delta = torch.empty(heads, total_q, dtype=torch.float32, device=out.device)
+    row_stats = torch.empty(
+        heads, ROW_STATISTICS, row_stats_rows(total_q, batch), dtype=torch.float32, device=out.device
+    )
     # Without a dQ buffer the kernel never touches its pointer: delta stands in.
     dq_accum = torch.empty(out.shape, dtype=torch.float32, device=out.device) if zero_dq else delta
     kernel = compiled_prologue(out.dtype, out.shape[2], zero_dq)
     values = {
         "o": out,
         "do": grad_out,
+        "lse": lse,
         "delta": delta,
+        "row_stats": row_stats,
         "dq_accum": dq_accum,
+        "seq": table,
         "total_q": total_q,
         "heads_q": heads,
+        "batch": batch,
+        "softmax_scale": softmax_scale,
     }
     kernel(*PROLOGUE.arguments(values, stream))
-    return delta, (dq_accum if zero_dq else None)
+    return delta, row_stats, (dq_accum if zero_dq else None)
 
 
 def backward(
@@ -175,19 +196,21 @@ def backward(
     dq, dk, dv = grads
     grad_out = grad_out.contiguous()
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
-    delta, dq_accum = prologue(out, grad_out, not deterministic, stream)
+    delta, row_stats, dq_accum = prologue(
+        out, grad_out, lse, table, problem.softmax_scale, not deterministic, stream
+    )
     if problem.rows_k < k.shape[0]:  # keys outside every sequence: no kernel writes them
         dk[problem.rows_k :] = 0
         dv[problem.rows_k :] = 0
     left = kernel_left_chunks(problem)
-    inputs = {"q": q, "k": k, "v": v, "do": grad_out, "lse": lse, "delta": delta}
+    tensors = {"q": q, "k": k, "v": v, "do": grad_out}
     key_tiles = backward_tiles(problem.head_dim, "dkdv")
     k_tiles = max(1, -(-problem.max_seqlen_k // key_tiles.tile_n))
     key_sizes = attention_sizes(q, k, table, k_tiles, left, problem.softmax_scale)
     if not deterministic:
         fused = compiled_backward("fused", problem.dtype, backward_tiles(problem.head_dim, "fused"))
         outputs = {"dq_accum": dq_accum, "dk": dk, "dv": dv}
-        fused(*BACKWARD_DKDV.arguments({**inputs, **outputs, **key_sizes}, stream))
+        fused(*BACKWARD_DKDV.arguments({**tensors, "row_stats": row_stats, **outputs, **key_sizes}, stream))
         dq.copy_(dq_accum)
         return dq, dk, dv
 
@@ -197,10 +220,10 @@ def backward(
     q_tiles = max(1, -(-problem.max_seqlen_q // query_tiles.tile_m))
     dq_kernel = compiled_backward("dq", problem.dtype, query_tiles)
     query_sizes = attention_sizes(q, k, table, q_tiles, left, problem.softmax_scale)
+    inputs = {**tensors, "lse": lse, "delta": delta}
     dq_kernel(*BACKWARD_DQ.arguments({**inputs, "dq": dq, **query_sizes}, stream))
     dkdv_kernel = compiled_backward("dkdv", problem.dtype, key_tiles)
     # Without dQ the kernel never touches its dQ pointer: delta stands in.
-    dkdv_kernel(
-        *BACKWARD_DKDV.arguments({**inputs, "dq_accum": delta, "dk": dk, "dv": dv, **key_sizes}, stream)
-    )
+    outputs = {"dq_accum": delta, "dk": dk, "dv": dv}
+    dkdv_kernel(*BACKWARD_DKDV.arguments({**tensors, "row_stats": row_stats, **outputs, **key_sizes}, stream))
     return dq, dk, dv

@@ -8,7 +8,10 @@ contiguous run of query tiles, so hidden pairs are never loaded. Per query tile 
 S^T = K Q^T and dP^T = V dO^T, P^T = exp(S^T - LSE), dS^T = P^T (dP^T - delta) (scaled by the
 softmax scale, so dK and dQ need no scaling afterwards), then dV += P^T dO and dK += dS^T Q,
 reading Q and dO through transposed views of their shared memory. Tiles whose every (query, key)
-pair is visible skip the mask.
+pair is visible skip the mask. Each query tile's LSE * log2(e) and delta * scale (written,
+scaled, by the prologue) come into shared memory by TMA with its Q and dO, as FlashAttention's
+sm90 backward does, instead of by a global load after the tile's GEMMs are issued (its latency
+was 12% of the main loop's stall samples under Nsight Compute, stop 51).
 
 Without dQ (the deterministic mode's dK/dV kernel) each CTA owns its dK/dV rows and sums GQA
 heads in a fixed order: deterministic without atomics. With dQ, each warpgroup also writes its
@@ -61,10 +64,10 @@ from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import LOG2_E
 from s2s.attention.cute.swizzled_store import HoistedSwizzledStore
 from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
-from s2s.attention.cute.views import rows_view, stats_view, table_view
+from s2s.attention.cute.views import ROW_STATISTICS, row_stats_start, row_stats_view, rows_view, table_view
 
 DS_BUFFERS = 2  # dS of tile m+1 is written while the other warpgroup may still read tile m's
-ROW_STATISTICS = 4  # KeyTiles.row_statistics: LSE * log2(e), delta * scale, first and past-last visible key
+KEY_BOUNDS = 2  # KeyTiles.row_statistics, masked tiles: a query row's first and past-last visible key
 
 
 def transposed_scores_mma(dtype, tiles: KeyTiles) -> cute.TiledMma:
@@ -79,9 +82,10 @@ def transposed_scores_mma(dtype, tiles: KeyTiles) -> cute.TiledMma:
 
 def column_pair(statistics: cute.Tensor, column, value: int):
     """Statistic ``value`` of queries ``column`` and ``column + 1`` (``column`` even, rows
-    contiguous per statistic) as one 8-byte shared-memory load."""
+    contiguous per statistic) as one shared-memory load of two elements."""
     address = (statistics.iterator + statistics.layout((column, value))).toint()
-    pointer = cute.make_ptr(statistics.element_type, address, cute.AddressSpace.smem, assumed_align=8)
+    width = 2 * statistics.element_type.width // 8
+    pointer = cute.make_ptr(statistics.element_type, address, cute.AddressSpace.smem, assumed_align=width)
     return cute.make_tensor(pointer, cute.make_layout(2)).load()
 
 
@@ -106,8 +110,7 @@ class ChunkAttentionBackwardDkDvSm90:
         k: cute.Pointer,  # (total_k, Hk, D)
         v: cute.Pointer,  # (total_k, Hk, D)
         do: cute.Pointer,  # (total_q, Hq, D)
-        lse: cute.Pointer,  # (Hq, total_q) fp32
-        delta: cute.Pointer,  # (Hq, total_q) fp32
+        row_stats: cute.Pointer,  # (Hq, 2, row_stats_rows(total_q, batch)) fp32: the prologue's
         dq_accum: cute.Pointer,  # (total_q, Hq, D) fp32, zeroed, dQ is added into it (with_dq only)
         dk: cute.Pointer,  # (total_k, Hk, D) out
         dv: cute.Pointer,  # (total_k, Hk, D) out
@@ -126,7 +129,7 @@ class ChunkAttentionBackwardDkDvSm90:
         dq_rows, dq_cols = self.tiles.dq_slice  # with_dq: each warpgroup's slice of a tile's dQ
         mQ, mdO, mdQ = (rows_view(p, total_q, heads_q, d) for p in (q, do, dq_accum))
         mK, mV, mdK, mdV = (rows_view(p, total_k, heads_k, d) for p in (k, v, dk, dv))
-        mLSE, mDelta = stats_view(lse, total_q, heads_q), stats_view(delta, total_q, heads_q)
+        mStats = row_stats_view(row_stats, total_q, batch, heads_q)
         seq_info = table_view(seq, batch)
         self.dtype = mQ.element_type
 
@@ -169,13 +172,26 @@ class ChunkAttentionBackwardDkDvSm90:
         tma_v, tma_mV = cpasync.make_tiled_tma_atom(load, mV, k_smem, (self.tiles.keys_per_warpgroup, d))
         tma_q, tma_mQ = cpasync.make_tiled_tma_atom(load, mQ, q_smem, (self.tiles.tile_m, d))
         tma_do, tma_mdO = cpasync.make_tiled_tma_atom(load, mdO, q_smem, (self.tiles.tile_m, d))
+        # A query tile's row statistics come with its Q and dO: one TMA box of (rows, 2).
+        stats_smem = cute.slice_(self.staged_statistics_layout(), (None, None, 0))
+        tma_stats, tma_mStats = cpasync.make_tiled_tma_atom(
+            load, mStats, stats_smem, (self.tiles.tile_m, ROW_STATISTICS)
+        )
         self.kv_bytes = 2 * cute.size_in_bytes(self.dtype, k_smem)  # K and V share a stage
-        self.q_bytes = 2 * cute.size_in_bytes(self.dtype, q_smem)  # Q and dO share a stage
+        # Q, dO and the statistics share a stage.
+        self.q_bytes = 2 * cute.size_in_bytes(self.dtype, q_smem) + cute.size_in_bytes(
+            cutlass.Float32, stats_smem
+        )
 
         fields = {
             "kv_barriers": cute.struct.MemRange[cutlass.Int64, self.tiles.consumer_warpgroups * 2],
             "q_barriers": cute.struct.MemRange[cutlass.Int64, self.tiles.q_stages * 2],
             "order_barriers": cute.struct.MemRange[cutlass.Int64, self.tiles.consumer_warpgroups],
+            # int16 and here, in the alignment gap before sK: the d128 fused kernel has no other
+            # shared memory to spare.
+            "bounds": cute.struct.Align[
+                cute.struct.MemRange[cutlass.Int16, cute.cosize(self.bounds_layout())], 16
+            ],
             "sK": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024],
             "sV": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024],
             "sQ": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024],
@@ -206,20 +222,17 @@ class ChunkAttentionBackwardDkDvSm90:
             ]
             mmas = (st_mma, grad_mma, dq_mma)
             layouts = (sK_layout, sQ_layout, sdS_layout, sdQ_layout)
-        stats_range = cute.struct.MemRange[cutlass.Float32, cute.cosize(self.statistics_layout())]
-        if cutlass.const_expr(self.tiles.split_commits):  # 8-byte pairs of columns (row_columns)
-            stats_range = cute.struct.Align[stats_range, 16]
-        fields["stats"] = stats_range
+        fields["sStats"] = cute.struct.Align[
+            cute.struct.MemRange[cutlass.Float32, cute.cosize(self.staged_statistics_layout())], 128
+        ]
         self.shared_storage = cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
 
         self.keys_kernel(
             mmas,
-            (tma_k, tma_mK, tma_v, tma_mV, tma_q, tma_mQ, tma_do, tma_mdO),
+            (tma_k, tma_mK, tma_v, tma_mV, tma_q, tma_mQ, tma_do, tma_mdO, tma_stats, tma_mStats),
             dq_store,
             mdK,
             mdV,
-            mLSE,
-            mDelta,
             seq_info,
             left_chunks,
             softmax_scale,
@@ -239,8 +252,6 @@ class ChunkAttentionBackwardDkDvSm90:
         dq_store: tuple,
         mdK: cute.Tensor,
         mdV: cute.Tensor,
-        mLSE: cute.Tensor,
-        mDelta: cute.Tensor,
         seq_info: cute.Tensor,
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
@@ -250,7 +261,7 @@ class ChunkAttentionBackwardDkDvSm90:
         n_tile, head_k, seq = cute.arch.block_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
-        tma_k, mK, tma_v, mV, tma_q, mQ, tma_do, mdO = loads
+        tma_k, mK, tma_v, mV, tma_q, mQ, tma_do, mdO, tma_stats, mStats = loads
         sK_layout, sQ_layout = layouts[:2]
         group = mQ.shape[2] // mK.shape[2]
 
@@ -279,7 +290,8 @@ class ChunkAttentionBackwardDkDvSm90:
             sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
             sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
             smem_tensors = (sK, sV, sQ, sdO, sdS, sdQ)
-        stats = storage.stats.get_tensor(self.statistics_layout())
+        bounds = storage.bounds.get_tensor(self.bounds_layout())
+        sStats = storage.sStats.get_tensor(self.staged_statistics_layout())
 
         cute.arch.mbarrier_init_fence()
         cute.arch.sync_threads()
@@ -302,13 +314,17 @@ class ChunkAttentionBackwardDkDvSm90:
                         mQ,
                         tma_do,
                         mdO,
+                        tma_stats,
+                        mStats,
                         sK,
                         sV,
                         sQ,
                         sdO,
+                        sStats,
                         kv_producer,
                         q_producer,
                         seqlen,
+                        row_stats_start(seqlen.q_start, seq),
                         n_tile,
                         head_k,
                         group,
@@ -326,11 +342,10 @@ class ChunkAttentionBackwardDkDvSm90:
                 self.consume_keys(
                     mmas,
                     smem_tensors,
-                    stats,
+                    bounds,
+                    sStats,
                     mdK,
                     mdV,
-                    mLSE,
-                    mDelta,
                     kv_pipe,
                     q_consumer,
                     order,
@@ -356,20 +371,25 @@ class ChunkAttentionBackwardDkDvSm90:
         mQ: cute.Tensor,
         tma_do: cute.CopyAtom,
         mdO: cute.Tensor,
+        tma_stats: cute.CopyAtom,
+        mStats: cute.Tensor,
         sK: cute.Tensor,
         sV: cute.Tensor,
         sQ: cute.Tensor,
         sdO: cute.Tensor,
+        sStats: cute.Tensor,
         kv_producer: pipeline.PipelineProducer,
         q_producer: pipeline.PipelineProducer,
         seqlen: SeqlenInfo,
+        stats_start: cutlass.Int32,
         n_tile: cutlass.Int32,
         head_k: cutlass.Int32,
         group: cutlass.Int32,
         m_begin: cutlass.Int32,
         m_end: cutlass.Int32,
     ):
-        """One warp: K and V of both warpgroups once, then Q and dO per (query head, query tile)."""
+        """One warp: K and V of both warpgroups once, then Q, dO and the row statistics per
+        (query head, query tile)."""
         q_start, k_start = seqlen.q_start, seqlen.k_start
         keys = (self.tiles.keys_per_warpgroup, self.tiles.head_dim)
         rows = (self.tiles.tile_m, self.tiles.head_dim)
@@ -397,21 +417,29 @@ class ChunkAttentionBackwardDkDvSm90:
             tOsO, tOgO = cpasync.tma_partition(
                 tma_do, 0, one, cute.group_modes(sdO, 0, 2), cute.group_modes(gdO, 0, 2)
             )
+            gS = cute.local_tile(
+                cute.domain_offset((stats_start, 0), mStats[None, None, head]),
+                (self.tiles.tile_m, ROW_STATISTICS),
+                (None, 0),
+            )
+            tSsS, tSgS = cpasync.tma_partition(
+                tma_stats, 0, one, cute.group_modes(sStats, 0, 2), cute.group_modes(gS, 0, 2)
+            )
             for m in cutlass.range(m_begin, m_end, unroll=1):
                 handle = q_producer.acquire_and_advance()
                 cute.copy(tma_q, tQgQ[None, m], tQsQ[None, handle.index], tma_bar_ptr=handle.barrier)
                 cute.copy(tma_do, tOgO[None, m], tOsO[None, handle.index], tma_bar_ptr=handle.barrier)
+                cute.copy(tma_stats, tSgS[None, m], tSsS[None, handle.index], tma_bar_ptr=handle.barrier)
 
     @cute.jit
     def consume_keys(
         self,
         mmas: tuple,
         smem: tuple,
-        stats: cute.Tensor,
+        bounds: cute.Tensor,
+        sStats: cute.Tensor,
         mdK: cute.Tensor,
         mdV: cute.Tensor,
-        mLSE: cute.Tensor,
-        mDelta: cute.Tensor,
         kv_pipe: pipeline.PipelineTmaAsync,
         q_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
@@ -521,7 +549,7 @@ class ChunkAttentionBackwardDkDvSm90:
 
         operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
         operands = (*operands, p_operand, ds_operand, acc_st_shape)
-        keys = (tScS, key_base, mLSE, mDelta, stats[None, None, wg], scale_log2, softmax_scale)
+        keys = (tScS, key_base, sStats, bounds[None, None, wg], scale_log2, softmax_scale)
         tile = cutlass.Int32(0)  # counts query tiles: with dQ it picks the dS buffer
         # A query tile needs no mask when each of its rows sees all of the CTA's keys.
         full_begin, full_end = self.tiles.blocks.query_tiles_seeing_all(
@@ -581,17 +609,18 @@ class ChunkAttentionBackwardDkDvSm90:
         dQ, also dS^T to shared memory, the dQ slice, and the slice staged for the dQ warp."""
         grad_mma = operands[0]  # operands[1:5] and [-1] are S^T's and dP^T's
         tGrQt, tGrdOt, acc_dk, acc_dv, p_operand, ds_operand = operands[5:11]
-        m, head, mask, buffer, wg, thread = query
+        m, _, mask, buffer, wg, thread = query
         acc_st, acc_dpt, handle = self.issue_st_dpt(st_mma, operands, q_consumer, order, False)
         rows = (m * self.tiles.tile_m, mask, wg, thread)
+        staged = keys[2][None, None, handle.index]  # this tile's statistics, come with Q and dO
         if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
-            stat = self.load_row_statistics(masked, keys, rows, head)
+            stat = self.load_row_statistics(masked, keys, rows, staged)
             warpgroup.wait_group(0)
-            self.row_probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
+            self.row_probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows, staged)
         else:
-            stat = self.load_statistic(keys, m * self.tiles.tile_m, mask.seqlen, head, thread)
+            stat = self.load_statistic(m * self.tiles.tile_m, mask.seqlen, thread, staged)
             warpgroup.wait_group(0)
-            self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows)
+            self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows, staged)
         as_accumulator(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         ds_acc = as_accumulator(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
@@ -667,22 +696,23 @@ class ChunkAttentionBackwardDkDvSm90:
         every GEMM of the tile."""
         grad_mma = operands[0]  # operands[1:5] and [-1] are S^T's and dP^T's
         tGrQt, tGrdOt, acc_dk, acc_dv, p_operand, ds_operand = operands[5:11]
-        m, head, mask, buffer, wg, thread = query
+        m, _, mask, buffer, wg, thread = query
         rows = (m * self.tiles.tile_m, mask, wg, thread)
         acc_st, acc_dpt, handle = self.issue_st_dpt(st_mma, operands, q_consumer, order, True)
-        # Loaded after the GEMMs are issued: loaded before the Q/dO wait, the values live across
-        # the wait and ptxas serialised every WGMMA (336 bytes of stack).
-        stat = self.load_half_row_statistics(masked, keys, rows, head)
-        self.share_row_statistics(masked, keys, stat, rows)
+        # Read after the GEMMs are issued: read before the Q/dO wait, the values live across the
+        # wait and ptxas serialised every WGMMA (336 bytes of stack).
+        staged = keys[2][None, None, handle.index]  # this tile's statistics, come with Q and dO
+        stat = self.load_half_row_statistics(masked, keys, rows, staged)
+        self.share_row_statistics(masked, keys, stat, rows, staged)
         warpgroup.wait_group(1)  # S^T done, dP^T's GEMM runs
-        self.row_columns(masked, acc_st, acc_dpt, keys, True, False)
+        self.row_columns(masked, acc_st, acc_dpt, keys, staged, True, False)
         as_accumulator(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         warpgroup.fence()
         for k in cutlass.range_constexpr(cute.size(p_operand, mode=[2])):
             cute.gemm(grad_mma, acc_dv, p_operand[None, None, k], tGrdOt[None, None, k, handle.index], acc_dv)
         warpgroup.commit_group()
         warpgroup.wait_group(1)  # dP^T done, dV's GEMM runs
-        self.row_columns(masked, acc_st, acc_dpt, keys, False, True)
+        self.row_columns(masked, acc_st, acc_dpt, keys, staged, False, True)
         ds_acc = as_accumulator(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
         dq_operands[4].fill(0.0)
@@ -732,42 +762,46 @@ class ChunkAttentionBackwardDkDvSm90:
         cute.arch.fence_view_async_shared()
         DqHandshake.arrive(NamedBarrier.DQ_FULL_WG, wg)
 
-    def statistics_layout(self):
-        """Per warpgroup, the current query tile's LSE * log2(e) and delta, and with
-        ``row_statistics`` (in masked tiles) the row's visible keys [lo, hi) relative to the
-        warpgroup's first key. 64-row tiles without the split order: a row's two values
-        interleaved (one 8-byte load per column); 128-row tiles: a row's four values together
-        (one 16-byte load); the split order: rows contiguous per statistic, so a thread's two
-        adjacent columns read each statistic in one 8-byte load (``column_pair``)."""
-        values = ROW_STATISTICS if self.tiles.row_statistics else 2
-        row_stride, value_stride = (1, self.tiles.tile_m) if self.tiles.split_commits else (values, 1)
+    def staged_statistics_layout(self):
+        """Per Q/dO stage, its query tile's statistics as the prologue lays them out (and TMA
+        copies them): LSE * log2(e) of the tile's rows, then their delta * softmax scale."""
+        rows = self.tiles.tile_m
         return cute.make_layout(
-            (self.tiles.tile_m, values, self.tiles.consumer_warpgroups),
-            stride=(row_stride, value_stride, values * self.tiles.tile_m),
+            (rows, ROW_STATISTICS, self.tiles.q_stages), stride=(1, rows, ROW_STATISTICS * rows)
+        )
+
+    def bounds_layout(self):
+        """Per warpgroup, a masked tile's visible keys [first, past-last) of each query row
+        (``row_statistics``), relative to the warpgroup's first key and clipped to its keys, so
+        int16; rows contiguous per bound (``column_pair``). One element where they are not
+        shared (keys are found per column)."""
+        rows = self.tiles.tile_m if self.tiles.row_statistics else 1
+        return cute.make_layout(
+            (rows, KEY_BOUNDS, self.tiles.consumer_warpgroups), stride=(1, rows, KEY_BOUNDS * rows)
         )
 
     @cute.jit
-    def load_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, head):
-        """128-row tiles: LSE * log2(e) and delta * softmax scale of row ``thread`` (scaled once
-        per row, not once per column), loaded while the tile's GEMMs run, and for a masked tile
-        the row's visible keys [lo, hi) relative to the warpgroup's first key: one row's chunk
-        arithmetic per thread instead of one per column it holds. Queries past the sequence get
-        LSE +inf, so P = 0 and they add nothing."""
-        _, key_base, mLSE, mDelta, _, _, softmax_scale = keys
+    def load_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, staged: cute.Tensor):
+        """128-row tiles: LSE * log2(e) and delta * softmax scale of row ``thread`` from the
+        tile's ``staged`` statistics (scaled by the prologue), read while the tile's GEMMs run,
+        and for a masked tile the row's visible keys [lo, hi) relative to the warpgroup's first
+        key: one row's chunk arithmetic per thread instead of one per column it holds. Queries
+        past the sequence get LSE +inf, so P = 0 and they add nothing."""
+        key_base = keys[1]
         row_first, mask, _, thread = rows
         seqlen = mask.seqlen
         row = row_first + thread
         lse_log2 = cutlass.Float32.inf
         delta_scaled = cutlass.Float32(0.0)
         if row < seqlen.seqlen_q:
-            lse_log2 = mLSE[seqlen.q_start + row, head] * LOG2_E
-            delta_scaled = mDelta[seqlen.q_start + row, head] * softmax_scale
+            lse_log2 = staged[thread, 0]
+            delta_scaled = staged[thread, 1]
         lo = cutlass.Int32(0)
         hi = cutlass.Int32(0)
         if cutlass.const_expr(masked):
             keys_lo, keys_hi = mask.key_bounds(row)
-            lo = keys_lo - key_base
-            hi = keys_hi - key_base
+            lo = self.clipped_key(keys_lo - key_base)
+            hi = self.clipped_key(keys_hi - key_base)
         return lse_log2, delta_scaled, lo, hi
 
     @cute.jit
@@ -779,35 +813,48 @@ class ChunkAttentionBackwardDkDvSm90:
         keys: tuple,
         stat: tuple,
         rows: tuple,
+        staged: cute.Tensor,
     ):
         """``probabilities_and_ds`` for 128-row tiles: each thread shares its row's statistics
-        (and, masked, its visible keys, as int32 in the same 16 bytes) through shared memory; a
-        column reads them in one load."""
-        self.share_row_statistics(masked, keys, stat, rows)
-        self.row_columns(masked, acc_st, acc_dpt, keys, True, True)
+        (and, masked, its visible keys) through shared memory."""
+        self.share_row_statistics(masked, keys, stat, rows, staged)
+        self.row_columns(masked, acc_st, acc_dpt, keys, staged, True, True)
 
     @cute.jit
-    def share_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, stat: tuple, rows: tuple):
-        """The row statistics (``KeyTiles.row_statistics``) to shared memory, then the
-        warpgroup's barrier. 128-row tiles: thread t writes all four values of row t; 64-row
-        tiles (``load_half_row_statistics``): thread t < 64 row t's LSE and first key, thread
-        t + 64 row t's delta and past-last key. Keys are int32 in the same 16 bytes per row."""
-        stats = keys[4]
+    def share_row_statistics(
+        self, masked: cutlass.Constexpr, keys: tuple, stat: tuple, rows: tuple, staged: cute.Tensor
+    ):
+        """The row statistics (``KeyTiles.row_statistics``) back into the tile's ``staged``
+        ones, where each column reads them (unchanged in the sequence; LSE +inf and delta 0 past
+        its end, identical from both warpgroups), the visible keys of a masked tile to this
+        warpgroup's ``bounds``, then the warpgroup's barrier. 128-row tiles: thread t row t's
+        values; 64-row tiles (``load_half_row_statistics``): thread t < 64 row t's LSE and
+        first key, thread t + 64 row t's delta and past-last key. (Read, then written back,
+        before the barrier: without it, ptxas serialised every WGMMA of the kernel.)"""
+        bounds = keys[3]
         _, _, wg, thread = rows
-        bounds = cute.make_tensor(cute.recast_ptr(stats.iterator, dtype=cutlass.Int32), stats.layout)
         if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
-            stats[thread, 0] = stat[0]
-            stats[thread, 1] = stat[1]
+            staged[thread, 0] = stat[0]
+            staged[thread, 1] = stat[1]
             if cutlass.const_expr(masked):
-                bounds[thread, 2] = stat[2]
-                bounds[thread, 3] = stat[3]
+                bounds[thread, 0] = stat[2].to(cutlass.Int16)
+                bounds[thread, 1] = stat[3].to(cutlass.Int16)
         else:
             row = thread % self.tiles.tile_m
             half = thread // self.tiles.tile_m
-            stats[row, half] = stat[0]
+            staged[row, half] = stat[0]
             if cutlass.const_expr(masked):
-                bounds[row, 2 + half] = stat[1]
+                bounds[row, half] = stat[1].to(cutlass.Int16)
+        # Before the TMA that refills this stage once it is released (the async proxy), these
+        # writes are ordered by the fence after the tile's dS stores (``dq_tile``): every tiling
+        # that shares row statistics stages dQ.
+        assert self.with_dq, "row statistics are shared only by the fused kernel's tilings"
         sync_warpgroup(wg)
+
+    def clipped_key(self, key):
+        """A key relative to the warpgroup's first, clipped to [0, its keys]: the same test
+        against the warpgroup's keys, and it fits in int16."""
+        return cutlass.min(cutlass.max(key, 0), self.tiles.keys_per_warpgroup)
 
     @cute.jit
     def row_columns(
@@ -816,6 +863,7 @@ class ChunkAttentionBackwardDkDvSm90:
         acc_st: cute.Tensor,
         acc_dpt: cute.Tensor,
         keys: tuple,
+        staged: cute.Tensor,
         probabilities: cutlass.Constexpr,
         ds: cutlass.Constexpr,
     ):
@@ -823,33 +871,35 @@ class ChunkAttentionBackwardDkDvSm90:
         exp(S^T * scale - LSE) in place of S^T (0 outside the mask); with ``ds``, dS^T =
         P^T (dP^T * scale - delta * scale) in place of dP^T. Both at once when S^T and dP^T were
         waited for together; apart when P^T is computed while dP^T's GEMM still runs."""
-        tScS, _, _, _, stats, scale_log2, softmax_scale = keys
-        bounds = cute.make_tensor(cute.recast_ptr(stats.iterator, dtype=cutlass.Int32), stats.layout)
+        tScS, _, _, bounds, scale_log2, softmax_scale = keys
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
         pairs = cutlass.const_expr(self.tiles.split_commits)
         if cutlass.const_expr(pairs):
             # A WGMMA accumulator holds each row's values in pairs of adjacent columns.
             assert cute.size(st, mode=[1]) % 2 == 0 and acc_st.layout.shape[0][0] == 2, acc_st.layout
-        # The statistics this pass reads, by value index: LSE, delta, first and past-last key.
+        # What this pass reads, by name: (tensor, value index), from the staged statistics and,
+        # masked, the warpgroup's bounds.
         wanted = {}
         if cutlass.const_expr(probabilities):
-            wanted[0] = stats
+            wanted["lse"] = (staged, 0)
         if cutlass.const_expr(ds):
-            wanted[1] = stats
+            wanted["delta"] = (staged, 1)
         if cutlass.const_expr(masked and probabilities):
-            wanted[2] = bounds
-            wanted[3] = bounds
+            wanted["lo"] = (bounds, 0)
+            wanted["hi"] = (bounds, 1)
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
             if cutlass.const_expr(not pairs):
-                read = {v: t[column, v] for v, t in wanted.items()}
+                read = {name: t[column, v] for name, (t, v) in wanted.items()}
             else:
                 if cutlass.const_expr(c % 2 == 0):  # columns c, c + 1: adjacent queries, the first even
-                    loaded = {v: column_pair(t, column, v) for v, t in wanted.items()}
-                read = {v: pair[c % 2] for v, pair in loaded.items()}
-            lse_log2, delta_scaled = read.get(0), read.get(1)
-            lo, hi = read.get(2, cutlass.Int32(0)), read.get(3, cutlass.Int32(0))
+                    loaded = {name: column_pair(t, column, v) for name, (t, v) in wanted.items()}
+                read = {name: pair[c % 2] for name, pair in loaded.items()}
+            lse_log2, delta_scaled = read.get("lse"), read.get("delta")
+            lo, hi = cutlass.Int32(0), cutlass.Int32(0)
+            if cutlass.const_expr(masked and probabilities):
+                lo, hi = cutlass.Int32(read["lo"]), cutlass.Int32(read["hi"])
             for r in cutlass.range_constexpr(cute.size(st, mode=[0])):
                 if cutlass.const_expr(probabilities):
                     p = cute.math.exp2(st[r, c] * scale_log2 - lse_log2, fastmath=True)
@@ -864,49 +914,52 @@ class ChunkAttentionBackwardDkDvSm90:
                     dpt[r, c] = p * (dpt[r, c] * softmax_scale - delta_scaled)
 
     @cute.jit
-    def load_half_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, head):
-        """64-row tiles in the split order: two threads per query row, each loading one
-        statistic while the tile's GEMMs run: thread t < 64 LSE * log2(e) of row t and, masked,
-        its first visible key; thread t + 64 delta * softmax scale of row t and its past-last
-        visible key (keys relative to the warpgroup's first). Scaled once per row, bounds once
-        per row: not once per column.
+    def load_half_row_statistics(
+        self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, staged: cute.Tensor
+    ):
+        """64-row tiles in the split order: two threads per query row, each reading one
+        statistic of the tile's ``staged`` ones while the tile's GEMMs run: thread t < 64
+        LSE * log2(e) of row t and, masked, its first visible key; thread t + 64 delta * softmax
+        scale of row t and its past-last visible key (keys relative to the warpgroup's first).
+        Bounds once per row: not once per column.
         Queries past the sequence get LSE +inf, so P = 0 and they add nothing."""
-        _, key_base, mLSE, mDelta, _, _, softmax_scale = keys
+        key_base = keys[1]
         row_first, mask, _, thread = rows
         seqlen = mask.seqlen
         row = row_first + thread % self.tiles.tile_m
         value = cutlass.Float32(0.0)
         if thread < self.tiles.tile_m:
             value = cutlass.Float32.inf
+        # Branches, not an indexed read: one read indexed by thread // 64 made ptxas serialise
+        # every WGMMA of the kernel (stop 51).
         if row < seqlen.seqlen_q:
             if thread < self.tiles.tile_m:
-                value = mLSE[seqlen.q_start + row, head] * LOG2_E
+                value = staged[thread % self.tiles.tile_m, 0]
             else:
-                value = mDelta[seqlen.q_start + row, head] * softmax_scale
+                value = staged[thread % self.tiles.tile_m, 1]
         bound = cutlass.Int32(0)
         if cutlass.const_expr(masked):
             keys_lo, keys_hi = mask.key_bounds(row)
-            bound = keys_hi - key_base
+            bound = self.clipped_key(keys_hi - key_base)
             if thread < self.tiles.tile_m:
-                bound = keys_lo - key_base
+                bound = self.clipped_key(keys_lo - key_base)
         return value, bound
 
     @cute.jit
-    def load_statistic(self, keys: tuple, row_first: cutlass.Int32, seqlen: SeqlenInfo, head, thread):
-        """64-row tiles: one per-query statistic per thread, loaded while the tile's GEMMs run:
-        LSE * log2(e) of row ``thread`` for threads 0-63, delta of row ``thread - 64`` for 64-127.
-        Queries past the sequence get LSE +inf, so P = 0 and they add nothing (to dQ either)."""
-        _, _, mLSE, mDelta, _, _, _ = keys
-        q_start, seqlen_q = seqlen.q_start, seqlen.seqlen_q
+    def load_statistic(self, row_first: cutlass.Int32, seqlen: SeqlenInfo, thread, staged: cute.Tensor):
+        """64-row tiles: one per-query statistic per thread of the tile's ``staged`` ones, read
+        while the tile's GEMMs run: LSE * log2(e) of row ``thread`` for threads 0-63, delta *
+        softmax scale of row ``thread - 64`` for 64-127. Queries past the sequence get LSE
+        +inf, so P = 0 and they add nothing (to dQ either)."""
         row = row_first + thread % self.tiles.tile_m
         stat = cutlass.Float32(0.0)
         if thread < self.tiles.tile_m:
             stat = cutlass.Float32.inf
-        if row < seqlen_q:
+        if row < seqlen.seqlen_q:
             if thread < self.tiles.tile_m:
-                stat = mLSE[q_start + row, head] * LOG2_E
+                stat = staged[thread % self.tiles.tile_m, 0]
             else:
-                stat = mDelta[q_start + row, head]
+                stat = staged[thread % self.tiles.tile_m, 1]
         return stat
 
     @cute.jit
@@ -918,21 +971,25 @@ class ChunkAttentionBackwardDkDvSm90:
         keys: tuple,
         stat: cutlass.Float32,
         rows: tuple,
+        staged: cute.Tensor,
     ):
         """After the S^T/dP^T wait: share the statistics through shared memory, then turn S^T
         into P^T = exp(S^T * scale - LSE) (0 outside the mask) and dP^T into
         dS^T = P^T (dP^T - delta) * scale, in place. dS carries the softmax scale, so dK and dQ
         need no scaling afterwards."""
-        tScS, key_base, _, _, stats, scale_log2, softmax_scale = keys
+        tScS, key_base, _, _, scale_log2, softmax_scale = keys
         row_first, mask, wg, thread = rows
+        stats = staged
         stats[thread % self.tiles.tile_m, thread // self.tiles.tile_m] = stat
+        if cutlass.const_expr(not self.with_dq):  # with dQ, the fence after the dS stores does it
+            cute.arch.fence_view_async_shared()  # before the TMA that refills the stage
         sync_warpgroup(wg)
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
         for c in cutlass.range_constexpr(cute.size(st, mode=[1])):
             column = tScS[0, c][1]
             lse_log2 = stats[column, 0]
-            delta_scaled = stats[column, 1] * softmax_scale
+            delta_scaled = stats[column, 1]
             lo = cutlass.Int32(0)
             hi = cutlass.Int32(0)
             if cutlass.const_expr(masked):

@@ -93,9 +93,9 @@ class KeyTiles(_WarpRoles):
     @property
     def row_statistics(self) -> bool:
         """Each query row's statistics (LSE * log2(e), delta * scale, and in masked tiles its
-        visible keys) computed once per tile, by one thread (128-row tiles) or two (64-row
-        tiles: LSE and the first key; delta and the past-last key), and shared for every column
-        that reads them."""
+        visible keys) read or computed once per tile, by one thread (128-row tiles) or two
+        (64-row tiles: LSE and the first key; delta and the past-last key), and shared for every
+        column that reads them; the keys of other tilings are found per column."""
         return self.tile_m == 2 * WARPGROUP_ROWS or self.split_commits
 
     @property
