@@ -51,6 +51,7 @@ from cutlass.tensor_utils import LayoutEnum
 
 from s2s.attention.cute.epilogue import store_rows
 from s2s.attention.cute.fragments import accumulator_as_operand_a, as_accumulator, rows_cols
+from s2s.attention.cute.hoisted_stmatrix import HoistedStmatrixStore
 from s2s.attention.cute.mask import ChunkMask
 from s2s.attention.cute.named_barrier import (
     WARPGROUP_THREADS,
@@ -506,7 +507,10 @@ class ChunkAttentionBackwardDkDvSm90:
                     cute.make_copy_atom(warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype),
                     st_mma,
                 ).get_slice(thread)
-                tSsdS = ds_store.partition_D(sdSt_wg)
+                if cutlass.const_expr(self.tiles.hoisted_ds_store):
+                    tSsdS = HoistedStmatrixStore(ds_store, sdSt_wg)
+                else:
+                    tSsdS = ds_store.partition_D(sdSt_wg)
             else:
                 tSsdS = st_thr.partition_C(sdSt_wg)
             # dQ slice = dS (all 128 keys) x K^T slice; K's two 64-key stages are two K-halves.
@@ -555,18 +559,27 @@ class ChunkAttentionBackwardDkDvSm90:
         full_begin, full_end = self.tiles.blocks.query_tiles_seeing_all(
             mask, key_first, key_last, m_begin, m_end
         )
+        # The hoisted dS^T store's address is loop-carried (not rematerialised by ptxas): it moves
+        # to the other dS buffer with ``tile``.
+        ds_rows = dq_operands[1] if self.tiles.hoisted_ds_store and self.with_dq else None
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
-                query = (m, head, mask, tile % DS_BUFFERS, wg, thread)
+                buffer = tile % DS_BUFFERS
+                query = (m, head, mask, buffer, wg, thread)
+                step_dq = dq_operands
+                if cutlass.const_expr(ds_rows is not None):
+                    step_dq = (dq_operands[0], ds_rows, *dq_operands[2:])
                 if m >= full_begin and m < full_end:
                     st_mma, q_consumer, order = self.tile_step(
-                        False, st_mma, operands, dq_operands, q_consumer, order, keys, query
+                        False, st_mma, operands, step_dq, q_consumer, order, keys, query
                     )
                 else:
                     st_mma, q_consumer, order = self.tile_step(
-                        True, st_mma, operands, dq_operands, q_consumer, order, keys, query
+                        True, st_mma, operands, step_dq, q_consumer, order, keys, query
                     )
+                if cutlass.const_expr(ds_rows is not None):
+                    ds_rows = ds_rows.other_buffer(buffer)
                 tile += 1
 
         out_dk = cute.make_rmem_tensor(acc_dk.layout, self.dtype)
@@ -732,7 +745,9 @@ class ChunkAttentionBackwardDkDvSm90:
         """dS^T to this warpgroup's half of a dS buffer; once both halves are there, the dQ slice
         = dS K over all 128 keys (issued, not waited for)."""
         dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, _, ds_store = dq_operands
-        if cutlass.const_expr(self.tiles.ds_by_stmatrix):
+        if cutlass.const_expr(self.tiles.hoisted_ds_store):
+            tSsdS(ds_acc)
+        elif cutlass.const_expr(self.tiles.ds_by_stmatrix):
             cute.copy(ds_store, ds_store.retile(ds_acc), tSsdS[None, None, None, buffer])
         else:
             cute.autovec_copy(ds_acc, tSsdS[None, None, None, buffer])
