@@ -301,7 +301,9 @@ def test_prologue_row_statistics_match_float64(lengths, total_q, head_dim, dtype
     poison = [torch.full((heads, n), float("nan"), device="cuda") for n in (total_q, ROW_STATISTICS * padded)]
     del poison
     stream = cuda.CUstream(torch.cuda.current_stream().cuda_stream)
-    delta, row_stats, dq_accum = prologue(out, grad_out, lse, table.cuda(), scale, True, stream)
+    delta, row_stats, dq_accum = prologue(
+        out, grad_out, lse, table.cuda(), softmax_scale=scale, zero_dq=True, stream=stream
+    )
     torch.cuda.synchronize()
     want_delta = (out.double() * grad_out.double()).sum(-1).T  # (heads, total_q)
     assert row_stats.shape == (heads, ROW_STATISTICS, padded) and padded % 4 == 0

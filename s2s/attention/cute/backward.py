@@ -129,6 +129,7 @@ def prologue(
     grad_out: torch.Tensor,
     lse: torch.Tensor,
     table: torch.Tensor,
+    *,
     softmax_scale: float,
     zero_dq: bool,
     stream,
@@ -197,7 +198,13 @@ def backward(
     grad_out = grad_out.contiguous()
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     delta, row_stats, dq_accum = prologue(
-        out, grad_out, lse, table, problem.softmax_scale, not deterministic, stream
+        out,
+        grad_out,
+        lse,
+        table,
+        softmax_scale=problem.softmax_scale,
+        zero_dq=not deterministic,
+        stream=stream,
     )
     if problem.rows_k < k.shape[0]:  # keys outside every sequence: no kernel writes them
         dk[problem.rows_k :] = 0
