@@ -103,7 +103,7 @@ def test_cpu_smoke_run_prints_every_table(bench, monkeypatch, capsys, tmp_path):
     assert row["model_tflops"] > 0 and row["mfu"] is None  # no datasheet peak for a CPU
     assert row["frames_per_second"] == pytest.approx(row["frames"] / (row["step_ms"] / 1000))
     assert "sdpa: " in out and " model frames/s" in out
-    assert "| backend | model frames/s | vs flex |" in out
+    assert "| backend | model frames/s | vs flex with the same options |" in out
     assert "peak unknown: pass --peak-tflops" in out  # no datasheet peak for a CPU
     assert "| backend | step ms | model TFLOP/s | MFU | of measured GEMM |" in out
     assert "| run | wall ms/step | attention | matmul | optimizer | elementwise/other | idle |" in out
@@ -123,3 +123,19 @@ def test_op_table_must_not_be_negative(bench, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_train.py", "--device", "cpu", "--op-table", "-1"])
     with pytest.raises(SystemExit, match="--op-table must be 0"):
         bench.main()
+
+
+@pytest.mark.parametrize(
+    ("backend", "peer"),
+    [
+        ("cute", "flex"),
+        ("cute-deterministic", "flex"),
+        ("cute+compile+graphs", "flex+compile+graphs"),
+        ("sdpa+compile", "flex+compile"),
+        ("flex+graphs", "flex+graphs"),
+    ],
+)
+def test_each_backend_is_compared_with_flex_under_its_own_options(bench, backend, peer):
+    """The issue's step ratio is taken with every other optimisation on: cute+compile+graphs
+    against flex+compile+graphs, not against plain flex (and not printed as '-')."""
+    assert bench.flex_peer(backend) == peer
