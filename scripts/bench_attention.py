@@ -78,12 +78,14 @@ def timed_with_clocks(
 
 
 def clock_fields(clocks: ClockSummary | None, prefix: str) -> dict:
-    """A row's clock fields: median SM MHz, median watts, share of samples under a power or thermal
-    cap (floats, so scripts/bench_variants.py reads them as measurements, not as the row's name)."""
+    """A row's clock fields: median and lowest SM MHz, median watts, share of samples under a power
+    or thermal cap (floats, so scripts/bench_variants.py reads them as measurements, not as the
+    row's name; ``--metric bwd_min_mhz`` shows a pass that dipped where the median did not)."""
     if clocks is None:
         return {}
     return {
         f"{prefix}mhz": float(clocks.median_mhz),
+        f"{prefix}min_mhz": float(clocks.min_mhz),
         f"{prefix}watts": float(clocks.median_watts),
         f"{prefix}capped": float(clocks.capped),
     }

@@ -184,7 +184,7 @@ def test_clock_fields_and_table(bench):
     fields = bench.clock_fields(
         ClockSummary(samples=7, median_mhz=1605, min_mhz=1200, median_watts=694.5, capped=0.5), "bwd_"
     )
-    assert fields == {"bwd_mhz": 1605.0, "bwd_watts": 694.5, "bwd_capped": 0.5}
+    assert fields == {"bwd_mhz": 1605.0, "bwd_min_mhz": 1200.0, "bwd_watts": 694.5, "bwd_capped": 0.5}
     assert all(isinstance(v, float) for v in fields.values())
     assert bench.clock_fields(None, "") == {}
     rows = [
