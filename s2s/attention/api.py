@@ -46,8 +46,9 @@ def select_backend(problem: AttentionProblem, backend: str, return_lse: bool) ->
 
 
 def _empty_result(problem: AttentionProblem) -> tuple[torch.Tensor, torch.Tensor]:
-    """No keys or no queries: zeros and LSE -inf, still connected to the inputs' graph."""
-    out = problem.q * 0 + (problem.v.sum() * 0)
+    """No keys or no queries: zeros and LSE -inf, still connected to the inputs' graph (q with
+    its rows past ``seqused_q`` zeroed: 0 x NaN would be NaN there)."""
+    out = problem.used_queries() * 0 + (problem.v.sum() * 0)
     lse_shape = (
         (problem.heads_q, problem.q.shape[0])
         if problem.is_varlen
@@ -69,6 +70,7 @@ def chunk_attention(
     cu_seqlens_q_host: Sequence[int] | None = None,
     cu_seqlens_k_host: Sequence[int] | None = None,
     seqused_k: torch.Tensor | None = None,
+    seqused_q: torch.Tensor | None = None,
     backend: str = "auto",
     softmax_scale: float | None = None,
     return_lse: bool = False,
@@ -89,6 +91,19 @@ def chunk_attention(
     there included), and the chunk rule applies to the used keys. A KV cache preallocated per
     stream is attended in place, without packing. Only the reference backend reads the lengths
     on the host (to check 0 <= seqused_k[b] <= Sk); the others trust them, as flash-attention.
+
+    ``seqused_q`` (B,) int32 on q's device, batched layout only (flash-attention's): sequence b
+    uses only its first ``seqused_q[b]`` of the Sq query rows, so a padded batch runs unpacked
+    without computing its padding rows. Rows at or past ``seqused_q[b]`` are never attended: their
+    output is exactly zero, their LSE -inf, and they get zero gradient (dq rows zero; nothing
+    added to dk or dv). The chunk rule is unchanged (top-left aligned, offsets from the spec).
+    The forward never uses those rows' values (NaN there reaches no output). In the backward the
+    reference, sdpa and flex backends take anything there, NaN included, in q and grad_out; the
+    CuTe backend (as flash-attention's) needs q and grad_out FINITE in those rows (any
+    activations; not values so large that their scores overflow float32): its kernels read whole
+    tiles and multiply those rows by a zero probability. It may be given with ``seqused_k``. Only
+    the reference backend reads it on the host (to check 0 <= seqused_q[b] <= Sq); the others
+    trust it.
     """
     _check_softmax_scale(softmax_scale)
     problem = make_problem(
@@ -102,6 +117,7 @@ def chunk_attention(
         cu_seqlens_q_host=cu_seqlens_q_host,
         cu_seqlens_k_host=cu_seqlens_k_host,
         seqused_k=seqused_k,
+        seqused_q=seqused_q,
     )
     chosen = select_backend(problem, backend, return_lse)
     if q.numel() == 0 or k.numel() == 0:

@@ -26,6 +26,8 @@ class AttentionProblem:
     k/v (total_k, Hk, D), with ``cu_seqlens_q`` / ``cu_seqlens_k`` marking the sequences.
     With ``seqused_k`` (batched only) sequence b uses only its first ``seqused_k[b]`` keys; the
     rest of the Sk rows are storage (a preallocated KV cache) and may hold anything, NaN too.
+    With ``seqused_q`` (batched only) sequence b uses only its first ``seqused_q[b]`` query rows;
+    the rest are padding: never attended, output zero, LSE -inf, zero gradient.
     """
 
     q: torch.Tensor
@@ -49,6 +51,9 @@ class AttentionProblem:
     # (B,) int32 used key lengths of the batched layout (then seqlens_k is the same, as int64);
     # None when every key row is used. Never read on the host here.
     seqused_k: torch.Tensor | None = None
+    # (B,) int32 used query lengths of the batched layout (then seqlens_q is the same, as int64);
+    # None when every query row is used. max_seqlen_q and rows_q stay the shapes' (upper bounds).
+    seqused_q: torch.Tensor | None = None
 
     @property
     def is_varlen(self) -> bool:
@@ -89,6 +94,29 @@ class AttentionProblem:
         used = used.view(*used.shape, 1, 1)
         return torch.where(used, self.k, 0), torch.where(used, self.v, 0)
 
+    def used_query_rows(self) -> torch.Tensor | None:
+        """(B, Sq, 1, 1) bool, True for the rows before their sequence's ``seqused_q``; None
+        without ``seqused_q`` (every row is used)."""
+        if self.seqused_q is None:
+            return None
+        used = torch.arange(self.q.shape[1], device=self.device).view(1, -1) < self.seqused_q.view(-1, 1)
+        return used.view(*used.shape, 1, 1)
+
+    def used_queries(self) -> torch.Tensor:
+        """q with every row past its sequence's ``seqused_q`` set to zero (q as it is without
+        ``seqused_q``). Hiding a row's scores is not enough for dense math: its dS (zero) still
+        meets Q in dK = dS^T Q, and 0 x NaN is NaN. ``torch.where``, so padding rows give exact
+        zeros forward and take exact zeros as their gradient; it costs one copy of Q."""
+        used = self.used_query_rows()
+        return self.q if used is None else torch.where(used, self.q, 0)
+
+    def zero_unused_query_rows(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` (B, Sq, Hq, D) with the rows past ``seqused_q`` zero, by ``torch.where``: its
+        backward hands the attention exact zeros there whatever grad_out holds (NaN included),
+        where a hidden row's P = 0 would otherwise meet them in dV = P^T dO."""
+        used = self.used_query_rows()
+        return out if used is None else torch.where(used, out, 0)
+
 
 def _check_cu_seqlens(
     name: str, cu: torch.Tensor, total: int, device: torch.device, host: Sequence[int] | None
@@ -128,20 +156,22 @@ def _check_cu_seqlens(
     return values
 
 
-def _check_seqused_k(seqused_k: torch.Tensor, batch: int, device: torch.device) -> None:
-    """Type, shape and device only: the values stay on the device (reading them would stall the
-    host every call). Their contract, as flash-attention's: 0 <= seqused_k[b] <= Sk."""
-    if not isinstance(seqused_k, torch.Tensor):
-        raise TypeError(f"seqused_k must be an int32 tensor, got {type(seqused_k).__name__}")
-    if seqused_k.dtype != torch.int32:
-        raise TypeError(f"seqused_k must be int32 (as flash-attention), got {seqused_k.dtype}; use .int()")
-    if tuple(seqused_k.shape) != (batch,):
+def _check_seqused_q_or_k(name: str, used: torch.Tensor, batch: int, device: torch.device) -> None:
+    """``seqused_q`` or ``seqused_k`` (``name``): type, shape and device only. The values stay on
+    the device (reading them would stall the host every call). Their contract, as
+    flash-attention's: 0 <= seqused_q[b] <= Sq, 0 <= seqused_k[b] <= Sk."""
+    rows = "query" if name == "seqused_q" else "key"
+    if not isinstance(used, torch.Tensor):
+        raise TypeError(f"{name} must be an int32 tensor, got {type(used).__name__}")
+    if used.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32 (as flash-attention), got {used.dtype}; use .int()")
+    if tuple(used.shape) != (batch,):
         raise ValueError(
-            f"seqused_k must have shape (B,) = ({batch},), one used key length per sequence, "
-            f"got shape {tuple(seqused_k.shape)}"
+            f"{name} must have shape (B,) = ({batch},), one used {rows} length per sequence, "
+            f"got shape {tuple(used.shape)}"
         )
-    if seqused_k.device != device:
-        raise ValueError(f"seqused_k is on {seqused_k.device} but the inputs are on {device}; move it there")
+    if used.device != device:
+        raise ValueError(f"{name} is on {used.device} but the inputs are on {device}; move it there")
 
 
 def _host_offsets(name: str, host: Sequence[int]) -> tuple[int, ...]:
@@ -166,12 +196,14 @@ def make_problem(
     cu_seqlens_q_host: Sequence[int] | None = None,
     cu_seqlens_k_host: Sequence[int] | None = None,
     seqused_k: torch.Tensor | None = None,
+    seqused_q: torch.Tensor | None = None,
 ) -> AttentionProblem:
     """Check the inputs of ``chunk_attention`` and resolve the spec for their batch.
 
     ``cu_seqlens_q_host`` / ``cu_seqlens_k_host``: the same offsets as the cu_seqlens tensors, as
     host ints; given, they are checked instead of reading the tensors back from the device.
-    ``seqused_k``: (B,) int32 used key lengths of the batched layout (flash-attention's).
+    ``seqused_k`` / ``seqused_q``: (B,) int32 used key / query lengths of the batched layout
+    (flash-attention's).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -194,6 +226,11 @@ def make_problem(
         raise ValueError(
             "seqused_k limits the keys of the batched layout (B, Sk, H, D); packed inputs give each "
             "sequence's keys with cu_seqlens_k: leave seqused_k out"
+        )
+    if varlen and seqused_q is not None:
+        raise ValueError(
+            "seqused_q limits the query rows of the batched layout (B, Sq, H, D); packed inputs give "
+            "each sequence's queries with cu_seqlens_q: leave seqused_q out"
         )
     if not varlen and (cu_seqlens_q_host is not None or cu_seqlens_k_host is not None):
         raise ValueError(
@@ -238,11 +275,15 @@ def make_problem(
         if k.shape[0] != q.shape[0]:
             raise ValueError(f"q and k must share the batch size, got {q.shape[0]} and {k.shape[0]}")
         batch = q.shape[0]
-        seqlens_q = torch.full((batch,), q.shape[1], dtype=torch.int64, device=q.device)
+        if seqused_q is None:
+            seqlens_q = torch.full((batch,), q.shape[1], dtype=torch.int64, device=q.device)
+        else:
+            _check_seqused_q_or_k("seqused_q", seqused_q, batch, q.device)
+            seqlens_q = seqused_q.long()
         if seqused_k is None:
             seqlens_k = torch.full((batch,), k.shape[1], dtype=torch.int64, device=q.device)
         else:
-            _check_seqused_k(seqused_k, batch, q.device)
+            _check_seqused_q_or_k("seqused_k", seqused_k, batch, q.device)
             seqlens_k = seqused_k.long()
         max_seqlen_q, max_seqlen_k = q.shape[1], k.shape[1]
         rows_q, rows_k = batch * q.shape[1], batch * k.shape[1]
@@ -267,4 +308,5 @@ def make_problem(
         offsets_q=offsets_q,
         offsets_k=offsets_k,
         seqused_k=seqused_k,
+        seqused_q=seqused_q,
     )

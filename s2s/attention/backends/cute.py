@@ -3,6 +3,13 @@
 The forward kernel saves its LSE and per-sequence table; the backward runs from them
 (``s2s.attention.cute.backward``): the fused kernel, or under
 ``torch.use_deterministic_algorithms(True)`` the deterministic two-kernel pair.
+
+``seqused_q`` runs forward and backward: the kernels read each sequence's query length from the
+table, skip the tiles past it and write none of its rows (the host allocates those as zeros and
+-inf). The forward never uses those rows of q; the backward needs them FINITE in q and grad_out
+(flash-attention's contract): its kernels read whole tiles, and a padding row enters dK = dS^T Q
+and dV = P^T dO with P = dS = 0, where 0 x NaN is NaN. Nothing copies them to zero them: that
+copy would cost a third of what skipping the rows saves.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class CuteBackend(AttentionBackend):
             # tile's V rows past it are zeroed in shared memory before P @ V, so NaN storage never
             # reaches the output (0 x NaN would). The dK/dV kernels leave those rows unwritten.
             return "the CuTe backward does not take seqused_k (run the step under torch.no_grad())"
+        # seqused_q is taken forward and backward (see the module's docstring).
         if importlib.util.find_spec("cutlass") is None:
             return "nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')"
         from s2s.attention.cute.launch import unsupported_reason

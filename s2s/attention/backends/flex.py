@@ -53,12 +53,14 @@ def build_block_mask(
     total_q: int | None = None,
     total_k: int | None = None,
     seqused_k: torch.Tensor | None = None,
+    seqused_q: torch.Tensor | None = None,
 ) -> BlockMask:
     """BlockMask for (B, H, seqlen_q, seqlen_k), or for the packed (1, H, total) timeline.
 
     ``total_q`` / ``total_k``: the offsets' last entries when known on the host (None reads them
     from the device, a host sync). ``seqused_k`` (B,), batched only: keys from ``seqused_k[b]``
-    on are hidden, and tiles past it never loaded."""
+    on are hidden, and tiles past it never loaded. ``seqused_q`` (B,), batched only: query rows
+    from ``seqused_q[b]`` on see no key (mask_mod false), and blocks of them are never visited."""
     device = chunks.chunk_q.device
     n_q_blocks = -(-seqlen_q // block_size)
     n_k_blocks = -(-seqlen_k // block_size)
@@ -78,6 +80,13 @@ def build_block_mask(
         q_chunk_ids = chunk_index(positions_q, chunks.chunk_q.view(-1, 1), chunks.q_offset.view(-1, 1))
         k_chunk_ids = chunk_index(positions_k, chunks.chunk_k.view(-1, 1), chunks.k_offset.view(-1, 1))
         q_seq = torch.zeros_like(q_chunk_ids)
+        if seqused_q is not None:
+            # Unused query rows see no key: an empty range (so a block of them is hidden; one that
+            # holds the end of the used rows, classified over all seqlen_q rows, is partial) and
+            # a sequence id of their own, as packed padding rows have.
+            used_q = positions_q.view(1, -1) < seqused_q.to(device=device, dtype=torch.int64).view(-1, 1)
+            lo, hi = torch.where(used_q, lo, 0), torch.where(used_q, hi, 0)
+            q_seq = torch.where(used_q, q_seq, -1)
         # Unused keys get a sequence id of their own, as packed padding does.
         k_seq = torch.where(positions_k.view(1, -1) < used_k.view(-1, 1), 0, -2)
     else:
@@ -138,8 +147,9 @@ class FlexBackend(AttentionBackend):
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Zeroed unused rows: a hidden key of a loaded block still meets P @ V (and dS @ K in the
-        # backward) with weight 0, and 0 x NaN is NaN.
-        q, (k, v) = problem.q, problem.used_keys_and_values()
+        # backward) with weight 0, and 0 x NaN is NaN; so does a hidden query row of a loaded
+        # block in dK = dS^T Q (and its grad_out row in dV = P^T dO, zeroed at the end).
+        q, (k, v) = problem.used_queries(), problem.used_keys_and_values()
         if problem.is_varlen:
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
         block_mask = build_block_mask(
@@ -151,6 +161,7 @@ class FlexBackend(AttentionBackend):
             total_q=problem.rows_q,
             total_k=problem.rows_k,
             seqused_k=problem.seqused_k,
+            seqused_q=problem.seqused_q,
         )
         arguments = dict(
             block_mask=block_mask,
@@ -172,4 +183,4 @@ class FlexBackend(AttentionBackend):
         out = out.transpose(1, 2)
         if problem.is_varlen:
             out, lse = out[0], (None if lse is None else lse[0])
-        return out, lse
+        return problem.zero_unused_query_rows(out), lse

@@ -2,6 +2,8 @@
 
 Slow and memory-hungry on purpose: it shares nothing with the fast paths but the rule itself.
 Packed batches, and batches with ``seqused_k``, run one sequence at a time, on its own keys only.
+With ``seqused_q`` the rows past it are hidden by the mask, and zeroed in q and in the output's
+gradient (``torch.where``), so NaN there reaches no output and no gradient.
 """
 
 from __future__ import annotations
@@ -85,18 +87,24 @@ def _slice_chunks(chunks: SequenceChunks, index: int) -> SequenceChunks:
     )
 
 
-def _used_keys_attention(problem: AttentionProblem) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched layout with ``seqused_k``: each sequence against its first ``seqused_k[b]`` keys
-    only (sliced, so storage rows past them, NaN too, never enter the math). The oracle may read
-    the lengths on the host, and checks them."""
-    capacity = problem.k.shape[1]
-    used = problem.seqused_k.tolist()
-    bad = [(b, n) for b, n in enumerate(used) if not 0 <= n <= capacity]
+def _check_used_lengths(name: str, used: torch.Tensor, capacity: int) -> list[int]:
+    """``seqused_q`` or ``seqused_k`` read on the host (the oracle may) and checked against the
+    capacity (Sq or Sk)."""
+    values = used.tolist()
+    bad = [(b, n) for b, n in enumerate(values) if not 0 <= n <= capacity]
     if bad:
+        extent = "Sq" if name == "seqused_q" else "Sk"
         raise ValueError(
-            f"seqused_k must lie in [0, Sk] = [0, {capacity}] for every sequence (as flash-attention), "
+            f"{name} must lie in [0, {extent}] = [0, {capacity}] for every sequence (as flash-attention), "
             f"got (sequence, value) {bad[:4]}"
         )
+    return values
+
+
+def _used_keys_attention(problem: AttentionProblem, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched layout with ``seqused_k``: each sequence against its first ``seqused_k[b]`` keys
+    only (sliced, so storage rows past them, NaN too, never enter the math)."""
+    used = _check_used_lengths("seqused_k", problem.seqused_k, problem.k.shape[1])
     outs, lses = [], []
     for b, n in enumerate(used):
         mask = dense_mask(
@@ -107,9 +115,8 @@ def _used_keys_attention(problem: AttentionProblem) -> tuple[torch.Tensor, torch
             n,
         )
         one = slice(b, b + 1)
-        out, lse = dense_attention(
-            problem.q[one], problem.k[one, :n], problem.v[one, :n], mask, problem.softmax_scale
-        )
+        k, v = problem.k[one, :n], problem.v[one, :n]
+        out, lse = dense_attention(q[one], k, v, mask, problem.softmax_scale)
         outs.append(out)
         lses.append(lse)
     return torch.cat(outs), torch.cat(lses)
@@ -125,19 +132,22 @@ class ReferenceBackend(AttentionBackend):
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         lse_dtype = torch.float64 if problem.dtype == torch.float64 else torch.float32
-        if problem.seqused_k is not None:
-            out, lse = _used_keys_attention(problem)
-            return out.to(problem.dtype), lse.to(lse_dtype)
         if not problem.is_varlen:
-            mask = dense_mask(
-                problem.chunks,
-                problem.seqlens_q,
-                problem.seqlens_k,
-                problem.max_seqlen_q,
-                problem.max_seqlen_k,
-            )
-            out, lse = dense_attention(problem.q, problem.k, problem.v, mask, problem.softmax_scale)
-            return out.to(problem.dtype), lse.to(lse_dtype)
+            if problem.seqused_q is not None:
+                _check_used_lengths("seqused_q", problem.seqused_q, problem.q.shape[1])
+            q = problem.used_queries()
+            if problem.seqused_k is not None:
+                out, lse = _used_keys_attention(problem, q)
+            else:
+                mask = dense_mask(
+                    problem.chunks,
+                    problem.seqlens_q,
+                    problem.seqlens_k,
+                    problem.max_seqlen_q,
+                    problem.max_seqlen_k,
+                )
+                out, lse = dense_attention(q, problem.k, problem.v, mask, problem.softmax_scale)
+            return problem.zero_unused_query_rows(out.to(problem.dtype)), lse.to(lse_dtype)
 
         cu_q, cu_k = problem.offsets_q, problem.offsets_k
         outs, lses = [], []

@@ -3,7 +3,9 @@
 It materializes the (Sq, Sk) mask, so it suits short sequences and streaming steps. A packed
 batch runs as one sequence under a block-diagonal mask. With ``seqused_k`` the unused key rows
 are also zeroed (the mask alone lets NaN through: SDPA adds -inf to a NaN score, and multiplies
-a zero probability by a NaN value row).
+a zero probability by a NaN value row). With ``seqused_q`` the rows past it are hidden by the
+mask (so their output is zeroed as any row that sees no key, which also zeroes their incoming
+gradient) and zeroed in q (their dS = 0 meets Q in dK, and 0 x NaN is NaN).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class SdpaBackend(AttentionBackend):
     def forward(
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, (k, v) = problem.q, problem.used_keys_and_values()
+        q, (k, v) = problem.used_queries(), problem.used_keys_and_values()
         if problem.is_varlen:
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
         mask = problem_mask(problem)

@@ -182,19 +182,35 @@ def backward(
     """dQ, dK, dV in packed (total, H, D) form from packed contiguous q, k, v, out, the LSE
     (Hq, total_q) and the per-sequence table. Rows outside every sequence get zero gradients.
     ``deterministic=None`` follows ``torch.are_deterministic_algorithms_enabled()``. ``grads``
-    may give the dQ, dK, dV buffers to write (tests pass NaN-filled ones)."""
+    may give the dQ, dK, dV buffers to write (tests pass NaN-filled ones).
+
+    With ``seqused_q``, the rows past it (padding rows of their sequence) must hold FINITE values
+    in q and grad_out, as flash-attention's seqused_q requires: the kernels read whole query tiles,
+    and such a row enters the GEMMs with LSE +inf, so P = 0 and dS = 0 multiply its Q and dO
+    rows into dK and dV, and 0 x NaN is NaN (so is 0 x inf: values so large that a score or a
+    dO . V overflows float32 break it too; activations do not). They are not copied here (a
+    zeroed copy of q and dO would cost a third of what skipping the rows saves). Their dQ rows
+    are zero: the fused kernel's come from the prologue's zeroed float32 buffer (it zeroes every
+    row, in a sequence or not, and a padding row adds 0 x K to it); the deterministic dQ kernel
+    writes no row past a sequence's length, so its buffer starts at zero there."""
     import cuda.bindings.driver as cuda
 
     from s2s.attention.cute.arguments import BACKWARD_DKDV, BACKWARD_DQ, attention_sizes
 
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
+    # The deterministic dQ kernel writes no row past seqused_q: zeros from the allocation on.
+    unwritten_dq = deterministic and problem.seqused_q is not None
+    given = grads is not None
     if grads is None:
-        grads = (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v))
+        dq = torch.zeros_like(q) if unwritten_dq else torch.empty_like(q)
+        grads = (dq, torch.empty_like(k), torch.empty_like(v))
     for name, grad, like in zip(("dq", "dk", "dv"), grads, (q, k, v), strict=True):
         if grad.shape != like.shape or grad.dtype != like.dtype or not grad.is_contiguous():
             raise ValueError(f"{name} must be a contiguous {like.dtype} buffer of shape {tuple(like.shape)}")
     dq, dk, dv = grads
+    if unwritten_dq and given:
+        dq.masked_fill_(~problem.used_query_rows().reshape(-1, 1, 1), 0)
     grad_out = grad_out.contiguous()
     stream = cuda.CUstream(torch.cuda.current_stream(q.device).cuda_stream)
     delta, row_stats, dq_accum = prologue(

@@ -190,6 +190,10 @@ def prepare(
     buffers to write into; tests pass NaN-filled ones to prove every element is written.
     ``compiled`` (built for ``tiles``) replaces the shipped kernel: tuning runs compile other
     tile shapes.
+
+    With ``seqused_q`` no kernel writes the rows past it (the kernel skips their tiles and
+    predicates their stores): the buffers are allocated as zeros and -inf (a given buffer gets
+    those rows filled), and their values in q are never used (NaN there reaches no output).
     """
     import cuda.bindings.driver as cuda
 
@@ -199,14 +203,28 @@ def prepare(
     q = _packed(problem.q, varlen).contiguous()
     k = _packed(problem.k, varlen).contiguous()
     v = _packed(problem.v, varlen).contiguous()
+    # Rows past seqused_q are written by no kernel: zeros and -inf from the allocation on, not
+    # from an extra pass.
+    unwritten = problem.seqused_q is not None
+    given_out, given_lse = out is not None, lse is not None
     if out is None:
-        out = torch.empty_like(q)
+        out = torch.zeros_like(q) if unwritten else torch.empty_like(q)
     if lse is None:
-        lse = torch.empty(q.shape[1], q.shape[0], dtype=torch.float32, device=q.device)
+        shape = (q.shape[1], q.shape[0])
+        if unwritten:
+            lse = torch.full(shape, float("-inf"), dtype=torch.float32, device=q.device)
+        else:
+            lse = torch.empty(shape, dtype=torch.float32, device=q.device)
     if out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {q.dtype} buffer of shape {tuple(q.shape)}")
     if lse.shape != (q.shape[1], q.shape[0]) or lse.dtype != torch.float32 or not lse.is_contiguous():
         raise ValueError(f"lse must be a contiguous float32 buffer of shape {(q.shape[1], q.shape[0])}")
+    if unwritten and (given_out or given_lse):
+        unused = ~problem.used_query_rows().reshape(-1)  # (B * Sq,) packed rows past seqused_q
+        if given_out:
+            out.masked_fill_(unused.view(-1, 1, 1), 0)
+        if given_lse:
+            lse.masked_fill_(unused.view(1, -1), float("-inf"))
     if problem.rows_q < q.shape[0]:  # rows outside every sequence: no kernel writes them
         out[problem.rows_q :] = 0
         lse[:, problem.rows_q :] = float("-inf")
