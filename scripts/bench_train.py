@@ -68,6 +68,7 @@ from s2s.training.step_profile import (
 from s2s.training.token_module import TokenDuplexLightningModule
 
 FRAMES_PER_SECOND = 25  # model frames: 10 ms log-mel hop, subsampled 4x
+ROW_BUCKET = 1024  # +rows: the graphed stacks' packed rows, a multiple of this many frames
 STEP_RANGE = "train_step"  # record_function name around each profiled step
 FIRST_WORD = len(SPECIALS)  # token ids from here on are words
 
@@ -309,15 +310,20 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     ``+compile`` suffix (``cute+compile``) compiles each transformer block (module.compile_blocks);
     ``+graphs`` replays the encoder's and decoder's blocks as CUDA graphs (module.cuda_graphs: the
     batch must run unpacked, --equal-lengths or --length-multiple 8); ``+compile+graphs`` captures
-    the compiled blocks (attention inside them as the s2s::chunk_attention operator)."""
+    the compiled blocks (attention inside them as the s2s::chunk_attention operator); ``+rows``
+    (with +graphs) runs the graphed stacks on the batch's valid frames packed into rows
+    (module.cuda_graph_row_bucket = ROW_BUCKET; CuTe attention only)."""
     name = backend
     backend, *suffixes = backend.split("+")
-    unknown = set(suffixes) - {"compile", "graphs"}
+    unknown = set(suffixes) - {"compile", "graphs", "rows"}
     if unknown or len(set(suffixes)) != len(suffixes):
         raise SystemExit(
-            f"bad backend suffixes in {name!r}: the suffixes are +compile, +graphs, each at most once"
+            f"bad backend suffixes in {name!r}: the suffixes are +compile, +graphs, +rows, each at most once"
         )
     compiled, graphed = "compile" in suffixes, "graphs" in suffixes
+    if "rows" in suffixes and not graphed:
+        raise SystemExit(f"{name!r}: +rows packs the rows inside the CUDA graphs; add +graphs")
+    row_bucket = ROW_BUCKET if "rows" in suffixes else None
     deterministic = backend == "cute-deterministic"
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     backend = "cute" if deterministic else backend
@@ -326,7 +332,11 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     torch.manual_seed(0)
     # module v2's SpecAugment (configs/module/v2.yaml: AugmentConfig's defaults); run needs no trainer
     module = TokenDuplexLightningModule(
-        TokenDuplexModel(config), augment=AugmentConfig(), compile_blocks=compiled, cuda_graphs=graphed
+        TokenDuplexModel(config),
+        augment=AugmentConfig(),
+        compile_blocks=compiled,
+        cuda_graphs=graphed,
+        cuda_graph_row_bucket=row_bucket,
     )
     module = module.to(device).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -538,9 +548,10 @@ def main() -> None:
 
 def flex_peer(backend: str) -> str:
     """The flex run a backend is compared with: flex with the same options (cute+compile+graphs
-    against flex+compile+graphs, as the issue's ratio is taken with every other optimisation on)."""
-    options = backend.partition("+")[2]
-    return f"flex+{options}" if options else "flex"
+    against flex+compile+graphs, as the issue's ratio is taken with every other optimisation on).
+    +rows packs rows only where attention runs on the CuTe kernels: flex's peer runs padded."""
+    options = [o for o in backend.split("+")[1:] if o != "rows"]
+    return "+".join(["flex", *options])
 
 
 def json_row(run: BackendRun, args, peak: float | None) -> dict:

@@ -71,6 +71,8 @@ def chunk_attention(
     cu_seqlens_k_host: Sequence[int] | None = None,
     seqused_k: torch.Tensor | None = None,
     seqused_q: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
     backend: str = "auto",
     softmax_scale: float | None = None,
     return_lse: bool = False,
@@ -84,7 +86,12 @@ def chunk_attention(
 
     ``cu_seqlens_q_host`` / ``cu_seqlens_k_host`` (optional, as flash-attention's ``max_seqlen_q``)
     are the same offsets as host ints: given, nothing reads the cu_seqlens tensors back from the
-    device, which would stall the host until the device catches up, once per call.
+    device, which would stall the host until the device catches up, once per call. Or
+    ``max_seqlen_q`` / ``max_seqlen_k`` (flash-attention's): bounds on every sequence's length,
+    and the offsets are trusted, never read on the host (a CUDA graph replays new offsets in
+    them); their contract: non-decreasing from 0, ending at total_q / total_k (every row inside
+    a sequence), no sequence longer than its bound. The reference backend then runs one dense
+    call under the block-diagonal mask.
 
     ``seqused_k`` (B,) int32 on q's device, batched layout only (flash-attention's): sequence b
     uses only its first ``seqused_k[b]`` of the Sk key rows, the rest never reach the output (NaN
@@ -118,6 +125,8 @@ def chunk_attention(
         cu_seqlens_k_host=cu_seqlens_k_host,
         seqused_k=seqused_k,
         seqused_q=seqused_q,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
     )
     chosen = select_backend(problem, backend, return_lse)
     if q.numel() == 0 or k.numel() == 0:

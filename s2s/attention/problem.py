@@ -123,17 +123,7 @@ def _check_cu_seqlens(
 ) -> tuple[int, ...]:
     """The checked offsets, on the host: ``host`` when given (the device tensor is then not read,
     which would stall the host until the device catches up), else read from ``cu``."""
-    if not isinstance(cu, torch.Tensor):
-        raise TypeError(f"{name} must be an int32 tensor, got {type(cu).__name__}")
-    if cu.dtype != torch.int32:
-        raise TypeError(f"{name} must be int32 (as flash-attention), got {cu.dtype}; use .int()")
-    if cu.dim() != 1 or cu.shape[0] < 2:
-        raise ValueError(
-            f"{name} must be 1-D with batch + 1 entries (0, len0, len0 + len1, ...), "
-            f"got shape {tuple(cu.shape)}"
-        )
-    if cu.device != device:
-        raise ValueError(f"{name} is on {cu.device} but the inputs are on {device}; move it there")
+    _check_cu_seqlens_tensor(name, cu, device)
     if host is None:
         values = tuple(cu.tolist())
     else:
@@ -154,6 +144,44 @@ def _check_cu_seqlens(
             f"the lengths go beyond the tensor"
         )
     return values
+
+
+def _check_cu_seqlens_tensor(name: str, cu: torch.Tensor, device: torch.device) -> None:
+    """Type, shape and device of an offsets tensor (its values are checked on the host, if at all)."""
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be an int32 tensor, got {type(cu).__name__}")
+    if cu.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32 (as flash-attention), got {cu.dtype}; use .int()")
+    if cu.dim() != 1 or cu.shape[0] < 2:
+        raise ValueError(
+            f"{name} must be 1-D with batch + 1 entries (0, len0, len0 + len1, ...), "
+            f"got shape {tuple(cu.shape)}"
+        )
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device} but the inputs are on {device}; move it there")
+
+
+def _check_max_seqlens(max_seqlen_q, max_seqlen_k, varlen: bool, host_q, host_k) -> bool:
+    """Whether the call gives trusted packed offsets: both bounds, packed inputs, no host offsets."""
+    if max_seqlen_q is None and max_seqlen_k is None:
+        return False
+    if max_seqlen_q is None or max_seqlen_k is None:
+        raise ValueError("max_seqlen_q and max_seqlen_k go together: give both bounds or neither")
+    if not varlen:
+        raise ValueError(
+            "max_seqlen_q / max_seqlen_k bound packed sequences: pass them with cu_seqlens_q and cu_seqlens_k"
+        )
+    if host_q is not None or host_k is not None:
+        raise ValueError(
+            "give either the host offsets (cu_seqlens_*_host, checked) or the bounds (max_seqlen_*, "
+            "trusted), not both"
+        )
+    for name, bound in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound < 0:
+            raise ValueError(
+                f"{name} must be a non-negative int (a bound on every sequence's length), got {bound!r}"
+            )
+    return True
 
 
 def _check_seqused_q_or_k(name: str, used: torch.Tensor, batch: int, device: torch.device) -> None:
@@ -197,11 +225,15 @@ def make_problem(
     cu_seqlens_k_host: Sequence[int] | None = None,
     seqused_k: torch.Tensor | None = None,
     seqused_q: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
 ) -> AttentionProblem:
     """Check the inputs of ``chunk_attention`` and resolve the spec for their batch.
 
     ``cu_seqlens_q_host`` / ``cu_seqlens_k_host``: the same offsets as the cu_seqlens tensors, as
     host ints; given, they are checked instead of reading the tensors back from the device.
+    ``max_seqlen_q`` / ``max_seqlen_k`` instead (flash-attention's): bounds on the sequences'
+    lengths, and the offsets are trusted, not read (inside a CUDA graph they cannot be).
     ``seqused_k`` / ``seqused_q``: (B,) int32 used key / query lengths of the batched layout
     (flash-attention's).
     """
@@ -257,9 +289,20 @@ def make_problem(
             f"query heads ({heads_q}) must be a multiple of key/value heads ({heads_k}) for GQA/MQA"
         )
 
+    trusted = _check_max_seqlens(max_seqlen_q, max_seqlen_k, varlen, cu_seqlens_q_host, cu_seqlens_k_host)
     if varlen:
-        offsets_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device, cu_seqlens_q_host)
-        offsets_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device, cu_seqlens_k_host)
+        if trusted:  # bounds given: the offsets stay on the device, every row inside a sequence
+            _check_cu_seqlens_tensor("cu_seqlens_q", cu_seqlens_q, q.device)
+            _check_cu_seqlens_tensor("cu_seqlens_k", cu_seqlens_k, q.device)
+            offsets_q = offsets_k = None
+            rows_q, rows_k = q.shape[0], k.shape[0]
+        else:
+            host_q, host_k = cu_seqlens_q_host, cu_seqlens_k_host
+            offsets_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device, host_q)
+            offsets_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device, host_k)
+            max_seqlen_q = max(b - a for a, b in itertools.pairwise(offsets_q))
+            max_seqlen_k = max(b - a for a, b in itertools.pairwise(offsets_k))
+            rows_q, rows_k = offsets_q[-1], offsets_k[-1]
         if cu_seqlens_q.shape != cu_seqlens_k.shape:
             raise ValueError(
                 f"cu_seqlens_q and cu_seqlens_k must describe the same number of sequences, "
@@ -268,9 +311,6 @@ def make_problem(
         batch = cu_seqlens_q.shape[0] - 1
         seqlens_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).long()
         seqlens_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
-        max_seqlen_q = max(b - a for a, b in itertools.pairwise(offsets_q))
-        max_seqlen_k = max(b - a for a, b in itertools.pairwise(offsets_k))
-        rows_q, rows_k = offsets_q[-1], offsets_k[-1]
     else:
         if k.shape[0] != q.shape[0]:
             raise ValueError(f"q and k must share the batch size, got {q.shape[0]} and {k.shape[0]}")

@@ -14,7 +14,7 @@ from s2s.attention.custom_op import OPERATOR_BACKENDS, attention_operator
 from s2s.attention.static_cache import StaticCrossAttentionCache, StaticSelfAttentionCache
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import Rotation
-from s2s.models.packing import AlignedLayout, PackedLayout, runs_unpacked
+from s2s.models.packing import AlignedLayout, PackedLayout, PackedRows, runs_unpacked
 
 if TYPE_CHECKING:
     from s2s.models.attention_context import AttentionContext
@@ -25,34 +25,56 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     spec: ChunkSpec,
-    layout: PackedLayout | AlignedLayout | None,
+    layout: PackedLayout | AlignedLayout | PackedRows | None,
     backend: str,
 ) -> torch.Tensor:
-    """Chunk-causal attention over a padded batch (B, T, H, D) whose valid frames are `layout`'s.
+    """Chunk-causal attention over a padded batch (B, T, H, D) whose valid frames are `layout`'s,
+    or over packed rows (1, N, H, D) (a PackedRows layout: the graphed block stacks').
 
     Padded frames must never be keys (a query in a sequence's last, short chunk would see them).
     When the chunks already hide them (every length a multiple of its chunk, as training crops
-    with data.crop_multiple_frames are), the padded batch runs as it is; otherwise it is packed into
-    variable-length form. Either way padded rows come back as zeros. The layout's host offsets go
-    along, so choosing, packing and checking never wait for the device.
+    with data.crop_multiple_frames are), the padded batch runs as it is, with each sequence's
+    length as `seqused_q`: padded query rows are not computed and come back as zeros. Otherwise
+    it is packed into variable-length form, and padded rows come back as zeros too. The layout's
+    host offsets go along, so choosing, packing and checking never wait for the device.
 
     Under torch.compile, a batch that runs unpacked with the chunk rule in device tensors (what the
     graphed block stacks pass: an AlignedLayout) stays inside the compiled graph: the CuTe kernel
     (and the reference) through the registered operator (s2s.attention.custom_op), FlexAttention
     and SDPA traced as they are. Other calls take the eager path, where the compiled graph splits.
     """
+    if isinstance(layout, PackedRows):
+        return _attend_packed_rows(q, k, v, spec, layout, backend)
     if torch.compiler.is_compiling() and isinstance(layout, AlignedLayout):
         if backend in OPERATOR_BACKENDS:
-            return _padding_zeroed(attention_operator(q, k, v, spec, backend), layout)
-        return _padding_zeroed(chunk_attention(q, k, v, spec, backend=backend), layout)
+            return attention_operator(q, k, v, spec, backend, seqused_q=layout.seqused)
+        return chunk_attention(q, k, v, spec, backend=backend, seqused_q=layout.seqused)
     return _attend_eager(q, k, v, spec, layout, backend)
 
 
-def _padding_zeroed(out: torch.Tensor, layout: PackedLayout | AlignedLayout | None) -> torch.Tensor:
-    """An unpacked result with the layout's padded rows set to zeros (as is without padding)."""
+def _attend_packed_rows(q, k, v, spec: ChunkSpec, rows: PackedRows, backend: str) -> torch.Tensor:
+    """Packed rows (1, N, H, D): attention packed, with the offsets as device tensors and their
+    bound as a host int, so nothing is read on the host (inside a CUDA graph)."""
+    if q.shape[0] != 1 or k.shape[0] != 1:
+        raise ValueError(
+            f"packed rows are one row of frames (1, N, H, D), got q {tuple(q.shape)} and k {tuple(k.shape)}"
+        )
+    packed = {
+        "cu_seqlens_q": rows.cu_seqlens,
+        "cu_seqlens_k": rows.cu_seqlens,
+        "max_seqlen_q": rows.max_seqlen,
+        "max_seqlen_k": rows.max_seqlen,
+    }
+    if backend in OPERATOR_BACKENDS:
+        return attention_operator(q[0], k[0], v[0], spec, backend, **packed).unsqueeze(0)
+    return chunk_attention(q[0], k[0], v[0], spec, backend=backend, **packed).unsqueeze(0)
+
+
+def _used_query_rows(layout: PackedLayout | AlignedLayout | None) -> torch.Tensor | None:
+    """seqused_q of an unpacked call: the layout's lengths, or None without padding."""
     if layout is None or not layout.has_padding:
-        return out
-    return torch.where(layout.valid[:, :, None, None], out, 0.0)
+        return None
+    return layout.seqused
 
 
 @torch.compiler.disable  # an opaque call inside compiled blocks (s2s/models/regional_compile.py)
@@ -65,7 +87,7 @@ def _attend_eager(q, k, v, spec: ChunkSpec, layout, backend: str) -> torch.Tenso
             f"but q is {tuple(q.shape)} and k {tuple(k.shape)}; build it from this batch's lengths"
         )
     if runs_unpacked(spec, layout):
-        return _padding_zeroed(chunk_attention(q, k, v, spec, backend=backend), layout)
+        return chunk_attention(q, k, v, spec, backend=backend, seqused_q=_used_query_rows(layout))
     packed = chunk_attention(
         *(t.flatten(0, 1).index_select(0, layout.indices) for t in (q, k, v)),
         spec,

@@ -34,42 +34,48 @@ from s2s.attention.spec import ChunkSpec, SequenceChunks
 from s2s.models.attention_context import OfflineAttention
 from s2s.models.config import DuplexConfig
 from s2s.models.layers import Rotation
-from s2s.models.packing import AlignedLayout, runs_unpacked
+from s2s.models.packing import AlignedLayout, PackedLayout, PackedRows, runs_unpacked
+from s2s.models.row_packing import RowPacking, cute_runs_packed_rows
 
 
 class EncoderBlocks(nn.Module):
-    """The encoder's blocks as one callable of tensors (what a graph captures)."""
+    """The encoder's blocks as one callable of tensors (what a graph captures): over a padded batch
+    (B, T) whose `frames` input is the (B, T) valid mask, or, with `max_seqlen`, over packed rows
+    (1, N) whose `frames` input is the (B + 2,) offsets of s2s.models.row_packing."""
 
-    def __init__(self, blocks: nn.ModuleList, config: DuplexConfig):
+    def __init__(self, blocks: nn.ModuleList, config: DuplexConfig, max_seqlen: int | None = None):
         super().__init__()
         self.blocks = blocks
         self.config = config
+        self.max_seqlen = max_seqlen
 
     @property
     def left_chunks(self) -> int | None:
         return self.config.left_chunks
 
-    def forward(self, x, positions, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        rotation, attention = self.block_inputs(positions, chunks, valid)
+    def forward(self, x, positions, chunks: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        rotation, attention = self.block_inputs(positions, chunks, frames)
         for block in self.blocks:
             x = block(x, rotation, attention)
         return x
 
     def block_inputs(
-        self, positions: torch.Tensor, chunks: torch.Tensor, valid: torch.Tensor
+        self, positions: torch.Tensor, chunks: torch.Tensor, frames: torch.Tensor
     ) -> tuple[Rotation, OfflineAttention]:
-        """The rotation of the (B, T) positions, and the attention context (spec and layout) of the
-        (4, B) chunk table and (B, T) valid mask, reading none of them on the host."""
+        """The rotation of the positions, and the attention context (spec and layout) of the
+        (4, B) chunk table and the frames (valid mask or packed offsets), reading none of them on
+        the host."""
         rotation = Rotation.at(positions, self.config.head_dim, self.config.rope_base)
         spec = ChunkSpec.from_resolved(SequenceChunks(*chunks.unbind(0), left_chunks=self.left_chunks))
-        return rotation, OfflineAttention(spec, AlignedLayout(valid), self.config.attention_backend)
+        layout = AlignedLayout(frames) if self.max_seqlen is None else PackedRows(frames, self.max_seqlen)
+        return rotation, OfflineAttention(spec, layout, self.config.attention_backend)
 
 
 class DecoderBlocks(EncoderBlocks):
     """The decoder's blocks as one callable of tensors; self- and cross-attention share the spec."""
 
-    def forward(self, x, positions, encoded, chunks: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        rotation, attention = self.block_inputs(positions, chunks, valid)
+    def forward(self, x, positions, encoded, chunks: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        rotation, attention = self.block_inputs(positions, chunks, frames)
         for block in self.blocks:
             x = block(x, rotation, encoded, attention, attention)
         return x
@@ -84,6 +90,7 @@ class GraphKey:
     encoded: tuple[tuple[int, ...], torch.dtype, bool] | None
     autocast: torch.dtype | None
     left_chunks: int | None
+    max_seqlen: int | None  # packed rows: the bound on a sequence's length (None: a padded batch)
 
 
 def chunk_table(chunks: SequenceChunks) -> torch.Tensor:
@@ -91,23 +98,36 @@ def chunk_table(chunks: SequenceChunks) -> torch.Tensor:
     return torch.stack([chunks.chunk_q, chunks.chunk_k, chunks.q_offset, chunks.k_offset])
 
 
-def graphable(x: torch.Tensor, blocks: EncoderBlocks, spec: ChunkSpec, layout) -> bool:
-    """Whether this call can replay a graph: training with gradients on a CUDA device, unpacked."""
+def graphable(x: torch.Tensor, blocks: EncoderBlocks, spec: ChunkSpec, layout, packs_rows: bool) -> bool:
+    """Whether this call can replay a graph: training with gradients on a CUDA device, with rows
+    packed or unpacked."""
     training = x.is_cuda and blocks.blocks.training and torch.is_grad_enabled() and x.requires_grad
-    return training and runs_unpacked(spec, layout)
+    return training and (packs_rows or runs_unpacked(spec, layout))
 
 
 class GraphedBlocks:
     """Replays `blocks` (an EncoderBlocks or DecoderBlocks) as CUDA graphs, one pair per batch shape,
-    at most `max_shapes` of them (a run with more shapes runs the rest eagerly, with a warning)."""
+    at most `max_shapes` of them (a run with more shapes runs the rest eagerly, with a warning).
+
+    `row_bucket` (frames): a padded batch's valid frames run packed into one row of a multiple of
+    that many frames (s2s.models.row_packing), where attention runs on the CuTe kernels; None, or
+    another backend: the padded batch as it is."""
 
     def __init__(
-        self, blocks: EncoderBlocks, max_shapes: int = 4, warmup_steps: int = 3, compiled: bool = False
+        self,
+        blocks: EncoderBlocks,
+        max_shapes: int = 4,
+        warmup_steps: int = 3,
+        compiled: bool = False,
+        row_bucket: int | None = None,
     ):
         if max_shapes < 1:
             raise ValueError(f"max_shapes must be at least 1, got {max_shapes}")
+        if row_bucket is not None and row_bucket < 1:
+            raise ValueError(f"row_bucket must be a positive number of frames or None, got {row_bucket}")
         self.blocks = blocks
         self.compiled = compiled
+        self.row_bucket = row_bucket
         self.max_shapes = max_shapes
         self.warmup_steps = warmup_steps
         self.graphs: dict[GraphKey, nn.Module] = {}
@@ -124,21 +144,26 @@ class GraphedBlocks:
         """The stack's output through a graph, or None where this call must run eagerly."""
         if self.failure is not None or spec.left_chunks != self.blocks.left_chunks:
             return None
-        if not graphable(x, self.blocks, spec, layout):
+        packing = self._row_packing(x, layout)
+        if not graphable(x, self.blocks, spec, layout, packing is not None):
             return None
         batch, frames = x.shape[:2]
-        if layout is None:
-            valid = torch.ones(batch, frames, dtype=torch.bool, device=x.device)
-        else:
-            valid = layout.valid
         table = chunk_table(spec.resolve(batch, x.device))
+        if packing is not None:
+            x, positions, table = packing.gather(x), packing.gather(positions), packing.chunk_table(table)
+            encoded = None if encoded is None else packing.gather(encoded)
+            rows = packing.rows.cu_seqlens
+        elif layout is None:
+            rows = torch.ones(batch, frames, dtype=torch.bool, device=x.device)
+        else:
+            rows = layout.valid
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         key = GraphKey(
             tuple(x.shape), x.dtype,
             None if encoded is None else (tuple(encoded.shape), encoded.dtype, encoded.requires_grad),
-            autocast, spec.left_chunks,
+            autocast, spec.left_chunks, None if packing is None else packing.rows.max_seqlen,
         )  # fmt: skip
-        inputs = (x, positions, table, valid) if encoded is None else (x, positions, encoded, table, valid)
+        inputs = (x, positions, table, rows) if encoded is None else (x, positions, encoded, table, rows)
         graphed = self.graphs.get(key)
         if graphed is None:
             if len(self.graphs) >= self.max_shapes:
@@ -152,7 +177,7 @@ class GraphedBlocks:
                     self._warned = True
                 return None
             try:
-                graphed = self._capture(inputs, autocast)
+                graphed = self._capture(inputs, autocast, key.max_seqlen)
             except Exception as error:  # any failure to capture leaves the run on the eager path
                 first_line = str(error).splitlines()[0] if str(error) else ""
                 self.failure = f"{type(error).__name__}: {first_line}"
@@ -165,12 +190,25 @@ class GraphedBlocks:
                 return None
             self.graphs[key] = graphed
         self.replays += 1
-        return graphed(*inputs)
+        out = graphed(*inputs)
+        return out if packing is None else packing.scatter(out, batch)
 
-    def _capture(self, inputs: tuple[torch.Tensor, ...], autocast: torch.dtype | None) -> nn.Module:
+    def _row_packing(self, x: torch.Tensor, layout) -> RowPacking | None:
+        """How this call's frames pack into rows, or None where the padded batch runs as it is:
+        no row bucket, no padding, no host lengths (PackedLayout), or attention not on the CuTe
+        kernels (the operator's other backward is the dense formula: memory grows with N^2)."""
+        if self.row_bucket is None or not isinstance(layout, PackedLayout) or not layout.has_padding:
+            return None
+        if not cute_runs_packed_rows(self.blocks.config.attention_backend, x.device):
+            return None
+        return RowPacking.of(layout, self.row_bucket)
+
+    def _capture(
+        self, inputs: tuple[torch.Tensor, ...], autocast: torch.dtype | None, max_seqlen: int | None
+    ) -> nn.Module:
         """Warm up and capture a fresh wrapper of the same blocks (make_graphed_callables patches the
         module it is given, so each shape gets its own) on copies of this call's inputs."""
-        wrapper = stack_for_capture(self.blocks, self.compiled)
+        wrapper = stack_for_capture(self.blocks, self.compiled, max_seqlen)
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         dtype = autocast or torch.bfloat16
         with (
@@ -235,7 +273,7 @@ def _no_graphs() -> None:
     return None
 
 
-def stack_for_capture(stack: EncoderBlocks, compiled: bool) -> EncoderBlocks:
+def stack_for_capture(stack: EncoderBlocks, compiled: bool, max_seqlen: int | None = None) -> EncoderBlocks:
     """A fresh wrapper of the same blocks for one capture. `compiled`: each block torch.compile'd
     whole for this shape (fullgraph, static: attention inside as the s2s::chunk_attention operator,
     s2s.attention.custom_op), in the wrapper only, so the model's own blocks stay eager for every
@@ -243,18 +281,18 @@ def stack_for_capture(stack: EncoderBlocks, compiled: bool) -> EncoderBlocks:
     blocks = stack.blocks
     if compiled:
         blocks = nn.ModuleList([torch.compile(block, fullgraph=True, dynamic=False) for block in blocks])
-    return type(stack)(blocks, stack.config)
+    return type(stack)(blocks, stack.config, max_seqlen)
 
 
-def use_cuda_graphs(model: nn.Module, max_shapes: int = 4, compiled: bool = False) -> nn.Module:
+def use_cuda_graphs(
+    model: nn.Module, max_shapes: int = 4, compiled: bool = False, row_bucket: int | None = None
+) -> nn.Module:
     """Give `model`'s encoder and decoder graphed block stacks (their `forward` then tries a graph
-    first), with `compiled` blocks inside the graphs; returns `model`. Parameters and state_dict are
-    unchanged."""
+    first), with `compiled` blocks inside the graphs and padded batches packed into rows of a
+    multiple of `row_bucket` frames (None: run padded); returns `model`. Parameters and state_dict
+    are unchanged."""
     config = model.config
-    model.encoder.graphs = GraphedBlocks(
-        EncoderBlocks(model.encoder.blocks, config), max_shapes, compiled=compiled
-    )
-    model.decoder.graphs = GraphedBlocks(
-        DecoderBlocks(model.decoder.blocks, config), max_shapes, compiled=compiled
-    )
+    options = {"compiled": compiled, "row_bucket": row_bucket}
+    model.encoder.graphs = GraphedBlocks(EncoderBlocks(model.encoder.blocks, config), max_shapes, **options)
+    model.decoder.graphs = GraphedBlocks(DecoderBlocks(model.decoder.blocks, config), max_shapes, **options)
     return model

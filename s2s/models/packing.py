@@ -27,6 +27,8 @@ class PackedLayout:
     cu_seqlens: torch.Tensor  # (B + 1,) int32, on the device: 0, len0, len0 + len1, ...
     offsets: tuple[int, ...]  # cu_seqlens on the host
     valid: torch.Tensor  # (B, T) bool, on the device: the frames inside their sequence
+    # (B,) int32, on the device: lengths as attention's seqused_q (unpacked, no padded query computed)
+    seqused: torch.Tensor
     # padding_hidden()'s answers by spec: a forward's layers share one spec, so it is worked out once
     _hidden: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -82,6 +84,7 @@ class PackedLayout:
             cu_seqlens=cu_seqlens,
             offsets=offsets,
             valid=torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None],
+            seqused=lengths.to(torch.int32),
         )
 
 
@@ -89,12 +92,17 @@ class PackedLayout:
 class AlignedLayout:
     """A padded (B, T) batch whose padding no real query sees (checked on the host beforehand, by
     PackedLayout.padding_hidden), described by device tensors only: where lengths must not be read
-    (inside a CUDA graph), `attend` runs it unpacked and zeroes the padded rows, as with a
-    PackedLayout whose padding is hidden."""
+    (inside a CUDA graph), `attend` runs it unpacked without computing the padded query rows, as
+    with a PackedLayout whose padding is hidden."""
 
-    valid: torch.Tensor  # (B, T) bool, on the device
+    valid: torch.Tensor  # (B, T) bool, on the device: each row's frames inside its sequence, a prefix
+    seqused: torch.Tensor = field(init=False)  # (B,) int32: the prefix lengths, attention's seqused_q
 
     has_padding = True
+
+    def __post_init__(self):
+        # one small reduction per stack call, on the device (valid is each row's first frames)
+        object.__setattr__(self, "seqused", self.valid.sum(dim=1, dtype=torch.int32))
 
     @property
     def batch(self) -> int:
@@ -114,3 +122,20 @@ def runs_unpacked(spec: ChunkSpec, layout: PackedLayout | AlignedLayout | None) 
     if layout is None or not layout.has_padding:
         return True
     return layout.padding_hidden(spec)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedRows:
+    """A batch's valid frames as one row of packed frames (1, N): every sequence after the other,
+    then filler frames up to N, a fixed bucket (s2s.models.row_packing). The graphed block stacks
+    run on it, so GEMMs and elementwise kernels skip the padding, and attention runs packed with
+    the offsets as device tensors only (nothing read on the host inside a CUDA graph)."""
+
+    cu_seqlens: torch.Tensor  # (B + 2,) int32, on the device: the sequences, then the filler; ends at N
+    max_seqlen: int  # host int at least every sequence's length (the padded T): the kernels' grid
+
+    has_padding = False  # packed: no padded row, every row of N belongs to a sequence
+
+    @property
+    def batch(self) -> int:
+        return self.cu_seqlens.shape[0] - 1

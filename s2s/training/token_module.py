@@ -157,13 +157,16 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         model_class: str | None = None,
         compile_blocks: bool = False,
         cuda_graphs: bool = False,
+        cuda_graph_row_bucket: int | None = None,
     ):
         """`model` is a TokenDuplexModel, or its config as a dict with `model_class`, as
         `load_from_checkpoint` passes the saved hyperparameters. `compile_blocks`: `torch.compile`
         each transformer block when fitting starts (s2s/models/regional_compile.py). `cuda_graphs`:
         replay the encoder's and decoder's blocks as CUDA graphs in training steps that allow it
         (s2s/models/cuda_graphs.py); with both, the graphs capture compiled blocks (the model's own
-        blocks stay eager)."""
+        blocks stay eager). `cuda_graph_row_bucket` (frames): inside the graphs, a padded batch's
+        valid frames packed into one row of a multiple of that many frames, where attention runs
+        on the CuTe kernels (s2s/models/row_packing.py; one graph per bucket); None: padded."""
         super().__init__()
         model = built_model(model, model_class)
         if not isinstance(model, TokenDuplexModel):
@@ -189,6 +192,12 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
         if not isinstance(cuda_graphs, bool):
             raise TypeError(f"cuda_graphs must be true or false, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
+        bucket = cuda_graph_row_bucket
+        if bucket is not None and (isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1):
+            raise ValueError(
+                f"cuda_graph_row_bucket must be a positive number of frames or null (padded), got {bucket!r}"
+            )
+        self.cuda_graph_row_bucket = bucket
         self.save_hyperparameters(
             {
                 "model_class": MODEL_CLASS,
@@ -198,6 +207,7 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
                 "augment": asdict(augment),
                 "compile_blocks": compile_blocks,
                 "cuda_graphs": cuda_graphs,
+                "cuda_graph_row_bucket": bucket,
             }
         )
         # The first validation batch and its teacher-forced output: the samples callback draws them.
@@ -217,7 +227,9 @@ class TokenDuplexLightningModule(FusedOptimizerClipping, SafeCheckpointLoading):
             )
             return
         if self.cuda_graphs:  # with compile_blocks, the blocks are compiled inside the graphs only
-            use_cuda_graphs(self.model, compiled=self.compile_blocks)
+            # packed rows: one graph per bucket of real frames, so room for more shapes
+            shapes = 4 if self.cuda_graph_row_bucket is None else 8
+            use_cuda_graphs(self.model, shapes, self.compile_blocks, self.cuda_graph_row_bucket)
         elif self.compile_blocks:
             regional_compile.compile_blocks(self.model)
         if self.compile_blocks:

@@ -146,3 +146,97 @@ def test_the_cute_operator_equals_float64_math(head_dim, generator):
         assert torch.isfinite(g).all(), f"seed {seed}: {name} has unwritten or non-finite elements"
         error = ((g.double() - w.double()).norm() / w.double().norm().clamp(min=1e-12)).item()
         assert error < 2e-2, f"seed {seed}: {name} differs from float64 by {error:.2e} (relative norm)"
+
+
+def _used_lengths(g: torch.Generator, batch: int, seqlen: int, device="cpu") -> torch.Tensor:
+    """(B,) int32 used query rows: one sequence with none, one with all, the rest drawn."""
+    used = torch.randint(1, seqlen, (batch,), generator=g, dtype=torch.int32)
+    used[0], used[-1] = seqlen, 0
+    return used.to(device)
+
+
+def _expected_with_used_rows(q, k, v, spec, used, grad, scale):
+    """float64 output, LSE and gradients of the rule with query rows past `used` left out: the
+    dense formula on inputs whose unused rows are zeroed (finite), those rows masked to no key,
+    and their output gradient zero."""
+    batch, seqlen = q.shape[:2]
+    rows = (torch.arange(seqlen, device=q.device)[None, :] < used.to(q.device)[:, None].long())[
+        ..., None, None
+    ]
+    lengths_k = torch.full((batch,), k.shape[1], device=q.device)
+    mask = dense_mask(spec.resolve(batch, q.device), used.long(), lengths_k, seqlen, k.shape[1])
+    leaves = [t.double().clone().requires_grad_() for t in (torch.where(rows, q, 0), k, v)]
+    out, lse = dense_attention(*leaves, mask, scale)
+    grads = torch.autograd.grad(out, leaves, torch.where(rows, grad, 0).double())
+    return rows, out.detach(), lse.detach(), grads
+
+
+def test_the_operator_leaves_query_rows_past_seqused_q_out(generator):
+    """Reference backend, float64, NaN in every unused row of q and of the output gradient:
+    used rows equal the dense formula, unused rows give output 0, LSE -inf and dQ 0, and nothing
+    is NaN."""
+    seed = generator.initial_seed()
+    q, k, v, chunks, left, spec = _problem(generator)
+    used = _used_lengths(generator, q.shape[0], q.shape[1])
+    grad = torch.randn(q.shape, generator=generator, dtype=torch.float64)
+    rows, want_out, want_lse, want_grads = _expected_with_used_rows(
+        q, k, v, spec, used, grad, q.shape[-1] ** -0.5
+    )
+    q, grad = torch.where(rows, q, float("nan")), torch.where(rows, grad, float("nan"))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = chunk_attention_op(*leaves, *chunks, left, None, "reference", used)
+    got_grads = torch.autograd.grad(out, leaves, grad)
+    unused = ~rows[:, :, 0, 0]
+    assert (out[unused] == 0).all() and (got_grads[0][unused] == 0).all(), f"seed {seed}: unused rows"
+    assert torch.isneginf(lse.transpose(1, 2)[unused]).all(), f"seed {seed}: unused rows' LSE"
+    assert torch.equal(torch.isinf(lse), torch.isinf(want_lse)), f"seed {seed}: rows without keys"
+    finite = ~torch.isinf(want_lse)
+    torch.testing.assert_close(
+        lse[finite], want_lse[finite], rtol=1e-10, atol=1e-12, msg=lambda m: f"seed {seed}: {m}"
+    )
+    for name, got, want in zip(
+        ("out", "dq", "dk", "dv"), (out, *got_grads), (want_out, *want_grads), strict=True
+    ):
+        assert not torch.isnan(got).any(), f"seed {seed}: {name} has NaN"
+        torch.testing.assert_close(
+            got.detach(), want, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"seed {seed}: {n}: {m}"
+        )
+
+
+def test_the_operator_with_seqused_q_passes_opcheck(generator):
+    q, k, v, chunks, left, _ = _problem(generator, batch=3, seqlen=12)
+    used = _used_lengths(generator, 3, 12)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    torch.library.opcheck(chunk_attention_op, (*leaves, *chunks, left, None, "reference", used))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not HOPPER or importlib.util.find_spec("cutlass") is None,
+    reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl",
+)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_the_cute_operator_with_seqused_q_equals_float64_math(head_dim, generator):
+    """bf16 on the CuTe kernels with padded query rows (finite, as the CuTe backward requires):
+    used rows against the float64 formula, unused rows exactly 0 (output, dQ) and LSE -inf."""
+    seed = generator.initial_seed()
+    q, k, v, chunks, left, spec = _problem(
+        generator, dtype=torch.bfloat16, device="cuda", batch=4, seqlen=300, heads=4, kv_heads=2, dim=head_dim
+    )
+    used = _used_lengths(generator, 4, 300, "cuda")
+    grad = torch.randn(q.shape, generator=generator, dtype=torch.float64).to("cuda", torch.bfloat16)
+    rows, want_out, want_lse, want_grads = _expected_with_used_rows(q, k, v, spec, used, grad, head_dim**-0.5)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, lse = chunk_attention_op(*leaves, *chunks, left, None, "cute", used)
+    got_grads = torch.autograd.grad(out, leaves, grad)
+    unused = ~rows[:, :, 0, 0]
+    assert (out[unused] == 0).all() and (got_grads[0][unused] == 0).all(), f"seed {seed}: unused rows"
+    assert torch.isneginf(lse.transpose(1, 2)[unused]).all(), f"seed {seed}: unused rows' LSE"
+    finite = ~torch.isinf(want_lse)
+    torch.testing.assert_close(
+        lse[finite], want_lse[finite].float(), rtol=2e-2, atol=2e-2, msg=lambda m: f"seed {seed}: lse: {m}"
+    )
+    for name, g, w in zip(("out", "dq", "dk", "dv"), (out, *got_grads), (want_out, *want_grads), strict=True):
+        assert torch.isfinite(g).all(), f"seed {seed}: {name} has unwritten or non-finite elements"
+        error = ((g.double() - w).norm() / w.norm().clamp(min=1e-12)).item()
+        assert error < 2e-2, f"seed {seed}: {name} differs from float64 by {error:.2e} (relative norm)"

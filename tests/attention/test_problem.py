@@ -173,3 +173,48 @@ def test_problem_records_the_lengths_on_the_host_once():
     q, k, v = qkv(b=3, sq=5, sk=7)
     problem = make_problem(q, k, v, SPEC)
     assert (problem.max_seqlen_q, problem.max_seqlen_k, problem.rows_q, problem.rows_k) == (5, 7, 15, 21)
+
+
+def test_max_seqlens_go_together_with_packed_inputs_and_without_host_offsets():
+    q, k, v = packed(total_q=10, total_k=10)
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(ValueError, match="max_seqlen_q and max_seqlen_k go together"):
+        chunk_attention(q, k, v, SPEC, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6)
+    with pytest.raises(ValueError, match="bound packed sequences: pass them with cu_seqlens_q"):
+        chunk_attention(*qkv(), SPEC, max_seqlen_q=8, max_seqlen_k=8)
+    with pytest.raises(ValueError, match=r"either the host offsets .* or the bounds"):
+        chunk_attention(
+            q, k, v, SPEC, cu_seqlens_q=cu, cu_seqlens_k=cu, cu_seqlens_q_host=[0, 4, 10],
+            cu_seqlens_k_host=[0, 4, 10], max_seqlen_q=6, max_seqlen_k=6,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="max_seqlen_k must be a non-negative int"):
+        chunk_attention(q, k, v, SPEC, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=6, max_seqlen_k=-1)
+
+
+def test_trusted_offsets_are_never_read_and_give_the_checked_result(generator):
+    """With max_seqlen_q / max_seqlen_k the offsets stay on the device (guarded against host
+    reads) and the reference's one dense call equals its per-sequence path from host offsets."""
+    from s2s.attention.problem import make_problem
+    from tests.models.test_packing import NoHostReads
+
+    seed = generator.initial_seed()
+    lengths = torch.randint(0, 7, (4,), generator=generator)
+    lengths[0] = 6
+    total = int(lengths.sum())
+    cu = torch.cat([torch.zeros(1), lengths.cumsum(0)]).int()
+    q, k, v = (torch.randn(total, h, 16, generator=generator, dtype=torch.float64) for h in (4, 2, 2))
+    spec = ChunkSpec(torch.tensor([1, 2, 4, 3], dtype=torch.int32), left_chunks=1)
+    guarded = cu.as_subclass(NoHostReads)
+    problem = make_problem(q, k, v, spec, guarded, guarded, max_seqlen_q=8, max_seqlen_k=8)
+    assert (problem.offsets_q, problem.rows_q, problem.max_seqlen_q) == (None, total, 8), f"seed {seed}"
+    trusted = chunk_attention(
+        q, k, v, spec, cu_seqlens_q=guarded, cu_seqlens_k=guarded, max_seqlen_q=8, max_seqlen_k=8,
+        backend="reference", return_lse=True,
+    )  # fmt: skip
+    checked = chunk_attention(
+        q, k, v, spec, cu_seqlens_q=cu, cu_seqlens_k=cu, backend="reference", return_lse=True
+    )
+    for got, want in zip(trusted, checked, strict=True):
+        torch.testing.assert_close(
+            got.as_subclass(torch.Tensor), want, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed {seed}: {m}"
+        )

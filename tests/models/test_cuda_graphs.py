@@ -296,6 +296,28 @@ def test_graphs_leave_cpu_training_as_it_was(generator):
     assert pickle.loads(pickle.dumps(twin)).encoder.graphs is None
 
 
+def _cuda_batch(generator, config, frames: int, lengths: list[int], chunks: list[int]):
+    """A training batch on the GPU: random log-mel and tokens, lengths, per-sequence chunks (host)."""
+    mel = torch.randn(len(lengths), frames * config.mel_per_frame, config.n_mels, generator=generator)
+    tokens = torch.randint(0, config.system_vocab, (len(lengths), frames), generator=generator)
+    return (mel.cuda(), tokens.cuda(), torch.tensor(lengths).cuda(),
+            torch.tensor(chunks, dtype=torch.int32))  # fmt: skip
+
+
+def _assert_steps_follow(seed: int, got: tuple, want: tuple) -> None:
+    """Losses and final parameters of graphed steps (`got`) within 2% of the eager ones (`want`)."""
+    (got_losses, got_parameters), (want_losses, want_parameters) = got, want
+    torch.testing.assert_close(
+        torch.tensor(got_losses), torch.tensor(want_losses), rtol=2e-2, atol=2e-2,
+        msg=lambda m: f"seed {seed}: losses {got_losses} vs eager {want_losses}: {m}",
+    )  # fmt: skip
+    for name, value in want_parameters.items():
+        assert torch.isfinite(got_parameters[name]).all(), f"seed {seed}: {name}"
+        error = ((got_parameters[name] - value).norm() / value.norm().clamp(min=1e-12)).item()
+        steps = len(got_losses)
+        assert error < 2e-2, f"seed {seed}: {name} after {steps} steps differs from eager by {error:.2e}"
+
+
 def _train_steps(model, batches, steps_per_batch: int = 2):
     """Losses and final parameters of SGD steps over `batches` (each twice) under bf16 autocast."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -332,10 +354,7 @@ def test_graphed_training_steps_equal_eager_ones(compiled, generator):
     use_cuda_graphs(graphed, compiled=compiled)
 
     def batch(frames, lengths, chunks):
-        mel = torch.randn(len(lengths), frames * config.mel_per_frame, config.n_mels, generator=generator)
-        tokens = torch.randint(0, config.system_vocab, (len(lengths), frames), generator=generator)
-        return (mel.cuda(), tokens.cuda(), torch.tensor(lengths).cuda(),
-                torch.tensor(chunks, dtype=torch.int32))  # fmt: skip
+        return _cuda_batch(generator, config, frames, lengths, chunks)
 
     batches = [
         batch(32, [32, 24, 16], [8, 4, 2]),
@@ -347,16 +366,43 @@ def test_graphed_training_steps_equal_eager_ones(compiled, generator):
     got_losses, got = _train_steps(graphed, batches)
     assert len(graphed.encoder.graphs.graphs) == 2 and len(graphed.decoder.graphs.graphs) == 2, f"seed {seed}"
     assert graphed.encoder.graphs.replays == 6, f"seed {seed}: {graphed.encoder.graphs.replays} replays"
-    torch.testing.assert_close(
-        torch.tensor(got_losses), torch.tensor(want_losses), rtol=2e-2, atol=2e-2,
-        msg=lambda m: f"seed {seed}: losses {got_losses} vs eager {want_losses}: {m}",
-    )  # fmt: skip
-    for name, value in want.items():
-        assert torch.isfinite(got[name]).all(), f"seed {seed}: {name}"
-        error = ((got[name] - value).norm() / value.norm().clamp(min=1e-12)).item()
-        assert error < 2e-2, f"seed {seed}: {name} after 8 steps differs from eager by {error:.2e}"
+    _assert_steps_follow(seed, (got_losses, got), (want_losses, want))
     copied = copy.deepcopy(graphed).eval()  # as the free-running validation streams a copy
     assert copied.encoder.graphs is None and len(graphed.encoder.graphs.graphs) == 2, f"seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not HOPPER or importlib.util.find_spec("cutlass") is None,
+    reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl",
+)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager-blocks", "compiled-blocks"])
+def test_graphed_steps_on_packed_rows_equal_eager_ones(compiled, generator):
+    """With a row bucket the graphs run each batch's valid frames packed into one row (no padding
+    through the GEMMs, attention packed on the CuTe kernels): steps follow the eager, padded ones,
+    a batch whose padding its chunks do not hide replays too, and each bucket is one graph."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    config = dataclasses.replace(SMALL, dim=128, heads=2, kv_heads=1, attention_backend="cute")
+    eager = TokenDuplexModel(config).cuda().train()
+    graphed = TokenDuplexModel(config).cuda().train()
+    graphed.load_state_dict(eager.state_dict())
+    use_cuda_graphs(graphed, compiled=compiled, row_bucket=16)
+
+    def batch(frames, lengths, chunks):
+        return _cuda_batch(generator, config, frames, lengths, chunks)
+
+    batches = [
+        batch(32, [32, 24, 16], [8, 4, 2]),  # 72 real frames: 80 packed rows
+        batch(32, [32, 27, 16], [8, 2, 2]),  # 75: the same bucket, replayed (27 % 2 != 0 as well)
+        batch(24, [24, 16], [4, 8]),  # 40: another bucket, captured
+    ]
+    want_losses, want = _train_steps(eager, batches)
+    got_losses, got = _train_steps(graphed, batches)
+    shapes = sorted(key.shape for key in graphed.encoder.graphs.graphs)
+    assert shapes == [(1, 48, config.dim), (1, 80, config.dim)], f"seed {seed}: {shapes}"
+    assert graphed.encoder.graphs.replays == 6 == graphed.decoder.graphs.replays, f"seed {seed}"
+    _assert_steps_follow(seed, (got_losses, got), (want_losses, want))
 
 
 @pytest.mark.gpu

@@ -166,6 +166,7 @@ def test_attend_with_a_layout_never_reads_the_device():
         cu_seqlens=layout.cu_seqlens.as_subclass(NoHostReads),
         offsets=layout.offsets,
         valid=layout.valid.as_subclass(NoHostReads),
+        seqused=layout.seqused.as_subclass(NoHostReads),
     )
     q, k, v = (t.detach() for t in _qkv(g, 3, 5))
     for backend in ("reference", "sdpa"):

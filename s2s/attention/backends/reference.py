@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from s2s.attention.backends.base import AttentionBackend
-from s2s.attention.mask import dense_mask
+from s2s.attention.mask import dense_mask, packed_dense_mask
 from s2s.attention.problem import AttentionProblem
 from s2s.attention.spec import SequenceChunks
 
@@ -149,6 +149,13 @@ class ReferenceBackend(AttentionBackend):
                 out, lse = dense_attention(q, problem.k, problem.v, mask, problem.softmax_scale)
             return problem.zero_unused_query_rows(out.to(problem.dtype)), lse.to(lse_dtype)
 
+        if problem.offsets_q is None:  # trusted device offsets: nothing read on the host
+            mask = packed_dense_mask(
+                problem.chunks, problem.cu_seqlens_q, problem.cu_seqlens_k, problem.rows_q, problem.rows_k
+            )
+            rows = (t.unsqueeze(0) for t in (problem.q, problem.k, problem.v))
+            out, lse = dense_attention(*rows, mask.unsqueeze(0), problem.softmax_scale)
+            return out[0].to(problem.dtype), lse[0].to(lse_dtype)
         cu_q, cu_k = problem.offsets_q, problem.offsets_k
         outs, lses = [], []
         for b in range(problem.batch):
