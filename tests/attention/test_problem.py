@@ -218,3 +218,61 @@ def test_trusted_offsets_are_never_read_and_give_the_checked_result(generator):
         torch.testing.assert_close(
             got.as_subclass(torch.Tensor), want, rtol=1e-12, atol=1e-12, msg=lambda m: f"seed {seed}: {m}"
         )
+
+
+# seqused_q and seqused_k (flash-attention's used lengths of a batched call) share their checks.
+USED = ["seqused_q", "seqused_k"]
+
+
+def used_inputs():
+    return torch.randn(2, 4, 4, 16), torch.randn(2, 10, 2, 16), torch.randn(2, 10, 2, 16)
+
+
+@pytest.mark.parametrize("name", USED)
+def test_packed_inputs_refuse_used_lengths(name):
+    q, k, v = (t.flatten(0, 1) for t in used_inputs())
+    cu_q, cu_k = torch.tensor([0, 4, 8], dtype=torch.int32), torch.tensor([0, 10, 20], dtype=torch.int32)
+    side = name[-1]
+    with pytest.raises(ValueError, match=rf"{name}.*batched layout.*cu_seqlens_{side}: leave {name} out"):
+        chunk_attention(
+            q, k, v, SPEC, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **{name: torch.tensor([3, 4]).int()}
+        )
+
+
+@pytest.mark.parametrize("name", USED)
+@pytest.mark.parametrize(
+    "used",
+    [torch.tensor([3, 4]), torch.tensor([3.0, 4.0]), torch.tensor([3, 4], dtype=torch.int16), [3, 4]],
+    ids=["int64", "float", "int16", "list"],
+)
+def test_used_lengths_must_be_int32_tensors(name, used):
+    fix = (
+        r"must be an int32 tensor, got list"
+        if isinstance(used, list)
+        else r"must be int32 \(as flash-attention\).*\.int\(\)"
+    )
+    with pytest.raises(TypeError, match=rf"{name} {fix}"):
+        chunk_attention(*used_inputs(), SPEC, **{name: used})
+
+
+@pytest.mark.parametrize("name", USED)
+@pytest.mark.parametrize("shape", [(3,), (2, 1), (), (1,)], ids=str)
+def test_used_lengths_are_one_per_sequence(name, shape):
+    rows = "query" if name == "seqused_q" else "key"
+    with pytest.raises(ValueError, match=rf"{name} must have shape \(B,\) = \(2,\), one used {rows} length"):
+        chunk_attention(*used_inputs(), SPEC, **{name: torch.zeros(shape, dtype=torch.int32)})
+
+
+@pytest.mark.parametrize("name", USED)
+def test_used_lengths_must_be_on_the_inputs_device(name):
+    used = torch.empty(2, dtype=torch.int32, device="meta")
+    with pytest.raises(ValueError, match=f"{name} is on meta but the inputs are on cpu; move it there"):
+        chunk_attention(*used_inputs(), SPEC, **{name: used})
+
+
+@pytest.mark.parametrize(("name", "extent", "capacity"), [("seqused_q", "Sq", 4), ("seqused_k", "Sk", 10)])
+@pytest.mark.parametrize("past", [False, True], ids=["negative", "past-capacity"])
+def test_the_reference_checks_the_used_lengths(name, extent, capacity, past):
+    used = torch.tensor([3, capacity + 1] if past else [-1, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match=rf"{name} must lie in \[0, {extent}\] = \[0, {capacity}\]"):
+        chunk_attention(*used_inputs(), SPEC, **{name: used}, backend="reference")

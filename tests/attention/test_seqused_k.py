@@ -329,50 +329,6 @@ def test_problem_keeps_capacity_and_lengths_without_reading_them():
     assert cpu.seqlens_k.tolist() == [3, 99] and cpu.max_seqlen_k == 50
 
 
-def small_inputs():
-    return torch.randn(2, 4, 4, 16), torch.randn(2, 10, 2, 16), torch.randn(2, 10, 2, 16)
-
-
-def test_packed_inputs_refuse_seqused_k():
-    q, k, v = (t.flatten(0, 1) for t in small_inputs())
-    cu_q, cu_k = int32([0, 4, 8]), int32([0, 10, 20])
-    with pytest.raises(ValueError, match=r"seqused_k.*batched layout.*cu_seqlens_k"):
-        chunk_attention(q, k, v, ChunkSpec(4), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, seqused_k=int32([3, 4]))
-
-
-@pytest.mark.parametrize(
-    "seqused_k",
-    [torch.tensor([3, 4]), torch.tensor([3.0, 4.0]), torch.tensor([3, 4], dtype=torch.int16)],
-    ids=["int64", "float", "int16"],
-)
-def test_seqused_k_must_be_int32(seqused_k):
-    with pytest.raises(TypeError, match=r"seqused_k must be int32.*\.int\(\)"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_k=seqused_k)
-
-
-def test_seqused_k_must_be_a_tensor():
-    with pytest.raises(TypeError, match="seqused_k must be an int32 tensor, got list"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_k=[3, 4])
-
-
-@pytest.mark.parametrize("shape", [(3,), (2, 1), (), (1,)], ids=str)
-def test_seqused_k_must_have_one_length_per_sequence(shape):
-    with pytest.raises(ValueError, match=r"seqused_k must have shape \(B,\) = \(2,\)"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_k=torch.zeros(shape, dtype=torch.int32))
-
-
-def test_seqused_k_must_be_on_the_inputs_device():
-    used = torch.empty(2, dtype=torch.int32, device="meta")
-    with pytest.raises(ValueError, match="seqused_k is on meta but the inputs are on cpu; move it there"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_k=used)
-
-
-@pytest.mark.parametrize("used", [[-1, 4], [3, 11]], ids=["negative", "past-capacity"])
-def test_reference_checks_the_values(used):
-    with pytest.raises(ValueError, match=r"seqused_k must lie in \[0, Sk\] = \[0, 10\]"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_k=int32(used), backend="reference")
-
-
 # GPU: the CuTe forward kernel on a decode step of long caches, called directly into NaN-filled
 # output buffers, and `auto` (the CuTe kernel on Hopper) on CUDA. bf16, head dim 64, Sq = 4, GQA 8/2. The used
 # lengths cross the kernel's 128-key tiles in every way: empty, one key, just past a tile, a

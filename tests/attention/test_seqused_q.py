@@ -358,50 +358,6 @@ def test_problem_keeps_the_shapes_and_lengths_without_reading_them():
     assert cpu.seqlens_k.tolist() == [50, 50] and cpu.seqused_k is None
 
 
-def small_inputs():
-    return torch.randn(2, 4, 4, 16), torch.randn(2, 10, 2, 16), torch.randn(2, 10, 2, 16)
-
-
-def test_packed_inputs_refuse_seqused_q():
-    q, k, v = (t.flatten(0, 1) for t in small_inputs())
-    cu_q, cu_k = int32([0, 4, 8]), int32([0, 10, 20])
-    with pytest.raises(ValueError, match=r"seqused_q.*batched layout.*cu_seqlens_q: leave seqused_q out"):
-        chunk_attention(q, k, v, ChunkSpec(4), cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, seqused_q=int32([3, 4]))
-
-
-@pytest.mark.parametrize(
-    "seqused_q",
-    [torch.tensor([3, 4]), torch.tensor([3.0, 4.0]), torch.tensor([3, 4], dtype=torch.int16)],
-    ids=["int64", "float", "int16"],
-)
-def test_seqused_q_must_be_int32(seqused_q):
-    with pytest.raises(TypeError, match=r"seqused_q must be int32 \(as flash-attention\).*\.int\(\)"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_q=seqused_q)
-
-
-def test_seqused_q_must_be_a_tensor():
-    with pytest.raises(TypeError, match="seqused_q must be an int32 tensor, got list"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_q=[3, 4])
-
-
-@pytest.mark.parametrize("shape", [(3,), (2, 1), (), (1,)], ids=str)
-def test_seqused_q_must_have_one_length_per_sequence(shape):
-    with pytest.raises(ValueError, match=r"seqused_q must have shape \(B,\) = \(2,\), one used query length"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_q=torch.zeros(shape, dtype=torch.int32))
-
-
-def test_seqused_q_must_be_on_the_inputs_device():
-    used = torch.empty(2, dtype=torch.int32, device="meta")
-    with pytest.raises(ValueError, match="seqused_q is on meta but the inputs are on cpu; move it there"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_q=used)
-
-
-@pytest.mark.parametrize("used", [[-1, 4], [3, 5]], ids=["negative", "past-Sq"])
-def test_reference_checks_the_values(used):
-    with pytest.raises(ValueError, match=r"seqused_q must lie in \[0, Sq\] = \[0, 4\]"):
-        chunk_attention(*small_inputs(), ChunkSpec(4), seqused_q=int32(used), backend="reference")
-
-
 # GPU: the CuTe kernels on padded training batches (self-attention, no offsets, as the model
 # calls them) whose used lengths cross the kernels' tiles in every way: empty, one row, around a
 # 64- and a 128-row tile's end, mid-tile and the whole length; Sq = 300 is no multiple of any
