@@ -98,11 +98,14 @@ def chunk_table(chunks: SequenceChunks) -> torch.Tensor:
     return torch.stack([chunks.chunk_q, chunks.chunk_k, chunks.q_offset, chunks.k_offset])
 
 
+def training_call(x: torch.Tensor, blocks: EncoderBlocks) -> bool:
+    """A training step's call: gradients on a CUDA device, the blocks in training mode."""
+    return x.is_cuda and blocks.blocks.training and torch.is_grad_enabled() and x.requires_grad
+
+
 def graphable(x: torch.Tensor, blocks: EncoderBlocks, spec: ChunkSpec, layout, packs_rows: bool) -> bool:
-    """Whether this call can replay a graph: training with gradients on a CUDA device, with rows
-    packed or unpacked."""
-    training = x.is_cuda and blocks.blocks.training and torch.is_grad_enabled() and x.requires_grad
-    return training and (packs_rows or runs_unpacked(spec, layout))
+    """Whether this call can replay a graph: a training call, with rows packed or unpacked."""
+    return training_call(x, blocks) and (packs_rows or runs_unpacked(spec, layout))
 
 
 class GraphedBlocks:
@@ -196,8 +199,11 @@ class GraphedBlocks:
     def _row_packing(self, x: torch.Tensor, layout) -> RowPacking | None:
         """How this call's frames pack into rows, or None where the padded batch runs as it is:
         no row bucket, no padding, no host lengths (PackedLayout), or attention not on the CuTe
-        kernels (the operator's other backward is the dense formula: memory grows with N^2)."""
+        kernels (the operator's other backward is the dense formula: memory grows with N^2); and
+        None for a call that takes no graph anyway (evaluation), before anything is gathered."""
         if self.row_bucket is None or not isinstance(layout, PackedLayout) or not layout.has_padding:
+            return None
+        if not training_call(x, self.blocks):
             return None
         if not cute_runs_packed_rows(self.blocks.config.attention_backend, x.device):
             return None

@@ -102,3 +102,20 @@ def test_the_stacks_on_packed_rows_equal_the_padded_stacks(lengths, generator):
         torch.testing.assert_close(
             got, want, rtol=1e-9, atol=1e-10, msg=lambda m, i=index: f"seed {seed}: {i}: {m}"
         )
+
+
+def test_rows_pack_only_in_training_calls_on_the_cute_kernels():
+    """No packing (nothing gathered) where a call takes no graph or attention is not on the CuTe
+    kernels: on the CPU, in evaluation, without padding; and a bucket must be positive."""
+    from s2s.models.cuda_graphs import GraphedBlocks
+    from s2s.models.row_packing import cute_runs_packed_rows
+
+    model = TokenDuplexModel(SMALL).train()
+    graphs = GraphedBlocks(EncoderBlocks(model.encoder.blocks, SMALL), row_bucket=8)
+    layout = PackedLayout.from_lengths(torch.tensor([8, 5]), 8)
+    x = torch.randn(2, 8, SMALL.dim, requires_grad=True)
+    assert graphs._row_packing(x, layout) is None  # a CPU call
+    assert not cute_runs_packed_rows("cute", torch.device("cpu"))
+    assert not cute_runs_packed_rows("flex", torch.device("cuda"))  # no packing for other backends
+    with pytest.raises(ValueError, match="row_bucket must be a positive number of frames or None"):
+        GraphedBlocks(EncoderBlocks(model.encoder.blocks, SMALL), row_bucket=0)
