@@ -48,12 +48,13 @@ def randint(generator: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (1,), generator=generator))
 
 
-def oracle(q, k, v, used, chunk_q, chunk_k, q_offset, k_offset, left_chunks):
+def oracle(q, k, v, used, chunk_q, chunk_k, q_offset, k_offset, left_chunks, used_q=None):
     """float64 output (B, Sq, Hq, D) and LSE (B, Hq, Sq), one query row at a time over the keys it
     sees by the rule (host ints per sequence): key j of sequence b is visible to query i iff
     j < used[b], ck <= cq and (no limit or ck >= cq - left_chunks), with
-    cq = (q_offset[b] + i) // chunk_q[b] and ck = (k_offset[b] + j) // chunk_k[b]. Storage rows
-    are never indexed. Starts as NaN, so a row the loop missed shows."""
+    cq = (q_offset[b] + i) // chunk_q[b] and ck = (k_offset[b] + j) // chunk_k[b]. With
+    ``used_q`` only rows i < used_q[b] are attended; the others get 0 and -inf without being read.
+    Storage rows are never indexed. Starts as NaN, so a row the loop missed shows."""
     q, k, v = (t.detach().cpu().double() for t in (q, k, v))
     batch, seqlen_q, heads_q, head_dim = q.shape
     kv_head = torch.arange(heads_q) // (heads_q // k.shape[2])
@@ -63,7 +64,8 @@ def oracle(q, k, v, used, chunk_q, chunk_k, q_offset, k_offset, left_chunks):
         for i in range(seqlen_q):
             cq = (q_offset[b] + i) // chunk_q[b]
             keys = []
-            for j in range(used[b]):
+            attended = used_q is None or i < used_q[b]
+            for j in range(used[b] if attended else 0):
                 ck = (k_offset[b] + j) // chunk_k[b]
                 if ck <= cq and (left_chunks is None or ck >= cq - left_chunks):
                     keys.append(j)

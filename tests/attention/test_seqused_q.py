@@ -19,6 +19,7 @@ from tests.attention.test_seqused_k import (
     assert_lse_close,
     garbage_like,
     int32,
+    oracle,
     per_sequence,
     randint,
 )
@@ -31,37 +32,6 @@ WITH_LSE = {"reference", "flex"}  # sdpa returns no LSE
 RULE_IDS = [r[0] for r in RULES]
 # Gradients on CPU: reference and sdpa (flex has no CPU backward).
 GRAD_RULES = [RULES[0], RULES[4], RULES[5], RULES[6]]
-
-
-def oracle(q, k, v, used_q, used_k, chunk_q, chunk_k, q_offset, k_offset, left_chunks):
-    """float64 output (B, Sq, Hq, D) and LSE (B, Hq, Sq), one query row at a time from the rule
-    (host ints per sequence): row i of sequence b is attended iff i < used_q[b]; key j is visible
-    to it iff j < used_k[b], ck <= cq and (no limit or ck >= cq - left_chunks), with
-    cq = (q_offset[b] + i) // chunk_q[b], ck = (k_offset[b] + j) // chunk_k[b]. Rows past
-    used_q[b] get 0 and -inf without being read. Starts as NaN, so a row the loop missed shows."""
-    q, k, v = (t.detach().cpu().double() for t in (q, k, v))
-    batch, seqlen_q, heads_q, head_dim = q.shape
-    kv_head = torch.arange(heads_q) // (heads_q // k.shape[2])
-    out = torch.full((batch, seqlen_q, heads_q, head_dim), NAN, dtype=torch.float64)
-    lse = torch.full((batch, heads_q, seqlen_q), NAN, dtype=torch.float64)
-    for b in range(batch):
-        for i in range(seqlen_q):
-            cq = (q_offset[b] + i) // chunk_q[b]
-            keys = []
-            if i < used_q[b]:
-                for j in range(used_k[b]):
-                    ck = (k_offset[b] + j) // chunk_k[b]
-                    if ck <= cq and (left_chunks is None or ck >= cq - left_chunks):
-                        keys.append(j)
-            if not keys:
-                out[b, i], lse[b, :, i] = 0.0, -INF
-                continue
-            kk, vv = k[b, keys][:, kv_head], v[b, keys][:, kv_head]  # (n, Hq, D)
-            scores = torch.einsum("hd,nhd->hn", q[b, i], kk) / head_dim**0.5
-            out[b, i] = torch.einsum("hn,nhd->hd", torch.softmax(scores, -1), vv)
-            lse[b, :, i] = torch.logsumexp(scores, -1)
-    assert not out.isnan().any() and not lse.isnan().any(), "the oracle left rows unwritten"
-    return out, lse
 
 
 class Case:
@@ -140,7 +110,7 @@ class Case:
 
     def oracle(self):
         rule = (self.chunk_q, self.chunk_k, self.q_offset, self.k_offset, self.left_chunks)
-        return oracle(self.q, self.k, self.v, self.used_q, self.used_k, *rule)
+        return oracle(self.q, self.k, self.v, self.used_k, *rule, used_q=self.used_q)
 
     def attend(self, backend, q=None, k=None, v=None, **kwargs):
         """chunk_attention with the case's lengths; ``q``, ``k``, ``v`` replace the case's."""

@@ -25,6 +25,10 @@ from s2s.models.token_duplex import TokenDuplexConfig, TokenDuplexModel
 from tests.models.test_packing import NoHostReads
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+NEEDS_CUTE = pytest.mark.skipif(
+    not HOPPER or importlib.util.find_spec("cutlass") is None,
+    reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl",
+)
 SMALL = TokenDuplexConfig(dim=64, heads=4, kv_heads=2, encoder_layers=2, decoder_layers=2, dropout=0.0)
 
 
@@ -336,10 +340,7 @@ def _train_steps(model, batches, steps_per_batch: int = 2):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not HOPPER or importlib.util.find_spec("cutlass") is None,
-    reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl",
-)
+@NEEDS_CUTE
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager-blocks", "compiled-blocks"])
 def test_graphed_training_steps_equal_eager_ones(compiled, generator):
     """Steps through captured graphs follow the eager steps on the CuTe kernel (weights updated
@@ -372,10 +373,7 @@ def test_graphed_training_steps_equal_eager_ones(compiled, generator):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(
-    not HOPPER or importlib.util.find_spec("cutlass") is None,
-    reason="needs a Hopper (sm_90) GPU and nvidia-cutlass-dsl",
-)
+@NEEDS_CUTE
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager-blocks", "compiled-blocks"])
 def test_graphed_steps_on_packed_rows_equal_eager_ones(compiled, generator):
     """With a row bucket the graphs run each batch's valid frames packed into one row (no padding
