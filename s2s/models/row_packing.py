@@ -12,11 +12,11 @@ outputs are dropped when the rows go back to the padded layout.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 
 import torch
 
+from s2s.attention.backends.cute import CuteBackend
 from s2s.models.packing import PackedLayout, PackedRows
 
 FILLER_CHUNK = (1, 1, 0, 0)  # chunk_q, chunk_k, q_offset, k_offset of the filler sequence: causal
@@ -28,13 +28,13 @@ def cute_runs_packed_rows(backend: str, device: torch.device) -> bool:
     whose memory grows with N^2 over one row of N frames."""
     if backend not in ("cute", "auto") or device.type != "cuda":
         return False
-    return _hopper_with_cute(device.index if device.index is not None else torch.cuda.current_device())
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cute_runs_on(index)
 
 
 @functools.cache
-def _hopper_with_cute(index: int) -> bool:
-    hopper = torch.cuda.get_device_capability(index) == (9, 0)
-    return hopper and importlib.util.find_spec("cutlass") is not None
+def _cute_runs_on(index: int) -> bool:
+    return CuteBackend.device_unsupported_reason(torch.device("cuda", index)) is None
 
 
 @dataclass(frozen=True, eq=False)

@@ -117,5 +117,13 @@ def test_rows_pack_only_in_training_calls_on_the_cute_kernels():
     assert graphs._row_packing(x, layout) is None  # a CPU call
     assert not cute_runs_packed_rows("cute", torch.device("cpu"))
     assert not cute_runs_packed_rows("flex", torch.device("cuda"))  # no packing for other backends
+    # the same device check the CuTe backend gives every call
+    from s2s.attention.backends.cute import CuteBackend
+
+    reason = CuteBackend.device_unsupported_reason(torch.device("cpu"))
+    assert reason in (
+        "the CuTe kernel runs on CUDA tensors only",
+        "nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')",
+    )
     with pytest.raises(ValueError, match="row_bucket must be a positive number of frames or None"):
         GraphedBlocks(EncoderBlocks(model.encoder.blocks, SMALL), row_bucket=0)

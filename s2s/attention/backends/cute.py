@@ -59,14 +59,30 @@ class CuteBackend(AttentionBackend):
             # reaches the output (0 x NaN would). The dK/dV kernels leave those rows unwritten.
             return "the CuTe backward does not take seqused_k (run the step under torch.no_grad())"
         # seqused_q is taken forward and backward (see the module's docstring).
-        if importlib.util.find_spec("cutlass") is None:
-            return "nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')"
+        if (reason := _dsl_missing()) is not None:
+            return reason
         from s2s.attention.cute.launch import unsupported_reason
 
         return unsupported_reason(problem)
+
+    @staticmethod
+    def device_unsupported_reason(device: torch.device) -> str | None:
+        """Why no call on ``device`` can run here (the DSL missing, not a Hopper GPU); None when
+        some can. For callers that choose a path before they have a problem (packed rows)."""
+        if (reason := _dsl_missing()) is not None:
+            return reason
+        from s2s.attention.cute.launch import device_unsupported_reason
+
+        return device_unsupported_reason(device)
 
     def forward(
         self, problem: AttentionProblem, return_lse: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, lse = _CuteAttention.apply(problem.q, problem.k, problem.v, problem)
         return out, (lse if return_lse else None)
+
+
+def _dsl_missing() -> str | None:
+    if importlib.util.find_spec("cutlass") is None:
+        return "nvidia-cutlass-dsl is not installed (pip install -e '.[cute]')"
+    return None

@@ -22,9 +22,14 @@ def unsupported_reason(problem: AttentionProblem) -> str | None:
         return f"the CuTe kernel takes float16 or bfloat16, got {problem.dtype}"
     if problem.head_dim not in SUPPORTED_HEAD_DIMS:
         return f"the CuTe kernel supports head dims {SUPPORTED_HEAD_DIMS}, got {problem.head_dim}"
-    if problem.device.type != "cuda":
+    return device_unsupported_reason(problem.device)
+
+
+def device_unsupported_reason(device: torch.device) -> str | None:
+    """Why the CuTe kernels cannot run on ``device`` at all, whatever the call (None when they can)."""
+    if device.type != "cuda":
         return "the CuTe kernel runs on CUDA tensors only"
-    major, minor = torch.cuda.get_device_capability(problem.device)
+    major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) != (9, 0):
         return f"the CuTe kernel is built for Hopper (sm_90), this GPU is sm_{major}{minor}"
     return None
