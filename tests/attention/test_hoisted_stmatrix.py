@@ -1,4 +1,4 @@
-"""The hoisted stmatrix store's XOR-derived groups (``s2s.attention.cute.hoisted_stmatrix``)
+"""The XOR-derived groups of the carried stores (``s2s.attention.cute.carried_address``)
 against the swizzle of every thread's own address, on CPU: pure integer math."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("cutlass")
 
-from s2s.attention.cute.hoisted_stmatrix import STMATRIX_ROW_BYTES, xor_deltas
+from s2s.attention.cute.carried_address import xor_deltas
+from s2s.attention.cute.hoisted_stmatrix import STMATRIX_ROW_BYTES
 from s2s.attention.cute.swizzled_store import SwizzleBits
 
 

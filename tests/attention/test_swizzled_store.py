@@ -1,4 +1,4 @@
-"""The hoisted swizzled store's plan (``s2s.attention.cute.swizzled_store``) against the
+"""The swizzled store's plan (``s2s.attention.cute.swizzled_store``) against the
 swizzle applied to every element's own address, on CPU: the plan is pure integer math."""
 
 from __future__ import annotations

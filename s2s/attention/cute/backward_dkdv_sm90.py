@@ -49,6 +49,7 @@ from cutlass.cute.nvgpu import cpasync, warp, warpgroup
 from cutlass.memory import SmemAllocator
 from cutlass.tensor_utils import LayoutEnum
 
+from s2s.attention.cute.carried_swizzled_store import CarriedSwizzledStore
 from s2s.attention.cute.epilogue import store_rows
 from s2s.attention.cute.fragments import accumulator_as_operand_a, as_accumulator, rows_cols
 from s2s.attention.cute.hoisted_stmatrix import HoistedStmatrixStore
@@ -63,7 +64,6 @@ from s2s.attention.cute.named_barrier import (
 from s2s.attention.cute.pipeline import WARPS_PER_WARPGROUP, loaded_once, tma_pipeline, warpgroup_order
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import LOG2_E
-from s2s.attention.cute.swizzled_store import HoistedSwizzledStore
 from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
 from s2s.attention.cute.views import ROW_STATISTICS, row_stats_start, row_stats_view, rows_view, table_view
 
@@ -78,6 +78,23 @@ def transposed_scores_mma(dtype, tiles: KeyTiles) -> cute.TiledMma:
     k_major = cute.nvgpu.OperandMajorMode.K
     return sm90_utils.make_trivial_tiled_mma(
         dtype, dtype, k_major, k_major, cutlass.Float32, (1, 1, 1), (tiles.keys_per_warpgroup, tiles.tile_m)
+    )
+
+
+def dq_slice_mma(dtype, tiles: KeyTiles) -> cute.TiledMma:
+    """The WGMMA of a warpgroup's dQ slice = dS K: (queries, head dim), K = the tile's keys, dS
+    from shared memory with queries contiguous and K through its transposed view."""
+    mn_major = cute.nvgpu.OperandMajorMode.MN
+    return sm90_utils.make_trivial_tiled_mma(
+        dtype, dtype, mn_major, mn_major, cutlass.Float32, (1, 1, 1), tiles.dq_slice
+    )
+
+
+def dq_staging_layout(tiles: KeyTiles):
+    """The fp32 buffers (one per consumer warpgroup) where each stages its dQ slice for the dQ
+    warp's TMA reduce-add: 128-byte swizzled rows."""
+    return sm90_utils.make_smem_layout_epi(
+        cutlass.Float32, LayoutEnum.ROW_MAJOR, tiles.dq_slice, tiles.consumer_warpgroups
     )
 
 
@@ -202,14 +219,9 @@ class ChunkAttentionBackwardDkDvSm90:
         layouts = (sK_layout, sQ_layout)
         dq_store = ()
         if cutlass.const_expr(self.with_dq):
-            # dQ = dS K: dS from shared memory with queries contiguous, K through its transposed view.
-            dq_mma = sm90_utils.make_trivial_tiled_mma(
-                self.dtype, self.dtype, mn_major, mn_major, cutlass.Float32, (1, 1, 1), dq_shape[:2]
-            )
+            dq_mma = dq_slice_mma(self.dtype, self.tiles)
             sdS_layout = sm90_utils.make_smem_layout_a(LayoutEnum.COL_MAJOR, ds_shape, self.dtype, DS_BUFFERS)
-            sdQ_layout = sm90_utils.make_smem_layout_epi(
-                cutlass.Float32, LayoutEnum.ROW_MAJOR, dq_shape[:2], self.tiles.consumer_warpgroups
-            )
+            sdQ_layout = dq_staging_layout(self.tiles)
             tma_dq, tma_mdQ = cpasync.make_tiled_tma_atom(
                 cpasync.CopyReduceBulkTensorTileS2GOp(),
                 mdQ,
@@ -535,9 +547,10 @@ class ChunkAttentionBackwardDkDvSm90:
             )
             acc_dq = dq_thr.make_fragment_C(dq_thr.partition_shape_C((dq_rows, dq_cols)))
             dq_mma.set(warpgroup.Field.ACCUMULATE, True)  # acc_dq is zeroed per tile instead
-            dq_staging = dq_thr.partition_C(sdQ[None, None, wg])
             if cutlass.const_expr(self.tiles.hoisted_dq_staging):
-                dq_staging = HoistedSwizzledStore(dq_staging, acc_dq.layout)
+                dq_staging = CarriedSwizzledStore(dq_mma, thread, sdQ[None, None, wg], acc_dq.layout)
+            else:
+                dq_staging = dq_thr.partition_C(sdQ[None, None, wg])
             dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, dq_staging, ds_store)
 
         key_base = n_tile * self.tiles.tile_n + wg * self.tiles.keys_per_warpgroup
@@ -559,9 +572,10 @@ class ChunkAttentionBackwardDkDvSm90:
         full_begin, full_end = self.tiles.blocks.query_tiles_seeing_all(
             mask, key_first, key_last, m_begin, m_end
         )
-        # The hoisted dS^T store's address is loop-carried (not rematerialised by ptxas): it moves
-        # to the other dS buffer with ``tile``.
+        # Loop-carried addresses (not rematerialised by ptxas): the hoisted dS^T store's moves to
+        # the other dS buffer with ``tile``; the dQ staging's is made opaque once a tile.
         ds_rows = dq_operands[1] if self.tiles.hoisted_ds_store and self.with_dq else None
+        dq_carried = dq_operands[5] if self.tiles.hoisted_dq_staging and self.with_dq else None
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
@@ -569,7 +583,9 @@ class ChunkAttentionBackwardDkDvSm90:
                 query = (m, head, mask, buffer, wg, thread)
                 step_dq = dq_operands
                 if cutlass.const_expr(ds_rows is not None):
-                    step_dq = (dq_operands[0], ds_rows, *dq_operands[2:])
+                    step_dq = (step_dq[0], ds_rows, *step_dq[2:])
+                if cutlass.const_expr(dq_carried is not None):
+                    step_dq = (*step_dq[:5], dq_carried, *step_dq[6:])
                 if m >= full_begin and m < full_end:
                     st_mma, q_consumer, order = self.tile_step(
                         False, st_mma, operands, step_dq, q_consumer, order, keys, query
@@ -580,6 +596,8 @@ class ChunkAttentionBackwardDkDvSm90:
                     )
                 if cutlass.const_expr(ds_rows is not None):
                     ds_rows = ds_rows.other_buffer(buffer)
+                if cutlass.const_expr(dq_carried is not None):
+                    dq_carried = dq_carried.next_tile()
                 tile += 1
 
         out_dk = cute.make_rmem_tensor(acc_dk.layout, self.dtype)

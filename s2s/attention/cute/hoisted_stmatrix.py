@@ -3,10 +3,10 @@
 A thread's stmatrix partition of a pointer-swizzled tile gives one 16-byte destination row per
 instruction, and the compiler swizzles each of them every time it is stored to (for the
 backward's dS^T: thread, warpgroup and buffer offsets, then shift, mask and XOR, about 25 integer
-instructions a query tile). As in ``HoistedSwizzledStore``, a swizzle ``Sw<B, M, S>`` commutes
-with adding a multiple of its span, so the rows split into a few groups (offset modulo the span),
+instructions a query tile). As in ``plan_stores``, a swizzle ``Sw<B, M, S>`` commutes with
+adding a multiple of its span, so the rows split into a few groups (offset modulo the span),
 each one swizzled address plus immediates, and a buffer stride that is a multiple of the span
-moves every group alike. Two more steps keep ptxas from undoing it:
+moves every group alike. Two more steps keep ptxas from undoing it (``carried_address``):
 
 - loop-invariant addresses are rematerialised every tile from the thread index (the swizzle
   again, measured: 6 instructions saved of ~25), so the current buffer's address is a
@@ -21,33 +21,13 @@ from __future__ import annotations
 import cutlass
 import cutlass.cute as cute
 
+from s2s.attention.cute.carried_address import CarriedAddresses, carried_groups
 from s2s.attention.cute.swizzled_store import SwizzleBits, plan_stores, static_offsets
 
 STMATRIX_ROW_BYTES = 16  # one thread's destination row of an 8 x 8 matrix of 16-bit elements
 
 
-def xor_deltas(swizzle: SwizzleBits, thread_offsets: list[int], group_offsets: list[int]) -> list[int | None]:
-    """Per group (byte offset ``low`` below the span), a ``d`` with ``swizzle(A + low) ==
-    swizzle(A + group_offsets[0]) ^ d`` for every thread's byte offset ``a`` (modulo the span)
-    and any span-aligned base ``A - a``, or None where no single ``d`` does (0 for the first).
-
-    Past the span the two addresses differ in the base's bits, where XOR is not addition, so
-    each ``a + low`` must stay below the span."""
-    span = swizzle.span_bytes
-    first = group_offsets[0]
-    deltas: list[int | None] = [0]
-    for low in group_offsets[1:]:
-        found = {
-            swizzle.apply(a % span + low) ^ swizzle.apply(a % span + first)
-            if a % span + max(low, first) < span
-            else None
-            for a in thread_offsets
-        }
-        deltas.append(found.pop() if len(found) == 1 else None)
-    return deltas
-
-
-class HoistedStmatrixStore:
+class HoistedStmatrixStore(CarriedAddresses):
     """Stores a thread's registers to one of two buffers of ``tile`` (a pointer-swizzled tensor,
     the last mode the buffers) with ``copy``'s stmatrix instructions (a thread's slice of a
     tiled stmatrix copy), each from a carried or XOR-derived address plus an immediate.
@@ -89,38 +69,18 @@ class HoistedStmatrixStore:
             int(cute.crd2idx(copy.get_slice(t).partition_D(identity).iterator, tile.layout)) * element_bytes
             for t in range(cute.size(copy.layout_dst_tv_tiled, mode=[0]))
         ]
-        lows = [low * element_bytes for low in self.plan.group_offsets]
-        deltas = xor_deltas(swizzle, thread_offsets, lows)
-        # (carried address index, XOR) per group; a group without a delta carries its own.
-        self.sources: list[tuple[int, int]] = []
-        carried_lows: list[int] = []
-        for low, delta in zip(lows, deltas, strict=True):
-            if delta is None or not carried_lows:
-                self.sources.append((len(carried_lows), 0))
-                carried_lows.append(low)
-            else:
-                self.sources.append((0, delta))
+        self.groups = carried_groups(
+            swizzle, thread_offsets, [low * element_bytes for low in self.plan.group_offsets]
+        )
         self.copy = copy
         self.element_type = tile.element_type
         address = cute.recast_ptr(first.iterator, swizzle_=None).toint()
-        self.addresses = [swizzle.apply(address + low) for low in carried_lows]
-
-    def _with(self, addresses: list) -> HoistedStmatrixStore:
-        new = object.__new__(HoistedStmatrixStore)
-        new.__dict__.update(self.__dict__)
-        new.addresses = addresses
-        return new
+        self.addresses = [swizzle.apply(address + low) for low in self.groups.lows]
 
     def other_buffer(self, buffer: cutlass.Int32) -> HoistedStmatrixStore:
         """The store to the other buffer, from this one's ``buffer`` (0 or 1)."""
         step = self.buffer_bytes - 2 * self.buffer_bytes * buffer
         return self._with([a + step for a in self.addresses])
-
-    def __extract_mlir_values__(self):
-        return [cutlass.Int32(a).ir_value() for a in self.addresses]
-
-    def __new_from_mlir_values__(self, values) -> HoistedStmatrixStore:
-        return self._with([cutlass.Int32(v) for v in values])
 
     def __call__(self, src: cute.Tensor):
         """``src`` (registers, in the accumulator layout ``copy.retile`` takes) to the current buffer."""
@@ -130,15 +90,7 @@ class HoistedStmatrixStore:
             raise ValueError(
                 f"the retiled source {registers.layout} is not contiguous: plan with its offsets"
             )
-        bases = [
-            cute.make_ptr(
-                self.element_type,
-                self.addresses[carried] ^ delta if delta else self.addresses[carried],
-                cute.AddressSpace.smem,
-                assumed_align=STMATRIX_ROW_BYTES,
-            )
-            for carried, delta in self.sources
-        ]
+        bases = self.group_pointers(self.element_type, STMATRIX_ROW_BYTES)
         for source, group, elements in self.plan.stores:
             cute.copy(
                 self.copy,

@@ -1,4 +1,4 @@
-"""Registers to a swizzled shared-memory tile through a few hoisted base addresses.
+"""The plan of a store from registers to a swizzled shared-memory tile through a few addresses.
 
 A thread's partition of a swizzled tile (``partition_C`` of a pointer-swizzled tensor) makes the
 compiler swizzle every element's address on its own: add the offset, shift, mask, XOR. For the
@@ -7,9 +7,9 @@ them rather than hold 16 registers), about 64 integer instructions a tile. But a
 ``Sw<B, M, S>`` reads only address bits [M + S, M + S + B): adding a multiple of
 ``2^(M + S + B)`` bytes (the swizzle's span, 1024 bytes for the 128-byte swizzle) commutes with
 it. So the elements split into a few groups by their offset modulo the span; each group needs
-one swizzled base address and its elements are that base plus a constant (an immediate of the
-store instruction). The bases are made outside the loop; under register pressure ptxas still
-rematerialises them each tile, but 4 bases cost ~20 instructions where 16 addresses cost ~64.
+one swizzled address and its elements are that address plus a constant (an immediate of the
+store instruction). Pure integer math on the partition's static layout; the stores that use it
+are ``CarriedSwizzledStore`` and ``HoistedStmatrixStore``.
 """
 
 from __future__ import annotations
@@ -88,40 +88,3 @@ def plan_stores(
 def static_offsets(layout: cute.Layout) -> list[int]:
     """Every element's offset under a static layout, in index order."""
     return [int(cute.crd2idx(i, layout)) for i in range(cute.size(layout))]
-
-
-class HoistedSwizzledStore:
-    """Stores a thread's registers ``src`` to its partition ``dst`` of a pointer-swizzled shared
-    tile with one swizzled base address per group (``plan_stores``), made where it is built
-    (outside the loop), so each store is a base register plus an immediate."""
-
-    def __init__(self, dst: cute.Tensor, src_layout: cute.Layout, vector: int = 2):
-        element_bytes = dst.element_type.width // 8
-        if dst.iterator.alignment < vector * element_bytes:
-            raise ValueError(
-                f"the destination pointer is aligned to {dst.iterator.alignment} bytes, less than a "
-                f"vector of {vector} x {element_bytes} bytes: pass a smaller vector"
-            )
-        swizzle = SwizzleBits.of_pointer(dst.iterator)
-        self.plan = plan_stores(
-            static_offsets(dst.layout), static_offsets(src_layout), element_bytes, swizzle.span_bytes, vector
-        )
-        address = cute.recast_ptr(dst.iterator, swizzle_=None).toint()
-        self.bases = [
-            cute.make_ptr(
-                dst.element_type,
-                swizzle.apply(address + low * element_bytes),
-                cute.AddressSpace.smem,
-                assumed_align=vector * element_bytes,
-            )
-            for low in self.plan.group_offsets
-        ]
-
-    def __call__(self, src: cute.Tensor):
-        """``src`` (registers, in ``src_layout``) to the destination."""
-        vector = self.plan.vector
-        for source, group, offset in self.plan.stores:
-            cute.autovec_copy(
-                cute.make_tensor(src.iterator + source, cute.make_layout(vector)),
-                cute.make_tensor(self.bases[group] + offset, cute.make_layout(vector)),
-            )

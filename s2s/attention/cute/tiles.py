@@ -130,11 +130,14 @@ class KeyTiles(_WarpRoles):
 
     @property
     def hoisted_dq_staging(self) -> bool:
-        """With dQ: the slice goes to its swizzled staging buffer through 4 base addresses made
-        once (``HoistedSwizzledStore``) instead of 16 swizzled per tile. Where the slice is staged
-        after every GEMM of the tile (not ``split_commits``) that address math is on the critical
-        path: +1-4% at d64. The split order stages while dK's GEMM runs, where it is hidden, and
-        the 4 bases (rematerialised by ptxas among the exponentials) lost 1-3% at d128."""
+        """With dQ: the slice goes to its swizzled staging buffer from one swizzled address made
+        before the loop and carried round it, the other column groups XORs of it, each store an
+        immediate past one (``CarriedSwizzledStore``), instead of 16 addresses swizzled per tile.
+        Where the slice is staged after every GEMM of the tile (not ``split_commits``) that
+        address math is on the critical path: 4 hoisted bases gained 1-4% at d64 (stop 47), the
+        carried address takes the loop from 610 to 594 / 1,072 to 1,062 instructions (full /
+        masked). The split order stages while dK's GEMM runs, where it is hidden: at d128 the 4
+        bases lost 1-3% and the carried address 0.7-1.7% at 16k (stops 47, 53)."""
         return not self.split_commits
 
     @property
