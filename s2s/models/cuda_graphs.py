@@ -43,11 +43,18 @@ class EncoderBlocks(nn.Module):
     (B, T) whose `frames` input is the (B, T) valid mask, or, with `max_seqlen`, over packed rows
     (1, N) whose `frames` input is the (B + 2,) offsets of s2s.models.row_packing."""
 
-    def __init__(self, blocks: nn.ModuleList, config: DuplexConfig, max_seqlen: int | None = None):
+    def __init__(
+        self,
+        blocks: nn.ModuleList,
+        config: DuplexConfig,
+        max_seqlen: int | None = None,
+        dynamic_rows: bool = False,
+    ):
         super().__init__()
         self.blocks = blocks
         self.config = config
         self.max_seqlen = max_seqlen
+        self.dynamic_rows = dynamic_rows  # blocks compiled for any row count (compiled_for_packed_rows)
 
     @property
     def left_chunks(self) -> int | None:
@@ -56,8 +63,17 @@ class EncoderBlocks(nn.Module):
     def forward(self, x, positions, chunks: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         rotation, attention = self.block_inputs(positions, chunks, frames)
         for block in self.blocks:
+            self.mark_rows_dynamic(x, rotation.cos, rotation.sin)
             x = block(x, rotation, attention)
         return x
+
+    def mark_rows_dynamic(self, *frames: torch.Tensor) -> None:
+        """With `dynamic_rows`, mark dimension 1 (the packed row count N) of every frame tensor a
+        compiled block takes dynamic, so that one compile serves every row bucket; `maybe_`: where
+        a trace needs N as a constant after all, the block compiles static instead of failing."""
+        if self.dynamic_rows:
+            for tensor in frames:
+                torch._dynamo.maybe_mark_dynamic(tensor, 1)
 
     def block_inputs(
         self, positions: torch.Tensor, chunks: torch.Tensor, frames: torch.Tensor
@@ -77,6 +93,7 @@ class DecoderBlocks(EncoderBlocks):
     def forward(self, x, positions, encoded, chunks: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         rotation, attention = self.block_inputs(positions, chunks, frames)
         for block in self.blocks:
+            self.mark_rows_dynamic(x, rotation.cos, rotation.sin, encoded)
             x = block(x, rotation, encoded, attention, attention)
         return x
 
@@ -87,6 +104,7 @@ class GraphKey:
 
     shape: tuple[int, ...]
     dtype: torch.dtype
+    input_shapes: tuple[tuple[int, ...], ...]  # every input's: packed rows of one N hold any B
     encoded: tuple[tuple[int, ...], torch.dtype, bool] | None
     autocast: torch.dtype | None
     left_chunks: int | None
@@ -134,6 +152,7 @@ class GraphedBlocks:
         self.max_shapes = max_shapes
         self.warmup_steps = warmup_steps
         self.graphs: dict[GraphKey, nn.Module] = {}
+        self._row_blocks: nn.ModuleList | None = None  # compiled once for every row bucket
         self.replays = 0
         self._warned = False
         self.failure: str | None = None  # why capturing failed: the run goes on eagerly
@@ -161,12 +180,12 @@ class GraphedBlocks:
         else:
             rows = layout.valid
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        inputs = (x, positions, table, rows) if encoded is None else (x, positions, encoded, table, rows)
         key = GraphKey(
-            tuple(x.shape), x.dtype,
+            tuple(x.shape), x.dtype, tuple(tuple(t.shape) for t in inputs),
             None if encoded is None else (tuple(encoded.shape), encoded.dtype, encoded.requires_grad),
             autocast, spec.left_chunks, None if packing is None else packing.rows.max_seqlen,
         )  # fmt: skip
-        inputs = (x, positions, table, rows) if encoded is None else (x, positions, encoded, table, rows)
         graphed = self.graphs.get(key)
         if graphed is None:
             if len(self.graphs) >= self.max_shapes:
@@ -214,8 +233,13 @@ class GraphedBlocks:
     ) -> nn.Module:
         """Warm up and capture a fresh wrapper of the same blocks (make_graphed_callables patches the
         module it is given, so each shape gets its own) on copies of this call's inputs."""
-        wrapper = stack_for_capture(self.blocks, self.compiled, max_seqlen)
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
+        if self.compiled and max_seqlen is not None:
+            if self._row_blocks is None:
+                self._row_blocks = compiled_for_packed_rows(self.blocks.blocks)
+            wrapper = type(self.blocks)(self._row_blocks, self.blocks.config, max_seqlen, dynamic_rows=True)
+        else:
+            wrapper = stack_for_capture(self.blocks, self.compiled, max_seqlen)
         dtype = autocast or torch.bfloat16
         with (
             torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False),
@@ -288,6 +312,14 @@ def stack_for_capture(stack: EncoderBlocks, compiled: bool, max_seqlen: int | No
     if compiled:
         blocks = nn.ModuleList([torch.compile(block, fullgraph=True, dynamic=False) for block in blocks])
     return type(stack)(blocks, stack.config, max_seqlen)
+
+
+def compiled_for_packed_rows(blocks: nn.ModuleList) -> nn.ModuleList:
+    """The blocks compiled once for packed rows of any bucket: the stacks that call them mark the
+    row count dynamic (EncoderBlocks.dynamic_rows), so a new bucket is a capture (warm-up and record, a
+    second or two) and not another compile of every block (~10-17 s each on an H200, stop 55), which
+    is what kept packed rows out of a training run whose batches span several buckets."""
+    return nn.ModuleList([torch.compile(block, fullgraph=True, dynamic=None) for block in blocks])
 
 
 def use_cuda_graphs(

@@ -378,7 +378,8 @@ def test_graphed_training_steps_equal_eager_ones(compiled, generator):
 def test_graphed_steps_on_packed_rows_equal_eager_ones(compiled, generator):
     """With a row bucket the graphs run each batch's valid frames packed into one row (no padding
     through the GEMMs, attention packed on the CuTe kernels): steps follow the eager, padded ones,
-    a batch whose padding its chunks do not hide replays too, and each bucket is one graph."""
+    a batch whose padding its chunks do not hide replays too, each bucket is one graph (and one of
+    another batch size its own: the chunk table and offsets have a column per sequence)."""
     seed = generator.initial_seed()
     torch.manual_seed(seed)
     config = dataclasses.replace(SMALL, dim=128, heads=2, kv_heads=1, attention_backend="cute")
@@ -394,12 +395,13 @@ def test_graphed_steps_on_packed_rows_equal_eager_ones(compiled, generator):
         batch(32, [32, 24, 16], [8, 4, 2]),  # 72 real frames: 80 packed rows
         batch(32, [32, 27, 16], [8, 2, 2]),  # 75: the same bucket, replayed (27 % 2 != 0 as well)
         batch(24, [24, 16], [4, 8]),  # 40: another bucket, captured
+        batch(32, [32, 30, 10, 8], [8, 2, 2, 4]),  # 80 rows again, of 4 sequences: its own graph
     ]
     want_losses, want = _train_steps(eager, batches)
     got_losses, got = _train_steps(graphed, batches)
     shapes = sorted(key.shape for key in graphed.encoder.graphs.graphs)
-    assert shapes == [(1, 48, config.dim), (1, 80, config.dim)], f"seed {seed}: {shapes}"
-    assert graphed.encoder.graphs.replays == 6 == graphed.decoder.graphs.replays, f"seed {seed}"
+    assert shapes == [(1, 48, config.dim), (1, 80, config.dim), (1, 80, config.dim)], f"seed {seed}: {shapes}"
+    assert graphed.encoder.graphs.replays == 8 == graphed.decoder.graphs.replays, f"seed {seed}"
     _assert_steps_follow(seed, (got_losses, got), (want_losses, want))
 
 

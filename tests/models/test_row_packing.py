@@ -127,3 +127,42 @@ def test_rows_pack_only_in_training_calls_on_the_cute_kernels():
     )
     with pytest.raises(ValueError, match="row_bucket must be a positive number of frames or None"):
         GraphedBlocks(EncoderBlocks(model.encoder.blocks, SMALL), row_bucket=0)
+
+
+def test_packed_stacks_compile_once_for_every_bucket(generator):
+    """The blocks compiled for packed rows (compiled_for_packed_rows, the row count marked dynamic
+    by the stack, as a capture's stack marks it) run a second bucket without compiling again, and
+    give the eager stacks' outputs and input gradients on both (float32, the reference backend
+    through the attention operator, as on a GPU the CuTe kernels)."""
+    from torch._dynamo.utils import counters
+
+    from s2s.models.cuda_graphs import compiled_for_packed_rows
+
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    config = dataclasses.replace(SMALL, attention_backend="reference")
+    model = TokenDuplexModel(config).train()
+    compiled = compiled_for_packed_rows(model.encoder.blocks)
+    graphs_after = []
+    for lengths in ([24, 13, 8], [24, 20, 24]):  # 45 and 68 real frames: buckets of 48 and 80 rows
+        frames = 24
+        x = torch.randn(3, frames, config.dim, generator=generator)
+        positions = torch.arange(frames).expand(3, frames).contiguous()
+        spec = ChunkSpec(torch.tensor([4, 8, 2], dtype=torch.int32), left_chunks=None)
+        packing = RowPacking.of(PackedLayout.from_lengths(torch.tensor(lengths), frames), bucket=16)
+        table = packing.chunk_table(chunk_table(spec.resolve(3)))
+        inputs = (packing.gather(x), packing.gather(positions), table, packing.rows.cu_seqlens)
+        results = []
+        for blocks in (model.encoder.blocks, compiled):
+            samples = tuple(t.clone() for t in inputs)
+            samples[0].requires_grad_()
+            stack = EncoderBlocks(blocks, config, packing.rows.max_seqlen, dynamic_rows=blocks is compiled)
+            out = stack(*samples)
+            (grad,) = torch.autograd.grad(out.square().sum(), samples[0])
+            results.append((out.detach(), grad))
+        graphs_after.append(counters["stats"]["unique_graphs"])
+        for name, got, want in zip(("output", "input gradient"), results[1], results[0], strict=True):
+            assert torch.isfinite(got).all(), f"seed {seed}, {lengths}: {name}"
+            where = f"seed {seed}, {lengths}: {name}"
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, w=where: f"{w}: {m}")
+    assert graphs_after[1] == graphs_after[0], f"seed {seed}: a second bucket compiled again: {graphs_after}"
