@@ -110,6 +110,26 @@ def dialogue_targets(row: int, length: int, config: TokenDuplexConfig, targets: 
     targets["user_word_counts"][row] = len(user_words)
 
 
+def real_frames(batch: DialogueBatch, config: TokenDuplexConfig) -> int:
+    return int((batch.frame_lengths // config.mel_per_frame).sum())
+
+
+def batch_in_another_bucket(
+    config: TokenDuplexConfig, batch: DialogueBatch, bucket: int, length_multiple: int
+) -> tuple[DialogueBatch, torch.Tensor]:
+    """A batch of `batch`'s shape whose real frames fill another multiple of `bucket` packed rows
+    (what +rows meets when the next training batch is shorter or longer)."""
+    dialogues, frames = batch.system_tokens.shape
+    home = -(-real_frames(batch, config) // bucket)
+    for seed in range(1, 64):
+        other, chunks = make_batch(
+            config, dialogues, frames, torch.Generator().manual_seed(seed), False, length_multiple
+        )
+        if -(-real_frames(other, config) // bucket) != home:
+            return other, chunks
+    raise SystemExit(f"no batch of {dialogues} x {frames} frames found outside the bucket of {bucket} rows")
+
+
 def make_batch(
     config: TokenDuplexConfig,
     dialogues: int,
@@ -340,7 +360,7 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
     )
     module = module.to(device).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=device.type == "cuda")
-    frames = int((batch.frame_lengths // config.mel_per_frame).sum())
+    frames = real_frames(batch, config)
     with count_attention_flops() as counted:  # in grad mode, as training runs: no extra compiles
         losses(module, batch, chunks)
     flops = StepFlops(multiplied_parameters(module.model), frames, counted.flops)
@@ -373,6 +393,18 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
         built = compiled_graphs()
         train_step(module, optimizer, other.to(device), other_chunks.to(device))
         compile_note += f"; another batch shape built {compiled_graphs() - built} more"
+    if row_bucket is not None:
+        # the next bucket, as training batches bring: a capture, not another compile of every block
+        other, other_chunks = batch_in_another_bucket(
+            module.model.config, batch, row_bucket, args.length_multiple
+        )
+        built, start = compiled_graphs(), time.perf_counter()
+        train_step(module, optimizer, other.to(device), other_chunks)
+        synchronize(device)
+        compile_note += (
+            f"; a batch in another row bucket: first step {time.perf_counter() - start:.1f} s, "
+            f"{compiled_graphs() - built} more compiled graphs"
+        )
     if graphed:
         compile_note += f", {module.model.encoder.graphs.replays} encoder replays"
     run = BackendRun(name, seconds, frames / seconds, flops, counted.calls, compile_note=compile_note)

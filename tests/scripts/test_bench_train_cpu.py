@@ -61,6 +61,21 @@ def test_the_batch_holds_model_v2s_targets(bench):
     assert (batch.user_words[~words] == PAD).all()
 
 
+def test_another_bucket_is_a_batch_of_the_same_shape_in_another_bucket(bench):
+    """+rows times the first step of a batch in another row bucket: same dialogues and frames, a
+    real-frame count that rounds up to another multiple of the bucket, lengths cut as asked."""
+    config = bench.preset_config("tiny")
+    batch, _ = bench.make_batch(config, 8, 200, torch.Generator().manual_seed(0), False, 8)
+    for bucket in (64, 128):
+        other, chunks = bench.batch_in_another_bucket(config, batch, bucket, 8)
+        assert other.system_tokens.shape == batch.system_tokens.shape and chunks.shape == (8,)
+        real, home = bench.real_frames(other, config), bench.real_frames(batch, config)
+        assert -(-real // bucket) != -(-home // bucket), (bucket, real, home)
+        assert ((other.frame_lengths // config.mel_per_frame) % 8 == 0).all()
+    with pytest.raises(SystemExit, match="no batch of 8 x 200 frames found outside the bucket"):
+        bench.batch_in_another_bucket(config, batch, 10**6, 8)
+
+
 @pytest.mark.slow
 def test_run_backend_counts_the_batch_masks(bench):
     """Attention FLOPs are 4 * head_dim * heads * visible pairs per call; the tiny model makes 12
