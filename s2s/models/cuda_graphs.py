@@ -102,13 +102,17 @@ class DecoderBlocks(EncoderBlocks):
 class GraphKey:
     """What a captured graph is fixed to: shapes, dtypes, autocast and the history limit."""
 
-    shape: tuple[int, ...]
-    dtype: torch.dtype
     input_shapes: tuple[tuple[int, ...], ...]  # every input's: packed rows of one N hold any B
-    encoded: tuple[tuple[int, ...], torch.dtype, bool] | None
+    dtype: torch.dtype
+    encoded: tuple[torch.dtype, bool] | None  # the encoder output's dtype and requires_grad
     autocast: torch.dtype | None
     left_chunks: int | None
     max_seqlen: int | None  # packed rows: the bound on a sequence's length (None: a padded batch)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The frames' shape: (B, T, D) padded, (1, N, D) packed rows."""
+        return self.input_shapes[0]
 
 
 def chunk_table(chunks: SequenceChunks) -> torch.Tensor:
@@ -182,8 +186,8 @@ class GraphedBlocks:
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         inputs = (x, positions, table, rows) if encoded is None else (x, positions, encoded, table, rows)
         key = GraphKey(
-            tuple(x.shape), x.dtype, tuple(tuple(t.shape) for t in inputs),
-            None if encoded is None else (tuple(encoded.shape), encoded.dtype, encoded.requires_grad),
+            tuple(tuple(t.shape) for t in inputs), x.dtype,
+            None if encoded is None else (encoded.dtype, encoded.requires_grad),
             autocast, spec.left_chunks, None if packing is None else packing.rows.max_seqlen,
         )  # fmt: skip
         graphed = self.graphs.get(key)
@@ -307,7 +311,8 @@ def stack_for_capture(stack: EncoderBlocks, compiled: bool, max_seqlen: int | No
     """A fresh wrapper of the same blocks for one capture. `compiled`: each block torch.compile'd
     whole for this shape (fullgraph, static: attention inside as the s2s::chunk_attention operator,
     s2s.attention.custom_op), in the wrapper only, so the model's own blocks stay eager for every
-    call that takes no graph (packed batches, validation, streaming) and nothing else recompiles."""
+    call that takes no graph (packed batches, validation, streaming) and nothing else recompiles.
+    Compiled stacks on packed rows share one compile instead (`compiled_for_packed_rows`)."""
     blocks = stack.blocks
     if compiled:
         blocks = nn.ModuleList([torch.compile(block, fullgraph=True, dynamic=False) for block in blocks])
