@@ -157,6 +157,7 @@ class GraphedBlocks:
         self.warmup_steps = warmup_steps
         self.graphs: dict[GraphKey, nn.Module] = {}
         self._row_blocks: nn.ModuleList | None = None  # compiled once for every row bucket
+        self._pool = None  # one CUDA graph memory pool for every shape of this stack (_capture)
         self.replays = 0
         self._warned = False
         self.failure: str | None = None  # why capturing failed: the run goes on eagerly
@@ -236,7 +237,15 @@ class GraphedBlocks:
         self, inputs: tuple[torch.Tensor, ...], autocast: torch.dtype | None, max_seqlen: int | None
     ) -> nn.Module:
         """Warm up and capture a fresh wrapper of the same blocks (make_graphed_callables patches the
-        module it is given, so each shape gets its own) on copies of this call's inputs."""
+        module it is given, so each shape gets its own) on copies of this call's inputs.
+
+        Every shape of this stack captures into one memory pool: a step replays one shape's forward
+        and then its backward, and nothing a graph writes outlives its own step, so the activations
+        one shape saves for its backward may sit where another shape's do. Each capture in its own
+        pool held every shape's activations at once: experiment=base_gpu with packed rows spans ~8
+        row buckets and ran out of an H100's 80 GB (65 GB in graph pools, stop 56). The encoder and
+        decoder keep separate pools: the decoder's graphs run while the encoder's activations wait
+        for its backward."""
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         if self.compiled and max_seqlen is not None:
             if self._row_blocks is None:
@@ -245,13 +254,15 @@ class GraphedBlocks:
         else:
             wrapper = stack_for_capture(self.blocks, self.compiled, max_seqlen)
         dtype = autocast or torch.bfloat16
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         with (
             torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False),
             rng_restored_on_failure(samples[0].device),
             thread_local_capture() as capture_mode,
         ):
             return torch.cuda.make_graphed_callables(
-                wrapper, samples, num_warmup_iters=self.warmup_steps, **capture_mode
+                wrapper, samples, num_warmup_iters=self.warmup_steps, pool=self._pool, **capture_mode
             )
 
 

@@ -362,11 +362,12 @@ def test_graphed_training_steps_equal_eager_ones(compiled, generator):
         batch(32, [32, 32, 8], [2, 8, 4]),  # same shape: replayed with new values
         batch(24, [24, 16], [4, 8]),  # another shape: captured
         batch(32, [32, 27, 16], [8, 2, 2]),  # 27 % 2 != 0: packed, eager
+        batch(32, [32, 16, 24], [2, 8, 4]),  # the first shape again, after another one shared its pool
     ]
     want_losses, want = _train_steps(eager, batches)
     got_losses, got = _train_steps(graphed, batches)
     assert len(graphed.encoder.graphs.graphs) == 2 and len(graphed.decoder.graphs.graphs) == 2, f"seed {seed}"
-    assert graphed.encoder.graphs.replays == 6, f"seed {seed}: {graphed.encoder.graphs.replays} replays"
+    assert graphed.encoder.graphs.replays == 8, f"seed {seed}: {graphed.encoder.graphs.replays} replays"
     _assert_steps_follow(seed, (got_losses, got), (want_losses, want))
     copied = copy.deepcopy(graphed).eval()  # as the free-running validation streams a copy
     assert copied.encoder.graphs is None and len(graphed.encoder.graphs.graphs) == 2, f"seed {seed}"
@@ -396,13 +397,46 @@ def test_graphed_steps_on_packed_rows_equal_eager_ones(compiled, generator):
         batch(32, [32, 27, 16], [8, 2, 2]),  # 75: the same bucket, replayed (27 % 2 != 0 as well)
         batch(24, [24, 16], [4, 8]),  # 40: another bucket, captured
         batch(32, [32, 30, 10, 8], [8, 2, 2, 4]),  # 80 rows again, of 4 sequences: its own graph
+        batch(32, [32, 20, 24], [8, 4, 2]),  # 76: the first bucket again, after others shared its pool
     ]
     want_losses, want = _train_steps(eager, batches)
     got_losses, got = _train_steps(graphed, batches)
     shapes = sorted(key.shape for key in graphed.encoder.graphs.graphs)
     assert shapes == [(1, 48, config.dim), (1, 80, config.dim), (1, 80, config.dim)], f"seed {seed}: {shapes}"
-    assert graphed.encoder.graphs.replays == 8 == graphed.decoder.graphs.replays, f"seed {seed}"
+    assert graphed.encoder.graphs.replays == 10 == graphed.decoder.graphs.replays, f"seed {seed}"
     _assert_steps_follow(seed, (got_losses, got), (want_losses, want))
+
+
+def _graph_pool_bytes() -> int:
+    """Bytes the CUDA caching allocator holds in graph memory pools (every pool but the default)."""
+    return sum(
+        segment["total_size"]
+        for segment in torch.cuda.memory_snapshot()
+        if tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0)
+    )
+
+
+@pytest.mark.gpu
+@NEEDS_CUTE
+def test_shapes_of_one_stack_share_their_graph_memory(generator):
+    """A second batch shape of the same size captures into the first one's pool: its activations
+    take the memory the first shape's took (a step replays one shape at a time), so the graph pools
+    grow by much less than the first capture took (each shape in its own pool: by as much again;
+    packed rows of ~8 buckets ran out of an H100's memory so)."""
+    seed = generator.initial_seed()
+    torch.manual_seed(seed)
+    config = dataclasses.replace(SMALL, dim=256, heads=4, kv_heads=2, attention_backend="cute")
+    model = TokenDuplexModel(config).cuda().train()
+    use_cuda_graphs(model)
+    torch.cuda.synchronize()
+    before = _graph_pool_bytes()
+    _train_steps(model, [_cuda_batch(generator, config, 512, [512, 512], [8, 8])], steps_per_batch=1)
+    first = _graph_pool_bytes() - before
+    _train_steps(model, [_cuda_batch(generator, config, 256, [256] * 4, [8] * 4)], steps_per_batch=1)
+    second = _graph_pool_bytes() - before - first
+    assert len(model.encoder.graphs.graphs) == 2 == len(model.decoder.graphs.graphs), f"seed {seed}"
+    assert first > 0, f"seed {seed}: the first capture took no graph memory"
+    assert second < 0.5 * first, f"seed {seed}: the second shape took {second} more bytes after {first}"
 
 
 @pytest.mark.gpu
