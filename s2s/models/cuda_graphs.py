@@ -286,6 +286,12 @@ def thread_local_capture():
     class ThreadLocalGraph(global_mode_graph):
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("capture_error_mode", "thread_local")
+            if global_mode_graph.default_capture_stream is None:
+                global_mode_graph.default_capture_stream = torch.cuda.Stream()
+            # torch.cuda.graph's own capture stream, not one of this fresh class's (its lazily made
+            # default is a class attribute): blocks freed in a capture are reused only by later
+            # captures on the same stream, so a stream per capture kept shapes sharing a pool apart
+            kwargs.setdefault("stream", global_mode_graph.default_capture_stream)
             super().__init__(*args, **kwargs)
 
     torch.cuda.graph = torch.cuda.graphs.graph = ThreadLocalGraph

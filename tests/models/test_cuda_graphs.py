@@ -224,20 +224,28 @@ def test_a_failed_capture_leaves_the_run_eager_with_the_reason(monkeypatch, gene
 def test_captures_run_in_thread_local_mode_on_every_torch(monkeypatch):
     """Where make_graphed_callables has no capture_error_mode (torch 2.11), the captures it builds
     with torch.cuda.graph default to thread-local mode while the context is open, an explicit mode
-    still wins, and the original class is back afterwards, also when the capture raised."""
+    still wins, and the original class is back afterwards, also when the capture raised. Every
+    capture, in any context, runs on torch.cuda.graph's one capture stream: blocks a capture frees are
+    reused only by captures on the same stream, and a stream per capture (the lazily made default of
+    a fresh subclass) kept the shapes sharing a memory pool apart (stop 56: packed rows out of memory)."""
     from s2s.models.cuda_graphs import thread_local_capture
 
     built = []
 
-    class RecordingGraph:
+    class RecordingGraph:  # torch.cuda.graph's own stream rule: a lazily made class attribute
+        default_capture_stream = None
+
         def __init__(self, cuda_graph, pool=None, stream=None, capture_error_mode="global"):
-            built.append(capture_error_mode)
+            if stream is None and self.__class__.default_capture_stream is None:
+                self.__class__.default_capture_stream = object()
+            built.append((capture_error_mode, stream or self.__class__.default_capture_stream))
 
     def without_mode(callables, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
         return torch.cuda.graph(object(), pool=pool)
 
     monkeypatch.setattr(torch.cuda, "graph", RecordingGraph)
     monkeypatch.setattr(torch.cuda.graphs, "graph", RecordingGraph)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *args, **kwargs: object())
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", without_mode)
     with pytest.raises(RuntimeError, match="capture failed"), thread_local_capture() as capture_mode:
         assert capture_mode == {}
@@ -245,7 +253,11 @@ def test_captures_run_in_thread_local_mode_on_every_torch(monkeypatch):
         torch.cuda.graph(object(), capture_error_mode="relaxed")
         assert torch.cuda.graphs.graph is torch.cuda.graph
         raise RuntimeError("capture failed")
-    assert built == ["thread_local", "relaxed"]
+    with thread_local_capture():
+        torch.cuda.make_graphed_callables(None, ())  # another shape's capture, in its own context
+    assert [mode for mode, _ in built] == ["thread_local", "relaxed", "thread_local"]
+    streams = {id(stream) for _, stream in built}
+    assert len(streams) == 1 and built[0][1] is RecordingGraph.default_capture_stream, built
     assert torch.cuda.graph is RecordingGraph and torch.cuda.graphs.graph is RecordingGraph
 
     def with_mode(callables, sample_args, capture_error_mode="global"):
