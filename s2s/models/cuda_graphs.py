@@ -241,11 +241,12 @@ class GraphedBlocks:
 
         Every shape of this stack captures into one memory pool: a step replays one shape's forward
         and then its backward, and nothing a graph writes outlives its own step, so the activations
-        one shape saves for its backward may sit where another shape's do. Each capture in its own
-        pool held every shape's activations at once: experiment=base_gpu with packed rows spans ~8
-        row buckets and ran out of an H100's 80 GB (65 GB in graph pools, stop 56). The encoder and
-        decoder keep separate pools: the decoder's graphs run while the encoder's activations wait
-        for its backward."""
+        one shape saves for its backward may sit where another shape's do (a freed block is reused
+        only on the stream that freed it: every capture runs on one stream, thread_local_capture).
+        Each capture in a pool and on a stream of its own held every shape's activations at once:
+        experiment=base_gpu with packed rows, whose batches span several row buckets, ran out of an
+        H100's 80 GB (65 GB in graph pools, stop 56). The encoder and decoder keep separate pools:
+        the decoder's graphs run while the encoder's activations wait for its backward."""
         samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in inputs)
         if self.compiled and max_seqlen is not None:
             if self._row_blocks is None:
