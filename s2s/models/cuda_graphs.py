@@ -242,7 +242,7 @@ class GraphedBlocks:
         Every shape of this stack captures into one memory pool: a step replays one shape's forward
         and then its backward, and nothing a graph writes outlives its own step, so the activations
         one shape saves for its backward may sit where another shape's do (a freed block is reused
-        only on the stream that freed it: every capture runs on one stream, thread_local_capture).
+        only on the stream that freed it: every capture runs on one stream, capture_settings).
         Each capture in a pool and on a stream of its own held every shape's activations at once:
         experiment=base_gpu with packed rows, whose batches span several row buckets, ran out of an
         H100's 80 GB (65 GB in graph pools, stop 56). The encoder and decoder keep separate pools:
@@ -260,46 +260,60 @@ class GraphedBlocks:
         with (
             torch.autocast("cuda", dtype=dtype, enabled=autocast is not None, cache_enabled=False),
             rng_restored_on_failure(samples[0].device),
-            thread_local_capture() as capture_mode,
+            capture_settings() as capture_mode,
         ):
             return torch.cuda.make_graphed_callables(
                 wrapper, samples, num_warmup_iters=self.warmup_steps, pool=self._pool, **capture_mode
             )
 
 
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}  # device index -> the stream every capture runs on
+
+
+def capture_stream() -> torch.cuda.Stream:
+    """The process's one capture stream on the current device (capture_settings)."""
+    index = torch.cuda.current_device()
+    if index not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[index] = torch.cuda.Stream(index)
+    return _CAPTURE_STREAMS[index]
+
+
 @contextlib.contextmanager
-def thread_local_capture():
-    """Capture in thread-local mode; yields the keyword arguments for make_graphed_callables.
+def capture_settings():
+    """While open, every capture `torch.cuda.graph` makes (make_graphed_callables builds its
+    captures with it) runs in thread-local mode and on one stream a device; yields the keyword
+    arguments for make_graphed_callables.
 
-    In the default global mode any CUDA call another thread makes while a capture runs (the
-    DataLoader's pin-memory thread pinning the next batch) invalidates the capture. Whether it hit
-    depended on timing: a run whose kernels and Inductor code came from the disk caches reached its
-    first capture while the loader was still pinning, and failed (H200, torch 2.11, 2026-12-05).
-    Inductor's own CUDA graphs (torch/_inductor/cudagraph_trees.py) capture in this mode too.
-    make_graphed_callables takes the mode since pytorch PR 188832 (July 2026; torch 2.11 lacks it).
-    Without it, it builds its captures with `torch.cuda.graph(...)`, whose default mode is swapped
-    here for the duration of the capture (one capture runs at a time in a process)."""
+    Thread-local mode: in the default global mode any CUDA call another thread makes while a
+    capture runs (the DataLoader's pin-memory thread pinning the next batch) invalidates the
+    capture. Whether it hit depended on timing: a run whose kernels and Inductor code came from the
+    disk caches reached its first capture while the loader was still pinning, and failed (H200,
+    torch 2.11, 2026-12-05). Inductor's own CUDA graphs (torch/_inductor/cudagraph_trees.py) capture
+    in this mode too. make_graphed_callables takes the mode since pytorch PR 188832 (July 2026; torch
+    2.11 lacks it); without it, the mode is the patched class's default. An explicit mode wins.
+
+    One stream: make_graphed_callables captures on a stream it makes for each call, and the caching
+    allocator reuses a block freed in a graph memory pool only on the stream that freed it, so the
+    shapes of a stack (a call each) never reused each other's memory in the pool they share
+    (GraphedBlocks._capture): packed rows ran out of an H100's 80 GB with 65 GB in graph pools (stop
+    56). Every capture here runs on `capture_stream()` instead, whatever stream it is handed, as
+    torch.cuda.graph's own default stream did before. One capture runs at a time in a process."""
+    keywords = {}
     if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters:
-        yield {"capture_error_mode": "thread_local"}
-        return
-    global_mode_graph, module_graph = torch.cuda.graph, torch.cuda.graphs.graph
+        keywords["capture_error_mode"] = "thread_local"
+    torch_graph, module_graph = torch.cuda.graph, torch.cuda.graphs.graph
 
-    class ThreadLocalGraph(global_mode_graph):
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("capture_error_mode", "thread_local")
-            if global_mode_graph.default_capture_stream is None:
-                global_mode_graph.default_capture_stream = torch.cuda.Stream()
-            # torch.cuda.graph's own capture stream, not one of this fresh class's (its lazily made
-            # default is a class attribute): blocks freed in a capture are reused only by later
-            # captures on the same stream, so a stream per capture kept shapes sharing a pool apart
-            kwargs.setdefault("stream", global_mode_graph.default_capture_stream)
-            super().__init__(*args, **kwargs)
+    class OneStreamThreadLocalGraph(torch_graph):
+        def __init__(self, cuda_graph, pool=None, stream=None, capture_error_mode="thread_local", **rest):
+            super().__init__(
+                cuda_graph, pool=pool, stream=capture_stream(), capture_error_mode=capture_error_mode, **rest
+            )
 
-    torch.cuda.graph = torch.cuda.graphs.graph = ThreadLocalGraph
+    torch.cuda.graph = torch.cuda.graphs.graph = OneStreamThreadLocalGraph
     try:
-        yield {}
+        yield keywords
     finally:
-        torch.cuda.graph, torch.cuda.graphs.graph = global_mode_graph, module_graph
+        torch.cuda.graph, torch.cuda.graphs.graph = torch_graph, module_graph
 
 
 @contextlib.contextmanager

@@ -221,52 +221,47 @@ def test_a_failed_capture_leaves_the_run_eager_with_the_reason(monkeypatch, gene
     assert model.encoder.graphs.graphs == {}
 
 
-def test_captures_run_in_thread_local_mode_on_every_torch(monkeypatch):
-    """Where make_graphed_callables has no capture_error_mode (torch 2.11), the captures it builds
-    with torch.cuda.graph default to thread-local mode while the context is open, an explicit mode
-    still wins, and the original class is back afterwards, also when the capture raised. Every
-    capture, in any context, runs on torch.cuda.graph's one capture stream: blocks a capture frees are
-    reused only by captures on the same stream, and a stream per capture (the lazily made default of
-    a fresh subclass) kept the shapes sharing a memory pool apart (stop 56: packed rows out of memory)."""
-    from s2s.models.cuda_graphs import thread_local_capture
+@pytest.mark.parametrize("takes_mode", [False, True], ids=["torch-2.11", "capture_error_mode"])
+def test_captures_run_thread_local_on_one_stream(monkeypatch, takes_mode):
+    """Inside capture_settings every capture make_graphed_callables builds with torch.cuda.graph runs
+    in thread-local mode (passed to make_graphed_callables where it takes the mode, the patched
+    class's default where it does not, as in torch 2.11; an explicit mode still wins) and on one
+    capture stream, though make_graphed_callables hands each call a fresh stream (as torch does: the
+    caching allocator then reused no block between the shapes sharing a pool, stop 56); the
+    original class is back afterwards, also when the capture raised."""
+    from s2s.models import cuda_graphs
+    from s2s.models.cuda_graphs import capture_settings
 
     built = []
 
-    class RecordingGraph:  # torch.cuda.graph's own stream rule: a lazily made class attribute
-        default_capture_stream = None
-
+    class RecordingGraph:
         def __init__(self, cuda_graph, pool=None, stream=None, capture_error_mode="global"):
-            if stream is None and self.__class__.default_capture_stream is None:
-                self.__class__.default_capture_stream = object()
-            built.append((capture_error_mode, stream or self.__class__.default_capture_stream))
+            built.append((capture_error_mode, stream))
 
     def without_mode(callables, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
-        return torch.cuda.graph(object(), pool=pool)
+        return torch.cuda.graph(object(), stream=object(), pool=pool)  # a stream of its own per call
 
+    def with_mode(callables, sample_args, pool=None, capture_error_mode="global"):
+        return torch.cuda.graph(object(), stream=object(), pool=pool, capture_error_mode=capture_error_mode)
+
+    monkeypatch.setattr(cuda_graphs, "_CAPTURE_STREAMS", {})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *args, **kwargs: object())
     monkeypatch.setattr(torch.cuda, "graph", RecordingGraph)
     monkeypatch.setattr(torch.cuda.graphs, "graph", RecordingGraph)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *args, **kwargs: object())
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", without_mode)
-    with pytest.raises(RuntimeError, match="capture failed"), thread_local_capture() as capture_mode:
-        assert capture_mode == {}
-        torch.cuda.make_graphed_callables(None, ())
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", with_mode if takes_mode else without_mode)
+    with pytest.raises(RuntimeError, match="capture failed"), capture_settings() as capture_mode:
+        assert capture_mode == ({"capture_error_mode": "thread_local"} if takes_mode else {})
+        torch.cuda.make_graphed_callables(None, (), **capture_mode)
         torch.cuda.graph(object(), capture_error_mode="relaxed")
         assert torch.cuda.graphs.graph is torch.cuda.graph
         raise RuntimeError("capture failed")
-    with thread_local_capture():
-        torch.cuda.make_graphed_callables(None, ())  # another shape's capture, in its own context
-    assert [mode for mode, _ in built] == ["thread_local", "relaxed", "thread_local"]
+    with capture_settings() as capture_mode:
+        torch.cuda.make_graphed_callables(None, (), **capture_mode)  # another shape, another call
+    assert [mode for mode, _ in built] == ["thread_local", "relaxed", "thread_local"], built
     streams = {id(stream) for _, stream in built}
-    assert len(streams) == 1 and built[0][1] is RecordingGraph.default_capture_stream, built
+    assert len(streams) == 1 and built[0][1] is cuda_graphs._CAPTURE_STREAMS[0], built
     assert torch.cuda.graph is RecordingGraph and torch.cuda.graphs.graph is RecordingGraph
-
-    def with_mode(callables, sample_args, capture_error_mode="global"):
-        return capture_error_mode
-
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", with_mode)
-    with thread_local_capture() as capture_mode:
-        assert torch.cuda.make_graphed_callables(None, (), **capture_mode) == "thread_local"
-        assert torch.cuda.graph is RecordingGraph
 
 
 def test_only_unpacked_batches_can_take_a_graph():
@@ -477,7 +472,7 @@ def test_a_capture_survives_another_thread_pinning_memory(generator):
     capture (thread-local mode) must not fail because of it, and its replay equals float64 math."""
     import threading
 
-    from s2s.models.cuda_graphs import thread_local_capture
+    from s2s.models.cuda_graphs import capture_settings
 
     seed = generator.initial_seed()
     torch.manual_seed(seed)
@@ -496,7 +491,7 @@ def test_a_capture_survives_another_thread_pinning_memory(generator):
     try:
         while not pinned:  # the thread is pinning before the capture begins
             pass
-        with thread_local_capture() as capture_mode:
+        with capture_settings() as capture_mode:
             graphed = torch.cuda.make_graphed_callables(layer, (sample,), **capture_mode)
     finally:
         stop.set()
