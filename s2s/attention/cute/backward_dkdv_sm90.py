@@ -40,6 +40,8 @@ computed once (two threads per row) and dS^T goes to shared memory with stmatrix
 
 from __future__ import annotations
 
+import dataclasses
+
 import cuda.bindings.driver as cuda
 import cutlass
 import cutlass.cute as cute
@@ -64,6 +66,18 @@ from s2s.attention.cute.named_barrier import (
 from s2s.attention.cute.pipeline import WARPS_PER_WARPGROUP, loaded_once, tma_pipeline, warpgroup_order
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import LOG2_E
+from s2s.attention.cute.tile_operands import (
+    DqSliceOperands,
+    HalfRowStatistic,
+    KeyColumns,
+    KeyKernelCopies,
+    KeyKernelMmas,
+    KeySharedLayouts,
+    KeySharedTiles,
+    KeyTileOperands,
+    QueryTileStep,
+    RowStatistics,
+)
 from s2s.attention.cute.tiles import PRODUCER_REGISTERS, KeyTiles
 from s2s.attention.cute.views import ROW_STATISTICS, row_stats_start, row_stats_view, rows_view, table_view
 
@@ -215,9 +229,11 @@ class ChunkAttentionBackwardDkDvSm90:
             "sQ": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024],
             "sdO": cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024],
         }
-        mmas = (st_mma, grad_mma)
-        layouts = (sK_layout, sQ_layout)
-        dq_store = ()
+        mmas = KeyKernelMmas(st_mma, grad_mma)
+        layouts = KeySharedLayouts(sK_layout, sQ_layout)
+        copies = KeyKernelCopies(
+            tma_k, tma_mK, tma_v, tma_mV, tma_q, tma_mQ, tma_do, tma_mdO, tma_stats, tma_mStats
+        )
         if cutlass.const_expr(self.with_dq):
             dq_mma = dq_slice_mma(self.dtype, self.tiles)
             sdS_layout = sm90_utils.make_smem_layout_a(LayoutEnum.COL_MAJOR, ds_shape, self.dtype, DS_BUFFERS)
@@ -228,13 +244,13 @@ class ChunkAttentionBackwardDkDvSm90:
                 cute.slice_(sdQ_layout, (None, None, 0)),
                 dq_shape[:2],
             )
-            dq_store = (tma_dq, tma_mdQ)
+            copies = dataclasses.replace(copies, dq=tma_dq, mdQ=tma_mdQ)
             fields["sdS"] = cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sdS_layout)], 1024]
             fields["sdQ"] = cute.struct.Align[
                 cute.struct.MemRange[cutlass.Float32, cute.cosize(sdQ_layout)], 1024
             ]
-            mmas = (st_mma, grad_mma, dq_mma)
-            layouts = (sK_layout, sQ_layout, sdS_layout, sdQ_layout)
+            mmas = KeyKernelMmas(st_mma, grad_mma, dq_mma)
+            layouts = KeySharedLayouts(sK_layout, sQ_layout, sdS_layout, sdQ_layout)
         fields["sStats"] = cute.struct.Align[
             cute.struct.MemRange[cutlass.Float32, cute.cosize(self.staged_statistics_layout())], 128
         ]
@@ -242,8 +258,7 @@ class ChunkAttentionBackwardDkDvSm90:
 
         self.keys_kernel(
             mmas,
-            (tma_k, tma_mK, tma_v, tma_mV, tma_q, tma_mQ, tma_do, tma_mdO, tma_stats, tma_mStats),
-            dq_store,
+            copies,
             mdK,
             mdV,
             seq_info,
@@ -260,22 +275,23 @@ class ChunkAttentionBackwardDkDvSm90:
     @cute.kernel
     def keys_kernel(
         self,
-        mmas: tuple,
-        loads: tuple,
-        dq_store: tuple,
+        mmas: KeyKernelMmas,
+        copies: KeyKernelCopies,
         mdK: cute.Tensor,
         mdV: cute.Tensor,
         seq_info: cute.Tensor,
         left_chunks: cutlass.Int32,
         softmax_scale: cutlass.Float32,
-        layouts: tuple,
+        layouts: KeySharedLayouts,
     ):
         tidx, _, _ = cute.arch.thread_idx()
         n_tile, head_k, seq = cute.arch.block_idx()
         warp = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = cute.arch.make_warp_uniform(tidx // 128)
-        tma_k, mK, tma_v, mV, tma_q, mQ, tma_do, mdO, tma_stats, mStats = loads
-        sK_layout, sQ_layout = layouts[:2]
+        tma_k, mK, tma_v, mV = copies.k, copies.mK, copies.v, copies.mV
+        tma_q, mQ, tma_do, mdO = copies.q, copies.mQ, copies.do, copies.mdO
+        tma_stats, mStats = copies.stats, copies.mStats
+        sK_layout, sQ_layout = layouts.sK, layouts.sQ
         group = mQ.shape[2] // mK.shape[2]
 
         smem = SmemAllocator()
@@ -297,12 +313,12 @@ class ChunkAttentionBackwardDkDvSm90:
         sV = storage.sV.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
         sdO = storage.sdO.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)
-        smem_tensors = (sK, sV, sQ, sdO)
+        smem_tiles = KeySharedTiles(sK, sV, sQ, sdO)
         if cutlass.const_expr(self.with_dq):
-            sdS_layout, sdQ_layout = layouts[2:]
+            sdS_layout, sdQ_layout = layouts.sdS, layouts.sdQ
             sdS = storage.sdS.get_tensor(sdS_layout.outer, swizzle=sdS_layout.inner)
             sdQ = storage.sdQ.get_tensor(sdQ_layout.outer, swizzle=sdQ_layout.inner)
-            smem_tensors = (sK, sV, sQ, sdO, sdS, sdQ)
+            smem_tiles = KeySharedTiles(sK, sV, sQ, sdO, sdS, sdQ)
         bounds = storage.bounds.get_tensor(self.bounds_layout())
         sStats = storage.sStats.get_tensor(self.staged_statistics_layout())
 
@@ -346,15 +362,15 @@ class ChunkAttentionBackwardDkDvSm90:
                     )
                 if cutlass.const_expr(self.with_dq):  # noqa: SIM102 (compile-time, then run-time)
                     if warp == 1:
-                        tma_dq, mdQ = dq_store
+                        tma_dq, mdQ = copies.dq, copies.mdQ
                         self.store_dq(
-                            tma_dq, mdQ, smem_tensors[5], seqlen.q_start, head_k, group, m_begin, m_end
+                            tma_dq, mdQ, smem_tiles.sdQ, seqlen.q_start, head_k, group, m_begin, m_end
                         )
             else:
                 cute.arch.setmaxregister_increase(self.tiles.consumer_registers)
                 self.consume_keys(
                     mmas,
-                    smem_tensors,
+                    smem_tiles,
                     bounds,
                     sStats,
                     mdK,
@@ -447,8 +463,8 @@ class ChunkAttentionBackwardDkDvSm90:
     @cute.jit
     def consume_keys(
         self,
-        mmas: tuple,
-        smem: tuple,
+        mmas: KeyKernelMmas,
+        smem: KeySharedTiles,
         bounds: cute.Tensor,
         sStats: cute.Tensor,
         mdK: cute.Tensor,
@@ -468,8 +484,8 @@ class ChunkAttentionBackwardDkDvSm90:
     ):
         """One warpgroup: 64 keys against every query tile that sees them (dK, dV in registers)
         and, with dQ, its head-dim slice of each tile's dQ, staged for the dQ warp."""
-        st_mma, grad_mma = mmas[:2]
-        sK, sV, sQ, sdO = smem[:4]
+        st_mma, grad_mma = mmas.st, mmas.grad
+        sK, sV, sQ, sdO = smem.sK, smem.sV, smem.sQ, smem.sdO
         seqlen = mask.seqlen
         d = self.tiles.head_dim
         st_thr = st_mma.get_slice(thread)
@@ -500,10 +516,10 @@ class ChunkAttentionBackwardDkDvSm90:
             st_thr.partition_C(cute.make_identity_tensor((self.tiles.keys_per_warpgroup, self.tiles.tile_m)))
         )
 
-        dq_operands = ()
+        dq_operands = None
         if cutlass.const_expr(self.with_dq):
-            dq_mma = mmas[2]
-            sdS, sdQ = smem[4:]
+            dq_mma = mmas.dq
+            sdS, sdQ = smem.sdS, smem.sdQ
             dq_thr = dq_mma.get_slice(thread)
             dq_rows, dq_cols = self.tiles.dq_slice
             # dS^T of this warpgroup's keys into its half of each dS buffer, seen as (keys, queries).
@@ -551,7 +567,7 @@ class ChunkAttentionBackwardDkDvSm90:
                 dq_staging = CarriedSwizzledStore(dq_mma, thread, sdQ[None, None, wg], acc_dq.layout)
             else:
                 dq_staging = dq_thr.partition_C(sdQ[None, None, wg])
-            dq_operands = (dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, dq_staging, ds_store)
+            dq_operands = DqSliceOperands(dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, dq_staging, ds_store)
 
         key_base = n_tile * self.tiles.tile_n + wg * self.tiles.keys_per_warpgroup
         scale_log2 = softmax_scale * LOG2_E
@@ -564,9 +580,21 @@ class ChunkAttentionBackwardDkDvSm90:
             # Keys past the sequence end must get P = 0 here: their dS would reach dQ.
             key_last = key_first + self.tiles.tile_n - 1
 
-        operands = (grad_mma, tSrK_wg, tSrV_wg, tSrQ, tSrdO, tGrQt, tGrdOt, acc_dk, acc_dv)
-        operands = (*operands, p_operand, ds_operand, acc_st_shape)
-        keys = (tScS, key_base, sStats, bounds[None, None, wg], scale_log2, softmax_scale)
+        operands = KeyTileOperands(
+            grad_mma,
+            tSrK_wg,
+            tSrV_wg,
+            tSrQ,
+            tSrdO,
+            tGrQt,
+            tGrdOt,
+            acc_dk,
+            acc_dv,
+            p_operand,
+            ds_operand,
+            acc_st_shape,
+        )
+        keys = KeyColumns(tScS, key_base, sStats, bounds[None, None, wg], scale_log2, softmax_scale)
         tile = cutlass.Int32(0)  # counts query tiles: with dQ it picks the dS buffer
         # A query tile needs no mask when each of its rows sees all of the CTA's keys.
         full_begin, full_end = self.tiles.blocks.query_tiles_seeing_all(
@@ -574,18 +602,18 @@ class ChunkAttentionBackwardDkDvSm90:
         )
         # Loop-carried addresses (not rematerialised by ptxas): the hoisted dS^T store's moves to
         # the other dS buffer with ``tile``; the dQ staging's is made opaque once a tile.
-        ds_rows = dq_operands[1] if self.tiles.hoisted_ds_store and self.with_dq else None
-        dq_carried = dq_operands[5] if self.tiles.hoisted_dq_staging and self.with_dq else None
+        ds_rows = dq_operands.tSsdS if self.tiles.hoisted_ds_store and self.with_dq else None
+        dq_carried = dq_operands.staging if self.tiles.hoisted_dq_staging and self.with_dq else None
         for h in cutlass.range(group, unroll=1):
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
                 buffer = tile % DS_BUFFERS
-                query = (m, head, mask, buffer, wg, thread)
+                query = QueryTileStep(m, head, mask, buffer, wg, thread)
                 step_dq = dq_operands
                 if cutlass.const_expr(ds_rows is not None):
-                    step_dq = (step_dq[0], ds_rows, *step_dq[2:])
+                    step_dq = dataclasses.replace(step_dq, tSsdS=ds_rows)
                 if cutlass.const_expr(dq_carried is not None):
-                    step_dq = (*step_dq[:5], dq_carried, *step_dq[6:])
+                    step_dq = dataclasses.replace(step_dq, staging=dq_carried)
                 if m >= full_begin and m < full_end:
                     st_mma, q_consumer, order = self.tile_step(
                         False, st_mma, operands, step_dq, q_consumer, order, keys, query
@@ -629,34 +657,33 @@ class ChunkAttentionBackwardDkDvSm90:
         self,
         masked: cutlass.Constexpr,
         st_mma: cute.TiledMma,
-        operands: tuple,
-        dq_operands: tuple,
+        operands: KeyTileOperands,
+        dq_operands: DqSliceOperands | None,
         q_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
-        keys: tuple,
-        query: tuple,
+        keys: KeyColumns,
+        query: QueryTileStep,
     ):
         """S^T, dP^T for one query tile; P^T and scaled dS^T; dV += P^T dO and dK += dS^T Q; with
         dQ, also dS^T to shared memory, the dQ slice, and the slice staged for the dQ warp."""
-        grad_mma = operands[0]  # operands[1:5] and [-1] are S^T's and dP^T's
-        tGrQt, tGrdOt, acc_dk, acc_dv, p_operand, ds_operand = operands[5:11]
-        m, _, mask, buffer, wg, thread = query
+        grad_mma, p_operand, ds_operand = operands.grad_mma, operands.p_operand, operands.ds_operand
+        acc_dk, acc_dv, tGrQt, tGrdOt = operands.acc_dk, operands.acc_dv, operands.tGrQt, operands.tGrdOt
         acc_st, acc_dpt, handle = self.issue_st_dpt(st_mma, operands, q_consumer, order, False)
-        rows = (m * self.tiles.tile_m, mask, wg, thread)
-        staged = keys[2][None, None, handle.index]  # this tile's statistics, come with Q and dO
+        row_first = query.m * self.tiles.tile_m
+        staged = keys.sStats[None, None, handle.index]  # this tile's statistics, come with Q and dO
         if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
-            stat = self.load_row_statistics(masked, keys, rows, staged)
+            stat = self.load_row_statistics(masked, keys, query, row_first, staged)
             warpgroup.wait_group(0)
-            self.row_probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows, staged)
+            self.row_probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, query, staged)
         else:
-            stat = self.load_statistic(m * self.tiles.tile_m, mask.seqlen, thread, staged)
+            stat = self.load_statistic(row_first, query.mask.seqlen, query.thread, staged)
             warpgroup.wait_group(0)
-            self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, rows, staged)
+            self.probabilities_and_ds(masked, acc_st, acc_dpt, keys, stat, query, row_first, staged)
         as_accumulator(p_operand, acc_st).store(acc_st.load().to(self.dtype))
         ds_acc = as_accumulator(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
         if cutlass.const_expr(self.with_dq):
-            dq_operands[4].fill(0.0)
+            dq_operands.acc_dq.fill(0.0)
 
         # dV and dK need only this warpgroup's registers: with dQ they run while dS goes to
         # shared memory and the other warpgroup catches up at the barrier.
@@ -667,18 +694,18 @@ class ChunkAttentionBackwardDkDvSm90:
             cute.gemm(grad_mma, acc_dk, ds_operand[None, None, k], tGrQt[None, None, k, handle.index], acc_dk)
         warpgroup.commit_group()
         if cutlass.const_expr(self.with_dq):
-            self.dq_tile(dq_operands, ds_acc, buffer)
+            self.dq_tile(dq_operands, ds_acc, query.buffer)
         warpgroup.wait_group(0)
         handle.release()
         if cutlass.const_expr(self.with_dq):
-            self.stage_dq(dq_operands, wg)
+            self.stage_dq(dq_operands, query.wg)
         return st_mma, q_consumer, order
 
     @cute.jit
     def issue_st_dpt(
         self,
         st_mma: cute.TiledMma,
-        operands: tuple,
+        operands: KeyTileOperands,
         q_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
         split: cutlass.Constexpr,
@@ -686,9 +713,9 @@ class ChunkAttentionBackwardDkDvSm90:
         """Once the next Q/dO stage is in and it is this warpgroup's turn: S^T = K Q^T and
         dP^T = V dO^T issued, as one commit group, or with ``split`` as two (S^T first, so it
         can be waited for alone). Returns both accumulators and the stage's handle."""
-        tSrK, tSrV, tSrQ, tSrdO = operands[1:5]
-        acc_st = cute.make_rmem_tensor(operands[-1], cutlass.Float32)
-        acc_dpt = cute.make_rmem_tensor(operands[-1], cutlass.Float32)
+        tSrK, tSrV, tSrQ, tSrdO = operands.tSrK, operands.tSrV, operands.tSrQ, operands.tSrdO
+        acc_st = cute.make_rmem_tensor(operands.acc_st_shape, cutlass.Float32)
+        acc_dpt = cute.make_rmem_tensor(operands.acc_st_shape, cutlass.Float32)
         handle = q_consumer.wait_and_advance()
         if cutlass.const_expr(self.tiles.ping_pong):
             order.wait()
@@ -711,12 +738,12 @@ class ChunkAttentionBackwardDkDvSm90:
         self,
         masked: cutlass.Constexpr,
         st_mma: cute.TiledMma,
-        operands: tuple,
-        dq_operands: tuple,
+        operands: KeyTileOperands,
+        dq_operands: DqSliceOperands | None,
         q_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
-        keys: tuple,
-        query: tuple,
+        keys: KeyColumns,
+        query: QueryTileStep,
     ):
         """``key_tile`` in FlashAttention's sm90 order (``KeyTiles.split_commits``): S^T and dP^T
         are two commit groups, so P^T is computed as soon as S^T is done, while dP^T's GEMM runs
@@ -725,16 +752,15 @@ class ChunkAttentionBackwardDkDvSm90:
         exponentials: without it, 26 of 32 went below). dQ and then dK += dS^T Q follow the dS
         barrier, so the dQ slice is staged for the dQ warp while dK's GEMM runs instead of after
         every GEMM of the tile."""
-        grad_mma = operands[0]  # operands[1:5] and [-1] are S^T's and dP^T's
-        tGrQt, tGrdOt, acc_dk, acc_dv, p_operand, ds_operand = operands[5:11]
-        m, _, mask, buffer, wg, thread = query
-        rows = (m * self.tiles.tile_m, mask, wg, thread)
+        grad_mma, p_operand, ds_operand = operands.grad_mma, operands.p_operand, operands.ds_operand
+        acc_dk, acc_dv, tGrQt, tGrdOt = operands.acc_dk, operands.acc_dv, operands.tGrQt, operands.tGrdOt
+        row_first = query.m * self.tiles.tile_m
         acc_st, acc_dpt, handle = self.issue_st_dpt(st_mma, operands, q_consumer, order, True)
         # Read after the GEMMs are issued: read before the Q/dO wait, the values live across the
         # wait and ptxas serialised every WGMMA (336 bytes of stack).
-        staged = keys[2][None, None, handle.index]  # this tile's statistics, come with Q and dO
-        stat = self.load_half_row_statistics(masked, keys, rows, staged)
-        self.share_row_statistics(masked, keys, stat, rows, staged)
+        staged = keys.sStats[None, None, handle.index]  # this tile's statistics, come with Q and dO
+        stat = self.load_half_row_statistics(masked, keys, query, row_first, staged)
+        self.share_row_statistics(masked, keys, stat, query, staged)
         warpgroup.wait_group(1)  # S^T done, dP^T's GEMM runs
         self.row_columns(masked, acc_st, acc_dpt, keys, staged, True, False)
         as_accumulator(p_operand, acc_st).store(acc_st.load().to(self.dtype))
@@ -746,23 +772,29 @@ class ChunkAttentionBackwardDkDvSm90:
         self.row_columns(masked, acc_st, acc_dpt, keys, staged, False, True)
         ds_acc = as_accumulator(ds_operand, acc_dpt)
         ds_acc.store(acc_dpt.load().to(self.dtype))
-        dq_operands[4].fill(0.0)
+        dq_operands.acc_dq.fill(0.0)
         warpgroup.fence()
-        self.dq_tile(dq_operands, ds_acc, buffer)
+        self.dq_tile(dq_operands, ds_acc, query.buffer)
         for k in cutlass.range_constexpr(cute.size(ds_operand, mode=[2])):
             cute.gemm(grad_mma, acc_dk, ds_operand[None, None, k], tGrQt[None, None, k, handle.index], acc_dk)
         warpgroup.commit_group()
         warpgroup.wait_group(1)  # dV and dQ done; dK's GEMM runs while the slice is staged
-        self.stage_dq(dq_operands, wg)
+        self.stage_dq(dq_operands, query.wg)
         warpgroup.wait_group(0)
         handle.release()
         return st_mma, q_consumer, order
 
     @cute.jit
-    def dq_tile(self, dq_operands: tuple, ds_acc: cute.Tensor, buffer):
+    def dq_tile(self, dq_operands: DqSliceOperands, ds_acc: cute.Tensor, buffer):
         """dS^T to this warpgroup's half of a dS buffer; once both halves are there, the dQ slice
         = dS K over all 128 keys (issued, not waited for)."""
-        dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, _, ds_store = dq_operands
+        dq_mma, tSsdS, tDrdS, tDrKt = (
+            dq_operands.dq_mma,
+            dq_operands.tSsdS,
+            dq_operands.tDrdS,
+            dq_operands.tDrKt,
+        )
+        acc_dq, ds_store = dq_operands.acc_dq, dq_operands.ds_store
         if cutlass.const_expr(self.tiles.hoisted_ds_store):
             tSsdS(ds_acc)
         elif cutlass.const_expr(self.tiles.ds_by_stmatrix):
@@ -783,10 +815,10 @@ class ChunkAttentionBackwardDkDvSm90:
         warpgroup.commit_group()
 
     @cute.jit
-    def stage_dq(self, dq_operands: tuple, wg: cutlass.Int32):
+    def stage_dq(self, dq_operands: DqSliceOperands, wg: cutlass.Int32):
         """The finished dQ slice to shared memory for the dQ warp, once it has sent the previous
         one off."""
-        _, _, _, _, acc_dq, dq_staging, _ = dq_operands
+        acc_dq, dq_staging = dq_operands.acc_dq, dq_operands.staging
         DqHandshake.wait(NamedBarrier.DQ_EMPTY_WG, wg)
         if cutlass.const_expr(self.tiles.hoisted_dq_staging):
             dq_staging(acc_dq)
@@ -814,14 +846,21 @@ class ChunkAttentionBackwardDkDvSm90:
         )
 
     @cute.jit
-    def load_row_statistics(self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, staged: cute.Tensor):
+    def load_row_statistics(
+        self,
+        masked: cutlass.Constexpr,
+        keys: KeyColumns,
+        query: QueryTileStep,
+        row_first: cutlass.Int32,
+        staged: cute.Tensor,
+    ) -> RowStatistics:
         """128-row tiles: LSE * log2(e) and delta * softmax scale of row ``thread`` from the
         tile's ``staged`` statistics (scaled by the prologue), read while the tile's GEMMs run,
         and for a masked tile the row's visible keys [lo, hi) relative to the warpgroup's first
         key: one row's chunk arithmetic per thread instead of one per column it holds. Queries
         past the sequence get LSE +inf, so P = 0 and they add nothing."""
-        key_base = keys[1]
-        row_first, mask, _, thread = rows
+        key_base = keys.key_base
+        mask, thread = query.mask, query.thread
         seqlen = mask.seqlen
         row = row_first + thread
         lse_log2 = cutlass.Float32.inf
@@ -835,7 +874,7 @@ class ChunkAttentionBackwardDkDvSm90:
             keys_lo, keys_hi = mask.key_bounds(row)
             lo = self.clipped_key(keys_lo - key_base)
             hi = self.clipped_key(keys_hi - key_base)
-        return lse_log2, delta_scaled, lo, hi
+        return RowStatistics(lse_log2, delta_scaled, lo, hi)
 
     @cute.jit
     def row_probabilities_and_ds(
@@ -843,19 +882,24 @@ class ChunkAttentionBackwardDkDvSm90:
         masked: cutlass.Constexpr,
         acc_st: cute.Tensor,
         acc_dpt: cute.Tensor,
-        keys: tuple,
-        stat: tuple,
-        rows: tuple,
+        keys: KeyColumns,
+        stat: RowStatistics,
+        query: QueryTileStep,
         staged: cute.Tensor,
     ):
         """``probabilities_and_ds`` for 128-row tiles: each thread shares its row's statistics
         (and, masked, its visible keys) through shared memory."""
-        self.share_row_statistics(masked, keys, stat, rows, staged)
+        self.share_row_statistics(masked, keys, stat, query, staged)
         self.row_columns(masked, acc_st, acc_dpt, keys, staged, True, True)
 
     @cute.jit
     def share_row_statistics(
-        self, masked: cutlass.Constexpr, keys: tuple, stat: tuple, rows: tuple, staged: cute.Tensor
+        self,
+        masked: cutlass.Constexpr,
+        keys: KeyColumns,
+        stat: RowStatistics | HalfRowStatistic,
+        query: QueryTileStep,
+        staged: cute.Tensor,
     ):
         """The row statistics (``KeyTiles.row_statistics``) back into the tile's ``staged``
         ones, where each column reads them (unchanged in the sequence; LSE +inf and delta 0 past
@@ -864,20 +908,20 @@ class ChunkAttentionBackwardDkDvSm90:
         values; 64-row tiles (``load_half_row_statistics``): thread t < 64 row t's LSE and
         first key, thread t + 64 row t's delta and past-last key. (Read, then written back,
         before the barrier: without it, ptxas serialised every WGMMA of the kernel.)"""
-        bounds = keys[3]
-        _, _, wg, thread = rows
+        bounds = keys.bounds
+        wg, thread = query.wg, query.thread
         if cutlass.const_expr(self.tiles.tile_m == WARPGROUP_THREADS):
-            staged[thread, 0] = stat[0]
-            staged[thread, 1] = stat[1]
+            staged[thread, 0] = stat.lse_log2
+            staged[thread, 1] = stat.delta_scaled
             if cutlass.const_expr(masked):
-                bounds[thread, 0] = stat[2].to(cutlass.Int16)
-                bounds[thread, 1] = stat[3].to(cutlass.Int16)
+                bounds[thread, 0] = stat.lo.to(cutlass.Int16)
+                bounds[thread, 1] = stat.hi.to(cutlass.Int16)
         else:
             row = thread % self.tiles.tile_m
             half = thread // self.tiles.tile_m
-            staged[row, half] = stat[0]
+            staged[row, half] = stat.value
             if cutlass.const_expr(masked):
-                bounds[row, half] = stat[1].to(cutlass.Int16)
+                bounds[row, half] = stat.bound.to(cutlass.Int16)
         # Before the TMA that refills this stage once it is released (the async proxy), these
         # writes are ordered by the fence after the tile's dS stores (``dq_tile``): every tiling
         # that shares row statistics stages dQ.
@@ -895,7 +939,7 @@ class ChunkAttentionBackwardDkDvSm90:
         masked: cutlass.Constexpr,
         acc_st: cute.Tensor,
         acc_dpt: cute.Tensor,
-        keys: tuple,
+        keys: KeyColumns,
         staged: cute.Tensor,
         probabilities: cutlass.Constexpr,
         ds: cutlass.Constexpr,
@@ -904,7 +948,7 @@ class ChunkAttentionBackwardDkDvSm90:
         exp(S^T * scale - LSE) in place of S^T (0 outside the mask); with ``ds``, dS^T =
         P^T (dP^T * scale - delta * scale) in place of dP^T. Both at once when S^T and dP^T were
         waited for together; apart when P^T is computed while dP^T's GEMM still runs."""
-        tScS, _, _, bounds, scale_log2, softmax_scale = keys
+        tScS, bounds, scale_log2, softmax_scale = keys.tScS, keys.bounds, keys.scale_log2, keys.softmax_scale
         st = rows_cols(acc_st)
         dpt = rows_cols(acc_dpt)
         pairs = cutlass.const_expr(self.tiles.split_commits)
@@ -948,16 +992,21 @@ class ChunkAttentionBackwardDkDvSm90:
 
     @cute.jit
     def load_half_row_statistics(
-        self, masked: cutlass.Constexpr, keys: tuple, rows: tuple, staged: cute.Tensor
-    ):
+        self,
+        masked: cutlass.Constexpr,
+        keys: KeyColumns,
+        query: QueryTileStep,
+        row_first: cutlass.Int32,
+        staged: cute.Tensor,
+    ) -> HalfRowStatistic:
         """64-row tiles in the split order: two threads per query row, each reading one
         statistic of the tile's ``staged`` ones while the tile's GEMMs run: thread t < 64
         LSE * log2(e) of row t and, masked, its first visible key; thread t + 64 delta * softmax
         scale of row t and its past-last visible key (keys relative to the warpgroup's first).
         Bounds once per row: not once per column.
         Queries past the sequence get LSE +inf, so P = 0 and they add nothing."""
-        key_base = keys[1]
-        row_first, mask, _, thread = rows
+        key_base = keys.key_base
+        mask, thread = query.mask, query.thread
         seqlen = mask.seqlen
         row = row_first + thread % self.tiles.tile_m
         value = cutlass.Float32(0.0)
@@ -976,7 +1025,7 @@ class ChunkAttentionBackwardDkDvSm90:
             bound = self.clipped_key(keys_hi - key_base)
             if thread < self.tiles.tile_m:
                 bound = self.clipped_key(keys_lo - key_base)
-        return value, bound
+        return HalfRowStatistic(value, bound)
 
     @cute.jit
     def load_statistic(self, row_first: cutlass.Int32, seqlen: SeqlenInfo, thread, staged: cute.Tensor):
@@ -1001,17 +1050,23 @@ class ChunkAttentionBackwardDkDvSm90:
         masked: cutlass.Constexpr,
         acc_st: cute.Tensor,
         acc_dpt: cute.Tensor,
-        keys: tuple,
+        keys: KeyColumns,
         stat: cutlass.Float32,
-        rows: tuple,
+        query: QueryTileStep,
+        row_first: cutlass.Int32,
         staged: cute.Tensor,
     ):
         """After the S^T/dP^T wait: share the statistics through shared memory, then turn S^T
         into P^T = exp(S^T * scale - LSE) (0 outside the mask) and dP^T into
         dS^T = P^T (dP^T - delta) * scale, in place. dS carries the softmax scale, so dK and dQ
         need no scaling afterwards."""
-        tScS, key_base, _, _, scale_log2, softmax_scale = keys
-        row_first, mask, wg, thread = rows
+        tScS, key_base, scale_log2, softmax_scale = (
+            keys.tScS,
+            keys.key_base,
+            keys.scale_log2,
+            keys.softmax_scale,
+        )
+        mask, wg, thread = query.mask, query.wg, query.thread
         stats = staged
         stats[thread % self.tiles.tile_m, thread // self.tiles.tile_m] = stat
         if cutlass.const_expr(not self.with_dq):  # with dQ, the fence after the dS stores does it

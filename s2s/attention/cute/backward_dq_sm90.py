@@ -28,6 +28,7 @@ from s2s.attention.cute.mask import ChunkMask, RowKeyBounds
 from s2s.attention.cute.pipeline import loaded_once, query_side_pipelines
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import LOG2_E
+from s2s.attention.cute.tile_operands import DqOperands, DqRows
 from s2s.attention.cute.tile_scheduler import QueryTile
 from s2s.attention.cute.tiles import PRODUCER_REGISTERS, ForwardTiles
 from s2s.attention.cute.views import rows_view, stats_view, table_view
@@ -352,8 +353,8 @@ class ChunkAttentionBackwardDqSm90:
         ds_operand = cute.make_rmem_tensor(
             accumulator_as_operand_a(s_thr.make_fragment_C(acc_s_shape).layout), self.dtype
         )
-        rows_state = (bounds, lse_log2, delta, scale_log2)
-        operands = (dq_mma, tSrQ_wg, tSrdO_wg, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape)
+        rows_state = DqRows(bounds, lse_log2, delta, scale_log2)
+        operands = DqOperands(dq_mma, tSrQ_wg, tSrdO_wg, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape)
         # Three runs of key tiles: masked leading, fully visible, masked trailing.
         for n in cutlass.range(runs.begin, runs.full_begin, unroll=1):
             s_mma, kv_consumer, order = self.dq_tile(True, n, s_mma, operands, kv_consumer, order, rows_state)
@@ -389,14 +390,25 @@ class ChunkAttentionBackwardDqSm90:
         masked: cutlass.Constexpr,
         n: cutlass.Int32,
         s_mma: cute.TiledMma,
-        operands: tuple,
+        operands: DqOperands,
         kv_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
-        rows_state: tuple,
+        rows_state: DqRows,
     ):
         """S = Q K^T and dP = dO V^T, then dS = P (dP - delta), then dQ += dS K."""
-        dq_mma, tSrQ, tSrdO, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape = operands
-        bounds, lse_log2, delta, scale_log2 = rows_state
+        dq_mma, tSrQ, tSrdO, tSrK = operands.dq_mma, operands.tSrQ, operands.tSrdO, operands.tSrK
+        tQrKt, acc_dq, ds_operand, acc_s_shape = (
+            operands.tQrKt,
+            operands.acc_dq,
+            operands.ds_operand,
+            operands.acc_s_shape,
+        )
+        bounds, lse_log2, delta, scale_log2 = (
+            rows_state.bounds,
+            rows_state.lse_log2,
+            rows_state.delta,
+            rows_state.scale_log2,
+        )
         acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
         acc_dp = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
         k_handle = kv_consumer.wait_and_advance()

@@ -40,6 +40,7 @@ from s2s.attention.cute.named_barrier import WARPGROUP_THREADS, sync_warpgroup
 from s2s.attention.cute.pipeline import loaded_once, query_side_pipelines
 from s2s.attention.cute.seqlen_info import SeqlenInfo
 from s2s.attention.cute.softmax import OnlineSoftmax
+from s2s.attention.cute.tile_operands import ForwardOperands, ForwardRows
 from s2s.attention.cute.tile_scheduler import QueryTile
 from s2s.attention.cute.tiles import PRODUCER_REGISTERS, ForwardTiles
 from s2s.attention.cute.views import rows_view, stats_view, table_view
@@ -351,8 +352,8 @@ class ChunkAttentionForwardSm90:
             accumulator_as_operand_a(qk_thr.make_fragment_C(acc_s_shape).layout), self.dtype
         )
 
-        operands = (pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape)
-        state = (softmax, bounds)
+        operands = ForwardOperands(pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape)
+        state = ForwardRows(softmax, bounds)
         if runs.begin < runs.end:
             # The first key tile (masked if it is not fully visible), then three runs of key
             # tiles: masked leading, fully visible, masked trailing. Each step after the first
@@ -441,16 +442,17 @@ class ChunkAttentionForwardSm90:
         first: cutlass.Constexpr,
         n: cutlass.Int32,
         qk_mma: cute.TiledMma,
-        operands: tuple,
+        operands: ForwardOperands,
         kv_consumer: pipeline.PipelineConsumer,
         order: pipeline.PipelineOrder,
-        state: tuple,
+        state: ForwardRows,
     ):
         """Issue S = Q K^T for tile n and O += P V for tile n - 1 together; while PV runs, do the
         softmax of tile n; then rescale O and keep P of tile n for the next step. The ``first``
         tile has no PV to overlap."""
-        pv_mma, tSrQ, tSrK, tOrV, acc_o, p_operand, acc_s_shape = operands
-        softmax, bounds = state
+        pv_mma, tSrQ, tSrK, tOrV = operands.pv_mma, operands.tSrQ, operands.tSrK, operands.tOrV
+        acc_o, p_operand, acc_s_shape = operands.acc_o, operands.p_operand, operands.acc_s_shape
+        softmax, bounds = state.softmax, state.bounds
         acc_s = cute.make_rmem_tensor(acc_s_shape, cutlass.Float32)
         if cutlass.const_expr(not first):
             v_handle = kv_consumer.wait_and_advance()  # V of tile n - 1 (the ring holds K, V, K, V, ...)
