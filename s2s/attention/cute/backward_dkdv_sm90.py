@@ -232,8 +232,9 @@ class ChunkAttentionBackwardDkDvSm90:
         mmas = KeyKernelMmas(st_mma, grad_mma)
         layouts = KeySharedLayouts(sK_layout, sQ_layout)
         copies = KeyKernelCopies(
-            tma_k, tma_mK, tma_v, tma_mV, tma_q, tma_mQ, tma_do, tma_mdO, tma_stats, tma_mStats
-        )
+            k=tma_k, mK=tma_mK, v=tma_v, mV=tma_mV, q=tma_q, mQ=tma_mQ, do=tma_do, mdO=tma_mdO,
+            stats=tma_stats, mStats=tma_mStats,
+        )  # fmt: skip
         if cutlass.const_expr(self.with_dq):
             dq_mma = dq_slice_mma(self.dtype, self.tiles)
             sdS_layout = sm90_utils.make_smem_layout_a(LayoutEnum.COL_MAJOR, ds_shape, self.dtype, DS_BUFFERS)
@@ -567,7 +568,10 @@ class ChunkAttentionBackwardDkDvSm90:
                 dq_staging = CarriedSwizzledStore(dq_mma, thread, sdQ[None, None, wg], acc_dq.layout)
             else:
                 dq_staging = dq_thr.partition_C(sdQ[None, None, wg])
-            dq_operands = DqSliceOperands(dq_mma, tSsdS, tDrdS, tDrKt, acc_dq, dq_staging, ds_store)
+            dq_operands = DqSliceOperands(
+                dq_mma=dq_mma, tSsdS=tSsdS, tDrdS=tDrdS, tDrKt=tDrKt, acc_dq=acc_dq, staging=dq_staging,
+                ds_store=ds_store,
+            )  # fmt: skip
 
         key_base = n_tile * self.tiles.tile_n + wg * self.tiles.keys_per_warpgroup
         scale_log2 = softmax_scale * LOG2_E
@@ -581,20 +585,14 @@ class ChunkAttentionBackwardDkDvSm90:
             key_last = key_first + self.tiles.tile_n - 1
 
         operands = KeyTileOperands(
-            grad_mma,
-            tSrK_wg,
-            tSrV_wg,
-            tSrQ,
-            tSrdO,
-            tGrQt,
-            tGrdOt,
-            acc_dk,
-            acc_dv,
-            p_operand,
-            ds_operand,
-            acc_st_shape,
-        )
-        keys = KeyColumns(tScS, key_base, sStats, bounds[None, None, wg], scale_log2, softmax_scale)
+            grad_mma=grad_mma, tSrK=tSrK_wg, tSrV=tSrV_wg, tSrQ=tSrQ, tSrdO=tSrdO, tGrQt=tGrQt,
+            tGrdOt=tGrdOt, acc_dk=acc_dk, acc_dv=acc_dv, p_operand=p_operand, ds_operand=ds_operand,
+            acc_st_shape=acc_st_shape,
+        )  # fmt: skip
+        keys = KeyColumns(
+            tScS=tScS, key_base=key_base, sStats=sStats, bounds=bounds[None, None, wg],
+            scale_log2=scale_log2, softmax_scale=softmax_scale,
+        )  # fmt: skip
         tile = cutlass.Int32(0)  # counts query tiles: with dQ it picks the dS buffer
         # A query tile needs no mask when each of its rows sees all of the CTA's keys.
         full_begin, full_end = self.tiles.blocks.query_tiles_seeing_all(
@@ -608,7 +606,7 @@ class ChunkAttentionBackwardDkDvSm90:
             head = head_k * group + h
             for m in cutlass.range(m_begin, m_end, unroll=1):
                 buffer = tile % DS_BUFFERS
-                query = QueryTileStep(m, head, mask, buffer, wg, thread)
+                query = QueryTileStep(m=m, head=head, mask=mask, buffer=buffer, wg=wg, thread=thread)
                 step_dq = dq_operands
                 if cutlass.const_expr(ds_rows is not None):
                     step_dq = dataclasses.replace(step_dq, tSsdS=ds_rows)
@@ -874,7 +872,7 @@ class ChunkAttentionBackwardDkDvSm90:
             keys_lo, keys_hi = mask.key_bounds(row)
             lo = self.clipped_key(keys_lo - key_base)
             hi = self.clipped_key(keys_hi - key_base)
-        return RowStatistics(lse_log2, delta_scaled, lo, hi)
+        return RowStatistics(lse_log2=lse_log2, delta_scaled=delta_scaled, lo=lo, hi=hi)
 
     @cute.jit
     def row_probabilities_and_ds(
@@ -1025,7 +1023,7 @@ class ChunkAttentionBackwardDkDvSm90:
             bound = self.clipped_key(keys_hi - key_base)
             if thread < self.tiles.tile_m:
                 bound = self.clipped_key(keys_lo - key_base)
-        return HalfRowStatistic(value, bound)
+        return HalfRowStatistic(value=value, bound=bound)
 
     @cute.jit
     def load_statistic(self, row_first: cutlass.Int32, seqlen: SeqlenInfo, thread, staged: cute.Tensor):

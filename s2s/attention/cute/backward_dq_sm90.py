@@ -353,8 +353,11 @@ class ChunkAttentionBackwardDqSm90:
         ds_operand = cute.make_rmem_tensor(
             accumulator_as_operand_a(s_thr.make_fragment_C(acc_s_shape).layout), self.dtype
         )
-        rows_state = DqRows(bounds, lse_log2, delta, scale_log2)
-        operands = DqOperands(dq_mma, tSrQ_wg, tSrdO_wg, tSrK, tQrKt, acc_dq, ds_operand, acc_s_shape)
+        rows_state = DqRows(bounds=bounds, lse_log2=lse_log2, delta=delta, scale_log2=scale_log2)
+        operands = DqOperands(
+            dq_mma=dq_mma, tSrQ=tSrQ_wg, tSrdO=tSrdO_wg, tSrK=tSrK, tQrKt=tQrKt, acc_dq=acc_dq,
+            ds_operand=ds_operand, acc_s_shape=acc_s_shape,
+        )  # fmt: skip
         # Three runs of key tiles: masked leading, fully visible, masked trailing.
         for n in cutlass.range(runs.begin, runs.full_begin, unroll=1):
             s_mma, kv_consumer, order = self.dq_tile(True, n, s_mma, operands, kv_consumer, order, rows_state)

@@ -352,8 +352,11 @@ class ChunkAttentionForwardSm90:
             accumulator_as_operand_a(qk_thr.make_fragment_C(acc_s_shape).layout), self.dtype
         )
 
-        operands = ForwardOperands(pv_mma, tSrQ_wg, tSrK, tOrV, acc_o, p_operand, acc_s_shape)
-        state = ForwardRows(softmax, bounds)
+        operands = ForwardOperands(
+            pv_mma=pv_mma, tSrQ=tSrQ_wg, tSrK=tSrK, tOrV=tOrV, acc_o=acc_o, p_operand=p_operand,
+            acc_s_shape=acc_s_shape,
+        )  # fmt: skip
+        state = ForwardRows(softmax=softmax, bounds=bounds)
         if runs.begin < runs.end:
             # The first key tile (masked if it is not fully visible), then three runs of key
             # tiles: masked leading, fully visible, masked trailing. Each step after the first
