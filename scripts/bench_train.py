@@ -399,7 +399,7 @@ def run_backend(backend: str, args, batch: DialogueBatch, chunks: torch.Tensor) 
             module.model.config, batch, row_bucket, args.length_multiple
         )
         built, start = compiled_graphs(), time.perf_counter()
-        train_step(module, optimizer, other.to(device), other_chunks)
+        train_step(module, optimizer, other.to(device), other_chunks.to(device))
         synchronize(device)
         compile_note += (
             f"; a batch in another row bucket: first step {time.perf_counter() - start:.1f} s, "

@@ -62,15 +62,17 @@ class EncoderBlocks(nn.Module):
 
     def forward(self, x, positions, chunks: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         rotation, attention = self.block_inputs(positions, chunks, frames)
+        self.mark_rows_dynamic(rotation.cos, rotation.sin)
         for block in self.blocks:
-            self.mark_rows_dynamic(x, rotation.cos, rotation.sin)
+            self.mark_rows_dynamic(x)
             x = block(x, rotation, attention)
         return x
 
     def mark_rows_dynamic(self, *frames: torch.Tensor) -> None:
         """With `dynamic_rows`, mark dimension 1 (the packed row count N) of every frame tensor a
-        compiled block takes dynamic, so that one compile serves every row bucket; `maybe_`: where
-        a trace needs N as a constant after all, the block compiles static instead of failing."""
+        compiled block takes dynamic (the stack's inputs once, each block's output as it comes),
+        so that one compile serves every row bucket; `maybe_`: where a trace needs N as a
+        constant after all, the block compiles static instead of failing."""
         if self.dynamic_rows:
             for tensor in frames:
                 torch._dynamo.maybe_mark_dynamic(tensor, 1)
@@ -92,8 +94,9 @@ class DecoderBlocks(EncoderBlocks):
 
     def forward(self, x, positions, encoded, chunks: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         rotation, attention = self.block_inputs(positions, chunks, frames)
+        self.mark_rows_dynamic(rotation.cos, rotation.sin, encoded)
         for block in self.blocks:
-            self.mark_rows_dynamic(x, rotation.cos, rotation.sin, encoded)
+            self.mark_rows_dynamic(x)
             x = block(x, rotation, encoded, attention, attention)
         return x
 

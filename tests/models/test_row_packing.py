@@ -162,7 +162,7 @@ def test_packed_stacks_compile_once_for_every_bucket(generator):
             results.append((out.detach(), grad))
         graphs_after.append(counters["stats"]["unique_graphs"])
         for name, got, want in zip(("output", "input gradient"), results[1], results[0], strict=True):
-            assert torch.isfinite(got).all(), f"seed {seed}, {lengths}: {name}"
             where = f"seed {seed}, {lengths}: {name}"
+            assert torch.isfinite(got).all(), where
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m, w=where: f"{w}: {m}")
     assert graphs_after[1] == graphs_after[0], f"seed {seed}: a second bucket compiled again: {graphs_after}"

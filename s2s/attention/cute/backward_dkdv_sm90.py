@@ -602,11 +602,10 @@ class ChunkAttentionBackwardDkDvSm90:
         # the other dS buffer with ``tile``; the dQ staging's is made opaque once a tile.
         ds_rows = dq_operands.tSsdS if self.tiles.hoisted_ds_store and self.with_dq else None
         dq_carried = dq_operands.staging if self.tiles.hoisted_dq_staging and self.with_dq else None
-        for h in cutlass.range(group, unroll=1):
-            head = head_k * group + h
+        for _ in cutlass.range(group, unroll=1):  # each query head of the group, as the producer loads them
             for m in cutlass.range(m_begin, m_end, unroll=1):
                 buffer = tile % DS_BUFFERS
-                query = QueryTileStep(m=m, head=head, mask=mask, buffer=buffer, wg=wg, thread=thread)
+                query = QueryTileStep(m=m, mask=mask, buffer=buffer, wg=wg, thread=thread)
                 step_dq = dq_operands
                 if cutlass.const_expr(ds_rows is not None):
                     step_dq = dataclasses.replace(step_dq, tSsdS=ds_rows)

@@ -169,11 +169,11 @@ class KeyColumns:
 
 @dataclass(frozen=True)
 class QueryTileStep:
-    """Where one step of the dK/dV loop is: query tile ``m`` of query head ``head``, the dS buffer
-    it writes, and the thread's warpgroup and index in it."""
+    """Where one step of the dK/dV loop is: query tile ``m`` (of whichever query head of the
+    group the producer loaded), the dS buffer it writes, and the thread's warpgroup and index in
+    it."""
 
     m: cutlass.Int32
-    head: cutlass.Int32
     mask: ChunkMask
     buffer: cutlass.Int32
     wg: cutlass.Int32
